@@ -1,0 +1,201 @@
+"""Typed errors: every refusal a script can return, with the context a caller needs.
+
+Each error has a stable `code` (the same word the script returns and the API shows) and
+`details()` for the response body. This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+class EngineError(Exception):
+    code: ClassVar[str] = "engine_error"
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
+class InvalidInput(EngineError):
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
+class ProductNotFound(EngineError):
+    code = "product_not_found"
+
+    def __init__(self, product: str) -> None:
+        super().__init__(f"product {product!r} does not exist")
+        self.product = product
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product}
+
+
+class WarehouseNotFound(EngineError):
+    code = "warehouse_not_found"
+
+    def __init__(self, product: str, warehouse: str) -> None:
+        super().__init__(f"product {product!r} is not stocked in warehouse {warehouse!r}")
+        self.product = product
+        self.warehouse = warehouse
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product, "warehouse": self.warehouse}
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    product: str
+    requested: int
+    available: int
+    warehouse: str | None = None
+
+
+class InsufficientStock(EngineError):
+    code = "insufficient_stock"
+
+    def __init__(self, lines: list[Shortage]) -> None:
+        described = ", ".join(
+            f"{s.product}{'@' + s.warehouse if s.warehouse else ''}: "
+            f"requested {s.requested}, available {s.available}"
+            for s in lines
+        )
+        super().__init__(f"not enough stock ({described})")
+        self.lines = lines
+
+    def details(self) -> dict[str, Any]:
+        return {"lines": [asdict(s) for s in self.lines]}
+
+
+class ReservationNotFound(EngineError):
+    code = "reservation_not_found"
+
+    def __init__(self, reservation: str) -> None:
+        super().__init__(f"reservation {reservation!r} does not exist")
+        self.reservation = reservation
+
+    def details(self) -> dict[str, Any]:
+        return {"reservation": self.reservation}
+
+
+class ReservationExpired(EngineError):
+    code = "reservation_expired"
+
+    def __init__(self, reservation: str, expires_at_ms: int) -> None:
+        super().__init__(f"reservation {reservation!r} expired")
+        self.reservation = reservation
+        self.expires_at_ms = expires_at_ms
+
+    def details(self) -> dict[str, Any]:
+        return {"reservation": self.reservation, "expires_at_ms": self.expires_at_ms}
+
+
+class ReservationNotLive(EngineError):
+    code = "reservation_not_live"
+
+    def __init__(self, reservation: str, status: str, order: str | None) -> None:
+        super().__init__(f"reservation {reservation!r} is {status}, not active")
+        self.reservation = reservation
+        self.status = status
+        self.order = order
+
+    def details(self) -> dict[str, Any]:
+        return {"reservation": self.reservation, "status": self.status, "order": self.order}
+
+
+class ExtensionLimitReached(EngineError):
+    code = "extension_limit_reached"
+
+    def __init__(self, reservation: str, max_expires_at_ms: int) -> None:
+        super().__init__(f"reservation {reservation!r} can't be held any longer")
+        self.reservation = reservation
+        self.max_expires_at_ms = max_expires_at_ms
+
+    def details(self) -> dict[str, Any]:
+        return {"reservation": self.reservation, "max_expires_at_ms": self.max_expires_at_ms}
+
+
+class OrderNotFound(EngineError):
+    code = "order_not_found"
+
+    def __init__(self, order: str) -> None:
+        super().__init__(f"order {order!r} does not exist")
+        self.order = order
+
+    def details(self) -> dict[str, Any]:
+        return {"order": self.order}
+
+
+class InvalidTransition(EngineError):
+    code = "invalid_transition"
+
+    def __init__(self, order: str, current: str, requested: str, allowed: list[str]) -> None:
+        moves = ", ".join(allowed) if allowed else "none: it is final"
+        super().__init__(
+            f"order {order!r} can't go from {current} to {requested} (allowed: {moves})"
+        )
+        self.order = order
+        self.current = current
+        self.requested = requested
+        self.allowed = allowed
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "order": self.order,
+            "current": self.current,
+            "requested": self.requested,
+            "allowed": self.allowed,
+        }
+
+
+class IdempotencyMismatch(EngineError):
+    code = "idempotency_mismatch"
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used before with a different request")
+
+
+class CurrencyMismatch(EngineError):
+    code = "currency_mismatch"
+
+    def __init__(self, currencies: list[str]) -> None:
+        super().__init__(f"one order can't mix currencies ({', '.join(currencies)})")
+        self.currencies = currencies
+
+    def details(self) -> dict[str, Any]:
+        return {"currencies": self.currencies}
+
+
+class OrderTotalTooLarge(EngineError):
+    code = "order_total_too_large"
+
+    def __init__(self) -> None:
+        super().__init__("the order total is too large")
+
+
+class CrossPartition(EngineError):
+    """A cart whose products live in different partitions (Redis Cluster only)."""
+
+    code = "cross_partition"
+
+    def __init__(self, partitions: list[int]) -> None:
+        super().__init__("these products live in different partitions; reserve them apart")
+        self.partitions = partitions
+
+    def details(self) -> dict[str, Any]:
+        return {"partitions": self.partitions}
+
+
+class IdCollision(EngineError):
+    """A freshly drawn id already exists: a bug or a broken random source, never a user error."""
+
+    code = "id_collision"

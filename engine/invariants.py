@@ -1,0 +1,86 @@
+"""The invariants of DESIGN.md, checked against one atomic snapshot of a partition.
+
+1. available >= 0, reserved >= 0 (total = available + reserved by construction).
+2. reserved equals the sum of the live reservations' lines for that product x warehouse.
+   And the expiry index holds exactly the live reservations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from engine.keys import partition_keys
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    available: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return self.available + self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class InvariantReport:
+    partition: int
+    counters: dict[tuple[str, str], Counter]
+    live_reservations: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def evaluate(
+    partition: int, stock: dict[str, str], live: dict[str, str], expiry: list[str]
+) -> InvariantReport:
+    """Pure check of a snapshot: the stock hash, the live hash and the expiry members."""
+    raw: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"a": 0, "r": 0})
+    for name, value in stock.items():
+        kind, product, warehouse = name.split("|", 2)
+        raw[(product, warehouse)][kind] = int(value)
+    counters = {pw: Counter(v["a"], v["r"]) for pw, v in raw.items()}
+    held: dict[tuple[str, str], int] = defaultdict(int)
+    for entry in live.values():
+        for product, warehouse, quantity in json.loads(entry)["lines"]:
+            held[(product, warehouse)] += int(quantity)
+    problems: list[str] = []
+    for (product, warehouse), c in sorted(counters.items()):
+        where = f"{product}@{warehouse}"
+        if c.available < 0:
+            problems.append(f"{where}: available is {c.available} < 0")
+        if c.reserved < 0:
+            problems.append(f"{where}: reserved is {c.reserved} < 0")
+        if c.reserved != held.get((product, warehouse), 0):
+            problems.append(
+                f"{where}: reserved is {c.reserved} but live reservations hold "
+                f"{held.get((product, warehouse), 0)}"
+            )
+    for pw in sorted(set(held) - set(counters)):
+        problems.append(f"{pw[0]}@{pw[1]}: live reservations hold {held[pw]} of unknown stock")
+    if set(expiry) != set(live):
+        problems.append(
+            f"expiry index and live reservations differ: {len(set(expiry) ^ set(live))} ids"
+        )
+    return InvariantReport(partition, counters, len(live), problems)
+
+
+async def check_partition(client: Redis, partition: int) -> InvariantReport:
+    k = partition_keys(partition)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(k.stock)
+        pipe.hgetall(k.live)
+        pipe.zrange(k.expiry, 0, -1)
+        stock, live, expiry = await pipe.execute()
+    return evaluate(partition, stock, live, expiry)
+
+
+async def check(client: Redis, partitions: int) -> list[InvariantReport]:
+    return [await check_partition(client, p) for p in range(partitions)]

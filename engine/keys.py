@@ -1,0 +1,79 @@
+"""Every Redis key name, built here and nowhere else.
+
+Each key carries the hash tag of its partition, `inv:{p<N>}:…`, so that all the keys one
+script touches sit in one Redis Cluster slot. A product belongs to partition
+`crc32(product) mod PARTITIONS`; a reservation or order id is drawn so that the same hash
+of the id lands in the partition of its products, which lets any id be routed alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+PREFIX = "inv"
+
+
+def partition_of(entity: str, partitions: int) -> int:
+    if partitions == 1:
+        return 0
+    return zlib.crc32(entity.encode()) % partitions
+
+
+def new_id(partition: int, partitions: int) -> str:
+    """A random UUID (hex) whose hash falls in `partition`."""
+    while True:
+        candidate = uuid.uuid4().hex
+        if partition_of(candidate, partitions) == partition:
+            return candidate
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one partition. Per-record keys are built by its methods."""
+
+    partition: int
+    stock: str
+    products: str
+    live: str
+    expiry: str
+    outbox: str
+    dead_letters: str
+
+    def reservation(self, reservation_id: str) -> str:
+        return f"{self._tag}:reservation:{reservation_id}"
+
+    def order(self, order_id: str) -> str:
+        return f"{self._tag}:order:{order_id}"
+
+    def idempotency(self, actor: str, operation: str, key: str) -> str:
+        # The client's key is hashed: any text is safe, and one user's key can't collide
+        # with another's or with another operation's.
+        digest = hashlib.sha256(f"{actor}\x00{operation}\x00{key}".encode()).hexdigest()[:40]
+        return f"{self._tag}:idem:{digest}"
+
+    @property
+    def unused_idempotency(self) -> str:
+        """Placeholder passed in KEYS when a call carries no idempotency key."""
+        return f"{self._tag}:idem:-"
+
+    @property
+    def _tag(self) -> str:
+        return f"{PREFIX}:{{p{self.partition}}}"
+
+
+@lru_cache(maxsize=1024)
+def partition_keys(partition: int) -> PartitionKeys:
+    tag = f"{PREFIX}:{{p{partition}}}"
+    return PartitionKeys(
+        partition=partition,
+        stock=f"{tag}:stock",
+        products=f"{tag}:products",
+        live=f"{tag}:reservations:live",
+        expiry=f"{tag}:reservations:expiry",
+        outbox=f"{tag}:outbox",
+        dead_letters=f"{tag}:outbox:dead",
+    )

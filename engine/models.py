@@ -1,0 +1,191 @@
+"""Typed inputs and results of the engine. Times are Redis-clock milliseconds (UTC);
+money is integer minor units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from engine.states import OrderStatus
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class ReservationStatus(StrEnum):
+    ACTIVE = "active"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    COMMITTED = "committed"
+
+
+class StockReason(StrEnum):
+    """Why stock was adjusted by hand; the word lands in the ledger."""
+
+    INITIAL = "initial"
+    RECEIVED = "received"
+    RETURNED = "returned"
+    DAMAGED = "damaged"
+    LOST = "lost"
+    CORRECTION = "correction"
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who makes a call and under which request. Staff act on any record; anyone else sees
+    only their own reservations and orders."""
+
+    actor: str
+    request_id: str = ""
+    idempotency_key: str | None = None
+    staff: bool = False
+
+    @property
+    def scope(self) -> str:
+        return "" if self.staff else self.actor
+
+
+SYSTEM = CallContext(actor="system", staff=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LineRequest:
+    product: str
+    quantity: int
+    warehouse: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedLine:
+    product: str
+    warehouse: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    owner: str
+    status: ReservationStatus
+    created_at_ms: int
+    expires_at_ms: int
+    lines: tuple[ReservedLine, ...]
+    order_id: str | None = None
+    replayed: bool = False
+
+    @property
+    def expires_at(self) -> datetime:
+        return ms_to_datetime(self.expires_at_ms)
+
+    @property
+    def created_at(self) -> datetime:
+        return ms_to_datetime(self.created_at_ms)
+
+    @property
+    def quantity(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    product: str
+    warehouse: str
+    quantity: int
+    unit_price: int
+
+    @property
+    def subtotal(self) -> int:
+        return self.quantity * self.unit_price
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: str
+    owner: str
+    status: OrderStatus
+    reservation_id: str | None
+    lines: tuple[OrderLine, ...]
+    total: int
+    currency: str
+    created_at_ms: int
+    updated_at_ms: int
+    replayed: bool = False
+
+    @property
+    def created_at(self) -> datetime:
+        return ms_to_datetime(self.created_at_ms)
+
+    @property
+    def updated_at(self) -> datetime:
+        return ms_to_datetime(self.updated_at_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One product x warehouse's counters before and after a change."""
+
+    product: str
+    warehouse: str
+    available_before: int
+    available_after: int
+    reserved_before: int
+    reserved_after: int
+
+    @property
+    def total_delta(self) -> int:
+        return (self.available_after + self.reserved_after) - (
+            self.available_before + self.reserved_before
+        )
+
+    @property
+    def reserved_delta(self) -> int:
+        return self.reserved_after - self.reserved_before
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    price: int
+    currency: str
+    warehouses: tuple[tuple[str, int], ...]
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StockLevel:
+    warehouse: str
+    priority: int
+    available: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return self.available + self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ProductStock:
+    product: str
+    price: int
+    currency: str
+    levels: tuple[StockLevel, ...] = field(default_factory=tuple)
+
+    @property
+    def available(self) -> int:
+        return sum(level.available for level in self.levels)
+
+    @property
+    def reserved(self) -> int:
+        return sum(level.reserved for level in self.levels)
+
+    @property
+    def total(self) -> int:
+        return self.available + self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryResult:
+    expired: int
+    still_due: int

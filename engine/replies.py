@@ -1,0 +1,105 @@
+"""Decoding script replies: results into dataclasses, refusals into typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine import errors
+from engine.models import Movement, Order, OrderLine, Reservation, ReservationStatus, ReservedLine
+from engine.states import OrderStatus
+
+
+def as_list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}.
+    return value if isinstance(value, list) else []
+
+
+def movement(m: dict[str, Any]) -> Movement:
+    return Movement(
+        product=m["product"],
+        warehouse=m["warehouse"],
+        available_before=m["available_before"],
+        available_after=m["available_after"],
+        reserved_before=m["reserved_before"],
+        reserved_after=m["reserved_after"],
+    )
+
+
+def reservation(view: dict[str, Any], *, replayed: bool = False) -> Reservation:
+    return Reservation(
+        id=view["id"],
+        owner=view["owner"],
+        status=ReservationStatus(view["status"]),
+        created_at_ms=int(view["created_at"]),
+        expires_at_ms=int(view["expires_at"]),
+        lines=tuple(ReservedLine(p, w, int(q)) for p, w, q in as_list(view["lines"])),
+        order_id=view.get("order") or None,
+        replayed=replayed,
+    )
+
+
+def order(view: dict[str, Any], *, replayed: bool = False) -> Order:
+    return Order(
+        id=view["id"],
+        owner=view["owner"],
+        status=OrderStatus(view["status"]),
+        reservation_id=view.get("reservation") or None,
+        lines=tuple(
+            OrderLine(p, w, int(q), int(price)) for p, w, q, price in as_list(view["lines"])
+        ),
+        total=int(view["total"]),
+        currency=view["currency"],
+        created_at_ms=int(view["created_at"]),
+        updated_at_ms=int(view["updated_at"]),
+        replayed=replayed,
+    )
+
+
+def _shortage(s: dict[str, Any]) -> errors.Shortage:
+    return errors.Shortage(
+        product=s["product"],
+        requested=int(s["requested"]),
+        available=int(s["available"]),
+        warehouse=s.get("warehouse"),
+    )
+
+
+# Every refusal code a script returns, and the typed error it becomes.
+REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
+    "insufficient_stock": lambda r: errors.InsufficientStock(
+        [_shortage(s) for s in as_list(r["lines"])]
+    ),
+    "product_not_found": lambda r: errors.ProductNotFound(r["product"]),
+    "warehouse_not_found": lambda r: errors.WarehouseNotFound(r["product"], r["warehouse"]),
+    "reservation_not_found": lambda r: errors.ReservationNotFound(r["reservation"]),
+    "reservation_expired": lambda r: errors.ReservationExpired(
+        r["reservation"], int(r["expires_at"])
+    ),
+    "reservation_not_live": lambda r: errors.ReservationNotLive(
+        r["reservation"], r["status"], r.get("order") or None
+    ),
+    "extension_limit_reached": lambda r: errors.ExtensionLimitReached(
+        r["reservation"], int(r["max_expires_at"])
+    ),
+    "order_not_found": lambda r: errors.OrderNotFound(r["order"]),
+    "invalid_transition": lambda r: errors.InvalidTransition(
+        r["order"], r["current"], r["requested"], as_list(r["allowed"])
+    ),
+    "idempotency_mismatch": lambda r: errors.IdempotencyMismatch(),
+    "currency_mismatch": lambda r: errors.CurrencyMismatch(as_list(r["currencies"])),
+    "order_total_too_large": lambda r: errors.OrderTotalTooLarge(),
+    "reservation_exists": lambda r: errors.IdCollision(f"reservation {r['reservation']}"),
+    "order_exists": lambda r: errors.IdCollision(f"order {r['order']}"),
+}
+
+
+def raise_for(reply: dict[str, Any]) -> None:
+    """Raise the typed error for a refusal; return quietly for a success."""
+    code = reply.get("err")
+    if code is None:
+        return
+    make = REFUSALS.get(code)
+    if make is None:
+        raise errors.EngineError(f"unknown refusal from script: {reply!r}")
+    raise make(reply)

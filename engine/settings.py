@@ -1,0 +1,114 @@
+"""Settings, read from the environment in this one place.
+
+Durations are given in seconds in the environment and kept in milliseconds inside,
+because the scripts count in Redis milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _seconds_ms(env: Mapping[str, str], name: str, default: float) -> int:
+    raw = env.get(name)
+    value = default if raw is None or raw == "" else float(raw)
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {raw!r}")
+    return round(value * 1000)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    value = default if raw is None or raw == "" else int(raw)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the engine can be told. Build with `Settings.from_env()` or directly."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Max open connections per process; callers beyond it wait up to the pool timeout.
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 5.0
+    # Hash-tag partitions; 1 on a single Redis server, so any cart is one atomic script.
+    partitions: int = 1
+    reservation_ttl_ms: int = 600_000
+    reservation_ttl_min_ms: int = 10_000
+    reservation_ttl_max_ms: int = 3_600_000
+    # extend can't push expires_at past created_at + this
+    reservation_max_lifetime_ms: int = 3_600_000
+    # How long an ended reservation's record stays readable in Redis.
+    reservation_retention_ms: int = 86_400_000
+    # How long a delivered or cancelled order stays in Redis (Postgres keeps it for good).
+    order_retention_ms: int = 7 * 86_400_000
+    idempotency_ttl_ms: int = 86_400_000
+    # Due reservations released by each reserve call before it checks stock.
+    expire_batch: int = 100
+    # Due reservations released by one sweep call.
+    sweep_batch: int = 1000
+    default_warehouse: str = "main"
+    default_currency: str = "USD"
+    data_dir: Path = PROJECT_ROOT / "data"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            redis_url=e.get("REDIS_URL") or d.redis_url,
+            redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
+            redis_pool_timeout_s=float(e.get("REDIS_POOL_TIMEOUT") or d.redis_pool_timeout_s),
+            partitions=_int(e, "PARTITIONS", d.partitions),
+            reservation_ttl_ms=_seconds_ms(e, "RESERVATION_TTL", d.reservation_ttl_ms / 1000),
+            reservation_ttl_min_ms=_seconds_ms(
+                e, "RESERVATION_TTL_MIN", d.reservation_ttl_min_ms / 1000
+            ),
+            reservation_ttl_max_ms=_seconds_ms(
+                e, "RESERVATION_TTL_MAX", d.reservation_ttl_max_ms / 1000
+            ),
+            reservation_max_lifetime_ms=_seconds_ms(
+                e, "RESERVATION_MAX_LIFETIME", d.reservation_max_lifetime_ms / 1000
+            ),
+            reservation_retention_ms=_seconds_ms(
+                e, "RESERVATION_RETENTION", d.reservation_retention_ms / 1000
+            ),
+            order_retention_ms=_seconds_ms(e, "ORDER_RETENTION", d.order_retention_ms / 1000),
+            idempotency_ttl_ms=_seconds_ms(e, "IDEMPOTENCY_TTL", d.idempotency_ttl_ms / 1000),
+            expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
+            sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
+            default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,
+            default_currency=e.get("DEFAULT_CURRENCY") or d.default_currency,
+            data_dir=Path(e.get("DATA_DIR") or d.data_dir),
+        ).validated()
+
+    def validated(self) -> Settings:
+        if not 0 < self.reservation_ttl_min_ms <= self.reservation_ttl_max_ms:
+            raise ValueError("RESERVATION_TTL_MIN must be > 0 and <= RESERVATION_TTL_MAX")
+        if (
+            not self.reservation_ttl_min_ms
+            <= self.reservation_ttl_ms
+            <= self.reservation_ttl_max_ms
+        ):
+            raise ValueError("RESERVATION_TTL must lie within RESERVATION_TTL_MIN..MAX")
+        if self.reservation_max_lifetime_ms < self.reservation_ttl_max_ms:
+            raise ValueError("RESERVATION_MAX_LIFETIME must be >= RESERVATION_TTL_MAX")
+        return self
+
+    def describe(self) -> dict[str, str]:
+        """The settings as printable strings (the Redis password hidden)."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = str(getattr(self, f.name))
+            if f.name == "redis_url" and "@" in value:
+                scheme, _, rest = value.partition("://")
+                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            out[f.name] = value
+        return out

@@ -1,0 +1,50 @@
+"""The order state machine: the one table, read by Python and rendered into the Lua prelude."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+
+
+class OrderStatus(StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    PROCESSING = "processing"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[OrderStatus, tuple[OrderStatus, ...]] = {
+    OrderStatus.PENDING: (OrderStatus.CONFIRMED, OrderStatus.CANCELLED),
+    OrderStatus.CONFIRMED: (OrderStatus.PROCESSING, OrderStatus.CANCELLED),
+    OrderStatus.PROCESSING: (OrderStatus.SHIPPED,),
+    OrderStatus.SHIPPED: (OrderStatus.DELIVERED,),
+    OrderStatus.DELIVERED: (),
+    OrderStatus.CANCELLED: (),
+}
+
+TERMINAL: frozenset[OrderStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+# Entering this status gives the order's units back to 'available'.
+STOCK_RETURNING = OrderStatus.CANCELLED
+
+
+def allowed(current: OrderStatus) -> tuple[OrderStatus, ...]:
+    return TRANSITIONS[current]
+
+
+def lua_prelude() -> str:
+    """Lua constants for the scripts, rendered from the table above."""
+    table = {s.value: [n.value for n in nxt] for s, nxt in TRANSITIONS.items()}
+    terminal = {s.value: True for s in TERMINAL}
+    return (
+        "-- rendered from engine/states.py: do not edit\n"
+        f"local TRANSITIONS = cjson.decode({_lua_string(json.dumps(table))})\n"
+        f"local TERMINAL = cjson.decode({_lua_string(json.dumps(terminal))})\n"
+        f"local STOCK_RETURNING = {_lua_string(STOCK_RETURNING.value)}\n"
+    )
+
+
+def _lua_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,56 @@
+"""Input checks shared by the engine's calls: a bad value is refused before Redis is asked."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from engine import errors
+from engine.models import LineRequest
+
+# Product and warehouse ids end up inside hash field names split by '|'.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+RECORD_ID = re.compile(r"[0-9a-f]{32}")
+CURRENCY = re.compile(r"[A-Z]{3}")
+MAX_LINES = 100
+MAX_QUANTITY = 1_000_000
+MAX_STOCK_DELTA = 1_000_000_000
+MAX_PRICE = 10**12
+
+
+def check_name(field: str, value: object) -> None:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise errors.InvalidInput(
+            field, "must be 1-64 characters: letters, digits and _ . : - (not first)"
+        )
+
+
+def check_int(field: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidInput(field, "must be a whole number")
+    if not low <= value <= high:
+        raise errors.InvalidInput(field, f"must be between {low} and {high}")
+
+
+def merge_lines(lines: Sequence[LineRequest]) -> list[tuple[str, str, int]]:
+    """Sum repeated (product, warehouse) lines, keeping first-seen order."""
+    if not lines:
+        raise errors.InvalidInput("lines", "a reservation needs at least one line")
+    if len(lines) > MAX_LINES:
+        raise errors.InvalidInput("lines", f"at most {MAX_LINES} lines")
+    merged: dict[tuple[str, str], int] = {}
+    for line in lines:
+        check_name("product", line.product)
+        if line.warehouse is not None:
+            check_name("warehouse", line.warehouse)
+        check_int("quantity", line.quantity, 1, MAX_QUANTITY)
+        key = (line.product, line.warehouse or "")
+        merged[key] = merged.get(key, 0) + line.quantity
+        check_int("quantity", merged[key], 1, MAX_QUANTITY)
+    return [(p, w, q) for (p, w), q in merged.items()]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,53 @@
+-- adjust_stock.lua: receive or remove a product's stock, with a reason (received, damaged,
+-- correction, returned, ...). All changes or none. Reserved units can't be removed:
+-- removing more than is available is refused.
+--
+-- KEYS[1] stock   KEYS[2] products   KEYS[3] outbox
+-- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
+--
+-- ARGV[1] product id
+-- ARGV[2] changes, JSON [[warehouse, delta (units, non-zero; < 0 removes)], ...],
+--         one per warehouse
+-- ARGV[3] reason
+-- ARGV[4] actor (user id)         ARGV[5] request id
+-- ARGV[6] request fingerprint ('' = no idempotency key)
+-- ARGV[7] idempotency record ttl (ms)
+--
+-- Returns JSON:
+--   {"ok": true, "movements": [{product, warehouse, available_before, available_after,
+--     reserved_before, reserved_after}]}  (+ "replayed": true)
+--   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", ...}
+--   {"err": "insufficient_stock", "lines": [{product, warehouse, requested, available}]}
+--   {"err": "idempotency_mismatch"}
+-- Events: stock_adjusted, one per call, with a movement per warehouse.
+
+local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local product, reason, actor, request_id, fp = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local meta = product_meta(products, product)
+if not meta then return refuse('product_not_found', {product = product}) end
+local known = {}
+for _, wh in ipairs(meta.warehouses) do known[wh[1]] = true end
+local changes = cjson.decode(ARGV[2])
+local short = {}
+for _, c in ipairs(changes) do
+  if not known[c[1]] then
+    return refuse('warehouse_not_found', {product = product, warehouse = c[1]})
+  end
+  local a = counts(stock, product, c[1])
+  if a + c[2] < 0 then
+    short[#short + 1] = {product = product, warehouse = c[1], requested = -c[2], available = a}
+  end
+end
+if #short > 0 then return refuse('insufficient_stock', {lines = short}) end
+
+local movements = {}
+for _, c in ipairs(changes) do
+  movements[#movements + 1] = move(stock, product, c[1], c[2], 0)
+end
+emit(outbox, 'stock_adjusted', now_ms(), actor, request_id,
+     {product = product, reason = reason, movements = movements})
+return idem_store(idem, fp, tonumber(ARGV[7]), ok({movements = movements}))

@@ -1,0 +1,13 @@
+-- expire.lua: the sweep. Releases due reservations (expires_at <= now) up to a limit.
+--
+-- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
+--
+-- ARGV[1] limit: at most this many reservations released (count)
+--
+-- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call}
+-- Events: reservation_expired, one per released reservation.
+
+local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = now_ms()
+local n = expire_due(stock, live_hash, expiry, outbox, now, tonumber(ARGV[1]), 'sweep')
+return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now)})

@@ -1,0 +1,52 @@
+-- extend.lua: push a live reservation's expires_at out to now + ttl, capped at
+-- created_at + max lifetime so nobody can hold stock forever.
+--
+-- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
+-- KEYS[5] record  the reservation's hash
+-- KEYS[6] idem    idempotency record (unused when ARGV[7] is '')
+--
+-- ARGV[1] reservation id
+-- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
+-- ARGV[3] ttl (ms) from now
+-- ARGV[4] max lifetime (ms) from created_at
+-- ARGV[5] actor (user id)         ARGV[6] request id
+-- ARGV[7] request fingerprint ('' = no idempotency key)
+-- ARGV[8] idempotency record ttl (ms)
+-- ARGV[9] record retention (ms) kept after the reservation ends
+--
+-- Returns JSON:
+--   {"ok": true, "reservation": {... new expires_at}}  (+ "replayed": true); when now + ttl
+--     is not later than the current expires_at, nothing changes and no event is written
+--   {"err": "extension_limit_reached", "reservation", "expires_at", "max_expires_at"}
+--     when expires_at already sits at the cap
+--   and the refusals of release.lua (not_found, not_live, expired, idempotency_mismatch)
+-- Events: reservation_extended (no counter moves), or reservation_expired when it was due.
+
+local stock, live_hash, expiry, outbox, record, idem =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARGV[7]
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local now = now_ms()
+local rec, _, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+if err then return err end
+
+local old = tonumber(rec.expires_at)
+local cap = tonumber(rec.created_at) + tonumber(ARGV[4])
+if old >= cap then
+  return refuse('extension_limit_reached',
+    {reservation = id, expires_at = old, max_expires_at = cap})
+end
+local new = math.min(now + tonumber(ARGV[3]), cap)
+if new <= old then
+  return idem_store(idem, fp, tonumber(ARGV[8]), ok({reservation = reservation_view(rec, 'active')}))
+end
+redis.call('ZADD', expiry, new, id)
+redis.call('HSET', record, 'expires_at', new)
+redis.call('PEXPIREAT', record, new + tonumber(ARGV[9]))
+rec.expires_at = new
+emit(outbox, 'reservation_extended', now, actor, request_id,
+     {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new})
+return idem_store(idem, fp, tonumber(ARGV[8]), ok({reservation = reservation_view(rec, 'active')}))

@@ -1,0 +1,280 @@
+-- lib.lua: the helpers every script shares. The engine registers each script as
+--   <constants rendered from engine/states.py> .. lib.lua .. <script>.lua
+-- so the order state table has one home (Python) and no second copy to drift.
+--
+-- Data layout (all keys arrive in KEYS; this file never builds a key name):
+--   stock     hash  'a|<product>|<warehouse>' -> available units
+--                   'r|<product>|<warehouse>' -> reserved units
+--                   (total = available + reserved; it is never stored, so it can't drift)
+--   products  hash  <product> -> JSON {"price": minor units, "currency": "USD",
+--                                      "warehouses": [[name, priority], ...] by priority}
+--   live      hash  <reservation id> -> JSON {"owner": user, "lines": [[product, warehouse, qty]]}
+--                   exactly the live reservations; 'reserved' is the sum of their lines
+--   expiry    zset  <reservation id> scored by expires_at (ms, Redis clock)
+--   outbox    stream, one entry per change: fields 'type' and 'data' (JSON)
+--   record    hash  one reservation or order; key TTLs reclaim memory, never stock
+--   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL
+--
+-- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ok(body)
+  body.ok = true
+  return cjson.encode(body)
+end
+
+local function refuse(code, body)
+  body = body or {}
+  body.err = code
+  return cjson.encode(body)
+end
+
+-- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
+-- another fingerprint under the same key is refused. fp == '' means no key was given.
+local function idem_lookup(key, fp)
+  if fp == '' then return nil end
+  local stored = redis.call('HMGET', key, 'fp', 'reply')
+  if not stored[1] then return nil end
+  if stored[1] ~= fp then return refuse('idempotency_mismatch', {}) end
+  return '{"replayed":true,' .. string.sub(stored[2], 2)
+end
+
+local function idem_store(key, fp, ttl_ms, reply)
+  if fp ~= '' then
+    redis.call('HSET', key, 'fp', fp, 'reply', reply)
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+  return reply
+end
+
+local function counts(stock, product, warehouse)
+  local v = redis.call('HMGET', stock, 'a|' .. product .. '|' .. warehouse,
+                                       'r|' .. product .. '|' .. warehouse)
+  return tonumber(v[1]) or 0, tonumber(v[2]) or 0
+end
+
+-- Moves one product x warehouse's counters and returns the movement for the event.
+-- Callers check before they write; this refuses to write a negative counter all the same.
+local function move(stock, product, warehouse, d_available, d_reserved)
+  local a, r = counts(stock, product, warehouse)
+  local a2, r2 = a + d_available, r + d_reserved
+  if a2 < 0 or r2 < 0 then
+    error('invariant: negative counter for ' .. product .. '|' .. warehouse)
+  end
+  redis.call('HSET', stock, 'a|' .. product .. '|' .. warehouse, a2,
+                            'r|' .. product .. '|' .. warehouse, r2)
+  return {product = product, warehouse = warehouse,
+          available_before = a, available_after = a2,
+          reserved_before = r, reserved_after = r2}
+end
+
+local function emit(outbox, etype, ts, actor, request_id, body)
+  body.type = etype
+  body.ts = ts
+  body.actor = actor
+  body.request_id = request_id
+  return redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
+end
+
+local function product_meta(products, product)
+  local raw = redis.call('HGET', products, product)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- Ends a live reservation: its units go from reserved back to available.
+local function release_units(stock, live_hash, expiry, id, live)
+  local movements = {}
+  for _, l in ipairs(live.lines) do
+    movements[#movements + 1] = move(stock, l[1], l[2], l[3], -l[3])
+  end
+  redis.call('HDEL', live_hash, id)
+  redis.call('ZREM', expiry, id)
+  return movements
+end
+
+-- Releases up to `limit` due reservations (expires_at <= now) and records each one.
+-- Returns how many it released.
+local function expire_due(stock, live_hash, expiry, outbox, now, limit, trigger)
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local n = 0
+  for i = 1, #ids, 2 do
+    local id = ids[i]
+    local raw = redis.call('HGET', live_hash, id)
+    if raw then
+      local live = cjson.decode(raw)
+      local movements = release_units(stock, live_hash, expiry, id, live)
+      emit(outbox, 'reservation_expired', now, 'system', '', {
+        reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
+        trigger = trigger, movements = movements})
+      n = n + 1
+    else
+      redis.call('ZREM', expiry, id)
+    end
+  end
+  return n
+end
+
+-- Routes request lines [[product, warehouse or '', quantity], ...] to warehouses.
+-- A named warehouse serves its line alone; otherwise warehouses are taken by priority,
+-- splitting a line over several unless allow_split is false.
+-- Returns allocations [[product, warehouse, qty]] (one per product x warehouse), nil;
+-- or nil, a refusal (unknown product or warehouse, or the shortage of every short line).
+local function allocate(stock, products, lines, allow_split)
+  local metas, taken = {}, {}
+  local function free(p, w)
+    local a = counts(stock, p, w)
+    return a - (taken[p .. '|' .. w] or 0)
+  end
+  local order, amounts = {}, {}
+  local function take(p, w, q)
+    local k = p .. '|' .. w
+    if not amounts[k] then
+      order[#order + 1] = {p, w}
+      amounts[k] = 0
+    end
+    amounts[k] = amounts[k] + q
+    taken[k] = (taken[k] or 0) + q
+  end
+  local short = {}
+  -- named warehouses first, so a line routed by priority can't take their units
+  for pass = 1, 2 do
+    for _, l in ipairs(lines) do
+      local p, w, q = l[1], l[2], l[3]
+      if (pass == 1) == (w ~= '') then
+        local meta = metas[p]
+        if not meta then
+          meta = product_meta(products, p)
+          if not meta then return nil, refuse('product_not_found', {product = p}) end
+          metas[p] = meta
+        end
+        if w ~= '' then
+          local known = false
+          for _, wh in ipairs(meta.warehouses) do
+            if wh[1] == w then known = true end
+          end
+          if not known then
+            return nil, refuse('warehouse_not_found', {product = p, warehouse = w})
+          end
+          local f = free(p, w)
+          if f >= q then take(p, w, q)
+          else short[#short + 1] = {product = p, warehouse = w, requested = q, available = f} end
+        elseif allow_split then
+          local total_free = 0
+          for _, wh in ipairs(meta.warehouses) do total_free = total_free + free(p, wh[1]) end
+          if total_free >= q then
+            local left = q
+            for _, wh in ipairs(meta.warehouses) do
+              local f = free(p, wh[1])
+              if left > 0 and f > 0 then
+                local n = math.min(f, left)
+                take(p, wh[1], n)
+                left = left - n
+              end
+            end
+          else
+            short[#short + 1] = {product = p, requested = q, available = total_free}
+          end
+        else
+          local best, chosen = 0, nil
+          for _, wh in ipairs(meta.warehouses) do
+            local f = free(p, wh[1])
+            if not chosen and f >= q then chosen = wh[1] end
+            if f > best then best = f end
+          end
+          if chosen then take(p, chosen, q)
+          else short[#short + 1] = {product = p, requested = q, available = best} end
+        end
+      end
+    end
+  end
+  if #short > 0 then return nil, refuse('insufficient_stock', {lines = short}) end
+  local out = {}
+  for _, pw in ipairs(order) do
+    out[#out + 1] = {pw[1], pw[2], amounts[pw[1] .. '|' .. pw[2]]}
+  end
+  return out, nil
+end
+
+-- Expires due reservations, then allocates. When stock is short while more reservations
+-- are due, it keeps expiring (bounded) so a due reservation never blocks the next buyer.
+local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, limit,
+                                    lines, allow_split)
+  expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
+  local alloc, err = allocate(stock, products, lines, allow_split)
+  local rounds = 0
+  while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now) > 0 do
+    expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
+    alloc, err = allocate(stock, products, lines, allow_split)
+    rounds = rounds + 1
+  end
+  return alloc, err
+end
+
+-- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
+-- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
+-- live is released here (and recorded as expired) before the refusal.
+local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+  local flat = redis.call('HGETALL', record)
+  if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  if scope ~= '' and rec.owner ~= scope then
+    return nil, nil, refuse('reservation_not_found', {reservation = id})
+  end
+  if rec.status ~= 'active' then
+    return nil, nil, refuse('reservation_not_live',
+      {reservation = id, status = rec.status, order = rec.order_id or ''})
+  end
+  local expires_at = tonumber(rec.expires_at)
+  local raw = redis.call('HGET', live_hash, id)
+  if now >= expires_at or not raw then
+    if raw then
+      local live = cjson.decode(raw)
+      local movements = release_units(stock, live_hash, expiry, id, live)
+      emit(outbox, 'reservation_expired', now, 'system', '', {
+        reservation = id, user = live.owner, expires_at = expires_at,
+        trigger = 'access', movements = movements})
+    end
+    return nil, nil, refuse('reservation_expired', {reservation = id, expires_at = expires_at})
+  end
+  return rec, cjson.decode(raw), nil
+end
+
+local function reservation_view(rec, status)
+  return {id = rec.id, owner = rec.owner, status = status,
+          created_at = tonumber(rec.created_at), expires_at = tonumber(rec.expires_at),
+          lines = cjson.decode(rec.lines), order = rec.order_id or ''}
+end
+
+-- Prices order lines [[product, warehouse, qty]] from the products hash.
+-- Returns priced lines, total (minor units), currency; or nil, refusal.
+local function price_lines(products, alloc)
+  local priced, total, currency = {}, 0, nil
+  for _, l in ipairs(alloc) do
+    local meta = product_meta(products, l[1])
+    if not meta then return nil, refuse('product_not_found', {product = l[1]}) end
+    if currency and meta.currency ~= currency then
+      return nil, refuse('currency_mismatch', {currencies = {currency, meta.currency}})
+    end
+    currency = meta.currency
+    priced[#priced + 1] = {l[1], l[2], l[3], meta.price}
+    total = total + l[3] * meta.price
+  end
+  -- cjson keeps 14 significant digits; refuse rather than round money
+  if total > 99999999999999 then return nil, refuse('order_total_too_large', {}) end
+  return priced, total, currency
+end
+
+local function write_order(record, id, owner, reservation, priced, total, currency, now)
+  redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
+             'reservation_id', reservation, 'lines', cjson.encode(priced), 'total', total,
+             'currency', currency, 'created_at', now, 'updated_at', now)
+  return {id = id, owner = owner, status = 'pending', reservation = reservation,
+          lines = priced, total = total, currency = currency,
+          created_at = now, updated_at = now}
+end

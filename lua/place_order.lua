@@ -1,0 +1,44 @@
+-- place_order.lua: reserve and commit in one step — a direct order. Units go straight
+-- from 'available' into the order (they leave 'total'); all or nothing.
+--
+-- KEYS[1] stock   KEYS[2] products   KEYS[3] live   KEYS[4] expiry   KEYS[5] outbox
+-- KEYS[6] order   the new order's hash
+-- KEYS[7] idem    idempotency record (unused when ARGV[7] is '')
+--
+-- ARGV[1] order id (new, chosen by the engine)
+-- ARGV[2] lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...]
+-- ARGV[3] allow_split: '1' or '0' (see reserve.lua)
+-- ARGV[4] owner (user id)
+-- ARGV[5] actor (user id)         ARGV[6] request id
+-- ARGV[7] request fingerprint ('' = no idempotency key)
+-- ARGV[8] idempotency record ttl (ms)
+-- ARGV[9] expiry batch: due reservations released per round (count)
+--
+-- Returns JSON: {"ok": true, "order": {...as commit.lua}}, or the refusals of reserve.lua
+--   plus currency_mismatch, order_total_too_large, order_exists.
+-- Events: reservation_expired (due ones released first), order_created.
+
+local stock, products, live_hash, expiry, outbox, order, idem =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local now = now_ms()
+local alloc, err = expire_then_allocate(stock, products, live_hash, expiry, outbox, now,
+  tonumber(ARGV[9]), cjson.decode(ARGV[2]), ARGV[3] == '1')
+if err then return err end
+local priced, total, currency = price_lines(products, alloc)
+if not priced then return total end
+if redis.call('EXISTS', order) == 1 then return refuse('order_exists', {order = order_id}) end
+
+local movements = {}
+for _, l in ipairs(alloc) do
+  movements[#movements + 1] = move(stock, l[1], l[2], -l[3], 0)
+end
+local view = write_order(order, order_id, owner, '', priced, total, currency, now)
+emit(outbox, 'order_created', now, actor, request_id,
+     {order = order_id, reservation = '', user = owner, status = 'pending',
+      lines = priced, total = total, currency = currency, movements = movements})
+return idem_store(idem, fp, tonumber(ARGV[8]), ok({order = view}))

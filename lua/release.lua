@@ -1,0 +1,38 @@
+-- release.lua: give a live reservation's units back (its owner or staff cancels it).
+--
+-- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
+-- KEYS[5] record  the reservation's hash
+-- KEYS[6] idem    idempotency record (unused when ARGV[5] is '')
+--
+-- ARGV[1] reservation id
+-- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
+-- ARGV[3] actor (user id)         ARGV[4] request id
+-- ARGV[5] request fingerprint ('' = no idempotency key)
+-- ARGV[6] idempotency record ttl (ms)
+-- ARGV[7] record retention (ms) kept after the reservation ends
+--
+-- Returns JSON:
+--   {"ok": true, "reservation": {..., "status": "released"}}  (+ "replayed": true)
+--   {"err": "reservation_not_found", "reservation"}
+--   {"err": "reservation_not_live", "reservation", "status", "order"}
+--   {"err": "reservation_expired", "reservation", "expires_at"}  (released first if it was due)
+--   {"err": "idempotency_mismatch"}
+-- Events: reservation_released, or reservation_expired when it was due.
+
+local stock, live_hash, expiry, outbox, record, idem =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local now = now_ms()
+local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+if err then return err end
+
+local movements = release_units(stock, live_hash, expiry, id, live)
+redis.call('HSET', record, 'status', 'released', 'ended_at', now)
+redis.call('PEXPIRE', record, tonumber(ARGV[7]))
+emit(outbox, 'reservation_released', now, actor, request_id,
+     {reservation = id, user = rec.owner, movements = movements})
+return idem_store(idem, fp, tonumber(ARGV[6]), ok({reservation = reservation_view(rec, 'released')}))

@@ -1,0 +1,65 @@
+-- reserve.lua: reserve one or more lines, all or nothing.
+--
+-- KEYS[1] stock     hash of counters
+-- KEYS[2] products  hash of product meta (price, warehouses by priority)
+-- KEYS[3] live      hash of live reservations
+-- KEYS[4] expiry    zset of live reservations by expires_at
+-- KEYS[5] outbox    stream
+-- KEYS[6] idem      idempotency record (unused when ARGV[8] is '')
+-- KEYS[7] record    the new reservation's hash
+--
+-- ARGV[1]  reservation id (new, chosen by the engine)
+-- ARGV[2]  lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...],
+--          one per product x warehouse (the engine sums repeats)
+-- ARGV[3]  ttl (ms): expires_at = now + ttl
+-- ARGV[4]  allow_split: '1' to split a line over warehouses by priority, '0' not to
+-- ARGV[5]  owner (user id)
+-- ARGV[6]  actor (user id, for the event)
+-- ARGV[7]  request id (for the event)
+-- ARGV[8]  request fingerprint ('' = no idempotency key)
+-- ARGV[9]  idempotency record ttl (ms)
+-- ARGV[10] expiry batch: at most this many due reservations released per round (count)
+-- ARGV[11] record retention (ms) kept after the reservation ends
+--
+-- Returns JSON:
+--   {"ok": true, "reservation": {id, owner, status, created_at, expires_at (ms),
+--                                lines [[product, warehouse, qty]]}}  (+ "replayed": true)
+--   {"err": "insufficient_stock", "lines": [{product, warehouse?, requested, available}]}
+--   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", "product", "warehouse"}
+--   {"err": "idempotency_mismatch"} | {"err": "reservation_exists", "reservation"}
+-- Events: reservation_expired (for each due reservation released first), reservation_created.
+
+local stock, products, live_hash, expiry, outbox, idem, record =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ttl = tonumber(ARGV[3])
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local now = now_ms()
+local alloc, err = expire_then_allocate(stock, products, live_hash, expiry, outbox, now,
+  tonumber(ARGV[10]), cjson.decode(ARGV[2]), ARGV[4] == '1')
+if err then return err end
+if redis.call('EXISTS', record) == 1 then
+  return refuse('reservation_exists', {reservation = id})
+end
+
+local movements = {}
+for _, l in ipairs(alloc) do
+  movements[#movements + 1] = move(stock, l[1], l[2], -l[3], l[3])
+end
+local expires_at = now + ttl
+local lines_json = cjson.encode(alloc)
+redis.call('HSET', live_hash, id, '{"owner":' .. cjson.encode(owner) .. ',"lines":' .. lines_json .. '}')
+redis.call('ZADD', expiry, expires_at, id)
+redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now,
+           'expires_at', expires_at, 'lines', lines_json, 'request_id', request_id)
+redis.call('PEXPIREAT', record, expires_at + tonumber(ARGV[11]))
+
+local view = {id = id, owner = owner, status = 'active', created_at = now,
+              expires_at = expires_at, lines = alloc}
+emit(outbox, 'reservation_created', now, actor, request_id,
+     {reservation = id, user = owner, expires_at = expires_at, lines = alloc,
+      movements = movements})
+return idem_store(idem, fp, tonumber(ARGV[9]), ok({reservation = view}))

@@ -1,0 +1,60 @@
+-- transition.lua: move an order along the state machine. The table is TRANSITIONS,
+-- rendered from engine/states.py into the prelude; STOCK_RETURNING names the status whose
+-- entry gives the units back to 'available' (cancelled).
+--
+-- KEYS[1] stock   KEYS[2] outbox
+-- KEYS[3] order   the order's hash
+-- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
+--
+-- ARGV[1] order id
+-- ARGV[2] requested status
+-- ARGV[3] owner scope: '' = anyone (staff), else only this user's order is seen
+-- ARGV[4] actor (user id)         ARGV[5] request id
+-- ARGV[6] request fingerprint ('' = no idempotency key)
+-- ARGV[7] idempotency record ttl (ms)
+-- ARGV[8] retention (ms) of an order once it is terminal
+--
+-- Returns JSON:
+--   {"ok": true, "order": {...}, "from": status}  (+ "replayed": true)
+--   {"err": "order_not_found", "order"}
+--   {"err": "invalid_transition", "order", "current", "requested", "allowed": [...]}
+--   {"err": "idempotency_mismatch"}
+-- Events: order_status_changed (with movements when units return to available).
+
+local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local order_id, to, scope, actor, request_id, fp =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local replay = idem_lookup(idem, fp)
+if replay then return replay end
+
+local flat = redis.call('HGETALL', order)
+if #flat == 0 then return refuse('order_not_found', {order = order_id}) end
+local o = {}
+for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
+if scope ~= '' and o.owner ~= scope then return refuse('order_not_found', {order = order_id}) end
+
+local allowed = TRANSITIONS[o.status] or {}
+local permitted = false
+for _, s in ipairs(allowed) do if s == to then permitted = true end end
+if not permitted then
+  return refuse('invalid_transition',
+    {order = order_id, current = o.status, requested = to, allowed = allowed})
+end
+
+local now = now_ms()
+local lines = cjson.decode(o.lines)
+local movements = {}
+if to == STOCK_RETURNING then
+  for _, l in ipairs(lines) do
+    movements[#movements + 1] = move(stock, l[1], l[2], l[3], 0)
+  end
+end
+redis.call('HSET', order, 'status', to, 'updated_at', now)
+if TERMINAL[to] then redis.call('PEXPIRE', order, tonumber(ARGV[8])) end
+emit(outbox, 'order_status_changed', now, actor, request_id,
+     {order = order_id, user = o.owner, from = o.status, to = to, movements = movements})
+local view = {id = order_id, owner = o.owner, status = to, reservation = o.reservation_id,
+              lines = lines, total = tonumber(o.total), currency = o.currency,
+              created_at = tonumber(o.created_at), updated_at = now}
+return idem_store(idem, fp, tonumber(ARGV[7]), ok({order = view, from = o.status}))

@@ -1,0 +1,1 @@
+"""Durable write-through to Postgres — arrives with the durable write-through issue."""

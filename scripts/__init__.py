@@ -1,0 +1,1 @@
+"""The `inventory` command and its subcommands."""

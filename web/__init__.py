@@ -1,0 +1,1 @@
+"""HTTP API (Starlette) — arrives with the HTTP issue."""
