@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Idempotent developer/CI set-up for a Debian 12 machine with Python 3.11:
+#   - system packages (redis-server, redis-cli; python3.X-venv if venv can't bootstrap pip)
+#   - .venv in the project root (python3.11, or python3 when it is 3.11+; $PYTHON overrides)
+#   - pip install -c constraints.txt -e '.[dev]', skipped while a stamp in .venv shows that
+#     pyproject.toml, constraints.txt and the interpreter are unchanged.
+# Fast (well under a second) when everything is already in place.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.setup-stamp"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# Serialise concurrent runs (e.g. serve.sh and test.sh started together): lock this file.
+if command -v flock >/dev/null 2>&1; then
+    exec 9<"${BASH_SOURCE[0]}"
+    flock 9
+fi
+
+SUDO=()
+if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and sudo is missing: cannot install system packages"
+    SUDO=(sudo)
+fi
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these by hand: $*"
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ $apt_updated -eq 0 ]]; then
+        log "apt-get update"
+        "${SUDO[@]}" apt-get update -qq
+        apt_updated=1
+    fi
+    log "apt-get install $*"
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- redis-server -------------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    # Keep the packaged service from starting on 6379 during the install (it would take the
+    # port serve.sh wants): a temporary policy-rc.d that denies starts, if there is none yet.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        own_policy=1
+    fi
+    status=0
+    apt_install redis-server redis-tools || status=$?
+    if [[ $own_policy -eq 1 ]]; then
+        "${SUDO[@]}" rm -f "$policy"
+    fi
+    [[ $status -eq 0 ]] || die "installing redis-server failed"
+    # On systemd machines the package also enables the unit for the next boot: undo that, the
+    # project runs its own redis-server processes (scripts/redis.sh).
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after install"
+fi
+
+# --- Python ---------------------------------------------------------------------------------
+is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+
+venv_ok() {
+    [[ -x $VENV/bin/python ]] && is_py311 "$VENV/bin/python" && [[ -x $VENV/bin/pip ]]
+}
+
+if ! venv_ok; then
+    py="${PYTHON:-}"
+    if [[ -z $py ]]; then
+        for candidate in python3.11 python3; do
+            if command -v "$candidate" >/dev/null 2>&1 && is_py311 "$candidate"; then
+                py="$candidate"
+                break
+            fi
+        done
+    fi
+    [[ -n $py ]] || die "need Python 3.11+ (python3.11, or python3 that is 3.11+); set PYTHON=..."
+    is_py311 "$py" || die "$py is not Python 3.11+"
+    if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        # Debian's python3.X lacks ensurepip until python3.X-venv is installed.
+        ver="$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        apt_install "python${ver}-venv"
+    fi
+    if [[ -e $VENV ]]; then
+        log "removing broken or outdated $VENV"
+        rm -rf "$VENV"
+    fi
+    log "creating .venv with $(command -v "$py") ($("$py" --version 2>&1))"
+    "$py" -m venv "$VENV"
+fi
+
+# --- project install --------------------------------------------------------------------------
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+
+if [[ $want != "$have" || ! -x $VENV/bin/inventory ]]; then
+    log "pip install -c constraints.txt -e '.[dev]' (log: .venv/pip-install.log)"
+    rm -f "$STAMP"
+    if ! (cd "$ROOT" && "$VENV/bin/pip" install --disable-pip-version-check \
+            -c constraints.txt -e '.[dev]') >"$VENV/pip-install.log" 2>&1; then
+        grep -v "is ignored: it is neither a file nor a directory" "$VENV/pip-install.log" \
+            | tail -n 40 >&2 || true
+        die "pip install failed (full log: $VENV/pip-install.log)"
+    fi
+    printf '%s\n' "$want" >"$STAMP"
+    log "installed"
+fi

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole suite, as CI runs it: set-up, lint (ruff check, ruff format --check, mypy), pytest.
+# Arguments go to pytest (e.g. scripts/test.sh -k expiry -x). Every stage after set-up runs even
+# if an earlier one failed; the exit status is non-zero if any failed. pytest's exit code 5
+# (no tests collected) counts as a failure. The tests start their own redis-server processes.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+banner() { printf '\n########## %s ##########\n' "$*"; }
+
+banner "setup"
+"$ROOT/scripts/setup.sh"
+
+failed=()
+
+banner "lint: ruff check, ruff format --check, mypy"
+"$ROOT/scripts/lint.sh" || failed+=("lint")
+
+banner "pytest"
+rc=0
+"$ROOT/.venv/bin/pytest" "$@" || rc=$?
+if ((rc == 5)); then
+    echo "test: pytest collected no tests; that counts as a failure" >&2
+    failed+=("pytest (no tests collected)")
+elif ((rc != 0)); then
+    failed+=("pytest (exit $rc)")
+fi
+
+if ((${#failed[@]})); then
+    printf '\ntest: FAILED: %s\n' "$(IFS=,; echo "${failed[*]}")" >&2
+    exit "$((rc != 0 ? rc : 1))"
+fi
