@@ -1,0 +1,246 @@
+"""`inventory chaos`: many OS processes reserve the same scarce stock at the same moment.
+
+Each run creates its own products (`chaos-<run>-<n>`) and touches nothing else: it never
+flushes, and it reads the outbox only from the entry that was last when it started. The
+processes connect first, wait on a barrier, then each sends one reservation. Afterwards the
+coordinator checks the counters, the invariants and the outbox: the events of this run's
+products, replayed in stream order from zero, must chain (each movement's 'before' equals
+the previous 'after') and land exactly on the counters — one event per change, none missing.
+
+With --settle, half of the successful reservations (those made with a short TTL) are left to
+expire and the sweep releases them; the rest are committed into orders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from typing import Any, cast
+
+from engine import errors, invariants, outbox
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.models import SYSTEM, CallContext, LineRequest
+from engine.settings import Settings
+
+SHORT_TTL_MS = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosPlan:
+    run: str
+    processes: int
+    stock: int
+    products: tuple[str, ...]
+    warehouses: tuple[str, ...]
+    max_lines: int
+    settle: bool
+    seed: int
+
+    def cart(self, index: int) -> list[LineRequest]:
+        """The cart of process `index`: deterministic for a seed."""
+        if len(self.products) == 1 and len(self.warehouses) == 1 and self.max_lines == 1:
+            return [LineRequest(self.products[0], 1)]
+        rnd = random.Random(self.seed * 100_003 + index)
+        lines = []
+        for _ in range(rnd.randint(1, self.max_lines)):
+            warehouse = rnd.choice([None, *self.warehouses])
+            lines.append(LineRequest(rnd.choice(self.products), rnd.randint(1, 2), warehouse))
+        return lines
+
+    def ttl_ms(self, index: int) -> int | None:
+        # With --settle, odd processes hold their units briefly: those are the ones to expire.
+        return SHORT_TTL_MS if self.settle and index % 2 else None
+
+
+def _chaos_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings, reservation_ttl_min_ms=min(settings.reservation_ttl_min_ms, SHORT_TTL_MS)
+    )
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def _prepare(settings: Settings, plan: ChaosPlan) -> str:
+    """Create the run's products; return the outbox id to read after."""
+    async with Engine.from_settings(settings) as engine:
+        last = await engine.redis.xrevrange(partition_keys(0).outbox, count=1)
+        start = str(last[0][0]) if last else "0-0"
+        for product in plan.products:
+            await engine.setup_product(
+                product,
+                SYSTEM,
+                price=1000,
+                warehouses={w: i for i, w in enumerate(plan.warehouses)},
+                stock=dict(
+                    zip(plan.warehouses, _split(plan.stock, len(plan.warehouses)), strict=True)
+                ),
+            )
+        return start
+
+
+def _buyer(settings: Settings, plan: ChaosPlan, index: int, barrier: Barrier, results: Any) -> None:
+    async def run() -> tuple[int, str, str | None, int]:
+        async with Engine.from_settings(settings) as engine:
+            await engine.redis.ping()
+            ctx = CallContext(actor=f"chaos-buyer-{index}", request_id=f"{plan.run}-{index}")
+            await asyncio.to_thread(barrier.wait)
+            try:
+                r = await engine.reserve(plan.cart(index), ctx, ttl_ms=plan.ttl_ms(index))
+            except errors.InsufficientStock:
+                return index, "insufficient_stock", None, 0
+            return index, "ok", r.id, r.quantity
+
+    try:
+        results.put(asyncio.run(run()))
+    except Exception as exc:  # a crash is reported, never hidden as a refusal
+        results.put((index, f"crash: {exc!r}", None, 0))
+
+
+def _check_events(
+    events: list[outbox.OutboxEvent], products: set[str]
+) -> tuple[bool, dict[str, int], dict[tuple[str, str], tuple[int, int]]]:
+    """Replay the run's events from zero; return (chained, counts by type, final counters)."""
+    state: dict[tuple[str, str], tuple[int, int]] = {}
+    counts: Counter[str] = Counter()
+    chained = True
+    for event in events:
+        mine = [m for m in event.movements if m.product in products]
+        if not mine and event.data.get("product") not in products:
+            continue
+        counts[event.type] += 1
+        for m in mine:
+            key = (m.product, m.warehouse)
+            if state.get(key, (0, 0)) != (m.available_before, m.reserved_before):
+                chained = False
+            state[key] = (m.available_after, m.reserved_after)
+    return chained, dict(counts), state
+
+
+async def _settle_and_verify(
+    settings: Settings,
+    plan: ChaosPlan,
+    start: str,
+    outcomes: list[tuple[int, str, str | None, int]],
+) -> dict[str, Any]:
+    async with Engine.from_settings(settings) as engine:
+        committed = 0
+        if plan.settle:
+            for index, status, reservation_id, _ in outcomes:
+                if status == "ok" and reservation_id and plan.ttl_ms(index) is None:
+                    await engine.commit(reservation_id, SYSTEM)
+                    committed += 1
+            await asyncio.sleep(SHORT_TTL_MS / 1000 + 0.05)
+            while (await engine.expire()).still_due:
+                pass
+        stocks = await engine.get_stocks(plan.products)
+        report = await invariants.check_partition(engine.redis, 0)
+        events = await outbox.read(engine.redis, 0, after=start)
+    chained, counts, replayed = _check_events(events, set(plan.products))
+    counters = {
+        (p, level.warehouse): (level.available, level.reserved)
+        for p, s in stocks.items()
+        for level in s.levels
+    }
+    succeeded = [o for o in outcomes if o[1] == "ok"]
+    crashed = [o for o in outcomes if o[1].startswith("crash")]
+    units_granted = sum(o[3] for o in succeeded)
+    available = sum(s.available for s in stocks.values())
+    reserved = sum(s.reserved for s in stocks.values())
+    total = sum(s.total for s in stocks.values())
+    initial = plan.stock * len(plan.products)
+    units_committed = sum(o[3] for o in succeeded if plan.settle and plan.ttl_ms(o[0]) is None)
+    expected_events = {
+        "reservation_created": len(succeeded),
+        "stock_adjusted": len(plan.products),
+        "product_updated": len(plan.products),
+    }
+    if committed:
+        expected_events["order_created"] = committed
+    n_expired_expected = len([o for o in succeeded if plan.settle and plan.ttl_ms(o[0])])
+    if n_expired_expected:
+        expected_events["reservation_expired"] = n_expired_expected
+    events_ok = chained and replayed == counters and counts == expected_events
+    oversold = max(0, units_granted - initial)
+    if plan.settle:
+        exact = reserved == 0 and total == initial - units_committed and available == total
+    else:
+        exact = reserved == units_granted and available == initial - units_granted
+    return {
+        "succeeded": len(succeeded),
+        "failed": len(outcomes) - len(succeeded) - len(crashed),
+        "crashed": len(crashed),
+        "available": available,
+        "reserved": reserved,
+        "total": total,
+        "invariants_ok": report.ok and exact and oversold == 0,
+        "oversold": oversold,
+        "units_granted": units_granted,
+        "committed": committed,
+        "expired": counts.get("reservation_expired", 0),
+        "events": counts,
+        "events_ok": events_ok,
+        "processes": plan.processes,
+        "stock": plan.stock,
+        "products": list(plan.products),
+        "warehouses": list(plan.warehouses),
+        "problems": report.problems,
+    }
+
+
+def run(
+    settings: Settings,
+    *,
+    processes: int,
+    stock: int,
+    products: int = 1,
+    warehouses: int = 1,
+    max_lines: int = 1,
+    settle: bool = False,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    if processes < 1 or stock < 0 or products < 1 or warehouses < 1 or max_lines < 1:
+        raise ValueError("processes, products, warehouses, max lines >= 1; stock >= 0")
+    if settings.partitions != 1:
+        raise ValueError("chaos runs on a single partition (PARTITIONS=1)")
+    settings = _chaos_settings(settings)
+    run_id = uuid.uuid4().hex[:8]
+    plan = ChaosPlan(
+        run=run_id,
+        processes=processes,
+        stock=stock,
+        products=tuple(f"chaos-{run_id}-{i}" for i in range(products)),
+        warehouses=tuple(f"chaos-w{i}" for i in range(warehouses)),
+        max_lines=max_lines,
+        settle=settle,
+        seed=random.randrange(1 << 30) if seed is None else seed,
+    )
+    start = asyncio.run(_prepare(settings, plan))
+    # fork: the buyers start in milliseconds; no event loop is running at this point.
+    mp = multiprocessing.get_context("fork")
+    barrier = mp.Barrier(processes)
+    results = mp.Queue()
+    workers = [
+        mp.Process(target=_buyer, args=(settings, plan, i, barrier, results))
+        for i in range(processes)
+    ]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    outcomes = [cast(tuple[int, str, str | None, int], results.get(timeout=120)) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    elapsed = time.monotonic() - started
+    result = asyncio.run(_settle_and_verify(settings, plan, start, sorted(outcomes)))
+    result["elapsed_s"] = round(elapsed, 3)
+    result["seed"] = plan.seed
+    return result

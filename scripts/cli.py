@@ -1,0 +1,194 @@
+"""The `inventory` command: one entry point, a subcommand per job, shared options."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from engine import invariants
+from engine.engine import Engine
+from engine.settings import Settings
+
+console = Console(stderr=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.redis_url:
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
+    return settings
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, interval: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Engine.from_settings(settings) as engine:
+        loaded = await engine.scripts.load()
+        table = Table(
+            "script", "sha1", title=f"Lua scripts loaded into {settings.describe()['redis_url']}"
+        )
+        for name, sha in loaded.items():
+            table.add_row(name, sha)
+        console.print(table)
+        console.print(
+            f"sweeping due reservations every {interval:g} s; Ctrl-C stops"
+            " (the HTTP API arrives with a later issue)"
+        )
+        while not stop.is_set():
+            result = await engine.expire()
+            if result.expired:
+                console.print(f"expired {result.expired} reservation(s)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+    console.print("stopped")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    asyncio.run(_serve(_settings(args), args.sweep_interval))
+    return 0
+
+
+# -- sweep --------------------------------------------------------------------------------
+
+
+async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
+    async with Engine.from_settings(settings) as engine:
+        result = await engine.expire(limit)
+    return {"expired": result.expired, "still_due": result.still_due}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    result = asyncio.run(_sweep(_settings(args), args.limit))
+    _emit(args, result, f"expired {result['expired']}, still due {result['still_due']}")
+    return 0
+
+
+# -- check --------------------------------------------------------------------------------
+
+
+async def _check(settings: Settings) -> list[invariants.InvariantReport]:
+    async with Engine.from_settings(settings) as engine:
+        return await invariants.check(engine.redis, settings.partitions)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    reports = asyncio.run(_check(_settings(args)))
+    problems = [p for r in reports for p in r.problems]
+    result = {
+        "invariants_ok": not problems,
+        "partitions": len(reports),
+        "stock_levels": sum(len(r.counters) for r in reports),
+        "live_reservations": sum(r.live_reservations for r in reports),
+        "problems": problems,
+    }
+    text = "invariants hold" if not problems else "\n".join(["INVARIANTS BROKEN:", *problems])
+    _emit(args, result, text)
+    return 0 if not problems else 1
+
+
+# -- chaos --------------------------------------------------------------------------------
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from scripts import chaos
+
+    result = chaos.run(
+        _settings(args),
+        processes=args.processes,
+        stock=args.stock,
+        products=args.products,
+        warehouses=args.warehouses,
+        max_lines=args.max_lines,
+        settle=args.settle,
+        seed=args.seed,
+    )
+    if not args.json:
+        table = Table("measure", "value", title="chaos")
+        for key in (
+            "processes", "stock", "succeeded", "failed", "crashed", "available", "reserved",
+            "total", "oversold", "committed", "expired", "invariants_ok", "events_ok",
+            "elapsed_s",
+        ):  # fmt: skip
+            table.add_row(key, str(result[key]))
+        console.print(table)
+        for problem in result["problems"]:
+            console.print(f"[red]{problem}[/red]")
+    print(json.dumps(result, sort_keys=True))
+    healthy = result["invariants_ok"] and result["events_ok"] and not result["crashed"]
+    return 0 if healthy else 1
+
+
+# -- plumbing -----------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        console.print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis-url", help="Redis to use (default: $REDIS_URL, else the embedded one)"
+    )
+    common.add_argument("--json", action="store_true", help="print the result as JSON (last line)")
+
+    parser = argparse.ArgumentParser(prog="inventory", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="load the scripts and run the expiry sweep")
+    p.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sweep", parents=[common], help="release due reservations once")
+    p.add_argument("--limit", type=int, default=None, help="at most this many per partition")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("check", parents=[common], help="check the invariants in Redis")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "chaos", parents=[common], help="many processes reserve the same stock at once"
+    )
+    p.add_argument("--processes", type=int, default=50)
+    p.add_argument("--stock", type=int, default=5, help="units per product")
+    p.add_argument("--products", type=int, default=1)
+    p.add_argument("--warehouses", type=int, default=1)
+    p.add_argument("--max-lines", type=int, default=1, help="cart lines per buyer (1..N)")
+    p.add_argument(
+        "--settle", action="store_true", help="then commit half and let the other half expire"
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_chaos)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

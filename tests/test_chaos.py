@@ -1,0 +1,91 @@
+"""`inventory chaos` end to end: many OS processes, real contention, exact counts afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.chaos
+
+
+def run_chaos(server: RedisServer, *args: str) -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, "REDIS_URL": server.url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "chaos", "--json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    last = proc.stdout.strip().splitlines()[-1]
+    result: dict[str, Any] = json.loads(last)
+    return proc.returncode, result
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_fifty_buyers_five_units_exactly_five_succeed(
+    redis_server: RedisServer, clean_redis: None, attempt: int
+) -> None:
+    code, result = run_chaos(redis_server, "--processes", "50", "--stock", "5")
+
+    assert code == 0
+    assert result["succeeded"] == 5
+    assert result["failed"] == 45
+    assert result["crashed"] == 0
+    assert (result["available"], result["reserved"], result["total"]) == (0, 5, 5)
+    assert result["oversold"] == 0
+    assert result["invariants_ok"] is True
+    assert result["events_ok"] is True
+    assert result["events"] == {"product_updated": 1, "stock_adjusted": 1, "reservation_created": 5}
+
+
+def test_chaos_touches_only_its_own_products(redis_server: RedisServer, clean_redis: None) -> None:
+    code, first = run_chaos(redis_server, "--processes", "10", "--stock", "3")
+    code2, second = run_chaos(redis_server, "--processes", "10", "--stock", "3")
+
+    assert code == code2 == 0
+    assert first["products"] != second["products"]
+    # the second run read the outbox only from where it started
+    assert second["events"]["reservation_created"] == 3
+    assert second["reserved"] == 3
+
+
+def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
+    redis_server: RedisServer, clean_redis: None
+) -> None:
+    code, result = run_chaos(
+        redis_server,
+        "--processes", "200",
+        "--stock", "40",
+        "--products", "3",
+        "--warehouses", "2",
+        "--max-lines", "3",
+        "--settle",
+        "--seed", "7",
+    )  # fmt: skip
+
+    assert code == 0, result
+    assert result["crashed"] == 0
+    assert result["succeeded"] + result["failed"] == 200
+    assert result["succeeded"] > 0
+    assert result["failed"] > 0
+    assert result["oversold"] == 0
+    assert result["units_granted"] <= 3 * 40
+    # every success either became an order or expired; nothing is left reserved
+    assert result["committed"] + result["expired"] == result["succeeded"]
+    assert result["reserved"] == 0
+    assert result["available"] == result["total"]
+    assert result["invariants_ok"] is True
+    # one event per change: the replayed chain of movements lands exactly on the counters
+    assert result["events_ok"] is True
+    assert result["events"]["reservation_created"] == result["succeeded"]
+    assert result["events"]["order_created"] == result["committed"]
+    assert result["events"]["reservation_expired"] == result["expired"]
