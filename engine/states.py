@@ -37,11 +37,11 @@ def allowed(current: OrderStatus) -> tuple[OrderStatus, ...]:
 def lua_prelude() -> str:
     """Lua constants for the scripts, rendered from the table above."""
     table = {s.value: [n.value for n in nxt] for s, nxt in TRANSITIONS.items()}
-    terminal = {s.value: True for s in TERMINAL}
+    terminal = {s.value: True for s in sorted(TERMINAL)}
     return (
         "-- rendered from engine/states.py: do not edit\n"
         f"local TRANSITIONS = cjson.decode({_lua_string(json.dumps(table))})\n"
-        f"local TERMINAL = cjson.decode({_lua_string(json.dumps(terminal))})\n"
+        f"local TERMINAL = cjson.decode({_lua_string(json.dumps(terminal, sort_keys=True))})\n"
         f"local STOCK_RETURNING = {_lua_string(STOCK_RETURNING.value)}\n"
     )
 

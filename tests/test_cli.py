@@ -1,0 +1,107 @@
+"""The `inventory` command end to end, as a separate process against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import redis
+
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.models import SYSTEM, CallContext, LineRequest
+from engine.scripts import NAMES, source
+from tests.helpers import event_types
+from tests.redis_server import RedisServer
+
+USER = CallContext(actor="u1")
+
+
+def inventory(server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args],
+        env={**os.environ, "REDIS_URL": server.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def test_sweep_releases_due_reservations(engine: Engine, redis_server: RedisServer) -> None:
+    await engine.setup_product("p1", SYSTEM, price=100, stock={"main": 3})
+    await engine.reserve([LineRequest("p1", 2)], USER, ttl_ms=50)
+    await asyncio.sleep(0.1)
+
+    proc = inventory(redis_server, "sweep", "--json")
+
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc) == {"expired": 1, "still_due": 0}
+    stock = await engine.get_stock("p1")
+    assert (stock.available, stock.reserved) == (3, 0)
+    assert (await event_types(engine.redis)).count("reservation_expired") == 1
+
+
+async def test_check_passes_then_reports_drift(engine: Engine, redis_server: RedisServer) -> None:
+    await engine.setup_product("p1", SYSTEM, price=100, stock={"main": 3})
+    await engine.reserve([LineRequest("p1", 1)], USER)
+
+    ok = inventory(redis_server, "check", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert last_json(ok)["invariants_ok"] is True
+    assert last_json(ok)["live_reservations"] == 1
+
+    # drift from outside the scripts (an operator's stray HINCRBY)
+    await engine.redis.hincrby(partition_keys(0).stock, "r|p1|main", 1)
+    bad = inventory(redis_server, "check", "--json")
+    assert bad.returncode == 1
+    assert last_json(bad)["invariants_ok"] is False
+    assert any("p1@main" in p for p in last_json(bad)["problems"])
+
+
+async def test_serve_loads_scripts_and_sweeps(engine: Engine, redis_server: RedisServer) -> None:
+    await engine.setup_product("p1", SYSTEM, price=100, stock={"main": 3})
+    client = redis.Redis.from_url(redis_server.url)
+    client.script_flush()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "scripts.cli", "serve", "--sweep-interval", "0.2"],
+        env={**os.environ, "REDIS_URL": redis_server.url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        shas = [hashlib.sha1(source(n).encode()).hexdigest() for n in NAMES]
+        deadline = time.monotonic() + 20
+        while not all(client.script_exists(*shas)):
+            assert time.monotonic() < deadline, "serve did not load the scripts"
+            await asyncio.sleep(0.05)
+        await engine.reserve([LineRequest("p1", 2)], USER, ttl_ms=100)
+        deadline = time.monotonic() + 5
+        while (await engine.get_stock("p1")).reserved:
+            assert time.monotonic() < deadline, "serve's sweep did not release the reservation"
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=10)
+        client.close()
+    assert proc.returncode == 0, err
+    assert b"stopped" in err
+
+
+def test_bad_arguments_are_refused_clearly(redis_server: RedisServer, clean_redis: None) -> None:
+    proc = inventory(redis_server, "chaos", "--processes", "0")
+    assert proc.returncode == 2
+    assert "processes" in proc.stderr
+    assert redis.Redis.from_url(redis_server.url).dbsize() == 0  # nothing was created
