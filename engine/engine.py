@@ -93,8 +93,10 @@ class Engine:
         currency = currency or self.settings.default_currency
         if not v.CURRENCY.fullmatch(currency):
             raise errors.InvalidInput("currency", "must be a three-letter ISO 4217 code")
-        if warehouses is None:
-            warehouses = {self.settings.default_warehouse: 0}
+        if warehouses is not None and not warehouses:
+            raise errors.InvalidInput("warehouses", "name at least one warehouse, or leave it out")
+        # Left out: an existing product keeps its warehouses, a new one gets the default.
+        warehouses = warehouses or {}
         for name, priority in warehouses.items():
             v.check_name("warehouse", name)
             v.check_int("priority", priority, -(10**6), 10**6)
@@ -115,7 +117,14 @@ class Engine:
         reply = await self.scripts.call(
             "setup_product",
             [k.stock, k.products, k.outbox, idem],
-            [*payload, ctx.actor, ctx.request_id, fp, self.settings.idempotency_ttl_ms],
+            [
+                *payload,
+                ctx.actor,
+                ctx.request_id,
+                fp,
+                self.settings.idempotency_ttl_ms,
+                self.settings.default_warehouse,
+            ],
         )
         replies.raise_for(reply)
         p = reply["product"]

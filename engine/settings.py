@@ -6,6 +6,7 @@ because the scripts count in Redis milliseconds.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -14,12 +15,16 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _seconds_ms(env: Mapping[str, str], name: str, default: float) -> int:
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     value = default if raw is None or raw == "" else float(raw)
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {raw!r}")
-    return round(value * 1000)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _seconds_ms(env: Mapping[str, str], name: str, default: float) -> int:
+    return round(_seconds(env, name, default) * 1000)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -65,7 +70,7 @@ class Settings:
         return cls(
             redis_url=e.get("REDIS_URL") or d.redis_url,
             redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
-            redis_pool_timeout_s=float(e.get("REDIS_POOL_TIMEOUT") or d.redis_pool_timeout_s),
+            redis_pool_timeout_s=_seconds(e, "REDIS_POOL_TIMEOUT", d.redis_pool_timeout_s),
             partitions=_int(e, "PARTITIONS", d.partitions),
             reservation_ttl_ms=_seconds_ms(e, "RESERVATION_TTL", d.reservation_ttl_ms / 1000),
             reservation_ttl_min_ms=_seconds_ms(
@@ -109,6 +114,6 @@ class Settings:
             value = str(getattr(self, f.name))
             if f.name == "redis_url" and "@" in value:
                 scheme, _, rest = value.partition("://")
-                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+                value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
             out[f.name] = value
         return out

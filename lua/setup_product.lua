@@ -14,6 +14,7 @@
 -- ARGV[6] actor (user id)         ARGV[7] request id
 -- ARGV[8] request fingerprint ('' = no idempotency key)
 -- ARGV[9] idempotency record ttl (ms)
+-- ARGV[10] default warehouse: stocks a new product for which ARGV[4] names none
 --
 -- Returns JSON {"ok": true, "product": {id, price, currency, warehouses [[name, priority]]},
 --   "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
@@ -34,6 +35,7 @@ if old then
   for _, wh in ipairs(old.warehouses) do priority[wh[1]] = wh[2] end
 end
 for _, wh in ipairs(cjson.decode(ARGV[4])) do priority[wh[1]] = wh[2] end
+if next(priority) == nil then priority[ARGV[10]] = 0 end
 for name, prio in pairs(priority) do meta.warehouses[#meta.warehouses + 1] = {name, prio} end
 table.sort(meta.warehouses, function(x, y)
   if x[2] ~= y[2] then return x[2] < y[2] end

@@ -1,0 +1,164 @@
+"""Expiry: a due reservation is dead on access, its units go to the next buyer at once,
+and the sweep records each expiry exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import errors
+from engine.engine import Engine
+from engine.invariants import check_partition
+from engine.models import ExpiryResult, LineRequest, ReservationStatus
+from tests.helpers import event_types, events, snapshot
+from tests.support import (
+    ALICE,
+    BOB,
+    SHORT_TTL_MS,
+    STAFF,
+    add_product,
+    hold,
+    levels,
+    movement,
+    of_type,
+    wait_until_due,
+)
+
+
+async def test_due_reservation_cant_be_committed_and_is_released_then(engine: Engine) -> None:
+    r = await hold(engine, ttl_ms=SHORT_TTL_MS)
+    await wait_until_due(engine, r)
+    # due but not yet released: the units are still counted as reserved
+    assert await levels(engine, "sku-1") == {"main": (7, 3)}
+    with pytest.raises(errors.ReservationExpired) as info:
+        await engine.commit(r.id, ALICE)
+    assert info.value.details() == {"reservation": r.id, "expires_at_ms": r.expires_at_ms}
+    assert await levels(engine, "sku-1") == {"main": (10, 0)}
+    assert (await check_partition(engine.redis, 0)).ok
+
+    [e] = await of_type(engine, "reservation_expired")
+    assert (e["reservation"], e["user"], e["trigger"]) == (r.id, "alice", "access")
+    assert e["expires_at"] == r.expires_at_ms
+    assert e["movements"] == [movement("sku-1", "main", (7, 10), (3, 0))]
+    assert (e["actor"], e["request_id"]) == ("system", "")
+    assert e["ts"] >= r.expires_at_ms
+    assert "order_created" not in await event_types(engine.redis)
+
+    # once released, every later call is refused the same way and changes nothing
+    before = await snapshot(engine.redis)
+    for call in (engine.commit, engine.release, engine.extend):
+        with pytest.raises(errors.ReservationExpired):
+            await call(r.id, ALICE)
+    assert await snapshot(engine.redis) == before
+
+
+async def test_due_reservation_cant_be_released_or_extended(engine: Engine) -> None:
+    r = await hold(engine, ttl_ms=SHORT_TTL_MS)
+    await wait_until_due(engine, r)
+    with pytest.raises(errors.ReservationExpired):
+        await engine.extend(r.id, ALICE, ttl_ms=60_000)
+    assert await levels(engine, "sku-1") == {"main": (10, 0)}
+    with pytest.raises(errors.ReservationExpired):
+        await engine.release(r.id, ALICE)
+    assert [e["trigger"] for e in await of_type(engine, "reservation_expired")] == ["access"]
+    assert await of_type(engine, "reservation_extended") == []
+    assert await of_type(engine, "reservation_released") == []
+
+
+async def test_due_units_go_to_the_next_reserve_call_without_a_sweep(engine: Engine) -> None:
+    r = await hold(engine, 10, ttl_ms=SHORT_TTL_MS)
+    with pytest.raises(errors.InsufficientStock):
+        await engine.reserve([LineRequest("sku-1", 1)], BOB)
+    await wait_until_due(engine, r)
+    bobs = await engine.reserve([LineRequest("sku-1", 10)], BOB)
+    assert [line.quantity for line in bobs.lines] == [10]
+    assert await levels(engine, "sku-1") == {"main": (0, 10)}
+    assert await event_types(engine.redis) == [
+        "product_updated",
+        "stock_adjusted",
+        "reservation_created",
+        "reservation_expired",
+        "reservation_created",
+    ]
+    expired = (await events(engine.redis))[-2]
+    assert (expired["reservation"], expired["trigger"]) == (r.id, "reserve")
+    assert expired["movements"] == [movement("sku-1", "main", (0, 10), (10, 0))]
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+async def test_due_units_go_to_the_next_direct_order(engine: Engine) -> None:
+    r = await hold(engine, 10, ttl_ms=SHORT_TTL_MS)
+    await wait_until_due(engine, r)
+    order = await engine.place_order([LineRequest("sku-1", 10)], BOB)
+    assert [line.quantity for line in order.lines] == [10]
+    assert await levels(engine, "sku-1") == {"main": (0, 0)}
+    assert (await event_types(engine.redis))[-2:] == ["reservation_expired", "order_created"]
+
+
+async def test_sweep_expires_each_due_reservation_exactly_once(engine: Engine) -> None:
+    await add_product(engine, "sku-1", {"main": 10})
+    short = [
+        await engine.reserve([LineRequest("sku-1", 2)], ctx, ttl_ms=SHORT_TTL_MS)
+        for ctx in (ALICE, BOB)
+    ]
+    long = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=60_000)
+    assert await engine.expire() == ExpiryResult(expired=0, still_due=0)
+    await wait_until_due(engine, *short)
+
+    assert await engine.expire() == ExpiryResult(expired=2, still_due=0)
+    swept = await of_type(engine, "reservation_expired")
+    assert sorted(e["reservation"] for e in swept) == sorted(r.id for r in short)
+    assert {e["trigger"] for e in swept} == {"sweep"}
+    assert {e["user"] for e in swept} == {"alice", "bob"}
+    assert await levels(engine, "sku-1") == {"main": (9, 1)}
+
+    before = await snapshot(engine.redis)
+    assert await engine.expire() == ExpiryResult(expired=0, still_due=0)
+    assert await snapshot(engine.redis) == before
+    for r in short:
+        assert (await engine.get_reservation(r.id, STAFF)).status == ReservationStatus.EXPIRED
+        with pytest.raises(errors.ReservationExpired):
+            await engine.commit(r.id, STAFF)
+    assert (await engine.get_reservation(long.id, ALICE)).status == ReservationStatus.ACTIVE
+    assert len(await of_type(engine, "reservation_expired")) == 2
+
+
+async def test_sweep_limit_leaves_the_rest_due(engine: Engine) -> None:
+    await add_product(engine, "sku-1", {"main": 10})
+    held = [
+        await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=SHORT_TTL_MS)
+        for _ in range(3)
+    ]
+    await wait_until_due(engine, *held)
+    assert await engine.expire(limit=2) == ExpiryResult(expired=2, still_due=1)
+    assert await engine.expire(limit=2) == ExpiryResult(expired=1, still_due=0)
+    with pytest.raises(errors.InvalidInput):
+        await engine.expire(limit=0)
+
+
+async def test_get_reservation_shows_expired_once_due(engine: Engine) -> None:
+    r = await hold(engine, ttl_ms=SHORT_TTL_MS)
+    assert (await engine.get_reservation(r.id, ALICE)).status == ReservationStatus.ACTIVE
+    await wait_until_due(engine, r)
+    # before any script released it, a read already says expired
+    seen = await engine.get_reservation(r.id, ALICE)
+    assert seen.status == ReservationStatus.EXPIRED
+    assert seen.lines == r.lines
+
+
+async def test_ended_records_keep_a_ttl(engine: Engine) -> None:
+    await add_product(engine, "sku-1", {"main": 10})
+    k = engine.keys(0)
+    retention = engine.settings.reservation_retention_ms
+    released = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=60_000)
+    committed = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=60_000)
+    expired = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=SHORT_TTL_MS)
+    await engine.release(released.id, ALICE)
+    order = await engine.commit(committed.id, ALICE)
+    await wait_until_due(engine, expired)
+    assert (await engine.expire()).expired == 1
+
+    for r in (released, committed):
+        assert retention - 5_000 < await engine.redis.pttl(k.reservation(r.id)) <= retention
+    assert 0 < await engine.redis.pttl(k.reservation(expired.id)) <= retention
+    seen = await engine.get_reservation(committed.id, ALICE)
+    assert (seen.status, seen.order_id) == (ReservationStatus.COMMITTED, order.id)

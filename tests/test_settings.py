@@ -1,0 +1,118 @@
+"""Settings: read from the environment in one place; bad values refused; secrets hidden."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.settings import PROJECT_ROOT, Settings
+
+
+def test_settings_defaults() -> None:
+    s = Settings.from_env({})
+    assert s == Settings()
+    assert (s.partitions, s.reservation_ttl_ms, s.default_warehouse) == (1, 600_000, "main")
+    assert s.data_dir == PROJECT_ROOT / "data"
+    # empty values count as unset
+    assert Settings.from_env({"PARTITIONS": "", "RESERVATION_TTL": "", "REDIS_URL": ""}) == s
+
+
+def test_settings_overrides() -> None:
+    s = Settings.from_env(
+        {
+            "REDIS_URL": "redis://10.0.0.5:6380/2",
+            "REDIS_MAX_CONNECTIONS": "8",
+            "REDIS_POOL_TIMEOUT": "0.5",
+            "PARTITIONS": "4",
+            "RESERVATION_TTL": "30",
+            "RESERVATION_TTL_MIN": "0.25",
+            "RESERVATION_TTL_MAX": "120",
+            "RESERVATION_MAX_LIFETIME": "600",
+            "RESERVATION_RETENTION": "60",
+            "ORDER_RETENTION": "3600",
+            "IDEMPOTENCY_TTL": "1.5",
+            "EXPIRE_BATCH": "7",
+            "SWEEP_BATCH": "70",
+            "DEFAULT_WAREHOUSE": "berlin",
+            "DEFAULT_CURRENCY": "EUR",
+            "DATA_DIR": "/srv/inventory",
+        }
+    )
+    assert s == Settings(
+        redis_url="redis://10.0.0.5:6380/2",
+        redis_max_connections=8,
+        redis_pool_timeout_s=0.5,
+        partitions=4,
+        reservation_ttl_ms=30_000,
+        reservation_ttl_min_ms=250,
+        reservation_ttl_max_ms=120_000,
+        reservation_max_lifetime_ms=600_000,
+        reservation_retention_ms=60_000,
+        order_retention_ms=3_600_000,
+        idempotency_ttl_ms=1_500,
+        expire_batch=7,
+        sweep_batch=70,
+        default_warehouse="berlin",
+        default_currency="EUR",
+        data_dir=Path("/srv/inventory"),
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PARTITIONS": "0"},
+        {"PARTITIONS": "two"},
+        {"PARTITIONS": "1.5"},
+        {"REDIS_MAX_CONNECTIONS": "0"},
+        {"EXPIRE_BATCH": "-1"},
+        {"SWEEP_BATCH": "0"},
+        {"REDIS_POOL_TIMEOUT": "soon"},
+        {"RESERVATION_TTL": "-1"},
+        {"RESERVATION_TTL": "ten"},
+        {"RESERVATION_TTL": "nan"},
+        {"IDEMPOTENCY_TTL": "-0.001"},
+        {"RESERVATION_TTL_MIN": "0"},
+        {"RESERVATION_TTL_MIN": "20", "RESERVATION_TTL": "10"},
+        {"RESERVATION_TTL": "7200"},
+        {"RESERVATION_TTL_MAX": "300", "RESERVATION_TTL": "600"},
+        {"RESERVATION_MAX_LIFETIME": "1800"},
+    ],
+)
+def test_bad_settings_raise_value_error(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        Settings.from_env(env)
+
+
+def test_infinite_duration_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="RESERVATION_TTL"):
+        Settings.from_env({"RESERVATION_TTL": "inf"})
+
+
+@pytest.mark.parametrize("timeout", ["-1", "nan"])
+def test_bad_pool_timeout_raises_value_error(timeout: str) -> None:
+    with pytest.raises(ValueError, match="REDIS_POOL_TIMEOUT"):
+        Settings.from_env({"REDIS_POOL_TIMEOUT": timeout})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@cache:6379/0", "redis://***@cache:6379/0"),
+        ("rediss://app:s3cret@cache.example:6380/1", "rediss://***@cache.example:6380/1"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ],
+)
+def test_describe_hides_the_password(url: str, shown: str) -> None:
+    described = Settings(redis_url=url).describe()
+    assert described["redis_url"] == shown
+    assert "s3cret" not in json.dumps(described)
+    assert set(described) == set(Settings.__dataclass_fields__)
+    assert described["reservation_ttl_ms"] == "600000"
+
+
+def test_describe_hides_a_password_containing_at() -> None:
+    described = Settings(redis_url="redis://app:pa@ss@cache:6379/0").describe()
+    assert described["redis_url"] == "redis://***@cache:6379/0"
