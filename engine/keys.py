@@ -56,6 +56,16 @@ class PartitionKeys:
         return f"{self._tag}:idem:{digest}"
 
     @property
+    def drain_lock(self) -> str:
+        """Held by the one worker draining this partition's outbox (a lease)."""
+        return f"{self._tag}:outbox:drain-lock"
+
+    @property
+    def drain_requested(self) -> str:
+        """Set while a drain job for this partition is queued, so writes enqueue one at most."""
+        return f"{self._tag}:outbox:drain-requested"
+
+    @property
     def unused_idempotency(self) -> str:
         """Placeholder passed in KEYS when a call carries no idempotency key."""
         return f"{self._tag}:idem:-"

@@ -59,6 +59,12 @@ class Settings:
     expire_batch: int = 100
     # Due reservations released by one sweep call.
     sweep_batch: int = 1000
+    # The durable record (persistence/). Empty: SQLite in data_dir, the embedded default.
+    database_url: str = ""
+    # Outbox events applied per database transaction by the worker.
+    drain_batch: int = 1000
+    # How long a drainer holds a partition before it must renew its lease.
+    drain_lease_ms: int = 30_000
     default_warehouse: str = "main"
     default_currency: str = "USD"
     data_dir: Path = PROJECT_ROOT / "data"
@@ -89,6 +95,9 @@ class Settings:
             idempotency_ttl_ms=_seconds_ms(e, "IDEMPOTENCY_TTL", d.idempotency_ttl_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
+            database_url=e.get("DATABASE_URL") or d.database_url,
+            drain_batch=_int(e, "DRAIN_BATCH", d.drain_batch),
+            drain_lease_ms=_seconds_ms(e, "DRAIN_LEASE", d.drain_lease_ms / 1000),
             default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,
             default_currency=e.get("DEFAULT_CURRENCY") or d.default_currency,
             data_dir=Path(e.get("DATA_DIR") or d.data_dir),
@@ -107,12 +116,16 @@ class Settings:
             raise ValueError("RESERVATION_MAX_LIFETIME must be >= RESERVATION_TTL_MAX")
         return self
 
+    @property
+    def database_url_or_default(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'inventory.db'}"
+
     def describe(self) -> dict[str, str]:
         """The settings as printable strings (the Redis password hidden)."""
         out: dict[str, str] = {}
         for f in fields(self):
             value = str(getattr(self, f.name))
-            if f.name == "redis_url" and "@" in value:
+            if f.name in ("redis_url", "database_url") and "@" in value:
                 scheme, _, rest = value.partition("://")
                 value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
             out[f.name] = value

@@ -18,6 +18,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
+from scripts import background
 
 console = Console(stderr=True)
 
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_chaos)
+
+    background.add_commands(sub, common)
     return parser
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent developer/CI set-up for a Debian 12 machine with Python 3.11:
-#   - system packages (redis-server, redis-cli; python3.X-venv if venv can't bootstrap pip)
+#   - system packages (redis-server, redis-cli; the PostgreSQL server binaries for the test
+#     suite's throwaway clusters; python3.X-venv if venv can't bootstrap pip). No packaged
+#     service is left running or enabled: the project starts its own servers.
 #   - .venv in the project root (python3.11, or python3 when it is 3.11+; $PYTHON overrides)
 #   - pip install -c constraints.txt -e '.[dev]', skipped while a stamp in .venv shows that
 #     pyproject.toml, constraints.txt and the interpreter are unchanged.
@@ -39,29 +41,78 @@ apt_install() {
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# --- redis-server -------------------------------------------------------------------------
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    # Keep the packaged service from starting on 6379 during the install (it would take the
-    # port serve.sh wants): a temporary policy-rc.d that denies starts, if there is none yet.
-    policy=/usr/sbin/policy-rc.d
-    own_policy=0
+# apt_install, but the packages' services may not start during the install (they would take
+# the ports the project wants): a temporary policy-rc.d that denies starts, if there is none
+# yet (invoke-rc.d and deb-systemd-invoke both obey it). Returns apt's status.
+apt_install_no_start() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these by hand: $*"
+    local policy=/usr/sbin/policy-rc.d own_policy=0 status=0
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
         "${SUDO[@]}" chmod 755 "$policy"
         own_policy=1
     fi
-    status=0
-    apt_install redis-server redis-tools || status=$?
+    apt_install "$@" || status=$?
     if [[ $own_policy -eq 1 ]]; then
         "${SUDO[@]}" rm -f "$policy"
     fi
-    [[ $status -eq 0 ]] || die "installing redis-server failed"
-    # On systemd machines the package also enables the unit for the next boot: undo that, the
-    # project runs its own redis-server processes (scripts/redis.sh).
+    return "$status"
+}
+
+# On systemd machines a package also enables its unit for the next boot: undo that.
+systemd_disable() {
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
-        "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+        "${SUDO[@]}" systemctl disable --now "$@" >/dev/null 2>&1 || true
     fi
+}
+
+# --- redis-server -------------------------------------------------------------------------
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install_no_start redis-server redis-tools || die "installing redis-server failed"
+    # The project runs its own redis-server processes (scripts/redis.sh, the test fixtures).
+    systemd_disable redis-server
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after install"
+fi
+
+# --- PostgreSQL server binaries -------------------------------------------------------------
+# The tests start throwaway clusters with initdb and pg_ctl (tests/pg_server.py), as the
+# `postgres` OS user when run as root. Debian keeps the binaries off PATH, in
+# /usr/lib/postgresql/<version>/bin; this prints the newest such folder that has them.
+pg_bindir() {
+    local dir found=""
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V); do
+        if [[ -x $dir/initdb && -x $dir/pg_ctl && -x $dir/postgres ]]; then
+            found=$dir
+        fi
+    done
+    [[ -n $found ]] || return 1
+    printf '%s\n' "$found"
+}
+
+if ! pg_bindir >/dev/null; then
+    # Debian's `postgresql` brings the server of the release's version and creates the
+    # `postgres` OS user.
+    apt_install_no_start postgresql || die "installing postgresql failed"
+    # It also creates a default cluster (<version>/main, port 5432) that starts with the
+    # machine. The project needs none of it: stop every packaged cluster (policy-rc.d kept
+    # it from starting, but be sure), mark it manual so that neither systemd nor the init
+    # script starts it at boot, and disable the service. Best effort, never fatal.
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        while read -r version cluster _; do
+            [[ -n $version && -n $cluster ]] || continue
+            "${SUDO[@]}" pg_ctlcluster "$version" "$cluster" stop >/dev/null 2>&1 || true
+            start_conf="/etc/postgresql/$version/$cluster/start.conf"
+            if [[ -f $start_conf ]]; then
+                printf 'manual\n' | "${SUDO[@]}" tee "$start_conf" >/dev/null || true
+            fi
+        done < <(pg_lsclusters --no-header 2>/dev/null || true)
+    fi
+    systemd_disable postgresql
+    pg_bindir >/dev/null || die "no initdb/pg_ctl in /usr/lib/postgresql/*/bin after install"
+fi
+if [[ $EUID -eq 0 ]] && ! getent passwd postgres >/dev/null 2>&1; then
+    log "warning: no postgres OS user: the tests (run as root) can't start PostgreSQL as it;" \
+        "reinstall Debian's postgresql-common or create the user"
 fi
 
 # --- Python ---------------------------------------------------------------------------------

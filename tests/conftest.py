@@ -1,8 +1,13 @@
-"""Fixtures: a real redis-server for the session, an engine per test on a flushed database."""
+"""Fixtures: a real redis-server for the session, an engine per test on a flushed database;
+a real PostgreSQL cluster for the session with a fresh migrated database per test, and the
+same for SQLite."""
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,8 @@ import redis
 
 from engine.engine import Engine
 from engine.settings import Settings
+from persistence import migrate
+from tests.pg_server import PostgresServer
 from tests.redis_server import RedisServer
 
 
@@ -44,3 +51,66 @@ async def engine(settings: Settings, clean_redis: None) -> AsyncIterator[Engine]
     e = Engine.from_settings(settings)
     yield e
     await e.aclose()
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+PG_TEMPLATE = "inventory_template"
+_pg_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session (127.0.0.1, a free port, a temporary folder).
+    A test may stop() and start() it; the per-test fixtures start it again if needed."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PostgresServer) -> str:
+    """A database migrated to head once per session, frozen as the template of pg_url's."""
+    pg_server.start()
+    pg_server.create_database(PG_TEMPLATE)
+    migrate.upgrade(pg_server.url_for(PG_TEMPLATE))
+    pg_server.make_template(PG_TEMPLATE)
+    return PG_TEMPLATE
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer, pg_template: str) -> Iterator[str]:
+    """A fresh Postgres database at the newest migration, dropped after the test."""
+    pg_server.start()  # in case an earlier test left it stopped
+    name = f"test_{next(_pg_databases)}"
+    pg_server.create_database(name, template=pg_template)
+    yield pg_server.url_for(name)
+    pg_server.start()
+    pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh SQLite file in tmp_path at the newest migration (a copy of a migrated one)."""
+    path = tmp_path / "inventory.db"
+    # The backup API copies a consistent image whatever is left in the template's WAL.
+    with closing(sqlite3.connect(sqlite_template)) as src, closing(sqlite3.connect(path)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """For tests that must hold on both databases: a fresh migrated database of each kind."""
+    url: str = request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_url")
+    return url

@@ -1,0 +1,98 @@
+"""The background jobs, run by RQ workers: importable, primitive arguments, safe to run twice.
+
+Clients are built lazily, once per worker process, from the environment's settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from functools import cache
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from sqlalchemy import Engine as DatabaseEngine
+
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.settings import Settings
+from persistence.db import database_engine
+from persistence.drain import DrainResult, drain_partition
+
+QUEUE = "inventory"
+# Postgres down: the drain retries with backoff; events wait in the outbox meanwhile.
+DRAIN_RETRY = Retry(max=8, interval=[1, 2, 4, 8, 15, 30, 60, 60])
+JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result forever
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings().redis_url, decode_responses=True)
+
+
+@cache
+def database() -> DatabaseEngine:
+    return database_engine(settings())
+
+
+def queue(connection: redis.Redis | None = None) -> Queue:
+    """The jobs' queue; RQ wants a connection that does not decode responses."""
+    conn = connection or redis.Redis.from_url(settings().redis_url)
+    return Queue(QUEUE, connection=conn)
+
+
+def summary(result: DrainResult) -> dict[str, Any]:
+    out = dataclasses.asdict(result)
+    lag = sorted(out.pop("lag_ms"))
+    out["lag_p50_ms"] = lag[len(lag) // 2] if lag else None
+    out["lag_p99_ms"] = lag[min(len(lag) - 1, len(lag) * 99 // 100)] if lag else None
+    return out
+
+
+def drain(partition: int) -> dict[str, Any]:
+    """Drain one partition's outbox into the database."""
+    client = redis_client()
+    # Cleared before reading, so a write that lands while we drain asks for another run.
+    client.delete(partition_keys(partition).drain_requested)
+    return summary(drain_partition(client, database(), settings(), partition))
+
+
+def drain_all() -> list[dict[str, Any]]:
+    return [drain(p) for p in range(settings().partitions)]
+
+
+def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
+    """Enqueue a drain of `partition` unless one is already waiting: no job storm under load."""
+    if not client.set(partition_keys(partition).drain_requested, "1", nx=True, ex=60):
+        return False
+    q.enqueue(
+        drain,
+        partition,
+        retry=DRAIN_RETRY,
+        result_ttl=JOB_RESULT_TTL,
+        failure_ttl=86_400,
+    )
+    return True
+
+
+def expire() -> dict[str, int]:
+    """Release due reservations in every partition (the sweep)."""
+
+    async def run() -> dict[str, int]:
+        async with Engine.from_settings(settings()) as engine:
+            result = await engine.expire()
+        return {"expired": result.expired, "still_due": result.still_due}
+
+    outcome = asyncio.run(run())
+    if outcome["expired"]:
+        client = redis_client()
+        q = queue()
+        for p in range(settings().partitions):
+            request_drain(q, client, p)
+    return outcome

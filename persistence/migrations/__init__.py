@@ -1,0 +1,1 @@
+"""Alembic migrations of persistence.schema.metadata; run them through persistence.migrate."""

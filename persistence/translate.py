@@ -1,0 +1,301 @@
+"""From outbox events to rows: a pure function per event type, no database in sight.
+
+`translate(event)` returns the rows one event means — its audit row, its ledger rows (one per
+movement), projection upserts and record inserts or updates. `persistence.apply` writes the
+rows of a whole batch at once. An event it can't translate raises `BadEvent`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.outbox import OutboxEvent
+
+# Ledger reason per event type; stock_adjusted carries its own.
+REASONS = {
+    "reservation_created": "reserved",
+    "reservation_released": "released",
+    "reservation_expired": "expired",
+    "order_created": "ordered",
+    "order_status_changed": "order_cancelled",
+}
+
+
+class BadEvent(ValueError):
+    """An event that can't be applied: malformed, or of a type nobody knows."""
+
+
+@dataclass
+class Rows:
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    stock: list[dict[str, Any]] = field(default_factory=list)
+    product_settings: list[dict[str, Any]] = field(default_factory=list)
+    reservations_new: list[dict[str, Any]] = field(default_factory=list)
+    reservation_lines: list[dict[str, Any]] = field(default_factory=list)
+    reservation_updates: list[dict[str, Any]] = field(default_factory=list)
+    orders_new: list[dict[str, Any]] = field(default_factory=list)
+    order_lines: list[dict[str, Any]] = field(default_factory=list)
+    order_updates: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: Rows) -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(other, name))
+
+
+def ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _movements(event: OutboxEvent, rows: Rows, reason: str, ref_type: str, ref_id: str) -> None:
+    at = ts(event.ts_ms)
+    for seq, m in enumerate(event.movements):
+        rows.ledger.append(
+            {
+                "event_id": event.event_id,
+                "seq": seq,
+                "product": m.product,
+                "warehouse": m.warehouse,
+                "delta_available": m.available_after - m.available_before,
+                "delta_reserved": m.reserved_delta,
+                "delta_total": m.total_delta,
+                "available_after": m.available_after,
+                "reserved_after": m.reserved_after,
+                "reason": reason,
+                "reference_type": ref_type,
+                "reference_id": ref_id,
+                "actor": event.data.get("actor") or "system",
+                "request_id": event.data.get("request_id") or "",
+                "at": at,
+            }
+        )
+        rows.stock.append(
+            {
+                "product": m.product,
+                "warehouse": m.warehouse,
+                "available": m.available_after,
+                "reserved": m.reserved_after,
+                "last_event_id": event.event_id,
+                "updated_at": at,
+            }
+        )
+
+
+def _audit(
+    event: OutboxEvent, rows: Rows, object_type: str, object_id: str, old: Any, new: Any
+) -> None:
+    rows.audit.append(
+        {
+            "event_id": event.event_id,
+            "actor": event.data.get("actor") or "system",
+            "action": event.type,
+            "object_type": object_type,
+            "object_id": object_id,
+            "old_value": old,
+            "new_value": new,
+            "at": ts(event.ts_ms),
+            "request_id": event.data.get("request_id") or "",
+        }
+    )
+
+
+def _lines(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def translate(event: OutboxEvent) -> Rows:
+    try:
+        handler = HANDLERS[event.type]
+    except KeyError:
+        raise BadEvent(f"unknown event type {event.type!r}") from None
+    try:
+        rows = Rows()
+        handler(event, rows)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadEvent(f"{event.type} {event.event_id}: {exc!r}") from exc
+    return rows
+
+
+def _product_updated(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    after = d["after"]
+    rows.product_settings.append(
+        {
+            "product": d["product"],
+            "price": int(after["price"]),
+            "currency": after["currency"],
+            "warehouses": [[w, int(p)] for w, p in _lines(after["warehouses"])],
+            "last_event_id": e.event_id,
+            "updated_at": ts(e.ts_ms),
+        }
+    )
+    _audit(e, rows, "product", d["product"], d["before"] or None, d["after"])
+
+
+def _stock_adjusted(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    _movements(e, rows, str(d["reason"]), "product", d["product"])
+    _audit(
+        e,
+        rows,
+        "product",
+        d["product"],
+        [{"warehouse": m.warehouse, "available": m.available_before} for m in e.movements],
+        [{"warehouse": m.warehouse, "available": m.available_after} for m in e.movements],
+    )
+
+
+def _reservation_created(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    rid = d["reservation"]
+    rows.reservations_new.append(
+        {
+            "id": rid,
+            "user_id": d["user"],
+            "status": "active",
+            "created_at": ts(e.ts_ms),
+            "expires_at": ts(int(d["expires_at"])),
+            "ended_at": None,
+            "order_id": None,
+            "request_id": d.get("request_id") or "",
+            "partition": e.partition,
+        }
+    )
+    for i, (product, warehouse, quantity) in enumerate(_lines(d["lines"])):
+        rows.reservation_lines.append(
+            {
+                "reservation_id": rid,
+                "line": i,
+                "product": product,
+                "warehouse": warehouse,
+                "quantity": int(quantity),
+            }
+        )
+    _movements(e, rows, REASONS[e.type], "reservation", rid)
+    new = {"status": "active", "expires_at": d["expires_at"], "lines": _lines(d["lines"])}
+    _audit(e, rows, "reservation", rid, None, new)
+
+
+def _reservation_ended(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    rid = d["reservation"]
+    status = "released" if e.type == "reservation_released" else "expired"
+    rows.reservation_updates.append({"id": rid, "status": status, "ended_at": ts(e.ts_ms)})
+    _movements(e, rows, REASONS[e.type], "reservation", rid)
+    _audit(e, rows, "reservation", rid, {"status": "active"}, {"status": status})
+
+
+def _reservation_extended(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    rid = d["reservation"]
+    rows.reservation_updates.append({"id": rid, "expires_at": ts(int(d["expires_at_after"]))})
+    _audit(
+        e,
+        rows,
+        "reservation",
+        rid,
+        {"expires_at": d["expires_at_before"]},
+        {"expires_at": d["expires_at_after"]},
+    )
+
+
+def _order_created(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    oid = d["order"]
+    at = ts(e.ts_ms)
+    rows.orders_new.append(
+        {
+            "id": oid,
+            "user_id": d["user"],
+            "status": d["status"],
+            "reservation_id": d.get("reservation") or None,
+            "total": int(d["total"]),
+            "currency": d["currency"],
+            "created_at": at,
+            "updated_at": at,
+            "request_id": d.get("request_id") or "",
+            "partition": e.partition,
+        }
+    )
+    for i, (product, warehouse, quantity, unit_price) in enumerate(_lines(d["lines"])):
+        rows.order_lines.append(
+            {
+                "order_id": oid,
+                "line": i,
+                "product": product,
+                "warehouse": warehouse,
+                "quantity": int(quantity),
+                "unit_price": int(unit_price),
+            }
+        )
+    rows.history.append(
+        {
+            "order_id": oid,
+            "from_status": None,
+            "to_status": d["status"],
+            "actor": d.get("actor") or "system",
+            "request_id": d.get("request_id") or "",
+            "at": at,
+            "event_id": e.event_id,
+        }
+    )
+    if d.get("reservation"):
+        rows.reservation_updates.append(
+            {"id": d["reservation"], "status": "committed", "ended_at": at, "order_id": oid}
+        )
+    _movements(e, rows, REASONS[e.type], "order", oid)
+    new = {"status": d["status"], "total": d["total"], "currency": d["currency"]}
+    _audit(e, rows, "order", oid, None, new)
+
+
+def _order_status_changed(e: OutboxEvent, rows: Rows) -> None:
+    d = e.data
+    oid = d["order"]
+    at = ts(e.ts_ms)
+    rows.order_updates.append({"id": oid, "status": d["to"], "updated_at": at})
+    rows.history.append(
+        {
+            "order_id": oid,
+            "from_status": d["from"],
+            "to_status": d["to"],
+            "actor": d.get("actor") or "system",
+            "request_id": d.get("request_id") or "",
+            "at": at,
+            "event_id": e.event_id,
+        }
+    )
+    _movements(e, rows, REASONS[e.type], "order", oid)
+    _audit(e, rows, "order", oid, {"status": d["from"]}, {"status": d["to"]})
+
+
+def _reconciled(e: OutboxEvent, rows: Rows) -> None:
+    """A repair by `inventory reconcile` in Redis: a counter (its movement starts from the
+    counters as recorded) or an expiry index entry."""
+    d = e.data
+    if e.type == "stock_reconciled":
+        _movements(e, rows, "reconciled", "product", d["product"])
+        m, w = e.movements[0], d["warehouse"]
+        old = {"warehouse": w, **d["found"], "live_reserved": d["live_reserved"]}
+        new = {"warehouse": w, "available": m.available_after, "reserved": m.reserved_after}
+        _audit(e, rows, "product", d["product"], old, new)
+    else:
+        before, after = d["expires_at_before"], d["expires_at_after"]
+        _audit(e, rows, "reservation", d["reservation"], {"expiry": before}, {"expiry": after})
+    rows.audit[-1]["action"] = "reconcile_fix"
+
+
+HANDLERS = {
+    "product_updated": _product_updated,
+    "stock_adjusted": _stock_adjusted,
+    "reservation_created": _reservation_created,
+    "reservation_released": _reservation_ended,
+    "reservation_expired": _reservation_ended,
+    "reservation_extended": _reservation_extended,
+    "order_created": _order_created,
+    "order_status_changed": _order_status_changed,
+    "stock_reconciled": _reconciled,
+    "expiry_reconciled": _reconciled,
+}

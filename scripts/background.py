@@ -1,0 +1,112 @@
+"""`inventory worker`, `inventory scheduler` and `inventory drain`: the background work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+
+from persistence import jobs
+
+
+def _environment(args: argparse.Namespace) -> None:
+    # Jobs read their settings from the environment, in this process and in work horses.
+    if args.redis_url:
+        os.environ["REDIS_URL"] = args.redis_url
+    if getattr(args, "database_url", None):
+        os.environ["DATABASE_URL"] = args.database_url
+
+
+def drain_everything(deadline_s: float = 120.0) -> list[dict[str, Any]]:
+    """Drain every partition until its outbox is empty, waiting out another drainer's lease."""
+    results = []
+    for partition in range(jobs.settings().partitions):
+        started = time.monotonic()
+        while True:
+            result = jobs.drain(partition)
+            if not result["locked_out"]:
+                results.append(result)
+                break
+            if time.monotonic() - started > deadline_s:
+                raise TimeoutError(f"partition {partition} stayed locked by another drainer")
+            time.sleep(0.1)
+    return results
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import Worker
+
+    _environment(args)
+    connection = redis.Redis.from_url(jobs.settings().redis_url)
+    worker = Worker([jobs.queue(connection)], connection=connection)
+    worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
+    if args.burst:
+        results = drain_everything()
+        print(json.dumps({"drained": results}, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from rq_scheduler import Scheduler
+
+    from persistence import periodic
+
+    _environment(args)
+    logging.basicConfig(level=args.log_level)
+    connection = redis.Redis.from_url(jobs.settings().redis_url)
+    scheduler = Scheduler(queue_name=jobs.QUEUE, connection=connection, interval=args.interval)
+    registered = periodic.register(scheduler)
+    logging.getLogger("inventory").info("periodic jobs: %s", ", ".join(registered))
+    scheduler.run(burst=args.burst)
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    _environment(args)
+    results = drain_everything()
+    print(json.dumps({"drained": results}, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from persistence import migrate
+
+    _environment(args)
+    url = jobs.settings().database_url_or_default
+    before = migrate.current(url)
+    migrate.upgrade(url)
+    after = migrate.current(url)
+    print(json.dumps({"from": before, "to": after, "head": migrate.head()}, sort_keys=True))
+    return 0
+
+
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--database-url", help="default: $DATABASE_URL, else SQLite in data/")
+    db.add_argument("--log-level", default="INFO")
+
+    p = sub.add_parser("worker", parents=[common, db], help="run the RQ worker")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="run the queued jobs, drain every outbox into the database, then exit",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("scheduler", parents=[common, db], help="run the periodic jobs")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between checks")
+    p.add_argument("--burst", action="store_true", help="enqueue what is due once, then exit")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("migrate", parents=[common, db], help="bring the database schema up to date")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("drain", parents=[common, db], help="drain every outbox now, in-process")
+    p.set_defaults(func=cmd_drain)
