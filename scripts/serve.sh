@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Set everything up, start Redis (AOF in data/redis, 127.0.0.1:${REDIS_PORT:-6379}) and run
-# `inventory serve "$@"` against it until Ctrl-C. A Redis this script started is stopped on exit;
-# one already running from data/redis (our pidfile) is reused and left running.
+# Set everything up and run the service on its embedded stores until Ctrl-C:
+#   - Redis, AOF on (appendfsync ${REDIS_APPENDFSYNC:-everysec}), data in data/redis,
+#     127.0.0.1:${REDIS_PORT:-6379} (one already running from data/redis is reused and kept);
+#   - the database: $DATABASE_URL, else SQLite in data/inventory.db, migrated to the newest schema;
+#   - `inventory worker` (drains the outbox into the database) and `inventory scheduler`
+#     (expiry every second, a drain every two) in the background;
+#   - `inventory serve "$@"` in the foreground (the HTTP API arrives with a later issue).
+# Whatever this script started is stopped when it exits.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REDIS_SH="$ROOT/scripts/redis.sh"
+INVENTORY="$ROOT/.venv/bin/inventory"
 PORT="${REDIS_PORT:-6379}"
 DATA="$ROOT/data/redis"
 
@@ -13,19 +19,31 @@ DATA="$ROOT/data/redis"
 
 export REDIS_URL="redis://127.0.0.1:$PORT/0"
 
-if "$REDIS_SH" status "$DATA" "$PORT" >/dev/null 2>&1; then
-    echo "serve: reusing Redis already running from data/redis on port $PORT" >&2
-    exec "$ROOT/.venv/bin/inventory" serve "$@"
-fi
-
-"$REDIS_SH" start "$DATA" "$PORT"
-
+started_redis=0
+children=()
 # shellcheck disable=SC2317  # invoked by the EXIT trap
-stop_redis() { "$REDIS_SH" stop "$DATA" "$PORT" || true; }
-trap stop_redis EXIT
+cleanup() {
+    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if ((started_redis)); then "$REDIS_SH" stop "$DATA" "$PORT" || true; fi
+}
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if "$REDIS_SH" status "$DATA" "$PORT" >/dev/null 2>&1; then
+    echo "serve: reusing Redis already running from data/redis on port $PORT" >&2
+else
+    "$REDIS_SH" start "$DATA" "$PORT"
+    started_redis=1
+fi
+
+"$INVENTORY" migrate --log-level WARNING >/dev/null
+"$INVENTORY" worker --log-level WARNING &
+children+=("$!")
+"$INVENTORY" scheduler --log-level WARNING &
+children+=("$!")
+
 rc=0
-"$ROOT/.venv/bin/inventory" serve "$@" || rc=$?
+"$INVENTORY" serve "$@" || rc=$?
 exit "$rc"
