@@ -27,6 +27,7 @@ NAMES: tuple[str, ...] = (
     "commit",
     "place_order",
     "transition",
+    "repair_stock",
 )
 
 

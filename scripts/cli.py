@@ -18,7 +18,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench
+from scripts import background, bench, operators
 
 console = Console(stderr=True)
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chaos)
 
     background.add_commands(sub, common)
+    operators.add_commands(sub, common)
     bench.add_commands(sub, common)
     return parser
 

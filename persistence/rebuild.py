@@ -1,0 +1,370 @@
+"""Restoring Redis from the database after Redis lost its data (`inventory rebuild`), and the
+two shapes of a live record, a Redis hash and database rows, which reconcile's repairs share.
+
+Restored per partition, in one MULTI: the products hash (product_settings), the counters
+(stock_levels), the live reservations (status 'active': live entry, expiry index, record hash
+and its TTL; those already due too, so that the sweep releases them and records
+reservation_expired as usual) and the orders not yet terminal. No outbox event is written: the
+database holds all of it already. The outbox's ids are made to start after the database
+checkpoint, so that a drain never skips a new event.
+
+What no rebuild can restore: events appended before the loss and not yet drained are gone with
+Redis, unless its AOF had them (that is why AOF is on). Nothing left in Redis says what they
+were, so there is nothing to refuse on; `inventory reconcile` afterwards shows the result.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import chain
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+from sqlalchemy import Connection, Engine, Table, func, select
+
+from engine import invariants
+from engine.keys import partition_keys, partition_of
+from engine.settings import Settings
+from engine.states import TERMINAL
+from persistence import schema
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RebuildRefused(RuntimeError):
+    """Redis already holds data for a partition (or events the database lacks)."""
+
+
+def sid(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_ms(at: datetime) -> int:
+    # SQLite hands back naive datetimes; everything stored is UTC
+    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(value: str | int | None, default: datetime) -> datetime:
+    return EPOCH + timedelta(milliseconds=int(value)) if value not in (None, "") else default
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@contextmanager
+def consistent_read(db: Engine) -> Iterator[Connection]:
+    """A read-only transaction whose queries all see one snapshot of the database."""
+    with db.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens no transaction for a SELECT: open one by hand (WAL: a snapshot)
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.exec_driver_sql("ROLLBACK")
+        else:
+            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
+
+def audit(
+    conn: Connection,
+    actor: str,
+    action: str,
+    obj: tuple[str, str],
+    old: Any,
+    new: Any,
+    request_id: str,
+    event_id: str | None = None,
+) -> str:
+    """An audit row written directly (not from an outbox event); returns its event id."""
+    event_id = event_id or f"{actor}-{uuid.uuid4().hex}"
+    row = {
+        "event_id": event_id,
+        "actor": actor,
+        "action": action,
+        "object_type": obj[0],
+        "object_id": obj[1],
+        "old_value": old,
+        "new_value": new,
+        "at": datetime.now(UTC),
+        "request_id": request_id,
+    }
+    conn.execute(schema.audit_log.insert(), row)
+    return event_id
+
+
+# -- a live record's two shapes -------------------------------------------------------------
+
+
+def live_entry(owner: str, lines: list[Any]) -> str:
+    """The live hash's value, as reserve.lua writes it."""
+    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
+
+
+def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """The reservation's record hash, with the fields reserve.lua writes."""
+    return {
+        "id": row.id,
+        "owner": row.user_id,
+        "status": "active",
+        "created_at": to_ms(row.created_at),
+        "expires_at": to_ms(row.expires_at),
+        "lines": compact(lines),
+        "request_id": row.request_id or "",
+    }
+
+
+def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """The order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
+    return {
+        "id": row.id,
+        "owner": row.user_id,
+        "status": row.status,
+        "reservation_id": row.reservation_id or "",
+        "lines": compact(lines),
+        "total": int(row.total),
+        "currency": row.currency,
+        "created_at": to_ms(row.created_at),
+        "updated_at": to_ms(row.updated_at),
+    }
+
+
+def reservation_rows(
+    rid: str, rec: dict[str, str], live: dict[str, Any], partition: int, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The database rows of a live reservation, from its record hash or else its live entry."""
+    owner = rec.get("owner") or live.get("owner")
+    lines = json.loads(rec["lines"]) if rec.get("lines") else live.get("lines")
+    if owner is None or lines is None:
+        return None
+    row = {
+        "id": rid,
+        "user_id": owner,
+        "status": "active",
+        "ended_at": None,
+        "order_id": None,
+        "created_at": from_ms(rec.get("created_at"), now),
+        "expires_at": from_ms(rec.get("expires_at"), now),
+        "request_id": rec.get("request_id", ""),
+        "partition": partition,
+    }
+    return row, [
+        {"reservation_id": rid, "line": i, "product": p, "warehouse": w, "quantity": q}
+        for i, (p, w, q) in enumerate(lines)
+    ]
+
+
+def order_rows(
+    oid: str, rec: dict[str, str], status: str, partition: int, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The database rows of an order, from its record hash."""
+    row = {
+        "id": oid,
+        "user_id": rec["owner"],
+        "status": status,
+        "total": int(rec["total"]),
+        "reservation_id": rec.get("reservation_id") or None,
+        "currency": rec["currency"],
+        "created_at": from_ms(rec.get("created_at"), now),
+        "updated_at": from_ms(rec.get("updated_at"), now),
+        "request_id": "",
+        "partition": partition,
+    }
+    return row, [
+        {
+            "order_id": oid,
+            "line": i,
+            "product": p,
+            "warehouse": w,
+            "quantity": q,
+            "unit_price": price,
+        }
+        for i, (p, w, q, price) in enumerate(json.loads(rec["lines"]))
+    ]
+
+
+# -- the rebuild ----------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildResult:
+    partitions: list[dict[str, int]] = field(default_factory=list)  # what each one got
+    # Unresolved dead letters: events the database lacks, and so the rebuilt Redis too.
+    dead_letters: int = 0
+    problems: list[str] = field(default_factory=list)  # invariants the restored data breaks
+
+
+@dataclass
+class _Partition:
+    products: dict[str, str] = field(default_factory=dict)
+    stock: dict[str, int] = field(default_factory=dict)
+    live: dict[str, str] = field(default_factory=dict)
+    expiry: dict[str, int] = field(default_factory=dict)
+    reservations: dict[str, dict[str, str | int]] = field(default_factory=dict)
+    orders: dict[str, dict[str, str | int]] = field(default_factory=dict)
+
+
+def _lines(conn: Connection, table: Table, key: str, ids: Any) -> dict[str, list[list[Any]]]:
+    """Each record's lines in order, without the key and line number."""
+    columns = [c for c in table.c if c.name not in (key, "line")]
+    query = select(table.c[key], *columns).where(table.c[key].in_(ids))
+    out: dict[str, list[list[Any]]] = defaultdict(list)
+    for record, *values in conn.execute(query.order_by(table.c[key], table.c.line)):
+        out[record].append([v if isinstance(v, str) else int(v) for v in values])
+    return out
+
+
+def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str], int]:
+    """What each partition gets, the checkpoints and the unresolved dead letters."""
+    plans = [_Partition() for _ in range(partitions)]
+    rs, o, dl, cp = (
+        schema.reservations,
+        schema.orders,
+        schema.dead_letters,
+        schema.outbox_checkpoints,
+    )
+    live_orders = o.c.status.not_in(sorted(s.value for s in TERMINAL))
+    with consistent_read(db) as conn:
+        checkpoints = {
+            int(p): str(i) for p, i in conn.execute(select(cp.c.partition, cp.c.last_event_id))
+        }
+        dead = conn.scalar(select(func.count()).where(dl.c.resolved_at.is_(None))) or 0
+        for row in conn.execute(select(schema.product_settings)):
+            plan = plans[partition_of(row.product, partitions)]
+            warehouses = sorted(
+                ([str(w), int(n)] for w, n in row.warehouses), key=lambda x: (x[1], x[0])
+            )
+            meta = {"price": int(row.price), "currency": row.currency, "warehouses": warehouses}
+            plan.products[row.product] = compact(meta)
+            for w, _ in warehouses:  # as setup_product.lua: every warehouse has its counters
+                plan.stock.update({f"a|{row.product}|{w}": 0, f"r|{row.product}|{w}": 0})
+        for row in conn.execute(select(schema.stock_levels)):
+            plan = plans[partition_of(row.product, partitions)]
+            plan.stock[f"a|{row.product}|{row.warehouse}"] = int(row.available)
+            plan.stock[f"r|{row.product}|{row.warehouse}"] = int(row.reserved)
+        active = rs.c.status == "active"
+        lines = _lines(
+            conn, schema.reservation_lines, "reservation_id", select(rs.c.id).where(active)
+        )
+        for row in conn.execute(select(rs).where(active)):
+            plan = plans[partition_of(row.id, partitions)]  # where the engine will look for it
+            record = reservation_hash(row, lines.get(row.id, []))
+            plan.live[row.id] = live_entry(row.user_id, lines.get(row.id, []))
+            plan.expiry[row.id] = int(record["expires_at"])
+            plan.reservations[row.id] = record
+        lines = _lines(conn, schema.order_lines, "order_id", select(o.c.id).where(live_orders))
+        for row in conn.execute(select(o).where(live_orders)):
+            plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
+                row, lines.get(row.id, [])
+            )
+    return plans, checkpoints, int(dead)
+
+
+def _refusal(client: Any, p: int, checkpoint: str, force: bool) -> str | None:
+    k = partition_keys(p)
+    present = [key for key in (k.stock, k.products, k.live, k.expiry) if client.exists(key)]
+    if present and not force:
+        return (
+            f"partition {p} already has data in Redis ({', '.join(present)}); rebuild restores "
+            "a Redis that lost its data: --force replaces what is there"
+        )
+    if client.xrange(k.outbox, f"({checkpoint}", "+", count=1):
+        return (
+            f"partition {p}: the outbox holds events the database has not applied; "
+            "drain them first (`inventory drain`): the database lacks them, so would Redis"
+        )
+    return None
+
+
+def _hset(
+    pipe: Pipeline, key: str, fields: dict[str, str] | dict[str, int] | dict[str, str | int]
+) -> None:
+    pipe.hset(key, items=list(chain.from_iterable(fields.items())))
+
+
+def _write(
+    client: redis.Redis, p: int, plan: _Partition, checkpoint: str, force: bool, retention_ms: int
+) -> None:
+    """Write one partition in one MULTI, watching its keys: if anything writes them between
+    the check and the EXEC, it runs again (and refuses, unless `force`)."""
+    k = partition_keys(p)
+
+    def fill(pipe: Pipeline) -> None:
+        refused = _refusal(pipe, p, checkpoint, force)
+        if refused:
+            raise RebuildRefused(refused)
+        last = pipe.xinfo_stream(k.outbox)["last-generated-id"] if pipe.exists(k.outbox) else "0-0"
+        pipe.multi()
+        pipe.delete(k.stock, k.products, k.live, k.expiry)
+        for key, fields in (
+            (k.products, plan.products),
+            (k.stock, plan.stock),
+            (k.live, plan.live),
+        ):
+            if fields:
+                _hset(pipe, key, fields)
+        if plan.expiry:
+            pipe.zadd(k.expiry, plan.expiry)
+        for rid, record in plan.reservations.items():
+            pipe.delete(k.reservation(rid))
+            _hset(pipe, k.reservation(rid), record)
+            pipe.pexpireat(k.reservation(rid), int(record["expires_at"]) + retention_ms)
+        for oid, record in plan.orders.items():
+            pipe.delete(k.order(oid))
+            _hset(pipe, k.order(oid), record)
+        if sid(last) < sid(checkpoint):
+            # New events must sort after the checkpoint, or the drain would skip them: an
+            # entry trimmed as it is added (MAXLEN 0) moves the stream's last id there.
+            pipe.xadd(k.outbox, {"type": "rebuild"}, id=checkpoint, maxlen=0, approximate=False)
+
+    client.transaction(fill, k.stock, k.products, k.live, k.expiry, k.outbox)
+
+
+def rebuild(
+    client: redis.Redis, db: Engine, settings: Settings, *, force: bool = False
+) -> RebuildResult:
+    """Restore every partition from the database; refuses (before writing anything) when a
+    partition already has data, unless `force`, and always when its outbox holds events
+    the database lacks."""
+    plans, checkpoints, dead = _read(db, settings.partitions)
+    for p in range(settings.partitions):
+        refused = _refusal(client, p, checkpoints.get(p, "0-0"), force)
+        if refused:
+            raise RebuildRefused(refused)
+    result = RebuildResult(dead_letters=dead)
+    run = f"rebuild-{uuid.uuid4().hex[:16]}"
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    for p, plan in enumerate(plans):
+        try:
+            _write(
+                client, p, plan, checkpoints.get(p, "0-0"), force, settings.reservation_retention_ms
+            )
+        except redis.WatchError:
+            raise RebuildRefused(f"partition {p}: Redis changed during the rebuild") from None
+        counts = {
+            "partition": p,
+            "products": len(plan.products),
+            "stock_levels": len(plan.stock) // 2,
+            "reservations": len(plan.live),
+            "reservations_due": sum(1 for at in plan.expiry.values() if at <= now_ms),
+            "orders": len(plan.orders),
+        }
+        result.partitions.append(counts)
+        stock = {name: str(value) for name, value in plan.stock.items()}
+        result.problems += invariants.evaluate(p, stock, plan.live, list(plan.expiry)).problems
+        with db.begin() as conn:
+            audit(conn, "rebuild", "redis_rebuilt", ("partition", str(p)), None, counts, run)
+    return result
