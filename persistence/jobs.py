@@ -23,6 +23,7 @@ from persistence.drain import DrainResult, drain_partition
 QUEUE = "inventory"
 # Postgres down: the drain retries with backoff; events wait in the outbox meanwhile.
 DRAIN_RETRY = Retry(max=8, interval=[1, 2, 4, 8, 15, 30, 60, 60])
+LAST_RECONCILE_KEY = "inv:reconcile:last"
 JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result forever
 
 
@@ -79,6 +80,23 @@ def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
         failure_ttl=86_400,
     )
     return True
+
+
+def reconcile_check() -> dict[str, Any]:
+    """Compare Redis and the database (report only); the last result is kept for operators."""
+    import json
+    import logging
+
+    from persistence.reconcile import check
+
+    report = check(redis_client(), database(), settings())
+    result = report.to_json()
+    redis_client().set(LAST_RECONCILE_KEY, json.dumps(result, default=str), ex=86_400)
+    if not report.ok:
+        logging.getLogger("inventory.reconcile").warning(
+            "reconcile found drift: %s", json.dumps(result, default=str)[:4000]
+        )
+    return {"ok": report.ok, "drift": len(report.drift)}
 
 
 def expire() -> dict[str, int]:

@@ -25,6 +25,8 @@ PERIODIC = (
     Periodic("periodic-expire", jobs.expire, every_s=1, timeout_s=30),
     # the safety net behind the drains that writes request
     Periodic("periodic-drain", jobs.drain_all, every_s=2, timeout_s=300),
+    # proves Redis and the database agree; reports, never repairs
+    Periodic("periodic-reconcile", jobs.reconcile_check, every_s=60, timeout_s=300),
 )
 
 
