@@ -69,16 +69,11 @@ def drain_all() -> list[dict[str, Any]]:
 
 
 def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
-    """Enqueue a drain of `partition` unless one is already waiting: no job storm under load."""
+    """Enqueue a drain of `partition` unless one is already waiting: no job storm under load.
+    (Async callers use persistence.trigger.DrainTrigger, which keeps the same flag.)"""
     if not client.set(partition_keys(partition).drain_requested, "1", nx=True, ex=60):
         return False
-    q.enqueue(
-        drain,
-        partition,
-        retry=DRAIN_RETRY,
-        result_ttl=JOB_RESULT_TTL,
-        failure_ttl=86_400,
-    )
+    q.enqueue(drain, partition, retry=DRAIN_RETRY, result_ttl=JOB_RESULT_TTL, failure_ttl=86_400)
     return True
 
 

@@ -15,10 +15,12 @@ from rq_scheduler import Scheduler
 from sqlalchemy import select
 
 from engine.engine import Engine
+from engine.keys import partition_keys
 from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from persistence import jobs, migrate, periodic, schema
 from persistence.db import database_engine
+from persistence.trigger import DrainTrigger
 from tests.durable import BUYER
 
 
@@ -109,3 +111,28 @@ def test_request_drain_enqueues_one_job_while_one_waits(
     assert q.count == 1
     raw.close()
     client.close()
+
+
+async def test_a_burst_of_writes_asks_for_one_drain(
+    engine: Engine, settings: Settings, clean_redis: None, db_url: str
+) -> None:
+    raw = redis.Redis.from_url(settings.redis_url)
+    trigger = DrainTrigger(engine.redis, settings.redis_url)
+    await engine.setup_product("sku-1", SYSTEM, price=100, stock={"main": 500})
+
+    async def write() -> bool:
+        await engine.reserve([LineRequest("sku-1", 1)], BUYER)
+        return await trigger.request(0)
+
+    asked = await asyncio.gather(*(write() for _ in range(200)))
+
+    assert asked.count(True) == 1
+    assert jobs.queue(raw).count == 1
+    # the one job drains everything the burst wrote
+    worked = inventory(settings, db_url, "worker", "--burst", "--log-level", "WARNING")
+    assert worked.returncode == 0, worked.stderr
+    assert await engine.redis.xlen(partition_keys(0).outbox) == 0
+    # and once it ran, the next write may ask again
+    assert await trigger.request(0) is True
+    trigger.close()
+    raw.close()
