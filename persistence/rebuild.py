@@ -1,5 +1,4 @@
-"""Restoring Redis from the database after Redis lost its data (`inventory rebuild`), and the
-two shapes of a live record, a Redis hash and database rows, which reconcile's repairs share.
+"""Restoring Redis from the database after Redis lost its data (`inventory rebuild`).
 
 Restored per partition, in one MULTI: the products hash (product_settings), the counters
 (stock_levels), the live reservations (status 'active': live entry, expiry index, record hash
@@ -15,13 +14,9 @@ were, so there is nothing to refuse on; `inventory reconcile` afterwards shows t
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
@@ -32,170 +27,13 @@ from sqlalchemy import Connection, Engine, Table, func, select
 from engine import invariants
 from engine.keys import partition_keys, partition_of
 from engine.settings import Settings
-from engine.states import TERMINAL
 from persistence import schema
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from persistence.records import audit, compact, live_entry, order_hash, reservation_hash, sid
+from persistence.snapshot import LIVE_ORDER, checkpoints, consistent_read
 
 
 class RebuildRefused(RuntimeError):
     """Redis already holds data for a partition (or events the database lacks)."""
-
-
-def sid(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def to_ms(at: datetime) -> int:
-    # SQLite hands back naive datetimes; everything stored is UTC
-    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH) // timedelta(milliseconds=1)
-
-
-def from_ms(value: str | int | None, default: datetime) -> datetime:
-    return EPOCH + timedelta(milliseconds=int(value)) if value not in (None, "") else default
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-@contextmanager
-def consistent_read(db: Engine) -> Iterator[Connection]:
-    """A read-only transaction whose queries all see one snapshot of the database."""
-    with db.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            # pysqlite opens no transaction for a SELECT: open one by hand (WAL: a snapshot)
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("BEGIN")
-            try:
-                yield conn
-            finally:
-                conn.exec_driver_sql("ROLLBACK")
-        else:
-            conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with conn.begin():
-                yield conn
-
-
-def audit(
-    conn: Connection,
-    actor: str,
-    action: str,
-    obj: tuple[str, str],
-    old: Any,
-    new: Any,
-    request_id: str,
-    event_id: str | None = None,
-) -> str:
-    """An audit row written directly (not from an outbox event); returns its event id."""
-    event_id = event_id or f"{actor}-{uuid.uuid4().hex}"
-    row = {
-        "event_id": event_id,
-        "actor": actor,
-        "action": action,
-        "object_type": obj[0],
-        "object_id": obj[1],
-        "old_value": old,
-        "new_value": new,
-        "at": datetime.now(UTC),
-        "request_id": request_id,
-    }
-    conn.execute(schema.audit_log.insert(), row)
-    return event_id
-
-
-# -- a live record's two shapes -------------------------------------------------------------
-
-
-def live_entry(owner: str, lines: list[Any]) -> str:
-    """The live hash's value, as reserve.lua writes it."""
-    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
-
-
-def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The reservation's record hash, with the fields reserve.lua writes."""
-    return {
-        "id": row.id,
-        "owner": row.user_id,
-        "status": "active",
-        "created_at": to_ms(row.created_at),
-        "expires_at": to_ms(row.expires_at),
-        "lines": compact(lines),
-        "request_id": row.request_id or "",
-    }
-
-
-def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
-    return {
-        "id": row.id,
-        "owner": row.user_id,
-        "status": row.status,
-        "reservation_id": row.reservation_id or "",
-        "lines": compact(lines),
-        "total": int(row.total),
-        "currency": row.currency,
-        "created_at": to_ms(row.created_at),
-        "updated_at": to_ms(row.updated_at),
-    }
-
-
-def reservation_rows(
-    rid: str, rec: dict[str, str], live: dict[str, Any], partition: int, now: datetime
-) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """The database rows of a live reservation, from its record hash or else its live entry."""
-    owner = rec.get("owner") or live.get("owner")
-    lines = json.loads(rec["lines"]) if rec.get("lines") else live.get("lines")
-    if owner is None or lines is None:
-        return None
-    row = {
-        "id": rid,
-        "user_id": owner,
-        "status": "active",
-        "ended_at": None,
-        "order_id": None,
-        "created_at": from_ms(rec.get("created_at"), now),
-        "expires_at": from_ms(rec.get("expires_at"), now),
-        "request_id": rec.get("request_id", ""),
-        "partition": partition,
-    }
-    return row, [
-        {"reservation_id": rid, "line": i, "product": p, "warehouse": w, "quantity": q}
-        for i, (p, w, q) in enumerate(lines)
-    ]
-
-
-def order_rows(
-    oid: str, rec: dict[str, str], status: str, partition: int, now: datetime
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The database rows of an order, from its record hash."""
-    row = {
-        "id": oid,
-        "user_id": rec["owner"],
-        "status": status,
-        "total": int(rec["total"]),
-        "reservation_id": rec.get("reservation_id") or None,
-        "currency": rec["currency"],
-        "created_at": from_ms(rec.get("created_at"), now),
-        "updated_at": from_ms(rec.get("updated_at"), now),
-        "request_id": "",
-        "partition": partition,
-    }
-    return row, [
-        {
-            "order_id": oid,
-            "line": i,
-            "product": p,
-            "warehouse": w,
-            "quantity": q,
-            "unit_price": price,
-        }
-        for i, (p, w, q, price) in enumerate(json.loads(rec["lines"]))
-    ]
-
-
-# -- the rebuild ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -229,17 +67,9 @@ def _lines(conn: Connection, table: Table, key: str, ids: Any) -> dict[str, list
 def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str], int]:
     """What each partition gets, the checkpoints and the unresolved dead letters."""
     plans = [_Partition() for _ in range(partitions)]
-    rs, o, dl, cp = (
-        schema.reservations,
-        schema.orders,
-        schema.dead_letters,
-        schema.outbox_checkpoints,
-    )
-    live_orders = o.c.status.not_in(sorted(s.value for s in TERMINAL))
+    rs, o, dl = schema.reservations, schema.orders, schema.dead_letters
     with consistent_read(db) as conn:
-        checkpoints = {
-            int(p): str(i) for p, i in conn.execute(select(cp.c.partition, cp.c.last_event_id))
-        }
+        at = checkpoints(conn)
         dead = conn.scalar(select(func.count()).where(dl.c.resolved_at.is_(None))) or 0
         for row in conn.execute(select(schema.product_settings)):
             plan = plans[partition_of(row.product, partitions)]
@@ -264,12 +94,12 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
             plan.live[row.id] = live_entry(row.user_id, lines.get(row.id, []))
             plan.expiry[row.id] = int(record["expires_at"])
             plan.reservations[row.id] = record
-        lines = _lines(conn, schema.order_lines, "order_id", select(o.c.id).where(live_orders))
-        for row in conn.execute(select(o).where(live_orders)):
+        lines = _lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
+        for row in conn.execute(select(o).where(LIVE_ORDER)):
             plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
                 row, lines.get(row.id, [])
             )
-    return plans, checkpoints, int(dead)
+    return plans, at, int(dead)
 
 
 def _refusal(client: Any, p: int, checkpoint: str, force: bool) -> str | None:

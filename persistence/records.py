@@ -1,0 +1,156 @@
+"""A live record's two shapes, shared by `inventory rebuild` and `inventory reconcile --fix`:
+a reservation's or order's Redis hash and live entry (as the Lua scripts write them), its
+database rows, and the audit row an operator command writes directly. With the conversions
+between the sides: stream ids, epoch milliseconds, compact JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from persistence import schema
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def sid(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_ms(at: datetime) -> int:
+    # SQLite hands back naive datetimes; everything stored is UTC
+    return ((at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(value: str | int | None, default: datetime) -> datetime:
+    return EPOCH + timedelta(milliseconds=int(value)) if value not in (None, "") else default
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def audit(
+    conn: Connection,
+    actor: str,
+    action: str,
+    obj: tuple[str, str],
+    old: Any,
+    new: Any,
+    request_id: str,
+    event_id: str | None = None,
+) -> str:
+    """An audit row written directly (not from an outbox event); returns its event id."""
+    event_id = event_id or f"{actor}-{uuid.uuid4().hex}"
+    row = {
+        "event_id": event_id,
+        "actor": actor,
+        "action": action,
+        "object_type": obj[0],
+        "object_id": obj[1],
+        "old_value": old,
+        "new_value": new,
+        "at": datetime.now(UTC),
+        "request_id": request_id,
+    }
+    conn.execute(schema.audit_log.insert(), row)
+    return event_id
+
+
+# -- in Redis -------------------------------------------------------------------------------
+
+
+def live_entry(owner: str, lines: list[Any]) -> str:
+    """The live hash's value, as reserve.lua writes it."""
+    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
+
+
+def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """The reservation's record hash, with the fields reserve.lua writes."""
+    return {
+        "id": row.id,
+        "owner": row.user_id,
+        "status": "active",
+        "created_at": to_ms(row.created_at),
+        "expires_at": to_ms(row.expires_at),
+        "lines": compact(lines),
+        "request_id": row.request_id or "",
+    }
+
+
+def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """The order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
+    return {
+        "id": row.id,
+        "owner": row.user_id,
+        "status": row.status,
+        "reservation_id": row.reservation_id or "",
+        "lines": compact(lines),
+        "total": int(row.total),
+        "currency": row.currency,
+        "created_at": to_ms(row.created_at),
+        "updated_at": to_ms(row.updated_at),
+    }
+
+
+# -- in the database ------------------------------------------------------------------------
+
+
+def reservation_rows(
+    rid: str, rec: dict[str, str], live: dict[str, Any], partition: int, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The database rows of a live reservation, from its record hash or else its live entry."""
+    owner = rec.get("owner") or live.get("owner")
+    lines = json.loads(rec["lines"]) if rec.get("lines") else live.get("lines")
+    if owner is None or lines is None:
+        return None
+    row = {
+        "id": rid,
+        "user_id": owner,
+        "status": "active",
+        "ended_at": None,
+        "order_id": None,
+        "created_at": from_ms(rec.get("created_at"), now),
+        "expires_at": from_ms(rec.get("expires_at"), now),
+        "request_id": rec.get("request_id", ""),
+        "partition": partition,
+    }
+    return row, [
+        {"reservation_id": rid, "line": i, "product": p, "warehouse": w, "quantity": q}
+        for i, (p, w, q) in enumerate(lines)
+    ]
+
+
+def order_rows(
+    oid: str, rec: dict[str, str], status: str, partition: int, now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The database rows of an order, from its record hash."""
+    row = {
+        "id": oid,
+        "user_id": rec["owner"],
+        "status": status,
+        "total": int(rec["total"]),
+        "reservation_id": rec.get("reservation_id") or None,
+        "currency": rec["currency"],
+        "created_at": from_ms(rec.get("created_at"), now),
+        "updated_at": from_ms(rec.get("updated_at"), now),
+        "request_id": "",
+        "partition": partition,
+    }
+    return row, [
+        {
+            "order_id": oid,
+            "line": i,
+            "product": p,
+            "warehouse": w,
+            "quantity": q,
+            "unit_price": price,
+        }
+        for i, (p, w, q, price) in enumerate(json.loads(rec["lines"]))
+    ]
