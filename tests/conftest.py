@@ -4,6 +4,7 @@ same for SQLite."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine as DatabaseEngine
 
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence import migrate
+from persistence.db import database_engine
 from tests.pg_server import PostgresServer
 from tests.redis_server import RedisServer
 
@@ -114,3 +117,27 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """For tests that must hold on both databases: a fresh migrated database of each kind."""
     url: str = request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_url")
     return url
+
+
+# -- database and synchronous Redis handles for the write-through tests ----------------------
+
+
+@pytest.fixture
+def db(db_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
+    engine = database_engine(dataclasses.replace(settings, database_url=db_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg(pg_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
+    engine = database_engine(dataclasses.replace(settings, database_url=pg_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    client.close()

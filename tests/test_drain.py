@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any, cast
 
-import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
@@ -19,7 +17,6 @@ from engine.models import LineRequest
 from engine.settings import Settings
 from persistence import schema
 from persistence.apply import apply_batch
-from persistence.db import database_engine
 from persistence.drain import drain_partition
 from tests.durable import (
     BUYER,
@@ -30,20 +27,6 @@ from tests.durable import (
     redis_counters,
     workload,
 )
-
-
-@pytest.fixture
-def db(db_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=db_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 async def test_drain_applies_every_event_once_and_trims(

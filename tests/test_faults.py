@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,25 +18,10 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from persistence import jobs, schema
-from persistence.db import database_engine
 from persistence.drain import drain_partition
 from tests.durable import BUYER, count, duplicates, events_added, projection, redis_counters
 from tests.durable import workload as make_workload
 from tests.pg_server import PostgresServer
-
-
-@pytest.fixture
-def pg(pg_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=pg_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 async def reserve_many(engine: Engine, n: int) -> None:

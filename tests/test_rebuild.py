@@ -4,12 +4,10 @@ reconcile then finds no drift, and the restored reservations and orders work as 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from engine.states import TERMINAL
 from persistence import schema
-from persistence.db import database_engine
 from persistence.drain import drain_partition
 from persistence.rebuild import RebuildRefused, rebuild
 from persistence.reconcile import check, reconcile
@@ -33,27 +30,6 @@ from tests.redis_server import RedisServer
 from tests.support import redis_now_ms, wait_until_due
 
 K = partition_keys(0)
-
-
-@pytest.fixture
-def db(db_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=db_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg(pg_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=pg_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def live_view(client: redis.Redis) -> dict[str, Any]:

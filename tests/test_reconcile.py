@@ -10,11 +10,9 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import event, func, select, text
@@ -24,34 +22,12 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from persistence import schema
-from persistence.db import database_engine
 from persistence.drain import drain_partition
 from persistence.reconcile import Report, check, reconcile
 from tests.durable import BUYER, projection, redis_counters, workload
 from tests.redis_server import RedisServer
 
 K = partition_keys(0)
-
-
-@pytest.fixture
-def db(db_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=db_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg(pg_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
-    engine = database_engine(dataclasses.replace(settings, database_url=pg_url))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 def kinds(report: Report) -> list[str]:
