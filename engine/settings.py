@@ -65,6 +65,14 @@ class Settings:
     drain_batch: int = 1000
     # How long a drainer holds a partition before it must renew its lease.
     drain_lease_ms: int = 30_000
+    # HTTP: the largest request body accepted, and the outbox backlog above which /readyz fails.
+    max_body_bytes: int = 65_536
+    outbox_backlog_limit: int = 100_000
+    # JWT: HS256 keys by id ("kid:secret,kid2:secret2"; the first signs). Empty: a dev key,
+    # allowed only on the embedded stack (SQLite), with a warning.
+    jwt_keys: str = ""
+    jwt_access_ttl_ms: int = 15 * 60_000
+    jwt_refresh_ttl_ms: int = 7 * 86_400_000
     default_warehouse: str = "main"
     default_currency: str = "USD"
     data_dir: Path = PROJECT_ROOT / "data"
@@ -98,6 +106,11 @@ class Settings:
             database_url=e.get("DATABASE_URL") or d.database_url,
             drain_batch=_int(e, "DRAIN_BATCH", d.drain_batch),
             drain_lease_ms=_seconds_ms(e, "DRAIN_LEASE", d.drain_lease_ms / 1000),
+            max_body_bytes=_int(e, "MAX_BODY_BYTES", d.max_body_bytes),
+            outbox_backlog_limit=_int(e, "OUTBOX_BACKLOG_LIMIT", d.outbox_backlog_limit),
+            jwt_keys=e.get("JWT_KEYS") or d.jwt_keys,
+            jwt_access_ttl_ms=_seconds_ms(e, "JWT_ACCESS_TTL", d.jwt_access_ttl_ms / 1000),
+            jwt_refresh_ttl_ms=_seconds_ms(e, "JWT_REFRESH_TTL", d.jwt_refresh_ttl_ms / 1000),
             default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,
             default_currency=e.get("DEFAULT_CURRENCY") or d.default_currency,
             data_dir=Path(e.get("DATA_DIR") or d.data_dir),
@@ -125,6 +138,8 @@ class Settings:
         out: dict[str, str] = {}
         for f in fields(self):
             value = str(getattr(self, f.name))
+            if f.name == "jwt_keys" and value:
+                value = ",".join(k.split(":", 1)[0] + ":***" for k in value.split(","))
             if f.name in ("redis_url", "database_url") and "@" in value:
                 scheme, _, rest = value.partition("://")
                 value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -11,16 +11,20 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
+from starlette.applications import Starlette
 
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence import migrate
 from persistence.db import database_engine
+from tests.api import running
 from tests.pg_server import PostgresServer
 from tests.redis_server import RedisServer
+from web.app import create_app
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +145,24 @@ def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+# -- the HTTP app ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_settings(settings: Settings, db_url: str) -> Settings:
+    return dataclasses.replace(
+        settings, database_url=db_url, jwt_keys="test:" + "k" * 40 + ",old:" + "o" * 40
+    )
+
+
+@pytest.fixture
+def app(app_settings: Settings, clean_redis: None) -> Starlette:
+    return create_app(app_settings)
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(app) as c:
+        yield c

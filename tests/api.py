@@ -1,0 +1,41 @@
+"""Driving the real app in-process: its lifespan, real Redis, a real database, httpx."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from web.auth import Principal
+
+
+@asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+
+
+def bearer(app: Starlette, user_id: str, *, staff: bool = False, name: str = "") -> dict[str, str]:
+    token = app.state.keys.issue(Principal(user_id, name or f"user-{user_id}", staff), "access")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def data(response: httpx.Response) -> Any:
+    body = response.json()
+    assert "error" not in body, body
+    return body["data"]
+
+
+def err(response: httpx.Response) -> dict[str, Any]:
+    body = response.json()
+    assert "data" not in body, body
+    assert body["request_id"] == response.headers["x-request-id"]
+    error: dict[str, Any] = body["error"]
+    assert error["code"]
+    assert error["message"]
+    return error

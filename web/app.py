@@ -1,0 +1,123 @@
+"""The app factory: routes, middleware, error handlers and a lifespan that owns the clients.
+
+No I/O at import time: `create_app()` builds the parts; the lifespan opens the Redis engine,
+the database engine and the drain trigger, and closes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import redis.exceptions
+from sqlalchemy import Engine as DatabaseEngine
+from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from engine import errors as engine_errors
+from engine.engine import Engine
+from engine.settings import Settings
+from persistence.db import database_engine
+from persistence.trigger import DrainTrigger
+from web.auth import Keys
+from web.errors import ApiError, from_engine
+from web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from web.responses import error, request_id
+
+log = logging.getLogger("inventory.web")
+
+
+@dataclass
+class Services:
+    """What the endpoints use, opened by the lifespan and found at `request.app.state`."""
+
+    settings: Settings
+    engine: Engine
+    db: DatabaseEngine
+    trigger: DrainTrigger
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error(request_id(request), exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, engine_errors.EngineError)
+    return await _api_error(request, from_engine(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
+    headers = dict(exc.headers) if exc.headers else None
+    return error(request_id(request), exc.status_code, code, message, headers=headers)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    which = "redis" if isinstance(exc, redis.exceptions.RedisError) else "database"
+    log.warning("%s unavailable: %s", which, exc)
+    return error(
+        request_id(request),
+        503,
+        "service_unavailable",
+        f"the {which} is unavailable; try again shortly",
+        {"dependency": which},
+        {"Retry-After": "1"},
+    )
+
+
+def create_app(
+    settings: Settings | None = None, *, routes: list[BaseRoute] | None = None
+) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = Engine.from_settings(settings)
+        await engine.scripts.load()
+        db = database_engine(settings)
+        trigger = DrainTrigger(engine.redis, settings.redis_url)
+        app.state.services = Services(settings, engine, db, trigger)
+        try:
+            yield
+        finally:
+            trigger.close()
+            db.dispose()
+            await engine.aclose()
+
+    from web import routes as all_routes
+
+    keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens
+    app = Starlette(
+        routes=routes if routes is not None else all_routes.ROUTES,
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            engine_errors.EngineError: _engine_error,
+            HTTPException: _http_error,
+            redis.exceptions.ConnectionError: _unavailable,
+            redis.exceptions.TimeoutError: _unavailable,
+            OperationalError: _unavailable,
+        },
+        lifespan=lifespan,
+    )
+    app.state.keys = keys
+    return app

@@ -1,0 +1,145 @@
+"""Who is calling: JWT access tokens (PyJWT, HS256 only, required claims, key ids so keys can
+rotate), and the checks endpoints call: `require_user`, `require_staff`.
+
+Keys come from JWT_KEYS ("kid:secret,..."; the first signs, all verify; each secret at least
+32 bytes). Without it, a development key is used only on the embedded stack (SQLite), with a
+warning; with Postgres configured the app refuses to start without real keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from starlette.requests import Request
+
+from engine.models import CallContext
+from engine.settings import Settings
+from web.errors import ApiError
+
+log = logging.getLogger("inventory.auth")
+
+ALGORITHM = "HS256"
+ISSUER = "inventory"
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti"]
+DEV_KEY = ("dev", "inventory-development-key-not-for-production-use")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a user id (the database's, as text), a name, and whether staff."""
+
+    user_id: str
+    username: str
+    staff: bool
+
+    def context(self, request: Request) -> CallContext:
+        """The engine call context: actor, request id, idempotency key, staff scope."""
+        key = request.headers.get("idempotency-key")
+        return CallContext(
+            actor=self.user_id,
+            request_id=str(request.scope.get("state", {}).get("request_id", "")),
+            idempotency_key=key if key else None,
+            staff=self.staff,
+        )
+
+
+class Keys:
+    def __init__(self, settings: Settings) -> None:
+        pairs: list[tuple[str, str]] = []
+        for item in filter(None, (s.strip() for s in settings.jwt_keys.split(","))):
+            kid, sep, secret = item.partition(":")
+            if not sep or not kid or len(secret.encode()) < 32:
+                raise ValueError("JWT_KEYS: each entry is kid:secret, the secret >= 32 bytes")
+            pairs.append((kid, secret))
+        if not pairs:
+            if not settings.database_url_or_default.startswith("sqlite"):
+                raise ValueError("JWT_KEYS must be set when the database is not the embedded one")
+            log.warning("JWT_KEYS is not set: using the development key (embedded stack only)")
+            pairs = [DEV_KEY]
+        self.signing = pairs[0]
+        self.by_kid = dict(pairs)
+        self.settings = settings
+
+    def issue(self, principal: Principal, kind: str) -> str:
+        now = int(time.time())
+        ttl_ms = (
+            self.settings.jwt_access_ttl_ms
+            if kind == "access"
+            else self.settings.jwt_refresh_ttl_ms
+        )
+        claims = {
+            "sub": principal.user_id,
+            "name": principal.username,
+            "staff": principal.staff,
+            "typ": kind,
+            "iat": now,
+            "exp": now + ttl_ms // 1000,
+            "iss": ISSUER,
+            "jti": uuid.uuid4().hex,
+        }
+        kid, secret = self.signing
+        return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": kid})
+
+    def verify(self, token: str, kind: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+            secret = self.by_kid.get(str(header.get("kid")))
+            if secret is None:
+                raise jwt.InvalidTokenError("unknown key id")
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                issuer=ISSUER,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "token_expired", "the token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(401, "invalid_token", f"the token is not valid: {exc}") from None
+        if claims.get("typ") != kind:
+            raise ApiError(401, "invalid_token", f"this is not an {kind} token")
+        return claims
+
+
+def _keys(request: Request) -> Keys:
+    keys: Keys = request.app.state.keys
+    return keys
+
+
+def authenticate(request: Request) -> Principal | None:
+    """The caller from `Authorization: Bearer <access token>`, or None if there is none."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "invalid_token", "use Authorization: Bearer <access token>")
+    claims = _keys(request).verify(token.strip(), "access")
+    principal = Principal(str(claims["sub"]), str(claims.get("name", "")), bool(claims["staff"]))
+    request.scope.setdefault("state", {})["user_id"] = principal.user_id
+    return principal
+
+
+def require_user(request: Request) -> Principal:
+    principal = authenticate(request)
+    if principal is None:
+        raise ApiError(
+            401,
+            "not_authenticated",
+            "this endpoint needs a token: POST /api/token/",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+def require_staff(request: Request) -> Principal:
+    principal = require_user(request)
+    if not principal.staff:
+        raise ApiError(403, "forbidden", "staff only")
+    return principal

@@ -1,0 +1,50 @@
+"""Reading request bodies and query strings into pydantic models, with clear 4xx errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from web.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "body",
+            "problem": e["msg"],
+            "type": e["type"],
+        }
+        for e in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    raw = await request.body()
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(
+            400, "invalid_input", "the request body is not valid", {"errors": _problems(exc)}
+        ) from None
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise ApiError(
+            400, "invalid_input", "the query string is not valid", {"errors": _problems(exc)}
+        ) from None

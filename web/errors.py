@@ -1,0 +1,56 @@
+"""HTTP errors: one exception type, and one table from domain errors to statuses.
+
+Endpoints raise; they never catch a domain error. The app turns every error into the
+envelope `{"request_id", "error": {"code", "message", "details"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import errors as engine_errors
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+# The status of every refusal the engine can give.
+ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
+    engine_errors.InvalidInput: 400,
+    engine_errors.ProductNotFound: 404,
+    engine_errors.WarehouseNotFound: 404,
+    engine_errors.ReservationNotFound: 404,
+    engine_errors.OrderNotFound: 404,
+    engine_errors.InsufficientStock: 409,
+    engine_errors.ReservationExpired: 409,
+    engine_errors.ReservationNotLive: 409,
+    engine_errors.ExtensionLimitReached: 409,
+    engine_errors.InvalidTransition: 409,
+    engine_errors.CurrencyMismatch: 409,
+    engine_errors.CrossPartition: 409,
+    engine_errors.IdempotencyMismatch: 422,
+    engine_errors.OrderTotalTooLarge: 422,
+    engine_errors.IdCollision: 503,
+}
+
+
+def from_engine(exc: engine_errors.EngineError) -> ApiError:
+    status = ENGINE_STATUS.get(type(exc), 400)
+    details = exc.details()
+    if isinstance(exc, engine_errors.InvalidInput):
+        return ApiError(400, "invalid_input", exc.message, details)
+    return ApiError(status, exc.code, str(exc), details)

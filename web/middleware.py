@@ -1,0 +1,123 @@
+"""Pure ASGI middleware: the request id, the access log, the body-size limit.
+
+The request id is the client's `X-Request-ID` when it is a sane token, else a new UUID; it is
+put in `scope["state"]` (so `request.state.request_id`), echoed in the response header, and
+carried into every outbox event the request causes. Anything an endpoint fails to handle
+becomes a 500 envelope here, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from web.errors import ApiError
+from web.responses import error
+
+log = logging.getLogger("inventory.access")
+errors_log = logging.getLogger("inventory.errors")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        rid = given if given and _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            errors_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if response_started:
+                raise
+            response = error(rid, 500, "internal_error", "something went wrong on our side")
+            await response(scope, receive, send_with_id)
+        finally:
+            state = scope.get("state", {})
+            log.info(
+                json.dumps(
+                    {
+                        "request_id": rid,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "route": state.get("route", ""),
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                        "user": state.get("user_id", ""),
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            rid = scope.get("state", {}).get("request_id", "")
+            response = error(rid, 413, "payload_too_large", self._message())
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "payload_too_large", self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes"
+
+
+def scope_state(scope: Scope) -> dict[str, Any]:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state

@@ -1,0 +1,54 @@
+"""The JSON envelope every response uses: `{"request_id", "data"}` or `{"request_id", "error"}`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+class Envelope(Response):
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(json.dumps(body, separators=(",", ":"), default=str), status_code, headers)
+
+
+def ok(request: Request, data: Any, status: int = 200, **extra: Any) -> Envelope:
+    body = {"request_id": request_id(request), "data": _jsonable(data), **extra}
+    return Envelope(body, status)
+
+
+def error(
+    rid: str,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Envelope:
+    body = {
+        "request_id": rid,
+        "error": {"code": code, "message": message, "details": details or {}},
+    }
+    return Envelope(body, status, headers)

@@ -1,0 +1,9 @@
+"""Every route of the API, gathered from one module per area."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from web.routes import ops
+
+ROUTES: list[BaseRoute] = [*ops.routes]
