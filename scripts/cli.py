@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +16,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench, operators
+from scripts import background, bench, operators, serve
 
 console = Console(stderr=True)
 
@@ -28,40 +26,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.redis_url:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
     return settings
-
-
-# -- serve --------------------------------------------------------------------------------
-
-
-async def _serve(settings: Settings, interval: float) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Engine.from_settings(settings) as engine:
-        loaded = await engine.scripts.load()
-        table = Table(
-            "script", "sha1", title=f"Lua scripts loaded into {settings.describe()['redis_url']}"
-        )
-        for name, sha in loaded.items():
-            table.add_row(name, sha)
-        console.print(table)
-        console.print(
-            f"sweeping due reservations every {interval:g} s; Ctrl-C stops"
-            " (the HTTP API arrives with a later issue)"
-        )
-        while not stop.is_set():
-            result = await engine.expire()
-            if result.expired:
-                console.print(f"expired {result.expired} reservation(s)")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-    console.print("stopped")
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(_settings(args), args.sweep_interval))
-    return 0
 
 
 # -- sweep --------------------------------------------------------------------------------
@@ -154,10 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inventory", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", parents=[common], help="load the scripts and run the expiry sweep")
-    p.add_argument("--sweep-interval", type=float, default=1.0, metavar="SECONDS")
-    p.set_defaults(func=cmd_serve)
-
     p = sub.add_parser("sweep", parents=[common], help="release due reservations once")
     p.add_argument("--limit", type=int, default=None, help="at most this many per partition")
     p.set_defaults(func=cmd_sweep)
@@ -179,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_chaos)
 
+    serve.add_commands(sub, common)
     background.add_commands(sub, common)
     operators.add_commands(sub, common)
     bench.add_commands(sub, common)

@@ -5,7 +5,7 @@
 #   - the database: $DATABASE_URL, else SQLite in data/inventory.db, migrated to the newest schema;
 #   - `inventory worker` (drains the outbox into the database) and `inventory scheduler`
 #     (expiry every second, a drain every two) in the background;
-#   - `inventory serve "$@"` in the foreground (the HTTP API arrives with a later issue).
+#   - `inventory serve "$@"`, the HTTP API (127.0.0.1:8000 unless --host/--port), in the foreground.
 # Whatever this script started is stopped when it exits.
 set -euo pipefail
 

@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from engine.engine import Engine
@@ -19,7 +21,7 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.scripts import NAMES, source
 from tests.helpers import event_types
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 USER = CallContext(actor="u1")
 
@@ -71,33 +73,48 @@ async def test_check_passes_then_reports_drift(engine: Engine, redis_server: Red
     assert any("p1@main" in p for p in last_json(bad)["problems"])
 
 
-async def test_serve_loads_scripts_and_sweeps(engine: Engine, redis_server: RedisServer) -> None:
-    await engine.setup_product("p1", SYSTEM, price=100, stock={"main": 3})
+async def test_serve_runs_the_api_with_the_scripts_loaded(
+    engine: Engine, redis_server: RedisServer, tmp_path: Path
+) -> None:
     client = redis.Redis.from_url(redis_server.url)
     client.script_flush()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "scripts.cli", "serve", "--sweep-interval", "0.2"],
-        env={**os.environ, "REDIS_URL": redis_server.url},
+        *[sys.executable, "-m", "scripts.cli", "serve", "--port", str(port)],
+        env={
+            **os.environ,
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    health = await http.get("/healthz", headers={"X-Request-ID": "serve-test"})
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "serve did not start listening"
+                    await asyncio.sleep(0.1)
         shas = [hashlib.sha1(source(n).encode()).hexdigest() for n in NAMES]
-        deadline = time.monotonic() + 20
-        while not all(client.script_exists(*shas)):
-            assert time.monotonic() < deadline, "serve did not load the scripts"
-            await asyncio.sleep(0.05)
-        await engine.reserve([LineRequest("p1", 2)], USER, ttl_ms=100)
-        deadline = time.monotonic() + 5
-        while (await engine.get_stock("p1")).reserved:
-            assert time.monotonic() < deadline, "serve's sweep did not release the reservation"
-            await asyncio.sleep(0.05)
+        assert all(client.script_exists(*shas))  # loaded at start-up, before any request
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=10)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=15)
         client.close()
-    assert proc.returncode == 0, err
-    assert b"stopped" in err
+    assert health.status_code == 200
+    assert health.json() == {"request_id": "serve-test", "data": {"status": "ok"}}
+    # uvicorn shuts down gracefully, then re-raises the signal it got
+    assert proc.returncode in (0, -signal.SIGTERM), err
+    assert b"Application shutdown complete" in err
+    assert f"http://127.0.0.1:{port}/api/".encode() in err
+    access = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    assert {"request_id": "serve-test", "path": "/healthz", "status": 200}.items() <= (
+        access[-1].items()
+    )
 
 
 def test_bad_arguments_are_refused_clearly(redis_server: RedisServer, clean_redis: None) -> None:
