@@ -87,3 +87,12 @@ def partition_keys(partition: int) -> PartitionKeys:
         outbox=f"{tag}:outbox",
         dead_letters=f"{tag}:outbox:dead",
     )
+
+
+def login_attempts(kind: str, value: str) -> str:
+    """The failed-login counter of one username or client address (`kind`: "user" or "ip").
+
+    Outside the partitions: no script touches it. The value is hashed, so any text is safe.
+    """
+    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
+    return f"{PREFIX}:auth:login-attempts:{kind}:{digest}"

@@ -25,7 +25,7 @@ log = logging.getLogger("inventory.auth")
 
 ALGORITHM = "HS256"
 ISSUER = "inventory"
-REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti"]
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti", "iss", "staff"]
 DEV_KEY = ("dev", "inventory-development-key-not-for-production-use")
 
 
@@ -56,6 +56,8 @@ class Keys:
             if not sep or not kid or len(secret.encode()) < 32:
                 raise ValueError("JWT_KEYS: each entry is kid:secret, the secret >= 32 bytes")
             pairs.append((kid, secret))
+        if len({kid for kid, _ in pairs}) != len(pairs):
+            raise ValueError("JWT_KEYS: each key id may appear once")
         if not pairs:
             if not settings.database_url_or_default.startswith("sqlite"):
                 raise ValueError("JWT_KEYS must be set when the database is not the embedded one")
@@ -88,7 +90,8 @@ class Keys:
     def verify(self, token: str, kind: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
-            secret = self.by_kid.get(str(header.get("kid")))
+            kid = header.get("kid")
+            secret = self.by_kid.get(kid) if isinstance(kid, str) else None
             if secret is None:
                 raise jwt.InvalidTokenError("unknown key id")
             claims: dict[str, Any] = jwt.decode(
@@ -103,11 +106,15 @@ class Keys:
         except jwt.InvalidTokenError as exc:
             raise ApiError(401, "invalid_token", f"the token is not valid: {exc}") from None
         if claims.get("typ") != kind:
-            raise ApiError(401, "invalid_token", f"this is not an {kind} token")
+            article = "an" if kind == "access" else "a"
+            raise ApiError(401, "invalid_token", f"this is not {article} {kind} token")
+        if not claims["sub"] or not isinstance(claims["staff"], bool):
+            raise ApiError(401, "invalid_token", "the token's claims are not valid")
         return claims
 
 
-def _keys(request: Request) -> Keys:
+def request_keys(request: Request) -> Keys:
+    """The app's keys, made by `create_app`."""
     keys: Keys = request.app.state.keys
     return keys
 
@@ -120,8 +127,8 @@ def authenticate(request: Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "invalid_token", "use Authorization: Bearer <access token>")
-    claims = _keys(request).verify(token.strip(), "access")
-    principal = Principal(str(claims["sub"]), str(claims.get("name", "")), bool(claims["staff"]))
+    claims = request_keys(request).verify(token.strip(), "access")
+    principal = Principal(str(claims["sub"]), str(claims.get("name", "")), claims["staff"])
     request.scope.setdefault("state", {})["user_id"] = principal.user_id
     return principal
 

@@ -31,7 +31,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
     raw = await request.body()
     try:
         payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     try:
         return model.model_validate(payload)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from web.routes import ops
+from web.routes import auth, ops
 
-ROUTES: list[BaseRoute] = [*ops.routes]
+ROUTES: list[BaseRoute] = [
+    *ops.routes,
+    *auth.routes,
+]
