@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -51,14 +51,20 @@ def connect(settings: Settings) -> Redis:
 
 
 class Engine:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, *, ids: Callable[[int, int], str] = new_id
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = Scripts(redis)
+        # where new reservation and order ids come from: (partition, partitions) -> id
+        self._new_id = ids
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Engine:
-        return cls(connect(settings), settings)
+    def from_settings(
+        cls, settings: Settings, *, ids: Callable[[int, int], str] = new_id
+    ) -> Engine:
+        return cls(connect(settings), settings, ids=ids)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -220,7 +226,7 @@ class Engine:
         )
         merged = v.merge_lines(lines)
         k = self._keys_for_lines(merged)
-        reservation_id = new_id(k.partition, self.settings.partitions)
+        reservation_id = self._new_id(k.partition, self.settings.partitions)
         payload: list[str | int] = [v.dumps(merged), ttl, "1" if allow_split else "0"]
         idem, fp = self._idempotency(k, ctx, "reserve", payload)
         reply = await self.scripts.call(
@@ -239,7 +245,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.reservation(reply["reservation"], replayed=bool(reply.get("replayed")))
+        return self._reservation(k, reply)
 
     async def release(self, reservation_id: str, ctx: CallContext) -> Reservation:
         """Give a live reservation's units back."""
@@ -259,7 +265,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.reservation(reply["reservation"], replayed=bool(reply.get("replayed")))
+        return self._reservation(k, reply)
 
     async def extend(
         self, reservation_id: str, ctx: CallContext, *, ttl_ms: int | None = None
@@ -287,7 +293,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.reservation(reply["reservation"], replayed=bool(reply.get("replayed")))
+        return self._reservation(k, reply)
 
     async def expire(self, limit: int | None = None) -> ExpiryResult:
         """The sweep: release due reservations in every partition, up to `limit` each."""
@@ -331,7 +337,7 @@ class Engine:
     async def commit(self, reservation_id: str, ctx: CallContext) -> Order:
         """Turn a live reservation into a pending order."""
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
-        order_id = new_id(k.partition, self.settings.partitions)
+        order_id = self._new_id(k.partition, self.settings.partitions)
         idem, fp = self._idempotency(k, ctx, "commit", [reservation_id])
         reply = await self.scripts.call(
             "commit",
@@ -357,7 +363,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.order(reply["order"], replayed=bool(reply.get("replayed")))
+        return self._order(k, reply)
 
     async def place_order(
         self, lines: Sequence[LineRequest], ctx: CallContext, *, allow_split: bool = True
@@ -365,7 +371,7 @@ class Engine:
         """Reserve and commit in one step: a direct order."""
         merged = v.merge_lines(lines)
         k = self._keys_for_lines(merged)
-        order_id = new_id(k.partition, self.settings.partitions)
+        order_id = self._new_id(k.partition, self.settings.partitions)
         payload: list[str | int] = [v.dumps(merged), "1" if allow_split else "0"]
         idem, fp = self._idempotency(k, ctx, "place_order", payload)
         reply = await self.scripts.call(
@@ -383,7 +389,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.order(reply["order"], replayed=bool(reply.get("replayed")))
+        return self._order(k, reply)
 
     async def transition(self, order_id: str, status: OrderStatus | str, ctx: CallContext) -> Order:
         """Move an order along the state machine (engine.states)."""
@@ -409,7 +415,7 @@ class Engine:
             ],
         )
         replies.raise_for(reply)
-        return replies.order(reply["order"], replayed=bool(reply.get("replayed")))
+        return self._order(k, reply)
 
     async def get_order(self, order_id: str, ctx: CallContext) -> Order:
         k = self._keys_for_record(order_id, errors.OrderNotFound)
@@ -453,6 +459,22 @@ class Engine:
         if not isinstance(record_id, str) or not v.RECORD_ID.fullmatch(record_id):
             raise not_found(str(record_id))
         return partition_keys(partition_of(record_id, self.settings.partitions))
+
+    @staticmethod
+    def _reservation(k: PartitionKeys, reply: dict[str, Any]) -> Reservation:
+        return replies.reservation(
+            reply["reservation"],
+            replayed=bool(reply.get("replayed")),
+            event=replies.event_id(k.partition, reply),
+        )
+
+    @staticmethod
+    def _order(k: PartitionKeys, reply: dict[str, Any]) -> Order:
+        return replies.order(
+            reply["order"],
+            replayed=bool(reply.get("replayed")),
+            event=replies.event_id(k.partition, reply),
+        )
 
     def _idempotency(
         self, k: PartitionKeys, ctx: CallContext, operation: str, payload: list[Any]

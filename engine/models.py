@@ -74,6 +74,9 @@ class Reservation:
     lines: tuple[ReservedLine, ...]
     order_id: str | None = None
     replayed: bool = False
+    # The outbox event of the call that returned this ("p<partition>-<stream id>"), if it
+    # wrote one: where the durable record must have drained to for the change to show.
+    event_id: str | None = field(default=None, compare=False)
 
     @property
     def expires_at(self) -> datetime:
@@ -112,6 +115,7 @@ class Order:
     created_at_ms: int
     updated_at_ms: int
     replayed: bool = False
+    event_id: str | None = field(default=None, compare=False)  # as Reservation.event_id
 
     @property
     def created_at(self) -> datetime:

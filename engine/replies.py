@@ -26,7 +26,15 @@ def movement(m: dict[str, Any]) -> Movement:
     )
 
 
-def reservation(view: dict[str, Any], *, replayed: bool = False) -> Reservation:
+def event_id(partition: int, reply: dict[str, Any]) -> str | None:
+    """The global id of the last event a script wrote (as OutboxEvent.event_id), if any."""
+    stream_id = reply.get("event")
+    return f"p{partition}-{stream_id}" if stream_id else None
+
+
+def reservation(
+    view: dict[str, Any], *, replayed: bool = False, event: str | None = None
+) -> Reservation:
     return Reservation(
         id=view["id"],
         owner=view["owner"],
@@ -36,10 +44,11 @@ def reservation(view: dict[str, Any], *, replayed: bool = False) -> Reservation:
         lines=tuple(ReservedLine(p, w, int(q)) for p, w, q in as_list(view["lines"])),
         order_id=view.get("order") or None,
         replayed=replayed,
+        event_id=event,
     )
 
 
-def order(view: dict[str, Any], *, replayed: bool = False) -> Order:
+def order(view: dict[str, Any], *, replayed: bool = False, event: str | None = None) -> Order:
     return Order(
         id=view["id"],
         owner=view["owner"],
@@ -53,6 +62,7 @@ def order(view: dict[str, Any], *, replayed: bool = False) -> Order:
         created_at_ms=int(view["created_at"]),
         updated_at_ms=int(view["updated_at"]),
         replayed=replayed,
+        event_id=event,
     )
 
 

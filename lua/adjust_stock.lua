@@ -19,6 +19,7 @@
 --   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", ...}
 --   {"err": "insufficient_stock", "lines": [{product, warehouse, requested, available}]}
 --   {"err": "idempotency_mismatch"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: stock_adjusted, one per call, with a movement per warehouse.
 
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

@@ -21,6 +21,7 @@
 --     (a due reservation is released first, and recorded as expired)
 --   {"err": "currency_mismatch", "currencies"} | {"err": "order_total_too_large"}
 --   {"err": "order_exists", "order"} | {"err": "idempotency_mismatch"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: order_created (with the reserved -> gone movements), or reservation_expired.
 
 local stock, products, live_hash, expiry, outbox, record, order, idem =

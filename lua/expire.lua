@@ -5,6 +5,7 @@
 -- ARGV[1] limit: at most this many reservations released (count)
 --
 -- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired, one per released reservation.
 
 local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]

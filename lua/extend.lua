@@ -20,6 +20,7 @@
 --   {"err": "extension_limit_reached", "reservation", "expires_at", "max_expires_at"}
 --     when expires_at already sits at the cap
 --   and the refusals of release.lua (not_found, not_live, expired, idempotency_mismatch)
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_extended (no counter moves), or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =

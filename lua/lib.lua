@@ -16,6 +16,11 @@
 --   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
+-- An ok reply also carries "event": the stream id of the last outbox event the call wrote
+-- (left out when it wrote none); a replay returns the first reply, and so its event.
+
+-- Set by emit(), read by ok(). Local to one script run: the chunk runs afresh per call.
+local last_event = nil
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -24,6 +29,7 @@ end
 
 local function ok(body)
   body.ok = true
+  body.event = last_event
   return cjson.encode(body)
 end
 
@@ -77,7 +83,8 @@ local function emit(outbox, etype, ts, actor, request_id, body)
   body.ts = ts
   body.actor = actor
   body.request_id = request_id
-  return redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
+  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
+  return last_event
 end
 
 local function product_meta(products, product)

@@ -16,6 +16,7 @@
 --
 -- Returns JSON: {"ok": true, "order": {...as commit.lua}}, or the refusals of reserve.lua
 --   plus currency_mismatch, order_total_too_large, order_exists.
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired (due ones released first), order_created.
 
 local stock, products, live_hash, expiry, outbox, order, idem =

@@ -17,6 +17,7 @@
 --   {"err": "reservation_not_live", "reservation", "status", "order"}
 --   {"err": "reservation_expired", "reservation", "expires_at"}  (released first if it was due)
 --   {"err": "idempotency_mismatch"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_released, or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =

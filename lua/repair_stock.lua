@@ -21,6 +21,7 @@
 -- Returns JSON {"ok": true, "movements": [{product, warehouse, available_before,
 --   available_after, reserved_before, reserved_after}], "reindexed": [{reservation,
 --   expires_at_before, expires_at_after (ms, or null)}]}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: stock_reconciled per product x warehouse changed or recorded, with its movement
 --   and the counters found ('found'); expiry_reconciled per reservation re-indexed.
 

@@ -27,6 +27,7 @@
 --   {"err": "insufficient_stock", "lines": [{product, warehouse?, requested, available}]}
 --   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", "product", "warehouse"}
 --   {"err": "idempotency_mismatch"} | {"err": "reservation_exists", "reservation"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired (for each due reservation released first), reservation_created.
 
 local stock, products, live_hash, expiry, outbox, idem, record =

@@ -19,6 +19,7 @@
 -- Returns JSON {"ok": true, "product": {id, price, currency, warehouses [[name, priority]]},
 --   "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
 --   (opening stock for a warehouse the product doesn't have) | {"err": "idempotency_mismatch"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: product_updated when price, currency or warehouses changed;
 --         stock_adjusted (reason 'initial') when opening stock was given.
 

@@ -19,6 +19,7 @@
 --   {"err": "order_not_found", "order"}
 --   {"err": "invalid_transition", "order", "current", "requested", "allowed": [...]}
 --   {"err": "idempotency_mismatch"}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: order_status_changed (with movements when units return to available).
 
 local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
