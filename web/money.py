@@ -7,11 +7,11 @@ from decimal import Decimal, InvalidOperation
 from web.errors import ApiError
 
 # ISO 4217 minor-unit exponents that differ from 2.
-_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}
+EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "JOD": 3}
 
 
 def exponent(currency: str) -> int:
-    return _EXPONENTS.get(currency.upper(), 2)
+    return EXPONENTS.get(currency.upper(), 2)
 
 
 def to_decimal_string(minor: int, currency: str) -> str:

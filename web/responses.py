@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,6 +17,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def iso(value: datetime) -> str:
+    """ISO 8601 UTC to the millisecond, like every time in the API. SQLite hands back naive
+    datetimes, which are UTC by construction."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_id(request: Request) -> str:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from web.routes import auth, ops
+from web.routes import audit, auth, ops, orders, products, reservations
 
 ROUTES: list[BaseRoute] = [
     *ops.routes,
     *auth.routes,
+    *products.routes,
+    *audit.routes,
+    *reservations.routes,
+    *orders.routes,
 ]

@@ -1,0 +1,236 @@
+"""The catalog in the database: products and warehouses, written directly (they change rarely),
+and the one question about orders the catalog asks: is a product in an open order?
+
+A product is never removed: deleting sets `deleted_at`, and every read here leaves such rows
+out. Its engine id (Redis, ledger, orders) is `str(id)`. Synchronous, like all database
+access: the API calls these through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from engine.states import TERMINAL
+from persistence import schema
+
+P = schema.products
+W = schema.warehouses
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogProduct:
+    id: int
+    sku: str
+    name: str
+    description: str
+    price: int  # minor units
+    currency: str
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+    @property
+    def engine_id(self) -> str:
+        return str(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Warehouse:
+    id: str
+    name: str
+    priority: int
+    created_at: datetime
+
+
+class SkuTaken(Exception):
+    """Another product (live or deleted) already has this sku."""
+
+    def __init__(self, sku: str, product_id: int) -> None:
+        super().__init__(f"sku {sku!r} is taken by product {product_id}")
+        self.sku = sku
+        self.product_id = product_id
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that knows ON CONFLICT, on either database."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _product(row: Row[Any]) -> CatalogProduct:
+    m = row._mapping
+    return CatalogProduct(
+        id=int(m["id"]),
+        sku=m["sku"],
+        name=m["name"],
+        description=m["description"],
+        price=int(m["price"]),
+        currency=m["currency"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        deleted_at=m["deleted_at"],
+    )
+
+
+def _warehouse(row: Row[Any]) -> Warehouse:
+    m = row._mapping
+    return Warehouse(m["id"], m["name"], int(m["priority"]), m["created_at"])
+
+
+# -- products --------------------------------------------------------------------------------
+
+
+def insert_product(
+    db: Engine, *, sku: str, name: str, description: str, price: int, currency: str
+) -> tuple[CatalogProduct, bool]:
+    """Insert a product. If the sku is taken, nothing is written and the row holding it
+    (perhaps deleted) comes back instead: `(product, inserted)`."""
+    now = _now()
+    values = {
+        "sku": sku,
+        "name": name,
+        "description": description,
+        "price": price,
+        "currency": currency,
+        "created_at": now,
+        "updated_at": now,
+        "deleted_at": None,
+    }
+    with db.begin() as conn:
+        stmt = _insert(conn, P).values(**values).on_conflict_do_nothing(index_elements=["sku"])
+        row = conn.execute(stmt.returning(*P.c)).first()
+        if row is not None:
+            return _product(row), True
+        return _product(conn.execute(select(P).where(P.c.sku == sku)).one()), False
+
+
+def remove_unfinished(db: Engine, product_id: int) -> None:
+    """Remove a row whose create the engine refused: nothing anywhere refers to it."""
+    with db.begin() as conn:
+        conn.execute(P.delete().where(P.c.id == product_id))
+
+
+def get_product(db: Engine, product_id: int) -> CatalogProduct | None:
+    """A product that is not deleted, or None."""
+    with db.connect() as conn:
+        row = conn.execute(select(P).where(P.c.id == product_id, P.c.deleted_at.is_(None))).first()
+    return _product(row) if row is not None else None
+
+
+def update_product(db: Engine, product_id: int, values: Mapping[str, Any]) -> CatalogProduct | None:
+    """Change catalog fields of a product that is not deleted; None if there is none.
+    Raises SkuTaken (and changes nothing) when the new sku belongs to another product."""
+    with db.begin() as conn:
+        if "sku" in values:
+            holder = conn.scalar(select(P.c.id).where(P.c.sku == values["sku"]))
+            if holder is not None and holder != product_id:
+                raise SkuTaken(values["sku"], int(holder))
+        stmt = (
+            P.update()
+            .where(P.c.id == product_id, P.c.deleted_at.is_(None))
+            .values(**values, updated_at=_now())
+            .returning(*P.c)
+        )
+        try:
+            row = conn.execute(stmt).first()
+        except IntegrityError:  # the sku was taken between the check and the update
+            raise SkuTaken(values["sku"], -1) from None
+    return _product(row) if row is not None else None
+
+
+def soft_delete(db: Engine, product_id: int) -> CatalogProduct | None:
+    now = _now()
+    with db.begin() as conn:
+        row = conn.execute(
+            P.update()
+            .where(P.c.id == product_id, P.c.deleted_at.is_(None))
+            .values(deleted_at=now, updated_at=now)
+            .returning(*P.c)
+        ).first()
+    return _product(row) if row is not None else None
+
+
+def scan_products(
+    db: Engine, *, search: str | None, after: int | None, before: int | None, limit: int
+) -> list[CatalogProduct]:
+    """Up to `limit` products that are not deleted, by id: ascending from after `after`, or
+    descending from before `before`. `search` matches name or sku, case-insensitively."""
+    query = select(P).where(P.c.deleted_at.is_(None))
+    if search:
+        term = search.lower()
+        query = query.where(
+            func.lower(P.c.name).contains(term, autoescape=True)
+            | func.lower(P.c.sku).contains(term, autoescape=True)
+        )
+    if before is not None:
+        query = query.where(P.c.id < before).order_by(P.c.id.desc())
+    else:
+        if after is not None:
+            query = query.where(P.c.id > after)
+        query = query.order_by(P.c.id.asc())
+    with db.connect() as conn:
+        return [_product(row) for row in conn.execute(query.limit(limit))]
+
+
+def open_orders(db: Engine, product: str) -> int:
+    """How many orders not yet delivered or cancelled contain `product` (as the database
+    knows them: it trails Redis by the drain lag)."""
+    o, lines = schema.orders, schema.order_lines
+    query = (
+        select(func.count(func.distinct(o.c.id)))
+        .select_from(o.join(lines, lines.c.order_id == o.c.id))
+        .where(lines.c.product == product, o.c.status.not_in([s.value for s in TERMINAL]))
+    )
+    with db.connect() as conn:
+        return int(conn.scalar(query) or 0)
+
+
+# -- warehouses ------------------------------------------------------------------------------
+
+
+def ensure_warehouse(db: Engine, warehouse_id: str, name: str, priority: int = 0) -> None:
+    """Create the warehouse row unless it exists (the default warehouse, on demand)."""
+    with db.begin() as conn:
+        conn.execute(
+            _insert(conn, W)
+            .values(id=warehouse_id, name=name, priority=priority, created_at=_now())
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+
+
+def warehouse_priorities(db: Engine, names: Iterable[str]) -> dict[str, int]:
+    """The priority of each named warehouse that exists; missing ones are left out."""
+    wanted = list(dict.fromkeys(names))
+    with db.connect() as conn:
+        rows = conn.execute(select(W.c.id, W.c.priority).where(W.c.id.in_(wanted)))
+        return {str(r.id): int(r.priority) for r in rows}
+
+
+def list_warehouses(db: Engine) -> list[Warehouse]:
+    with db.connect() as conn:
+        rows = conn.execute(select(W).order_by(W.c.priority, W.c.id))
+        return [_warehouse(r) for r in rows]
+
+
+def create_warehouse(db: Engine, warehouse_id: str, name: str, priority: int) -> Warehouse | None:
+    """Insert a warehouse; None if the id is taken (nothing changes)."""
+    with db.begin() as conn:
+        row = conn.execute(
+            _insert(conn, W)
+            .values(id=warehouse_id, name=name, priority=priority, created_at=_now())
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(*W.c)
+        ).first()
+    return _warehouse(row) if row is not None else None

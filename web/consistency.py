@@ -1,0 +1,133 @@
+"""Read-your-writes between the hot path (Redis) and the lists (the database).
+
+Every write response carries `X-Consistency-Token`: the outbox position of the write,
+`p<partition>-<stream id>` (the id its audit row will carry). A list called with
+`?consistent_with=<token>` waits, at most `WAIT_S`, until the partition's drain checkpoint
+has passed that position, then answers with `X-Consistency: consistent`; if the drain is
+slower (or the worker is down) it answers anyway, from what the database holds, with
+`X-Consistency: stale`. This module also runs a durable list query one keyset page at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any, cast
+
+import redis.exceptions
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine.keys import partition_of
+from persistence import queries_orders as queries
+from persistence.queries_orders import Listing
+from web.app import services
+from web.errors import ApiError
+from web.pagination import Page, SortKey, decode_cursor, paginate
+from web.responses import ok
+
+log = logging.getLogger("inventory.web")
+
+TOKEN_HEADER = "X-Consistency-Token"
+STATE_HEADER = "X-Consistency"
+REPLAY_HEADER = "Idempotent-Replayed"
+WAIT_S = 2.0
+_TOKEN = re.compile(r"p(\d{1,6})-(\d{1,20})-(\d{1,20})")
+
+
+def _position(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def written(
+    request: Request,
+    data: Any,
+    status: int,
+    *,
+    record_id: str,
+    event_id: str | None,
+    replayed: bool,
+) -> Response:
+    """The response to a successful write: asks for a drain of the record's partition and
+    hands out the consistency token (a call that wrote no event — an extension that changed
+    nothing — gets the partition's newest position)."""
+    svc = services(request)
+    partition = partition_of(record_id, svc.settings.partitions)
+    token = event_id or await _newest(request, partition)
+    try:
+        await svc.trigger.request(partition)
+    except redis.exceptions.RedisError as exc:
+        # The write is done; the periodic drain picks the event up if this ask is lost.
+        log.warning("could not ask for a drain of partition %d: %s", partition, exc)
+    response = ok(request, data, status)
+    response.headers[TOKEN_HEADER] = token
+    if replayed:
+        response.headers[REPLAY_HEADER] = "true"
+    return response
+
+
+async def _newest(request: Request, partition: int) -> str:
+    svc = services(request)
+    entries = cast(
+        list[tuple[str, dict[str, str]]],
+        await svc.engine.redis.xrevrange(svc.engine.keys(partition).outbox, count=1),
+    )
+    # An empty stream has been drained (trimmed only once applied): any position will do.
+    return f"p{partition}-{entries[0][0] if entries else '0-0'}"
+
+
+async def wait_for(request: Request, token: str | None) -> str | None:
+    """Wait for the drain to pass `token`: "consistent", "stale" (waited long enough), or
+    None when no token was given."""
+    if token is None:
+        return None
+    svc = services(request)
+    match = _TOKEN.fullmatch(token)
+    if match is None or int(match[1]) >= svc.settings.partitions:
+        raise ApiError(
+            400,
+            "invalid_consistency_token",
+            f"consistent_with takes the {TOKEN_HEADER} header of a write response",
+            {"consistent_with": token[:100]},
+        )
+    partition, wanted = int(match[1]), (int(match[2]), int(match[3]))
+    if wanted == (0, 0):  # handed out for an empty (fully drained) outbox
+        return "consistent"
+    deadline = time.monotonic() + WAIT_S
+    pause = 0.01
+    while True:
+        reached = await asyncio.to_thread(queries.checkpoint, svc.db, partition)
+        if reached is not None and _position(reached) >= wanted:
+            return "consistent"
+        if time.monotonic() >= deadline:
+            return "stale"
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.1)
+
+
+def mark(response: Response, state: str | None) -> Response:
+    """Put the outcome of `wait_for` on the list response."""
+    if state is not None:
+        response.headers[STATE_HEADER] = state
+    return response
+
+
+def _page(request: Request, listing: Listing, cursor: str | None, limit: int) -> Page:
+    if cursor is not None:
+        values, _ = decode_cursor(cursor, len(listing.key_types))
+        for value, kind in zip(values, listing.key_types, strict=True):
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ApiError(400, "invalid_cursor", "the cursor does not belong to this list")
+    keys = [SortKey(column, descending) for column, descending in listing.sort]
+    with services(request).db.connect() as conn:
+        page = paginate(conn, listing.query, keys, cursor, limit, listing.boundary)
+        page.rows = listing.load(conn, page.rows)
+    return page
+
+
+async def read_page(request: Request, listing: Listing, cursor: str | None, limit: int) -> Page:
+    """One page of a durable list, newest (or highest) first, cut by keyset."""
+    return await asyncio.to_thread(_page, request, listing, cursor, limit)
