@@ -391,8 +391,16 @@ class Engine:
         replies.raise_for(reply)
         return self._order(k, reply)
 
-    async def transition(self, order_id: str, status: OrderStatus | str, ctx: CallContext) -> Order:
-        """Move an order along the state machine (engine.states)."""
+    async def transition(
+        self,
+        order_id: str,
+        status: OrderStatus | str,
+        ctx: CallContext,
+        *,
+        expected: OrderStatus | None = None,
+    ) -> Order:
+        """Move an order along the state machine (engine.states). With `expected`, refuse
+        (StatusChanged) if the order is no longer in that status: check and move in one step."""
         try:
             target = OrderStatus(str(status).lower())
         except ValueError:
@@ -412,6 +420,7 @@ class Engine:
                 fp,
                 self.settings.idempotency_ttl_ms,
                 self.settings.order_retention_ms,
+                expected.value if expected else "",
             ],
         )
         replies.raise_for(reply)

@@ -157,6 +157,21 @@ class InvalidTransition(EngineError):
         }
 
 
+class StatusChanged(EngineError):
+    """The order moved between a caller's read and its transition."""
+
+    code = "status_changed"
+
+    def __init__(self, order: str, current: str, expected: str) -> None:
+        super().__init__(f"order {order!r} is {current} now, no longer {expected}")
+        self.order = order
+        self.current = current
+        self.expected = expected
+
+    def details(self) -> dict[str, Any]:
+        return {"order": self.order, "current": self.current, "expected": self.expected}
+
+
 class IdempotencyMismatch(EngineError):
     code = "idempotency_mismatch"
 

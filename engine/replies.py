@@ -96,6 +96,7 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
     "invalid_transition": lambda r: errors.InvalidTransition(
         r["order"], r["current"], r["requested"], as_list(r["allowed"])
     ),
+    "status_changed": lambda r: errors.StatusChanged(r["order"], r["current"], r["expected"]),
     "idempotency_mismatch": lambda r: errors.IdempotencyMismatch(),
     "currency_mismatch": lambda r: errors.CurrencyMismatch(as_list(r["currencies"])),
     "order_total_too_large": lambda r: errors.OrderTotalTooLarge(),

@@ -13,11 +13,13 @@
 -- ARGV[6] request fingerprint ('' = no idempotency key)
 -- ARGV[7] idempotency record ttl (ms)
 -- ARGV[8] retention (ms) of an order once it is terminal
+-- ARGV[9] expected current status ('' = any): refuse if the order has moved meanwhile
 --
 -- Returns JSON:
 --   {"ok": true, "order": {...}, "from": status}  (+ "replayed": true)
 --   {"err": "order_not_found", "order"}
 --   {"err": "invalid_transition", "order", "current", "requested", "allowed": [...]}
+--   {"err": "status_changed", "order", "current", "expected"}
 --   {"err": "idempotency_mismatch"}
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: order_status_changed (with movements when units return to available).
@@ -34,6 +36,10 @@ if #flat == 0 then return refuse('order_not_found', {order = order_id}) end
 local o = {}
 for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
 if scope ~= '' and o.owner ~= scope then return refuse('order_not_found', {order = order_id}) end
+
+if ARGV[9] ~= '' and o.status ~= ARGV[9] then
+  return refuse('status_changed', {order = order_id, current = o.status, expected = ARGV[9]})
+end
 
 local allowed = TRANSITIONS[o.status] or {}
 local permitted = false

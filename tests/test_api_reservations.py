@@ -160,8 +160,8 @@ async def test_insufficient_stock_lists_the_shortfall_and_changes_nothing(
     )
     assert error["details"] == {
         "lines": [
-            {"product": "1", "requested": 11, "available": 10, "warehouse": None},
-            {"product": "2", "requested": 8, "available": 7, "warehouse": None},
+            {"product": 1, "requested": 11, "available": 10, "warehouse": None},
+            {"product": 2, "requested": 8, "available": 7, "warehouse": None},
         ]
     }
     assert (await state(shop), await state(shop, 2)) == before
@@ -180,7 +180,7 @@ async def test_a_whole_line_from_one_warehouse_when_split_is_off(
 
     assert refused.status_code == 409
     assert err(refused)["details"] == {
-        "lines": [{"product": "2", "requested": 6, "available": 5, "warehouse": None}]
+        "lines": [{"product": 2, "requested": 6, "available": 5, "warehouse": None}]
     }
     assert before == ({"main": (2, 0), "east": (5, 0)}, before[1])
     assert [li["quantity"] for li in split["lines"]] == [2, 4]

@@ -300,3 +300,22 @@ async def test_transition_replay_and_mismatch(engine: Engine) -> None:
         await engine.transition(order.id, "cancelled", ctx)
     assert await snapshot(engine.redis) == after_first
     assert (await event_types(engine.redis)).count("order_status_changed") == 1
+
+
+async def test_a_move_that_expects_a_status_fails_once_the_order_moved(engine: Engine) -> None:
+    # the buyer saw it pending; staff confirmed it before the buyer's cancel arrived
+    order = await order_in(engine, OrderStatus.PENDING)
+    await engine.transition(order.id, "confirmed", STAFF)
+    before = await snapshot(engine.redis)
+
+    with pytest.raises(errors.StatusChanged) as info:
+        await engine.transition(order.id, "cancelled", ALICE, expected=OrderStatus.PENDING)
+
+    assert info.value.details() == {
+        "order": order.id,
+        "current": "confirmed",
+        "expected": "pending",
+    }
+    assert await snapshot(engine.redis) == before
+    held = await engine.transition(order.id, "processing", STAFF, expected=OrderStatus.CONFIRMED)
+    assert held.status == OrderStatus.PROCESSING

@@ -223,6 +223,7 @@ def test_every_refusal_code_becomes_its_typed_error() -> None:
         "max_expires_at": 9,
         "current": "pending",
         "requested": "shipped",
+        "expected": "pending",
         "allowed": {},
         "currencies": ["USD", "EUR"],
     }

@@ -40,6 +40,7 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.ReservationNotLive: 409,
     engine_errors.ExtensionLimitReached: 409,
     engine_errors.InvalidTransition: 409,
+    engine_errors.StatusChanged: 409,
     engine_errors.CurrencyMismatch: 409,
     engine_errors.CrossPartition: 409,
     engine_errors.IdempotencyMismatch: 422,
@@ -48,9 +49,23 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
 }
 
 
+def _catalog_ids(value: Any) -> Any:
+    """The engine names products by text; the API by the catalog's integer id."""
+    if isinstance(value, dict):
+        return {
+            k: int(v)
+            if k == "product" and isinstance(v, str) and v.isdigit() and v[0] != "0"
+            else _catalog_ids(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_catalog_ids(v) for v in value]
+    return value
+
+
 def from_engine(exc: engine_errors.EngineError) -> ApiError:
     status = ENGINE_STATUS.get(type(exc), 400)
-    details = exc.details()
+    details = _catalog_ids(exc.details())
     if isinstance(exc, engine_errors.InvalidInput):
         return ApiError(400, "invalid_input", exc.message, details)
     return ApiError(status, exc.code, str(exc), details)

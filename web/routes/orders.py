@@ -144,6 +144,7 @@ async def update(request: Request) -> Response:
     body = await parse_body(request, TransitionIn)
     ctx = who.context(request)
     order_id = request.path_params["order_id"]
+    expected: OrderStatus | None = None
     if not who.staff:
         if body.status != OrderStatus.CANCELLED:
             raise ApiError(
@@ -158,8 +159,11 @@ async def update(request: Request) -> Response:
                 f"this one is {current.status}",
                 {"order": order_id, "status": current.status.value},
             )
+        # the cancel holds only if the order is still as its buyer saw it (staff may have
+        # confirmed it since): the script checks and moves in one step
+        expected = current.status
     try:
-        order = await svc.engine.transition(order_id, body.status, ctx)
+        order = await svc.engine.transition(order_id, body.status, ctx, expected=expected)
     except OrderNotFound:
         # Only final orders leave Redis: if the database has it, no move is left.
         kept = await asyncio.to_thread(queries.get_order, svc.db, order_id, ctx.scope)
