@@ -30,6 +30,8 @@ class StockReason(StrEnum):
     DAMAGED = "damaged"
     LOST = "lost"
     CORRECTION = "correction"
+    # a deleted product's remaining units leave sale
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
+from sqlalchemy import text
 from starlette.applications import Starlette
 
 from engine.models import CallContext, LineRequest
@@ -142,6 +143,18 @@ async def test_delete_is_refused_while_in_use(
         "/api/products/", json={"name": "n", "sku": "DEL-1", "price": "1.00"}, headers=staff
     )
     assert err(again)["code"] == "sku_exists"  # a deleted product keeps its sku
+    # its units left sale with it: nobody can reserve a deleted product
+    stock = await engine.get_stock(str(pid))
+    assert (stock.available, stock.reserved) == (0, 0)
+    late = await client.post(
+        "/api/reservations/", json={"product": pid, "quantity": 1}, headers=bearer(app, "9")
+    )
+    assert late.status_code == 409
+    assert err(late)["code"] == "insufficient_stock"
+    await drain(app_settings, sync_redis, db)
+    with db.connect() as conn:
+        reasons = [r for (r,) in conn.execute(text("SELECT reason FROM stock_ledger"))]
+    assert reasons.count("withdrawn") == 1
 
 
 async def test_stock_adjustments(client: httpx.AsyncClient, staff: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from engine import errors, outbox
-from engine.models import CallContext
+from engine.models import CallContext, StockReason
 from engine.states import TERMINAL
 from persistence import catalog
 from persistence.catalog import CatalogProduct, SkuTaken
@@ -201,7 +201,7 @@ async def _orders_not_yet_recorded(svc: Services, product: str) -> int:
 
 async def delete_product(request: Request) -> Response:
     """Staff: soft-delete, refused while units are reserved or an order is open."""
-    require_staff(request)
+    staff = require_staff(request)
     svc = services(request)
     row, live = await live_product(svc, product_id(request.path_params["id"]))
     in_use: dict[str, int] = {}
@@ -217,6 +217,12 @@ async def delete_product(request: Request) -> Response:
             f"product {row.id} has live reservations or open orders; it can't be deleted",
             {"product": row.id, **in_use},
         )
+    # Its units leave sale first, so Redis (which knows no catalog) refuses to reserve it.
+    withdraw = {lv.warehouse: -lv.available for lv in live.levels if lv.available > 0}
+    if withdraw:
+        ctx = staff.context(request)
+        await svc.engine.adjust_stock(row.engine_id, withdraw, StockReason.WITHDRAWN, ctx)
+        await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     deleted = await asyncio.to_thread(catalog.soft_delete, svc.db, row.id)
     if deleted is None or deleted.deleted_at is None:
         raise errors.ProductNotFound(row.engine_id)
