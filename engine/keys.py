@@ -96,3 +96,13 @@ def login_attempts(kind: str, value: str) -> str:
     """
     digest = hashlib.sha256(value.encode()).hexdigest()[:32]
     return f"{PREFIX}:auth:login-attempts:{kind}:{digest}"
+
+
+def rate_limit_bucket(kind: str, value: str) -> str:
+    """The request token bucket of one client (`kind`: "user" or "ip").
+
+    Outside the partitions (one key per call, so any node of a cluster can hold it). The value
+    is hashed, so any text is safe.
+    """
+    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
+    return f"{PREFIX}:ratelimit:{kind}:{digest}"

@@ -28,6 +28,7 @@ NAMES: tuple[str, ...] = (
     "place_order",
     "transition",
     "repair_stock",
+    "rate_limit",
 )
 
 

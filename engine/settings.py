@@ -27,6 +27,25 @@ def _seconds_ms(env: Mapping[str, str], name: str, default: float) -> int:
     return round(_seconds(env, name, default) * 1000)
 
 
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    value = default if raw is None or raw == "" else float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number per second >= 0, got {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {env.get(name)!r}")
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     value = default if raw is None or raw == "" else int(raw)
@@ -73,6 +92,16 @@ class Settings:
     jwt_keys: str = ""
     jwt_access_ttl_ms: int = 15 * 60_000
     jwt_refresh_ttl_ms: int = 7 * 86_400_000
+    # Rate limit per client: a token bucket refilled at this many requests per second, holding
+    # at most `burst`. The client is the user when a valid token comes along, else the
+    # address: a shop's checkout behind one IP sends its customers' tokens, so each customer
+    # has a bucket. 0 = off.
+    rate_limit_per_second: float = 100.0
+    rate_limit_burst: int = 200
+    # GET /metrics without a token. None: open on the embedded stack, closed otherwise (then
+    # a staff token or METRICS_TOKEN, a static bearer secret for the scraper, opens it).
+    metrics_public: bool | None = None
+    metrics_token: str = ""
     default_warehouse: str = "main"
     default_currency: str = "USD"
     data_dir: Path = PROJECT_ROOT / "data"
@@ -111,6 +140,10 @@ class Settings:
             jwt_keys=e.get("JWT_KEYS") or d.jwt_keys,
             jwt_access_ttl_ms=_seconds_ms(e, "JWT_ACCESS_TTL", d.jwt_access_ttl_ms / 1000),
             jwt_refresh_ttl_ms=_seconds_ms(e, "JWT_REFRESH_TTL", d.jwt_refresh_ttl_ms / 1000),
+            rate_limit_per_second=_rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second),
+            rate_limit_burst=_int(e, "RATE_LIMIT_BURST", d.rate_limit_burst),
+            metrics_public=_flag(e, "METRICS_PUBLIC", d.metrics_public),
+            metrics_token=e.get("METRICS_TOKEN") or d.metrics_token,
             default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,
             default_currency=e.get("DEFAULT_CURRENCY") or d.default_currency,
             data_dir=Path(e.get("DATA_DIR") or d.data_dir),
@@ -127,11 +160,25 @@ class Settings:
             raise ValueError("RESERVATION_TTL must lie within RESERVATION_TTL_MIN..MAX")
         if self.reservation_max_lifetime_ms < self.reservation_ttl_max_ms:
             raise ValueError("RESERVATION_MAX_LIFETIME must be >= RESERVATION_TTL_MAX")
+        rate = self.rate_limit_per_second
+        if rate != 0 and not 0.001 <= rate <= 1_000_000:
+            raise ValueError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or 0.001 to 1000000")
+        if self.rate_limit_per_second and not 1 <= self.rate_limit_burst <= 1_000_000:
+            raise ValueError("RATE_LIMIT_BURST must be between 1 and 1000000")
+        if self.metrics_token and len(self.metrics_token.encode()) < 32:
+            raise ValueError("METRICS_TOKEN must be at least 32 bytes")
         return self
 
     @property
     def database_url_or_default(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'inventory.db'}"
+
+    @property
+    def metrics_open(self) -> bool:
+        """Whether GET /metrics answers without a token (METRICS_PUBLIC, else by stack)."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return self.database_url_or_default.startswith("sqlite")
 
     def describe(self) -> dict[str, str]:
         """The settings as printable strings (the Redis password hidden)."""
@@ -140,6 +187,8 @@ class Settings:
             value = str(getattr(self, f.name))
             if f.name == "jwt_keys" and value:
                 value = ",".join(k.split(":", 1)[0] + ":***" for k in value.split(","))
+            if f.name == "metrics_token" and value:
+                value = "***"
             if f.name in ("redis_url", "database_url") and "@" in value:
                 scheme, _, rest = value.partition("://")
                 value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 from functools import cache
 from typing import Any
 
@@ -24,6 +26,10 @@ QUEUE = "inventory"
 # Postgres down: the drain retries with backoff; events wait in the outbox meanwhile.
 DRAIN_RETRY = Retry(max=8, interval=[1, 2, 4, 8, 15, 30, 60, 60])
 LAST_RECONCILE_KEY = "inv:reconcile:last"
+# For GET /metrics: the last drain of each partition that applied anything (a hash, partition
+# -> JSON), and how many reservations the periodic sweep has expired (a counter).
+LAST_DRAIN_KEY = "inv:drain:last"
+SWEEP_EXPIRED_KEY = "inv:sweep:expired"
 JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result forever
 
 
@@ -53,7 +59,16 @@ def summary(result: DrainResult) -> dict[str, Any]:
     lag = sorted(out.pop("lag_ms"))
     out["lag_p50_ms"] = lag[len(lag) // 2] if lag else None
     out["lag_p99_ms"] = lag[min(len(lag) - 1, len(lag) * 99 // 100)] if lag else None
+    out["lag_max_ms"] = lag[-1] if lag else None
     return out
+
+
+def _keep_last_drain(client: redis.Redis, partition: int, result: dict[str, Any]) -> None:
+    if not result["applied"] or result["lag_p50_ms"] is None:
+        return  # an idle drain has no lag to tell: the last real one stays
+    fields = ("applied", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")
+    record = {"at_ms": int(time.time() * 1000), **{f: result[f] for f in fields}}
+    client.hset(LAST_DRAIN_KEY, str(partition), json.dumps(record))
 
 
 def drain(partition: int) -> dict[str, Any]:
@@ -61,7 +76,9 @@ def drain(partition: int) -> dict[str, Any]:
     client = redis_client()
     # Cleared before reading, so a write that lands while we drain asks for another run.
     client.delete(partition_keys(partition).drain_requested)
-    return summary(drain_partition(client, database(), settings(), partition))
+    result = summary(drain_partition(client, database(), settings(), partition))
+    _keep_last_drain(client, partition, result)
+    return result
 
 
 def drain_all() -> list[dict[str, Any]]:
@@ -79,7 +96,6 @@ def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
 
 def reconcile_check() -> dict[str, Any]:
     """Compare Redis and the database (report only); the last result is kept for operators."""
-    import json
     import logging
 
     from persistence.reconcile import check
@@ -105,6 +121,7 @@ def expire() -> dict[str, int]:
     outcome = asyncio.run(run())
     if outcome["expired"]:
         client = redis_client()
+        client.incrby(SWEEP_EXPIRED_KEY, outcome["expired"])
         q = queue()
         for p in range(settings().partitions):
             request_drain(q, client, p)

@@ -28,7 +28,9 @@ from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
 from web.auth import Keys
 from web.errors import ApiError, from_engine
-from web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from web.metrics import Metrics, MetricsMiddleware
+from web.middleware import BodyLimitMiddleware, RequestContextMiddleware, scope_state
+from web.ratelimit import RateLimitMiddleware
 from web.responses import error, request_id
 
 log = logging.getLogger("inventory.web")
@@ -51,6 +53,7 @@ def services(request: Request) -> Services:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    scope_state(request.scope)["error_code"] = exc.code  # the outcome, for the metrics
     return error(request_id(request), exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
@@ -65,12 +68,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = codes.get(exc.status_code, "http_error")
     message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
     headers = dict(exc.headers) if exc.headers else None
+    scope_state(request.scope)["error_code"] = code
     return error(request_id(request), exc.status_code, code, message, headers=headers)
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     which = "redis" if isinstance(exc, redis.exceptions.RedisError) else "database"
     log.warning("%s unavailable: %s", which, exc)
+    scope_state(request.scope)["error_code"] = "service_unavailable"
     return error(
         request_id(request),
         503,
@@ -103,12 +108,25 @@ def create_app(
     from web import routes as all_routes
 
     keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens
+    metrics = Metrics()
+    # Outermost first: the request id and access log, the timing, then the refusals.
+    middleware = [
+        Middleware(RequestContextMiddleware),
+        Middleware(MetricsMiddleware, metrics=metrics),
+    ]
+    if settings.rate_limit_per_second:
+        middleware.append(
+            Middleware(
+                RateLimitMiddleware,
+                keys=keys,
+                per_second=settings.rate_limit_per_second,
+                burst=settings.rate_limit_burst,
+            )
+        )
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
     app = Starlette(
         routes=routes if routes is not None else all_routes.ROUTES,
-        middleware=[
-            Middleware(RequestContextMiddleware),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        ],
+        middleware=middleware,
         exception_handlers={
             ApiError: _api_error,
             engine_errors.EngineError: _engine_error,
@@ -120,4 +138,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.keys = keys
+    app.state.metrics = metrics
     return app

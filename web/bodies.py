@@ -24,6 +24,20 @@ def _problems(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _nul_problems(value: Any, field: str) -> list[dict[str, Any]]:
+    """A problem for each text holding a NUL character: no database column can store one
+    (Postgres refuses it), so it is bad input, never a server error."""
+    if isinstance(value, str):
+        if "\x00" not in value:
+            return []
+        problem = "must not contain NUL characters"
+        return [{"field": field or "body", "problem": problem, "type": "string_nul"}]
+    if not isinstance(value, (dict, list)):
+        return []
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [p for k, v in items for p in _nul_problems(v, f"{field}.{k}" if field else str(k))]
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
@@ -34,17 +48,24 @@ async def parse_body(request: Request, model: type[M]) -> M:
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     try:
-        return model.model_validate(payload)
+        parsed = model.model_validate(payload)
     except ValidationError as exc:
         raise ApiError(
             400, "invalid_input", "the request body is not valid", {"errors": _problems(exc)}
         ) from None
+    if problems := _nul_problems(payload, ""):
+        raise ApiError(400, "invalid_input", "the request body is not valid", {"errors": problems})
+    return parsed
 
 
 def parse_query(request: Request, model: type[M]) -> M:
+    query = dict(request.query_params)
     try:
-        return model.model_validate(dict(request.query_params))
+        parsed = model.model_validate(query)
     except ValidationError as exc:
         raise ApiError(
             400, "invalid_input", "the query string is not valid", {"errors": _problems(exc)}
         ) from None
+    if problems := _nul_problems(query, ""):
+        raise ApiError(400, "invalid_input", "the query string is not valid", {"errors": problems})
+    return parsed

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request id, the access log, the body-size limit.
+"""Pure ASGI middleware: the request id, the access log, the body-size limit; and the matched
+route's template, which the access log and the metrics label requests with.
 
 The request id is the client's `X-Request-ID` when it is a sane token, else a new UUID; it is
 put in `scope["state"]` (so `request.state.request_id`), echoed in the response header, and
@@ -15,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from web.errors import ApiError
@@ -24,6 +26,7 @@ log = logging.getLogger("inventory.access")
 errors_log = logging.getLogger("inventory.errors")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNMATCHED = "<unmatched>"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -74,7 +77,7 @@ class RequestContextMiddleware:
                         "request_id": rid,
                         "method": scope["method"],
                         "path": scope["path"],
-                        "route": state.get("route", ""),
+                        "route": route_template(scope),
                         "status": status,
                         "ms": round((time.perf_counter() - started) * 1000, 2),
                         "user": state.get("user_id", ""),
@@ -97,8 +100,9 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            rid = scope.get("state", {}).get("request_id", "")
-            response = error(rid, 413, "payload_too_large", self._message())
+            state = scope_state(scope)
+            state["error_code"] = "payload_too_large"
+            response = error(state.get("request_id", ""), 413, "payload_too_large", self._message())
             await response(scope, receive, send)
             return
         seen = 0
@@ -121,3 +125,31 @@ class BodyLimitMiddleware:
 def scope_state(scope: Scope) -> dict[str, Any]:
     state: dict[str, Any] = scope.setdefault("state", {})
     return state
+
+
+def _match(scope: Scope) -> BaseRoute | None:
+    """The route the app's router would pick (a full match first, else a partial one)."""
+    routes: list[BaseRoute] = getattr(scope.get("app"), "routes", None) or []
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that took the request (`/api/orders/{order_id}/`), never
+    the raw path: label values stay few whatever paths clients send. Call it once the app has
+    answered: the router leaves its route in the scope. A request stopped before routing (the
+    rate limit, the body limit) is matched here; one that matches nothing is "<unmatched>"."""
+    state = scope_state(scope)
+    known = state.get("route")
+    if isinstance(known, str) and known:
+        return known
+    route = scope.get("route") or _match(scope)
+    template = getattr(route, "path_format", None)
+    state["route"] = template if isinstance(template, str) else UNMATCHED
+    return str(state["route"])

@@ -51,6 +51,16 @@ def encode_cursor(values: Sequence[Any], direction: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _storable(value: Any) -> bool:
+    """Whether a database can compare a column with `value`: no NUL in text, integers of 64
+    bits (a forged cursor must be a 400, never an error from the driver)."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    return True
+
+
 def decode_cursor(token: str, width: int) -> tuple[list[Any], str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
@@ -58,6 +68,8 @@ def decode_cursor(token: str, width: int) -> tuple[list[Any], str]:
         values, direction = decoded["v"], decoded["d"]
         if not isinstance(values, list) or len(values) != width or direction not in ("n", "p"):
             raise ValueError("shape")
+        if not all(_storable(v) for v in values):
+            raise ValueError("value")
         return [_decode_value(v) for v in values], direction
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise ApiError(400, "invalid_cursor", "the cursor is not one this API gave out") from None

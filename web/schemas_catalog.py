@@ -154,7 +154,10 @@ class AuditQuery(Paging):
         # A time without an offset is taken as UTC.
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC datetime
+            raise ValueError("is out of range") from None
 
     @model_validator(mode="after")
     def _range(self) -> AuditQuery:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from web.routes import audit, auth, ops, orders, products, reservations
+from web.routes import audit, auth, docs, metrics, ops, orders, products, reservations
 
 ROUTES: list[BaseRoute] = [
     *ops.routes,
+    *metrics.routes,
     *auth.routes,
     *products.routes,
     *audit.routes,
     *reservations.routes,
     *orders.routes,
+    *docs.routes,
 ]

@@ -43,6 +43,7 @@ from starlette.routing import Route
 from engine.errors import InvalidTransition, OrderNotFound
 from engine.models import CallContext, Order
 from engine.states import OrderStatus
+from engine.validation import RECORD_ID
 from persistence import queries_orders as queries
 from persistence.queries_orders import Amount, OrderFilters
 from web.app import Services, services
@@ -83,6 +84,8 @@ async def _current(svc: Services, order_id: str, ctx: CallContext) -> Order:
     try:
         return await svc.engine.get_order(order_id, ctx)
     except OrderNotFound:
+        if not RECORD_ID.fullmatch(order_id):  # no record has such an id: don't ask
+            raise
         kept = await asyncio.to_thread(queries.get_order, svc.db, order_id, ctx.scope)
         if kept is None:
             raise
@@ -165,6 +168,8 @@ async def update(request: Request) -> Response:
     try:
         order = await svc.engine.transition(order_id, body.status, ctx, expected=expected)
     except OrderNotFound:
+        if not RECORD_ID.fullmatch(order_id):
+            raise
         # Only final orders leave Redis: if the database has it, no move is left.
         kept = await asyncio.to_thread(queries.get_order, svc.db, order_id, ctx.scope)
         if kept is None:

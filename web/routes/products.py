@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from engine import errors, outbox
 from engine.models import CallContext, StockReason
 from engine.states import TERMINAL
+from engine.validation import MAX_STOCK_DELTA
 from persistence import catalog
 from persistence.catalog import CatalogProduct, SkuTaken
 from web.app import Services, services
@@ -218,10 +219,13 @@ async def delete_product(request: Request) -> Response:
             {"product": row.id, **in_use},
         )
     # Its units leave sale first, so Redis (which knows no catalog) refuses to reserve it.
-    withdraw = {lv.warehouse: -lv.available for lv in live.levels if lv.available > 0}
-    if withdraw:
-        ctx = staff.context(request)
-        await svc.engine.adjust_stock(row.engine_id, withdraw, StockReason.WITHDRAWN, ctx)
+    left = {lv.warehouse: lv.available for lv in live.levels if lv.available > 0}
+    # (no idempotency key: a repeated DELETE finds the product gone; chunks differ)
+    ctx = dataclasses.replace(staff.context(request), idempotency_key=None)
+    while left:  # one adjustment moves at most MAX_STOCK_DELTA units per warehouse
+        step = {w: -min(n, MAX_STOCK_DELTA) for w, n in left.items()}
+        await svc.engine.adjust_stock(row.engine_id, step, StockReason.WITHDRAWN, ctx)
+        left = {w: n + step[w] for w, n in left.items() if n + step[w] > 0}
         await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     deleted = await asyncio.to_thread(catalog.soft_delete, svc.db, row.id)
     if deleted is None or deleted.deleted_at is None:

@@ -27,6 +27,7 @@ anyway with `X-Consistency: stale` (else `X-Consistency: consistent`).
 from __future__ import annotations
 
 import asyncio
+import math
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,6 +35,7 @@ from starlette.routing import Route
 
 from engine.errors import ReservationNotFound
 from engine.settings import Settings
+from engine.validation import RECORD_ID
 from persistence import queries_orders as queries
 from web.app import services
 from web.auth import Principal, require_user
@@ -53,16 +55,16 @@ from web.schemas_orders import (
 def ttl_ms(settings: Settings, seconds: float | None) -> int | None:
     if seconds is None:
         return None
-    ms = round(seconds * 1000)
+    scaled = seconds * 1000  # a huge float overflows to infinity: out of range like the rest
     low, high = settings.reservation_ttl_min_ms, settings.reservation_ttl_max_ms
-    if not low <= ms <= high:
+    if not (math.isfinite(scaled) and low <= round(scaled) <= high):
         raise ApiError(
             400,
             "invalid_input",
             f"ttl_seconds must be between {low / 1000:g} and {high / 1000:g}",
             {"field": "ttl_seconds"},
         )
-    return ms
+    return round(scaled)
 
 
 def owner_filter(who: Principal, requested: str | None) -> str | None:
@@ -127,6 +129,8 @@ async def detail(request: Request) -> Response:
     try:
         found = await svc.engine.get_reservation(reservation_id, ctx)
     except ReservationNotFound:
+        if not RECORD_ID.fullmatch(reservation_id):  # no record has such an id: don't ask
+            raise
         kept = await asyncio.to_thread(queries.get_reservation, svc.db, reservation_id, ctx.scope)
         if kept is None:
             raise

@@ -1,0 +1,272 @@
+"""The rate limit through HTTP against the real app and Redis: a token bucket per user (or per
+address without a valid token), 429 with `Retry-After` and the envelope, nothing changed by a
+refused request, one round trip per check, exact under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import cast
+
+import httpx
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.engine import Engine
+from engine.keys import partition_keys, rate_limit_bucket
+from engine.models import SYSTEM
+from engine.settings import Settings
+from persistence.db import database_engine
+from persistence.trigger import DrainTrigger
+from tests.api import bearer, err, running
+from tests.redis_server import free_port
+from web.app import Services, create_app
+from web.errors import ApiError
+from web.ratelimit import RateLimitMiddleware, take
+from web.responses import ok
+
+RESERVE = "/api/reservations/"
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    # The limit sits in front of the endpoints: one database is enough.
+    return sqlite_url
+
+
+def limited(app_settings: Settings, per_second: float, burst: int) -> Starlette:
+    return create_app(
+        dataclasses.replace(app_settings, rate_limit_per_second=per_second, rate_limit_burst=burst)
+    )
+
+
+@pytest.fixture
+def slow(app_settings: Settings, clean_redis: None) -> Starlette:
+    """3 requests at once, then one every 100 s: what a test can use up and watch."""
+    return limited(app_settings, 0.01, 3)
+
+
+def svc(app: Starlette) -> Services:
+    found: Services = app.state.services
+    return found
+
+
+async def test_over_the_limit_is_429_with_retry_after(slow: Starlette) -> None:
+    me = bearer(slow, "1")
+    async with running(slow) as client:
+        allowed = [await client.get(f"{RESERVE}{'a' * 32}/", headers=me) for _ in range(3)]
+        refused = await client.get(
+            f"{RESERVE}{'a' * 32}/", headers={**me, "X-Request-ID": "too-many"}
+        )
+
+    assert [r.status_code for r in allowed] == [404, 404, 404]
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.headers["x-request-id"] == "too-many"
+    error = err(refused)
+    assert error["code"] == "rate_limited"
+    assert error["message"] == "too many requests; try again in 100 s"
+    assert error["details"] == {"retry_after": 100, "per_second": 0.01, "burst": 3}
+    assert refused.headers["retry-after"] == "100"
+
+
+async def test_each_user_has_a_bucket_and_anonymous_callers_share_the_address(
+    slow: Starlette,
+) -> None:
+    async with running(slow) as client:
+        first = [(await client.get("/api/products/", headers=bearer(slow, "1"))).status_code]
+        first += [(await client.get("/api/products/", headers=bearer(slow, "1"))).status_code]
+        first += [(await client.get("/api/products/", headers=bearer(slow, "1"))).status_code]
+        spent = await client.get("/api/products/", headers=bearer(slow, "1"))
+        other = await client.get("/api/products/", headers=bearer(slow, "2"))
+        anonymous = [(await client.get("/api/products/")).status_code for _ in range(4)]
+
+    assert first == [200, 200, 200]
+    assert spent.status_code == 429
+    assert other.status_code == 200  # user 2's bucket is untouched
+    assert anonymous == [200, 200, 200, 429]  # the address has a bucket of its own
+
+
+async def test_a_forged_token_counts_for_the_address_not_the_user(slow: Starlette) -> None:
+    real = bearer(slow, "7")["Authorization"]
+    head, claims, signature = real.split(".")
+    forged = {"Authorization": f"{head}.{claims}.{signature[::-1]}"}
+    async with running(slow) as client:
+        refusals = [await client.get("/api/products/", headers=forged) for _ in range(3)]
+        spent = await client.get("/api/products/")
+        victim = await client.get("/api/products/", headers={"Authorization": real})
+
+    assert [r.status_code for r in refusals] == [200, 200, 200]  # catalog reads are open
+    assert spent.status_code == 429  # the forged calls spent the address's bucket
+    assert victim.status_code == 200  # and not user 7's
+
+
+async def test_a_refused_reservation_changes_nothing_and_is_counted(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    app = limited(app_settings, 0.01, 1)
+    me = bearer(app, "1")
+    async with running(app) as client:
+        await svc(app).engine.setup_product("1", SYSTEM, price=100, stock={"main": 5})
+        made = await client.post(RESERVE, json={"product": 1, "quantity": 1}, headers=me)
+        outbox = await svc(app).engine.redis.xlen(partition_keys(0).outbox)
+        refused = await client.post(RESERVE, json={"product": 1, "quantity": 1}, headers=me)
+        stock = await svc(app).engine.get_stock("1")
+        after = await svc(app).engine.redis.xlen(partition_keys(0).outbox)
+        metrics = (await client.get("/metrics")).text  # exempt from the limit
+
+    assert made.status_code == 201, made.text
+    assert (refused.status_code, err(refused)["code"]) == (429, "rate_limited")
+    assert (stock.available, stock.reserved) == (4, 1)
+    assert after == outbox
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+    }
+    outcome = (("operation", "reserve"), ("outcome", "rate_limited"))
+    assert samples[("inventory_reservation_requests_total", outcome)] == 1
+    # a request stopped before routing still gets its route template
+    labels = (("method", "POST"), ("route", RESERVE), ("status", "429"))
+    assert samples[("inventory_http_request_duration_seconds_count", labels)] == 1
+
+
+async def test_operations_endpoints_are_not_limited(slow: Starlette) -> None:
+    async with running(slow) as client:
+        statuses = {
+            (await client.get(path)).status_code for path in ["/healthz", "/readyz", "/metrics"] * 5
+        }
+    assert statuses == {200}
+
+
+async def test_the_bucket_refills_at_the_rate(app_settings: Settings, clean_redis: None) -> None:
+    app = limited(app_settings, 4, 1)  # one request per 250 ms
+    async with running(app) as client:
+        first = await client.get("/api/products/")
+        second = await client.get("/api/products/")
+        await asyncio.sleep(0.3)
+        third = await client.get("/api/products/")
+
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.headers["retry-after"] == "1"  # 250 ms, rounded up to whole seconds
+    assert third.status_code == 200
+
+
+async def test_zero_turns_the_limit_off(app_settings: Settings, clean_redis: None) -> None:
+    app = limited(app_settings, 0, 1)
+    async with running(app) as client:
+        statuses = {(await client.get("/api/products/")).status_code for _ in range(20)}
+
+    assert statuses == {200}
+    assert RateLimitMiddleware not in [cast(object, m.cls) for m in app.user_middleware]
+
+
+async def test_without_redis_requests_pass_and_one_warning_says_so(
+    app_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = dataclasses.replace(
+        app_settings,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        rate_limit_per_second=0.01,
+        rate_limit_burst=1,
+    )
+
+    async def ping(request: Request) -> Response:
+        return ok(request, {"pong": True})
+
+    app = create_app(gone, routes=[Route("/api/ping/", ping)])
+    # No lifespan: it would load the scripts into a Redis that is not there.
+    engine = Engine.from_settings(gone)
+    db = database_engine(gone)
+    trigger = DrainTrigger(engine.redis, gone.redis_url)
+    app.state.services = Services(gone, engine, db, trigger)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            statuses = [(await client.get("/api/ping/")).status_code for _ in range(3)]
+    finally:
+        trigger.close()
+        db.dispose()
+        await engine.aclose()
+
+    assert statuses == [200, 200, 200]
+    warnings = [r for r in caplog.records if r.name == "inventory.ratelimit"]
+    assert len(warnings) == 1
+    assert "rate limit not checked" in warnings[0].getMessage()
+
+
+async def test_concurrent_requests_take_exactly_the_burst(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    app = limited(app_settings, 0.001, 10)
+    me = bearer(app, "1")
+    async with running(app) as client:
+        responses = await asyncio.gather(
+            *(client.get("/api/products/", headers=me) for _ in range(50))
+        )
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 10 + [429] * 40
+
+
+async def test_a_check_is_one_round_trip_and_the_bucket_expires(
+    engine: Engine, settings: Settings
+) -> None:
+    await engine.scripts.load()
+    bucket = rate_limit_bucket("user", "42")
+    watcher = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    marker = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    marker.ping()  # connected before the watch starts
+    try:
+        with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
+            left = await take(engine.scripts, bucket, 2.0, 5)
+            marker.echo("checked")
+            sent: list[str] = []
+            while (seen := monitor.next_command())["command"] != "ECHO checked":
+                if seen["client_type"] != "lua":  # what the script itself runs
+                    sent.append(seen["command"].split()[0])
+        ttl_ms = int(marker.pttl(bucket))
+    finally:
+        watcher.close()
+        marker.close()
+
+    assert left == 4
+    assert sent == ["EVALSHA"]
+    assert 0 < ttl_ms <= 501  # one request refills in 500 ms: then the key can go
+
+
+async def test_the_wrapper_raises_the_429_with_the_wait(engine: Engine) -> None:
+    bucket = rate_limit_bucket("ip", "10.0.0.1")
+    await take(engine.scripts, bucket, 0.5, 1)
+    with pytest.raises(ApiError) as refused:
+        await take(engine.scripts, bucket, 0.5, 1)
+
+    assert refused.value.status == 429
+    assert refused.value.headers == {"Retry-After": "2"}  # 2 s for one request at 0.5/s
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RATE_LIMIT_PER_SECOND": "-1"}, "RATE_LIMIT_PER_SECOND must be a finite number"),
+        ({"RATE_LIMIT_PER_SECOND": "inf"}, "RATE_LIMIT_PER_SECOND must be a finite number"),
+        ({"RATE_LIMIT_PER_SECOND": "0.0001"}, "RATE_LIMIT_PER_SECOND must be 0 .no limit. or"),
+        ({"RATE_LIMIT_BURST": "0"}, "RATE_LIMIT_BURST must be at least 1"),
+        ({"RATE_LIMIT_BURST": "2000000"}, "RATE_LIMIT_BURST must be between 1 and 1000000"),
+    ],
+)
+def test_bad_rate_limit_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_rate_limit_settings_from_the_environment() -> None:
+    found = Settings.from_env({"RATE_LIMIT_PER_SECOND": "2.5", "RATE_LIMIT_BURST": "7"})
+    assert (found.rate_limit_per_second, found.rate_limit_burst) == (2.5, 7)
+    assert Settings.from_env({"RATE_LIMIT_PER_SECOND": "0"}).rate_limit_per_second == 0

@@ -1,0 +1,313 @@
+"""Property-based: schemathesis reads `/openapi.json` from the real app (uvicorn on a free
+port, with its lifespan, the test Redis and a fresh Postgres database), generates requests for
+every operation, valid ones and invalid ones, with a valid token, and checks that none gets a
+5xx and that every answer has a documented status, media type, headers and schema.
+
+The run is `schemathesis run` (its examples, coverage and fuzzing phases) in a subprocess:
+the CLI is schemathesis's steadiest interface (its pytest loader for a schema made by a
+fixture does not work with pytest 9.2). A fixed seed and deterministic generation make it
+repeatable. Three runs: every operation with a staff token and with a customer's (ids mostly
+made up, so mostly 404s), then the operations on one record with the ids of records made
+beforehand, so that answers about real products, reservations and orders are checked too.
+About a minute in all; select them with `-m schemathesis`, skip them with
+`-m "not schemathesis"`.
+
+Below them, the 5xx the runs found, each pinned by a plain test.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from engine.settings import Settings
+from tests.api import bearer, err
+from tests.redis_server import free_port
+from web import consistency
+from web.app import create_app
+
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+]
+SEED = 20240611
+MAX_EXAMPLES = 40
+PRODUCT_OPERATIONS = ("get_product", "put_product", "patch_product", "delete_product")
+
+
+@dataclass
+class Api:
+    url: str
+    staff: str  # an Authorization header
+    customer: str
+    ids: dict[str, Any]
+
+
+class Server:
+    """uvicorn serving the app in a thread of this process, lifespan and all."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.port = free_port()
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def _records(client: httpx.Client) -> dict[str, Any]:
+    """A product with stock, a reservation for each operation on one, and an order."""
+
+    def made(response: httpx.Response) -> Any:
+        assert response.status_code == 201, response.text
+        return response.json()["data"]
+
+    body = {"name": "Ticket", "sku": "TICKET-1", "price": "10.00", "total_stock": 1000}
+    product = made(client.post("/api/products/", json=body))["id"]
+    reservations = {
+        name: made(client.post("/api/reservations/", json={"product": product, "quantity": 1}))
+        for name in ("get", "release", "extend", "commit")
+    }
+    order = made(client.post("/api/orders/", json={"product": product, "quantity": 1}))
+    return {
+        "product": product,
+        "reservations": {name: r["id"] for name, r in reservations.items()},
+        "order": order["id"],
+    }
+
+
+@pytest.fixture
+def api(
+    settings: Settings, pg_url: str, clean_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Api]:
+    app_settings = dataclasses.replace(
+        settings,
+        database_url=pg_url,
+        jwt_keys="test:" + "k" * 40,
+        rate_limit_per_second=0,  # else the run turns into a study of 429s
+    )
+    # No worker drains here, so a list asked to wait for a write would wait its full 2 s.
+    monkeypatch.setattr(consistency, "WAIT_S", 0.05)
+    server = Server(app_settings)
+    with server as url:
+        staff = bearer(server.app, "1", staff=True, name="schemathesis")
+        customer = bearer(server.app, "2", name="customer")
+        with httpx.Client(base_url=url, headers=staff) as client:
+            ids = _records(client)
+        yield Api(url, staff["Authorization"], customer["Authorization"], ids)
+
+
+def _toml(operations: list[tuple[str, dict[str, Any]]]) -> str:
+    """A schemathesis.toml fixing path parameters per operation (JSON strings and numbers are
+    valid TOML values)."""
+    lines: list[str] = []
+    for operation_id, parameters in operations:
+        lines += ["[[operations]]", f"include-operation-id = {json.dumps(operation_id)}"]
+        lines += [f"parameters.{json.dumps(k)} = {json.dumps(v)}" for k, v in parameters.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _run(api: Api, tmp_path: Path, *args: str, token: str, config: str = "") -> None:
+    config_file = tmp_path / "schemathesis.toml"
+    config_file.write_text(config)
+    command = [
+        sys.executable, "-m", "schemathesis.cli",
+        "--config-file", str(config_file),
+        "--no-color",
+        "run", f"{api.url}/openapi.json",
+        "--header", f"Authorization: {token}",
+        "--checks", ",".join(CHECKS),
+        "--phases", "examples,coverage,fuzzing",
+        "--mode", "all",
+        "--max-examples", str(MAX_EXAMPLES),
+        "--seed", str(SEED),
+        "--generation-deterministic",
+        "--workers", "1",
+        "--request-timeout", "30",
+        "--warnings", "off",
+        *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stdout[-20_000:] + done.stderr[-5_000:]
+
+
+@pytest.mark.schemathesis
+@pytest.mark.parametrize("role", ["staff", "customer"])
+def test_every_operation_answers_as_documented(api: Api, tmp_path: Path, role: str) -> None:
+    _run(api, tmp_path, token=api.staff if role == "staff" else api.customer)
+
+
+@pytest.mark.schemathesis
+def test_operations_on_existing_records_answer_as_documented(api: Api, tmp_path: Path) -> None:
+    reservations = api.ids["reservations"]
+    operations = [
+        *((op, {"path.id": api.ids["product"]}) for op in PRODUCT_OPERATIONS),
+        ("adjust_stock", {"path.id": api.ids["product"]}),
+        ("get_reservation", {"path.reservation_id": reservations["get"]}),
+        ("release_reservation", {"path.reservation_id": reservations["release"]}),
+        ("extend_reservation", {"path.reservation_id": reservations["extend"]}),
+        ("commit_reservation", {"path.reservation_id": reservations["commit"]}),
+        ("get_order", {"path.order_id": api.ids["order"]}),
+        ("transition_order", {"path.order_id": api.ids["order"]}),
+    ]
+    selected = [arg for op, _ in operations for arg in ("--include-operation-id", op)]
+    _run(api, tmp_path, *selected, token=api.staff, config=_toml(operations))
+
+
+# -- what the runs found -------------------------------------------------------------------
+
+
+def _cursor(*values: Any) -> str:
+    raw = json.dumps({"v": list(values), "d": "n"}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def test_a_ttl_too_large_for_milliseconds_is_a_clear_400(
+    client: httpx.AsyncClient, app: Starlette
+) -> None:
+    staff = bearer(app, "1", staff=True)
+    body = {"name": "Ticket", "sku": "T-1", "price": "1.00", "total_stock": 5}
+    product = (await client.post("/api/products/", json=body, headers=staff)).json()["data"]
+    held = await client.post(
+        "/api/reservations/", json={"product": product["id"], "quantity": 1}, headers=staff
+    )
+    rid = held.json()["data"]["id"]
+
+    reserve = await client.post(
+        "/api/reservations/",
+        json={"product": product["id"], "quantity": 1, "ttl_seconds": 1e308},
+        headers=staff,
+    )
+    extend = await client.post(
+        f"/api/reservations/{rid}/extend/", json={"ttl_seconds": 1e308}, headers=staff
+    )
+    after = await client.get(f"/api/products/{product['id']}/")
+
+    for response in (reserve, extend):
+        assert response.status_code == 400
+        error = err(response)
+        assert error["message"].startswith("ttl_seconds must be between")
+        assert error["details"] == {"field": "ttl_seconds"}
+    assert after.json()["data"]["reserved_stock"] == 1
+    assert (await client.get(f"/api/reservations/{rid}/", headers=staff)).json()["data"][
+        "expires_at"
+    ] == held.json()["data"]["expires_at"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/api/products/", {"name": "a\x00", "sku": "S", "price": "1.00"}, "name"),
+        ("POST", "/api/warehouses/", {"id": "w", "name": "West\x00"}, "name"),
+        ("POST", "/api/token/", {"username": "alice", "password": "pass\x00word"}, "password"),
+        ("GET", "/api/products/?search=a%00", None, "search"),
+        ("GET", "/api/audit-logs/?object_id=%00", None, "object_id"),
+        ("GET", "/api/orders/?user=a%00", None, "user"),
+        ("GET", "/api/reservations/?user=a%00", None, "user"),
+    ],
+)
+async def test_text_with_a_nul_character_is_a_clear_400(
+    client: httpx.AsyncClient,
+    app: Starlette,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    field: str,
+) -> None:
+    staff = bearer(app, "1", staff=True)
+
+    response = await client.request(method, path, json=body, headers=staff)
+    products = await client.get("/api/products/")
+    warehouses = await client.get("/api/warehouses/")
+
+    assert response.status_code == 400
+    error = err(response)
+    assert error["code"] == "invalid_input"
+    problem = {"field": field, "problem": "must not contain NUL characters", "type": "string_nul"}
+    assert error["details"]["errors"] == [problem]
+    assert products.json()["data"] == []
+    assert [w["id"] for w in warehouses.json()["data"]] == ["main"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/reservations/%00/", "/api/orders/%00/", "/api/reservations/a%00b/"],
+)
+async def test_ids_no_record_can_have_are_404(
+    client: httpx.AsyncClient, app: Starlette, path: str
+) -> None:
+    response = await client.get(path, headers=bearer(app, "1", staff=True))
+
+    assert response.status_code == 404
+    assert err(response)["code"] in ("reservation_not_found", "order_not_found")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/orders/?cursor=" + _cursor({"$dt": "2020-01-01T00:00:00+00:00"}, "a\x00"),
+        "/api/reservations/?cursor=" + _cursor({"$dt": "2020-01-01T00:00:00+00:00"}, "a\x00"),
+        "/api/orders/?sort=highest_value&cursor=" + _cursor(10**30, "a"),
+        "/api/audit-logs/?cursor=" + _cursor({"$dt": "2020-01-01T00:00:00+00:00"}, -(10**30)),
+    ],
+)
+async def test_forged_cursors_are_a_clear_400(
+    client: httpx.AsyncClient, app: Starlette, query: str
+) -> None:
+    response = await client.get(query, headers=bearer(app, "1", staff=True))
+
+    assert response.status_code == 400
+    assert err(response) == {
+        "code": "invalid_cursor",
+        "message": "the cursor is not one this API gave out",
+        "details": {},
+    }
+
+
+@pytest.mark.parametrize(
+    "bound", ["since=0001-01-01T00:00:00%2B01:00", "until=9999-12-31T23:59:59-01:00"]
+)
+async def test_audit_times_beyond_utc_are_a_clear_400(
+    client: httpx.AsyncClient, app: Starlette, bound: str
+) -> None:
+    response = await client.get(f"/api/audit-logs/?{bound}", headers=bearer(app, "1", staff=True))
+
+    assert response.status_code == 400
+    error = err(response)
+    assert error["code"] == "invalid_input"
+    assert error["details"]["errors"][0]["field"] == bound.split("=")[0]
+    assert "out of range" in error["details"]["errors"][0]["problem"]

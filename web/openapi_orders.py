@@ -1,0 +1,193 @@
+"""The operations table, part two: reservations and orders (web/openapi.py builds the
+document from it). Bodies, queries and answers are the pydantic models of
+web/schemas_orders.py; a body that comes in several shapes is described shape by shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+from web.openapi import Operation, without_null
+from web.openapi_conventions import REF, Schema
+from web.schemas_orders import (
+    ExtendIn,
+    OrderIn,
+    OrderOut,
+    OrderQuery,
+    ReservationOut,
+    ReservationQuery,
+    ReserveIn,
+    TransitionIn,
+)
+
+RECORD_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+DECIMAL: Schema = {
+    "type": "string",
+    "pattern": r"^\d{1,13}(\.\d{1,6})?$",
+    "description": 'a decimal amount like "19.99", inclusive, in each order\'s own currency',
+}
+CONSISTENT_WITH: Schema = {
+    "type": "string",
+    "pattern": r"^p\d{1,6}-\d{1,20}-\d{1,20}$",
+    "description": "the X-Consistency-Token of one of your writes: the list waits (at most "
+    "2 s) until it has that write",
+}
+USER: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 150,
+    "description": "staff: whose records (a customer may only name themselves)",
+}
+LIST_QUERY = {"consistent_with": CONSISTENT_WITH, "user": USER}
+LIST_ERRORS = {400: ("invalid_cursor", "invalid_consistency_token"), 403: ("forbidden",)}
+
+
+def shapes(model: type[BaseModel], *variants: tuple[str, Sequence[str], Sequence[str]]) -> Schema:
+    """A body that must take exactly one of several shapes: (title, the fields it requires,
+    the fields it may add). The model checks the same; this tells clients."""
+    full = model.model_json_schema(ref_template=REF)
+    fields = full["properties"]
+    one_of = []
+    for title, required, optional in variants:
+        properties = {name: without_null(fields[name]) for name in required}
+        properties.update({name: fields[name] for name in optional})
+        one_of.append(
+            {
+                "title": title,
+                "type": "object",
+                "additionalProperties": False,
+                "required": list(required),
+                "properties": properties,
+            }
+        )
+    schema: Schema = {"title": model.__name__, "oneOf": one_of}
+    if "$defs" in full:
+        schema["$defs"] = full["$defs"]
+    return schema
+
+
+RESERVE = shapes(
+    ReserveIn,
+    ("one product", ["product", "quantity"], ["ttl_seconds", "allow_split"]),
+    ("cart", ["lines"], ["ttl_seconds", "allow_split"]),
+)
+ORDER = shapes(
+    OrderIn,
+    ("commit a reservation", ["reservation"], []),
+    ("one product", ["product", "quantity"], ["allow_split"]),
+    ("cart", ["lines"], ["allow_split"]),
+)
+RESERVATION_PATH = {"reservation_id": RECORD_ID}
+ORDER_PATH = {"order_id": RECORD_ID}
+NO_RESERVATION = ("reservation_not_found",)
+NOT_LIVE = ("reservation_expired", "reservation_not_live")
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST", "/api/reservations/", "create_reservation", "Reserve units, all lines or none",
+        "reservations", "user", ReservationOut,
+        status=201, body=RESERVE, idempotent=True, token=True,
+        body_examples={
+            "one product": {"product": 1, "quantity": 3},
+            "cart": {"lines": [{"product": 1, "quantity": 2}], "ttl_seconds": 600},
+        },
+        errors={
+            404: ("product_not_found", "warehouse_not_found"),
+            409: ("insufficient_stock", "cross_partition"),
+            503: ("id_collision",),
+        },
+        description="201 with the warehouse each unit came from and `expires_at`. "
+        "409 `insufficient_stock` lists the shortfall per line in `details.lines`. "
+        "With `allow_split` (the default) a line may draw from several warehouses.",
+    ),
+    Operation(
+        "GET", "/api/reservations/", "list_reservations",
+        "Your reservations (staff: everyone's), newest first", "reservations", "user",
+        ReservationOut,
+        listing=True, query=ReservationQuery, query_schemas=LIST_QUERY, consistent_reads=True,
+        errors=LIST_ERRORS,
+        description="Read from the durable record: see `consistent_with` to read your own "
+        "writes.",
+    ),
+    Operation(
+        "GET", "/api/reservations/{reservation_id}/", "get_reservation",
+        "One reservation, fresh", "reservations", "user", ReservationOut,
+        path_params=RESERVATION_PATH, errors={404: NO_RESERVATION},
+        description="Another customer's reservation is 404, like one that does not exist.",
+    ),
+    Operation(
+        "DELETE", "/api/reservations/{reservation_id}/", "release_reservation",
+        "Release: give the units back", "reservations", "user", ReservationOut,
+        path_params=RESERVATION_PATH, idempotent=True, token=True,
+        errors={404: NO_RESERVATION, 409: NOT_LIVE},
+    ),
+    Operation(
+        "POST", "/api/reservations/{reservation_id}/extend/", "extend_reservation",
+        "Hold the units longer", "reservations", "user", ReservationOut,
+        body=ExtendIn, body_required=False, path_params=RESERVATION_PATH, idempotent=True,
+        token=True,
+        errors={404: NO_RESERVATION, 409: (*NOT_LIVE, "extension_limit_reached")},
+        description="`expires_at` becomes now + `ttl_seconds` (the default without a body), "
+        "capped by the reservation's maximum lifetime.",
+    ),
+    Operation(
+        "POST", "/api/reservations/{reservation_id}/commit/", "commit_reservation",
+        "Buy the reserved units: a pending order", "reservations", "user", OrderOut,
+        status=201, path_params=RESERVATION_PATH, idempotent=True, token=True,
+        errors={
+            404: NO_RESERVATION,
+            409: (*NOT_LIVE, "currency_mismatch"),
+            422: ("order_total_too_large",),
+            503: ("id_collision",),
+        },
+    ),
+    Operation(
+        "POST", "/api/orders/", "create_order",
+        "Commit a reservation, or reserve and commit in one step", "orders", "user", OrderOut,
+        status=201, body=ORDER, idempotent=True, token=True,
+        body_examples={
+            "commit a reservation": {"reservation": "0123456789abcdef0123456789abcdef"},
+            "one product": {"product": 1, "quantity": 1},
+        },
+        errors={
+            404: (*NO_RESERVATION, "product_not_found", "warehouse_not_found"),
+            409: (*NOT_LIVE, "insufficient_stock", "currency_mismatch", "cross_partition"),
+            422: ("order_total_too_large",),
+            503: ("id_collision",),
+        },
+    ),
+    Operation(
+        "GET", "/api/orders/", "list_orders", "Your orders (staff: everyone's), filtered",
+        "orders", "user", OrderOut,
+        listing=True, query=OrderQuery, consistent_reads=True,
+        query_schemas={**LIST_QUERY, "min_total": DECIMAL, "max_total": DECIMAL},
+        errors=LIST_ERRORS,
+        description="Dates are YYYY-MM-DD UTC days of `created_at`, both ends inclusive; "
+        "`status` is case-insensitive; `sort=newest` (the default) or `highest_value`. "
+        "Pages are cut by keyset: orders that arrive while you page never shift, repeat or "
+        "skip the ones you have not seen. Read from the durable record: see "
+        "`consistent_with` to read your own writes.",
+    ),
+    Operation(
+        "GET", "/api/orders/{order_id}/", "get_order", "One order, fresh", "orders", "user",
+        OrderOut,
+        path_params=ORDER_PATH, errors={404: ("order_not_found",)},
+        description="Another customer's order is 404, like one that does not exist.",
+    ),
+    Operation(
+        "PATCH", "/api/orders/{order_id}/", "transition_order",
+        "Move an order along its state machine", "orders", "user", OrderOut,
+        body=TransitionIn, path_params=ORDER_PATH, idempotent=True, token=True,
+        body_examples={"confirm": {"status": "confirmed"}},
+        errors={
+            403: ("forbidden",),
+            404: ("order_not_found",),
+            409: ("invalid_transition", "status_changed"),
+        },
+        description="pending → confirmed | cancelled, confirmed → processing | cancelled, "
+        "processing → shipped → delivered. Staff make any move; a customer may only cancel "
+        "their own pending order (else 403); 409 `status_changed` if it moved meanwhile. "
+        "409 `invalid_transition` lists the allowed moves.",
+    ),
+]  # fmt: skip
