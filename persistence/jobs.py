@@ -31,6 +31,9 @@ LAST_RECONCILE_KEY = "inv:reconcile:last"
 LAST_DRAIN_KEY = "inv:drain:last"
 SWEEP_EXPIRED_KEY = "inv:sweep:expired"
 JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result forever
+# While a partition's drain_requested flag lives, a drain is queued or running; the job
+# deletes it before it reads, so a write during a drain asks for the next one.
+DRAIN_REQUEST_TTL_S = 60
 
 
 @cache
@@ -54,12 +57,19 @@ def queue(connection: redis.Redis | None = None) -> Queue:
     return Queue(QUEUE, connection=conn)
 
 
+def percentile(values: list[int], p: float) -> int | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
 def summary(result: DrainResult) -> dict[str, Any]:
     out = dataclasses.asdict(result)
-    lag = sorted(out.pop("lag_ms"))
-    out["lag_p50_ms"] = lag[len(lag) // 2] if lag else None
-    out["lag_p99_ms"] = lag[min(len(lag) - 1, len(lag) * 99 // 100)] if lag else None
-    out["lag_max_ms"] = lag[-1] if lag else None
+    lag = out.pop("lag_ms")
+    out["lag_p50_ms"] = percentile(lag, 0.50)
+    out["lag_p99_ms"] = percentile(lag, 0.99)
+    out["lag_max_ms"] = max(lag) if lag else None
     return out
 
 
@@ -85,12 +95,17 @@ def drain_all() -> list[dict[str, Any]]:
     return [drain(p) for p in range(settings().partitions)]
 
 
+def enqueue_drain(q: Queue, partition: int) -> None:
+    q.enqueue(drain, partition, retry=DRAIN_RETRY, result_ttl=JOB_RESULT_TTL, failure_ttl=86_400)
+
+
 def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
     """Enqueue a drain of `partition` unless one is already waiting: no job storm under load.
     (Async callers use persistence.trigger.DrainTrigger, which keeps the same flag.)"""
-    if not client.set(partition_keys(partition).drain_requested, "1", nx=True, ex=60):
+    flag = partition_keys(partition).drain_requested
+    if not client.set(flag, "1", nx=True, ex=DRAIN_REQUEST_TTL_S):
         return False
-    q.enqueue(drain, partition, retry=DRAIN_RETRY, result_ttl=JOB_RESULT_TTL, failure_ttl=86_400)
+    enqueue_drain(q, partition)
     return True
 
 

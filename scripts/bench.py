@@ -26,15 +26,9 @@ from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.drain import drain_partition
+from persistence.jobs import percentile
 
 BUYER = CallContext(actor="bench")
-
-
-def percentile(values: list[int], p: float) -> int | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 async def _produce(settings: Settings, product: str, pairs: int, rate: float | None) -> float:

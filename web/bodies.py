@@ -47,25 +47,18 @@ async def parse_body(request: Request, model: type[M]) -> M:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    try:
-        parsed = model.model_validate(payload)
-    except ValidationError as exc:
-        raise ApiError(
-            400, "invalid_input", "the request body is not valid", {"errors": _problems(exc)}
-        ) from None
-    if problems := _nul_problems(payload, ""):
-        raise ApiError(400, "invalid_input", "the request body is not valid", {"errors": problems})
-    return parsed
+    return _validate(model, payload, "the request body is not valid")
 
 
 def parse_query(request: Request, model: type[M]) -> M:
-    query = dict(request.query_params)
+    return _validate(model, dict(request.query_params), "the query string is not valid")
+
+
+def _validate(model: type[M], data: Any, message: str) -> M:
     try:
-        parsed = model.model_validate(query)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(
-            400, "invalid_input", "the query string is not valid", {"errors": _problems(exc)}
-        ) from None
-    if problems := _nul_problems(query, ""):
-        raise ApiError(400, "invalid_input", "the query string is not valid", {"errors": problems})
+        raise ApiError(400, "invalid_input", message, {"errors": _problems(exc)}) from None
+    if problems := _nul_problems(data, ""):
+        raise ApiError(400, "invalid_input", message, {"errors": problems})
     return parsed

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine.keys import partition_of
+from engine.models import Order, Reservation
 from persistence import queries_orders as queries
 from persistence.queries_orders import Listing
 from web.app import services
@@ -46,17 +47,14 @@ async def written(
     request: Request,
     data: Any,
     status: int,
-    *,
-    record_id: str,
-    event_id: str | None,
-    replayed: bool,
+    result: Reservation | Order,
 ) -> Response:
     """The response to a successful write: asks for a drain of the record's partition and
     hands out the consistency token (a call that wrote no event — an extension that changed
     nothing — gets the partition's newest position)."""
     svc = services(request)
-    partition = partition_of(record_id, svc.settings.partitions)
-    token = event_id or await _newest(request, partition)
+    partition = partition_of(result.id, svc.settings.partitions)
+    token = result.event_id or await _newest(request, partition)
     try:
         await svc.trigger.request(partition)
     except redis.exceptions.RedisError as exc:
@@ -64,7 +62,7 @@ async def written(
         log.warning("could not ask for a drain of partition %d: %s", partition, exc)
     response = ok(request, data, status)
     response.headers[TOKEN_HEADER] = token
-    if replayed:
+    if result.replayed:
         response.headers[REPLAY_HEADER] = "true"
     return response
 

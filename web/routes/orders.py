@@ -103,14 +103,7 @@ async def create(request: Request) -> Response:
         order = await svc.engine.place_order(
             body.line_requests(), ctx, allow_split=body.allow_split
         )
-    return await written(
-        request,
-        order_out(order),
-        201,
-        record_id=order.id,
-        event_id=order.event_id,
-        replayed=order.replayed,
-    )
+    return await written(request, order_out(order), 201, order)
 
 
 async def listing(request: Request) -> Response:
@@ -175,14 +168,7 @@ async def update(request: Request) -> Response:
         if kept is None:
             raise
         raise InvalidTransition(order_id, kept.status, body.status, []) from None
-    return await written(
-        request,
-        order_out(order),
-        200,
-        record_id=order.id,
-        event_id=order.event_id,
-        replayed=order.replayed,
-    )
+    return await written(request, order_out(order), 200, order)
 
 
 routes = [

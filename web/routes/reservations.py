@@ -95,14 +95,7 @@ async def create(request: Request) -> Response:
         ttl_ms=ttl_ms(svc.settings, body.ttl_seconds),
         allow_split=body.allow_split,
     )
-    return await written(
-        request,
-        reservation_out(held),
-        201,
-        record_id=held.id,
-        event_id=held.event_id,
-        replayed=held.replayed,
-    )
+    return await written(request, reservation_out(held), 201, held)
 
 
 async def listing(request: Request) -> Response:
@@ -143,14 +136,7 @@ async def release(request: Request) -> Response:
     svc = services(request)
     ctx = require_user(request).context(request)
     ended = await svc.engine.release(request.path_params["reservation_id"], ctx)
-    return await written(
-        request,
-        reservation_out(ended),
-        200,
-        record_id=ended.id,
-        event_id=ended.event_id,
-        replayed=ended.replayed,
-    )
+    return await written(request, reservation_out(ended), 200, ended)
 
 
 async def extend(request: Request) -> Response:
@@ -161,14 +147,7 @@ async def extend(request: Request) -> Response:
     held = await svc.engine.extend(
         request.path_params["reservation_id"], ctx, ttl_ms=ttl_ms(svc.settings, body.ttl_seconds)
     )
-    return await written(
-        request,
-        reservation_out(held),
-        200,
-        record_id=held.id,
-        event_id=held.event_id,
-        replayed=held.replayed,
-    )
+    return await written(request, reservation_out(held), 200, held)
 
 
 async def commit(request: Request) -> Response:
@@ -176,14 +155,7 @@ async def commit(request: Request) -> Response:
     svc = services(request)
     ctx = require_user(request).context(request)
     order = await svc.engine.commit(request.path_params["reservation_id"], ctx)
-    return await written(
-        request,
-        order_out(order),
-        201,
-        record_id=order.id,
-        event_id=order.event_id,
-        replayed=order.replayed,
-    )
+    return await written(request, order_out(order), 201, order)
 
 
 routes = [
