@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        "web.app:create_app",
+        "web.bench:create_bench_app" if args.bench else "web.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -76,5 +76,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--database-url", help="default: $DATABASE_URL, else SQLite in data/")
     p.add_argument(
         "--no-access-log", dest="access_log", action="store_false", help="no JSON access lines"
+    )
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="add the benchmark's endpoints (row-lock baseline, bare reserve); never in production",
     )
     p.set_defaults(func=cmd_serve)

@@ -75,7 +75,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
 fi
 
 # --- PostgreSQL server binaries -------------------------------------------------------------
-# The tests start throwaway clusters with initdb and pg_ctl (tests/pg_server.py), as the
+# The tests start throwaway clusters with initdb and pg_ctl (scripts/pg_server.py), as the
 # `postgres` OS user when run as root. Debian keeps the binaries off PATH, in
 # /usr/lib/postgresql/<version>/bin; this prints the newest such folder that has them.
 pg_bindir() {

@@ -22,8 +22,8 @@ from engine.settings import Settings
 from persistence import migrate
 from persistence.db import database_engine
 from tests.api import running
-from tests.pg_server import PostgresServer
-from tests.redis_server import RedisServer
+from scripts.pg_server import PostgresServer
+from scripts.redis_server import RedisServer
 from web.app import create_app
 
 

@@ -19,7 +19,7 @@ from engine.models import SYSTEM
 from engine.settings import Settings
 from persistence import jobs
 from tests.api import bearer, data, err, running
-from tests.redis_server import free_port
+from scripts.redis_server import free_port
 from web.app import Services, create_app
 from web.metrics import snapshot
 

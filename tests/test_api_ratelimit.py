@@ -24,7 +24,7 @@ from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
 from tests.api import bearer, err, running
-from tests.redis_server import free_port
+from scripts.redis_server import free_port
 from web.app import Services, create_app
 from web.errors import ApiError
 from web.ratelimit import RateLimitMiddleware, take

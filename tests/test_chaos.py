@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 
 pytestmark = pytest.mark.chaos
 

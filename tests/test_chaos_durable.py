@@ -13,7 +13,7 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from persistence import jobs, schema
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 
 pytestmark = pytest.mark.chaos
 

@@ -21,7 +21,7 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.scripts import NAMES, source
 from tests.helpers import event_types
-from tests.redis_server import RedisServer, free_port
+from scripts.redis_server import RedisServer, free_port
 
 USER = CallContext(actor="u1")
 

@@ -21,7 +21,7 @@ from persistence import jobs, schema
 from persistence.drain import drain_partition
 from tests.durable import BUYER, count, duplicates, events_added, projection, redis_counters
 from tests.durable import workload as make_workload
-from tests.pg_server import PostgresServer
+from scripts.pg_server import PostgresServer
 
 
 async def reserve_many(engine: Engine, n: int) -> None:

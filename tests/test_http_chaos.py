@@ -28,7 +28,7 @@ from engine.settings import Settings
 from persistence import schema
 from persistence.db import database_engine
 from persistence.drain import drain_partition
-from tests.redis_server import RedisServer, free_port
+from scripts.redis_server import RedisServer, free_port
 from web.auth import Keys, Principal
 
 pytestmark = pytest.mark.chaos

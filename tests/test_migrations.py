@@ -23,7 +23,7 @@ from engine.settings import PROJECT_ROOT, Settings
 from persistence import migrate
 from persistence.db import database_engine
 from persistence.schema import metadata
-from tests.pg_server import PostgresServer
+from scripts.pg_server import PostgresServer
 
 _empty_databases = itertools.count(1)
 

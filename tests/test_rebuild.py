@@ -26,7 +26,7 @@ from persistence.rebuild import RebuildRefused, rebuild
 from persistence.reconcile import check, reconcile
 from tests.durable import BUYER, workload
 from tests.helpers import snapshot
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 from tests.support import redis_now_ms, wait_until_due
 
 K = partition_keys(0)

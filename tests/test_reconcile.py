@@ -25,7 +25,7 @@ from persistence import schema
 from persistence.drain import drain_partition
 from persistence.reconcile import Report, check, reconcile
 from tests.durable import BUYER, projection, redis_counters, workload
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 
 K = partition_keys(0)
 

@@ -36,7 +36,7 @@ from starlette.applications import Starlette
 
 from engine.settings import Settings
 from tests.api import bearer, err
-from tests.redis_server import free_port
+from scripts.redis_server import free_port
 from web import consistency
 from web.app import create_app
 

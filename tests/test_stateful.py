@@ -66,7 +66,7 @@ from engine.models import (
 )
 from engine.settings import Settings
 from engine.states import STOCK_RETURNING, TRANSITIONS, OrderStatus
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 
 T = TypeVar("T")
 

@@ -1,18 +1,22 @@
-"""A real PostgreSQL server for the tests: 127.0.0.1, a free port, a throwaway cluster.
+"""A real PostgreSQL server for the tests and the benchmark: 127.0.0.1, a free port, a
+throwaway cluster.
 
 The server binaries are Debian's (/usr/lib/postgresql/<version>/bin, the newest version;
 scripts/setup.sh installs them); PG_BINDIR overrides. initdb and postgres refuse to run as
 root, so as root every server command runs as the `postgres` OS user (runuser), in a
 temporary folder owned by it (in /dev/shm when there is room; PG_TEST_TMPDIR overrides).
-The cluster trades durability for speed (fsync off), which is fine for data that dies with
-the test session: start ~0.6 s (initdb included), stop or restart ~0.1 s, a database copied
-from a template ~15 ms.
+For the tests the cluster trades durability for speed (fsync off), which is fine for data
+that dies with the test session: start ~0.6 s (initdb included), stop or restart ~0.1 s, a
+database copied from a template ~15 ms.
 
     server = PostgresServer()
     server.start()            # initdb (first time only), start, create the database
     server.url                # postgresql+psycopg://postgres@127.0.0.1:PORT/inventory
     server.stop()             # fast shutdown; start() brings it back on the same port
     server.close()            # stop and remove the cluster
+
+`PostgresServer(durable=True)` (the benchmark) keeps PostgreSQL's production defaults — fsync,
+synchronous commit, full page writes — and puts the cluster on disk, not in memory.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from tests.redis_server import free_port
+from scripts.redis_server import free_port
 
 PG_LIB = Path("/usr/lib/postgresql")
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
@@ -98,7 +102,10 @@ class PostgresError(RuntimeError):
 
 
 class PostgresServer:
-    def __init__(self, *, database: str = "inventory", bindir: Path | None = None) -> None:
+    def __init__(
+        self, *, database: str = "inventory", bindir: Path | None = None, durable: bool = False
+    ) -> None:
+        self.durable = durable
         self.bindir = bindir if bindir is not None else find_bindir()
         self.database = database
         self.as_root = os.geteuid() == 0
@@ -113,7 +120,11 @@ class PostgresServer:
             if shutil.which("runuser") is None:
                 raise RuntimeError("running as root and runuser (util-linux) is missing")
         # Not under pytest's basetemp: its folders are 0700 root, which postgres can't enter.
-        self.base = Path(tempfile.mkdtemp(prefix="ire-pg-", dir=scratch_dir()))
+        self.base = Path(
+            tempfile.mkdtemp(
+                prefix="ire-pg-", dir=tempfile.gettempdir() if durable else scratch_dir()
+            )
+        )
         if self.as_root:
             os.chown(self.base, owner.pw_uid, owner.pw_gid)
         self.data_dir = self.base / "data"  # the cluster; also the folder of the Unix socket
@@ -289,7 +300,7 @@ class PostgresServer:
             "--auth=trust",
             "-E", "UTF8",
             "--no-locale",  # C collation: no dependency on the machine's locales
-            "--no-sync",  # a throwaway cluster needs no fsync
+            *([] if self.durable else ["--no-sync"]),  # a throwaway cluster needs no fsync
             "--no-instructions",
         )  # fmt: skip
         self._initialised = True
@@ -302,9 +313,15 @@ class PostgresServer:
                     "-c listen_addresses=127.0.0.1",
                     f"-p {self.port}",
                     f"-k {self.data_dir}",
-                    "-c fsync=off",
-                    "-c synchronous_commit=off",
-                    "-c full_page_writes=off",
+                    *(
+                        []
+                        if self.durable
+                        else [
+                            "-c fsync=off",
+                            "-c synchronous_commit=off",
+                            "-c full_page_writes=off",
+                        ]
+                    ),
                     # room for worker processes and their pools (100 by default)
                     "-c max_connections=200",
                 ]

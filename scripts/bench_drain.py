@@ -1,0 +1,116 @@
+"""`inventory bench --scenario drain`: how fast the outbox reaches the database.
+
+Two measures, against the Redis and database the settings name:
+- throughput: a backlog of N events is drained from a standing start (events/s);
+- lag: a steady load of reservations at a fixed offered rate while a drainer runs in its own
+  process; the lag of an event is the time from its script's timestamp (Redis clock) to the
+  commit of the transaction that applied it (p50/p99, ms).
+The products it creates are its own (`bench-<run>`); it never flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+import uuid
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import redis
+
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.models import SYSTEM, CallContext, LineRequest
+from engine.settings import Settings
+from persistence.db import database_engine
+from persistence.drain import drain_partition
+from persistence.jobs import percentile
+
+BUYER = CallContext(actor="bench")
+
+
+async def _produce(settings: Settings, product: str, pairs: int, rate: float | None) -> float:
+    """reserve + release `pairs` times (2 events each); at `rate` pairs/s if given."""
+    async with Engine.from_settings(settings) as engine:
+        started = time.monotonic()
+        concurrency = 32
+        done = 0
+
+        async def one() -> None:
+            r = await engine.reserve([LineRequest(product, 1)], BUYER)
+            await engine.release(r.id, BUYER)
+
+        while done < pairs:
+            n = min(concurrency, pairs - done)
+            if rate:
+                due = started + (done + n) / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await asyncio.gather(*(one() for _ in range(n)))
+            done += n
+        return time.monotonic() - started
+
+
+def _drainer(settings: Settings, stop: Event, out: Any) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    db = database_engine(settings)
+    lags: list[int] = []
+    applied = 0
+    while True:
+        stopping = stop.is_set()
+        result = drain_partition(client, db, settings, 0)
+        lags.extend(result.lag_ms)
+        applied += result.applied
+        if stopping and result.applied == 0:
+            break
+        if result.applied == 0:
+            time.sleep(0.005)
+    out.put((applied, lags))
+
+
+def run(settings: Settings, *, events: int, rate: float, seconds: float) -> dict[str, Any]:
+    if settings.partitions != 1:
+        raise ValueError("the drain bench runs on a single partition")
+    product = f"bench-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    db = database_engine(settings)
+
+    async def setup() -> None:
+        async with Engine.from_settings(settings) as engine:
+            await engine.setup_product(product, SYSTEM, price=100, stock={"main": 1_000_000})
+
+    asyncio.run(setup())
+    drain_partition(client, db, settings, 0)  # start from an empty outbox
+
+    # 1. throughput from a standing backlog
+    asyncio.run(_produce(settings, product, events // 2, None))
+    backlog = client.xlen(partition_keys(0).outbox)
+    started = time.perf_counter()
+    result = drain_partition(client, db, settings, 0)
+    elapsed = time.perf_counter() - started
+
+    # 2. lag under a steady offered load, drainer in its own process
+    mp = multiprocessing.get_context("fork")
+    stop, out = mp.Event(), mp.Queue()
+    drainer = mp.Process(target=_drainer, args=(settings, stop, out))
+    drainer.start()
+    pairs = int(rate * seconds)
+    produced_in = asyncio.run(_produce(settings, product, pairs, rate))
+    stop.set()
+    applied, lags = out.get(timeout=300)
+    drainer.join(timeout=30)
+    db.dispose()
+    return {
+        "database": settings.database_url_or_default.split("://", 1)[0],
+        "backlog_events": backlog,
+        "drained": result.applied,
+        "drain_seconds": round(elapsed, 3),
+        "drain_events_per_s": round(result.applied / elapsed) if elapsed else None,
+        "batch": settings.drain_batch,
+        "offered_reservations_per_s": rate,
+        "achieved_reservations_per_s": round(pairs / produced_in, 1),
+        "steady_events": applied,
+        "lag_p50_ms": percentile(lags, 0.50),
+        "lag_p99_ms": percentile(lags, 0.99),
+        "lag_max_ms": max(lags) if lags else None,
+    }

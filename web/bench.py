@@ -1,0 +1,148 @@
+"""The API with two extra endpoints for `inventory bench` — never served in production
+(`inventory serve --bench` runs this factory instead of `web.app:create_app`):
+
+- `POST /bench/rowlock/reservations/` — the baseline: the same HTTP stack as
+  `POST /api/reservations/` (middleware: request id, access log, metrics, rate limit, body
+  limit; JWT; the body validated by the same model; the same envelope), but the reservation
+  is a PostgreSQL transaction with a row lock (`persistence/rowlock.py`) through a psycopg
+  connection pool of `BENCH_POOL_SIZE` connections per worker (default 10).
+- `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no JWT,
+  no envelope, no request id, no idempotency, no drain request; it parses
+  `{"product", "quantity"}` and calls the same reserve script through the engine.
+  201 `{"id"}`, or 409 `{"code": "insufficient_stock"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from engine.errors import InsufficientStock
+from engine.models import CallContext, LineRequest
+from engine.settings import Settings
+from persistence import rowlock
+from web import routes as all_routes
+from web.app import Services, create_app
+from web.auth import require_user
+from web.bodies import parse_body
+from web.errors import ApiError
+from web.responses import ok, request_id
+from web.schemas_orders import ReserveIn
+
+BARE_PATH = "/bench/bare/reserve"
+BARE_ACTOR = CallContext(actor="bench-bare")
+
+
+def _libpq_url(url: str) -> str:
+    """SQLAlchemy's `postgresql+psycopg://` as libpq wants it."""
+    scheme, rest = url.split("://", 1)
+    if not scheme.startswith("postgresql"):
+        raise RuntimeError("the row-lock baseline needs DATABASE_URL to name PostgreSQL")
+    return "postgresql://" + rest
+
+
+async def rowlock_reserve(request: Request) -> Response:
+    """The baseline reservation: same stack, a row-locking transaction instead of a script."""
+    who = require_user(request)
+    body = await parse_body(request, ReserveIn)
+    pool: AsyncConnectionPool[Any] = request.app.state.rowlock_pool
+    lines = [(line.product, line.quantity) for line in body.line_requests()]
+    async with pool.connection() as conn:
+        result = await rowlock.reserve(conn, lines, who.user_id, request_id(request))
+    if isinstance(result, rowlock.Short):
+        raise ApiError(
+            409,
+            "insufficient_stock",
+            "not enough units for every line",
+            {
+                "lines": [
+                    {"product": int(p) if p.isdigit() else p, "requested": r, "available": a}
+                    for p, r, a in result.lines
+                ]
+            },
+        )
+    data = {
+        "id": result.id,
+        "lines": [
+            {"product": int(p) if p.isdigit() else p, "warehouse": w, "quantity": q}
+            for p, w, q in result.lines
+        ],
+    }
+    return ok(request, data, 201)
+
+
+async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    status, payload = 400, b'{"code":"invalid_input"}'
+    try:
+        body = json.loads(b"".join(chunks))
+        line = LineRequest(str(int(body["product"])), int(body["quantity"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    else:
+        try:
+            held = await services_of(app).engine.reserve([line], BARE_ACTOR)
+        except InsufficientStock:
+            status, payload = 409, b'{"code":"insufficient_stock"}'
+        else:
+            status, payload = 201, b'{"id":"' + held.id.encode() + b'"}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def services_of(app: Starlette) -> Services:
+    found: Services = app.state.services
+    return found
+
+
+class BenchApp:
+    """The API, with the bare endpoint answered before any middleware runs."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == BARE_PATH and scope["method"] == "POST":
+            await _bare(self.app, scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_bench_app(settings: Settings | None = None) -> BenchApp:
+    settings = settings or Settings.from_env()
+    pool_size = int(os.environ.get("BENCH_POOL_SIZE", "10"))
+    conninfo = _libpq_url(settings.database_url_or_default)
+
+    @asynccontextmanager
+    async def opened(app: Starlette) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo, min_size=pool_size, max_size=pool_size, open=False
+        )
+        await pool.open(wait=True, timeout=30)
+        app.state.rowlock_pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    routes = [
+        *all_routes.ROUTES,
+        Route("/bench/rowlock/reservations/", rowlock_reserve, methods=["POST"]),
+    ]
+    return BenchApp(create_app(settings, routes=routes, opened=opened))
