@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from web.routes import audit, auth, docs, metrics, ops, orders, products, reservations
+from web.routes import audit, auth, dashboard, docs, metrics, ops, orders, products, reservations
 
 ROUTES: list[BaseRoute] = [
     *ops.routes,
@@ -15,4 +15,5 @@ ROUTES: list[BaseRoute] = [
     *reservations.routes,
     *orders.routes,
     *docs.routes,
+    *dashboard.routes,
 ]

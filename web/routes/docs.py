@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed
 
-from web import openapi, openapi_catalog, openapi_orders
+from web import openapi, openapi_catalog, openapi_dashboard, openapi_orders
 from web.errors import ApiError
 from web.openapi_conventions import TITLE
 
@@ -63,7 +63,11 @@ PAGE = f"""\
 </body>
 </html>
 """
-OPERATIONS = [*openapi_catalog.OPERATIONS, *openapi_orders.OPERATIONS]
+OPERATIONS = [
+    *openapi_catalog.OPERATIONS,
+    *openapi_orders.OPERATIONS,
+    *openapi_dashboard.OPERATIONS,
+]
 
 
 def _version() -> str:
