@@ -16,7 +16,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench, operators, serve, users
+from scripts import background, bench, operators, rqdash, serve, users
 
 console = Console(stderr=True)
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     background.add_commands(sub, common)
     operators.add_commands(sub, common)
     bench.add_commands(sub, common)
+    rqdash.add_commands(sub, common)
     users.add_commands(sub)
     return parser
 
