@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent developer/CI set-up for a Debian 12 machine with Python 3.11:
 #   - system packages (redis-server, redis-cli; the PostgreSQL server binaries for the test
-#     suite's throwaway clusters; python3.X-venv if venv can't bootstrap pip). No packaged
-#     service is left running or enabled: the project starts its own servers.
+#     suite's throwaway clusters; chromium for the dashboard's browser test; python3.X-venv if
+#     venv can't bootstrap pip). No packaged service is left running or enabled: the project
+#     starts its own servers.
 #   - .venv in the project root (python3.11, or python3 when it is 3.11+; $PYTHON overrides)
 #   - pip install -c constraints.txt -e '.[dev]', skipped while a stamp in .venv shows that
 #     pyproject.toml, constraints.txt and the interpreter are unchanged.
@@ -113,6 +114,14 @@ fi
 if [[ $EUID -eq 0 ]] && ! getent passwd postgres >/dev/null 2>&1; then
     log "warning: no postgres OS user: the tests (run as root) can't start PostgreSQL as it;" \
         "reinstall Debian's postgresql-common or create the user"
+fi
+
+# --- Chromium ---------------------------------------------------------------------------------
+# tests/test_dashboard_browser.py drives Debian's chromium (/usr/bin/chromium) with Playwright;
+# Playwright's own browser download is never used (it needs the network). DejaVu gives the
+# page's text a font in the screenshots.
+if [[ ! -x /usr/bin/chromium ]]; then
+    apt_install chromium fonts-dejavu-core || die "installing chromium failed"
 fi
 
 # --- Python ---------------------------------------------------------------------------------

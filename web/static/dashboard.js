@@ -34,7 +34,9 @@
   function when(isoTime) {
     if (!isoTime) { return "–"; }
     var d = new Date(isoTime);
-    return d.toLocaleTimeString() + " (" + Math.max(0, Math.round((Date.now() - d) / 1000)) + " s ago)";
+    var seconds = Math.round((Date.now() - d) / 1000);
+    var relative = seconds < 0 ? "in " + -seconds + " s" : seconds + " s ago";
+    return d.toLocaleTimeString() + " (" + relative + ")";
   }
 
   // Fill a table body: one row per item, a cell per column function (a value, or
