@@ -206,7 +206,7 @@ async def test_sold_out_comes_first_and_the_reconcile_result_is_shown(
     assert (reconcile["drift"], reconcile["kinds"], reconcile["backlog"]) == (0, {}, 0)
     assert reconcile["stock_rows"] == 2
     assert reconcile["checked_at"] <= d["at"]
-    assert (await board(client, app))["reconcile"] == reconcile  # parsed once, kept
+    assert (await board(client, app))["reconcile"] == reconcile  # the same until a new check
 
 
 async def test_workers_queues_periodic_jobs_and_failures_come_from_rq(
