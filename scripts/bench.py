@@ -882,6 +882,27 @@ def run(opts: Options) -> dict[str, Any]:
     }
 
 
+def _bad_option(args: argparse.Namespace) -> str | None:
+    at_least = {
+        "buyers": 1,
+        "rounds": 1,
+        "products": 3,  # carts take up to 3 distinct products
+        "connections": 1,
+        "workers": 1,
+        "load_procs": 1,
+        "pool_size": 1,
+        "events": 2,
+    }
+    for name, low in at_least.items():
+        if getattr(args, name) < low:
+            return f"--{name.replace('_', '-')} must be at least {low}"
+    if not 1 <= args.stock <= args.buyers:
+        return "--stock must be between 1 and --buyers (a sale sells out)"
+    if not (args.seconds > 0 and args.rate > 0 and args.drain_rate > 0):
+        return "--seconds, --rate and --drain-rate must be positive"
+    return None
+
+
 def _cpus(text: str | None) -> set[int] | None:
     return {int(c) for c in text.split(",")} if text else None
 
@@ -895,6 +916,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fsync = tuple(args.fsync.split(","))
     if any(f not in ("everysec", "always", "no") for f in fsync):
         console.print("--fsync takes everysec, always or no (comma-separated)")
+        return 2
+    problem = _bad_option(args)
+    if problem:
+        console.print(problem)
         return 2
     opts = Options(
         scenarios=names,

@@ -2,9 +2,10 @@
 
 Two measures, against the Redis and database the settings name:
 - throughput: a backlog of N events is drained from a standing start (events/s);
-- lag: a steady load of reservations at a fixed offered rate while a drainer runs in its own
-  process; the lag of an event is the time from its script's timestamp (Redis clock) to the
-  commit of the transaction that applied it (p50/p99, ms).
+- lag: a steady load of reservations (from two producer processes calling the engine) at a
+  fixed offered rate while a drainer runs in its own process; the lag of an event is the time
+  from its script's timestamp (Redis clock) to the commit of the transaction that applied it
+  (p50/p99, ms).
 The products it creates are its own (`bench-<run>`); it never flushes.
 """
 
@@ -30,8 +31,10 @@ from persistence.jobs import percentile
 BUYER = CallContext(actor="bench")
 
 
-async def _produce(settings: Settings, product: str, pairs: int, rate: float | None) -> float:
-    """reserve + release `pairs` times (2 events each); at `rate` pairs/s if given."""
+async def _produce(
+    settings: Settings, product: str, pairs: int, rate: float | None, *, release: bool = True
+) -> float:
+    """reserve (+ release) `pairs` times (1 or 2 events each); at `rate` per second if given."""
     async with Engine.from_settings(settings) as engine:
         started = time.monotonic()
         concurrency = 32
@@ -39,7 +42,8 @@ async def _produce(settings: Settings, product: str, pairs: int, rate: float | N
 
         async def one() -> None:
             r = await engine.reserve([LineRequest(product, 1)], BUYER)
-            await engine.release(r.id, BUYER)
+            if release:
+                await engine.release(r.id, BUYER)
 
         while done < pairs:
             n = min(concurrency, pairs - done)
@@ -49,6 +53,15 @@ async def _produce(settings: Settings, product: str, pairs: int, rate: float | N
             await asyncio.gather(*(one() for _ in range(n)))
             done += n
         return time.monotonic() - started
+
+
+def _producer(settings: Settings, product: str, n: int, rate: float, out: Any) -> None:
+    try:
+        import uvloop
+
+        out.put(uvloop.run(_produce(settings, product, n, rate, release=False)))
+    except ImportError:  # pragma: no cover
+        out.put(asyncio.run(_produce(settings, product, n, rate, release=False)))
 
 
 def _drainer(settings: Settings, stop: Event, out: Any) -> None:
@@ -68,7 +81,9 @@ def _drainer(settings: Settings, stop: Event, out: Any) -> None:
     out.put((applied, lags))
 
 
-def run(settings: Settings, *, events: int, rate: float, seconds: float) -> dict[str, Any]:
+def run(
+    settings: Settings, *, events: int, rate: float, seconds: float, producers: int = 2
+) -> dict[str, Any]:
     if settings.partitions != 1:
         raise ValueError("the drain bench runs on a single partition")
     product = f"bench-{uuid.uuid4().hex[:8]}"
@@ -94,8 +109,19 @@ def run(settings: Settings, *, events: int, rate: float, seconds: float) -> dict
     stop, out = mp.Event(), mp.Queue()
     drainer = mp.Process(target=_drainer, args=(settings, stop, out))
     drainer.start()
-    pairs = int(rate * seconds)
-    produced_in = asyncio.run(_produce(settings, product, pairs, rate))
+    # reservations alone (one event each), from `producers` processes sharing the rate
+    per = int(rate * seconds / producers)
+    done = mp.Queue()
+    making = [
+        mp.Process(target=_producer, args=(settings, product, per, rate / producers, done))
+        for _ in range(producers)
+    ]
+    for proc in making:
+        proc.start()
+    produced_in = max(done.get(timeout=600) for _ in making)
+    for proc in making:
+        proc.join(timeout=30)
+    pairs = per * producers
     stop.set()
     applied, lags = out.get(timeout=300)
     drainer.join(timeout=30)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ ALGORITHM = "HS256"
 ISSUER = "inventory"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti", "iss", "staff"]
 DEV_KEY = ("dev", "inventory-development-key-not-for-production-use")
+VERIFIED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,14 @@ class Principal:
 
 
 class Keys:
-    def __init__(self, settings: Settings) -> None:
+    """Issues and verifies tokens. A token whose signature and claims were verified is
+    remembered (the newest VERIFIED_CACHE_SIZE, per process): a client sends the same token
+    with every request for its lifetime, and PyJWT's decoding costs more than the rest of a
+    reservation's Python. A remembered token is still refused once its `exp` has passed."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         pairs: list[tuple[str, str]] = []
         for item in filter(None, (s.strip() for s in settings.jwt_keys.split(","))):
             kid, sep, secret = item.partition(":")
@@ -88,6 +98,20 @@ class Keys:
         return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": kid})
 
     def verify(self, token: str, kind: str) -> dict[str, Any]:
+        known = self._verified.get((token, kind))
+        if known is not None:
+            if known["exp"] <= self._clock():
+                del self._verified[(token, kind)]
+                raise ApiError(401, "token_expired", "the token has expired")
+            self._verified.move_to_end((token, kind))
+            return known
+        claims = self._verify(token, kind)
+        self._verified[(token, kind)] = claims
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify(self, token: str, kind: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")

@@ -9,7 +9,8 @@
 - `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no JWT,
   no envelope, no request id, no idempotency, no drain request; it parses
   `{"product", "quantity"}` and calls the same reserve script through the engine.
-  201 `{"id"}`, or 409 `{"code": "insufficient_stock"}`.
+  201 `{"id"}`, or the API's status with `{"code"}` alone (409 `insufficient_stock`, 404
+  `product_not_found`, 400 `invalid_input`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from engine.errors import InsufficientStock
+from engine.errors import EngineError
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence import rowlock
@@ -35,7 +36,7 @@ from web import routes as all_routes
 from web.app import Services, create_app
 from web.auth import require_user
 from web.bodies import parse_body
-from web.errors import ApiError
+from web.errors import ApiError, from_engine
 from web.responses import ok, request_id
 from web.schemas_orders import ReserveIn
 
@@ -97,8 +98,9 @@ async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> N
     else:
         try:
             held = await services_of(app).engine.reserve([line], BARE_ACTOR)
-        except InsufficientStock:
-            status, payload = 409, b'{"code":"insufficient_stock"}'
+        except EngineError as exc:  # the API's status and code, without its envelope
+            refused = from_engine(exc)
+            status, payload = refused.status, json.dumps({"code": refused.code}).encode()
         else:
             status, payload = 201, b'{"id":"' + held.id.encode() + b'"}'
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]

@@ -70,21 +70,26 @@ class RequestContextMiddleware:
             response = error(rid, 500, "internal_error", "something went wrong on our side")
             await response(scope, receive, send_with_id)
         finally:
-            state = scope.get("state", {})
-            log.info(
-                json.dumps(
-                    {
-                        "request_id": rid,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "route": route_template(scope),
-                        "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
-                        "user": state.get("user_id", ""),
-                    },
-                    separators=(",", ":"),
-                )
-            )
+            if log.isEnabledFor(logging.INFO):  # `serve --no-access-log`: not even built
+                _log_access(scope, rid, status, started)
+
+
+def _log_access(scope: Scope, rid: str, status: int, started: float) -> None:
+    state = scope.get("state", {})
+    log.info(
+        json.dumps(
+            {
+                "request_id": rid,
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": route_template(scope),
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "user": state.get("user_id", ""),
+            },
+            separators=(",", ":"),
+        )
+    )
 
 
 class BodyLimitMiddleware:

@@ -6,13 +6,15 @@ from starlette.routing import BaseRoute
 
 from web.routes import audit, auth, dashboard, docs, metrics, ops, orders, products, reservations
 
+# The router tries routes in order: the hot path (reservations) first. No two areas' paths
+# overlap, so the order changes nothing else.
 ROUTES: list[BaseRoute] = [
+    *reservations.routes,
     *ops.routes,
     *metrics.routes,
     *auth.routes,
     *products.routes,
     *audit.routes,
-    *reservations.routes,
     *orders.routes,
     *docs.routes,
     *dashboard.routes,

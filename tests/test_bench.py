@@ -1,0 +1,203 @@
+"""The benchmark's parts: the row-lock baseline never oversells under contention, the bench
+endpoints refuse bad input, and `inventory bench` runs every scenario end to end on services
+it starts itself, with exact counts (a small run: the figures themselves are not asserted)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from engine.settings import Settings
+from persistence import rowlock
+from tests.api import bearer, err
+from web.bench import BARE_PATH, create_bench_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def libpq(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+@pytest.fixture
+def rowlock_db(pg_url: str) -> str:
+    with psycopg.connect(libpq(pg_url), autocommit=True) as conn:
+        rowlock.create_tables(conn)
+    return libpq(pg_url)
+
+
+async def test_row_lock_baseline_sells_each_unit_once(rowlock_db: str) -> None:
+    with psycopg.connect(rowlock_db, autocommit=True) as conn:
+        rowlock.stock(conn, {"hot": 10, "a": 5, "b": 1})
+    async with AsyncConnectionPool(rowlock_db, min_size=8, max_size=8) as pool:
+
+        async def buy(lines: list[tuple[str, int]], user: str) -> Any:
+            async with pool.connection() as conn:
+                return await rowlock.reserve(conn, lines, user, f"req-{user}")
+
+        results = await asyncio.gather(*(buy([("hot", 1)], f"u{i}") for i in range(40)))
+        # carts: all lines or none; b has one unit, so only one cart with b succeeds
+        carts = await asyncio.gather(*(buy([("a", 1), ("b", 1)], f"c{i}") for i in range(4)))
+
+    assert Counter(type(r).__name__ for r in results) == {"Held": 10, "Short": 30}
+    assert all(r.lines == [("hot", 1, 0)] for r in results if isinstance(r, rowlock.Short))
+    assert Counter(type(r).__name__ for r in carts) == {"Held": 1, "Short": 3}
+    with psycopg.connect(rowlock_db) as conn:
+        assert rowlock.counters(conn, ["hot", "a", "b"]) == {
+            "hot": (0, 10),
+            "a": (4, 1),
+            "b": (0, 1),
+        }
+        count = conn.execute(
+            "SELECT (SELECT count(*) FROM rowlock_reservations),"
+            " (SELECT count(*) FROM rowlock_reservation_lines),"
+            " (SELECT count(*) FROM rowlock_ledger),"
+            " (SELECT count(*) FROM rowlock_audit)"
+        ).fetchone()
+    assert count == (11, 12, 12, 11)
+
+
+@pytest.fixture
+async def bench_client(
+    settings: Settings, clean_redis: None, pg_url: str, rowlock_db: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
+    app_settings = dataclasses.replace(settings, database_url=pg_url, jwt_keys="t:" + "k" * 40)
+    bench_app = create_bench_app(app_settings)
+    app = bench_app.app
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=bench_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c, app
+
+
+async def test_bench_endpoints_refuse_bad_input(
+    bench_client: tuple[httpx.AsyncClient, Any],
+) -> None:
+    client, app = bench_client
+    path = "/bench/rowlock/reservations/"
+    one = {"product": 1, "quantity": 1}
+
+    async def code(response: Any) -> str:
+        found: str = err(await response)["code"]
+        return found
+
+    # the baseline sits behind the API's checks: a token, JSON, a valid body
+    assert await code(client.post(path, json=one)) == "not_authenticated"
+    user = bearer(app, "7")
+    as_json = {**user, "content-type": "application/json"}
+    assert await code(client.post(path, content=b"{", headers=as_json)) == "malformed_json"
+    zero = {"product": 1, "quantity": 0}
+    assert await code(client.post(path, json=zero, headers=user)) == "invalid_input"
+    short = await client.post(path, json=one, headers=user)
+    assert short.status_code == 409
+    assert err(short)["code"] == "insufficient_stock"
+    # the bare endpoint: no envelope, but a clean 400 for anything it can't read
+    for body in (b"", b"[]", b'{"product": "x", "quantity": 1}', b'{"product": 1}'):
+        answer = await client.post(BARE_PATH, content=body)
+        assert (answer.status_code, answer.json()) == (400, {"code": "invalid_input"})
+    missing = await client.post(BARE_PATH, json={"product": 424242, "quantity": 1})
+    assert (missing.status_code, missing.json()) == (404, {"code": "product_not_found"})
+
+
+async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient, Any]) -> None:
+    client, app = bench_client
+    pool = app.state.rowlock_pool
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO rowlock_stock VALUES ('5', 'main', 2, 0) "
+            "ON CONFLICT (product, warehouse) DO UPDATE SET available = 2, reserved = 0"
+        )
+    user = bearer(app, "7")
+    path, one = "/bench/rowlock/reservations/", {"product": 5, "quantity": 1}
+    answers = [await client.post(path, json=one, headers=user) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    lines = answers[0].json()["data"]["lines"]
+    assert lines == [{"product": 5, "warehouse": "main", "quantity": 1}]
+
+
+def inventory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "nope"], "unknown scenario nope"),
+        (["--fsync", "sometimes"], "--fsync takes"),
+        (["--buyers", "0"], "--buyers must be"),
+        (["--stock", "5", "--buyers", "3"], "--stock must be"),
+    ],
+)
+def test_bench_refuses_bad_options(args: list[str], message: str) -> None:
+    done = inventory("bench", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
+    plot = tmp_path / "bench.png"
+    done = inventory(
+        "bench",
+        "--scenario", "all",
+        "--buyers", "60", "--stock", "10", "--rounds", "2",
+        "--seconds", "1", "--rate", "100", "--products", "300", "--connections", "16",
+        "--fsync", "everysec,always", "--events", "400", "--drain-rate", "200",
+        "--plot", str(plot),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    scenarios = report["scenarios"]
+    assert set(scenarios) == {"flash-sale", "catalog", "lifecycle", "engine", "drain"}
+    assert all(s["invariants_ok"] for s in scenarios.values() if "invariants_ok" in s)
+
+    sales = [r for r in scenarios["flash-sale"]["rows"] if r["mode"] == "sale"]
+    assert {(r["system"], r["fsync"]) for r in sales} == {
+        ("ours", "everysec"),
+        ("ours", "always"),
+        ("row-lock", None),
+    }
+    for row in sales:  # 2 sales of 10 units to 60 buyers each: exactly 20 sold, 100 refused
+        assert (row["ok"], row["refused"], row["errors"], row["oversold"]) == (20, 100, 0, 0)
+        assert row["exact_counts"] is True
+    for scenario in ("flash-sale", "catalog", "lifecycle", "engine"):
+        for row in scenarios[scenario]["rows"]:
+            assert row["errors"] == 0, (scenario, row)
+    steps = {r["mode"]: r for r in scenarios["lifecycle"]["rows"]}
+    assert steps["reserve"]["ok"] > 0
+    assert steps["delivered"]["ok"] > 0
+    assert steps["commit"]["ok"] >= steps["delivered"]["ok"]
+    assert {r["system"] for r in scenarios["engine"]["rows"]} == {"redis-py", "engine", "row-lock"}
+    assert scenarios["drain"]["drained"] > 0
+    targets = report["targets"]
+    assert targets["flash_sale_oversold"] == {
+        "value": 0,
+        "target": 0,
+        "higher_is_better": False,
+        "met": True,
+    }
+    for name in ("flash_sale_throughput_x", "catalog_throughput_x", "engine_vs_redis_py"):
+        assert targets[name]["value"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bench: flash-sale" in done.stderr
+    assert "against the targets" in done.stderr

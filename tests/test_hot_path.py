@@ -1,0 +1,75 @@
+"""What the hot path skips, and that skipping it keeps the rules: a verified token is
+remembered but still expires; a drain already seen waiting isn't asked for again at once."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.settings import Settings
+from persistence import jobs
+from persistence.trigger import PENDING_FRESH_S, DrainTrigger
+from web.auth import Keys, Principal
+from web.errors import ApiError
+
+KEYS = "k1:" + "s" * 40
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_token_still_expires() -> None:
+    clock = Clock(0.0)
+    keys = Keys(Settings(jwt_keys=KEYS, database_url="postgresql://x/y"), clock=clock)
+    token = keys.issue(Principal("7", "bob", False), "access")
+    clock.now = time.time()  # the token was issued with the real clock
+    first = keys.verify(token, "access")
+    assert keys.verify(token, "access") is first  # remembered, not decoded again
+    with pytest.raises(ApiError) as refused:  # the same token as a refresh token: still no
+        keys.verify(token, "refresh")
+    assert refused.value.code == "invalid_token"
+    clock.now = first["exp"] + 1  # past its exp: refused though remembered
+    with pytest.raises(ApiError) as expired:
+        keys.verify(token, "access")
+    assert expired.value.code == "token_expired"
+
+
+def test_a_forged_token_is_never_remembered() -> None:
+    keys = Keys(Settings(jwt_keys=KEYS, database_url="postgresql://x/y"))
+    token = keys.issue(Principal("7", "bob", False), "access")
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-2]}AA"
+    for _ in range(2):
+        with pytest.raises(ApiError) as refused:
+            keys.verify(forged, "access")
+        assert refused.value.code == "invalid_token"
+
+
+async def test_a_drain_seen_waiting_is_not_asked_again_at_once(
+    engine: Engine, settings: Settings, clean_redis: None
+) -> None:
+    clock = Clock(100.0)
+    raw = redis.Redis.from_url(settings.redis_url)
+    trigger = DrainTrigger(engine.redis, settings.redis_url, clock=clock)
+    flag = partition_keys(0).drain_requested
+    try:
+        assert await trigger.request(0) is True  # nothing waited: a job is enqueued
+        assert await trigger.request(0) is False  # the flag says one waits (seen now)
+        raw.delete(flag)  # the job starts and clears the flag...
+        assert await trigger.request(0) is False  # ...but it was seen waiting a moment ago
+        assert jobs.queue(raw).count == 1
+        clock.now += PENDING_FRESH_S  # that sighting is stale now: ask Redis again
+        assert await trigger.request(0) is True
+        assert jobs.queue(raw).count == 2
+    finally:
+        trigger.close()
+        raw.close()
