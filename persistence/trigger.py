@@ -20,7 +20,6 @@ from rq import Queue
 from engine.keys import partition_keys
 from persistence import jobs
 
-
 PENDING_FRESH_S = 0.01
 
 

@@ -21,9 +21,9 @@ from engine.engine import Engine
 from engine.settings import Settings
 from persistence import migrate
 from persistence.db import database_engine
-from tests.api import running
 from scripts.pg_server import PostgresServer
 from scripts.redis_server import RedisServer
+from tests.api import running
 from web.app import create_app
 
 

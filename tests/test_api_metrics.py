@@ -18,8 +18,8 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import Settings
 from persistence import jobs
-from tests.api import bearer, data, err, running
 from scripts.redis_server import free_port
+from tests.api import bearer, data, err, running
 from web.app import Services, create_app
 from web.metrics import snapshot
 

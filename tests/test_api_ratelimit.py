@@ -23,8 +23,8 @@ from engine.models import SYSTEM
 from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
-from tests.api import bearer, err, running
 from scripts.redis_server import free_port
+from tests.api import bearer, err, running
 from web.app import Services, create_app
 from web.errors import ApiError
 from web.ratelimit import RateLimitMiddleware, take

@@ -20,8 +20,8 @@ from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.scripts import NAMES, source
-from tests.helpers import event_types
 from scripts.redis_server import RedisServer, free_port
+from tests.helpers import event_types
 
 USER = CallContext(actor="u1")
 

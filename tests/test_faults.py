@@ -19,9 +19,9 @@ from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from persistence import jobs, schema
 from persistence.drain import drain_partition
+from scripts.pg_server import PostgresServer
 from tests.durable import BUYER, count, duplicates, events_added, projection, redis_counters
 from tests.durable import workload as make_workload
-from scripts.pg_server import PostgresServer
 
 
 async def reserve_many(engine: Engine, n: int) -> None:

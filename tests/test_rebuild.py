@@ -24,9 +24,9 @@ from persistence import schema
 from persistence.drain import drain_partition
 from persistence.rebuild import RebuildRefused, rebuild
 from persistence.reconcile import check, reconcile
+from scripts.redis_server import RedisServer
 from tests.durable import BUYER, workload
 from tests.helpers import snapshot
-from scripts.redis_server import RedisServer
 from tests.support import redis_now_ms, wait_until_due
 
 K = partition_keys(0)

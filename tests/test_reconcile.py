@@ -24,8 +24,8 @@ from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_partition
 from persistence.reconcile import Report, check, reconcile
-from tests.durable import BUYER, projection, redis_counters, workload
 from scripts.redis_server import RedisServer
+from tests.durable import BUYER, projection, redis_counters, workload
 
 K = partition_keys(0)
 

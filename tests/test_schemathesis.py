@@ -35,8 +35,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from engine.settings import Settings
-from tests.api import bearer, err
 from scripts.redis_server import free_port
+from tests.api import bearer, err
 from web import consistency
 from web.app import create_app
 
