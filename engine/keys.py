@@ -9,7 +9,7 @@ of the id lands in the partition of its products, which lets any id be routed al
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,10 +23,25 @@ def partition_of(entity: str, partitions: int) -> int:
     return zlib.crc32(entity.encode()) % partitions
 
 
+def uuid4_hex() -> str:
+    """`uuid.uuid4().hex`, without building a UUID object (a few times faster; it runs twice
+    per reservation request)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.hex()
+
+
+def uuid4_str() -> str:
+    """`str(uuid.uuid4())`, the same way."""
+    h = uuid4_hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_id(partition: int, partitions: int) -> str:
     """A random UUID (hex) whose hash falls in `partition`."""
     while True:
-        candidate = uuid.uuid4().hex
+        candidate = uuid4_hex()
         if partition_of(candidate, partitions) == partition:
             return candidate
 

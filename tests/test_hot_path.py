@@ -4,12 +4,13 @@ remembered but still expires; a drain already seen waiting isn't asked for again
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 import redis
 
 from engine.engine import Engine
-from engine.keys import partition_keys
+from engine.keys import partition_keys, uuid4_hex, uuid4_str
 from engine.settings import Settings
 from persistence import jobs
 from persistence.trigger import PENDING_FRESH_S, DrainTrigger
@@ -73,3 +74,15 @@ async def test_a_drain_seen_waiting_is_not_asked_again_at_once(
     finally:
         trigger.close()
         raw.close()
+
+
+def test_fast_uuids_are_version_4_uuids() -> None:
+    seen = set()
+    for _ in range(2000):
+        h, s = uuid4_hex(), uuid4_str()
+        assert uuid.UUID(hex=h).version == 4
+        assert uuid.UUID(hex=h).variant == uuid.RFC_4122
+        assert str(uuid.UUID(s)) == s
+        assert uuid.UUID(s).version == 4
+        seen.add(h)
+    assert len(seen) == 2000

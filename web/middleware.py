@@ -13,12 +13,12 @@ import json
 import logging
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.keys import uuid4_str
 from web.errors import ApiError
 from web.responses import error
 
@@ -45,7 +45,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = _header(scope, b"x-request-id")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
         status = 500
