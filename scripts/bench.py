@@ -807,6 +807,31 @@ def print_tables(results: dict[str, dict[str, Any]], targets: dict[str, dict[str
         console.print(table)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The tables as Markdown (for docs/benchmarks.md)."""
+    out: list[str] = []
+    for scenario, result in report["scenarios"].items():
+        rows = result.get("rows") or []
+        out.append(f"### {scenario}\n")
+        if rows:
+            used = [(k, h) for k, h in COLUMNS if any(r.get(k) is not None for r in rows)]
+            out.append("| " + " | ".join(h for _, h in used) + " |")
+            out.append("|" + "---|" * len(used))
+            out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in used) + " |" for r in rows]
+            out.append("")
+        extra = {k: v for k, v in result.items() if k != "rows"}
+        if extra:
+            out.append(", ".join(f"{k} = {_cell(v)}" for k, v in extra.items()) + "\n")
+    out.append("### against the targets\n")
+    out.append("| target | measured | wanted | met |")
+    out.append("|---|---|---|---|")
+    for name, t in report["targets"].items():
+        sign = ">=" if t["higher_is_better"] else "<="
+        met = "yes" if t["met"] else "no"
+        out.append(f"| {name} | {_cell(t['value'])} | {sign} {t['target']:g} | {met} |")
+    return "\n".join(out) + "\n"
+
+
 def _met(met: bool) -> str:
     return "[green]yes[/green]" if met else "[red]no[/red]"
 
@@ -946,6 +971,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report["scenarios"], args.plot)
         console.print(f"plot: {args.plot}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(report))
+        console.print(f"markdown: {args.markdown}")
     print(json.dumps(report, sort_keys=True))
     oversold = report["targets"].get("flash_sale_oversold")
     invariants_ok = all(r.get("invariants_ok", True) for r in report["scenarios"].values())
@@ -982,4 +1010,5 @@ def add_commands(sub: Any, common: Any) -> None:
     p.add_argument("--events", type=int, default=20_000, help="drain: backlog to drain")
     p.add_argument("--drain-rate", type=float, default=5000.0, help="drain: reservations/s")
     p.add_argument("--plot", metavar="FILE.png", help="draw the figures")
+    p.add_argument("--markdown", metavar="FILE.md", help="write the tables as Markdown")
     p.set_defaults(func=cmd_bench)

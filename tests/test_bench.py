@@ -156,14 +156,14 @@ def test_bench_refuses_bad_options(args: list[str], message: str) -> None:
 
 
 def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
-    plot = tmp_path / "bench.png"
+    plot, tables = tmp_path / "bench.png", tmp_path / "bench.md"
     done = inventory(
         "bench",
         "--scenario", "all",
         "--buyers", "60", "--stock", "10", "--rounds", "2",
         "--seconds", "1", "--rate", "100", "--products", "300", "--connections", "16",
         "--fsync", "everysec,always", "--events", "400", "--drain-rate", "200",
-        "--plot", str(plot),
+        "--plot", str(plot), "--markdown", str(tables),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -199,5 +199,8 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     for name in ("flash_sale_throughput_x", "catalog_throughput_x", "engine_vs_redis_py"):
         assert targets[name]["value"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = tables.read_text()
+    assert "### flash-sale" in text
+    assert "| flash_sale_oversold | 0 | <= 0 | yes |" in text
     assert "bench: flash-sale" in done.stderr
     assert "against the targets" in done.stderr
