@@ -114,7 +114,7 @@ async def test_bench_endpoints_refuse_bad_input(
 
 async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient, Any]) -> None:
     client, app = bench_client
-    pool = app.state.rowlock_pool
+    pool = app.state.rowlock_pools["sync"]
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO rowlock_stock VALUES ('5', 'main', 2, 0) "
@@ -122,8 +122,14 @@ async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient,
         )
     user = bearer(app, "7")
     path, one = "/bench/rowlock/reservations/", {"product": 5, "quantity": 1}
-    answers = [await client.post(path, json=one, headers=user) for _ in range(3)]
+    answers = [await client.post(path, json=one, headers=user) for _ in range(2)]
+    # the same over the pool with asynchronous commits, on the same row
+    path_async = "/bench/rowlock-async/reservations/"
+    answers.append(await client.post(path_async, json=one, headers=user))
     assert [a.status_code for a in answers] == [201, 201, 409]
+    async with app.state.rowlock_pools["async"].connection() as conn:
+        setting = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+    assert setting == ("off",)
     lines = answers[0].json()["data"]["lines"]
     assert lines == [{"product": 5, "warehouse": "main", "quantity": 1}]
 
@@ -145,6 +151,7 @@ def inventory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[s
     [
         (["--scenario", "nope"], "unknown scenario nope"),
         (["--fsync", "sometimes"], "--fsync takes"),
+        (["--baseline-commit", "maybe"], "--baseline-commit takes"),
         (["--buyers", "0"], "--buyers must be"),
         (["--stock", "5", "--buyers", "3"], "--stock must be"),
     ],
@@ -175,7 +182,8 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     assert {(r["system"], r["fsync"]) for r in sales} == {
         ("ours", "everysec"),
         ("ours", "always"),
-        ("row-lock", None),
+        ("row-lock", "sync commit"),
+        ("row-lock", "async commit"),
     }
     for row in sales:  # 2 sales of 10 units to 60 buyers each: exactly 20 sold, 100 refused
         assert (row["ok"], row["refused"], row["errors"], row["oversold"]) == (20, 100, 0, 0)
@@ -196,8 +204,15 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         "higher_is_better": False,
         "met": True,
     }
-    for name in ("flash_sale_throughput_x", "catalog_throughput_x", "engine_vs_redis_py"):
-        assert targets[name]["value"] > 0
+    for name in (
+        "flash_sale_throughput_x [always vs sync commit]",
+        "flash_sale_throughput_x [everysec vs async commit]",
+        "flash_sale_burst_p99_fraction [always vs sync commit]",
+        "catalog_throughput_x [everysec vs async commit]",
+        "engine_vs_redis_py",
+        "api_vs_bare_endpoint",
+    ):
+        assert targets[name]["value"] > 0, name
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = tables.read_text()
     assert "### flash-sale" in text

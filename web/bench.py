@@ -6,6 +6,9 @@
   limit; JWT; the body validated by the same model; the same envelope), but the reservation
   is a PostgreSQL transaction with a row lock (`persistence/rowlock.py`) through a psycopg
   connection pool of `BENCH_POOL_SIZE` connections per worker (default 10).
+  `POST /bench/rowlock-async/reservations/` is the same over a pool whose sessions run with
+  `synchronous_commit = off`: the answer no longer waits for the WAL's fsync (a crash may lose
+  the last ~0.6 s), the like of Redis's `appendfsync everysec`.
 - `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no JWT,
   no envelope, no request id, no idempotency, no drain request; it parses
   `{"product", "quantity"}` and calls the same reserve script through the engine.
@@ -54,9 +57,18 @@ def _libpq_url(url: str) -> str:
 
 async def rowlock_reserve(request: Request) -> Response:
     """The baseline reservation: same stack, a row-locking transaction instead of a script."""
+    return await _rowlock(request, "sync")
+
+
+async def rowlock_async_reserve(request: Request) -> Response:
+    """The baseline with asynchronous commits."""
+    return await _rowlock(request, "async")
+
+
+async def _rowlock(request: Request, commit: str) -> Response:
     who = require_user(request)
     body = await parse_body(request, ReserveIn)
-    pool: AsyncConnectionPool[Any] = request.app.state.rowlock_pool
+    pool: AsyncConnectionPool[Any] = request.app.state.rowlock_pools[commit]
     lines = [(line.product, line.quantity) for line in body.line_requests()]
     async with pool.connection() as conn:
         result = await rowlock.reserve(conn, lines, who.user_id, request_id(request))
@@ -133,18 +145,30 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
 
     @asynccontextmanager
     async def opened(app: Starlette) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            conninfo, min_size=pool_size, max_size=pool_size, open=False
-        )
-        await pool.open(wait=True, timeout=30)
-        app.state.rowlock_pool = pool
+        pools: dict[str, AsyncConnectionPool[Any]] = {
+            "sync": AsyncConnectionPool(
+                conninfo, min_size=pool_size, max_size=pool_size, open=False
+            ),
+            "async": AsyncConnectionPool(
+                conninfo,
+                kwargs={"options": "-c synchronous_commit=off"},
+                min_size=pool_size,
+                max_size=pool_size,
+                open=False,
+            ),
+        }
+        for pool in pools.values():
+            await pool.open(wait=True, timeout=30)
+        app.state.rowlock_pools = pools
         try:
             yield
         finally:
-            await pool.close()
+            for pool in pools.values():
+                await pool.close()
 
     routes = [
         *all_routes.ROUTES,
         Route("/bench/rowlock/reservations/", rowlock_reserve, methods=["POST"]),
+        Route("/bench/rowlock-async/reservations/", rowlock_async_reserve, methods=["POST"]),
     ]
     return BenchApp(create_app(settings, routes=routes, opened=opened))
