@@ -46,6 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +108,7 @@ class Options:
     pool_size: int = 10
     load_cpus: set[int] | None = None
     server_cpus: str | None = None
+    target: Target | None = None
     drain_events: int = 20_000
     drain_rate: float = 5000.0
 
@@ -117,26 +120,61 @@ def _libpq(url: str) -> str:
     return "postgresql://" + url.split("://", 1)[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Services already running: `inventory serve --bench` at `api_url` over this Redis and
+    this PostgreSQL, signing tokens with `jwt_keys` (the server's JWT_KEYS)."""
+
+    api_url: str
+    redis_url: str
+    database_url: str
+    jwt_keys: str
+
+
+EXTERNAL_IDS = 1_000_000_000  # products and buyers of a run against running services
+
+
 class Stack:
-    """Redis, PostgreSQL and the API server (`inventory serve --bench`), on 127.0.0.1."""
+    """Redis, PostgreSQL and the API server (`inventory serve --bench`), on 127.0.0.1 — started
+    here, or already running (`Options.target`)."""
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
+        self.target = opts.target
         self.tmp = Path(tempfile.mkdtemp(prefix="ire-bench-"))
-        self.redis = RedisServer(self.tmp / "redis", appendfsync=opts.fsync[0])
-        self.pg = PostgresServer(database="bench", durable=True)
+        self.redis: RedisServer | None = None
+        self.pg: PostgresServer | None = None
         self.server: subprocess.Popen[bytes] | None = None
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        if self.target is None:
+            self.redis = RedisServer(self.tmp / "redis", appendfsync=opts.fsync[0])
+            self.pg = PostgresServer(database="bench", durable=True)
+            self.connect = ("127.0.0.1", free_port())
+            self.redis_url, self.database_url = self.redis.url, self.pg.url
+        else:
+            api = urllib.parse.urlsplit(self.target.api_url)
+            if api.scheme != "http" or not api.hostname:
+                raise ValueError("--api-url must be http://host[:port] (the bench speaks HTTP/1.1)")
+            self.connect = (api.hostname, api.port or 80)
+            self.redis_url, self.database_url = self.target.redis_url, self.target.database_url
+        self.host = f"{self.connect[0]}:{self.connect[1]}"
+        self.port = self.connect[1]
         self.settings = Settings()
         self.keys: Keys | None = None
-        self._ids = iter(range(1, 1 << 62))
+        # against running services, far from the ids real products and users have
+        first = 1 if self.target is None else EXTERNAL_IDS + random.randrange(EXTERNAL_IDS)
+        self._ids = iter(range(first, 1 << 62))
+        self.user_base = 0 if self.target is None else EXTERNAL_IDS
 
     def start(self) -> None:
+        if self.target is not None:
+            self._attach(self.target)
+            return
+        assert self.redis is not None
+        assert self.pg is not None
         self.redis.start()
         self.pg.start()
         migrate.upgrade(self.pg.url)
-        with psycopg.connect(_libpq(self.pg.url), autocommit=True) as conn:
+        with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
         self.settings = Settings(
             redis_url=self.redis.url,
@@ -175,6 +213,43 @@ class Stack:
                 raise RuntimeError(f"the API server did not start:\n{tail}")
             time.sleep(0.2)
 
+    def _attach(self, target: Target) -> None:
+        """Running services: check that the server is ready and serves the bench endpoints;
+        measure ours at the Redis's own appendfsync setting (never changed here), and let the
+        service's worker drain (no lag measured here)."""
+        self.settings = Settings(
+            redis_url=target.redis_url,
+            database_url=target.database_url,
+            jwt_keys=target.jwt_keys,
+        )
+        self.keys = Keys(self.settings)
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/readyz", timeout=5) as r:
+                ready = r.status == 200
+        except OSError as exc:
+            raise RuntimeError(f"{target.api_url}/readyz: {exc}") from None
+        if not ready:
+            raise RuntimeError(f"{target.api_url} is not ready")
+        probe = urllib.request.Request(f"http://{self.host}{PATHS[BARE]}", b"", method="POST")
+        try:
+            urllib.request.urlopen(probe, timeout=5).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise RuntimeError(
+                    f"{target.api_url} has no bench endpoints: start it with "
+                    "`inventory serve --bench`"
+                ) from None
+        with psycopg.connect(_libpq(target.database_url), autocommit=True) as conn:
+            rowlock.create_tables(conn)
+        client = self.redis_client()
+        try:
+            current = client.config_get("appendfsync").get("appendfsync") or "unknown"
+        except redis.ResponseError:  # CONFIG may be renamed away
+            current = "unknown"
+        finally:
+            client.close()
+        self.opts.fsync = (current,)
+
     def close(self) -> None:
         if self.server is not None and self.server.poll() is None:
             self.server.send_signal(signal.SIGTERM)
@@ -182,14 +257,18 @@ class Stack:
                 self.server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.server.kill()
-        self.redis.stop()
-        self.pg.close()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.pg is not None:
+            self.pg.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def set_fsync(self, mode: str) -> None:
+        if self.target is not None:
+            return  # someone else's Redis: measured as it is
         client = self.redis_client()
         client.config_set("appendfsync", mode)
         client.close()
@@ -199,12 +278,13 @@ class Stack:
 
     def token(self, user: int, *, staff: bool = False) -> str:
         assert self.keys is not None
+        user += self.user_base
         return self.keys.issue(Principal(str(user), f"buyer-{user}", staff), "access")
 
     def stock(self, system: str, products: dict[int, int]) -> None:
         """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
         if system == BASELINE:
-            with psycopg.connect(_libpq(self.pg.url), autocommit=True) as conn:
+            with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
                 rowlock.stock(conn, {str(p): n for p, n in products.items()})
             return
 
@@ -224,7 +304,7 @@ class Stack:
     def reserved(self, system: str, product: int) -> tuple[int, int]:
         """(available, reserved) of a product in the default warehouse."""
         if system == BASELINE:
-            with psycopg.connect(_libpq(self.pg.url)) as conn:
+            with psycopg.connect(_libpq(self.database_url)) as conn:
                 return rowlock.counters(conn, [str(product)]).get(str(product), (0, 0))
         client = self.redis_client()
         try:
@@ -235,7 +315,7 @@ class Stack:
 
     def check_invariants(self) -> bool:
         async def check() -> bool:
-            client = redis.asyncio.Redis.from_url(self.redis.url, decode_responses=True)
+            client = redis.asyncio.Redis.from_url(self.redis_url, decode_responses=True)
             try:
                 reports = await invariants.check(client, self.settings.partitions)
             finally:
@@ -250,6 +330,9 @@ def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
     """A drainer process while the block runs; afterwards the dict holds the outbox lag
     (p50/p99 ms, event's script time → PostgreSQL commit) and the backlog at the end."""
     found: dict[str, Any] = {}
+    if stack.target is not None:  # the service's own worker drains
+        yield found
+        return
     ctx = multiprocessing.get_context("fork")
     stop, out = ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=bench_drain._drainer, args=(stack.settings, stop, out))
@@ -304,7 +387,7 @@ def summarise(outcomes: Sequence[Outcome], **labels: Any) -> dict[str, Any]:
 
 def offer(stack: Stack, mode: str, calls: Sequence[Call], **kw: Any) -> list[Outcome]:
     """Run the load in its own processes and bring back every outcome."""
-    host, port = "127.0.0.1", stack.port
+    host, port = stack.connect
     opts = stack.opts
     if mode == "burst":
         parts = loadgen.split(calls, opts.load_procs)
@@ -427,36 +510,13 @@ def flash_sale(stack: Stack, progress: Progress) -> dict[str, Any]:
         body = {"product": hot, "quantity": 1}
         calls = [reserve_call(stack, system, t, body, "reserve", fsync) for t in tokens]
         progress.step(f"flash-sale: {label}: saturation, {opts.buyers} connections")
-        # our events (the bare endpoint's too) are drained while we are measured
-        with drainer(stack) if system != BASELINE else _nothing() as lag:
-            got = offer(stack, "saturate", calls, connections=opts.buyers, seconds=opts.seconds)
-        rows.append(
-            summarise(
-                got, system=system, fsync=fsync, mode="saturation", connections=opts.buyers, **lag
-            )
-        )
+        rows.append(measure(stack, system, fsync, calls, connections=opts.buyers))
         # 3. a fixed offered rate, so that queueing shows
         if system != BARE:
             progress.step(f"flash-sale: {label}: fixed rate {opts.rate:g}/s")
-            with drainer(stack) if system == OURS else _nothing() as lag:
-                got = offer(
-                    stack,
-                    "fixed_rate",
-                    calls,
-                    connections=min(opts.buyers, 256),
-                    rate=opts.rate,
-                    seconds=opts.seconds,
-                )
+            connections = min(opts.buyers, 256)
             rows.append(
-                summarise(
-                    got,
-                    system=system,
-                    fsync=fsync,
-                    mode="fixed-rate",
-                    offered_per_s=opts.rate,
-                    connections=min(opts.buyers, 256),
-                    **lag,
-                )
+                measure(stack, system, fsync, calls, connections=connections, rate=opts.rate)
             )
     stack.set_fsync(opts.fsync[0])
     return {"rows": rows, "invariants_ok": stack.check_invariants()}
@@ -465,6 +525,32 @@ def flash_sale(stack: Stack, progress: Progress) -> dict[str, Any]:
 @contextmanager
 def _nothing() -> Iterator[dict[str, Any]]:
     yield {}
+
+
+def measure(
+    stack: Stack,
+    system: str,
+    fsync: str | None,
+    calls: Sequence[Call],
+    *,
+    connections: int,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    """One timed row: a closed loop at saturation, or an open loop at `rate`. Our events (the
+    bare endpoint's too) are drained while we are measured; the baseline writes its own rows."""
+    mode, kw = ("fixed_rate", {"rate": rate}) if rate else ("saturate", {})
+    with drainer(stack) if system != BASELINE else _nothing() as lag:
+        got = offer(stack, mode, calls, connections=connections, seconds=stack.opts.seconds, **kw)
+    labels: dict[str, Any] = {"offered_per_s": rate} if rate else {}
+    return summarise(
+        got,
+        system=system,
+        fsync=fsync,
+        mode="fixed-rate" if rate else "saturation",
+        connections=connections,
+        **labels,
+        **lag,
+    )
 
 
 def _carts(stack: Stack, products: list[int], n: int, seed: int) -> list[dict[str, Any]]:
@@ -495,41 +581,10 @@ def catalog(stack: Stack, progress: Progress) -> dict[str, Any]:
             for i, cart in enumerate(carts)
         ]
         progress.step(f"catalog: {label}: saturation, {opts.connections} connections")
-        with drainer(stack) if system == OURS else _nothing() as lag:
-            got = offer(
-                stack, "saturate", calls, connections=opts.connections, seconds=opts.seconds
-            )
-        rows.append(
-            summarise(
-                got,
-                system=system,
-                fsync=fsync,
-                mode="saturation",
-                connections=opts.connections,
-                **lag,
-            )
-        )
+        rows.append(measure(stack, system, fsync, calls, connections=opts.connections))
         progress.step(f"catalog: {label}: fixed rate {opts.rate * 2:g}/s")
-        with drainer(stack) if system == OURS else _nothing() as lag:
-            got = offer(
-                stack,
-                "fixed_rate",
-                calls,
-                connections=opts.connections,
-                rate=opts.rate * 2,
-                seconds=opts.seconds,
-            )
-        rows.append(
-            summarise(
-                got,
-                system=system,
-                fsync=fsync,
-                mode="fixed-rate",
-                offered_per_s=opts.rate * 2,
-                connections=opts.connections,
-                **lag,
-            )
-        )
+        rate = opts.rate * 2
+        rows.append(measure(stack, system, fsync, calls, connections=opts.connections, rate=rate))
     stack.set_fsync(opts.fsync[0])
     return {"rows": rows, "invariants_ok": stack.check_invariants()}
 
@@ -675,7 +730,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             await engine.reserve([LineRequest(hot, 1)], ctx)
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            _libpq(stack.pg.url), min_size=opts.pool_size, max_size=opts.pool_size, open=False
+            _libpq(stack.database_url), min_size=opts.pool_size, max_size=opts.pool_size, open=False
         )
         await pool.open(wait=True)
         await asyncio.to_thread(stack.stock, BASELINE, {int(base): HUGE})
@@ -984,6 +1039,24 @@ def _bad_option(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _target(args: argparse.Namespace, scenarios: list[str]) -> tuple[Target | None, str | None]:
+    """The running services named by --api-url, or why they can't be used."""
+    if not args.api_url:
+        return None, None
+    redis_url = args.redis_url or os.environ.get("REDIS_URL")
+    database_url = args.database_url or os.environ.get("DATABASE_URL")
+    jwt_keys = os.environ.get("JWT_KEYS", "")
+    if not redis_url:
+        return None, "--api-url needs --redis-url (or REDIS_URL): the server's Redis"
+    if not database_url or not database_url.startswith("postgresql"):
+        return None, "--api-url needs --database-url (or DATABASE_URL): the server's PostgreSQL"
+    if not jwt_keys:
+        return None, "--api-url needs JWT_KEYS in the environment: the server's, to sign tokens"
+    if "drain" in scenarios:
+        return None, "the drain scenario runs its own drainer: not against running services"
+    return Target(args.api_url.rstrip("/"), redis_url, database_url, jwt_keys), None
+
+
 def _cpus(text: str | None) -> set[int] | None:
     return {int(c) for c in text.split(",")} if text else None
 
@@ -1004,8 +1077,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print("--baseline-commit takes sync, async or both (comma-separated)")
         return 2
     problem = _bad_option(args)
-    if problem:
-        console.print(problem)
+    target, trouble = _target(args, names)
+    if problem or trouble:
+        console.print(problem or trouble)
         return 2
     opts = Options(
         scenarios=names,
@@ -1023,6 +1097,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         load_cpus=_cpus(args.load_cpus),
         server_cpus=args.server_cpus,
+        target=target,
         drain_events=args.events,
         drain_rate=args.drain_rate,
     )
@@ -1053,6 +1128,12 @@ def add_commands(sub: Any, common: Any) -> None:
         default="flash-sale,catalog",
         help=f"comma-separated, of {', '.join(SCENARIOS)}; or all (default flash-sale,catalog)",
     )
+    p.add_argument(
+        "--api-url",
+        help="measure running services instead: `inventory serve --bench` at this URL, with "
+        "--redis-url, --database-url (PostgreSQL) and JWT_KEYS as the server has them",
+    )
+    p.add_argument("--database-url", help="with --api-url: the server's database")
     p.add_argument("--buyers", type=int, default=1000, help="flash-sale: buyers (connections)")
     p.add_argument("--stock", type=int, default=100, help="flash-sale: units on sale")
     p.add_argument("--rounds", type=int, default=3, help="flash-sale: sales per system")

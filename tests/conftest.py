@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from engine.engine import Engine
 from engine.settings import Settings
-from persistence import migrate
+from persistence import jobs, migrate
 from persistence.db import database_engine
 from scripts.pg_server import PostgresServer
 from scripts.redis_server import RedisServer
@@ -166,3 +166,16 @@ def app(app_settings: Settings, clean_redis: None) -> Starlette:
 async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     async with running(app) as c:
         yield c
+
+
+@pytest.fixture
+def job_env(app_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The worker's jobs, run here against the app's Redis and database."""
+    monkeypatch.setenv("REDIS_URL", app_settings.redis_url)
+    monkeypatch.setenv("DATABASE_URL", app_settings.database_url)
+    for cached in (jobs.settings, jobs.redis_client, jobs.database):
+        cached.cache_clear()
+    yield
+    jobs.database().dispose()
+    for cached in (jobs.settings, jobs.redis_client, jobs.database):
+        cached.cache_clear()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -60,19 +59,6 @@ def svc(app: Starlette) -> Services:
 
 async def product(app: Starlette, pid: int, units: int) -> None:
     await svc(app).engine.setup_product(str(pid), SYSTEM, price=100, stock={"main": units})
-
-
-@pytest.fixture
-def job_env(app_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The worker's jobs, run here against the app's Redis and database."""
-    monkeypatch.setenv("REDIS_URL", app_settings.redis_url)
-    monkeypatch.setenv("DATABASE_URL", app_settings.database_url)
-    for cached in (jobs.settings, jobs.redis_client, jobs.database):
-        cached.cache_clear()
-    yield
-    jobs.database().dispose()
-    for cached in (jobs.settings, jobs.redis_client, jobs.database):
-        cached.cache_clear()
 
 
 async def test_latency_is_labelled_by_route_template_not_path(

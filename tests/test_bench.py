@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,14 +19,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 from psycopg_pool import AsyncConnectionPool
 
+from engine.keys import partition_keys
 from engine.settings import Settings
 from persistence import rowlock
+from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from web.bench import BARE_PATH, create_bench_app
 
 ROOT = Path(__file__).resolve().parent.parent
+RUNNING_KEYS = "run:" + "r" * 40
 
 
 def libpq(url: str) -> str:
@@ -134,11 +139,13 @@ async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient,
     assert lines == [{"product": 5, "warehouse": "main", "quantity": 1}]
 
 
-def inventory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def inventory(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scripts.cli", *args],
         cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -219,3 +226,88 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     assert "| flash_sale_oversold | 0 | <= 0 | yes |" in text
     assert "bench: flash-sale" in done.stderr
     assert "against the targets" in done.stderr
+
+
+@pytest.fixture
+def bench_server(redis_server: RedisServer, clean_redis: None, pg_url: str, tmp_path: Path) -> Any:
+    """`inventory serve --bench` running on its own, as an operator would start it."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": pg_url,
+        "JWT_KEYS": RUNNING_KEYS,
+        "RATE_LIMIT_PER_SECOND": "0",
+    }
+    command = [sys.executable, "-m", "scripts.cli", "serve", "--bench", "--no-access-log"]
+    proc = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def test_bench_against_running_services(
+    bench_server: str, redis_server: RedisServer, pg_url: str
+) -> None:
+    args = ["--api-url", bench_server, "--redis-url", redis_server.url, "--database-url", pg_url]
+    done = inventory(
+        "bench", *args,
+        "--scenario", "flash-sale,catalog",
+        "--buyers", "30", "--stock", "5", "--rounds", "1", "--seconds", "1",
+        "--rate", "50", "--products", "50", "--connections", "8",
+        env={"JWT_KEYS": RUNNING_KEYS},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    sales = [r for r in report["scenarios"]["flash-sale"]["rows"] if r["mode"] == "sale"]
+    # measured at the Redis's own setting, which the bench leaves as it found it
+    assert {(r["system"], r["fsync"]) for r in sales} >= {("ours", "everysec")}
+    for row in sales:
+        assert (row["ok"], row["refused"], row["oversold"]) == (5, 25, 0)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        fields: list[str] = client.hkeys(partition_keys(0).stock)  # type: ignore[assignment]
+        products = {f.split("|")[1] for f in fields}
+    finally:
+        client.close()
+    assert products
+    assert all(int(p) >= 1_000_000_000 for p in products)  # far from real products' ids
+
+
+def test_bench_against_running_services_needs_their_keys(
+    bench_server: str, redis_server: RedisServer, pg_url: str
+) -> None:
+    args = ["--api-url", bench_server, "--redis-url", redis_server.url, "--database-url", pg_url]
+    no_keys = inventory("bench", *args, env={"JWT_KEYS": ""})
+    assert no_keys.returncode == 2
+    assert "JWT_KEYS" in no_keys.stderr
+    drain = inventory("bench", *args, "--scenario", "drain", env={"JWT_KEYS": RUNNING_KEYS})
+    assert drain.returncode == 2
+    assert "drain scenario" in drain.stderr
+    plain = inventory("bench", "--api-url", "http://127.0.0.1:1", "--redis-url", redis_server.url,
+                      "--database-url", pg_url, "--scenario", "flash-sale",
+                      env={"JWT_KEYS": RUNNING_KEYS})  # fmt: skip
+    assert plain.returncode != 0
+    assert "readyz" in plain.stderr

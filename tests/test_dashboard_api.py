@@ -10,7 +10,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -31,19 +30,6 @@ from web.app import create_app
 from web.auth import Principal
 
 URL = "/api/ops/dashboard/"
-
-
-@pytest.fixture
-def job_env(app_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The worker's jobs, run here against the app's Redis and database."""
-    monkeypatch.setenv("REDIS_URL", app_settings.redis_url)
-    monkeypatch.setenv("DATABASE_URL", app_settings.database_url)
-    for cached in (jobs.settings, jobs.redis_client, jobs.database):
-        cached.cache_clear()
-    yield
-    jobs.database().dispose()
-    for cached in (jobs.settings, jobs.redis_client, jobs.database):
-        cached.cache_clear()
 
 
 async def board(client: httpx.AsyncClient, app: Starlette) -> dict[str, Any]:
