@@ -94,15 +94,36 @@ def _update_by_id(conn: Connection, table: Table, updates: list[dict[str, Any]])
         conn.execute(stmt, params)
 
 
+def _fold_into_new(
+    new: list[dict[str, Any]], updates: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Apply, in stream order, the updates of records this same batch inserts to the rows about
+    to be inserted (a reservation made and released within one drain is inserted released,
+    not inserted then updated); the updates of older records are returned."""
+    if not updates or not new:
+        return updates
+    fresh = {row["id"]: row for row in new}
+    rest = []
+    for u in updates:
+        row = fresh.get(u["id"])
+        if row is not None and u.keys() <= row.keys():
+            row.update(u)
+        else:
+            rest.append(u)
+    return rest
+
+
 def write_rows(conn: Connection, rows: Rows) -> None:
+    reservation_updates = _fold_into_new(rows.reservations_new, rows.reservation_updates)
+    order_updates = _fold_into_new(rows.orders_new, rows.order_updates)
     bulk_insert(conn, schema.reservations, rows.reservations_new)
     bulk_insert(conn, schema.reservation_lines, rows.reservation_lines)
     bulk_insert(conn, schema.orders, rows.orders_new)
     bulk_insert(conn, schema.order_lines, rows.order_lines)
-    if rows.reservation_updates:
-        _update_by_id(conn, schema.reservations, rows.reservation_updates)
-    if rows.order_updates:
-        _update_by_id(conn, schema.orders, rows.order_updates)
+    if reservation_updates:
+        _update_by_id(conn, schema.reservations, reservation_updates)
+    if order_updates:
+        _update_by_id(conn, schema.orders, order_updates)
     upsert(conn, schema.product_settings, rows.product_settings, ["product"])
     upsert(conn, schema.stock_levels, rows.stock, ["product", "warehouse"])
     bulk_insert(conn, schema.order_status_history, rows.history)
