@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import hiredis
 from redis._parsers import _AsyncHiredisParser
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from engine import errors, replies
@@ -34,6 +34,7 @@ from engine.models import (
     StockLevel,
     StockReason,
 )
+from engine.pool import FairConnectionPool
 from engine.scripts import Scripts
 from engine.settings import Settings
 from engine.states import OrderStatus
@@ -65,8 +66,9 @@ def _with_hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnec
 
 
 def connect(settings: Settings) -> Redis:
-    """A client over an explicit, bounded pool: callers past the limit wait, never pile up."""
-    pool = BlockingConnectionPool.from_url(
+    """A client over an explicit, bounded pool: callers past the limit wait, first come first
+    served (engine/pool.py), never pile up."""
+    pool = FairConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
