@@ -263,6 +263,14 @@ class Stack:
             self.pg.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def settle(self) -> None:
+        """Before each scenario, as pgbench does: a CHECKPOINT now, so that the one the earlier
+        scenarios' writes call for doesn't land in the middle of the next measurement."""
+        if self.target is not None:
+            return  # someone else's database
+        with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
     def redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
@@ -1005,6 +1013,7 @@ def run(opts: Options) -> dict[str, Any]:
         try:
             stack.start()
             for scenario in opts.scenarios:
+                stack.settle()
                 results[scenario] = RUNNERS[scenario](stack, progress)
         finally:
             stack.close()
