@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from collections.abc import Mapping
 from typing import Any
+
+import httpx
 
 from engine.engine import Engine
 from engine.models import CallContext, LineRequest, Reservation
@@ -86,3 +90,18 @@ async def wait_until_due(engine: Engine, *reservations: Reservation) -> None:
 
 async def of_type(engine: Engine, etype: str) -> list[dict[str, Any]]:
     return [e for e in await events(engine.redis) if e["type"] == etype]
+
+
+def wait_until_serving(
+    url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 30
+) -> None:
+    """Until `url` answers at all (any status), while the process that should serve it lives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.1)

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from engine.settings import Settings
 from persistence import rowlock
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
+from tests.support import wait_until_serving
 from web.bench import BARE_PATH, create_bench_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,16 +250,7 @@ def bench_server(redis_server: RedisServer, clean_redis: None, pg_url: str, tmp_
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_until_serving(f"{url}/healthz", proc, "inventory serve --bench")
         yield url
     finally:
         proc.terminate()

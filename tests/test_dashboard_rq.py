@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from rq.job import Job
 
 from engine.settings import Settings
 from persistence import jobs
+from tests.support import wait_until_serving
 
 USER, PASSWORD = "ops", "a long enough password"
 AUTH = (USER, PASSWORD)
@@ -54,15 +54,7 @@ def dashboard(settings: Settings, *args: str) -> Iterator[str]:
     proc = inventory("--port", str(port), *args, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.communicate()[1].decode()
-                assert time.monotonic() < deadline, "rq-dashboard did not start"
-                time.sleep(0.1)
+        wait_until_serving(base + "/", proc, "rq-dashboard")
         yield base
     finally:
         proc.terminate()
