@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
-import hiredis
 from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
 from engine import errors, replies
 from engine import validation as v
@@ -40,34 +38,9 @@ from engine.settings import Settings
 from engine.states import OrderStatus
 
 
-class _HiredisPacking:
-    """redis-py's asyncio connections encode commands in Python, argument by argument (a
-    reserve call has ~20: a third of a call's client-side CPU); hiredis encodes them in C,
-    byte for byte the same. Command names of several words ('SCRIPT LOAD') and anything
-    hiredis refuses take redis-py's own way."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        name = args[0]
-        if not (isinstance(name, str | bytes) and " " not in str(name)):
-            return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
-
-
-_packing: dict[type[AbstractConnection], type[AbstractConnection]] = {}
-
-
-def _with_hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
-    if base not in _packing:
-        _packing[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    return _packing[base]
-
-
 def connect(settings: Settings) -> Redis:
-    """A client over an explicit, bounded pool: callers past the limit wait, first come first
-    served (engine/pool.py), never pile up."""
+    """A client over an explicit, bounded pool (engine/pool.py): callers past the limit wait,
+    first come first served, never pile up."""
     pool = FairConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -76,8 +49,6 @@ def connect(settings: Settings) -> Redis:
         parser_class=_AsyncHiredisParser,
         health_check_interval=30,
     )
-    # the URL chose the class (TCP, TLS, Unix socket); keep it, with C encoding
-    pool.connection_class = _with_hiredis_packing(pool.connection_class)
     return Redis.from_pool(pool)
 
 

@@ -28,6 +28,14 @@ def database_engine(settings: Settings, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def libpq_url(database_url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (`postgresql+psycopg://…`) as libpq and psycopg take it."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError("not a PostgreSQL URL")
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -66,6 +66,7 @@ from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
 from persistence import migrate, rowlock
+from persistence.db import libpq_url
 from persistence.jobs import percentile
 from scripts import bench_drain, loadgen
 from scripts.loadgen import Call, Outcome, Plan
@@ -114,10 +115,6 @@ class Options:
 
 
 # -- the services -----------------------------------------------------------------------------
-
-
-def _libpq(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +171,7 @@ class Stack:
         self.redis.start()
         self.pg.start()
         migrate.upgrade(self.pg.url)
-        with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
         self.settings = Settings(
             redis_url=self.redis.url,
@@ -239,7 +236,7 @@ class Stack:
                     f"{target.api_url} has no bench endpoints: start it with "
                     "`inventory serve --bench`"
                 ) from None
-        with psycopg.connect(_libpq(target.database_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(target.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
         client = self.redis_client()
         try:
@@ -268,7 +265,7 @@ class Stack:
         scenarios' writes call for doesn't land in the middle of the next measurement."""
         if self.target is not None:
             return  # someone else's database
-        with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
+        with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
 
     def redis_client(self) -> redis.Redis:
@@ -292,7 +289,7 @@ class Stack:
     def stock(self, system: str, products: dict[int, int]) -> None:
         """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
         if system == BASELINE:
-            with psycopg.connect(_libpq(self.database_url), autocommit=True) as conn:
+            with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
                 rowlock.stock(conn, {str(p): n for p, n in products.items()})
             return
 
@@ -310,16 +307,17 @@ class Stack:
         asyncio.run(setup())
 
     def reserved(self, system: str, product: int) -> tuple[int, int]:
-        """(available, reserved) of a product in the default warehouse."""
+        """(available, reserved) of a product (the bench stocks one warehouse)."""
         if system == BASELINE:
-            with psycopg.connect(_libpq(self.database_url)) as conn:
+            with psycopg.connect(libpq_url(self.database_url)) as conn:
                 return rowlock.counters(conn, [str(product)]).get(str(product), (0, 0))
-        client = self.redis_client()
-        try:
-            stock = client.hgetall(partition_keys(0).stock)
-        finally:
-            client.close()
-        return int(stock.get(f"a|{product}|main", 0)), int(stock.get(f"r|{product}|main", 0))
+
+        async def read() -> tuple[int, int]:
+            async with Engine.from_settings(self.settings) as engine:
+                stock = await engine.get_stock(str(product))
+            return stock.available, stock.reserved
+
+        return asyncio.run(read())
 
     def check_invariants(self) -> bool:
         async def check() -> bool:
@@ -738,7 +736,10 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             await engine.reserve([LineRequest(hot, 1)], ctx)
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            _libpq(stack.database_url), min_size=opts.pool_size, max_size=opts.pool_size, open=False
+            libpq_url(stack.database_url),
+            min_size=opts.pool_size,
+            max_size=opts.pool_size,
+            open=False,
         )
         await pool.open(wait=True)
         await asyncio.to_thread(stack.stock, BASELINE, {int(base): HUGE})

@@ -39,3 +39,13 @@ def err(response: httpx.Response) -> dict[str, Any]:
     assert error["code"]
     assert error["message"]
     return error
+
+
+def assert_invalid_body(response: httpx.Response, field: str, problem: str) -> None:
+    """A 400 for a body its model refused, naming the field and the problem."""
+    assert response.status_code == 400
+    error = err(response)
+    assert (error["code"], error["message"]) == ("invalid_input", "the request body is not valid")
+    assert any(
+        e["field"] == field and problem in e["problem"] for e in error["details"]["errors"]
+    ), error

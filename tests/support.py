@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +15,7 @@ import httpx
 
 from engine.engine import Engine
 from engine.models import CallContext, LineRequest, Reservation
+from engine.settings import PROJECT_ROOT
 from tests.helpers import events
 
 ALICE = CallContext(actor="alice", request_id="req-alice")
@@ -105,3 +109,24 @@ def wait_until_serving(
             assert proc.poll() is None, f"{what} exited with {proc.returncode}"
             assert time.monotonic() < deadline, f"{what} did not start"
             time.sleep(0.1)
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60, **run: Any
+) -> subprocess.CompletedProcess[str]:
+    """`inventory ARGS` as a process of its own: this environment plus `env`, text captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.cli", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **run,
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON line a command prints last."""
+    return json.loads(proc.stdout.strip().splitlines()[-1])

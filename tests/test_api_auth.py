@@ -4,11 +4,8 @@ real Redis, the real app (the token routes plus two guarded test routes), and th
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import jwt
@@ -23,10 +20,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.keys import login_attempts
-from engine.settings import PROJECT_ROOT, Settings
+from engine.settings import Settings
 from persistence import users
 from persistence.schema import users as users_table
 from tests.api import data, err, running
+from tests.support import last_json, run_cli
 from web import passwords
 from web.app import create_app
 from web.auth import require_staff, require_user
@@ -324,21 +322,8 @@ async def test_a_success_is_not_counted_against_the_client(
 def inventory(
     *args: str, stdin: str | None = None, new_session: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        cwd=PROJECT_ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        # No controlling terminal: getpass reads the prompted password from stdin.
-        start_new_session=new_session,
-    )
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # No controlling terminal: getpass reads the prompted password from stdin.
+    return run_cli(*args, input=stdin, start_new_session=new_session)
 
 
 async def test_createuser_makes_a_user_who_can_log_in(

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import os
 import subprocess
-import sys
 from typing import Any
 
 import redis
@@ -22,23 +19,14 @@ from persistence import jobs, migrate, periodic, schema
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
 from tests.durable import BUYER
+from tests.support import last_json, run_cli
 
 
 def inventory(
     settings: Settings, database_url: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        env={**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    env = {"REDIS_URL": settings.redis_url, "DATABASE_URL": database_url}
+    return run_cli(*args, env=env, timeout=120)
 
 
 def test_migrate_brings_an_empty_database_to_head_and_is_idempotent(

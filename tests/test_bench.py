@@ -22,26 +22,22 @@ import redis
 from psycopg_pool import AsyncConnectionPool
 
 from engine.keys import partition_keys
-from engine.settings import Settings
+from engine.settings import PROJECT_ROOT, Settings
 from persistence import rowlock
+from persistence.db import libpq_url
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
-from tests.support import wait_until_serving
+from tests.support import run_cli, wait_until_serving
 from web.bench import BARE_PATH, create_bench_app
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNNING_KEYS = "run:" + "r" * 40
-
-
-def libpq(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
 
 
 @pytest.fixture
 def rowlock_db(pg_url: str) -> str:
-    with psycopg.connect(libpq(pg_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
         rowlock.create_tables(conn)
-    return libpq(pg_url)
+    return libpq_url(pg_url)
 
 
 async def test_row_lock_baseline_sells_each_unit_once(rowlock_db: str) -> None:
@@ -142,15 +138,7 @@ async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient,
 def inventory(
     *args: str, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(*args, env={"COLUMNS": "200", **(env or {})}, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +231,7 @@ def bench_server(redis_server: RedisServer, clean_redis: None, pg_url: str, tmp_
     command = [sys.executable, "-m", "scripts.cli", "serve", "--bench", "--no-access-log"]
     proc = subprocess.Popen(
         [*command, "--port", str(port)],
-        cwd=ROOT,
+        cwd=PROJECT_ROOT,
         env=env,
         stdout=log,
         stderr=log,

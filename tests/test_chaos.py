@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
 from scripts.redis_server import RedisServer
+from tests.support import last_json, run_cli
 
 pytestmark = pytest.mark.chaos
 
 
 def run_chaos(server: RedisServer, *args: str) -> tuple[int, dict[str, Any]]:
-    env = {**os.environ, "REDIS_URL": server.url}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", "chaos", "--json", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    last = proc.stdout.strip().splitlines()[-1]
-    result: dict[str, Any] = json.loads(last)
+    proc = run_cli("chaos", "--json", *args, env={"REDIS_URL": server.url}, timeout=240)
+    result: dict[str, Any] = last_json(proc)
     return proc.returncode, result
 
 

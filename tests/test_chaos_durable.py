@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -14,21 +11,16 @@ from sqlalchemy import create_engine, func, select
 
 from persistence import jobs, schema
 from scripts.redis_server import RedisServer
+from tests.support import last_json, run_cli
 
 pytestmark = pytest.mark.chaos
 
 
 def inventory(server: RedisServer, database_url: str, *args: str) -> tuple[int, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        env={**os.environ, "REDIS_URL": server.url, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    env = {"REDIS_URL": server.url, "DATABASE_URL": database_url}
+    proc = run_cli(*args, env=env, timeout=240)
     assert proc.stdout.strip(), proc.stderr[-3000:]
-    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.returncode, last_json(proc)
 
 
 def test_chaos_then_drain_reconciles_with_one_audit_row_per_success(

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis
@@ -22,24 +21,13 @@ from engine.models import SYSTEM, CallContext, LineRequest
 from engine.scripts import NAMES, source
 from scripts.redis_server import RedisServer, free_port
 from tests.helpers import event_types
+from tests.support import last_json, run_cli
 
 USER = CallContext(actor="u1")
 
 
 def inventory(server: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        env={**os.environ, "REDIS_URL": server.url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return run_cli(*args, env={"REDIS_URL": server.url})
 
 
 async def test_sweep_releases_due_reservations(engine: Engine, redis_server: RedisServer) -> None:

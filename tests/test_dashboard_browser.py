@@ -23,7 +23,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from engine.settings import Settings
+from engine.settings import PROJECT_ROOT, Settings
+from tests.support import run_cli
 from tests.test_dashboard_rq import free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,24 +40,16 @@ ARGS = [
 ]
 STAFF = ("alice", "correct horse battery")
 CUSTOMER = ("bob", "bob-password-1")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def artifacts() -> Path:
-    folder = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "test-artifacts")
+    folder = Path(os.environ.get("TEST_ARTIFACTS_DIR") or PROJECT_ROOT / "test-artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def inventory(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "scripts.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(*args, env=env)
     assert done.returncode == 0, done.stderr
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from persistence.reconcile import check, reconcile
 from scripts.redis_server import RedisServer
 from tests.durable import BUYER, workload
 from tests.helpers import snapshot
-from tests.support import redis_now_ms, wait_until_due
+from tests.support import last_json, redis_now_ms, run_cli, wait_until_due
 
 K = partition_keys(0)
 
@@ -171,11 +169,8 @@ def test_the_cli_rebuilds_once_and_refuses_twice(
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
     def inventory(*args: str) -> tuple[int, dict[str, Any], str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "scripts.cli", *args],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+        proc = run_cli(*args, env=env)
+        return proc.returncode, last_json(proc), proc.stderr
 
     async def setup() -> None:
         async with Engine.from_settings(own) as engine:

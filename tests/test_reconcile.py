@@ -26,6 +26,7 @@ from persistence.drain import drain_partition
 from persistence.reconcile import Report, check, reconcile
 from scripts.redis_server import RedisServer
 from tests.durable import BUYER, projection, redis_counters, workload
+from tests.support import last_json, run_cli
 
 K = partition_keys(0)
 
@@ -448,11 +449,8 @@ def test_the_cli_reports_and_fixes(
     env = {**os.environ, "REDIS_URL": redis_server.url, "DATABASE_URL": pg_url}
 
     def inventory(*args: str) -> tuple[int, dict[str, Any], str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "scripts.cli", *args],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+        proc = run_cli(*args, env=env)
+        return proc.returncode, last_json(proc), proc.stderr
 
     async def setup() -> None:
         async with Engine.from_settings(Settings(redis_url=redis_server.url)) as engine:

@@ -143,19 +143,6 @@ def request_keys(request: Request) -> Keys:
     return keys
 
 
-def verified_access(scope: Any, keys: Keys, token: str) -> dict[str, Any]:
-    """The claims of an access token, verified once per request: the rate limiter verifies
-    it first, and the endpoint reuses the result from the request's state."""
-    state = scope.setdefault("state", {})
-    cached = state.get("access_claims")
-    if cached is not None and cached[0] == token:
-        claims: dict[str, Any] = cached[1]
-        return claims
-    claims = keys.verify(token, "access")
-    state["access_claims"] = (token, claims)
-    return claims
-
-
 def authenticate(request: Request) -> Principal | None:
     """The caller from `Authorization: Bearer <access token>`, or None if there is none."""
     header = request.headers.get("authorization")
@@ -164,7 +151,7 @@ def authenticate(request: Request) -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "invalid_token", "use Authorization: Bearer <access token>")
-    claims = verified_access(request.scope, request_keys(request), token.strip())
+    claims = request_keys(request).verify(token.strip(), "access")
     principal = Principal(str(claims["sub"]), str(claims.get("name", "")), claims["staff"])
     request.scope.setdefault("state", {})["user_id"] = principal.user_id
     return principal

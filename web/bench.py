@@ -35,6 +35,7 @@ from engine.errors import EngineError
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence import rowlock
+from persistence.db import libpq_url
 from web import routes as all_routes
 from web.app import Services, create_app
 from web.auth import require_user
@@ -45,14 +46,6 @@ from web.schemas_orders import ReserveIn
 
 BARE_PATH = "/bench/bare/reserve"
 BARE_ACTOR = CallContext(actor="bench-bare")
-
-
-def _libpq_url(url: str) -> str:
-    """SQLAlchemy's `postgresql+psycopg://` as libpq wants it."""
-    scheme, rest = url.split("://", 1)
-    if not scheme.startswith("postgresql"):
-        raise RuntimeError("the row-lock baseline needs DATABASE_URL to name PostgreSQL")
-    return "postgresql://" + rest
 
 
 async def rowlock_reserve(request: Request) -> Response:
@@ -141,7 +134,10 @@ class BenchApp:
 def create_bench_app(settings: Settings | None = None) -> BenchApp:
     settings = settings or Settings.from_env()
     pool_size = int(os.environ.get("BENCH_POOL_SIZE", "10"))
-    conninfo = _libpq_url(settings.database_url_or_default)
+    try:
+        conninfo = libpq_url(settings.database_url_or_default)
+    except ValueError:
+        raise RuntimeError("the row-lock baseline needs DATABASE_URL to name PostgreSQL") from None
 
     @asynccontextmanager
     async def opened(app: Starlette) -> AsyncIterator[None]:

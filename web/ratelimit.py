@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.keys import rate_limit_bucket
 from engine.scripts import Scripts
-from web.auth import Keys, verified_access
+from web.auth import Keys
 from web.errors import ApiError
 from web.middleware import scope_state
 from web.responses import error
@@ -75,7 +75,7 @@ class RateLimitMiddleware:
         token = _bearer(scope)
         if token is not None:
             try:
-                claims = verified_access(scope, self.keys, token)
+                claims = self.keys.verify(token, "access")  # remembered for the endpoint
                 return rate_limit_bucket("user", str(claims["sub"]))
             except ApiError:
                 pass
