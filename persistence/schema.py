@@ -51,6 +51,25 @@ users = Table(
     Column("is_staff", Boolean, nullable=False, default=False),
     Column("is_active", Boolean, nullable=False, default=True),
     _ts("created_at"),
+    # Bumped whenever the account changes in a way that must end its tokens (disabled,
+    # staff removed, password changed): a token carries the version it was issued under.
+    Column("token_version", Integer, nullable=False, default=0, server_default="0"),
+)
+
+# Refresh tokens, one row per token issued: each use spends it and issues the next of its
+# family; a spent token used again revokes the family (it was stolen, or replayed).
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("family", String(64), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    _ts("issued_at"),
+    _ts("expires_at"),
+    _ts("used_at", nullable=True),
+    _ts("revoked_at", nullable=True),
+    Index(None, "family"),
+    Index(None, "user_id"),
 )
 
 warehouses = Table(
@@ -197,6 +216,7 @@ stock_ledger = Table(
     _ts("at"),
     UniqueConstraint("event_id", "seq"),
     Index(None, "product", "warehouse", "id"),
+    Index(None, "reference_type", "reference_id"),
 )
 
 # One row per event.
@@ -243,4 +263,22 @@ dead_letters = Table(
     Column("error", Text, nullable=False),
     _ts("at"),
     _ts("resolved_at", nullable=True),
+    # who closed it and how: 'replayed' (applied again) or an operator's note
+    Column("resolved_by", String(150), nullable=True),
+    Column("resolution", Text, nullable=True),
+)
+
+# The first answer to each write made with an Idempotency-Key, written by the drain from the
+# event that carried it, so that `rebuild` and `reconcile --fix` can put it back in Redis: a
+# retry after a Redis loss gets the original answer, not a second effect.
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("key_hash", String(64), primary_key=True),  # the digest in the Redis key
+    Column("fingerprint", String(64), nullable=False),
+    Column("reply", Text, nullable=False),  # the JSON reply, as the script stored it
+    _ts("expires_at"),
+    Column("event_id", String(64), nullable=False),
+    Index(None, "expires_at"),
 )
