@@ -68,7 +68,23 @@ class PartitionKeys:
         # The client's key is hashed: any text is safe, and one user's key can't collide
         # with another's or with another operation's.
         digest = hashlib.sha256(f"{actor}\x00{operation}\x00{key}".encode()).hexdigest()[:40]
+        return self.idempotency_by_hash(digest)
+
+    def idempotency_by_hash(self, digest: str) -> str:
+        """The idempotency record named by its digest (as the database keeps it)."""
         return f"{self._tag}:idem:{digest}"
+
+    @property
+    def applied(self) -> str:
+        """The id of the last event the database has applied, as far as this Redis knows:
+        moved up with each trim. A Redis restored from an older copy holds an older value."""
+        return f"{self._tag}:outbox:applied"
+
+    @property
+    def behind(self) -> str:
+        """Set (JSON) by the drain when this Redis is behind the database's checkpoint; the
+        drain of the partition stays paused until `inventory reconcile --fix` restores it."""
+        return f"{self._tag}:outbox:behind"
 
     @property
     def drain_lock(self) -> str:
@@ -88,6 +104,14 @@ class PartitionKeys:
     @property
     def _tag(self) -> str:
         return f"{PREFIX}:{{p{self.partition}}}"
+
+
+def idempotency_hash(key: str) -> str:
+    """The digest an idempotency record's key ends with (see PartitionKeys.idempotency)."""
+    prefix, _, digest = key.rpartition(":idem:")
+    if not prefix or not digest or digest == "-":
+        raise ValueError(f"not an idempotency key: {key!r}")
+    return digest
 
 
 @lru_cache(maxsize=1024)

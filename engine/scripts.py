@@ -27,7 +27,8 @@ NAMES: tuple[str, ...] = (
     "commit",
     "place_order",
     "transition",
-    "repair_stock",
+    "repair",
+    "trim_outbox",
     "rate_limit",
 )
 

@@ -25,7 +25,7 @@
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local product, reason, actor, request_id, fp = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
 
 local meta = product_meta(products, product)
@@ -49,6 +49,7 @@ local movements = {}
 for _, c in ipairs(changes) do
   movements[#movements + 1] = move(stock, product, c[1], c[2], 0)
 end
+local reply = {movements = movements}
 emit(outbox, 'stock_adjusted', now_ms(), actor, request_id,
-     {product = product, reason = reason, movements = movements})
-return idem_store(idem, fp, tonumber(ARGV[7]), ok({movements = movements}))
+     {product = product, reason = reason, movements = movements}, reply)
+return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))

@@ -29,7 +29,7 @@ local stock, products, live_hash, expiry, outbox, record, order, idem =
 local id, order_id, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
 
 local now = now_ms()
@@ -47,8 +47,8 @@ redis.call('HDEL', live_hash, id)
 redis.call('ZREM', expiry, id)
 redis.call('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
 redis.call('PEXPIRE', record, tonumber(ARGV[8]))
-local view = write_order(order, order_id, rec.owner, id, priced, total, currency, now)
+local reply = {order = write_order(order, order_id, rec.owner, id, priced, total, currency, now)}
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
-      lines = priced, total = total, currency = currency, movements = movements})
-return idem_store(idem, fp, tonumber(ARGV[7]), ok({order = view}))
+      lines = priced, total = total, currency = currency, movements = movements}, reply)
+return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))

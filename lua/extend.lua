@@ -27,7 +27,7 @@ local stock, live_hash, expiry, outbox, record, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARGV[7]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
 local now = now_ms()
@@ -48,6 +48,8 @@ redis.call('ZADD', expiry, new, id)
 redis.call('HSET', record, 'expires_at', new)
 redis.call('PEXPIREAT', record, new + tonumber(ARGV[9]))
 rec.expires_at = new
+local reply = {reservation = reservation_view(rec, 'active')}
 emit(outbox, 'reservation_extended', now, actor, request_id,
-     {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new})
-return idem_store(idem, fp, tonumber(ARGV[8]), ok({reservation = reservation_view(rec, 'active')}))
+     {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new},
+     reply)
+return idem_store(idem, fp, tonumber(ARGV[8]), ok(reply))

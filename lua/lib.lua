@@ -13,7 +13,9 @@
 --   expiry    zset  <reservation id> scored by expires_at (ms, Redis clock)
 --   outbox    stream, one entry per change: fields 'type' and 'data' (JSON)
 --   record    hash  one reservation or order; key TTLs reclaim memory, never stock
---   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL
+--   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL; the call's
+--                   last event carries a copy ("idempotency": {key, fp, expires_at, reply})
+--                   so that the drain makes it durable and a restore can put it back
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
@@ -21,10 +23,22 @@
 
 -- Set by emit(), read by ok(). Local to one script run: the chunk runs afresh per call.
 local last_event = nil
+-- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
+-- call is about to give, into the event that ends the call.
+local idem_call = {key = '', fp = '', ttl = 0}
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Stream ids 'ms-seq' in order (exact: ms fits a double's 53 bits).
+local function id_less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
 end
 
 local function ok(body)
@@ -41,7 +55,9 @@ end
 
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
-local function idem_lookup(key, fp)
+-- ttl_ms is how long the first reply is kept (idem_store).
+local function idem_lookup(key, fp, ttl_ms)
+  idem_call.key, idem_call.fp, idem_call.ttl = key, fp, ttl_ms
   if fp == '' then return nil end
   local stored = redis.call('HMGET', key, 'fp', 'reply')
   if not stored[1] then return nil end
@@ -78,11 +94,18 @@ local function move(stock, product, warehouse, d_available, d_reserved)
           reserved_before = r, reserved_after = r2}
 end
 
-local function emit(outbox, etype, ts, actor, request_id, body)
+-- Appends one event. `reply` is given to the last event of a call that answers with a
+-- success: when the call carries an idempotency key, the event takes the reply along (its
+-- 'event' field is this event's id), and the drain writes the durable idempotency record.
+local function emit(outbox, etype, ts, actor, request_id, body, reply)
   body.type = etype
   body.ts = ts
   body.actor = actor
   body.request_id = request_id
+  if reply and idem_call.fp ~= '' then
+    body.idempotency = {key = idem_call.key, fp = idem_call.fp,
+                        expires_at = ts + idem_call.ttl, reply = reply}
+  end
   last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
   return last_event
 end

@@ -23,7 +23,7 @@ local stock, products, live_hash, expiry, outbox, order, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
 local now = now_ms()
@@ -38,8 +38,8 @@ local movements = {}
 for _, l in ipairs(alloc) do
   movements[#movements + 1] = move(stock, l[1], l[2], -l[3], 0)
 end
-local view = write_order(order, order_id, owner, '', priced, total, currency, now)
+local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',
-      lines = priced, total = total, currency = currency, movements = movements})
-return idem_store(idem, fp, tonumber(ARGV[8]), ok({order = view}))
+      lines = priced, total = total, currency = currency, movements = movements}, reply)
+return idem_store(idem, fp, tonumber(ARGV[8]), ok(reply))

@@ -24,7 +24,7 @@ local stock, live_hash, expiry, outbox, record, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[6]))
 if replay then return replay end
 
 local now = now_ms()
@@ -34,6 +34,7 @@ if err then return err end
 local movements = release_units(stock, live_hash, expiry, id, live)
 redis.call('HSET', record, 'status', 'released', 'ended_at', now)
 redis.call('PEXPIRE', record, tonumber(ARGV[7]))
+local reply = {reservation = reservation_view(rec, 'released')}
 emit(outbox, 'reservation_released', now, actor, request_id,
-     {reservation = id, user = rec.owner, movements = movements})
-return idem_store(idem, fp, tonumber(ARGV[6]), ok({reservation = reservation_view(rec, 'released')}))
+     {reservation = id, user = rec.owner, movements = movements}, reply)
+return idem_store(idem, fp, tonumber(ARGV[6]), ok(reply))

@@ -35,7 +35,7 @@ local stock, products, live_hash, expiry, outbox, idem, record =
 local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl = tonumber(ARGV[3])
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
 local now = now_ms()
@@ -58,9 +58,9 @@ redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'create
            'expires_at', expires_at, 'lines', lines_json, 'request_id', request_id)
 redis.call('PEXPIREAT', record, expires_at + tonumber(ARGV[11]))
 
-local view = {id = id, owner = owner, status = 'active', created_at = now,
-              expires_at = expires_at, lines = alloc}
+local reply = {reservation = {id = id, owner = owner, status = 'active', created_at = now,
+                              expires_at = expires_at, lines = alloc}}
 emit(outbox, 'reservation_created', now, actor, request_id,
      {reservation = id, user = owner, expires_at = expires_at, lines = alloc,
-      movements = movements})
-return idem_store(idem, fp, tonumber(ARGV[9]), ok({reservation = view}))
+      movements = movements}, reply)
+return idem_store(idem, fp, tonumber(ARGV[9]), ok(reply))

@@ -26,7 +26,7 @@
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local product, actor, request_id, fp = ARGV[1], ARGV[6], ARGV[7], ARGV[8]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
 local old = product_meta(products, product)
@@ -51,6 +51,9 @@ for _, s in ipairs(opening) do
 end
 
 local now = now_ms()
+local reply = {created = old == nil,
+               product = {id = product, price = meta.price, currency = meta.currency,
+                          warehouses = meta.warehouses}}
 local changed = not old or old.price ~= meta.price or old.currency ~= meta.currency
   or #old.warehouses ~= #meta.warehouses
 if not changed then
@@ -65,7 +68,7 @@ if changed then
     redis.call('HSETNX', stock, 'r|' .. product .. '|' .. wh[1], 0)
   end
   emit(outbox, 'product_updated', now, actor, request_id,
-       {product = product, before = old or {}, after = meta})
+       {product = product, before = old or {}, after = meta}, #opening == 0 and reply or nil)
 end
 if #opening > 0 then
   local movements = {}
@@ -73,9 +76,6 @@ if #opening > 0 then
     movements[#movements + 1] = move(stock, product, s[1], s[2], 0)
   end
   emit(outbox, 'stock_adjusted', now, actor, request_id,
-       {product = product, reason = 'initial', movements = movements})
+       {product = product, reason = 'initial', movements = movements}, reply)
 end
-return idem_store(idem, fp, tonumber(ARGV[9]), ok({
-  created = old == nil,
-  product = {id = product, price = meta.price, currency = meta.currency,
-             warehouses = meta.warehouses}}))
+return idem_store(idem, fp, tonumber(ARGV[9]), ok(reply))

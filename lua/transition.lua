@@ -28,7 +28,7 @@ local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local order_id, to, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local replay = idem_lookup(idem, fp)
+local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
 
 local flat = redis.call('HGETALL', order)
@@ -59,9 +59,11 @@ if to == STOCK_RETURNING then
 end
 redis.call('HSET', order, 'status', to, 'updated_at', now)
 if TERMINAL[to] then redis.call('PEXPIRE', order, tonumber(ARGV[8])) end
-emit(outbox, 'order_status_changed', now, actor, request_id,
-     {order = order_id, user = o.owner, from = o.status, to = to, movements = movements})
 local view = {id = order_id, owner = o.owner, status = to, reservation = o.reservation_id,
               lines = lines, total = tonumber(o.total), currency = o.currency,
               created_at = tonumber(o.created_at), updated_at = now}
-return idem_store(idem, fp, tonumber(ARGV[7]), ok({order = view, from = o.status}))
+local reply = {order = view, from = o.status}
+emit(outbox, 'order_status_changed', now, actor, request_id,
+     {order = order_id, user = o.owner, from = o.status, to = to, movements = movements},
+     reply)
+return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))

@@ -129,6 +129,7 @@ def write_rows(conn: Connection, rows: Rows) -> None:
     bulk_insert(conn, schema.order_status_history, rows.history)
     bulk_insert(conn, schema.stock_ledger, rows.ledger)
     bulk_insert(conn, schema.audit_log, rows.audit)
+    upsert(conn, schema.idempotency_records, rows.idempotency, ["partition", "key_hash"])
 
 
 def already_applied(conn: Connection, events: Sequence[OutboxEvent]) -> set[str]:

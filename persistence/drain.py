@@ -5,24 +5,33 @@ after the partition's checkpoint, apply them and move the checkpoint in ONE data
 transaction, commit, and only then trim the stream up to the checkpoint — an event leaves
 Redis only once the database has it (invariant 4). The checkpoint row is locked for the
 transaction, so even a drainer whose lease lapsed can't apply a batch twice.
+
+Before each batch the drain makes sure this Redis is not behind the database
+(persistence/behind.py): a Redis that came back from an older copy lacks events the
+checkpoint covers, and its new events would be applied over a state the database has left.
+Such a partition is not drained: it is flagged, and waits for `inventory reconcile --fix`.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import redis
+from redis.lock import Lock
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import outbox
-from engine.keys import partition_keys
+from engine.keys import PartitionKeys, partition_keys
+from engine.scripts import source
 from engine.settings import Settings
-from persistence import schema
+from persistence import behind, schema
 from persistence.apply import apply_batch
 
 
@@ -34,13 +43,34 @@ class DrainResult:
     dead: int = 0
     batches: int = 0
     locked_out: bool = False  # another drainer holds the partition
+    behind: bool = False  # Redis is behind the checkpoint: not drained (persistence/behind.py)
     checkpoint: str = "0-0"
     lag_ms: list[int] = field(default_factory=list)  # event ts -> commit, per applied event
 
 
-def _next_id(stream_id: str) -> str:
-    ms, seq = stream_id.split("-")
-    return f"{ms}-{int(seq) + 1}"
+Entries = list[tuple[str, dict[str, str]]]
+
+
+def _read(
+    client: redis.Redis, k: PartitionKeys, after: str, count: int
+) -> tuple[Entries, behind.Behind | None, bool]:
+    """The events after the checkpoint, in one round trip with what tells whether this Redis
+    is behind it, and whether the partition is flagged as behind."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xrange(k.outbox, f"({after}", "+", count=count)
+        pipe.xrange(k.outbox, after, after)  # the checkpoint's own event, if not trimmed yet
+        pipe.get(k.applied)
+        pipe.exists(k.behind)
+        pipe.xinfo_stream(k.outbox)  # fails when there is no stream: allowed below
+        res: list[Any] = pipe.execute(raise_on_error=False)
+    for r in res[:4]:
+        if isinstance(r, Exception):
+            raise r
+    entries, at_checkpoint, applied, flagged, info = res
+    last_id = None if isinstance(info, Exception) else str(info["last-generated-id"])
+    if behind.is_behind(after, last_id, applied, bool(at_checkpoint)):
+        return [], behind.Behind(k.partition, after, last_id, applied), bool(flagged)
+    return cast(Entries, entries), None, bool(flagged)
 
 
 def _checkpoint(conn: Connection, partition: int) -> str:
@@ -65,10 +95,14 @@ def drain_batch(
     k = partition_keys(partition)
     with db.begin() as conn:
         after = _checkpoint(conn, partition)
-        entries = cast(
-            list[tuple[str, dict[str, str]]],
-            client.xrange(k.outbox, f"({after}", "+", count=batch_size),
-        )
+        entries, lost, flagged = _read(client, k, after, batch_size)
+        if lost is not None:
+            behind.flag(client, lost)
+            result.behind = True
+            result.checkpoint = after
+            return 0
+        if flagged:  # caught up after all (e.g. the right copy was restored): resume
+            client.delete(k.behind)
         if not entries:
             result.checkpoint = after
             return 0
@@ -107,7 +141,7 @@ def drain_batch(
             k.dead_letters,
             {"event_id": e.event_id, "type": e.type, "data": json.dumps(e.data), "error": error},
         )
-    client.xtrim(k.outbox, minid=_next_id(last), approximate=False)
+    client.register_script(source("trim_outbox"))(keys=[k.outbox, k.applied], args=[last])
     dead_ids = {e.event_id for e, _ in batch.dead}
     result.lag_ms.extend(committed_ms - e.ts_ms for e in events if e.event_id not in dead_ids)
     result.applied += batch.applied
@@ -116,6 +150,24 @@ def drain_batch(
     result.batches += 1
     result.checkpoint = last
     return len(entries)
+
+
+@contextmanager
+def drain_locks(client: redis.Redis, settings: Settings, parts: Sequence[int]) -> Iterator[None]:
+    """Hold the drain lock of these partitions: no drain moves their checkpoints meanwhile."""
+    lease = settings.drain_lease_ms / 1000
+    with ExitStack() as stack:
+        for p in parts:
+            lock = client.lock(partition_keys(p).drain_lock, timeout=lease, blocking_timeout=lease)
+            if not lock.acquire():
+                raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
+            stack.callback(_release, lock)
+        yield
+
+
+def _release(lock: Lock) -> None:
+    if lock.owned():
+        lock.release()
 
 
 def drain_partition(

@@ -1,10 +1,27 @@
 """Comparing the two sides' readings of a partition (see persistence.snapshot): what each
-product x warehouse and each live record should be, the drift, and which side is right.
+product x warehouse and each record should be, the drift, and which side is right.
 
-The snapshot's events after the database checkpoint are what the database has yet to apply,
-so the comparison is exact with a backlog: a product x warehouse with pending movements
-should stand in the database at the 'before' of its first one, any other at Redis's counters.
-Redis is the system of record for counters and live records; the ledger is history.
+The durable record is the truth: the database's ledger, records and history, plus the events
+still in the outbox (the database has yet to apply them; so the comparison is exact with a
+backlog). Redis is brought back to it; it is never the other way round for stock. So:
+
+- Counters are measured against the ledger plus the pending movements. A difference no event
+  explains (a hand edit, a bug, a Redis restored from an older copy) is rolled back, never
+  recorded: recording it would legitimise units nobody received, or sell again units the
+  record says are sold. That is measured only while the ledger and the projection agree (when
+  they don't, one of them is damaged and Redis is the witness) and no dead letter is
+  unresolved (then the record itself is incomplete, and nothing is rolled back).
+- Live reservations the record holds are put back in Redis with their own expires_at (due
+  ones are then expired the normal way, with their events); live ones the record says ended
+  are ended; live ones nobody recorded are removed. Units are never moved to do it: the
+  counters' roll-back does that, from the ledger.
+- Orders missing in Redis, or in another status than the record's, are put back.
+- A Redis that never had the event the database's checkpoint names is behind the database
+  (persistence/behind.py): `redis_behind`. Its repair also moves the stream's id past the
+  checkpoint and puts back the idempotency records and ended records it lost.
+- The database side keeps its own repairs: a projection (stock_levels, a reservation's or
+  order's row) that disagrees with the ledger, the history and Redis is rewritten; the ledger
+  is history: reported, never rewritten.
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ from typing import Any
 from engine.keys import partition_of
 from engine.outbox import OutboxEvent
 from engine.states import TERMINAL
+from persistence.behind import is_behind
 from persistence.records import sid
 from persistence.snapshot import PW, Database, Pair, Snapshot
 
@@ -34,9 +52,11 @@ class StockRow:
     expected: Pair  # what the projection should hold at the database checkpoint
     ledger: Pair  # the ledger's sums
     pending: int  # movements the database has yet to apply
-    # How far the counters stand from the recorded history (ledger + pending events); only
-    # measured while projection and ledger agree and no dead letter is unresolved.
+    # How far the counters stand from the durable record (ledger + pending movements): what
+    # --fix rolls back. Only measured while projection and ledger agree and no dead letter is
+    # unresolved.
     unrecorded: Pair
+    recorded: Pair = (0, 0)  # the durable record: the ledger's sums + the pending movements
     drift: list[str] = field(default_factory=list)
 
 
@@ -46,7 +66,7 @@ class Drift:
     partition: int
     redis: Any
     database: Any
-    right: str  # the side that is right: 'redis' or 'unknown'
+    right: str  # the side that is right: 'database' (the durable record), 'redis' or 'unknown'
     repair: str  # what --fix changes: 'redis', 'database' or 'none'
     product: str | None = None
     warehouse: str | None = None
@@ -62,6 +82,8 @@ class PartitionState:
     live_reservations: int
     dead_letters_redis: int  # entries in the dead-letter stream
     dead_letters_unresolved: int  # rows of dead_letters not resolved
+    behind: bool = False  # Redis never had the checkpoint's event (persistence/behind.py)
+    drain_paused: bool = False  # the drain found it behind and waits for a repair
 
 
 def _pair(x: Pair) -> dict[str, int]:
@@ -77,6 +99,7 @@ class _Pending:
     count: dict[PW, int] = field(default_factory=lambda: defaultdict(int))
     reservations: dict[str, str] = field(default_factory=dict)  # id -> 'active' | 'absent' before
     orders: dict[str, str | None] = field(default_factory=dict)  # id -> status before
+    products: set[str] = field(default_factory=set)  # settings changed
 
     def add(self, e: OutboxEvent) -> None:
         for m in e.movements:
@@ -91,22 +114,32 @@ class _Pending:
             self.reservations.setdefault(str(rid), prior)
         if e.type in ("order_created", "order_status_changed"):
             self.orders.setdefault(str(e.data["order"]), e.data.get("from"))
+        if e.type == "product_updated":
+            self.products.add(str(e.data["product"]))
+        # (record_reconciled: a repair that made Redis hold what the database holds already)
 
 
-def _classify(r: StockRow, in_redis: bool) -> Iterator[tuple[str, Any, Any, str, str]]:
+def _classify(
+    r: StockRow, in_redis: bool, trusted: bool
+) -> Iterator[tuple[str, Any, Any, str, str]]:
     """One product x warehouse's drift: kind, Redis value, database value, the side that is
-    right, the side --fix changes."""
+    right, the side --fix changes. `trusted`: the durable record is complete (no dead letter)."""
     c, dv = r.redis, r.database or (0, 0)
+    fixable = ("database", "redis") if trusted and dv == r.ledger else ("unknown", "none")
+    counter = {**_pair(c), "live_reserved": r.live_reserved}
     if not in_redis and (dv, r.ledger) != ((0, 0), (0, 0)):
-        # counters the scripts never delete are gone: a loss, not a change (see rebuild)
-        yield "stock_missing_in_redis", None, _pair(dv), "unknown", "none"
+        # counters the scripts never delete are gone: put back from the record
+        yield "stock_missing_in_redis", None, _pair(r.recorded), *fixable
         return
-    if c[1] != r.live_reserved or min(c) < 0:
-        yield "counter", {**_pair(c), "live_reserved": r.live_reserved}, None, "redis", "redis"
     if r.unrecorded != (0, 0):
-        recorded = (c[0] - r.unrecorded[0], c[1] - r.unrecorded[1])
-        yield "unrecorded", _pair(c), _pair(recorded), "redis", "redis"
-        return  # recording it brings projection and ledger along
+        yield "unrecorded", _pair(c), _pair(r.recorded), *fixable
+        if c[1] != r.live_reserved:
+            yield "counter", counter, None, *fixable
+        return  # the roll-back brings the counters back to the ledger
+    if c[1] != r.live_reserved or min(c) < 0:
+        # the counters agree with the record; the live reservations don't (see _records)
+        right, repair = ("database", "redis") if trusted else ("unknown", "none")
+        yield "counter", counter, None, right, repair
     if dv != r.expected:
         yield "projection", _pair(r.expected), r.database and _pair(r.database), "redis", "database"
     if r.ledger != r.expected:
@@ -126,41 +159,79 @@ def _stock(
         c, d, s = snap.counters.get(pw, (0, 0)), db.projection.get(pw), db.ledger.get(pw, (0, 0))
         dv, delta, expected = d or (0, 0), todo.delta.get(pw, (0, 0)), todo.first.get(pw, c)
         u = (c[0] - s[0] - delta[0], c[1] - s[1] - delta[1]) if dv == s and not dead else (0, 0)
-        row = StockRow(p, *pw, c, held[pw], d, expected, s, todo.count[pw], u)
+        recorded = (s[0] + delta[0], s[1] + delta[1])
+        row = StockRow(p, *pw, c, held[pw], d, expected, s, todo.count[pw], u, recorded)
         rows.append(row)
-        for kind, redis_value, db_value, right, repair in _classify(row, pw in snap.counters):
+        for kind, redis_value, db_value, right, repair in _classify(
+            row, pw in snap.counters, not dead
+        ):
             row.drift.append(kind)
             drift.append(Drift(kind, p, redis_value, db_value, right, repair, *pw))
     return rows
 
 
-def _records(p: int, snap: Snapshot, db: Database, todo: _Pending, drift: list[Drift]) -> None:
-    def report(kind: str, redis_value: Any, db_value: Any, repair: str, record: str) -> None:
-        # Redis is the system of record; only an order gone from it leaves the question open
-        right = "unknown" if kind == "order_missing_in_redis" else "redis"
+def _records(
+    p: int, snap: Snapshot, db: Database, todo: _Pending, trusted: bool, drift: list[Drift]
+) -> None:
+    def report(
+        kind: str, redis_value: Any, db_value: Any, right: str, repair: str, record: str
+    ) -> None:
+        if repair == "redis" and not trusted:  # the record is incomplete: touch nothing
+            right, repair = "unknown", "none"
         drift.append(Drift(kind, p, redis_value, db_value, right, repair, record=record))
 
     live = set(snap.live)
+    # what the database should hold active at its checkpoint, by Redis's account
     want_active = {r for r in live if r not in todo.reservations}
     want_active |= {r for r, prior in todo.reservations.items() if prior == "active"}
     active = {r for r, part in db.active.items() if part == p}
     for r in sorted(want_active - active):
-        report("reservation_missing_in_database", "active", db.reservations.get(r), "database", r)
+        status = db.reservations.get(r)
+        if r in todo.reservations or (status is None and r in db.referenced):
+            # the database lost what the events recorded: write it from Redis
+            report("reservation_missing_in_database", "active", status, "redis", "database", r)
+        elif status is not None:  # the record says it ended: Redis missed that
+            report("reservation_status", "active", status, "database", "redis", r)
+        else:  # no event made it: the record knows no such reservation
+            report("reservation_unrecorded", "active", None, "database", "redis", r)
     for r in sorted(active - want_active - set(todo.reservations)):
-        report("reservation_missing_in_redis", None, "active", "database", r)
+        report("reservation_missing_in_redis", None, "active", "database", "redis", r)
     for r in sorted(set(snap.expiry) - live):
-        report("expiry_without_live", snap.expiry[r], None, "redis", r)
+        report("expiry_without_live", snap.expiry[r], None, "redis", "redis", r)
     for r in sorted(live - set(snap.expiry)):
-        report("live_without_expiry", None, None, "redis", r)
+        report("live_without_expiry", None, None, "redis", "redis", r)
     for o, status in sorted(snap.orders.items()):
-        in_db = db.orders.get(o)
-        want = todo.orders.get(o, status)
-        if o not in todo.orders and status is None:
+        in_db, recorded = db.orders.get(o), db.history.get(o)
+        if o in todo.orders:
+            want = todo.orders[o]  # the status before the pending events
+            if want is not None and in_db != want:
+                kind = "order_status" if in_db else "order_missing_in_database"
+                report(kind, want, in_db, "redis", "database", o)
+        elif status is None:
             if in_db is not None and in_db not in TERMINAL:
-                report("order_missing_in_redis", None, in_db, "none", o)
-        elif want is not None and in_db != want:
-            kind = "order_status" if in_db else "order_missing_in_database"
-            report(kind, want, in_db, "database", o)
+                report("order_missing_in_redis", None, in_db, "database", "redis", o)
+        elif in_db is None:
+            report("order_missing_in_database", status, None, "redis", "database", o)
+        elif in_db != status:
+            if recorded == status:  # the history agrees with Redis: the row is off
+                report("order_status", status, in_db, "redis", "database", o)
+            elif recorded in (None, in_db):  # the record says otherwise: Redis missed it
+                report("order_status_in_redis", status, in_db, "database", "redis", o)
+            else:
+                report("order_status", status, in_db, "unknown", "none", o)
+
+
+def _products(
+    p: int, snap: Snapshot, db: Database, todo: _Pending, trusted: bool, drift: list[Drift]
+) -> None:
+    for product, meta in sorted(db.settings.items()):
+        if partition_of(product, db.partitions) != p or product in todo.products:
+            continue
+        found = snap.products.get(product)
+        if found != meta:
+            kind = "product_missing_in_redis" if found is None else "product_settings"
+            right, repair = ("database", "redis") if trusted else ("unknown", "none")
+            drift.append(Drift(kind, p, found, meta, right, repair, product=product))
 
 
 def compare(
@@ -171,12 +242,23 @@ def compare(
     pending = [e for e in snap.events if sid(e.id) > sid(checkpoint)]
     todo = _Pending()
     for e in pending:
-        with suppress(KeyError, TypeError, ValueError):  # malformed: the drain dead-letters it
-            todo.add(e)
+        with suppress(KeyError, TypeError, ValueError, AttributeError):
+            todo.add(e)  # malformed: the drain dead-letters it
     dead = db.dead.get(p, 0)
     ages = [snap.now_ms - e.ts_ms for e in pending[:1] if "ts" in e.data]
+    # (the drain may have moved the checkpoint between the two reads: the snapshot's events
+    # after the checkpoint it was taken at tell whether this Redis had the new one)
+    behind = is_behind(checkpoint, snap.last_id, snap.applied, snap.holds(checkpoint))
     state = PartitionState(
-        p, checkpoint, len(pending), ages[0] if ages else None, len(snap.live), snap.dead, dead
+        p,
+        checkpoint,
+        len(pending),
+        ages[0] if ages else None,
+        len(snap.live),
+        snap.dead,
+        dead,
+        behind,
+        snap.flagged,
     )
     drift: list[Drift] = []
     rows = _stock(p, snap, db, todo, dead, drift)
@@ -186,5 +268,10 @@ def compare(
         known = {"stock_levels": len(rows), "active_reservations": active}
         lost = Drift("redis_lost_data", p, None, known, "database", "none")
         return state, [dataclasses.replace(r, drift=[]) for r in rows], [lost]
-    _records(p, snap, db, todo, drift)
+    if behind:
+        found = {"last_id": snap.last_id, "applied": snap.applied}
+        right, repair = ("database", "redis") if not dead else ("unknown", "none")
+        drift.insert(0, Drift("redis_behind", p, found, {"checkpoint": checkpoint}, right, repair))
+    _products(p, snap, db, todo, not dead, drift)
+    _records(p, snap, db, todo, not dead, drift)
     return state, rows, drift

@@ -3,9 +3,13 @@
 Restored per partition, in one MULTI: the products hash (product_settings), the counters
 (stock_levels), the live reservations (status 'active': live entry, expiry index, record hash
 and its TTL; those already due too, so that the sweep releases them and records
-reservation_expired as usual) and the orders not yet terminal. No outbox event is written: the
-database holds all of it already. The outbox's ids are made to start after the database
-checkpoint, so that a drain never skips a new event.
+reservation_expired as usual) and the orders not yet terminal. No outbox event is written for
+them: the database holds all of it already. The outbox's ids are made to start after the
+database checkpoint, so that a drain never skips a new event, and the applied marker is moved
+up to it (persistence/behind.py). Then, as after `reconcile --fix` of a Redis that fell
+behind, the ended records still within their retention and the idempotency records not yet
+expired are put back (persistence/repair.py), so that a client retrying a write with the same
+Idempotency-Key gets its first answer again. The drain locks are held throughout.
 
 What no rebuild can restore: events appended before the loss and not yet drained are gone with
 Redis, unless its AOF had them (that is why AOF is on). Nothing left in Redis says what they
@@ -15,20 +19,29 @@ were, so there is nothing to refuse on; `inventory reconcile` afterwards shows t
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 import redis
 from redis.client import Pipeline
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import Engine, func, select
 
 from engine import invariants
 from engine.keys import partition_keys, partition_of
 from engine.settings import Settings
 from persistence import schema
-from persistence.records import audit, compact, live_entry, order_hash, reservation_hash, sid
+from persistence.drain import drain_locks
+from persistence.records import (
+    audit,
+    compact,
+    live_entry,
+    order_hash,
+    read_lines,
+    reservation_hash,
+    sid,
+)
+from persistence.repair import restore_lost
 from persistence.snapshot import LIVE_ORDER, checkpoints, consistent_read
 
 
@@ -54,16 +67,6 @@ class _Partition:
     orders: dict[str, dict[str, str | int]] = field(default_factory=dict)
 
 
-def _lines(conn: Connection, table: Table, key: str, ids: Any) -> dict[str, list[list[Any]]]:
-    """Each record's lines in order, without the key and line number."""
-    columns = [c for c in table.c if c.name not in (key, "line")]
-    query = select(table.c[key], *columns).where(table.c[key].in_(ids))
-    out: dict[str, list[list[Any]]] = defaultdict(list)
-    for record, *values in conn.execute(query.order_by(table.c[key], table.c.line)):
-        out[record].append([v if isinstance(v, str) else int(v) for v in values])
-    return out
-
-
 def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str], int]:
     """What each partition gets, the checkpoints and the unresolved dead letters."""
     plans = [_Partition() for _ in range(partitions)]
@@ -85,7 +88,7 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
             plan.stock[f"a|{row.product}|{row.warehouse}"] = int(row.available)
             plan.stock[f"r|{row.product}|{row.warehouse}"] = int(row.reserved)
         active = rs.c.status == "active"
-        lines = _lines(
+        lines = read_lines(
             conn, schema.reservation_lines, "reservation_id", select(rs.c.id).where(active)
         )
         for row in conn.execute(select(rs).where(active)):
@@ -94,7 +97,7 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
             plan.live[row.id] = live_entry(row.user_id, lines.get(row.id, []))
             plan.expiry[row.id] = int(record["expires_at"])
             plan.reservations[row.id] = record
-        lines = _lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
+        lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
             plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
                 row, lines.get(row.id, [])
@@ -136,6 +139,7 @@ def _write(
         if refused:
             raise RebuildRefused(refused)
         last = pipe.xinfo_stream(k.outbox)["last-generated-id"] if pipe.exists(k.outbox) else "0-0"
+        applied = pipe.get(k.applied)
         pipe.multi()
         pipe.delete(k.stock, k.products, k.live, k.expiry)
         for key, fields in (
@@ -158,8 +162,11 @@ def _write(
             # New events must sort after the checkpoint, or the drain would skip them: an
             # entry trimmed as it is added (MAXLEN 0) moves the stream's last id there.
             pipe.xadd(k.outbox, {"type": "rebuild"}, id=checkpoint, maxlen=0, approximate=False)
+        if checkpoint != "0-0" and (applied is None or sid(str(applied)) < sid(checkpoint)):
+            pipe.set(k.applied, checkpoint)
+        pipe.delete(k.behind)
 
-    client.transaction(fill, k.stock, k.products, k.live, k.expiry, k.outbox)
+    client.transaction(fill, k.stock, k.products, k.live, k.expiry, k.outbox, k.applied)
 
 
 def rebuild(
@@ -168,6 +175,11 @@ def rebuild(
     """Restore every partition from the database; refuses (before writing anything) when a
     partition already has data, unless `force`, and always when its outbox holds events
     the database lacks."""
+    with drain_locks(client, settings, range(settings.partitions)):
+        return _rebuild(client, db, settings, force)
+
+
+def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -> RebuildResult:
     plans, checkpoints, dead = _read(db, settings.partitions)
     for p in range(settings.partitions):
         refused = _refusal(client, p, checkpoints.get(p, "0-0"), force)
@@ -191,6 +203,7 @@ def rebuild(
             "reservations": len(plan.live),
             "reservations_due": sum(1 for at in plan.expiry.values() if at <= now_ms),
             "orders": len(plan.orders),
+            **restore_lost(client, db, settings, p, run),
         }
         result.partitions.append(counts)
         stock = {name: str(value) for name, value in plan.stock.items()}

@@ -3,26 +3,30 @@
 The check reads both sides (persistence.snapshot) and compares them (persistence.drift),
 partition by partition. Should the drain move the checkpoint past the snapshot between the two
 reads, the snapshot is taken again (the last attempt holds the drain locks). With `--fix`,
-each partition is repaired under its drain lock (persistence.repair), then checked again.
+each partition is repaired under its drain lock (persistence.repair) towards the durable
+record, then checked again.
+
+What --fix never does: make available a unit that the durable record (the ledger and the
+events still in the outbox) says is reserved or sold. Counters only ever move back to the
+record; a roll-back that would go below zero is refused and reported as a conflict.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from redis.lock import Lock
 from sqlalchemy import Engine
 
-from engine.keys import partition_keys
 from engine.settings import Settings
+from persistence.drain import drain_locks
 from persistence.drift import Drift, PartitionState, StockRow, compare
 from persistence.records import sid
-from persistence.repair import ACTOR, repair_database, repair_redis
+from persistence.repair import ACTOR, RedisRepairs, repair_database, repair_redis
 from persistence.snapshot import (
     Pair,
     consistent_read,
@@ -53,6 +57,8 @@ class Report:
     drift: list[Drift]
     found: list[Drift] | None = None  # after --fix: the drift the first check found
     repairs: list[dict[str, Any]] = field(default_factory=list)
+    # counters --fix could not roll back without going below zero (units promised twice)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,24 +67,6 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, **asdict(self)}
-
-
-@contextmanager
-def drain_locks(client: redis.Redis, settings: Settings, parts: Sequence[int]) -> Iterator[None]:
-    """Hold the drain lock of these partitions: no drain moves their checkpoints meanwhile."""
-    lease = settings.drain_lease_ms / 1000
-    with ExitStack() as stack:
-        for p in parts:
-            lock = client.lock(partition_keys(p).drain_lock, timeout=lease, blocking_timeout=lease)
-            if not lock.acquire():
-                raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
-            stack.callback(_release, lock)
-        yield
-
-
-def _release(lock: Lock) -> None:
-    if lock.owned():
-        lock.release()
 
 
 def check(
@@ -131,15 +119,22 @@ def reconcile(client: redis.Redis, db: Engine, settings: Settings, *, fix: bool 
     run = f"{ACTOR}-{uuid.uuid4().hex[:16]}"
     found: list[Drift] = []
     repairs: list[dict[str, Any]] = []
+    conflicts: list[dict[str, Any]] = []
     for p in range(settings.partitions):
         with drain_locks(client, settings, [p]):
             report = check(client, db, settings, [p], locked=True)
             found += report.drift
-            done = repair_redis(client, p, report.rows, report.drift, run)
-            if done:
-                report = check(client, db, settings, [p], locked=True)
             checkpoint = report.partitions[0].checkpoint
-            repairs += done + repair_database(client, db, p, report.drift, checkpoint, run)
+            done = RedisRepairs()
+            if any(d.repair == "redis" for d in report.drift):
+                done = repair_redis(
+                    client, db, settings, p, report.rows, report.drift, checkpoint, run
+                )
+                report = check(client, db, settings, [p], locked=True)
+            repairs += done.done
+            conflicts += done.conflicts
+            checkpoint = report.partitions[0].checkpoint
+            repairs += repair_database(client, db, p, report.drift, checkpoint, run)
     after = check(client, db, settings)
-    after.found, after.repairs = found, repairs
+    after.found, after.repairs, after.conflicts = found, repairs, conflicts
     return after

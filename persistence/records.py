@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, select
 
 from persistence import schema
 
@@ -84,6 +85,17 @@ def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
     }
 
 
+def ended_reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """An ended reservation's record hash, as release.lua or commit.lua leave it."""
+    record = reservation_hash(row, lines)
+    record["status"] = row.status
+    if row.ended_at is not None:
+        record["ended_at"] = to_ms(row.ended_at)
+    if row.order_id:
+        record["order_id"] = row.order_id
+    return record
+
+
 def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
     """The order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
     return {
@@ -100,6 +112,19 @@ def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
 
 
 # -- in the database ------------------------------------------------------------------------
+
+
+def read_lines(conn: Connection, table: Table, key: str, ids: Any) -> dict[str, list[list[Any]]]:
+    """Each record's lines in order, without the key and line number; `ids` is a list of
+    record ids or a query that selects them."""
+    columns = [c for c in table.c if c.name not in (key, "line")]
+    out: dict[str, list[list[Any]]] = defaultdict(list)
+    chunks = [ids[i : i + 500] for i in range(0, len(ids), 500)] if isinstance(ids, list) else [ids]
+    for chunk in chunks:
+        query = select(table.c[key], *columns).where(table.c[key].in_(chunk))
+        for record, *values in conn.execute(query.order_by(table.c[key], table.c.line)):
+            out[record].append([v if isinstance(v, str) else int(v) for v in values])
+    return out
 
 
 def reservation_rows(

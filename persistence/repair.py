@@ -1,12 +1,18 @@
-"""Repairing the drift `inventory reconcile` finds (`--fix`), from the side that is right.
+"""Repairing the drift `inventory reconcile` finds (`--fix`), towards the durable record.
 
-The caller holds the partition's drain lock, so the checkpoint stands still. Redis is the
-system of record for counters and live records. In Redis, through lua/repair_stock.lua and
-its events (so the ledger and the audit log get their rows): a counter that disagrees with
-the live reservations, a change of the counters no event recorded, the expiry index. In the
-database, each with an audit row: a projection off its expected value, a reservation or order
-the database lacks or holds in another status. The ledger is history: reported, never
-rewritten.
+The caller holds the partition's drain lock, so the checkpoint stands still. The durable
+record (the database plus the events still in the outbox) is the truth (persistence.drift).
+
+In Redis, through one lua/repair.lua call whose events bring the audit rows: a Redis behind
+the database gets its stream id moved past the checkpoint first; product settings,
+reservations and orders are put back as the record has them, live reservations the record
+says ended are ended, counters are rolled back to the ledger, the expiry index is rebuilt,
+and after a restore the ended records and idempotency records Redis lost are put back. Due
+reservations put back are then expired the normal way (lua/expire.lua), with their events.
+
+In the database, each with an audit row: a projection off its expected value, a reservation
+or order the database lacks or holds in another status than the history says. The ledger is
+history: reported, never rewritten.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -22,35 +29,248 @@ from sqlalchemy import Connection, Engine, select
 
 from engine.keys import partition_keys
 from engine.scripts import source
+from engine.settings import Settings
+from engine.states import TERMINAL
 from persistence import schema
 from persistence.apply import upsert
 from persistence.drift import Drift, StockRow
-from persistence.records import audit, from_ms, order_rows, reservation_rows
+from persistence.records import (
+    audit,
+    compact,
+    ended_reservation_hash,
+    from_ms,
+    live_entry,
+    order_hash,
+    order_rows,
+    read_lines,
+    reservation_hash,
+    reservation_rows,
+    to_ms,
+)
 
 ACTOR = "reconcile"
+CHUNK = 1000  # records or idempotency records put back per script call
+
+
+@dataclass
+class _Plan:
+    """The arguments of one lua/repair.lua call: the plan (JSON) and the keys it names."""
+
+    keys: list[str] = field(default_factory=list)
+    body: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, name: str) -> int:
+        self.keys.append(name)
+        return len(self.keys)
+
+    def add(self, section: str, item: Any) -> None:
+        self.body.setdefault(section, []).append(item)
+
+    def __bool__(self) -> bool:
+        return bool(self.body)
+
+
+def _flat(fields: dict[str, str | int]) -> list[str | int]:
+    return [x for pair in fields.items() for x in pair]
+
+
+def _fixes(drift: Sequence[Drift], *kinds: str) -> list[Drift]:
+    return [d for d in drift if d.kind in kinds and d.repair == "redis"]
+
+
+def _plan(
+    conn: Connection,
+    p: int,
+    rows: Sequence[StockRow],
+    drift: Sequence[Drift],
+    checkpoint: str,
+    settings: Settings,
+) -> _Plan:
+    """What to change in Redis, read from the database under the caller's drain lock."""
+    k, plan = partition_keys(p), _Plan()
+    rs, o = schema.reservations, schema.orders
+    if _fixes(drift, "redis_behind"):
+        plan.body["checkpoint"] = checkpoint
+    for d in _fixes(drift, "product_missing_in_redis", "product_settings"):
+        plan.add("products", [d.product, compact(d.database)])
+    restore = sorted(str(d.record) for d in _fixes(drift, "reservation_missing_in_redis"))
+    lines = read_lines(conn, schema.reservation_lines, "reservation_id", restore)
+    for row in conn.execute(select(rs).where(rs.c.id.in_(restore)).order_by(rs.c.id)):
+        record = reservation_hash(row, lines.get(row.id, []))
+        expires_at = int(record["expires_at"])
+        plan.add(
+            "restore",
+            [
+                row.id,
+                plan.key(k.reservation(row.id)),
+                live_entry(row.user_id, lines.get(row.id, [])),
+                expires_at,
+                _flat(record),
+                expires_at + settings.reservation_retention_ms,
+            ],
+        )
+    ended = {str(d.record): d for d in _fixes(drift, "reservation_status")}
+    for row in conn.execute(select(rs).where(rs.c.id.in_(sorted(ended)))):
+        when = to_ms(row.ended_at) if row.ended_at is not None else ""
+        item = [row.status, when, row.order_id or "", settings.reservation_retention_ms]
+        plan.add("end", [row.id, plan.key(k.reservation(row.id)), *item])
+    for d in _fixes(drift, "reservation_unrecorded"):
+        plan.add("end", [d.record, plan.key(k.reservation(str(d.record))), "", "", "", 0])
+    missing = {str(d.record): d for d in _fixes(drift, "order_missing_in_redis")}
+    moved = {str(d.record): d for d in _fixes(drift, "order_status_in_redis")}
+    lines = read_lines(conn, schema.order_lines, "order_id", sorted(missing))
+    for row in conn.execute(select(o).where(o.c.id.in_(sorted(missing | moved)))):
+        key = plan.key(k.order(row.id))
+        ttl = settings.order_retention_ms if row.status in TERMINAL else 0
+        if row.id in missing:
+            record = order_hash(row, lines.get(row.id, []))
+            plan.add("orders", [row.id, key, "", _flat(record), ttl])
+        else:
+            fields = {"status": row.status, "updated_at": to_ms(row.updated_at)}
+            plan.add("orders", [row.id, key, moved[row.id].redis, _flat(fields), ttl])
+    for r in rows:
+        if r.unrecorded != (0, 0) and any(
+            d.product == r.product and d.warehouse == r.warehouse
+            for d in _fixes(drift, "unrecorded", "stock_missing_in_redis")
+        ):
+            plan.add("counters", [r.product, r.warehouse, *r.unrecorded])
+    for d in _fixes(drift, "expiry_without_live", "live_without_expiry"):
+        plan.add("reindex", [d.record, plan.key(k.reservation(str(d.record)))])
+    return plan
+
+
+def _restorable(conn: Connection, p: int, settings: Settings, now_ms: int) -> list[_Plan]:
+    """After Redis fell behind: the ended records still within their retention and the
+    idempotency records not yet expired, as plans of at most CHUNK keys (each is written
+    only where Redis lacks it)."""
+    k, rs, o = partition_keys(p), schema.reservations, schema.orders
+    items: list[tuple[str, str, list[Any]]] = []  # (section, key, item without the key)
+    since = from_ms(now_ms - settings.reservation_retention_ms, datetime.now(UTC))
+    ended = select(rs).where(rs.c.partition == p, rs.c.status != "active", rs.c.ended_at > since)
+    found = list(conn.execute(ended))
+    lines = read_lines(conn, schema.reservation_lines, "reservation_id", [r.id for r in found])
+    for row in found:
+        until = to_ms(row.ended_at) + settings.reservation_retention_ms
+        record = _flat(ended_reservation_hash(row, lines.get(row.id, [])))
+        items.append(("records", k.reservation(row.id), [record, until]))
+    since = from_ms(now_ms - settings.order_retention_ms, datetime.now(UTC))
+    terminal = o.c.status.in_(sorted(s.value for s in TERMINAL))
+    found = list(
+        conn.execute(select(o).where(o.c.partition == p, terminal, o.c.updated_at > since))
+    )
+    lines = read_lines(conn, schema.order_lines, "order_id", [r.id for r in found])
+    for row in found:
+        until = to_ms(row.updated_at) + settings.order_retention_ms
+        record = _flat(order_hash(row, lines.get(row.id, [])))
+        items.append(("records", k.order(row.id), [record, until]))
+    idem = schema.idempotency_records
+    now = from_ms(now_ms, datetime.now(UTC))
+    query = select(idem).where(idem.c.partition == p, idem.c.expires_at > now)
+    for row in conn.execute(query):
+        item = [row.fingerprint, row.reply, to_ms(row.expires_at)]
+        items.append(("idempotency", k.idempotency_by_hash(row.key_hash), item))
+    plans: list[_Plan] = []
+    for start in range(0, len(items), CHUNK):
+        plan = _Plan()
+        for section, key, item in items[start : start + CHUNK]:
+            plan.add(section, [plan.key(key), *item])
+        plans.append(plan)
+    return plans
+
+
+def restore_lost(
+    client: redis.Redis, db: Engine, settings: Settings, p: int, run: str
+) -> dict[str, int]:
+    """Put back the ended records and idempotency records partition `p` lost (each only where
+    Redis lacks it); returns how many of each."""
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    with db.connect() as conn:
+        plans = _restorable(conn, p, settings, now_ms)
+    counts = {"records": 0, "idempotency": 0}
+    for plan in plans:
+        reply = _run(client, p, plan, run)
+        for kind in counts:
+            counts[kind] += int(reply[kind])
+    return counts
+
+
+def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
+    k = partition_keys(p)
+    script = client.register_script(source("repair"))
+    keys = [k.stock, k.products, k.live, k.expiry, k.outbox, k.applied, k.behind, *plan.keys]
+    reply: dict[str, Any] = json.loads(
+        cast(str, script(keys=keys, args=[json.dumps(plan.body), ACTOR, run]))
+    )
+    return reply
+
+
+def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
+    """Release the due reservations now, the normal way (with reservation_expired events)."""
+    k, expired = partition_keys(p), 0
+    script = client.register_script(source("expire"))
+    while True:
+        reply = json.loads(
+            cast(str, script(keys=[k.stock, k.live, k.expiry, k.outbox], args=[batch]))
+        )
+        expired += int(reply["expired"])
+        if not int(reply["expired"]) or not int(reply["due"]):
+            return expired
+
+
+@dataclass
+class RedisRepairs:
+    done: list[dict[str, Any]] = field(default_factory=list)
+    # counters whose roll-back would go below zero: units promised twice, left to an operator
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def repair_redis(
-    client: redis.Redis, p: int, rows: Sequence[StockRow], drift: Sequence[Drift], run: str
-) -> list[dict[str, Any]]:
-    """The Redis-side repairs of partition `p`, in one repair_stock.lua call."""
-    counters = [
-        [r.product, r.warehouse, *r.unrecorded]
-        for r in rows
-        if {"counter", "unrecorded"} & set(r.drift)
-    ]
-    expiry = ("expiry_without_live", "live_without_expiry")
-    ids = sorted({str(d.record) for d in drift if d.kind in expiry})
-    if not counters and not ids:
-        return []
-    k = partition_keys(p)
-    script = client.register_script(source("repair_stock"))
-    keys = [k.stock, k.live, k.expiry, k.outbox, *(k.reservation(i) for i in ids)]
-    raw = script(keys=keys, args=[json.dumps(counters), json.dumps(ids), ACTOR, run])
-    reply = json.loads(cast(str, raw))
-    done = [{"kind": "stock_reconciled", **m} for m in reply["movements"] or []]
-    done += [{"kind": "expiry_reconciled", **x} for x in reply["reindexed"] or []]
-    return [{"side": "redis", "partition": p, **d} for d in done]
+    client: redis.Redis,
+    db: Engine,
+    settings: Settings,
+    p: int,
+    rows: Sequence[StockRow],
+    drift: Sequence[Drift],
+    checkpoint: str,
+    run: str,
+) -> RedisRepairs:
+    """The Redis-side repairs of partition `p`: one lua/repair.lua call (more when a restore
+    puts back many records), then the due reservations it put back are expired."""
+    out = RedisRepairs()
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    with db.connect() as conn:
+        plans = [_plan(conn, p, rows, drift, checkpoint, settings)]
+        if _fixes(drift, "redis_behind"):
+            plans += _restorable(conn, p, settings, now_ms)
+    plans = [plan for plan in plans if plan]
+    for plan in plans:
+        reply = _run(client, p, plan, run)
+        side = {"side": "redis", "partition": p}
+        if reply["moved_to"]:
+            out.done.append({**side, "kind": "stream_id_moved", "to": reply["moved_to"]})
+        out.done += [{**side, "kind": "product_restored", "product": x} for x in reply["products"]]
+        out.done += [
+            {**side, "kind": "reservation_restored", "reservation": x} for x in reply["restored"]
+        ]
+        out.done += [
+            {**side, "kind": "reservation_ended", "reservation": x} for x in reply["ended"]
+        ]
+        out.done += [{**side, "kind": "order_restored", "order": x} for x in reply["orders"]]
+        out.done += [{**side, "kind": "stock_reconciled", **m} for m in reply["movements"]]
+        out.done += [{**side, "kind": "expiry_reconciled", **x} for x in reply["reindexed"]]
+        for kind in ("records", "idempotency"):
+            if reply[kind]:
+                out.done.append({**side, "kind": f"{kind}_restored", "count": reply[kind]})
+        out.conflicts += [{"partition": p, **c} for c in reply["conflicts"]]
+    if any(fix["kind"] == "reservation_restored" for fix in out.done):
+        expired = _expire_due(client, p, settings.sweep_batch)
+        if expired:
+            out.done.append(
+                {"side": "redis", "partition": p, "kind": "due_expired", "count": expired}
+            )
+    return out
 
 
 def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str) -> Any:
@@ -75,14 +295,6 @@ def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str)
         conn.execute(rl.delete().where(rl.c.reservation_id == rid))
         conn.execute(rl.insert(), rows[1])
         return ("reservation", rid), d.database and {"status": d.database}, {"status": "active"}
-    if d.kind == "reservation_missing_in_redis":
-        # ended in Redis: as its record says, else expired (what Redis answers a commit)
-        rec = cast(dict[str, str], client.hgetall(k.reservation(rid)))
-        status = rec["status"] if rec.get("status", "active") != "active" else "expired"
-        ended = from_ms(rec.get("ended_at"), now)
-        values = {"status": status, "ended_at": ended, "order_id": rec.get("order_id") or None}
-        conn.execute(rs.update().where(rs.c.id == rid).values(values))
-        return ("reservation", rid), {"status": "active"}, {"status": status}
     if d.kind == "order_status":
         conn.execute(o.update().where(o.c.id == rid).values(status=d.redis, updated_at=now))
         return ("order", rid), {"status": d.database}, {"status": d.redis}

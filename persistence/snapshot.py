@@ -1,7 +1,8 @@
 """Reading both sides for `inventory reconcile`, each consistently: one atomic Redis snapshot
-per partition (MULTI: counters, live reservations, expiry index, the outbox after the
-database checkpoint, candidate orders' status), and the database in one transaction
-(checkpoint, stock_levels, ledger sums, active reservations, orders).
+per partition (MULTI: counters, product settings, live reservations, expiry index, the outbox
+after the database checkpoint and what tells whether Redis is behind it, candidate orders'
+status), and the database in one transaction (checkpoint, stock_levels, ledger sums, product
+settings, active reservations, orders and their last recorded status).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -63,8 +64,19 @@ class Snapshot:
     events: list[OutboxEvent]
     last_id: str | None  # the outbox's last generated id (None: no stream)
     dead: int
-    products: int
+    products: dict[str, Any]  # product -> its settings (price, currency, warehouses)
     orders: dict[str, str | None]  # order -> its status in Redis (None: no record)
+    applied: str | None = None  # the applied marker (persistence/behind.py)
+    after: str = "0-0"  # the checkpoint the snapshot was taken after
+    checkpoint_present: bool = False  # that checkpoint's event is still in the stream
+    flagged: bool = False  # the drain found this Redis behind and paused
+
+    def holds(self, event_id: str) -> bool:
+        """Whether the stream held this event when the snapshot was taken (an event at or
+        after the checkpoint the snapshot was taken after)."""
+        if event_id == self.after:
+            return self.checkpoint_present
+        return any(e.id == event_id for e in self.events)
 
 
 def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str]) -> Snapshot:
@@ -78,14 +90,18 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
         pipe.xrange(k.outbox, f"({after}", "+")
         pipe.xinfo_stream(k.outbox)  # fails when there is no stream: allowed below
         pipe.xlen(k.dead_letters)
-        pipe.hlen(k.products)
+        pipe.hgetall(k.products)
+        pipe.get(k.applied)
+        pipe.xrange(k.outbox, after, after)
+        pipe.exists(k.behind)
         for o in orders:
             pipe.hget(k.order(o), "status")
         res: list[Any] = pipe.execute(raise_on_error=False)
     for i, r in enumerate(res):
         if isinstance(r, Exception) and i != 5:
             raise r
-    (seconds, micros), stock, live, expiry, entries, info, dead, products, *statuses = res
+    (seconds, micros), stock, live, expiry, entries, info, dead, products, *rest = res
+    applied, at_checkpoint, flagged, *statuses = rest
     counters: dict[PW, list[int]] = defaultdict(lambda: [0, 0])
     for name, value in stock.items():
         kind, product, warehouse = name.split("|", 2)
@@ -98,8 +114,12 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
         events=[decode(p, i, f) for i, f in entries],
         last_id=None if isinstance(info, Exception) else info["last-generated-id"],
         dead=int(dead),
-        products=int(products),
+        products={product: json.loads(meta) for product, meta in products.items()},
         orders=dict(zip(orders, statuses, strict=True)),
+        applied=applied,
+        after=after,
+        checkpoint_present=bool(at_checkpoint),
+        flagged=bool(flagged),
     )
 
 
@@ -122,6 +142,16 @@ class Database:
     orders: dict[str, str]  # status of every live order and of those asked about
     dead: dict[int, int]  # unresolved dead letters per partition
     partitions: int
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # product_settings
+    history: dict[str, str] = field(default_factory=dict)  # order -> last status recorded
+    # reservations asked about with no row, whose movements the ledger has all the same
+    referenced: set[str] = field(default_factory=set)
+
+
+def product_meta(price: int, currency: str, warehouses: Any) -> dict[str, Any]:
+    """A product's settings as the products hash holds them (setup_product.lua)."""
+    ordered = sorted(([str(w), int(n)] for w, n in warehouses), key=lambda x: (x[1], x[0]))
+    return {"price": int(price), "currency": str(currency), "warehouses": ordered}
 
 
 def _dict(conn: Connection, query: Any) -> dict[Any, Any]:
@@ -167,6 +197,11 @@ def read_database(conn: Connection, snaps: dict[int, Snapshot], partitions: int)
     orders = _dict(conn, select(o.c.id, o.c.status).where(LIVE_ORDER))
     orders |= _statuses(conn, o, {i for s in snaps.values() for i in s.orders} - set(orders))
     dead = select(dl.c.partition, func.count()).where(dl.c.resolved_at.is_(None))
+    statuses = _statuses(conn, rs, asked - set(active))
+    settings = {
+        row.product: product_meta(row.price, row.currency, row.warehouses)
+        for row in conn.execute(select(t.product_settings))
+    }
     return Database(
         checkpoints=checkpoints(conn),
         projection=_counters(
@@ -174,8 +209,37 @@ def read_database(conn: Connection, snaps: dict[int, Snapshot], partitions: int)
         ),
         ledger=_counters(conn, sums),
         active={r: int(p) for r, p in active.items()},
-        reservations=_statuses(conn, rs, asked - set(active)),
+        reservations=statuses,
         orders=orders,
         dead=_dict(conn, dead.group_by(dl.c.partition)),
         partitions=partitions,
+        settings=settings,
+        history=_last_statuses(conn, set(orders)),
+        referenced=_referenced(conn, asked - set(active) - set(statuses)),
     )
+
+
+def _last_statuses(conn: Connection, ids: set[str]) -> dict[str, str]:
+    """Each order's last status in its recorded history (order_status_history)."""
+    h = schema.order_status_history
+    wanted, found = sorted(ids), {}
+    for start in range(0, len(wanted), 500):
+        last = (
+            select(func.max(h.c.id))
+            .where(h.c.order_id.in_(wanted[start : start + 500]))
+            .group_by(h.c.order_id)
+        )
+        found.update(_dict(conn, select(h.c.order_id, h.c.to_status).where(h.c.id.in_(last))))
+    return found
+
+
+def _referenced(conn: Connection, ids: set[str]) -> set[str]:
+    """Those of these reservations the ledger has movements of."""
+    lg, wanted, found = schema.stock_ledger, sorted(ids), set[str]()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        query = select(lg.c.reference_id).where(
+            lg.c.reference_type == "reservation", lg.c.reference_id.in_(chunk)
+        )
+        found.update(str(r) for r in conn.scalars(query.distinct()))
+    return found

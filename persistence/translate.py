@@ -7,10 +7,12 @@ rows of a whole batch at once. An event it can't translate raises `BadEvent`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.keys import idempotency_hash
 from engine.outbox import OutboxEvent
 
 # Ledger reason per event type; stock_adjusted carries its own.
@@ -40,6 +42,7 @@ class Rows:
     order_lines: list[dict[str, Any]] = field(default_factory=list)
     order_updates: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    idempotency: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: Rows) -> None:
         for name in self.__dataclass_fields__:
@@ -114,9 +117,28 @@ def translate(event: OutboxEvent) -> Rows:
     try:
         rows = Rows()
         handler(event, rows)
+        if "idempotency" in event.data:
+            _idempotency(event, rows)
     except (KeyError, TypeError, ValueError) as exc:
         raise BadEvent(f"{event.type} {event.event_id}: {exc!r}") from exc
     return rows
+
+
+def _idempotency(e: OutboxEvent, rows: Rows) -> None:
+    """The first answer of a write made with an Idempotency-Key, carried by the call's last
+    event: the reply as the script stored it in Redis, whose 'event' is this event."""
+    d = e.data["idempotency"]
+    reply = {**d["reply"], "ok": True, "event": e.id}
+    rows.idempotency.append(
+        {
+            "partition": e.partition,
+            "key_hash": idempotency_hash(str(d["key"])),
+            "fingerprint": str(d["fp"]),
+            "reply": json.dumps(reply, separators=(",", ":"), ensure_ascii=False),
+            "expires_at": ts(int(d["expires_at"])),
+            "event_id": e.event_id,
+        }
+    )
 
 
 def _product_updated(e: OutboxEvent, rows: Rows) -> None:
@@ -287,6 +309,21 @@ def _reconciled(e: OutboxEvent, rows: Rows) -> None:
     rows.audit[-1]["action"] = "reconcile_fix"
 
 
+def _record_reconciled(e: OutboxEvent, rows: Rows) -> None:
+    """A product, reservation or order `inventory reconcile --fix` put back in Redis as the
+    durable record has it: the database holds it already, so only the audit row is new."""
+    d = e.data
+    _audit(e, rows, str(d["object_type"]), str(d["object_id"]), d["found"], d["restored"])
+    rows.audit[-1]["action"] = "reconcile_fix"
+
+
+def _redis_restored(e: OutboxEvent, rows: Rows) -> None:
+    """Ended records and idempotency records put back in a Redis that had lost them."""
+    d = e.data
+    new = {"records": int(d["records"]), "idempotency_records": int(d["idempotency_records"])}
+    _audit(e, rows, "partition", str(e.partition), None, new)
+
+
 HANDLERS = {
     "product_updated": _product_updated,
     "stock_adjusted": _stock_adjusted,
@@ -298,4 +335,6 @@ HANDLERS = {
     "order_status_changed": _order_status_changed,
     "stock_reconciled": _reconciled,
     "expiry_reconciled": _reconciled,
+    "record_reconciled": _record_reconciled,
+    "redis_restored": _redis_restored,
 }

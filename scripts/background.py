@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -38,6 +39,22 @@ def drain_everything(deadline_s: float = 120.0) -> list[dict[str, Any]]:
     return results
 
 
+def _outcome(results: list[dict[str, Any]]) -> int:
+    """Print what the drains did; 1 when a partition was not drained because its Redis is
+    behind the database (persistence/behind.py): then not everything is durable."""
+    print(json.dumps({"drained": results}, sort_keys=True, default=str))
+    behind = [r["partition"] for r in results if r.get("behind")]
+    if not behind:
+        return 0
+    print(
+        f"partition(s) {', '.join(map(str, behind))}: Redis is behind the database, so their "
+        "drain is paused; run `inventory reconcile` to see what Redis lost and `inventory "
+        "reconcile --fix` to restore it",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from rq import Worker
 
@@ -46,8 +63,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker([jobs.queue(connection)], connection=connection)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
     if args.burst:
-        results = drain_everything()
-        print(json.dumps({"drained": results}, sort_keys=True, default=str))
+        return _outcome(drain_everything())
     return 0
 
 
@@ -68,9 +84,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     _environment(args)
-    results = drain_everything()
-    print(json.dumps({"drained": results}, sort_keys=True, default=str))
-    return 0
+    return _outcome(drain_everything())
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -64,21 +64,52 @@ def _print_report(report: Report) -> None:
             what = {k: v for k, v in fix.items() if k not in ("side", "partition", "kind")}
             table.add_row(fix["side"], str(fix["partition"]), fix["kind"], json.dumps(what))
         console.print(table)
+    if report.conflicts:
+        table = Table("p", "product", "warehouse", "redis a / r", "to roll back a / r",
+                      title="not rolled back: below zero")  # fmt: skip
+        for c in report.conflicts:
+            table.add_row(
+                str(c["partition"]), c["product"], c["warehouse"],
+                f"{c['available']} / {c['reserved']}",
+                f"{c['offset_available']} / {c['offset_reserved']}",
+            )  # fmt: skip
+        console.print(table)
+        console.print(
+            "[red]these units were promised twice while Redis disagreed with the record: "
+            "release or cancel what must give them back, then run reconcile --fix again[/red]"
+        )
     table = Table(
         "p", "checkpoint", "backlog", "oldest pending", "live reservations",
-        "dead letters (stream / unresolved)", title="partitions",
+        "dead letters (stream / unresolved)", "redis", title="partitions",
     )  # fmt: skip
     for p in report.partitions:
         age = "-" if p.oldest_pending_age_ms is None else f"{p.oldest_pending_age_ms} ms"
         dead = f"{p.dead_letters_redis} / {p.dead_letters_unresolved}"
+        where = "behind the database" if p.behind else "ok"
+        if p.drain_paused:
+            where += ", drain paused"
         table.add_row(
-            str(p.partition), p.checkpoint, str(p.backlog), age, str(p.live_reservations), dead
-        )
+            str(p.partition), p.checkpoint, str(p.backlog), age, str(p.live_reservations), dead,
+            where,
+        )  # fmt: skip
     console.print(table)
     if report.found is not None:
         console.print(f"found {len(report.found)} drift(s), made {len(report.repairs)} repair(s)")
     if any(d.kind == "redis_lost_data" for d in report.drift):
         console.print("[red]Redis lost its data: restore it with `inventory rebuild`[/red]")
+    behind = [d.partition for d in report.drift if d.kind == "redis_behind"]
+    if behind:
+        console.print(
+            f"[red]Redis is behind the database on partition(s) {', '.join(map(str, behind))}: "
+            "it came back from an older copy and lacks changes the database holds (its drain "
+            "is paused). Run `inventory reconcile --fix` to restore them from the "
+            "database.[/red]"
+        )
+    if any(p.dead_letters_unresolved for p in report.partitions):
+        console.print(
+            "[yellow]unresolved dead letters: the record is incomplete, so Redis is left "
+            "as it is; replay or resolve them (`inventory dead-letters`) first[/yellow]"
+        )
     if report.ok:
         console.print("[green]no drift: Redis and the database agree[/green]")
     else:
@@ -145,12 +176,15 @@ def add_commands(
         help="compare Redis and the database; exit 1 on drift",
         description="Compare, per product x warehouse, the Redis counters, the live "
         "reservations, the database projection and the ledger (exact with a backlog); "
-        "report outbox backlog, dead letters and orphan records. Exit 0: no drift.",
+        "tell a Redis that is behind the database (redis_behind); report outbox backlog, "
+        "dead letters and orphan records. Exit 0: no drift.",
     )
     p.add_argument(
         "--fix",
         action="store_true",
-        help="repair from the side that is right (an audit row each), then check again",
+        help="repair towards the durable record (the ledger and the events still in the "
+        "outbox): Redis is restored or rolled back to it, never the other way; an audit row "
+        "each; then check again",
     )
     p.set_defaults(func=cmd_reconcile)
 

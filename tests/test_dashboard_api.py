@@ -82,6 +82,7 @@ async def test_an_empty_shop_reads_as_zeros(client: httpx.AsyncClient, app: Star
             "due_reservations": 0,
             "events_applied": 0,
             "last_drain": None,
+            "redis_behind": None,
         }
     ]
     assert d["dead_letters"] == {"unresolved": 0, "latest": []}

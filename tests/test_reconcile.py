@@ -198,7 +198,7 @@ async def test_a_damaged_projection_is_overwritten_from_redis(
     assert_clean_after_drain(sync_redis, db, settings)
 
 
-async def test_a_reserved_counter_moved_without_an_event_is_repaired_in_redis(
+async def test_a_reserved_counter_moved_without_an_event_is_rolled_back(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
     await drained_with_live(engine, sync_redis, db)
@@ -213,12 +213,15 @@ async def test_a_reserved_counter_moved_without_an_event_is_repaired_in_redis(
         "reserved": before[1] + 2,
         "live_reserved": before[1],
     }
+    unrecorded = next(d for d in found.drift if d.kind == "unrecorded")
+    assert (unrecorded.right, unrecorded.repair) == ("database", "redis")
+    assert unrecorded.database == {"available": before[0], "reserved": before[1]}
 
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
     assert fixed.ok, fixed.drift
-    # reserved is back to what the live reservations hold; total is kept (available + 2)
-    assert (await redis_counters(engine))[("sku-1", "main")] == (before[0] + 2, before[1])
+    # back to the ledger: the 2 units nobody reserved are gone again, none made available
+    assert (await redis_counters(engine))[("sku-1", "main")] == before
     assert [f["kind"] for f in fixed.repairs] == ["stock_reconciled"]
     assert fixed.partitions[0].backlog == 1  # its event, waiting for the drain
     assert_clean_after_drain(sync_redis, db, settings)
@@ -233,35 +236,36 @@ async def test_a_reserved_counter_moved_without_an_event_is_repaired_in_redis(
     }
     assert audit["new_value"] == {
         "warehouse": "main",
-        "available": before[0] + 2,
+        "available": before[0],
         "reserved": before[1],
     }
 
 
-async def test_an_available_counter_moved_without_an_event_gets_its_event(
+async def test_an_available_counter_moved_without_an_event_is_rolled_back_not_recorded(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
     await drained_with_live(engine, sync_redis, db)
-    await engine.redis.hincrby(K.stock, "a|sku-1|east", -4)
     counters = await redis_counters(engine)
+    await engine.redis.hincrby(K.stock, "a|sku-1|east", 3)  # 3 units nobody received
 
     found = check(sync_redis, db, settings)
     assert kinds(found) == ["unrecorded"]
-    assert found.drift[0].database["available"] == found.drift[0].redis["available"] + 4
+    assert found.drift[0].database["available"] == found.drift[0].redis["available"] - 3
 
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
     assert fixed.ok, fixed.drift
-    assert await redis_counters(engine) == counters  # Redis was right: only recorded
+    assert await redis_counters(engine) == counters  # the record was right: rolled back
     assert_clean_after_drain(sync_redis, db, settings)
-    assert ledger_sums(db)[("sku-1", "east")] == counters[("sku-1", "east")]
+    assert ledger_sums(db) == counters == projection(db)
 
 
-async def test_a_deleted_live_entry_returns_its_units_and_ends_the_reservation(
+async def test_a_deleted_live_entry_is_put_back_from_the_record(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
     rid = await drained_with_live(engine, sync_redis, db)
-    before = (await redis_counters(engine))[("sku-1", "main")]
+    counters = await redis_counters(engine)
+    entry = await engine.redis.hget(K.live, rid)
     await engine.redis.hdel(K.live, rid)
 
     found = check(sync_redis, db, settings)
@@ -270,21 +274,17 @@ async def test_a_deleted_live_entry_returns_its_units_and_ends_the_reservation(
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
     assert fixed.ok, fixed.drift
-    assert (await redis_counters(engine))[("sku-1", "main")] == (before[0] + 3, before[1] - 3)
-    assert await engine.redis.zscore(K.expiry, rid) is None
-    sides = sorted((f["side"], f["kind"]) for f in fixed.repairs)
-    assert sides == [
-        ("database", "reservation_missing_in_redis"),
-        ("redis", "expiry_reconciled"),
-        ("redis", "stock_reconciled"),
-    ]
+    # the 3 units stay reserved for their buyer: the reservation is live again, as recorded
+    assert await redis_counters(engine) == counters
+    assert json.loads(str(await engine.redis.hget(K.live, rid))) == json.loads(str(entry))
+    assert await engine.redis.zscore(K.expiry, rid) is not None
+    assert [(f["side"], f["kind"]) for f in fixed.repairs] == [("redis", "reservation_restored")]
+    order = await engine.commit(rid, BUYER)  # and it works on
+    assert order.lines[0].quantity == 3
     assert_clean_after_drain(sync_redis, db, settings)
-    with db.connect() as conn:
-        status = conn.scalar(
-            select(schema.reservations.c.status).where(schema.reservations.c.id == rid)
-        )
-    assert status == "expired"  # Redis refuses it as expired: its record is still 'active'
-    assert sorted(a["object_type"] for a in fixes(db)) == ["product", "reservation", "reservation"]
+    [audit] = fixes(db)
+    assert (audit["object_type"], audit["object_id"]) == ("reservation", rid)
+    assert audit["new_value"]["live"] is True
 
 
 async def test_orphan_records_on_either_side(
@@ -293,7 +293,7 @@ async def test_orphan_records_on_either_side(
     await drained_with_live(engine, sync_redis, db)
     ghost, stray = "a" * 32, "b" * 32
     now = "2026-01-01 00:00:00"
-    with db.begin() as conn:  # a reservation only the database has
+    with db.begin() as conn:  # a reservation only the database has (due long ago)
         conn.execute(
             text(
                 "INSERT INTO reservations (id, user_id, status, created_at, expires_at,"
@@ -303,30 +303,32 @@ async def test_orphan_records_on_either_side(
         )
     # and a live one only Redis has, without its record, its index entry or its counters
     await engine.redis.hset(K.live, stray, '{"owner":"u","lines":[["sku-1","east",2]]}')
-    east = (await redis_counters(engine))[("sku-1", "east")]
+    counters = await redis_counters(engine)
 
     found = check(sync_redis, db, settings)
     assert kinds(found) == [
         "counter",
         "live_without_expiry",
-        "reservation_missing_in_database",
         "reservation_missing_in_redis",
+        "reservation_unrecorded",
     ]
 
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
     assert fixed.ok, fixed.drift
-    assert (await redis_counters(engine))[("sku-1", "east")] == (east[0] - 2, 2)
-    assert await engine.redis.zscore(K.expiry, stray) is not None  # due now: the sweep takes it
-    assert (await engine.expire()).expired == 1
-    assert (await redis_counters(engine))[("sku-1", "east")] == east
+    # no unit moved: the stray held none the record knows of; the ghost held none at all
+    assert await redis_counters(engine) == counters
+    assert not await engine.redis.hexists(K.live, stray)
+    assert not await engine.redis.hexists(K.live, ghost)  # put back, due: expired at once
+    kinds_done = sorted(f["kind"] for f in fixed.repairs)
+    assert kinds_done == ["due_expired", "reservation_ended", "reservation_restored"]
     assert_clean_after_drain(sync_redis, db, settings)
     with db.connect() as conn:
         rs = schema.reservations
         statuses = dict(
             conn.execute(select(rs.c.id, rs.c.status).where(rs.c.id.in_([ghost, stray]))).all()
         )
-    assert statuses == {ghost: "expired", stray: "expired"}
+    assert statuses == {ghost: "expired"}  # through the normal path, with its event
 
 
 async def test_order_status_drift_and_an_order_gone_from_redis(
@@ -339,31 +341,35 @@ async def test_order_status_drift_and_an_order_gone_from_redis(
         live = dict(conn.execute(select(o.c.status, o.c.id).where(o.c.status != "cancelled")).all())
     with db.begin() as conn:
         conn.execute(o.update().where(o.c.id == live["pending"]).values(status="shipped"))
+    confirmed = await engine.redis.hgetall(K.order(live["confirmed"]))
     await engine.redis.delete(K.order(live["confirmed"]))
 
     found = check(sync_redis, db, settings)
     by_kind = {d.kind: d for d in found.drift}
     assert sorted(by_kind) == ["order_missing_in_redis", "order_status"]
+    # the history says pending, as Redis does: the row is off
     assert (by_kind["order_status"].redis, by_kind["order_status"].database) == (
         "pending",
         "shipped",
     )
-    assert (by_kind["order_missing_in_redis"].right, by_kind["order_missing_in_redis"].repair) == (
-        "unknown",
-        "none",
-    )
+    missing = by_kind["order_missing_in_redis"]
+    assert (missing.right, missing.repair) == ("database", "redis")
 
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
-    assert kinds(fixed) == ["order_missing_in_redis"]  # reported, left to the operator
-    assert not fixed.ok
+    assert fixed.ok, fixed.drift
     with db.connect() as conn:
         assert conn.scalar(select(o.c.status).where(o.c.id == live["pending"])) == "pending"
-    [audit] = fixes(db)
-    assert (audit["old_value"], audit["new_value"]) == (
+    assert await engine.redis.hgetall(K.order(live["confirmed"])) == confirmed
+    order = await engine.transition(live["confirmed"], "processing", SYSTEM)  # moves on
+    assert order.status == "processing"
+    assert_clean_after_drain(sync_redis, db, settings)
+    audit = {a["object_id"]: a for a in fixes(db)}
+    assert (audit[live["pending"]]["old_value"], audit[live["pending"]]["new_value"]) == (
         {"status": "shipped"},
         {"status": "pending"},
     )
+    assert audit[live["confirmed"]]["new_value"] == {"status": "confirmed"}
 
 
 async def test_a_wrong_ledger_is_reported_and_never_rewritten(
@@ -383,20 +389,23 @@ async def test_a_wrong_ledger_is_reported_and_never_rewritten(
     assert not fixed.ok
 
 
-async def test_counters_gone_from_redis_are_reported_not_zeroed(
+async def test_counters_gone_from_redis_are_put_back_from_the_ledger(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
     await drained_with_live(engine, sync_redis, db)
-    await engine.redis.hdel(K.stock, "a|sku-1|east", "r|sku-1|east")
     before = projection(db)
+    await engine.redis.hdel(K.stock, "a|sku-1|east", "r|sku-1|east")
+
+    found = check(sync_redis, db, settings)
+    assert [(d.kind, d.right, d.repair, d.warehouse) for d in found.drift] == [
+        ("stock_missing_in_redis", "database", "redis", "east")
+    ]
 
     fixed = reconcile(sync_redis, db, settings, fix=True)
 
-    assert [(d.kind, d.right, d.repair, d.warehouse) for d in fixed.drift] == [
-        ("stock_missing_in_redis", "unknown", "none", "east")
-    ]
-    assert fixed.repairs == []
-    assert projection(db) == before
+    assert fixed.ok, fixed.drift
+    assert await redis_counters(engine) == before == projection(db)
+    assert_clean_after_drain(sync_redis, db, settings)
 
 
 async def test_dead_letters_and_backlog_are_reported(

@@ -47,6 +47,7 @@ from web.schemas_dashboard import (
     Problems,
     QueuesOut,
     ReconcileOut,
+    RedisBehind,
     ReservationsOut,
 )
 
@@ -110,6 +111,19 @@ def _reconcile(report: dict[str, Any], written_at_ms: int | None) -> ReconcileOu
         kinds=kinds,
         stock_rows=len(report.get("rows", [])),
         backlog=sum(int(p.get("backlog", 0)) for p in report.get("partitions", [])),
+    )
+
+
+def _behind(raw: str | None) -> RedisBehind | None:
+    """The flag the drain leaves on a partition whose Redis is behind (persistence/behind.py)."""
+    if not raw:
+        return None
+    found = json.loads(raw)
+    return RedisBehind(
+        since=iso(datetime.fromtimestamp(found["at_ms"] / 1000, UTC)),
+        checkpoint=found["checkpoint"],
+        last_id=found["last_id"],
+        applied=found["applied"],
     )
 
 
@@ -217,11 +231,12 @@ async def dashboard(
         for k in keys:
             pipe.hgetall(k.stock)
             pipe.xlen(k.dead_letters)
+            pipe.get(k.behind)
         replies = await pipe.execute()
     seconds, micros = replies[0]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    stock, dead = replies[1::2], replies[2::2]
+    stock, dead, behind = replies[1::3], replies[2::3], replies[3::3]
     state = await snapshot(client, partitions)
     if not state.redis_up:  # Redis went away between the two reads: the app's usual 503
         raise redis.exceptions.ConnectionError("redis stopped answering")
@@ -248,6 +263,7 @@ async def dashboard(
                 lag_p99_ms=p.last_drain["lag_p99_ms"],
                 lag_max_ms=p.last_drain["lag_max_ms"],
             ),
+            redis_behind=_behind(behind[p.partition]),
         )
         for p in state.partitions
     ]

@@ -22,6 +22,13 @@ class LastDrain(Out):
     lag_max_ms: int
 
 
+class RedisBehind(Out):
+    since: str = Field(description="when the drain found it (UTC)")
+    checkpoint: str = Field(description="the last event the database applied")
+    last_id: str | None = Field(description="the outbox's last id in this Redis")
+    applied: str | None = Field(description="the last applied event this Redis knows of")
+
+
 class PartitionOut(Out):
     partition: int
     backlog: int = Field(description="outbox events not yet in the database (XLEN)")
@@ -33,6 +40,10 @@ class PartitionOut(Out):
         description="events the database has applied from this partition, ever (its checkpoint)"
     )
     last_drain: LastDrain | None
+    redis_behind: RedisBehind | None = Field(
+        description="set while the drain of this partition is paused because its Redis came "
+        "back behind the database (an older copy); `inventory reconcile --fix` restores it"
+    )
 
 
 class ReservationsOut(Out):

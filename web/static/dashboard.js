@@ -86,6 +86,12 @@
       function (p) { return p.last_drain ? ms(p.last_drain.lag_p99_ms) : null; },
       function (p) { return p.last_drain ? ms(p.last_drain.lag_max_ms) : null; },
       function (p) { return p.dead_letter_stream; },
+      function (p) {
+        return p.redis_behind
+          ? { text: "paused: Redis is behind the database since " + when(p.redis_behind.since) +
+              "; run inventory reconcile --fix", cls: "error" }
+          : "draining";
+      },
     ], "no partitions");
 
     var dead = d.dead_letters;

@@ -1,0 +1,221 @@
+-- repair.lua: reconcile's repairs on the Redis side of one partition (`inventory reconcile
+-- --fix`), in one atomic step, each recorded by an event.
+--
+-- The durable record (the database plus the events still in the outbox) is the truth; this
+-- script brings Redis back to it. The caller worked out what differs from a snapshot; every
+-- condition is checked again here, and what is already right by now is left alone:
+--   - a Redis behind the database (restored from an older copy) gets its stream id and applied
+--     marker moved up to the database's checkpoint FIRST, so that no event written from here
+--     on sorts before it (the drain would skip it), and its 'behind' flag is removed;
+--   - product settings missing or different are put back;
+--   - live reservations the record holds are put back (entry, expiry index, record hash), and
+--     live ones the record says ended (or never made) are ended, without moving units;
+--   - orders missing or in another status are put back;
+--   - counters are rolled back to the record: each loses the offset the caller measured
+--     (what no event explains), so changes made meanwhile, with their events, are kept. A
+--     roll-back that would leave a counter below zero is refused and reported as a conflict:
+--     units were promised twice, and only an operator can choose whom to disappoint;
+--   - the expiry index is made to hold exactly the live reservations;
+--   - after a restore, ended records and idempotency records missing in Redis are put back.
+--
+-- KEYS[1] stock   KEYS[2] products   KEYS[3] live   KEYS[4] expiry   KEYS[5] outbox
+-- KEYS[6] applied (string: last event the database applied)   KEYS[7] behind (flag)
+-- KEYS[7 + i] the record or idempotency keys the plan names by their index i (1-based)
+--
+-- ARGV[1] the plan, JSON (every list may be empty or missing; times in ms, Redis clock):
+--   "checkpoint":  the database's checkpoint ('' = the partition is not behind)
+--   "products":    [[product, meta JSON], ...]
+--   "restore":     [[reservation, key i, live entry JSON, expires_at, [record field, value,
+--                    ...], record expires at (ms)], ...]   put back unless live
+--   "end":         [[reservation, key i, status ('' = delete the record: nobody made it),
+--                    ended_at, order id, record ttl (ms)], ...]   ended if live
+--   "orders":      [[order, key i, status found ('' = missing), [field, value, ...],
+--                    record ttl (ms, 0 = keep)], ...]   written if still as found
+--   "counters":    [[product, warehouse, offset available, offset reserved (units)], ...]
+--   "reindex":     [[reservation, key i], ...]
+--   "records":     [[key i, [field, value, ...], expires at (ms)], ...]   written if missing
+--   "idempotency": [[key i, fingerprint, reply, expires at (ms)], ...]   written if missing
+-- ARGV[2] actor   ARGV[3] request id
+--
+-- Returns JSON {"ok": true, "moved_to": checkpoint or null, "products": [product],
+--   "restored": [reservation], "ended": [reservation], "orders": [order],
+--   "movements": [{product, warehouse, available_before, available_after, reserved_before,
+--   reserved_after}], "conflicts": [{product, warehouse, available, reserved, offset_available,
+--   offset_reserved}], "reindexed": [{reservation, expires_at_before, expires_at_after}],
+--   "records": n, "idempotency": n}
+--   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+-- Events: record_reconciled per product, reservation or order put right; stock_reconciled
+--   per counter rolled back (its movement starts and ends at the recorded counters, with
+--   the counters found); expiry_reconciled per reservation re-indexed; redis_restored once
+--   when ended records or idempotency records were put back.
+
+local stock, products, live_hash, expiry, outbox, applied, behind =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local plan = cjson.decode(ARGV[1])
+local actor, request_id = ARGV[2], ARGV[3]
+local now = now_ms()
+local function key(i) return KEYS[7 + i] end
+local function stream_last_id(stream)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return info[i + 1] end
+  end
+end
+local function record_event(object_type, id, found, restored)
+  emit(outbox, 'record_reconciled', now, actor, request_id,
+       {object_type = object_type, object_id = id, found = found, restored = restored})
+end
+
+local moved_to = cjson.null
+local checkpoint = plan.checkpoint or ''
+if checkpoint ~= '' then
+  if redis.call('EXISTS', outbox) == 0 then
+    -- an entry trimmed as it is added (MAXLEN 0) creates the stream with that last id
+    redis.call('XADD', outbox, 'MAXLEN', 0, checkpoint, 'type', 'restore')
+    moved_to = checkpoint
+  elseif id_less(stream_last_id(outbox), checkpoint) then
+    redis.call('XSETID', outbox, checkpoint)
+    moved_to = checkpoint
+  end
+  local marker = redis.call('GET', applied)
+  if not marker or id_less(marker, checkpoint) then redis.call('SET', applied, checkpoint) end
+  redis.call('DEL', behind)
+end
+
+local fixed_products = {}
+for _, pm in ipairs(plan.products or {}) do
+  local found = redis.call('HGET', products, pm[1])
+  if found ~= pm[2] then
+    redis.call('HSET', products, pm[1], pm[2])
+    for _, wh in ipairs(cjson.decode(pm[2]).warehouses) do
+      redis.call('HSETNX', stock, 'a|' .. pm[1] .. '|' .. wh[1], 0)
+      redis.call('HSETNX', stock, 'r|' .. pm[1] .. '|' .. wh[1], 0)
+    end
+    fixed_products[#fixed_products + 1] = pm[1]
+    record_event('product', pm[1], found and cjson.decode(found) or cjson.null,
+                 cjson.decode(pm[2]))
+  end
+end
+
+local restored = {}
+for _, r in ipairs(plan.restore or {}) do
+  local id, record = r[1], key(r[2])
+  if redis.call('HEXISTS', live_hash, id) == 0 then
+    local found = redis.call('HGET', record, 'status') or cjson.null
+    redis.call('HSET', live_hash, id, r[3])
+    redis.call('ZADD', expiry, r[4], id)
+    redis.call('DEL', record)
+    redis.call('HSET', record, unpack(r[5]))
+    redis.call('PEXPIREAT', record, r[6])
+    restored[#restored + 1] = id
+    record_event('reservation', id, {live = false, status = found},
+                 {live = true, status = 'active', expires_at = r[4]})
+  end
+end
+
+local ended = {}
+for _, e in ipairs(plan['end'] or {}) do
+  local id, record = e[1], key(e[2])
+  local raw = redis.call('HGET', live_hash, id)
+  if raw then
+    redis.call('HDEL', live_hash, id)
+    redis.call('ZREM', expiry, id)
+    if e[3] == '' then
+      redis.call('DEL', record)
+    elseif redis.call('EXISTS', record) == 1 then
+      redis.call('HSET', record, 'status', e[3], 'ended_at', e[4], 'order_id', e[5])
+      redis.call('PEXPIRE', record, e[6])
+    end
+    ended[#ended + 1] = id
+    record_event('reservation', id, {live = true, entry = cjson.decode(raw)},
+                 {live = false, status = e[3] ~= '' and e[3] or cjson.null})
+  end
+end
+
+local orders = {}
+for _, o in ipairs(plan.orders or {}) do
+  local id, record = o[1], key(o[2])
+  local status = redis.call('HGET', record, 'status') or ''
+  if status == o[3] then
+    if status == '' then redis.call('DEL', record) end
+    redis.call('HSET', record, unpack(o[4]))
+    if o[5] > 0 then redis.call('PEXPIRE', record, o[5]) end
+    orders[#orders + 1] = id
+    record_event('order', id, {status = status ~= '' and status or cjson.null},
+                 {status = redis.call('HGET', record, 'status')})
+  end
+end
+
+local movements, conflicts = {}, {}
+local held = {}
+if #(plan.counters or {}) > 0 then
+  for _, raw in ipairs(redis.call('HVALS', live_hash)) do
+    for _, l in ipairs(cjson.decode(raw).lines) do
+      local k = l[1] .. '|' .. l[2]
+      held[k] = (held[k] or 0) + l[3]
+    end
+  end
+end
+for _, c in ipairs(plan.counters or {}) do
+  local p, w, off_a, off_r = c[1], c[2], c[3], c[4]
+  local a, r = counts(stock, p, w)
+  local a2, r2 = a - off_a, r - off_r
+  if a2 < 0 or r2 < 0 then
+    conflicts[#conflicts + 1] = {product = p, warehouse = w, available = a, reserved = r,
+                                 offset_available = off_a, offset_reserved = off_r}
+  elseif off_a ~= 0 or off_r ~= 0 then
+    redis.call('HSET', stock, 'a|' .. p .. '|' .. w, a2, 'r|' .. p .. '|' .. w, r2)
+    local m = {product = p, warehouse = w, available_before = a2, available_after = a2,
+               reserved_before = r2, reserved_after = r2}
+    movements[#movements + 1] = m
+    emit(outbox, 'stock_reconciled', now, actor, request_id,
+         {product = p, warehouse = w, found = {available = a, reserved = r},
+          live_reserved = held[p .. '|' .. w] or 0, movements = {m}})
+  end
+end
+
+local reindexed = {}
+for _, x in ipairs(plan.reindex or {}) do
+  local id = x[1]
+  local is_live = redis.call('HEXISTS', live_hash, id) == 1
+  local score = redis.call('ZSCORE', expiry, id)
+  local fix = nil
+  if is_live and not score then
+    local at = tonumber(redis.call('HGET', key(x[2]), 'expires_at')) or now
+    redis.call('ZADD', expiry, at, id)
+    fix = {reservation = id, expires_at_before = cjson.null, expires_at_after = at}
+  elseif score and not is_live then
+    redis.call('ZREM', expiry, id)
+    fix = {reservation = id, expires_at_before = tonumber(score), expires_at_after = cjson.null}
+  end
+  if fix then
+    reindexed[#reindexed + 1] = fix
+    emit(outbox, 'expiry_reconciled', now, actor, request_id,
+         {reservation = id, expires_at_before = fix.expires_at_before,
+          expires_at_after = fix.expires_at_after})
+  end
+end
+
+local records, idempotency = 0, 0
+for _, r in ipairs(plan.records or {}) do
+  if r[3] > now and redis.call('EXISTS', key(r[1])) == 0 then
+    redis.call('HSET', key(r[1]), unpack(r[2]))
+    redis.call('PEXPIREAT', key(r[1]), r[3])
+    records = records + 1
+  end
+end
+for _, r in ipairs(plan.idempotency or {}) do
+  if r[4] > now and redis.call('EXISTS', key(r[1])) == 0 then
+    redis.call('HSET', key(r[1]), 'fp', r[2], 'reply', r[3])
+    redis.call('PEXPIREAT', key(r[1]), r[4])
+    idempotency = idempotency + 1
+  end
+end
+if records + idempotency > 0 then
+  emit(outbox, 'redis_restored', now, actor, request_id,
+       {records = records, idempotency_records = idempotency})
+end
+
+return ok({moved_to = moved_to, products = fixed_products, restored = restored, ended = ended,
+           orders = orders, movements = movements, conflicts = conflicts,
+           reindexed = reindexed, records = records, idempotency = idempotency})

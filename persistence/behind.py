@@ -1,0 +1,77 @@
+"""Telling that a Redis is behind the database, exactly.
+
+The database's checkpoint names the last outbox event it applied. A Redis that had that event
+either still holds it in the stream (not trimmed yet) or trimmed it, and the trim moved the
+partition's applied marker up to it in the same step (lua/trim_outbox.lua). A Redis that holds
+neither never had the event: it came back from an older copy (AOF `everysec` lost its last
+second, a failover promoted a replica that lagged, an old backup was restored), and the
+database holds changes this Redis lacks. Draining it then would skip or misplace events, so
+the drain pauses the partition and `inventory reconcile --fix` restores what Redis lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from engine.keys import partition_keys
+from persistence.records import sid
+
+log = logging.getLogger("inventory.drain")
+
+
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """What showed that partition's Redis is behind the database."""
+
+    partition: int
+    checkpoint: str  # the database's: the last event it applied
+    last_id: str | None  # the outbox's last generated id (None: no stream)
+    applied: str | None  # the marker (None: never trimmed, or a Redis from before markers)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_behind(
+    checkpoint: str, last_id: str | None, applied: str | None, checkpoint_present: bool
+) -> bool:
+    """Whether a Redis never had the checkpoint's event (see the module docstring). Without a
+    marker (a Redis written before markers existed) only the stream's last id can tell."""
+    if checkpoint == "0-0" or checkpoint_present:
+        return False
+    if last_id is None or sid(last_id) < sid(checkpoint):
+        return True
+    return applied is not None and sid(applied) < sid(checkpoint)
+
+
+def flag(client: redis.Redis, found: Behind) -> None:
+    """Record that the partition is behind, for the dashboard, /readyz and reconcile; the
+    flag stays until a repair (or a drain that finds the partition caught up) removes it."""
+    k = partition_keys(found.partition)
+    if client.set(
+        k.behind, json.dumps({**found.to_json(), "at_ms": int(time.time() * 1000)}), nx=True
+    ):
+        log.error(
+            "partition %d: Redis is behind the database (checkpoint %s, outbox last id %s, "
+            "applied marker %s): its drain is paused; run `inventory reconcile` to see what "
+            "Redis lost and `inventory reconcile --fix` to restore it from the database",
+            found.partition,
+            found.checkpoint,
+            found.last_id,
+            found.applied,
+        )
+
+
+def flagged(client: redis.Redis, partitions: int) -> dict[int, dict[str, Any]]:
+    """The partitions whose drain found Redis behind, with what it saw."""
+    with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.get(partition_keys(p).behind)
+        raw: list[str | None] = pipe.execute()
+    return {p: json.loads(v) for p, v in enumerate(raw) if v}

@@ -1,0 +1,209 @@
+"""A Redis that comes back behind the database — an older copy of its AOF restored after later
+writes were drained — is detected exactly (`redis_behind`), its drain pauses, and `reconcile
+--fix` restores what it lost from the database: the units sold stay sold, the order reads and
+moves on, a retried write under the same Idempotency-Key gets its first answer, and the next
+reconcile is clean."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine as DatabaseEngine
+from sqlalchemy import select
+
+from engine.engine import Engine
+from engine.keys import partition_keys
+from engine.models import SYSTEM, CallContext, LineRequest
+from engine.settings import Settings
+from persistence import schema
+from persistence.behind import is_behind
+from persistence.drain import drain_partition
+from persistence.reconcile import check
+from scripts.redis_server import RedisServer
+from tests.support import last_json, run_cli
+
+K = partition_keys(0)
+BUYER = CallContext(actor="buyer-7", request_id="req-7")
+KEYED = dataclasses.replace(BUYER, idempotency_key="cart-7")
+
+
+@dataclasses.dataclass
+class Stack:
+    server: RedisServer
+    settings: Settings
+    client: redis.Redis
+    db: DatabaseEngine
+    env: dict[str, str]
+
+    def copy_aof(self, to: Path) -> None:
+        """An older copy of Redis's files: taken while the server is stopped (clean)."""
+        self.server.stop()
+        shutil.copytree(self.server.data_dir / "appendonlydir", to)
+        self.server.start()
+
+    def restore_aof(self, copy: Path) -> None:
+        self.server.stop()
+        shutil.rmtree(self.server.data_dir / "appendonlydir")
+        shutil.copytree(copy, self.server.data_dir / "appendonlydir")
+        self.server.start()
+
+    def inventory(self, *args: str) -> tuple[int, dict[str, Any]]:
+        proc = run_cli(*args, "--json", env=self.env)
+        return proc.returncode, last_json(proc)
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, pg_url: str, pg: DatabaseEngine, settings: Settings
+) -> AsyncIterator[Stack]:
+    server = RedisServer(tmp_path / "redis", appendfsync="always")
+    server.start()
+    own = dataclasses.replace(settings, redis_url=server.url, database_url=pg_url)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    env = {"REDIS_URL": server.url, "DATABASE_URL": pg_url}
+    try:
+        yield Stack(server, own, client, pg, env)
+    finally:
+        client.close()
+        server.stop()
+
+
+async def available(engine: Engine, product: str = "drop") -> tuple[int, int]:
+    level = (await engine.get_stock(product)).levels[0]
+    return level.available, level.reserved
+
+
+async def test_an_older_aof_is_detected_and_restored_from_the_database(
+    stack: Stack, tmp_path: Path
+) -> None:
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.copy_aof(tmp_path / "older")
+
+    async with Engine.from_settings(stack.settings) as engine:
+        first = await engine.reserve([LineRequest("drop", 4)], KEYED)
+        order = await engine.commit(first.id, BUYER)
+        assert await available(engine) == (6, 0)
+    assert drain_partition(stack.client, stack.db, stack.settings, 0).applied == 2
+
+    stack.restore_aof(tmp_path / "older")  # Redis is back where it was before the sale
+
+    async with Engine.from_settings(stack.settings) as engine:
+        assert await available(engine) == (10, 0)  # the 4 sold units look free again
+
+    # the drain refuses rather than skip or misplace events, and says so
+    drained = drain_partition(stack.client, stack.db, stack.settings, 0)
+    assert (drained.behind, drained.applied) == (True, 0)
+    flag = json.loads(str(stack.client.get(K.behind)))
+    assert flag["checkpoint"] == drained.checkpoint
+
+    code, report = stack.inventory("reconcile")
+    assert code == 1
+    kinds = [d["kind"] for d in report["drift"]]
+    assert kinds[0] == "redis_behind"
+    assert {"unrecorded", "order_missing_in_redis"} <= set(kinds)
+    assert report["partitions"][0]["behind"] is True
+    assert report["partitions"][0]["drain_paused"] is True
+
+    code, fixed = stack.inventory("reconcile", "--fix")
+    assert code == 0, fixed
+    assert fixed["ok"] is True
+    assert "redis_behind" in [d["kind"] for d in fixed["found"]]
+    assert stack.client.get(K.behind) is None
+
+    async with Engine.from_settings(stack.settings) as engine:
+        # exactly the stock minus the sold units: nothing resold
+        assert await available(engine) == (6, 0)
+        # the order reads and moves on
+        assert (await engine.get_order(order.id, BUYER)).status == "pending"
+        moved = await engine.transition(order.id, "confirmed", SYSTEM)
+        assert moved.status == "confirmed"
+        # the buyer's retry under the same key gets the first answer and takes nothing
+        again = await engine.reserve([LineRequest("drop", 4)], KEYED)
+        assert (again.id, again.replayed) == (first.id, True)
+        assert await available(engine) == (6, 0)
+        # a new buyer gets what is really left, and no more
+        await engine.reserve([LineRequest("drop", 6)], SYSTEM)
+        assert await available(engine) == (0, 6)
+
+    assert not drain_partition(stack.client, stack.db, stack.settings, 0).behind
+    after = check(stack.client, stack.db, stack.settings)
+    assert after.ok, after.drift
+    code, clean = stack.inventory("reconcile")
+    assert (code, clean["ok"]) == (0, True)
+    with stack.db.connect() as conn:
+        o = schema.orders
+        assert conn.scalar(select(o.c.status).where(o.c.id == order.id)) == "confirmed"
+        a = schema.audit_log
+        actions = list(conn.scalars(select(a.c.action).where(a.c.actor == "reconcile")))
+    assert "reconcile_fix" in actions  # what was found, on the record
+
+
+async def test_a_redis_behind_with_nothing_lost_but_its_stream_id(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Only the stream fell behind (say a failover right after a drain of events whose
+    effects the replica had): the repair moves its id past the checkpoint, so that new
+    events sort after it and are drained."""
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    checkpoint = drain_partition(stack.client, stack.db, stack.settings, 0).checkpoint
+    ahead = f"{int(checkpoint.split('-')[0]) + 3_600_000}-0"  # the database saw a later event
+    with stack.db.begin() as conn:
+        conn.execute(schema.outbox_checkpoints.update().values(last_event_id=ahead))
+
+    report = check(stack.client, stack.db, stack.settings)
+    assert [d.kind for d in report.drift] == ["redis_behind"]
+    code, fixed = stack.inventory("reconcile", "--fix")
+    assert code == 0, fixed
+    assert [r["kind"] for r in fixed["repairs"]] == ["stream_id_moved"]
+
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.reserve([LineRequest("drop", 1)], BUYER)
+    drained = drain_partition(stack.client, stack.db, stack.settings, 0)
+    assert (drained.behind, drained.applied) == (False, 1)
+    assert check(stack.client, stack.db, stack.settings).ok
+
+
+async def test_a_drain_that_committed_but_never_trimmed_is_not_behind(stack: Stack) -> None:
+    """The marker moves with the trim; a crash between the commit and the trim leaves the
+    checkpoint's event in the stream, which tells the two cases apart."""
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        drain_partition(stack.client, stack.db, stack.settings, 0)
+        held = await engine.reserve([LineRequest("drop", 1)], BUYER)
+    assert held.event_id is not None
+    # as if a drain committed this event and died before its trim
+    with stack.db.begin() as conn:
+        conn.execute(
+            schema.outbox_checkpoints.update().values(last_event_id=held.event_id.split("-", 1)[1])
+        )
+    assert not check(stack.client, stack.db, stack.settings).partitions[0].behind
+    assert not drain_partition(stack.client, stack.db, stack.settings, 0).behind
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "last_id", "applied", "present", "behind"),
+    [
+        ("0-0", None, None, False, False),  # nothing applied yet
+        ("5-0", "9-0", "5-0", False, False),  # trimmed up to the checkpoint
+        ("5-0", "9-0", "3-0", True, False),  # committed, not trimmed yet
+        ("5-0", "9-0", "3-0", False, True),  # never had it: an older copy, written since
+        ("5-0", "4-0", None, False, True),  # the stream stops before the checkpoint
+        ("5-0", None, None, False, True),  # no stream at all
+        ("5-0", "9-0", None, False, False),  # no marker (a Redis from before markers)
+    ],
+)
+def test_is_behind(
+    checkpoint: str, last_id: str | None, applied: str | None, present: bool, behind: bool
+) -> None:
+    assert is_behind(checkpoint, last_id, applied, present) is behind
