@@ -5,6 +5,11 @@ after the partition's checkpoint, apply them and move the checkpoint in ONE data
 transaction, commit, and only then trim the stream up to the checkpoint — an event leaves
 Redis only once the database has it (invariant 4). The checkpoint row is locked for the
 transaction, so even a drainer whose lease lapsed can't apply a batch twice.
+
+Only an event that would fail again becomes a dead letter (persistence.failures). A transient
+database error (a lock or statement timeout, a deadlock) rolls the whole batch back and is
+raised: checkpoint unmoved, nothing trimmed, nothing dead-lettered; the caller retries (the RQ
+job's DRAIN_RETRY, the in-process drain's backoff).
 """
 
 from __future__ import annotations
