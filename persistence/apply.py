@@ -4,7 +4,10 @@ A batch is applied inside the caller's transaction: events already applied (thei
 the audit log) are skipped, the rest are translated to rows and written in bulk, table by
 table, in an order that gives the same end state as applying them one by one. If the bulk
 write fails, the batch is applied again event by event, each in a savepoint, and an event
-that fails alone is returned as dead — it does not block the events behind it.
+that fails alone is returned as dead — it does not block the events behind it. Only a failure
+the event would meet again is its own (persistence.failures); a transient one (a lock or
+statement timeout, a deadlock, a lost connection) is raised, so that the caller's transaction
+rolls back whole and the batch is tried again later.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.outbox import OutboxEvent
 from persistence import schema
+from persistence.failures import is_transient
 from persistence.translate import BadEvent, Rows, translate
 
 # COPY goes through psycopg directly, so its errors arrive unwrapped.
@@ -166,8 +170,9 @@ def apply_batch(conn: Connection, events: Sequence[OutboxEvent]) -> BatchResult:
             write_rows(conn, batch)
         result.applied = len(good)
         return result
-    except DATABASE_ERRORS:
-        pass
+    except DATABASE_ERRORS as exc:
+        if is_transient(exc):
+            raise  # the slow path would meet it too, and dead-letter what it touched
     done = already_applied(conn, events)
     result.dead = [(e, error) for e, error in result.dead if e.event_id not in done]
     for event, rows in good:
@@ -179,5 +184,7 @@ def apply_batch(conn: Connection, events: Sequence[OutboxEvent]) -> BatchResult:
                 write_rows(conn, rows)
             result.applied += 1
         except DATABASE_ERRORS as exc:
+            if is_transient(exc):
+                raise
             result.dead.append((event, f"{type(exc).__name__}: {exc}"[:2000]))
     return result

@@ -10,6 +10,11 @@ Before each batch the drain makes sure this Redis is not behind the database
 (persistence/behind.py): a Redis that came back from an older copy lacks events the
 checkpoint covers, and its new events would be applied over a state the database has left.
 Such a partition is not drained: it is flagged, and waits for `inventory reconcile --fix`.
+
+Only an event that would fail again becomes a dead letter (persistence.failures). A transient
+database error (a lock or statement timeout, a deadlock) rolls the whole batch back and is
+raised: checkpoint unmoved, nothing trimmed, nothing dead-lettered; the caller retries (the RQ
+job's DRAIN_RETRY, the in-process drain's backoff).
 """
 
 from __future__ import annotations

@@ -13,6 +13,27 @@ from typing import Any
 import redis
 
 from persistence import jobs
+from persistence.apply import DATABASE_ERRORS
+from persistence.failures import describe
+
+# An in-process drain waits out a transient database error (a lock held, a deadlock) as the
+# RQ job's DRAIN_RETRY does, only sooner, then gives up loudly: the events stay in the outbox,
+# nothing is dead-lettered, and the next drain starts from the same checkpoint.
+DRAIN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+class DrainFailed(Exception):
+    """A partition's drain kept failing; `drained` holds the partitions done before it."""
+
+    def __init__(self, partition: int, attempts: int, error: str, drained: list[Any]) -> None:
+        super().__init__(
+            f"partition {partition}: the database failed {attempts} time(s), last with "
+            f"{error}; nothing was dead-lettered, its events wait in the outbox"
+        )
+        self.partition = partition
+        self.attempts = attempts
+        self.error = error
+        self.drained = drained
 
 
 def _environment(args: argparse.Namespace) -> None:
@@ -23,13 +44,31 @@ def _environment(args: argparse.Namespace) -> None:
         os.environ["DATABASE_URL"] = args.database_url
 
 
-def drain_everything(deadline_s: float = 120.0) -> list[dict[str, Any]]:
-    """Drain every partition until its outbox is empty, waiting out another drainer's lease."""
-    results = []
+def drain_everything(
+    deadline_s: float = 120.0, backoff_s: tuple[float, ...] = DRAIN_BACKOFF_S
+) -> list[dict[str, Any]]:
+    """Drain every partition until its outbox is empty, waiting out another drainer's lease
+    and, `backoff_s` apart, a transient database error; DrainFailed after the last pause."""
+    results: list[dict[str, Any]] = []
     for partition in range(jobs.settings().partitions):
         started = time.monotonic()
+        failures = 0
         while True:
-            result = jobs.drain(partition)
+            try:
+                result = jobs.drain(partition)
+            except DATABASE_ERRORS as exc:
+                if failures == len(backoff_s):
+                    raise DrainFailed(partition, failures + 1, describe(exc), results) from exc
+                pause = backoff_s[failures]
+                failures += 1
+                print(
+                    f"drain of partition {partition} failed ({describe(exc)}); "
+                    f"retry {failures} of {len(backoff_s)} in {pause:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(pause)
+                continue
             if not result["locked_out"]:
                 results.append(result)
                 break
@@ -63,7 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker([jobs.queue(connection)], connection=connection)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
     if args.burst:
-        return _outcome(drain_everything())
+        return _drain_and_report()
     return 0
 
 
@@ -82,9 +121,20 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain_and_report() -> int:
+    try:
+        results = drain_everything()
+    except DrainFailed as exc:
+        print(f"drain failed: {exc}", file=sys.stderr)
+        failed = {"partition": exc.partition, "attempts": exc.attempts, "error": exc.error}
+        print(json.dumps({"drained": exc.drained, "failed": failed}, sort_keys=True, default=str))
+        return 1
+    return _outcome(results)
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     _environment(args)
-    return _outcome(drain_everything())
+    return _drain_and_report()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

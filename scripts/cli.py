@@ -16,7 +16,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench, operators, rqdash, serve, users
+from scripts import background, bench, dead_letters, operators, rqdash, serve, users
 
 console = Console(stderr=True)
 
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub, common)
     background.add_commands(sub, common)
     operators.add_commands(sub, common)
+    dead_letters.add_commands(sub)
     bench.add_commands(sub, common)
     rqdash.add_commands(sub, common)
     users.add_commands(sub)

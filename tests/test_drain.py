@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from typing import Any, cast
 
+import psycopg
+import pytest
 import redis
+from rq.job import Job, JobStatus
 from sqlalchemy import Engine as DatabaseEngine
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from engine import outbox
 from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import LineRequest
-from engine.settings import Settings
-from persistence import schema
-from persistence.apply import apply_batch
-from persistence.drain import drain_partition
+from engine.settings import PROJECT_ROOT, Settings
+from persistence import jobs, schema
+from persistence.apply import DATABASE_ERRORS, apply_batch
+from persistence.db import database_engine
+from persistence.drain import DrainResult, drain_partition
+from persistence.failures import describe, is_deterministic, is_transient
+from persistence.jobs import DRAIN_RETRY
+from persistence.translate import BadEvent
+from scripts.background import DrainFailed, drain_everything
 from tests.durable import (
     BUYER,
     count,
@@ -164,3 +180,254 @@ async def test_a_second_drainer_is_locked_out(
     assert result.locked_out
     assert count(db, schema.audit_log) == 0
     assert await engine.redis.xlen(partition_keys(0).outbox) == events_added(sync_redis)
+
+
+# -- transient database errors: retried, never dead-lettered ---------------------------------
+
+
+def with_session_settings(pg_url: str, **values: str) -> str:
+    """pg_url whose connections start with these settings (`lock_timeout="200ms"`, ...)."""
+    options = " ".join(f"-c {name}={value}" for name, value in values.items())
+    url = make_url(pg_url).update_query_dict({"options": options})
+    return url.render_as_string(hide_password=False)
+
+
+def checkpoint(db: DatabaseEngine) -> str | None:
+    with db.connect() as conn:
+        return conn.scalar(select(schema.outbox_checkpoints.c.last_event_id))
+
+
+def test_failures_are_classified_by_what_the_event_would_meet_again() -> None:
+    def wrapped(orig: BaseException) -> DBAPIError:
+        return DBAPIError("INSERT ...", {}, orig)  # as SQLAlchemy wraps a driver's error
+
+    transient: list[BaseException] = [
+        psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+        psycopg.errors.SerializationFailure("could not serialize access"),
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg.OperationalError("connection is lost"),
+        psycopg.errors.UndefinedTable("relation does not exist"),  # not migrated: not the event's
+        sqlite3.OperationalError("database is locked"),
+    ]
+    deterministic: list[BaseException] = [
+        psycopg.errors.UniqueViolation("duplicate key value"),
+        psycopg.errors.ForeignKeyViolation("violates foreign key constraint"),
+        psycopg.errors.CheckViolation("violates check constraint"),
+        psycopg.errors.StringDataRightTruncation("value too long for type character varying"),
+        psycopg.errors.NumericValueOutOfRange("integer out of range"),
+        psycopg.errors.TransactionIntegrityConstraintViolation("deferred constraint"),
+        sqlite3.IntegrityError("UNIQUE constraint failed: audit_log.event_id"),
+        BadEvent("unknown event type 'x'"),
+        StatementError("bad value", "INSERT ...", {}, TypeError("not a datetime")),
+    ]
+    for exc in transient:
+        assert is_transient(exc), exc
+        assert is_transient(wrapped(exc)), exc
+    for exc in deterministic:
+        assert is_deterministic(exc), exc
+    for exc in deterministic[:7]:
+        assert is_deterministic(wrapped(exc)), exc
+    assert describe(wrapped(transient[0])) == (
+        "LockNotAvailable: canceling statement due to lock timeout"
+    )
+
+
+async def test_a_lock_timeout_rolls_the_whole_batch_back(
+    engine: Engine, pg: DatabaseEngine, pg_url: str, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    await workload(engine, rounds=8)
+    produced = events_added(sync_redis)
+    k = partition_keys(0)
+    db = database_engine(
+        dataclasses.replace(
+            settings, database_url=with_session_settings(pg_url, lock_timeout="200ms")
+        )
+    )
+    try:
+        with pg.connect() as holder:
+            holder.execute(text("LOCK TABLE stock_ledger IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(DATABASE_ERRORS) as failed:
+                drain_partition(sync_redis, db, settings, 0)
+            holder.rollback()  # the lock goes
+
+        assert describe(failed.value).startswith("LockNotAvailable")
+        # nothing moved: no dead letter, no event applied, the checkpoint and the stream as
+        # they were
+        assert count(pg, schema.dead_letters) == 0
+        assert count(pg, schema.audit_log) == 0
+        assert checkpoint(pg) in (None, "0-0")
+        assert await engine.redis.xlen(k.outbox) == produced
+        assert await engine.redis.xlen(k.dead_letters) == 0
+
+        result = drain_partition(sync_redis, db, settings, 0)
+    finally:
+        db.dispose()
+    assert (result.applied, result.dead) == (produced, 0)
+    assert count(pg, schema.audit_log) == produced
+    assert duplicates(pg) == {"audit": 0, "ledger": 0}
+    assert await engine.redis.xlen(k.outbox) == 0
+
+
+def burst_worker_while_the_ledger_is_locked(
+    pg: DatabaseEngine, env: dict[str, str]
+) -> tuple[int, str, str]:
+    """`inventory worker --burst` while another session holds stock_ledger, until its
+    in-process drain has failed once; then the lock goes. Its exit code, stdout and stderr."""
+    with pg.connect() as holder:
+        holder.execute(text("LOCK TABLE stock_ledger IN ACCESS EXCLUSIVE MODE"))
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "scripts.cli", "worker", "--burst", "--log-level", "WARNING"],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stderr is not None
+        seen = []
+        for line in worker.stderr:
+            seen.append(line)
+            if "retry 1 of" in line:
+                break
+        holder.rollback()  # the lock goes
+    out, err = worker.communicate(timeout=120)
+    return worker.returncode, out, "".join(seen) + err
+
+
+async def test_the_drain_waits_out_a_lock_held_on_the_ledger(
+    engine: Engine, pg: DatabaseEngine, pg_url: str, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    # The worker's sessions give up on a lock after 200 ms. Its queued drain job fails and RQ
+    # schedules it again (DRAIN_RETRY); its in-process drain retries until the lock goes. Then
+    # every event is applied exactly once and nothing is dead-lettered.
+    await workload(engine, rounds=8)
+    events = await outbox.read(engine.redis, 0)
+    k = partition_keys(0)
+    raw = redis.Redis.from_url(settings.redis_url)
+    queue = jobs.queue(raw)
+    jobs.enqueue_drain(queue, 0)
+    [job_id] = queue.job_ids
+    url = with_session_settings(pg_url, lock_timeout="200ms")
+
+    code, out, err = burst_worker_while_the_ledger_is_locked(
+        pg, {"REDIS_URL": settings.redis_url, "DATABASE_URL": url}
+    )
+
+    assert code == 0, err
+    assert "drain of partition 0 failed (LockNotAvailable" in err
+    assert json.loads(out.strip().splitlines()[-1])["drained"][0]["applied"] == len(events)
+    job = Job.fetch(job_id, connection=raw)
+    raw.close()
+    assert job.get_status() == JobStatus.SCHEDULED  # RQ runs it again later, harmlessly
+    assert job.retries_left == DRAIN_RETRY.max - 1
+    assert count(pg, schema.dead_letters) == 0
+    assert await engine.redis.xlen(k.dead_letters) == 0
+    assert count(pg, schema.audit_log) == len(events)
+    assert count(pg, schema.stock_ledger) == sum(len(e.movements) for e in events)
+    assert duplicates(pg) == {"audit": 0, "ledger": 0}
+    assert await engine.redis.xlen(k.outbox) == 0
+    assert checkpoint(pg) == events[-1].id
+    assert projection(pg) == await redis_counters(engine)
+
+
+async def test_an_in_process_drain_gives_up_loudly_and_dead_letters_nothing(
+    engine: Engine,
+    pg: DatabaseEngine,
+    pg_url: str,
+    sync_redis: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await workload(engine, rounds=2)
+    produced = events_added(sync_redis)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("DATABASE_URL", with_session_settings(pg_url, lock_timeout="100ms"))
+    for cached in (jobs.settings, jobs.redis_client, jobs.database):
+        cached.cache_clear()
+    try:
+        with pg.connect() as holder:
+            holder.execute(text("LOCK TABLE stock_ledger IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(DrainFailed) as failed:
+                drain_everything(backoff_s=(0.05, 0.05))
+            holder.rollback()
+    finally:
+        jobs.database().dispose()
+        for cached in (jobs.settings, jobs.redis_client, jobs.database):
+            cached.cache_clear()
+
+    assert failed.value.attempts == 3
+    assert str(failed.value) == (
+        "partition 0: the database failed 3 time(s), last with LockNotAvailable: canceling "
+        "statement due to lock timeout; nothing was dead-lettered, its events wait in the outbox"
+    )
+    assert count(pg, schema.dead_letters) == 0
+    assert count(pg, schema.audit_log) == 0
+    assert await engine.redis.xlen(partition_keys(0).outbox) == produced
+
+
+def deadlock_the_drain(
+    pg: DatabaseEngine, db: DatabaseEngine, client: redis.Redis, settings: Settings
+) -> BaseException | DrainResult:
+    """Drain through `db` while another session holds sku-1's stock row, and once the drain
+    waits for it (holding the checkpoint row), ask for the checkpoint row: a deadlock."""
+    outcome: list[BaseException | DrainResult] = []
+
+    def drain() -> None:
+        try:
+            outcome.append(drain_partition(client, db, settings, 0))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    sl = schema.stock_levels
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query ILIKE '%stock_levels%'"
+    )
+    with pg.connect() as other, pg.connect() as watcher:
+        other.execute(text("SET deadlock_timeout = '60s'"))
+        other.execute(select(sl).where(sl.c.product == "sku-1").with_for_update()).all()
+        thread = threading.Thread(target=drain)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not watcher.scalar(waiting):
+            assert thread.is_alive(), outcome
+            assert time.monotonic() < deadline, "the drain never waited for the stock row"
+            watcher.rollback()
+            time.sleep(0.02)
+        # returns once Postgres has cancelled the drain's transaction
+        other.execute(select(schema.outbox_checkpoints).with_for_update()).all()
+        other.rollback()
+        thread.join(timeout=60)
+    [result] = outcome
+    return result
+
+
+async def test_a_deadlock_rolls_the_batch_back_and_the_next_drain_applies_it(
+    engine: Engine, pg: DatabaseEngine, pg_url: str, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    # The drain checks for deadlocks first (after 2 s, the other session after 60 s), so it
+    # is the one Postgres cancels.
+    await workload(engine, rounds=2)
+    drain_partition(sync_redis, pg, settings, 0)
+    await engine.reserve([LineRequest("sku-1", 1)], BUYER)
+    before = checkpoint(pg)
+    applied = count(pg, schema.audit_log)
+    url = with_session_settings(pg_url, deadlock_timeout="2s")
+    db = database_engine(dataclasses.replace(settings, database_url=url))
+    try:
+        failed = deadlock_the_drain(pg, db, sync_redis, settings)
+
+        assert isinstance(failed, DBAPIError), failed
+        assert describe(failed).startswith("DeadlockDetected")
+        assert is_transient(failed)
+        assert (checkpoint(pg), count(pg, schema.audit_log)) == (before, applied)
+        assert count(pg, schema.dead_letters) == 0
+
+        result = drain_partition(sync_redis, db, settings, 0)
+    finally:
+        db.dispose()
+    assert (result.applied, result.dead) == (1, 0)
+    assert duplicates(pg) == {"audit": 0, "ledger": 0}
+    assert projection(pg) == await redis_counters(engine)
