@@ -93,9 +93,12 @@ class Engine:
         currency: str | None = None,
         warehouses: Mapping[str, int] | None = None,
         stock: Mapping[str, int] | None = None,
+        create_only: bool = False,
     ) -> Product:
         """Create or update a product: price (minor units), currency, warehouses with their
-        priority (lower first), and opening stock per warehouse."""
+        priority (lower first), and opening stock per warehouse. `create_only`: refuse with
+        ProductExists unless the product is new, so that of many creates racing for one
+        product exactly one sets it up and adds its opening stock."""
         v.check_name("product", product)
         v.check_int("price", price, 0, v.MAX_PRICE)
         currency = currency or self.settings.default_currency
@@ -121,7 +124,9 @@ class Engine:
             v.dumps(sorted(warehouses.items())),
             v.dumps(sorted(opening.items())),
         ]
-        idem, fp = self._idempotency(k, ctx, "setup_product", payload)
+        # (a create's fingerprint differs from an update's with the same fields)
+        fingerprinted = [*payload, "create"] if create_only else payload
+        idem, fp = self._idempotency(k, ctx, "setup_product", fingerprinted)
         reply = await self.scripts.call(
             "setup_product",
             [k.stock, k.products, k.outbox, idem],
@@ -132,6 +137,7 @@ class Engine:
                 fp,
                 self.settings.idempotency_ttl_ms,
                 self.settings.default_warehouse,
+                "1" if create_only else "",
             ],
         )
         replies.raise_for(reply)

@@ -40,6 +40,19 @@ class ProductNotFound(EngineError):
         return {"product": self.product}
 
 
+class ProductExists(EngineError):
+    """A create (setup_product with create_only) found the product set up already."""
+
+    code = "product_exists"
+
+    def __init__(self, product: str) -> None:
+        super().__init__(f"product {product!r} exists already")
+        self.product = product
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product}
+
+
 class WarehouseNotFound(EngineError):
     code = "warehouse_not_found"
 

@@ -81,6 +81,7 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
         [_shortage(s) for s in as_list(r["lines"])]
     ),
     "product_not_found": lambda r: errors.ProductNotFound(r["product"]),
+    "product_exists": lambda r: errors.ProductExists(r["product"]),
     "warehouse_not_found": lambda r: errors.WarehouseNotFound(r["product"], r["warehouse"]),
     "reservation_not_found": lambda r: errors.ReservationNotFound(r["reservation"]),
     "reservation_expired": lambda r: errors.ReservationExpired(

@@ -15,10 +15,14 @@
 -- ARGV[8] request fingerprint ('' = no idempotency key)
 -- ARGV[9] idempotency record ttl (ms)
 -- ARGV[10] default warehouse: stocks a new product for which ARGV[4] names none
+-- ARGV[11] '1' = a create: only a new product is set up (so its opening stock is added
+--          once however many creates race); '' = create or update
 --
 -- Returns JSON {"ok": true, "product": {id, price, currency, warehouses [[name, priority]]},
 --   "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
---   (opening stock for a warehouse the product doesn't have) | {"err": "idempotency_mismatch"}
+--   (opening stock for a warehouse the product doesn't have)
+--   | {"err": "product_exists", "product"} (ARGV[11] is '1' and the product exists)
+--   | {"err": "idempotency_mismatch"}
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: product_updated when price, currency or warehouses changed;
 --         stock_adjusted (reason 'initial') when opening stock was given.
@@ -30,6 +34,7 @@ local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
 local old = product_meta(products, product)
+if old and ARGV[11] == '1' then return refuse('product_exists', {product = product}) end
 local meta = {price = tonumber(ARGV[2]), currency = ARGV[3], warehouses = {}}
 local priority = {}
 if old then

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Table, func, select
@@ -60,6 +60,11 @@ class SkuTaken(Exception):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes, which are UTC by construction.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -116,10 +121,35 @@ def insert_product(
         return _product(conn.execute(select(P).where(P.c.sku == sku)).one()), False
 
 
-def remove_unfinished(db: Engine, product_id: int) -> None:
-    """Remove a row whose create the engine refused: nothing anywhere refers to it."""
+def claim_unfinished(db: Engine, row: CatalogProduct) -> CatalogProduct | None:
+    """Take over `row`, a create not finished in the engine, to finish it: its updated_at moves
+    on, so that its inserter's remove_unfinished leaves it alone from now on. Only the row as
+    read is claimed: None if it was removed, deleted or claimed meanwhile (read it again)."""
+    # Strictly later than the row's stamp, whatever the clocks of the processes involved say.
+    stamp = max(_now(), _utc(row.updated_at) + timedelta(microseconds=1))
     with db.begin() as conn:
-        conn.execute(P.delete().where(P.c.id == product_id))
+        claimed = conn.execute(
+            P.update()
+            .where(
+                P.c.id == row.id,
+                P.c.sku == row.sku,
+                P.c.updated_at == row.updated_at,
+                P.c.deleted_at.is_(None),
+            )
+            .values(updated_at=stamp)
+            .returning(*P.c)
+        ).first()
+    return _product(claimed) if claimed is not None else None
+
+
+def remove_unfinished(db: Engine, row: CatalogProduct) -> bool:
+    """Remove `row`, just inserted, whose create the engine refused, unless another create has
+    claimed it meanwhile (claim_unfinished): then it is that create's to finish."""
+    with db.begin() as conn:
+        removed = conn.execute(
+            P.delete().where(P.c.id == row.id, P.c.updated_at == row.updated_at)
+        ).rowcount
+    return removed == 1
 
 
 def get_product(db: Engine, product_id: int) -> CatalogProduct | None:

@@ -1,13 +1,29 @@
 """Products: the catalog (database) joined with live stock (Redis); staff create, change and
 delete them. Stock adjustments and warehouses are in web/routes/stock.py.
 
-Creating a product is two writes: the catalog row, then `setup_product` in Redis. If the
-engine refuses, the row is removed again. If Redis fails (down, a timeout: the script may or
-may not have run), the row stays behind, unseen by readers (they show only products Redis
-knows), and a create with the same sku finishes it: the row takes that request's fields and
-the engine step runs again. Two finishers can't both add the opening stock: the engine call
-carries an idempotency key (the client's, else one derived from the product id), so a second
-identical call by the same user is a replay.
+Creating a product is two writes: the catalog row, then `setup_product` in Redis, which adds
+the opening stock. If the engine refuses, the row is removed again. If Redis fails (down, a
+timeout: the script may or may not have run), the row stays behind, unseen by readers (they
+show only products Redis knows), and a later create with the same sku finishes it: the engine
+step runs again and the row takes that request's fields.
+
+Creates of one sku race (two staff users; a retry while the first is still under way), and a
+create that finds the row while Redis does not know the product can't tell a failed create
+from one about to run its engine step. So Redis decides who sets the product up: a create's
+`setup_product` is create-only, refused (`product_exists`) in the same atomic step that would
+add the opening stock if the product is set up already. Whichever create's script runs first
+makes the product and adds its stock, once; every other create gets 409 `sku_exists`, or,
+retried under the same Idempotency-Key, the first answer again. A create finishing another's
+row writes its fields to the row only after its engine step succeeded, so the row keeps the
+fields of the create that won (were that process to die in between, the row keeps the first
+create's fields until a PUT).
+
+A race remains in the database: the inserter removes its row after a refusal while another
+create goes to finish it. The finisher first claims the row (catalog.claim_unfinished moves
+its updated_at on) and the inserter removes the row only if it is untouched since its insert:
+either the removal comes first and the finisher's claim fails (it starts over, and may insert
+the row itself), or the claim does and the row stays for the finisher. (So a create that lost
+a race may have moved the row's updated_at on; never its fields.)
 """
 
 from __future__ import annotations
@@ -44,6 +60,8 @@ from web.schemas_catalog import (
 
 # Undrained outbox events a delete reads to find orders the database has not seen yet.
 OUTBOX_SCAN_LIMIT = 10_000
+# How often a create reads the row holding its sku again when it changed under it.
+CLAIM_ATTEMPTS = 5
 
 
 def price_minor(value: str, currency: str) -> int:
@@ -74,30 +92,17 @@ async def get_product(request: Request) -> Response:
     return ok(request, product_json(row, live))
 
 
-async def _finish_or_refuse(
-    svc: Services,
-    row: CatalogProduct,
-    body: ProductCreate,
-    price: int,
-    currency: str,
-    ctx: CallContext,
-) -> CatalogProduct:
-    """The sku is taken by `row`. Finish it if its create never reached Redis; replay the
-    original create if this is a retry under the same Idempotency-Key; else 409."""
-    known = await svc.engine.get_stocks([row.engine_id])
-    if row.deleted_at is None and row.engine_id not in known:
-        values = {"name": body.name, "description": body.description}
-        finished = await asyncio.to_thread(
-            catalog.update_product, svc.db, row.id, {**values, "price": price, "currency": currency}
-        )
-        if finished is not None:
-            return finished
-    elif row.deleted_at is None and ctx.idempotency_key is not None:
-        keys = svc.engine.keys(svc.engine.partition_of_product(row.engine_id))
-        record = keys.idempotency(ctx.actor, "setup_product", ctx.idempotency_key)
-        if await svc.engine.redis.exists(record):
-            return row  # setup_product below replays its first reply (422 if the body differs)
-    raise _sku_taken(body.sku, row.id)
+async def _set_up_already(svc: Services, row: CatalogProduct, ctx: CallContext) -> bool:
+    """The sku is taken by `row`. False: Redis does not know the product, a create to finish.
+    True: it does, and this may be a retry under the same Idempotency-Key (the engine replays
+    the first answer, or refuses). 409 when it is deleted, or set up and there is no key."""
+    if row.deleted_at is not None:
+        raise _sku_taken(row.sku, row.id)
+    if row.engine_id not in await svc.engine.get_stocks([row.engine_id]):
+        return False
+    if ctx.idempotency_key is None:
+        raise _sku_taken(row.sku, row.id)
+    return True
 
 
 async def create_product(request: Request) -> Response:
@@ -107,32 +112,50 @@ async def create_product(request: Request) -> Response:
     svc = services(request)
     currency = body.currency or svc.settings.default_currency
     price = price_minor(body.price, currency)
+    fields: dict[str, Any] = {
+        "name": body.name,
+        "description": body.description,
+        "price": price,
+        "currency": currency,
+    }
     opening = body.opening(svc.settings.default_warehouse)
     warehouses = await stock.warehouse_priorities(svc, opening)
     ctx = principal.context(request)
-    row, inserted = await asyncio.to_thread(
-        catalog.insert_product,
-        svc.db,
-        sku=body.sku,
-        name=body.name,
-        description=body.description,
-        price=price,
-        currency=currency,
-    )
-    if not inserted:
-        row = await _finish_or_refuse(svc, row, body, price, currency, ctx)
-    if ctx.idempotency_key is None:
-        ctx = dataclasses.replace(ctx, idempotency_key=f"create-product:{row.id}")
+    finishing = False  # this create takes over another's row
+    for _ in range(CLAIM_ATTEMPTS):
+        row, inserted = await asyncio.to_thread(
+            catalog.insert_product, svc.db, sku=body.sku, **fields
+        )
+        if inserted or await _set_up_already(svc, row, ctx):
+            break
+        claimed = await asyncio.to_thread(catalog.claim_unfinished, svc.db, row)
+        if claimed is not None:
+            row, finishing = claimed, True
+            break
+        # The row changed since it was read (removed by its inserter, claimed by another
+        # create): read it again.
+    else:  # other creates keep claiming the row: one of them will finish it
+        raise _sku_taken(body.sku, row.id)
     try:
         await svc.engine.setup_product(
-            row.engine_id, ctx, price=price, currency=currency, warehouses=warehouses, stock=opening
+            row.engine_id,
+            ctx,
+            price=price,
+            currency=currency,
+            warehouses=warehouses,
+            stock=opening,
+            create_only=True,
         )
+    except errors.ProductExists:
+        raise _sku_taken(body.sku, row.id) from None  # another create set it up first
     except errors.EngineError:
         # A refusal: the script changed nothing, so neither may we. (A Redis error leaves
         # the row for a retry to finish: the script may have run.)
         if inserted:
-            await asyncio.to_thread(catalog.remove_unfinished, svc.db, row.id)
+            await asyncio.to_thread(catalog.remove_unfinished, svc.db, row)
         raise
+    if finishing and any(getattr(row, name) != value for name, value in fields.items()):
+        await asyncio.to_thread(catalog.update_product, svc.db, row.id, fields)
     await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     row, live = await live_product(svc, row.id)
     return ok(request, product_json(row, live), 201)
