@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import redis
 from sqlalchemy import event
+from starlette.applications import Starlette
 
 from engine.models import SYSTEM
 from engine.settings import Settings
@@ -132,14 +133,14 @@ async def test_a_backlog_over_the_limit_is_not_ready_until_drained(
 
 
 def _calls(client: redis.Redis) -> Counter[str]:
-    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+    stats: dict[str, Any] = client.info("commandstats")
     return Counter(
         {name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("ping", "xlen")}
     )
 
 
 async def test_concurrent_callers_share_one_check_per_component_per_second(
-    app: Any, sync_redis: redis.Redis
+    app: Starlette, sync_redis: redis.Redis
 ) -> None:
     now = [1000.0]
     app.state.readiness = Readiness(clock=lambda: now[0])  # the clock alone is faked
