@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from engine.keys import partition_keys
 from engine.models import Movement
@@ -53,3 +54,15 @@ async def read(
 async def backlog(client: Redis, partition: int) -> int:
     length: int = await client.xlen(partition_keys(partition).outbox)
     return length
+
+
+async def last_id(client: Redis, partition: int) -> str:
+    """The stream id of the newest event ever appended to the partition's outbox ('0-0' when
+    none was): the stream's last-generated id, which trimming leaves where it is."""
+    try:
+        info = await client.xinfo_stream(partition_keys(partition).outbox)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return "0-0"
+        raise
+    return str(info["last-generated-id"])

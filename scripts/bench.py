@@ -227,7 +227,11 @@ class Stack:
             raise RuntimeError(f"{target.api_url}/readyz: {exc}") from None
         if not ready:
             raise RuntimeError(f"{target.api_url} is not ready")
-        probe = urllib.request.Request(f"http://{self.host}{PATHS[BARE]}", b"", method="POST")
+        # an empty body: 400 from the bench endpoint, if it is there and takes our token
+        staff = {"Authorization": f"Bearer {self.token(1, staff=True)}"}
+        probe = urllib.request.Request(
+            f"http://{self.host}{PATHS[BARE]}", b"", staff, method="POST"
+        )
         try:
             urllib.request.urlopen(probe, timeout=5).close()
         except urllib.error.HTTPError as exc:
@@ -235,6 +239,10 @@ class Stack:
                 raise RuntimeError(
                     f"{target.api_url} has no bench endpoints: start it with "
                     "`inventory serve --bench`"
+                ) from None
+            if exc.code == 401:
+                raise RuntimeError(
+                    f"{target.api_url} refuses our tokens: JWT_KEYS must be the server's"
                 ) from None
         with psycopg.connect(libpq_url(target.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
@@ -418,6 +426,12 @@ def offer(stack: Stack, mode: str, calls: Sequence[Call], **kw: Any) -> list[Out
     return loadgen.run_in_processes(plans)
 
 
+def buyer_tokens(stack: Stack, system: str, first: int, n: int) -> list[str]:
+    """Tokens of buyers `first` .. `first + n - 1`: customers on our API; the same users as
+    staff on the bench endpoints (the baseline, bare), which serve staff only."""
+    return [stack.token(first + i, staff=system != OURS) for i in range(n)]
+
+
 def reserve_call(
     stack: Stack,
     system: str,
@@ -426,7 +440,7 @@ def reserve_call(
     tag: str,
     durability: str | None = None,
 ) -> Call:
-    headers = {} if system == BARE else {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}"}
     path = BASELINE_PATHS[durability or SYNC] if system == BASELINE else PATHS[system]
     return loadgen.encode("POST", path, host=stack.host, headers=headers, body=body, tag=tag)
 
@@ -470,9 +484,9 @@ def _label(system: str, durability: str | None) -> str:
 
 def flash_sale(stack: Stack, progress: Progress) -> dict[str, Any]:
     opts = stack.opts
-    tokens = [stack.token(10_000 + i) for i in range(opts.buyers)]
     rows: list[dict[str, Any]] = []
     for system, fsync in _systems(opts, bare=True):
+        tokens = buyer_tokens(stack, system, 10_000, opts.buyers)
         if system != BASELINE and fsync:
             stack.set_fsync(fsync)
         label = _label(system, fsync)
@@ -575,10 +589,10 @@ def catalog(stack: Stack, progress: Progress) -> dict[str, Any]:
     progress.step(f"catalog: {opts.products} products in Redis and in the row-lock tables")
     stack.stock(OURS, dict.fromkeys(products, per_product))
     stack.stock(BASELINE, dict.fromkeys(products, per_product))
-    tokens = [stack.token(20_000 + i) for i in range(1000)]
     carts = _carts(stack, products, 20_000, seed=7)
     rows: list[dict[str, Any]] = []
     for system, fsync in _systems(opts):
+        tokens = buyer_tokens(stack, system, 20_000, 1000)
         if system != BASELINE and fsync:
             stack.set_fsync(fsync)
         label = _label(system, fsync)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
 from typing import Any
+
+from engine.settings import Settings
 
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,
@@ -37,6 +40,36 @@ LOG_CONFIG: dict[str, Any] = {
 }
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (127.0.0.0/8, ::1) or the name localhost."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # another name may resolve to anything
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def dev_key_refusal(settings: Settings, host: str) -> str | None:
+    """Why the API may not listen on `host` with these settings, if it may not.
+
+    The development JWT key is public (it is in the source): anyone who reaches the API could
+    sign a staff token with it. So it is used only while the API listens on a loopback
+    address; on any other, JWT_KEYS must be set. (web/auth.py's Keys adds the older rule: never
+    with PostgreSQL.) Checked before uvicorn binds: with --workers the socket is bound before
+    any worker builds the app."""
+    if settings.jwt_keys or is_loopback(host):
+        return None
+    return (
+        f"JWT_KEYS is not set, and the development key is only for an API listening on a "
+        f"loopback address (127.0.0.1, ::1, localhost), not on {host}. Set JWT_KEYS to "
+        'kid:secret (a secret of at least 32 bytes), e.g. JWT_KEYS="main:$(openssl rand -hex 32)"'
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -44,6 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["REDIS_URL"] = args.redis_url
     if args.database_url:
         os.environ["DATABASE_URL"] = args.database_url
+    refusal = dev_key_refusal(Settings.from_env(), args.host)
+    if refusal is not None:
+        print(f"inventory serve: refusing to start: {refusal}", file=sys.stderr, flush=True)
+        return 2
     if not args.access_log:
         LOG_CONFIG["loggers"]["inventory.access"]["level"] = "WARNING"
     print(

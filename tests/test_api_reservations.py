@@ -24,6 +24,7 @@ from persistence import schema
 from persistence.drain import drain_partition
 from tests.api import assert_invalid_body, bearer, data, err
 from web.app import Services
+from web.consistency import WAIT_S
 
 TOKEN = re.compile(r"p0-\d+-\d+")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -623,6 +624,67 @@ async def test_a_list_answers_stale_when_the_drain_is_late(
     assert stale.status_code == 200
     assert (data(stale), stale.headers["x-consistency"]) == ([], "stale")
     assert 2.0 <= waited < 3.0
+
+
+async def test_a_token_no_write_has_reached_is_refused_at_once(
+    shop: Starlette, client: httpx.AsyncClient, sync_redis: redis.Redis
+) -> None:
+    alice = user(shop)
+    response = await client.post(
+        "/api/reservations/", json={"product": 1, "quantity": 1}, headers=alice
+    )
+    token = response.headers["x-consistency-token"]
+    _, ms, seq = token.split("-")
+    await drain(shop)  # and so trimmed: the stream is empty, its newest id stays
+    assert sync_redis.xlen(partition_keys(0).outbox) == 0
+
+    async def listed_with(token: str) -> httpx.Response:
+        # a token that is waited for answers after WAIT_S at the earliest
+        async with asyncio.timeout(WAIT_S * 0.9):
+            return await client.get(f"/api/reservations/?consistent_with={token}", headers=alice)
+
+    reached = await listed_with(token)
+    beyond = [f"p0-{ms}-{int(seq) + 1}", f"p0-{int(ms) + 1000}-0", "p0-99999999999999-0"]
+    refused = [await listed_with(t) for t in beyond]
+
+    assert (reached.status_code, reached.headers["x-consistency"]) == (200, "consistent")
+    for t, answer in zip(beyond, refused, strict=True):
+        assert answer.status_code == 400
+        assert err(answer) == {
+            "code": "invalid_consistency_token",
+            "message": "consistent_with names a position no write has reached: pass the "
+            "X-Consistency-Token header of a write response",
+            "details": {"consistent_with": t},
+        }
+
+
+async def test_tokens_against_a_missing_outbox_stream(
+    app: Starlette, client: httpx.AsyncClient, sync_redis: redis.Redis
+) -> None:
+    alice = user(app)
+    await product(app, 1)
+    written = await client.post(
+        "/api/reservations/", json={"product": 1, "quantity": 1}, headers=alice
+    )
+    token = written.headers["x-consistency-token"]
+    await drain(app)
+    # Redis came back without the stream (behind the database): no event is newer than 0-0,
+    # but the database holds this write, so its token is answered, not refused
+    sync_redis.delete(partition_keys(0).outbox)
+
+    async def listed_with(token: str) -> httpx.Response:
+        async with asyncio.timeout(WAIT_S * 0.9):
+            return await client.get(f"/api/reservations/?consistent_with={token}", headers=alice)
+
+    held = await listed_with(token)
+    empty = await listed_with("p0-0-0")
+    _, ms, seq = token.split("-")
+    beyond = await listed_with(f"p0-{ms}-{int(seq) + 1}")
+
+    assert (held.status_code, held.headers["x-consistency"]) == (200, "consistent")
+    assert [r["id"] for r in data(held)] == [data(written)["id"]]
+    assert (empty.status_code, empty.headers["x-consistency"]) == (200, "consistent")
+    assert (beyond.status_code, err(beyond)["code"]) == (400, "invalid_consistency_token")
 
 
 async def test_writes_ask_the_worker_to_drain(

@@ -22,6 +22,7 @@ import redis
 from psycopg_pool import AsyncConnectionPool
 
 from engine.keys import partition_keys
+from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
 from persistence import rowlock
 from persistence.db import libpq_url
@@ -95,11 +96,14 @@ async def test_bench_endpoints_refuse_bad_input(
         found: str = err(await response)["code"]
         return found
 
-    # the baseline sits behind the API's checks: a token, JSON, a valid body
+    # the baseline sits behind the API's checks: a staff token, JSON, a valid body
     assert await code(client.post(path, json=one)) == "not_authenticated"
-    user = bearer(app, "7")
+    assert await code(client.post(path, json=one, headers=bearer(app, "7"))) == "forbidden"
+    user = bearer(app, "7", staff=True)
     as_json = {**user, "content-type": "application/json"}
     assert await code(client.post(path, content=b"{", headers=as_json)) == "malformed_json"
+    huge = b'{"product": 1, "quantity": 1, "pad": "' + b"x" * 70_000 + b'"}'
+    assert await code(client.post(path, content=huge, headers=as_json)) == "payload_too_large"
     zero = {"product": 1, "quantity": 0}
     assert await code(client.post(path, json=zero, headers=user)) == "invalid_input"
     short = await client.post(path, json=one, headers=user)
@@ -107,10 +111,56 @@ async def test_bench_endpoints_refuse_bad_input(
     assert err(short)["code"] == "insufficient_stock"
     # the bare endpoint: no envelope, but a clean 400 for anything it can't read
     for body in (b"", b"[]", b'{"product": "x", "quantity": 1}', b'{"product": 1}'):
-        answer = await client.post(BARE_PATH, content=body)
+        answer = await client.post(BARE_PATH, content=body, headers=user)
         assert (answer.status_code, answer.json()) == (400, {"code": "invalid_input"})
-    missing = await client.post(BARE_PATH, json={"product": 424242, "quantity": 1})
+    missing = await client.post(BARE_PATH, json={"product": 424242, "quantity": 1}, headers=user)
     assert (missing.status_code, missing.json()) == (404, {"code": "product_not_found"})
+
+
+async def test_the_bare_endpoint_serves_staff_within_the_body_limit(
+    bench_client: tuple[httpx.AsyncClient, Any],
+) -> None:
+    client, app = bench_client
+    engine = app.state.services.engine
+    await engine.setup_product("5", SYSTEM, price=100, stock={"main": 3})
+    outbox = partition_keys(0).outbox
+    events = await engine.redis.xlen(outbox)
+    one = {"product": 5, "quantity": 1}
+    staff = bearer(app, "1", staff=True)
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for _ in range(8):
+            yield b" " * 10_000
+        yield b'{"product": 5, "quantity": 1}'
+
+    anonymous = await client.post(BARE_PATH, json=one)
+    forged = await client.post(BARE_PATH, json=one, headers={"Authorization": "Bearer forged"})
+    customer = await client.post(BARE_PATH, json=one, headers=bearer(app, "2"))
+    declared = await client.post(
+        BARE_PATH, content=b" " * 70_000 + json.dumps(one).encode(), headers=staff
+    )
+    chunked = await client.post(BARE_PATH, content=streamed(), headers=staff)
+
+    # refused in the API's envelope, with a request id of their own; nothing reserved
+    expected = [
+        (anonymous, 401, "not_authenticated"),
+        (forged, 401, "invalid_token"),
+        (customer, 403, "forbidden"),
+        (declared, 413, "payload_too_large"),
+        (chunked, 413, "payload_too_large"),
+    ]
+    for answer, status, code in expected:
+        assert (answer.status_code, err(answer)["code"]) == (status, code)
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert err(declared)["message"] == "the request body is larger than 65536 bytes"
+    stock = await engine.get_stock("5")
+    assert (stock.available, stock.reserved) == (3, 0)
+    assert await engine.redis.xlen(outbox) == events
+
+    held = await client.post(BARE_PATH, json=one, headers=staff)
+    assert held.status_code == 201
+    assert set(held.json()) == {"id"}
+    assert (await engine.get_stock("5")).reserved == 1
 
 
 async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient, Any]) -> None:
@@ -121,7 +171,7 @@ async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient,
             "INSERT INTO rowlock_stock VALUES ('5', 'main', 2, 0) "
             "ON CONFLICT (product, warehouse) DO UPDATE SET available = 2, reserved = 0"
         )
-    user = bearer(app, "7")
+    user = bearer(app, "7", staff=True)
     path, one = "/bench/rowlock/reservations/", {"product": 5, "quantity": 1}
     answers = [await client.post(path, json=one, headers=user) for _ in range(2)]
     # the same over the pool with asynchronous commits, on the same row

@@ -31,6 +31,7 @@ from web.errors import ApiError, from_engine
 from web.metrics import Metrics, MetricsMiddleware
 from web.middleware import BodyLimitMiddleware, RequestContextMiddleware, scope_state
 from web.ratelimit import RateLimitMiddleware
+from web.readiness import Readiness
 from web.responses import error, request_id
 
 log = logging.getLogger("inventory.web")
@@ -148,4 +149,5 @@ def create_app(
     )
     app.state.keys = keys
     app.state.metrics = metrics
+    app.state.readiness = Readiness()
     return app

@@ -9,11 +9,16 @@
   `POST /bench/rowlock-async/reservations/` is the same over a pool whose sessions run with
   `synchronous_commit = off`: the answer no longer waits for the WAL's fsync (a crash may lose
   the last ~0.6 s), the like of Redis's `appendfsync everysec`.
-- `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no JWT,
-  no envelope, no request id, no idempotency, no drain request; it parses
-  `{"product", "quantity"}` and calls the same reserve script through the engine.
+- `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no
+  envelope, no request id, no idempotency, no drain request; it checks the token and the body
+  size, parses `{"product", "quantity"}` and calls the same reserve script through the engine.
   201 `{"id"}`, or the API's status with `{"code"}` alone (409 `insufficient_stock`, 404
   `product_not_found`, 400 `invalid_input`).
+
+Every one of them needs a staff token (401 without, 403 for a customer) and keeps the body
+limit (413 over MAX_BODY_BYTES), in the API's envelope: `serve --bench` on a reachable address
+must not hand strangers a way round the API's checks. The bare endpoint does both itself, at
+the cost of a dictionary lookup (Keys remembers verified tokens).
 """
 
 from __future__ import annotations
@@ -32,16 +37,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.errors import EngineError
+from engine.keys import uuid4_str
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence import rowlock
 from persistence.db import libpq_url
 from web import routes as all_routes
 from web.app import Services, create_app
-from web.auth import require_user
+from web.auth import require_staff
 from web.bodies import parse_body
 from web.errors import ApiError, from_engine
-from web.responses import ok, request_id
+from web.responses import error, ok, request_id
 from web.schemas_orders import ReserveIn
 
 BARE_PATH = "/bench/bare/reserve"
@@ -59,7 +65,7 @@ async def rowlock_async_reserve(request: Request) -> Response:
 
 
 async def _rowlock(request: Request, commit: str) -> Response:
-    who = require_user(request)
+    who = require_staff(request)
     body = await parse_body(request, ReserveIn)
     pool: AsyncConnectionPool[Any] = request.app.state.rowlock_pools[commit]
     lines = [(line.product, line.quantity) for line in body.line_requests()]
@@ -87,22 +93,54 @@ async def _rowlock(request: Request, commit: str) -> Response:
     return ok(request, data, 201)
 
 
-async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+async def _refuse(exc: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    """A refusal of the bare endpoint's checks, in the API's envelope (off the measured path)."""
+    rid = uuid4_str()
+    headers = {**exc.headers, "X-Request-ID": rid}
+    await error(rid, exc.status, exc.code, exc.message, exc.details, headers)(scope, receive, send)
+
+
+async def _bare_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, or ApiError 413 past `max_bytes` (declared or streamed)."""
+    too_large = ApiError(
+        413, "payload_too_large", f"the request body is larger than {max_bytes} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
     chunks = []
+    seen = 0
     more = True
     while more:
-        message = await receive()
-        chunks.append(message.get("body", b""))
+        message = await request.receive()
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > max_bytes:
+            raise too_large
+        chunks.append(chunk)
         more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> None:
+    svc = services_of(app)
+    scope["app"] = app  # as Starlette sets it: where the token's keys are found
+    request = Request(scope, receive)
+    try:
+        require_staff(request)
+        raw = await _bare_body(request, svc.settings.max_body_bytes)
+    except ApiError as exc:
+        await _refuse(exc, scope, receive, send)
+        return
     status, payload = 400, b'{"code":"invalid_input"}'
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
         line = LineRequest(str(int(body["product"])), int(body["quantity"]))
     except (ValueError, KeyError, TypeError):
         pass
     else:
         try:
-            held = await services_of(app).engine.reserve([line], BARE_ACTOR)
+            held = await svc.engine.reserve([line], BARE_ACTOR)
         except EngineError as exc:  # the API's status and code, without its envelope
             refused = from_engine(exc)
             status, payload = refused.status, json.dumps({"code": refused.code}).encode()

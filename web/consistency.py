@@ -5,7 +5,10 @@ Every write response carries `X-Consistency-Token`: the outbox position of the w
 `?consistent_with=<token>` waits, at most `WAIT_S`, until the partition's drain checkpoint
 has passed that position, then answers with `X-Consistency: consistent`; if the drain is
 slower (or the worker is down) it answers anyway, from what the database holds, with
-`X-Consistency: stale`. This module also runs a durable list query one keyset page at a time.
+`X-Consistency: stale`. A token that no write response could have carried (not of that form,
+no such partition, a position past the partition's newest event) is refused at once, 400
+`invalid_consistency_token`, rather than waited on in vain. This module also runs a durable
+list query one keyset page at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine import outbox
 from engine.keys import partition_of
 from engine.models import Order, Reservation
 from persistence import queries_orders as queries
@@ -93,6 +97,19 @@ async def wait_for(request: Request, token: str | None) -> str | None:
         )
     partition, wanted = int(match[1]), (int(match[2]), int(match[3]))
     if wanted == (0, 0):  # handed out for an empty (fully drained) outbox
+        return "consistent"
+    if _position(await outbox.last_id(svc.engine.redis, partition)) < wanted:
+        # No write has reached this position, so waiting would always end stale; unless
+        # Redis came back behind the database, which then has the write already.
+        reached = await asyncio.to_thread(queries.checkpoint, svc.db, partition)
+        if reached is None or _position(reached) < wanted:
+            raise ApiError(
+                400,
+                "invalid_consistency_token",
+                "consistent_with names a position no write has reached: pass the "
+                f"{TOKEN_HEADER} header of a write response",
+                {"consistent_with": token},
+            )
         return "consistent"
     deadline = time.monotonic() + WAIT_S
     pause = 0.01

@@ -32,7 +32,9 @@ PRODUCT_ID: Schema = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 SCHEMAS: dict[str, Schema] = {
     "Health": closed({"status": {"const": "ok"}}),
-    "Ready": closed({"status": {"const": "ready"}, "outbox_backlog": COUNT}),
+    "Ready": closed(
+        {"status": {"const": "ready"}, "outbox_backlog": COUNT}, optional=["outbox_backlog"]
+    ),
     "Tokens": closed(
         {
             "access": STRING,
@@ -123,8 +125,10 @@ OPERATIONS: list[Operation] = [
         "GET", "/readyz", "readyz", "Redis and the database answer; the outbox is drained",
         "operations", "open", ref("Ready"),
         rate_limited=False, errors={503: ("not_ready",)},
-        description="503 `not_ready` names each problem: Redis, the database, or an outbox "
-        "backlog over its limit (is the worker running?).",
+        description="503 `not_ready` names the failing components in `details.failing`: "
+        "`redis`, `database`, `outbox` (a backlog over OUTBOX_BACKLOG_LIMIT). A staff token "
+        "also gets `outbox_backlog`, and on 503 `details.problems` (component: text). Each "
+        "component is checked at most once a second, whoever asks.",
     ),
     Operation(
         "GET", "/metrics", "metrics", "Prometheus metrics", "operations", "staff",

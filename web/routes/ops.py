@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine import outbox
 from web.app import services
+from web.auth import authenticate
 from web.errors import ApiError
+from web.readiness import Readiness
 from web.responses import ok
 
 
@@ -20,40 +20,33 @@ async def healthz(request: Request) -> Response:
     return ok(request, {"status": "ok"})
 
 
-def _database_ok(request: Request) -> None:
-    with services(request).db.connect() as conn:
-        conn.execute(text("SELECT 1"))
+def _staff(request: Request) -> bool:
+    """Whether a valid staff token came along. Any other token counts as none: a probe's
+    answer is about the service, not about the caller's token."""
+    try:
+        principal = authenticate(request)
+    except ApiError:
+        return False
+    return principal is not None and principal.staff
 
 
 async def readyz(request: Request) -> Response:
-    """Redis and the database answer, and the outbox backlog is under its limit."""
-    svc = services(request)
-    problems: dict[str, str] = {}
-    backlog = 0
-    try:
-        await svc.engine.redis.ping()
-        for p in range(svc.settings.partitions):
-            backlog += await outbox.backlog(svc.engine.redis, p)
-    except Exception as exc:
-        problems["redis"] = f"{type(exc).__name__}: {exc}"[:300]
-    try:
-        await asyncio.to_thread(_database_ok, request)
-    except Exception as exc:
-        problems["database"] = f"{type(exc).__name__}: {exc}"[:300]
-    if backlog > svc.settings.outbox_backlog_limit:
-        problems["outbox"] = (
-            f"backlog {backlog} over the limit {svc.settings.outbox_backlog_limit}: "
-            "is the worker running?"
-        )
-    if problems:
-        raise ApiError(
-            503,
-            "not_ready",
-            "; ".join(problems),
-            {"problems": problems, "outbox_backlog": backlog},
-            {"Retry-After": "5"},
-        )
-    return ok(request, {"status": "ready", "outbox_backlog": backlog})
+    """Ready, or 503 naming the failing components (web/readiness.py); staff also get each
+    problem's text and the figures (the outbox backlog)."""
+    readiness: Readiness = request.app.state.readiness
+    findings = await readiness.findings(services(request))
+    staff = _staff(request)
+    failing = [name for name, found in findings.items() if found.problem is not None]
+    facts = {k: v for found in findings.values() for k, v in found.facts.items()}
+    if not failing:
+        return ok(request, {"status": "ready", **(facts if staff else {})})
+    details: dict[str, Any] = {"failing": failing}
+    if staff:
+        problems = {name: found.problem for name, found in findings.items() if found.problem}
+        details.update(problems=problems, **facts)
+    raise ApiError(
+        503, "not_ready", f"not ready: {', '.join(failing)}", details, {"Retry-After": "5"}
+    )
 
 
 routes = [

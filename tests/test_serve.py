@@ -1,0 +1,117 @@
+"""`inventory serve` and the development key: used only while the API listens on a loopback
+address; on any other address without JWT_KEYS the command refuses to start, before it binds."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine.settings import PROJECT_ROOT
+from scripts.redis_server import RedisServer, free_port
+from scripts.serve import is_loopback
+from tests.support import run_cli, wait_until_serving
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost", True),
+        ("LocalHost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.1.2.3", False),
+        ("192.168.0.7", False),
+        ("localhost.example.com", False),
+        ("shop.example.com", False),
+    ],
+)
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def _env(redis_server: RedisServer, tmp_path: Path, jwt_keys: str) -> dict[str, str]:
+    return {
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "JWT_KEYS": jwt_keys,
+    }
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_on_all_addresses_without_keys_refuses_to_start(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+
+    done = run_cli(
+        "serve", "--host", "0.0.0.0", "--port", str(port),
+        env=_env(redis_server, tmp_path, ""),
+        timeout=60,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert "refusing to start" in done.stderr
+    assert "JWT_KEYS is not set" in done.stderr
+    assert "loopback address (127.0.0.1, ::1, localhost), not on 0.0.0.0" in done.stderr
+    assert "Uvicorn running" not in done.stderr  # it never got as far as listening
+    assert not _listening(port)
+    assert not (tmp_path / "serve.db").exists()  # nor opened anything
+
+
+def test_serve_on_all_addresses_starts_with_keys(redis_server: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **_env(redis_server, tmp_path, "main:" + "m" * 40)},
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", proc, "inventory serve")
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+    assert health.status_code == 200
+    assert "development key" not in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_on_loopback_without_keys_uses_the_development_key(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "serve", "--host", "localhost", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **_env(redis_server, tmp_path, "")},
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", proc, "inventory serve")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+    assert "JWT_KEYS is not set: using the development key" in (tmp_path / "serve.log").read_text()
