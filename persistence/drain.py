@@ -71,6 +71,10 @@ def drain_batch(
         )
         if not entries:
             result.checkpoint = after
+            if after != "0-0":
+                # The events up to the checkpoint are committed; a trim lost after that commit
+                # (Redis went away in between) would otherwise wait for the next event.
+                client.xtrim(k.outbox, minid=_next_id(after), approximate=False)
             return 0
         events = [outbox.decode(partition, i, f) for i, f in entries]
         batch = apply_batch(conn, events)
