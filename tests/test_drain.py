@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import IntegrityError
 
 from engine import outbox
@@ -26,6 +26,7 @@ from persistence.drain import drain_partition
 from scripts.redis_server import RedisServer
 from tests.durable import (
     BUYER,
+    assert_applied_once,
     count,
     duplicates,
     events_added,
@@ -220,23 +221,6 @@ def _checkpoint(db: DatabaseEngine) -> str | None:
         return conn.scalar(select(schema.outbox_checkpoints.c.last_event_id))
 
 
-def _applied_once(db: DatabaseEngine, events: list[outbox.OutboxEvent]) -> None:
-    """Each event has exactly one audit row and one ledger row per movement."""
-    ids = [e.event_id for e in events]
-    audit, ledger = schema.audit_log, schema.stock_ledger
-    with db.connect() as conn:
-        audited = conn.execute(select(audit.c.event_id).where(audit.c.event_id.in_(ids))).all()
-        ledgered = conn.execute(
-            select(ledger.c.event_id, func.count())
-            .where(ledger.c.event_id.in_(ids))
-            .group_by(ledger.c.event_id)
-        )
-        per_event = {str(event_id): int(n) for event_id, n in ledgered}
-    assert sorted(r.event_id for r in audited) == sorted(ids)
-    assert per_event == {e.event_id: len(e.movements) for e in events if e.movements}
-    assert duplicates(db) == {"audit": 0, "ledger": 0}
-
-
 @pytest.mark.parametrize("committed_batches", [0, 2])
 async def test_a_commit_the_database_refuses_leaves_the_outbox_as_it_was(
     engine: Engine,
@@ -278,7 +262,7 @@ async def test_a_commit_the_database_refuses_leaves_the_outbox_as_it_was(
     assert (result.applied, result.dead) == (len(stream) - done, 0)
     assert result.checkpoint == stream[-1]
     assert sync_redis.xlen(partition_keys(0).outbox) == 0
-    _applied_once(db, waiting)
+    assert_applied_once(db, waiting)
     assert count(db, schema.audit_log) == events_added(sync_redis)
     assert projection(db) == await redis_counters(engine)
 
@@ -316,7 +300,7 @@ async def test_a_trim_lost_after_the_commit_is_skipped_by_the_next_drain(
         assert stopped
         committed = min(batch, len(stream))  # the first batch: all of it with the big batch
         assert _checkpoint(db) == stream[committed - 1]
-        _applied_once(db, events[:committed])
+        assert_applied_once(db, events[:committed])
 
         server.start()
         assert _stream_ids(client) == stream  # nothing was trimmed
@@ -328,7 +312,7 @@ async def test_a_trim_lost_after_the_commit_is_skipped_by_the_next_drain(
 
         # the committed events are not applied again, the rest once; all of them trimmed
         assert (result.applied, result.dead) == (len(stream) - committed, 0)
-        _applied_once(db, events)
+        assert_applied_once(db, events)
         assert count(db, schema.audit_log) == len(stream) == events_added(client)
         assert client.xlen(partition_keys(0).outbox) == 0
         async with Engine.from_settings(own) as engine:
