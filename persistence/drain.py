@@ -58,9 +58,10 @@ Entries = list[tuple[str, dict[str, str]]]
 
 def _read(
     client: redis.Redis, k: PartitionKeys, after: str, count: int
-) -> tuple[Entries, behind.Behind | None, bool]:
+) -> tuple[Entries, behind.Behind | None, bool, bool]:
     """The events after the checkpoint, in one round trip with what tells whether this Redis
-    is behind it, and whether the partition is flagged as behind."""
+    is behind it, whether the partition is flagged as behind, and whether the checkpoint's
+    own event is still in the stream (applied, not yet trimmed)."""
     with client.pipeline(transaction=True) as pipe:
         pipe.xrange(k.outbox, f"({after}", "+", count=count)
         pipe.xrange(k.outbox, after, after)  # the checkpoint's own event, if not trimmed yet
@@ -74,8 +75,14 @@ def _read(
     entries, at_checkpoint, applied, flagged, info = res
     last_id = None if isinstance(info, Exception) else str(info["last-generated-id"])
     if behind.is_behind(after, last_id, applied, bool(at_checkpoint)):
-        return [], behind.Behind(k.partition, after, last_id, applied), bool(flagged)
-    return cast(Entries, entries), None, bool(flagged)
+        return [], behind.Behind(k.partition, after, last_id, applied), bool(flagged), False
+    return cast(Entries, entries), None, bool(flagged), bool(at_checkpoint)
+
+
+def _trim(client: redis.Redis, k: PartitionKeys, last: str) -> None:
+    """Drop the outbox up to `last`, which the database has committed, and move the applied
+    marker up to it (lua/trim_outbox.lua)."""
+    client.register_script(source("trim_outbox"))(keys=[k.outbox, k.applied], args=[last])
 
 
 def _checkpoint(conn: Connection, partition: int) -> str:
@@ -100,7 +107,7 @@ def drain_batch(
     k = partition_keys(partition)
     with db.begin() as conn:
         after = _checkpoint(conn, partition)
-        entries, lost, flagged = _read(client, k, after, batch_size)
+        entries, lost, flagged, untrimmed = _read(client, k, after, batch_size)
         if lost is not None:
             behind.flag(client, lost)
             result.behind = True
@@ -110,6 +117,10 @@ def drain_batch(
             client.delete(k.behind)
         if not entries:
             result.checkpoint = after
+            if untrimmed:
+                # The events up to the checkpoint are committed; a trim lost after that commit
+                # (Redis went away in between) would otherwise wait for the next event.
+                _trim(client, k, after)
             return 0
         events = [outbox.decode(partition, i, f) for i, f in entries]
         batch = apply_batch(conn, events)
@@ -146,7 +157,7 @@ def drain_batch(
             k.dead_letters,
             {"event_id": e.event_id, "type": e.type, "data": json.dumps(e.data), "error": error},
         )
-    client.register_script(source("trim_outbox"))(keys=[k.outbox, k.applied], args=[last])
+    _trim(client, k, last)
     dead_ids = {e.event_id for e, _ in batch.dead}
     result.lag_ms.extend(committed_ms - e.ts_ms for e in events if e.event_id not in dead_ids)
     result.applied += batch.applied

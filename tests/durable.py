@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
+from engine.outbox import OutboxEvent
 from persistence import schema
 
 BUYER = CallContext(actor="buyer-1", request_id="req-buyer")
@@ -91,3 +92,20 @@ async def redis_counters(engine: Engine) -> dict[tuple[str, str], tuple[int, int
         kind, product, warehouse = name.split("|", 2)
         out.setdefault((product, warehouse), [0, 0])[0 if kind == "a" else 1] = int(value)
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def assert_applied_once(db: DatabaseEngine, events: list[OutboxEvent]) -> None:
+    """Each event has exactly one audit row and one ledger row per movement."""
+    ids = [e.event_id for e in events]
+    audit, ledger = schema.audit_log, schema.stock_ledger
+    with db.connect() as conn:
+        audited = conn.execute(select(audit.c.event_id).where(audit.c.event_id.in_(ids))).all()
+        ledgered = conn.execute(
+            select(ledger.c.event_id, func.count())
+            .where(ledger.c.event_id.in_(ids))
+            .group_by(ledger.c.event_id)
+        )
+        per_event = {str(event_id): int(n) for event_id, n in ledgered}
+    assert sorted(r.event_id for r in audited) == sorted(ids)
+    assert per_event == {e.event_id: len(e.movements) for e in events if e.movements}
+    assert duplicates(db) == {"audit": 0, "ledger": 0}

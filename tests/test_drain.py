@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import psycopg
@@ -17,9 +19,9 @@ import pytest
 import redis
 from rq.job import Job, JobStatus
 from sqlalchemy import Engine as DatabaseEngine
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from engine import outbox
 from engine.engine import Engine
@@ -34,8 +36,10 @@ from persistence.failures import describe, is_deterministic, is_transient
 from persistence.jobs import DRAIN_RETRY
 from persistence.translate import BadEvent
 from scripts.background import DrainFailed, drain_everything
+from scripts.redis_server import RedisServer
 from tests.durable import (
     BUYER,
+    assert_applied_once,
     count,
     duplicates,
     events_added,
@@ -431,3 +435,152 @@ async def test_a_deadlock_rolls_the_batch_back_and_the_next_drain_applies_it(
     assert (result.applied, result.dead) == (1, 0)
     assert duplicates(pg) == {"audit": 0, "ledger": 0}
     assert projection(pg) == await redis_counters(engine)
+
+
+# -- commit, then trim: a failure on either side of the commit --------------------------------
+
+
+def _refuse_commits_past(db: DatabaseEngine, applied: int) -> None:
+    """From now on the database refuses to COMMIT a transaction that moves the checkpoint past
+    `applied` events ever applied. A trigger writes a row that breaks a foreign key checked only
+    at COMMIT (DEFERRABLE INITIALLY DEFERRED): every statement of the batch succeeds, and the
+    COMMIT itself is refused — by the database, as a real constraint would be."""
+    with db.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE commit_gate (ref INTEGER REFERENCES outbox_checkpoints (partition)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        head = (
+            "CREATE TRIGGER commit_gate AFTER UPDATE ON outbox_checkpoints FOR EACH ROW"
+            f" WHEN (NEW.applied > {int(applied)})"
+        )
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "CREATE FUNCTION commit_gate_close() RETURNS trigger LANGUAGE plpgsql"
+                    " AS $$ BEGIN INSERT INTO commit_gate VALUES (-1); RETURN NULL; END $$"
+                )
+            )
+            conn.execute(text(f"{head} EXECUTE FUNCTION commit_gate_close()"))
+        else:
+            conn.execute(text(f"{head} BEGIN INSERT INTO commit_gate VALUES (-1); END"))
+
+
+def _accept_commits(db: DatabaseEngine) -> None:
+    with db.begin() as conn:
+        on = " ON outbox_checkpoints" if conn.dialect.name == "postgresql" else ""
+        conn.execute(text(f"DROP TRIGGER commit_gate{on}"))
+        conn.execute(text("DROP TABLE commit_gate"))
+
+
+def _stream_ids(client: redis.Redis) -> list[str]:
+    entries = cast(list[tuple[str, Any]], client.xrange(partition_keys(0).outbox))
+    return [entry_id for entry_id, _ in entries]
+
+
+def _checkpoint(db: DatabaseEngine) -> str | None:
+    with db.connect() as conn:
+        return conn.scalar(select(schema.outbox_checkpoints.c.last_event_id))
+
+
+@pytest.mark.parametrize("committed_batches", [0, 2])
+async def test_a_commit_the_database_refuses_leaves_the_outbox_as_it_was(
+    engine: Engine,
+    db: DatabaseEngine,
+    sync_redis: redis.Redis,
+    settings: Settings,
+    committed_batches: int,
+) -> None:
+    # A healthy drain first, so that the checkpoint is somewhere; then more events.
+    await workload(engine, rounds=4)
+    first = drain_partition(sync_redis, db, settings, 0)
+    for _ in range(15):
+        r = await engine.reserve([LineRequest("sku-1", 1)], BUYER)
+        await engine.release(r.id, BUYER)
+    waiting = await outbox.read(engine.redis, 0)
+    stream = _stream_ids(sync_redis)
+    assert [e.id for e in waiting] == stream
+    assert len(stream) == 30
+    audit_rows, ledger_rows = count(db, schema.audit_log), count(db, schema.stock_ledger)
+    batch = 7
+    _refuse_commits_past(db, first.applied + batch * committed_batches)
+
+    with pytest.raises(IntegrityError):
+        drain_partition(sync_redis, db, dataclasses.replace(settings, drain_batch=batch), 0)
+
+    # The batches committed before the refusal are in the database and trimmed; the refused
+    # one left no row and no trim behind it.
+    done = batch * committed_batches
+    assert _stream_ids(sync_redis) == stream[done:]
+    assert _checkpoint(db) == (stream[done - 1] if done else first.checkpoint)
+    assert count(db, schema.audit_log) == audit_rows + done
+    assert count(db, schema.stock_ledger) == ledger_rows + sum(
+        len(e.movements) for e in waiting[:done]
+    )
+
+    _accept_commits(db)
+    result = drain_partition(sync_redis, db, settings, 0)
+
+    assert (result.applied, result.dead) == (len(stream) - done, 0)
+    assert result.checkpoint == stream[-1]
+    assert sync_redis.xlen(partition_keys(0).outbox) == 0
+    assert_applied_once(db, waiting)
+    assert count(db, schema.audit_log) == events_added(sync_redis)
+    assert projection(db) == await redis_counters(engine)
+
+
+@pytest.mark.parametrize("batch", [7, 1000], ids=["events-after-the-lost-trim", "none-after"])
+async def test_a_trim_lost_after_the_commit_is_skipped_by_the_next_drain(
+    tmp_path: Path, db: DatabaseEngine, settings: Settings, batch: int
+) -> None:
+    # Redis goes away at the first batch's COMMIT: the database commits, the trim can't
+    # happen. Redis comes back from its AOF with every event still in the stream.
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    own = dataclasses.replace(
+        settings, redis_url=server.url, drain_batch=batch, drain_lease_ms=1000
+    )
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    stopped: list[bool] = []
+
+    def redis_dies(_conn: Any) -> None:
+        if not stopped:
+            stopped.append(True)
+            server.stop()
+
+    try:
+        async with Engine.from_settings(own) as engine:
+            await workload(engine, rounds=4)
+            events = await outbox.read(engine.redis, 0)
+        stream = [e.id for e in events]
+        event.listen(db, "commit", redis_dies)
+        try:
+            with pytest.raises(redis.ConnectionError):
+                drain_partition(client, db, own, 0)
+        finally:
+            event.remove(db, "commit", redis_dies)
+        assert stopped
+        committed = min(batch, len(stream))  # the first batch: all of it with the big batch
+        assert _checkpoint(db) == stream[committed - 1]
+        assert_applied_once(db, events[:committed])
+
+        server.start()
+        assert _stream_ids(client) == stream  # nothing was trimmed
+        deadline = time.monotonic() + 30
+        while (result := drain_partition(client, db, own, 0)).locked_out:
+            # the lease of the drainer that lost Redis lapses
+            assert time.monotonic() < deadline, "the dead drainer's lease never lapsed"
+            await asyncio.sleep(0.1)
+
+        # the committed events are not applied again, the rest once; all of them trimmed
+        assert (result.applied, result.dead) == (len(stream) - committed, 0)
+        assert_applied_once(db, events)
+        assert count(db, schema.audit_log) == len(stream) == events_added(client)
+        assert client.xlen(partition_keys(0).outbox) == 0
+        async with Engine.from_settings(own) as engine:
+            assert projection(db) == await redis_counters(engine)
+    finally:
+        client.close()
+        server.stop()
