@@ -66,3 +66,13 @@ async def last_id(client: Redis, partition: int) -> str:
             return "0-0"
         raise
     return str(info["last-generated-id"])
+
+
+async def paused(client: Redis, partitions: int) -> list[int]:
+    """The partitions whose drain is paused because their Redis came back behind the
+    database (the flag persistence/behind.py leaves until `reconcile --fix` restores it)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.exists(partition_keys(p).behind)
+        flags: list[int] = await pipe.execute()
+    return [p for p, flagged in enumerate(flags) if flagged]

@@ -27,7 +27,10 @@ from persistence.behind import is_behind
 from persistence.drain import drain_partition
 from persistence.reconcile import check
 from scripts.redis_server import RedisServer
+from tests.api import bearer, err, running
 from tests.support import last_json, run_cli
+from tests.test_http_faults import until_not_ready, until_ready
+from web.app import create_app
 
 K = partition_keys(0)
 BUYER = CallContext(actor="buyer-7", request_id="req-7")
@@ -207,3 +210,34 @@ def test_is_behind(
     checkpoint: str, last_id: str | None, applied: str | None, present: bool, behind: bool
 ) -> None:
     assert is_behind(checkpoint, last_id, applied, present) is behind
+
+
+async def test_readyz_and_the_dashboard_say_the_drain_is_paused(
+    stack: Stack, tmp_path: Path
+) -> None:
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.copy_aof(tmp_path / "older")
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.reserve([LineRequest("drop", 4)], BUYER)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.restore_aof(tmp_path / "older")
+    assert drain_partition(stack.client, stack.db, stack.settings, 0).behind
+
+    app = create_app(dataclasses.replace(stack.settings, jwt_keys="test:" + "k" * 40))
+    async with running(app) as client:
+        staff = bearer(app, "1", staff=True)
+        anonymous = await until_not_ready(client)
+        assert err(anonymous)["details"] == {"failing": ["drain"]}
+        details = err(await client.get("/readyz", headers=staff))["details"]
+        assert "inventory reconcile --fix" in details["problems"]["drain"]
+        board = (await client.get("/api/ops/dashboard/", headers=staff)).json()["data"]
+        paused = board["partitions"][0]["redis_behind"]
+        assert paused["checkpoint"] == json.loads(str(stack.client.get(K.behind)))["checkpoint"]
+
+        code, _ = stack.inventory("reconcile", "--fix")
+        assert code == 0
+        await until_ready(client)
+        board = (await client.get("/api/ops/dashboard/", headers=staff)).json()["data"]
+        assert board["partitions"][0]["redis_behind"] is None

@@ -81,10 +81,27 @@ async def _outbox(svc: Services) -> Finding:
     return Finding(None, {"outbox_backlog": backlog})
 
 
+async def _drain(svc: Services) -> Finding:
+    """Not ready while a partition's drain is paused: its Redis came back behind the database
+    (persistence/behind.py), and what it answers may contradict the durable record."""
+    try:
+        stopped = await outbox.paused(svc.engine.redis, svc.settings.partitions)
+    except Exception:
+        return Finding()  # Redis doesn't answer: "redis" says so; nothing to tell here
+    if stopped:
+        problem = (
+            f"partition(s) {', '.join(map(str, stopped))}: Redis is behind the database and "
+            "the drain is paused; run `inventory reconcile --fix`"
+        )
+        return Finding(problem, {"drains_paused": len(stopped)})
+    return Finding(None, {})
+
+
 COMPONENTS: list[Component] = [
     Component("redis", _redis),
     Component("database", _database),
     Component("outbox", _outbox),
+    Component("drain", _drain),
 ]
 
 
