@@ -92,7 +92,8 @@ def _pair(x: Pair) -> dict[str, int]:
 
 @dataclass
 class _Pending:
-    """What the snapshot's events after the database checkpoint say the database lacks."""
+    """What the snapshot's events after the database checkpoint say: what the database lacks
+    (the state before them) and what Redis should hold (the state after them)."""
 
     first: dict[PW, Pair] = field(default_factory=dict)  # 'before' of the first movement
     delta: dict[PW, Pair] = field(default_factory=dict)  # sum of the movements
@@ -100,6 +101,13 @@ class _Pending:
     reservations: dict[str, str] = field(default_factory=dict)  # id -> 'active' | 'absent' before
     orders: dict[str, str | None] = field(default_factory=dict)  # id -> status before
     products: set[str] = field(default_factory=set)  # settings changed
+    # after them: reservations made (as the event has them, expires_at kept up to date), ended,
+    # extended; each order's status and the event that made it
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ended: dict[str, str] = field(default_factory=dict)  # id -> released | expired | committed
+    extended: dict[str, int] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    new_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, e: OutboxEvent) -> None:
         for m in e.movements:
@@ -108,15 +116,33 @@ class _Pending:
             a, r = self.delta.get(pw, (0, 0))
             self.delta[pw] = (a + m.available_after - m.available_before, r + m.reserved_delta)
             self.count[pw] += 1
-        rid = e.data.get("reservation")
+        d = e.data
+        rid = d.get("reservation")
         if rid and e.type != "expiry_reconciled":
             prior = "absent" if e.type == "reservation_created" else "active"
             self.reservations.setdefault(str(rid), prior)
+        if e.type == "reservation_created":
+            self.created[str(rid)] = {**d, "created_at": e.ts_ms}
+        elif e.type == "reservation_extended":
+            self.extended[str(rid)] = int(d["expires_at_after"])
+        elif e.type in ("reservation_released", "reservation_expired"):
+            self.ended[str(rid)] = e.type.removeprefix("reservation_")
+        elif e.type == "order_created" and rid:
+            self.ended[str(rid)] = "committed"
         if e.type in ("order_created", "order_status_changed"):
-            self.orders.setdefault(str(e.data["order"]), e.data.get("from"))
+            self.orders.setdefault(str(d["order"]), d.get("from"))
+            self.status[str(d["order"])] = str(d.get("to") or d["status"])
+        if e.type == "order_created":
+            self.new_orders[str(d["order"])] = {**d, "created_at": e.ts_ms}
         if e.type == "product_updated":
-            self.products.add(str(e.data["product"]))
+            self.products.add(str(d["product"]))
         # (record_reconciled: a repair that made Redis hold what the database holds already)
+
+    def live_after(self, rid: str) -> bool | None:
+        """Whether the events leave the reservation live (None: they don't touch it)."""
+        if rid in self.ended:
+            return False
+        return True if rid in self.created else None
 
 
 def _classify(
@@ -196,17 +222,42 @@ def _records(
             report("reservation_unrecorded", "active", None, "database", "redis", r)
     for r in sorted(active - want_active - set(todo.reservations)):
         report("reservation_missing_in_redis", None, "active", "database", "redis", r)
+    # the events still in the outbox: what they leave live must be live, the rest not
+    for r in sorted(todo.reservations):
+        after = todo.live_after(r)
+        if after is None and r in active:  # extended only: live as the database has it
+            after = True
+        if after and r not in live:
+            made = todo.created.get(r)
+            source: dict[str, Any] = (
+                {"source": "database"} if made is None else {"source": "outbox", **made}
+            )
+            if r in todo.extended:
+                source["expires_at"] = todo.extended[r]
+            report("reservation_missing_in_redis", None, source, "database", "redis", r)
+        elif after is False and r in live:
+            report("reservation_status", "active", todo.ended[r], "database", "redis", r)
     for r in sorted(set(snap.expiry) - live):
         report("expiry_without_live", snap.expiry[r], None, "redis", "redis", r)
     for r in sorted(live - set(snap.expiry)):
         report("live_without_expiry", None, None, "redis", "redis", r)
-    for o, status in sorted(snap.orders.items()):
+    for o, status in sorted({**dict.fromkeys(todo.new_orders), **snap.orders}.items()):
         in_db, recorded = db.orders.get(o), db.history.get(o)
+        if o in snap.late_orders:
+            continue  # made while the snapshot was taken: no status to compare with
         if o in todo.orders:
             want = todo.orders[o]  # the status before the pending events
             if want is not None and in_db != want:
                 kind = "order_status" if in_db else "order_missing_in_database"
                 report(kind, want, in_db, "redis", "database", o)
+            final = todo.status[o]  # and after them, what Redis must hold
+            if status is None:
+                made = todo.new_orders.get(o)
+                origin = {"source": "database"} if made is None else {"source": "outbox", **made}
+                report("order_missing_in_redis", None, {**origin, "status": final}, "database",
+                       "redis", o)  # fmt: skip
+            elif status != final:
+                report("order_status_in_redis", status, final, "database", "redis", o)
         elif status is None:
             if in_db is not None and in_db not in TERMINAL:
                 report("order_missing_in_redis", None, in_db, "database", "redis", o)

@@ -125,6 +125,13 @@ def reconcile_check() -> dict[str, Any]:
     return {"ok": report.ok, "drift": len(report.drift)}
 
 
+def purge_idempotency() -> dict[str, int]:
+    """Forget the idempotency records whose keys have expired (Redis forgot them already)."""
+    from persistence.records import purge_idempotency as purge
+
+    return {"purged": purge(database())}
+
+
 def expire() -> dict[str, int]:
     """Release due reservations in every partition (the sweep)."""
 

@@ -27,6 +27,8 @@ PERIODIC = (
     Periodic("periodic-drain", jobs.drain_all, every_s=2, timeout_s=300),
     # proves Redis and the database agree; reports, never repairs
     Periodic("periodic-reconcile", jobs.reconcile_check, every_s=60, timeout_s=300),
+    # the durable idempotency records past their expiry (IDEMPOTENCY_TTL)
+    Periodic("periodic-purge-idempotency", jobs.purge_idempotency, every_s=600, timeout_s=300),
 )
 
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Engine, Table, select
 
 from persistence import schema
 
@@ -72,16 +72,45 @@ def live_entry(owner: str, lines: list[Any]) -> str:
     return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
 
 
-def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The reservation's record hash, with the fields reserve.lua writes."""
+def reservation_fields(
+    rid: str, owner: str, created_at: int, expires_at: int, lines: list[Any], request_id: str
+) -> dict[str, str | int]:
+    """A live reservation's record hash, with the fields reserve.lua writes (times in ms)."""
     return {
-        "id": row.id,
-        "owner": row.user_id,
+        "id": rid,
+        "owner": owner,
         "status": "active",
-        "created_at": to_ms(row.created_at),
-        "expires_at": to_ms(row.expires_at),
+        "created_at": int(created_at),
+        "expires_at": int(expires_at),
         "lines": compact(lines),
-        "request_id": row.request_id or "",
+        "request_id": request_id,
+    }
+
+
+def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+    """The record hash of a live reservation's database row."""
+    return reservation_fields(
+        row.id,
+        row.user_id,
+        to_ms(row.created_at),
+        to_ms(row.expires_at),
+        lines,
+        row.request_id or "",
+    )
+
+
+def order_fields(oid: str, made: dict[str, Any]) -> dict[str, str | int]:
+    """An order's record hash from its order_created event's data (with "created_at", ms)."""
+    return {
+        "id": oid,
+        "owner": str(made["user"]),
+        "status": str(made["status"]),
+        "reservation_id": str(made.get("reservation") or ""),
+        "lines": compact(made["lines"]),
+        "total": int(made["total"]),
+        "currency": str(made["currency"]),
+        "created_at": int(made["created_at"]),
+        "updated_at": int(made["created_at"]),
     }
 
 
@@ -179,3 +208,11 @@ def order_rows(
         }
         for i, (p, w, q, price) in enumerate(json.loads(rec["lines"]))
     ]
+
+
+def purge_idempotency(db: Engine, now: datetime | None = None) -> int:
+    """Delete the idempotency records that have expired; returns how many."""
+    t = schema.idempotency_records
+    with db.begin() as conn:
+        done = conn.execute(t.delete().where(t.c.expires_at <= (now or datetime.now(UTC))))
+    return int(done.rowcount or 0)

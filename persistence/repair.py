@@ -40,9 +40,11 @@ from persistence.records import (
     ended_reservation_hash,
     from_ms,
     live_entry,
+    order_fields,
     order_hash,
     order_rows,
     read_lines,
+    reservation_fields,
     reservation_hash,
     reservation_rows,
     to_ms,
@@ -93,41 +95,68 @@ def _plan(
         plan.body["checkpoint"] = checkpoint
     for d in _fixes(drift, "product_missing_in_redis", "product_settings"):
         plan.add("products", [d.product, compact(d.database)])
-    restore = sorted(str(d.record) for d in _fixes(drift, "reservation_missing_in_redis"))
-    lines = read_lines(conn, schema.reservation_lines, "reservation_id", restore)
-    for row in conn.execute(select(rs).where(rs.c.id.in_(restore)).order_by(rs.c.id)):
-        record = reservation_hash(row, lines.get(row.id, []))
+    put_back = {str(d.record): d.database for d in _fixes(drift, "reservation_missing_in_redis")}
+    made = {rid: info for rid, info in put_back.items() if isinstance(info, dict)}
+    from_db = sorted(rid for rid in put_back if made.get(rid, {}).get("source") != "outbox")
+    lines = read_lines(conn, schema.reservation_lines, "reservation_id", from_db)
+    records = {
+        row.id: reservation_hash(row, lines.get(row.id, []))
+        for row in conn.execute(select(rs).where(rs.c.id.in_(from_db)))
+    }
+    for rid, info in made.items():
+        if info.get("source") == "outbox":  # made by an event the database has yet to apply
+            records[rid] = reservation_fields(
+                rid, info["user"], info["created_at"], info["expires_at"], info["lines"],
+                info.get("request_id") or "",
+            )  # fmt: skip
+        if rid in records and info.get("expires_at") is not None:
+            records[rid]["expires_at"] = int(info["expires_at"])  # extended since
+    for rid, record in sorted(records.items()):
         expires_at = int(record["expires_at"])
         plan.add(
             "restore",
             [
-                row.id,
-                plan.key(k.reservation(row.id)),
-                live_entry(row.user_id, lines.get(row.id, [])),
+                rid,
+                plan.key(k.reservation(rid)),
+                live_entry(str(record["owner"]), json.loads(str(record["lines"]))),
                 expires_at,
                 _flat(record),
                 expires_at + settings.reservation_retention_ms,
             ],
         )
     ended = {str(d.record): d for d in _fixes(drift, "reservation_status")}
-    for row in conn.execute(select(rs).where(rs.c.id.in_(sorted(ended)))):
+    found = {row.id: row for row in conn.execute(select(rs).where(rs.c.id.in_(sorted(ended))))}
+    for rid in sorted(ended):
+        row = found.get(rid)
+        if row is None or row.status == "active":  # ended by an event still in the outbox
+            item = [str(ended[rid].database), "", "", settings.reservation_retention_ms]
+            plan.add("end", [rid, plan.key(k.reservation(rid)), *item])
+            continue
         when = to_ms(row.ended_at) if row.ended_at is not None else ""
         item = [row.status, when, row.order_id or "", settings.reservation_retention_ms]
-        plan.add("end", [row.id, plan.key(k.reservation(row.id)), *item])
+        plan.add("end", [rid, plan.key(k.reservation(rid)), *item])
     for d in _fixes(drift, "reservation_unrecorded"):
         plan.add("end", [d.record, plan.key(k.reservation(str(d.record))), "", "", "", 0])
-    missing = {str(d.record): d for d in _fixes(drift, "order_missing_in_redis")}
-    moved = {str(d.record): d for d in _fixes(drift, "order_status_in_redis")}
-    lines = read_lines(conn, schema.order_lines, "order_id", sorted(missing))
-    for row in conn.execute(select(o).where(o.c.id.in_(sorted(missing | moved)))):
-        key = plan.key(k.order(row.id))
-        ttl = settings.order_retention_ms if row.status in TERMINAL else 0
-        if row.id in missing:
-            record = order_hash(row, lines.get(row.id, []))
-            plan.add("orders", [row.id, key, "", _flat(record), ttl])
-        else:
-            fields = {"status": row.status, "updated_at": to_ms(row.updated_at)}
-            plan.add("orders", [row.id, key, moved[row.id].redis, _flat(fields), ttl])
+    missing = {str(d.record): d.database for d in _fixes(drift, "order_missing_in_redis")}
+    from_db = sorted(o for o, info in missing.items() if not isinstance(info, dict)
+                     or info.get("source") != "outbox")  # fmt: skip
+    lines = read_lines(conn, schema.order_lines, "order_id", from_db)
+    orders = {
+        row.id: order_hash(row, lines.get(row.id, []))
+        for row in conn.execute(select(o).where(o.c.id.in_(from_db)))
+    }
+    for oid, info in missing.items():
+        if isinstance(info, dict) and info.get("source") == "outbox":
+            orders[oid] = order_fields(oid, info)
+        if oid in orders and isinstance(info, dict) and info.get("status"):
+            orders[oid]["status"] = str(info["status"])
+    for oid, record in sorted(orders.items()):
+        ttl = settings.order_retention_ms if record["status"] in TERMINAL else 0
+        plan.add("orders", [oid, plan.key(k.order(oid)), "", _flat(record), ttl])
+    for d in _fixes(drift, "order_status_in_redis"):
+        oid, status = str(d.record), str(d.database)
+        ttl = settings.order_retention_ms if status in TERMINAL else 0
+        plan.add("orders", [oid, plan.key(k.order(oid)), d.redis, ["status", status], ttl])
     for r in rows:
         if r.unrecorded != (0, 0) and any(
             d.product == r.product and d.warehouse == r.warehouse
