@@ -129,7 +129,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "setup_product", fingerprinted)
         reply = await self.scripts.call(
             "setup_product",
-            [k.stock, k.products, k.outbox, idem],
+            [k.stock, k.products, k.outbox, idem, k.behind],
             [
                 *payload,
                 ctx.actor,
@@ -176,7 +176,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "adjust_stock", payload)
         reply = await self.scripts.call(
             "adjust_stock",
-            [k.stock, k.products, k.outbox, idem],
+            [k.stock, k.products, k.outbox, idem, k.behind],
             [*payload, ctx.actor, ctx.request_id, fp, self.settings.idempotency_ttl_ms],
         )
         replies.raise_for(reply)
@@ -239,7 +239,16 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "reserve", payload)
         reply = await self.scripts.call(
             "reserve",
-            [k.stock, k.products, k.live, k.expiry, k.outbox, idem, k.reservation(reservation_id)],
+            [
+                k.stock,
+                k.products,
+                k.live,
+                k.expiry,
+                k.outbox,
+                idem,
+                k.reservation(reservation_id),
+                k.behind,
+            ],
             [
                 reservation_id,
                 *payload,
@@ -261,7 +270,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "release", [reservation_id])
         reply = await self.scripts.call(
             "release",
-            [k.stock, k.live, k.expiry, k.outbox, k.reservation(reservation_id), idem],
+            [k.stock, k.live, k.expiry, k.outbox, k.reservation(reservation_id), idem, k.behind],
             [
                 reservation_id,
                 ctx.scope,
@@ -287,7 +296,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "extend", [reservation_id, ttl])
         reply = await self.scripts.call(
             "extend",
-            [k.stock, k.live, k.expiry, k.outbox, k.reservation(reservation_id), idem],
+            [k.stock, k.live, k.expiry, k.outbox, k.reservation(reservation_id), idem, k.behind],
             [
                 reservation_id,
                 ctx.scope,
@@ -311,7 +320,7 @@ class Engine:
         for partition in range(self.settings.partitions):
             k = partition_keys(partition)
             reply = await self.scripts.call(
-                "expire", [k.stock, k.live, k.expiry, k.outbox], [batch]
+                "expire", [k.stock, k.live, k.expiry, k.outbox, k.behind], [batch]
             )
             expired += int(reply["expired"])
             due += int(reply["due"])
@@ -358,6 +367,7 @@ class Engine:
                 k.reservation(reservation_id),
                 k.order(order_id),
                 idem,
+                k.behind,
             ],
             [
                 reservation_id,
@@ -384,7 +394,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "place_order", payload)
         reply = await self.scripts.call(
             "place_order",
-            [k.stock, k.products, k.live, k.expiry, k.outbox, k.order(order_id), idem],
+            [k.stock, k.products, k.live, k.expiry, k.outbox, k.order(order_id), idem, k.behind],
             [
                 order_id,
                 *payload,
@@ -418,7 +428,7 @@ class Engine:
         idem, fp = self._idempotency(k, ctx, "transition", [order_id, target.value])
         reply = await self.scripts.call(
             "transition",
-            [k.stock, k.outbox, k.order(order_id), idem],
+            [k.stock, k.outbox, k.order(order_id), idem, k.behind],
             [
                 order_id,
                 target.value,

@@ -29,6 +29,16 @@ class InvalidInput(EngineError):
         return {"field": self.field}
 
 
+class RedisBehind(EngineError):
+    """The partition's Redis came back behind the database (an older copy): it decides
+    nothing until `inventory reconcile --fix` has restored what it lost."""
+
+    code = "redis_behind"
+
+    def __init__(self) -> None:
+        super().__init__("the stock store is being restored after an outage; try again shortly")
+
+
 class ProductNotFound(EngineError):
     code = "product_not_found"
 

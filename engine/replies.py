@@ -99,6 +99,7 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
     ),
     "status_changed": lambda r: errors.StatusChanged(r["order"], r["current"], r["expected"]),
     "idempotency_mismatch": lambda r: errors.IdempotencyMismatch(),
+    "redis_behind": lambda r: errors.RedisBehind(),
     "currency_mismatch": lambda r: errors.CurrencyMismatch(as_list(r["currencies"])),
     "order_total_too_large": lambda r: errors.OrderTotalTooLarge(),
     "reservation_exists": lambda r: errors.IdCollision(f"reservation {r['reservation']}"),

@@ -4,6 +4,7 @@
 --
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] outbox
 -- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
+-- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] product id
 -- ARGV[2] changes, JSON [[warehouse, delta (units, non-zero; < 0 removes)], ...],
@@ -18,12 +19,15 @@
 --     reserved_before, reserved_after}]}  (+ "replayed": true)
 --   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", ...}
 --   {"err": "insufficient_stock", "lines": [{product, warehouse, requested, available}]}
---   {"err": "idempotency_mismatch"}
+--   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: stock_adjusted, one per call, with a movement per warehouse.
 
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local product, reason, actor, request_id, fp = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local blocked = fenced(KEYS[5])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end

@@ -5,6 +5,7 @@
 -- KEYS[6] record  the reservation's hash
 -- KEYS[7] order   the new order's hash
 -- KEYS[8] idem    idempotency record (unused when ARGV[6] is '')
+-- KEYS[9] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] order id (new, chosen by the engine)
@@ -21,6 +22,7 @@
 --     (a due reservation is released first, and recorded as expired)
 --   {"err": "currency_mismatch", "currencies"} | {"err": "order_total_too_large"}
 --   {"err": "order_exists", "order"} | {"err": "idempotency_mismatch"}
+--   {"err": "redis_behind"} (KEYS[9] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: order_created (with the reserved -> gone movements), or reservation_expired.
 
@@ -28,6 +30,9 @@ local stock, products, live_hash, expiry, outbox, record, order, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local id, order_id, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local blocked = fenced(KEYS[9])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end

@@ -4,6 +4,7 @@
 -- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
 -- KEYS[5] record  the reservation's hash
 -- KEYS[6] idem    idempotency record (unused when ARGV[7] is '')
+-- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -19,13 +20,17 @@
 --     is not later than the current expires_at, nothing changes and no event is written
 --   {"err": "extension_limit_reached", "reservation", "expires_at", "max_expires_at"}
 --     when expires_at already sits at the cap
---   and the refusals of release.lua (not_found, not_live, expired, idempotency_mismatch)
+--   and the refusals of release.lua (not_found, not_live, expired, idempotency_mismatch,
+--   redis_behind)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_extended (no counter moves), or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARGV[7]
+
+local blocked = fenced(KEYS[7])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end

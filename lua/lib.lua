@@ -53,6 +53,14 @@ local function refuse(code, body)
   return cjson.encode(body)
 end
 
+-- A Redis that came back behind the database (persistence/behind.py) decides nothing until
+-- `inventory reconcile --fix` has restored it: the drain raises this flag when it finds it.
+-- Returns the refusal, or nil when the partition may change.
+local function fenced(flag)
+  if redis.call('EXISTS', flag) == 1 then return refuse('redis_behind', {}) end
+  return nil
+end
+
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
 -- ttl_ms is how long the first reply is kept (idem_store).

@@ -4,6 +4,7 @@
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] live   KEYS[4] expiry   KEYS[5] outbox
 -- KEYS[6] order   the new order's hash
 -- KEYS[7] idem    idempotency record (unused when ARGV[7] is '')
+-- KEYS[8] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] order id (new, chosen by the engine)
 -- ARGV[2] lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...]
@@ -22,6 +23,9 @@
 local stock, products, live_hash, expiry, outbox, order, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+
+local blocked = fenced(KEYS[8])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end

@@ -3,6 +3,7 @@
 -- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
 -- KEYS[5] record  the reservation's hash
 -- KEYS[6] idem    idempotency record (unused when ARGV[5] is '')
+-- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -16,13 +17,16 @@
 --   {"err": "reservation_not_found", "reservation"}
 --   {"err": "reservation_not_live", "reservation", "status", "order"}
 --   {"err": "reservation_expired", "reservation", "expires_at"}  (released first if it was due)
---   {"err": "idempotency_mismatch"}
+--   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[7] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_released, or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+
+local blocked = fenced(KEYS[7])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[6]))
 if replay then return replay end

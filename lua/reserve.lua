@@ -7,6 +7,7 @@
 -- KEYS[5] outbox    stream
 -- KEYS[6] idem      idempotency record (unused when ARGV[8] is '')
 -- KEYS[7] record    the new reservation's hash
+-- KEYS[8] behind    the partition's flag: while it is set, nothing is decided (lib.lua)
 --
 -- ARGV[1]  reservation id (new, chosen by the engine)
 -- ARGV[2]  lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...],
@@ -27,6 +28,7 @@
 --   {"err": "insufficient_stock", "lines": [{product, warehouse?, requested, available}]}
 --   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", "product", "warehouse"}
 --   {"err": "idempotency_mismatch"} | {"err": "reservation_exists", "reservation"}
+--   {"err": "redis_behind"} (KEYS[8] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired (for each due reservation released first), reservation_created.
 
@@ -34,6 +36,9 @@ local stock, products, live_hash, expiry, outbox, idem, record =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl = tonumber(ARGV[3])
+
+local blocked = fenced(KEYS[8])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end

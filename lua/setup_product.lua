@@ -4,6 +4,7 @@
 --
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] outbox
 -- KEYS[4] idem    idempotency record (unused when ARGV[8] is '')
+-- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] product id
 -- ARGV[2] unit price (minor units, >= 0)
@@ -22,13 +23,16 @@
 --   "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
 --   (opening stock for a warehouse the product doesn't have)
 --   | {"err": "product_exists", "product"} (ARGV[11] is '1' and the product exists)
---   | {"err": "idempotency_mismatch"}
+--   | {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: product_updated when price, currency or warehouses changed;
 --         stock_adjusted (reason 'initial') when opening stock was given.
 
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local product, actor, request_id, fp = ARGV[1], ARGV[6], ARGV[7], ARGV[8]
+
+local blocked = fenced(KEYS[5])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end

@@ -5,6 +5,7 @@
 -- KEYS[1] stock   KEYS[2] outbox
 -- KEYS[3] order   the order's hash
 -- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
+-- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 --
 -- ARGV[1] order id
 -- ARGV[2] requested status
@@ -20,13 +21,16 @@
 --   {"err": "order_not_found", "order"}
 --   {"err": "invalid_transition", "order", "current", "requested", "allowed": [...]}
 --   {"err": "status_changed", "order", "current", "expected"}
---   {"err": "idempotency_mismatch"}
+--   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: order_status_changed (with movements when units return to available).
 
 local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local order_id, to, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+
+local blocked = fenced(KEYS[5])
+if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end

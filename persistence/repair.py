@@ -239,9 +239,8 @@ def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
     k, expired = partition_keys(p), 0
     script = client.register_script(source("expire"))
     while True:
-        reply = json.loads(
-            cast(str, script(keys=[k.stock, k.live, k.expiry, k.outbox], args=[batch]))
-        )
+        keys = [k.stock, k.live, k.expiry, k.outbox, k.behind]
+        reply = json.loads(cast(str, script(keys=keys, args=[batch])))
         expired += int(reply["expired"])
         if not int(reply["expired"]) or not int(reply["due"]):
             return expired

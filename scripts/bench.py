@@ -729,6 +729,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                     keys.outbox,
                     keys.unused_idempotency,
                     keys.reservation(rid),
+                    keys.behind,
                 ],
                 args=[
                     rid,

@@ -22,6 +22,7 @@ from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
 
 from engine.engine import Engine
+from engine.errors import RedisBehind
 from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
@@ -32,6 +33,7 @@ from persistence.reconcile import check
 from scripts.redis_server import RedisServer
 from tests.api import bearer, err, running
 from tests.durable import redis_counters
+from tests.helpers import snapshot
 from tests.support import last_json, run_cli
 from tests.test_http_faults import until_not_ready, until_ready
 from tests.test_reconcile_never_resells import run_ops, set_up
@@ -112,6 +114,16 @@ async def test_an_older_aof_is_detected_and_restored_from_the_database(
     assert (drained.behind, drained.applied) == (True, 0)
     flag = json.loads(str(stack.client.get(K.behind)))
     assert flag["checkpoint"] == drained.checkpoint
+
+    # and from then on this Redis decides nothing: no write, no sweep, nothing changed
+    async with Engine.from_settings(stack.settings) as engine:
+        before = await snapshot(engine.redis)
+        with pytest.raises(RedisBehind):
+            await engine.reserve([LineRequest("drop", 4)], KEYED)
+        with pytest.raises(RedisBehind):
+            await engine.adjust_stock("drop", {"main": 1}, "received", SYSTEM)
+        assert (await engine.expire()).expired == 0
+        assert await snapshot(engine.redis) == before
 
     code, report = stack.inventory("reconcile")
     assert code == 1
@@ -233,6 +245,12 @@ async def test_readyz_and_the_dashboard_say_the_drain_is_paused(
     app = create_app(dataclasses.replace(stack.settings, jwt_keys="test:" + "k" * 40))
     async with running(app) as client:
         staff = bearer(app, "1", staff=True)
+        refused = await client.post(
+            "/api/reservations/", json={"product": 7, "quantity": 1}, headers=staff
+        )
+        assert refused.status_code == 503, refused.text
+        assert err(refused)["code"] == "redis_behind"
+        assert refused.headers["retry-after"] == "5"
         anonymous = await until_not_ready(client)
         assert err(anonymous)["details"] == {"failing": ["drain"]}
         details = err(await client.get("/readyz", headers=staff))["details"]

@@ -46,6 +46,7 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.IdempotencyMismatch: 422,
     engine_errors.OrderTotalTooLarge: 422,
     engine_errors.IdCollision: 503,
+    engine_errors.RedisBehind: 503,
 }
 
 
@@ -68,4 +69,5 @@ def from_engine(exc: engine_errors.EngineError) -> ApiError:
     details = _catalog_ids(exc.details())
     if isinstance(exc, engine_errors.InvalidInput):
         return ApiError(400, "invalid_input", exc.message, details)
-    return ApiError(status, exc.code, str(exc), details)
+    headers = {"Retry-After": "5"} if isinstance(exc, engine_errors.RedisBehind) else None
+    return ApiError(status, exc.code, str(exc), details, headers)

@@ -42,9 +42,11 @@ ACCESS_ERRORS: dict[Access, dict[int, tuple[str, ...]]] = {
 }
 BACKEND_ERRORS: dict[int, tuple[str, ...]] = {503: ("service_unavailable",)}
 RATE_LIMIT_ERRORS: dict[int, tuple[str, ...]] = {429: ("rate_limited",)}
+# (writes: every one is a Redis write, refused while its partition's Redis is behind)
 IDEMPOTENCY_ERRORS: dict[int, tuple[str, ...]] = {
     400: ("invalid_input",),
     422: ("idempotency_mismatch",),
+    503: ("redis_behind",),
 }
 
 REASONS = {
