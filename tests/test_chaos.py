@@ -66,7 +66,9 @@ def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
     assert result["succeeded"] > 0
     assert result["failed"] > 0
     assert result["oversold"] == 0
-    assert result["units_granted"] <= 3 * 40
+    # never more units out at once than there are (a 1 s reservation may expire while a slow
+    # burst still runs, and its units go to a later buyer: granted can exceed the stock)
+    assert result["units_out_max"] <= 3 * 40
     # every success either became an order or expired; nothing is left reserved
     assert result["committed"] + result["expired"] == result["succeeded"]
     assert result["reserved"] == 0
