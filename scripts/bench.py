@@ -65,8 +65,8 @@ from engine.engine import Engine
 from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
-from persistence import migrate, rowlock
-from persistence.db import libpq_url
+from persistence import migrate, rowlock, users
+from persistence.db import database_engine, libpq_url
 from persistence.jobs import percentile
 from scripts import bench_drain, loadgen
 from scripts.loadgen import Call, Outcome, Plan
@@ -282,9 +282,19 @@ class Stack:
         return next(self._ids)
 
     def token(self, user: int, *, staff: bool = False) -> str:
+        return self.tokens([user], staff=staff)[0]
+
+    def tokens(self, buyers: Sequence[int], *, staff: bool = False) -> list[str]:
+        """Access tokens of these buyers, their accounts made first (in one transaction): a
+        token counts only while its account exists."""
         assert self.keys is not None
-        user += self.user_base
-        return self.keys.issue(Principal(str(user), f"buyer-{user}", staff), "access")
+        ids = [user + self.user_base for user in buyers]
+        db = database_engine(self.settings)
+        try:
+            users.ensure_synthetic(db, {i: f"buyer-{i}" for i in ids}, staff=staff)
+        finally:
+            db.dispose()
+        return [self.keys.issue(Principal(str(i), f"buyer-{i}", staff), "access") for i in ids]
 
     def stock(self, system: str, products: dict[int, int]) -> None:
         """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
@@ -470,7 +480,7 @@ def _label(system: str, durability: str | None) -> str:
 
 def flash_sale(stack: Stack, progress: Progress) -> dict[str, Any]:
     opts = stack.opts
-    tokens = [stack.token(10_000 + i) for i in range(opts.buyers)]
+    tokens = stack.tokens(range(10_000, 10_000 + opts.buyers))
     rows: list[dict[str, Any]] = []
     for system, fsync in _systems(opts, bare=True):
         if system != BASELINE and fsync:
@@ -575,7 +585,7 @@ def catalog(stack: Stack, progress: Progress) -> dict[str, Any]:
     progress.step(f"catalog: {opts.products} products in Redis and in the row-lock tables")
     stack.stock(OURS, dict.fromkeys(products, per_product))
     stack.stock(BASELINE, dict.fromkeys(products, per_product))
-    tokens = [stack.token(20_000 + i) for i in range(1000)]
+    tokens = stack.tokens(range(20_000, 21_000))
     carts = _carts(stack, products, 20_000, seed=7)
     rows: list[dict[str, Any]] = []
     for system, fsync in _systems(opts):
@@ -605,7 +615,7 @@ def lifecycle(stack: Stack, progress: Progress) -> dict[str, Any]:
     products = [stack.product_id() for _ in range(100)]
     stack.stock(OURS, dict.fromkeys(products, 1_000_000))
     staff = {"Authorization": f"Bearer {stack.token(1, staff=True)}"}
-    tokens = [stack.token(30_000 + i) for i in range(1000)]
+    tokens = stack.tokens(range(30_000, 31_000))
     rng = random.Random(11)
     user_of: dict[bytes, str] = {}
     calls = []
