@@ -213,3 +213,14 @@ def test_a_refused_password_changes_nothing(db: DatabaseEngine, db_url: str) -> 
     assert audit_rows(db) == []
     with db.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(audit_log)) == 0
+
+
+def test_a_bad_actor_is_refused_before_anything_changes(db: DatabaseEngine, db_url: str) -> None:
+    make_user(db, "alice")
+
+    refused = inventory(db_url, "disable", "alice", "--actor", "")
+
+    assert refused.returncode == 2
+    assert "the actor is 1 to 150 printable characters" in refused.stderr
+    assert account(db, "alice").active is True
+    assert audit_rows(db) == []
