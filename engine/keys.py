@@ -128,12 +128,13 @@ def partition_keys(partition: int) -> PartitionKeys:
     )
 
 
-def login_attempts(kind: str, value: str) -> str:
-    """The failed-login counter of one username or client address (`kind`: "user" or "ip").
+def login_attempts(kind: str, *values: str) -> str:
+    """The failed-login counter of one username, client address, or username from one address
+    (`kind`: "user", "ip" or "user-ip" with the username and the address).
 
-    Outside the partitions: no script touches it. The value is hashed, so any text is safe.
+    Outside the partitions: no script touches it. The values are hashed, so any text is safe.
     """
-    digest = hashlib.sha256(value.encode()).hexdigest()[:32]
+    digest = hashlib.sha256("\x00".join(values).encode()).hexdigest()[:32]
     return f"{PREFIX}:auth:login-attempts:{kind}:{digest}"
 
 

@@ -93,6 +93,15 @@ class Settings:
     jwt_keys: str = ""
     jwt_access_ttl_ms: int = 15 * 60_000
     jwt_refresh_ttl_ms: int = 7 * 86_400_000
+    # How long a process trusts what it last read of an account (active, staff, token
+    # version) before reading it again: an account change ends the account's access tokens
+    # within this window. With the database unreadable, what was read goes on serving, and a
+    # token of an account not read yet counts on its own claims (web/accounts.py).
+    account_cache_ttl_ms: int = 5_000
+    # Failed logins for one username (from any address) slow its next answers down, never lock
+    # it: the n-th attempt after n failures waits min(base * 2**(n-1), max).
+    login_delay_base_ms: int = 100
+    login_delay_max_ms: int = 3_000
     # Rate limit per client: a token bucket refilled at this many requests per second, holding
     # at most `burst`. The client is the user when a valid token comes along, else the
     # address: a shop's checkout behind one IP sends its customers' tokens, so each customer
@@ -141,6 +150,9 @@ class Settings:
             jwt_keys=e.get("JWT_KEYS") or d.jwt_keys,
             jwt_access_ttl_ms=_seconds_ms(e, "JWT_ACCESS_TTL", d.jwt_access_ttl_ms / 1000),
             jwt_refresh_ttl_ms=_seconds_ms(e, "JWT_REFRESH_TTL", d.jwt_refresh_ttl_ms / 1000),
+            account_cache_ttl_ms=_seconds_ms(e, "ACCOUNT_CACHE_TTL", d.account_cache_ttl_ms / 1000),
+            login_delay_base_ms=_seconds_ms(e, "LOGIN_DELAY_BASE", d.login_delay_base_ms / 1000),
+            login_delay_max_ms=_seconds_ms(e, "LOGIN_DELAY_MAX", d.login_delay_max_ms / 1000),
             rate_limit_per_second=_rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second),
             rate_limit_burst=_int(e, "RATE_LIMIT_BURST", d.rate_limit_burst),
             metrics_public=_flag(e, "METRICS_PUBLIC", d.metrics_public),
@@ -166,6 +178,8 @@ class Settings:
             raise ValueError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or 0.001 to 1000000")
         if self.rate_limit_per_second and not 1 <= self.rate_limit_burst <= 1_000_000:
             raise ValueError("RATE_LIMIT_BURST must be between 1 and 1000000")
+        if self.login_delay_base_ms > self.login_delay_max_ms:
+            raise ValueError("LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX")
         if self.metrics_token and len(self.metrics_token.encode()) < 32:
             raise ValueError("METRICS_TOKEN must be at least 32 bytes")
         return self

@@ -65,8 +65,8 @@ from engine.engine import Engine
 from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
-from persistence import migrate, rowlock
-from persistence.db import libpq_url
+from persistence import migrate, rowlock, users
+from persistence.db import database_engine, libpq_url
 from persistence.jobs import percentile
 from scripts import bench_drain, loadgen
 from scripts.loadgen import Call, Outcome, Plan
@@ -290,9 +290,19 @@ class Stack:
         return next(self._ids)
 
     def token(self, user: int, *, staff: bool = False) -> str:
+        return self.tokens([user], staff=staff)[0]
+
+    def tokens(self, buyers: Sequence[int], *, staff: bool = False) -> list[str]:
+        """Access tokens of these buyers, their accounts made first (in one transaction): a
+        token counts only while its account exists."""
         assert self.keys is not None
-        user += self.user_base
-        return self.keys.issue(Principal(str(user), f"buyer-{user}", staff), "access")
+        ids = [user + self.user_base for user in buyers]
+        db = database_engine(self.settings)
+        try:
+            users.ensure_synthetic(db, {i: f"buyer-{i}" for i in ids}, staff=staff)
+        finally:
+            db.dispose()
+        return [self.keys.issue(Principal(str(i), f"buyer-{i}", staff), "access") for i in ids]
 
     def stock(self, system: str, products: dict[int, int]) -> None:
         """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
@@ -429,7 +439,7 @@ def offer(stack: Stack, mode: str, calls: Sequence[Call], **kw: Any) -> list[Out
 def buyer_tokens(stack: Stack, system: str, first: int, n: int) -> list[str]:
     """Tokens of buyers `first` .. `first + n - 1`: customers on our API; the same users as
     staff on the bench endpoints (the baseline, bare), which serve staff only."""
-    return [stack.token(first + i, staff=system != OURS) for i in range(n)]
+    return stack.tokens(range(first, first + n), staff=system != OURS)
 
 
 def reserve_call(
@@ -619,7 +629,7 @@ def lifecycle(stack: Stack, progress: Progress) -> dict[str, Any]:
     products = [stack.product_id() for _ in range(100)]
     stack.stock(OURS, dict.fromkeys(products, 1_000_000))
     staff = {"Authorization": f"Bearer {stack.token(1, staff=True)}"}
-    tokens = [stack.token(30_000 + i) for i in range(1000)]
+    tokens = stack.tokens(range(30_000, 31_000))
     rng = random.Random(11)
     user_of: dict[bytes, str] = {}
     calls = []

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
+from persistence import users
+from persistence.db import database_engine
 from web.auth import Principal
 
 
@@ -21,7 +23,17 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def bearer(app: Starlette, user_id: str, *, staff: bool = False, name: str = "") -> dict[str, str]:
-    token = app.state.keys.issue(Principal(user_id, name or f"user-{user_id}", staff), "access")
+    """An access token of account `user_id` (a number), made in the app's database if missing
+    (and made staff if `staff`): a token counts only while its account exists."""
+    name = name or f"user-{user_id}"
+    services = getattr(app.state, "services", None)
+    db = services.db if services is not None else database_engine(app.state.settings)
+    try:
+        users.ensure_synthetic(db, {int(user_id): name}, staff=staff)
+    finally:
+        if services is None:
+            db.dispose()
+    token = app.state.keys.issue(Principal(user_id, name, staff), "access")
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -4,8 +4,11 @@ real Redis, the real app (the token routes plus two guarded test routes), and th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import jwt
@@ -13,7 +16,7 @@ import pytest
 import redis
 from argon2 import PasswordHasher
 from sqlalchemy import Engine as DatabaseEngine
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,12 +25,13 @@ from starlette.routing import Route
 from engine.keys import login_attempts
 from engine.settings import Settings
 from persistence import users
+from persistence.schema import refresh_tokens
 from persistence.schema import users as users_table
 from tests.api import data, err, running
 from tests.support import last_json, run_cli
 from web import passwords
 from web.app import create_app
-from web.auth import require_staff, require_user
+from web.auth import Principal, require_staff, require_user
 from web.responses import ok
 from web.routes import auth
 
@@ -60,8 +64,21 @@ def whoami_app(settings: Settings) -> Starlette:
 
 
 @pytest.fixture
-async def api(app_settings: Settings, clean_redis: None) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(whoami_app(app_settings)) as c:
+def whoami(app_settings: Settings, clean_redis: None) -> Starlette:
+    return whoami_app(app_settings)
+
+
+@pytest.fixture
+async def api(whoami: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(whoami) as c:
+        yield c
+
+
+@asynccontextmanager
+async def from_address(app: Starlette, host: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Another client of an app already running (`api`), connecting from address `host`."""
+    transport = httpx.ASGITransport(app=app, client=(host, 50_000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
 
 
@@ -135,19 +152,94 @@ async def test_the_app_serves_the_token_routes(
     assert (await client.get("/api/token/")).status_code == 405
 
 
-async def test_refresh_gives_a_new_access_token(api: httpx.AsyncClient, db: DatabaseEngine) -> None:
+async def test_refresh_rotates_the_refresh_token(
+    api: httpx.AsyncClient, db: DatabaseEngine
+) -> None:
     alice = make_user(db, "alice")
     tokens = data(await login(api, "alice"))
 
     first = await api.post("/api/token/refresh/", json={"refresh": tokens["refresh"]})
-    again = await api.post("/api/token/refresh/", json={"refresh": tokens["refresh"]})
-
-    assert first.status_code == again.status_code == 200
     body = data(first)
-    assert set(body) == {"access", "token_type", "expires_in"}
+    second = await api.post("/api/token/refresh/", json={"refresh": body["refresh"]})
+
+    assert first.status_code == second.status_code == 200
+    assert set(body) == {"access", "refresh", "token_type", "expires_in"}
+    assert body["refresh"] != tokens["refresh"]
     assert body["access"] != tokens["access"]
     me = await api.get("/me", headers=auth_header(body["access"]))
     assert data(me)["user_id"] == str(alice.id)
+    assert data(second)["refresh"] not in (tokens["refresh"], body["refresh"])
+
+
+async def test_a_spent_refresh_token_is_refused(api: httpx.AsyncClient, db: DatabaseEngine) -> None:
+    make_user(db, "alice")
+    spent = data(await login(api, "alice"))["refresh"]
+    await api.post("/api/token/refresh/", json={"refresh": spent})
+
+    again = await api.post("/api/token/refresh/", json={"refresh": spent})
+
+    assert again.status_code == 401
+    assert err(again) == {
+        "code": "token_reused",
+        "message": "the refresh token was used already; every token of its sign-in is revoked now",
+        "details": {},
+    }
+
+
+async def test_reusing_a_spent_refresh_token_revokes_its_family(
+    api: httpx.AsyncClient, db: DatabaseEngine
+) -> None:
+    make_user(db, "alice")
+    first = data(await login(api, "alice"))["refresh"]
+    other_session = data(await login(api, "alice"))["refresh"]
+    second = data(await api.post("/api/token/refresh/", json={"refresh": first}))["refresh"]
+    newest = data(await api.post("/api/token/refresh/", json={"refresh": second}))["refresh"]
+
+    reused = await api.post("/api/token/refresh/", json={"refresh": first})  # a stolen copy
+    thief_or_owner = await api.post("/api/token/refresh/", json={"refresh": newest})
+    elsewhere = await api.post("/api/token/refresh/", json={"refresh": other_session})
+
+    assert err(reused)["code"] == "token_reused"
+    assert thief_or_owner.status_code == 401
+    assert err(thief_or_owner) == {
+        "code": "token_revoked",
+        "message": "the refresh token was revoked; sign in again",
+        "details": {},
+    }
+    assert elsewhere.status_code == 200  # another sign-in is another family
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(refresh_tokens.c.family, refresh_tokens.c.revoked_at.is_not(None))
+        ).all()
+    families = {family for family, _ in rows}
+    assert len(families) == 2
+    revoked = {family for family, is_revoked in rows if is_revoked}
+    assert len(revoked) == 1
+    assert sum(1 for family, _ in rows if family in revoked) == 3  # the family's three tokens
+
+
+async def test_one_refresh_token_used_twice_at_once_is_spent_once(
+    api: httpx.AsyncClient, db: DatabaseEngine
+) -> None:
+    make_user(db, "alice")
+    token = data(await login(api, "alice"))["refresh"]
+
+    answers = await asyncio.gather(
+        *(api.post("/api/token/refresh/", json={"refresh": token}) for _ in range(5))
+    )
+
+    codes = sorted(
+        "ok" if r.status_code == 200 else err(r)["code"] for r in answers if r.status_code != 503
+    )
+    # Exactly one use spends it; the next finds it spent and revokes the family, including
+    # the token that one use was given; any after that find it revoked. (SQLite may answer a
+    # loser 503 "database is locked".)
+    assert codes.count("ok") == 1
+    assert "token_reused" in codes
+    assert set(codes) <= {"ok", "token_reused", "token_revoked"}
+    newest = next(data(r)["refresh"] for r in answers if r.status_code == 200)
+    refused = await api.post("/api/token/refresh/", json={"refresh": newest})
+    assert err(refused)["code"] == "token_revoked"
 
 
 async def test_tokens_only_serve_their_own_purpose(
@@ -171,11 +263,11 @@ async def test_tokens_only_serve_their_own_purpose(
 async def test_refresh_is_refused_once_the_user_is_disabled_or_gone(
     api: httpx.AsyncClient, db: DatabaseEngine
 ) -> None:
-    alice = make_user(db, "alice")
+    make_user(db, "alice")
     bob = make_user(db, "bob")
     alice_refresh = data(await login(api, "alice"))["refresh"]
     bob_refresh = data(await login(api, "bob"))["refresh"]
-    users.set_active(db, alice.id, False)
+    users.disable(db, "alice", actor="test")
     with db.begin() as conn:
         conn.execute(delete(users_table).where(users_table.c.id == bob.id))
 
@@ -187,6 +279,23 @@ async def test_refresh_is_refused_once_the_user_is_disabled_or_gone(
             "message": "the token's user no longer exists or is disabled",
             "details": {},
         }
+
+
+async def test_a_refresh_token_not_issued_here_is_refused(
+    whoami: Starlette, api: httpx.AsyncClient, db: DatabaseEngine
+) -> None:
+    alice = make_user(db, "alice")
+    # Signed with the right key, but never recorded: as a token issued before rotation was.
+    unrecorded = whoami.state.keys.issue(Principal(str(alice.id), "alice", False), "refresh")
+
+    response = await api.post("/api/token/refresh/", json={"refresh": unrecorded})
+
+    assert response.status_code == 401
+    assert err(response) == {
+        "code": "invalid_token",
+        "message": "the refresh token is not known here; sign in again",
+        "details": {},
+    }
 
 
 async def test_wrong_password_and_unknown_user_get_the_same_answer(
@@ -214,8 +323,8 @@ def test_the_dummy_hash_costs_what_a_real_one_does() -> None:
 
 
 async def test_a_disabled_user_cannot_log_in(api: httpx.AsyncClient, db: DatabaseEngine) -> None:
-    alice = make_user(db, "alice")
-    users.set_active(db, alice.id, False)
+    make_user(db, "alice")
+    users.disable(db, "alice", actor="test")
 
     right = await login(api, "alice")
     wrong = await login(api, "alice", "not the password")
@@ -257,33 +366,72 @@ def test_usernames_are_unique(db: DatabaseEngine) -> None:
 # -- failed logins are limited ----------------------------------------------------------------
 
 
-async def test_failed_logins_are_limited_per_username(
+async def test_failed_logins_are_limited_per_username_from_one_address(
     api: httpx.AsyncClient, db: DatabaseEngine, sync_redis: redis.Redis
 ) -> None:
     make_user(db, "alice")
     make_user(db, "bob")
     for _ in range(4):
         assert (await login(api, "alice", "guess")).status_code == 401
-    assert (await login(api, "alice")).status_code == 200  # resets alice's counter
+    assert (await login(api, "alice")).status_code == 200  # resets alice's counters
     for _ in range(5):
         assert (await login(api, "alice", "guess")).status_code == 401
 
-    blocked = await login(api, "alice")  # even the right password
+    blocked = await login(api, "alice")  # even the right password, from this address
 
     assert blocked.status_code == 429
     error = err(blocked)
     assert error["code"] == "too_many_attempts"
-    assert error["details"]["limit"] == "username"
+    assert error["message"].startswith(
+        "too many failed logins for this username from this address; try again in "
+    )
+    assert error["details"]["limit"] == "username_and_client"
     retry_after = int(blocked.headers["retry-after"])
     assert 1 <= retry_after <= 300
     assert error["details"]["retry_after"] == retry_after
     assert (await login(api, "bob")).status_code == 200  # other users are not affected
 
     # The window ends: the counter expires, and the right password gets in again.
-    sync_redis.pexpire(login_attempts("user", "alice"), 1)
+    sync_redis.pexpire(login_attempts("user-ip", "alice", "127.0.0.1"), 1)
     await asyncio.sleep(0.01)
     assert (await login(api, "alice")).status_code == 200
     assert (await login(api, "alice", "guess")).status_code == 401
+
+
+async def test_an_attacker_cannot_lock_the_owner_out(
+    app_settings: Settings, clean_redis: None, db: DatabaseEngine, sync_redis: redis.Redis
+) -> None:
+    # A small delay cap, so the test can wait it out: the delay grows, but never refuses.
+    settings = dataclasses.replace(app_settings, login_delay_base_ms=10, login_delay_max_ms=400)
+    app = whoami_app(settings)
+    make_user(db, "alice")
+    async with running(app), from_address(app, "203.0.113.7") as attacker:
+        guesses = [await login(attacker, "alice", f"guess-{i}") for i in range(12)]
+        async with from_address(app, "198.51.100.2") as owner:
+            started = time.monotonic()
+            signed_in = await login(owner, "alice")
+            waited = time.monotonic() - started
+        still_refused = await login(attacker, "alice")  # the right password, wrong address
+
+    statuses = [g.status_code for g in guesses]
+    assert statuses == [401] * 5 + [429] * 7  # the attacker's address is limited for alice
+    assert {err(g)["details"]["limit"] for g in guesses[5:]} == {"username_and_client"}
+    assert signed_in.status_code == 200  # the owner, from another address, gets in
+    assert waited >= 0.4  # slowed down by the attacker's failures, up to the cap
+    assert still_refused.status_code == 429
+    # The owner's success cleared the username's count (1: the attempt after it); the
+    # attacker's address stays limited.
+    assert sync_redis.get(login_attempts("user", "alice")) == "1"
+    assert sync_redis.get(login_attempts("user-ip", "alice", "203.0.113.7")) == "13"
+
+
+def test_the_delay_doubles_from_nothing_up_to_its_cap() -> None:
+    settings = Settings(login_delay_base_ms=100, login_delay_max_ms=3000)
+
+    delays = [auth.login_delay_s(n, settings) for n in range(8)]
+
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0]
+    assert auth.login_delay_s(10**6, settings) == 3.0
 
 
 async def test_failed_logins_are_limited_per_client(
@@ -313,7 +461,9 @@ async def test_a_success_is_not_counted_against_the_client(
     assert sync_redis.get(client_key) == "2"
     assert 0 < sync_redis.ttl(client_key) <= 300
     assert not sync_redis.exists(login_attempts("user", "alice"))
+    assert not sync_redis.exists(login_attempts("user-ip", "alice", "127.0.0.1"))
     assert sync_redis.get(login_attempts("user", "bob")) == "1"
+    assert sync_redis.get(login_attempts("user-ip", "bob", "127.0.0.1")) == "1"
 
 
 # -- inventory createuser ---------------------------------------------------------------------

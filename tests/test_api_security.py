@@ -22,6 +22,7 @@ from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import func, select
 
 from engine.settings import Settings
+from persistence import users
 from persistence.schema import users as users_table
 from tests.api import data, err, running
 from tests.test_api_auth import PASSWORD, make_user, whoami_app
@@ -51,6 +52,7 @@ def claims(**changes: Any) -> dict[str, Any]:
         "exp": now + 600,
         "iss": "inventory",
         "jti": uuid.uuid4().hex,
+        "ver": 0,
     }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not DROP}
@@ -111,9 +113,12 @@ FORGED: dict[str, tuple[Callable[[], str], str]] = {
     "empty sub": (lambda: sign(claims(sub="")), "invalid_token"),
     "staff not a boolean": (lambda: sign(claims(staff="true")), "invalid_token"),
     "exp not a number": (lambda: sign(claims(exp="tomorrow")), "invalid_token"),
+    "ver not an integer": (lambda: sign(claims(ver="0")), "invalid_token"),
+    "ver a boolean": (lambda: sign(claims(ver=False)), "invalid_token"),
+    "ver negative": (lambda: sign(claims(ver=-1)), "invalid_token"),
     **{
         f"missing {claim}": (without(claim), "invalid_token")
-        for claim in ("exp", "iat", "sub", "typ", "jti", "iss", "staff")
+        for claim in ("exp", "iat", "sub", "typ", "jti", "iss", "staff", "ver")
     },
 }
 
@@ -156,8 +161,9 @@ async def test_malformed_authorization_headers_are_refused(
 
 
 async def test_a_token_signed_with_an_older_key_still_verifies(
-    api: httpx.AsyncClient, app_settings: Settings
+    api: httpx.AsyncClient, app_settings: Settings, db: DatabaseEngine
 ) -> None:
+    users.ensure_synthetic(db, {42: "mallory"})  # a token counts while its account exists
     old = sign(claims(), secret=OLD_SECRET, kid=OLD_KID)
 
     response = await api.get("/me", headers={"Authorization": f"Bearer {old}"})

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from engine.invariants import check_partition
 from engine.settings import Settings
-from persistence import schema
+from persistence import schema, users
 from persistence.db import database_engine
 from persistence.drain import drain_partition
 from scripts.redis_server import RedisServer, free_port
@@ -129,6 +129,10 @@ async def test_500_buyers_100_units_over_real_sockets(
     server: str, redis_server: RedisServer, pg_url: str, tmp_path: Path
 ) -> None:
     keys = Keys(Settings(database_url=pg_url, jwt_keys=JWT_KEYS))
+    db = database_engine(Settings(database_url=pg_url))
+    users.ensure_synthetic(db, {1: "buyer-1"}, staff=True)  # a token counts with its account
+    users.ensure_synthetic(db, {1000 + i: f"buyer-{1000 + i}" for i in range(BUYERS)})
+    db.dispose()
     async with httpx.AsyncClient(base_url=server) as http:
         created = await http.post(
             "/api/products/",

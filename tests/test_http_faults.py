@@ -144,11 +144,12 @@ async def test_readyz_is_503_with_the_database_down(
     app = create_app(dataclasses.replace(settings, database_url=pg_url, jwt_keys=JWT_KEYS))
     async with running(app) as client:
         assert (await client.get("/readyz")).status_code == 200
+        staff_token = bearer(app, "1", staff=True)  # its account is made in the database
 
         pg_server.stop()
         try:
             anonymous = await until_not_ready(client)
-            staff = await client.get("/readyz", headers=bearer(app, "1", staff=True))
+            staff = await client.get("/readyz", headers=staff_token)
         finally:
             pg_server.start()
 

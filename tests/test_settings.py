@@ -116,3 +116,18 @@ def test_describe_hides_the_password(url: str, shown: str) -> None:
 def test_describe_hides_a_password_containing_at() -> None:
     described = Settings(redis_url="redis://app:pa@ss@cache:6379/0").describe()
     assert described["redis_url"] == "redis://***@cache:6379/0"
+
+
+def test_account_cache_and_login_delay_settings() -> None:
+    s = Settings.from_env(
+        {
+            "ACCOUNT_CACHE_TTL": "0.5",
+            "LOGIN_DELAY_BASE": "0.05",
+            "LOGIN_DELAY_MAX": "2",
+        }
+    )
+
+    assert s.account_cache_ttl_ms == 500
+    assert (s.login_delay_base_ms, s.login_delay_max_ms) == (50, 2_000)
+    with pytest.raises(ValueError, match="LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX"):
+        Settings.from_env({"LOGIN_DELAY_BASE": "5", "LOGIN_DELAY_MAX": "1"})

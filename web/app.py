@@ -26,6 +26,7 @@ from engine.engine import Engine
 from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
+from web.accounts import AccountCache, AccountCheckMiddleware
 from web.auth import Keys
 from web.errors import ApiError, from_engine
 from web.metrics import Metrics, MetricsMiddleware
@@ -104,6 +105,7 @@ def create_app(
         db = database_engine(settings)
         trigger = DrainTrigger(engine.redis, settings.redis_url)
         app.state.services = Services(settings, engine, db, trigger)
+        app.state.accounts = AccountCache(db, settings)
         try:
             if opened is None:
                 yield
@@ -119,7 +121,8 @@ def create_app(
 
     keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens
     metrics = Metrics()
-    # Outermost first: the request id and access log, the timing, then the refusals.
+    # Outermost first: the request id and access log, the timing, the refusals, and the
+    # account of the caller's token looked up for the endpoint.
     middleware = [
         Middleware(RequestContextMiddleware),
         Middleware(MetricsMiddleware, metrics=metrics),
@@ -134,6 +137,7 @@ def create_app(
             )
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
+    middleware.append(Middleware(AccountCheckMiddleware, keys=keys))
     app = Starlette(
         routes=routes if routes is not None else all_routes.ROUTES,
         middleware=middleware,
@@ -147,6 +151,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    app.state.settings = settings
     app.state.keys = keys
     app.state.metrics = metrics
     app.state.readiness = Readiness()

@@ -1,6 +1,11 @@
 """Who is calling: JWT access tokens (PyJWT, HS256 only, required claims, key ids so keys can
 rotate), and the checks endpoints call: `require_user`, `require_staff`.
 
+Tokens follow their account: each carries the account's token version (`ver`), and a request's
+access token counts only while its account exists, is active and still has that version. The
+account's state is looked up before the endpoint runs (web/accounts.py, from a short
+per-process cache) and judged here, so that the checks stay synchronous.
+
 Keys come from JWT_KEYS ("kid:secret,..."; the first signs, all verify; each secret at least
 32 bytes). Without it, a development key is used only on the embedded stack (SQLite), with a
 warning; with Postgres configured the app refuses to start without real keys.
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,15 +23,18 @@ from typing import Any
 import jwt
 from starlette.requests import Request
 
+from engine.keys import uuid4_hex
 from engine.models import CallContext
 from engine.settings import Settings
+from persistence.users import TokenState
 from web.errors import ApiError
+from web.middleware import scope_state
 
 log = logging.getLogger("inventory.auth")
 
 ALGORITHM = "HS256"
 ISSUER = "inventory"
-REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti", "iss", "staff"]
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti", "iss", "staff", "ver"]
 DEV_KEY = ("dev", "inventory-development-key-not-for-production-use")
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -51,11 +58,25 @@ class Principal:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AccountLookup:
+    """What the account check found for a request's access token (web/accounts.py): the
+    account's state (None: there is no such account), or the error that kept it from being
+    read, raised when an endpoint asks who is calling."""
+
+    token: str
+    state: TokenState | None
+    error: Exception | None = None
+
+
 class Keys:
     """Issues and verifies tokens. A token whose signature and claims were verified is
     remembered (the newest VERIFIED_CACHE_SIZE, per process): a client sends the same token
     with every request for its lifetime, and PyJWT's decoding costs more than the rest of a
-    reservation's Python. A remembered token is still refused once its `exp` has passed."""
+    reservation's Python. A remembered token is still refused once its `exp` has passed, and
+    what is remembered never changes (the signature and claims): whether its account still
+    lets it count is looked up for every request, so remembering can't outlive an account
+    change."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -77,13 +98,25 @@ class Keys:
         self.by_kid = dict(pairs)
         self.settings = settings
 
-    def issue(self, principal: Principal, kind: str) -> str:
-        now = int(time.time())
+    def issue(
+        self,
+        principal: Principal,
+        kind: str,
+        *,
+        version: int = 0,
+        jti: str | None = None,
+        now: int | None = None,
+    ) -> str:
+        """A token of `kind` ("access" or "refresh") for `principal`, issued under their
+        account's token `version` (0: an account never changed); its id and issue time (epoch
+        s) given or new."""
+        now = int(time.time()) if now is None else now
         ttl_ms = (
             self.settings.jwt_access_ttl_ms
             if kind == "access"
             else self.settings.jwt_refresh_ttl_ms
         )
+        jti = jti or uuid4_hex()
         claims = {
             "sub": principal.user_id,
             "name": principal.username,
@@ -92,7 +125,8 @@ class Keys:
             "iat": now,
             "exp": now + ttl_ms // 1000,
             "iss": ISSUER,
-            "jti": uuid.uuid4().hex,
+            "jti": jti,
+            "ver": version,
         }
         kid, secret = self.signing
         return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": kid})
@@ -132,7 +166,8 @@ class Keys:
         if claims.get("typ") != kind:
             article = "an" if kind == "access" else "a"
             raise ApiError(401, "invalid_token", f"this is not {article} {kind} token")
-        if not claims["sub"] or not isinstance(claims["staff"], bool):
+        valid_version = type(claims["ver"]) is int and claims["ver"] >= 0
+        if not claims["sub"] or not isinstance(claims["staff"], bool) or not valid_version:
             raise ApiError(401, "invalid_token", "the token's claims are not valid")
         return claims
 
@@ -143,18 +178,46 @@ def request_keys(request: Request) -> Keys:
     return keys
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None for no header or another
+    scheme (which `authenticate` refuses)."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def authenticate(request: Request) -> Principal | None:
     """The caller from `Authorization: Bearer <access token>`, or None if there is none."""
     header = request.headers.get("authorization")
     if not header:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         raise ApiError(401, "invalid_token", "use Authorization: Bearer <access token>")
-    claims = request_keys(request).verify(token.strip(), "access")
-    principal = Principal(str(claims["sub"]), str(claims.get("name", "")), claims["staff"])
+    claims = request_keys(request).verify(token, "access")
+    lookup = scope_state(request.scope).get("account")
+    if not isinstance(lookup, AccountLookup) or lookup.token != token:
+        raise RuntimeError("the account check (web.accounts.AccountCheckMiddleware) did not run")
+    if lookup.error is not None:
+        raise lookup.error
+    principal = account_principal(claims, lookup.state)
     request.scope.setdefault("state", {})["user_id"] = principal.user_id
     return principal
+
+
+def account_principal(claims: dict[str, Any], account: TokenState | None) -> Principal:
+    """The caller a verified access token names, if its account still lets it count: the
+    account exists, is active and has the token's version. Staff only while the token and the
+    account both say so."""
+    if account is None or not account.active:
+        raise ApiError(401, "invalid_token", "the token's user no longer exists or is disabled")
+    if claims["ver"] != account.token_version:
+        raise ApiError(
+            401, "token_revoked", "the token was revoked: its account changed; sign in again"
+        )
+    staff = bool(claims["staff"]) and account.staff
+    return Principal(str(claims["sub"]), str(claims.get("name", "")), staff)
 
 
 def require_user(request: Request) -> Principal:

@@ -43,13 +43,6 @@ SCHEMAS: dict[str, Schema] = {
             "expires_in": {**COUNT, "description": "seconds the access token is valid"},
         }
     ),
-    "AccessToken": closed(
-        {
-            "access": STRING,
-            "token_type": {"const": "Bearer"},
-            "expires_in": {**COUNT, "description": "seconds the access token is valid"},
-        }
-    ),
     "StockLevel": closed(
         {
             "warehouse": STRING,
@@ -155,14 +148,18 @@ OPERATIONS: list[Operation] = [
             401: ("invalid_credentials", "account_disabled"),
             429: ("too_many_attempts",),
         },
-        description="Failed logins are limited per username and per client address: "
-        "429 `too_many_attempts` with `Retry-After`.",
+        description="Failed logins are limited per username from one client address and per "
+        "client address: 429 `too_many_attempts` with `Retry-After`. Failed logins for a "
+        "username from any address only slow its answers down (a few seconds at most).",
     ),
     Operation(
-        "POST", "/api/token/refresh/", "token_refresh", "A refresh token: a new access token",
-        "auth", "open", ref("AccessToken"),
+        "POST", "/api/token/refresh/", "token_refresh",
+        "A refresh token: a new access token and a new refresh token", "auth", "open",
+        ref("Tokens"),
         body=RefreshBody,
-        errors={401: ("invalid_token", "token_expired")},
+        errors={401: ("invalid_token", "token_expired", "token_revoked", "token_reused")},
+        description="Refresh tokens rotate: the one sent is spent, and a spent one sent again "
+        "revokes every token of its sign-in (401 `token_reused`).",
     ),
     Operation(
         "GET", "/api/products/", "list_products", "The catalog with live stock", "products",

@@ -37,8 +37,11 @@ BODY_ERRORS: dict[int, tuple[str, ...]] = {
 }
 ACCESS_ERRORS: dict[Access, dict[int, tuple[str, ...]]] = {
     "open": {},
-    "user": {401: ("not_authenticated", "invalid_token", "token_expired")},
-    "staff": {401: ("not_authenticated", "invalid_token", "token_expired"), 403: ("forbidden",)},
+    "user": {401: ("not_authenticated", "invalid_token", "token_expired", "token_revoked")},
+    "staff": {
+        401: ("not_authenticated", "invalid_token", "token_expired", "token_revoked"),
+        403: ("forbidden",),
+    },
 }
 BACKEND_ERRORS: dict[int, tuple[str, ...]] = {503: ("service_unavailable",)}
 RATE_LIMIT_ERRORS: dict[int, tuple[str, ...]] = {429: ("rate_limited",)}

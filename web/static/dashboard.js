@@ -209,6 +209,7 @@
     var answer = await postJson("/api/token/refresh/", { refresh: token });
     if (answer.status !== 200) { return false; }
     store.setItem("access", answer.body.data.access);
+    store.setItem("refresh", answer.body.data.refresh);  // each refresh token works once
     return true;
   }
 
