@@ -177,11 +177,12 @@ async def _update(request: Request, model: type[ProductPut] | type[ProductPatch]
     if updated is None:
         raise errors.ProductNotFound(str(pid))
     # Compared with Redis, not with the old row: a retry after a failed engine call still
-    # brings the engine's price up to the catalog's.
+    # brings the engine's price up to the catalog's. (No idempotency key: the catalog has
+    # changed already, and a key used before must not refuse the engine's half of it.)
     if updated.price != live.price:
         await svc.engine.setup_product(
             updated.engine_id,
-            principal.context(request),
+            dataclasses.replace(principal.context(request), idempotency_key=None),
             price=updated.price,
             currency=updated.currency,
         )
