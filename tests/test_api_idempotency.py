@@ -232,9 +232,9 @@ async def state(app: Starlette) -> tuple[Any, ...]:
     return redis_state, rows
 
 
-# The create route answers a retry with the first product but without the header; that
-# route is being rewritten on its own branch (issue 9, racing creates): it needs
-# Product.replayed from setup_product's reply and the header, as web/routes/stock.py does.
+# The create route (web/routes/products.py, left to its owner) answers a retry with the first
+# product but without the header: it needs Product.replayed from setup_product's reply and
+# the header, as web/routes/stock.py has. Remove this mark with that fix.
 NO_REPLAY_HEADER = pytest.mark.xfail(
     strict=True, reason="POST /api/products/ does not send Idempotent-Replayed on a replay"
 )
