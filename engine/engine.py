@@ -22,7 +22,7 @@ from engine.models import (
     CallContext,
     ExpiryResult,
     LineRequest,
-    Movement,
+    Movements,
     Order,
     Product,
     ProductStock,
@@ -148,6 +148,7 @@ class Engine:
             currency=p["currency"],
             warehouses=tuple((w[0], w[1]) for w in p["warehouses"]),
             created=bool(reply["created"]),
+            replayed=bool(reply.get("replayed")),
         )
 
     async def adjust_stock(
@@ -156,7 +157,7 @@ class Engine:
         changes: Mapping[str, int],
         reason: StockReason | str,
         ctx: CallContext,
-    ) -> list[Movement]:
+    ) -> Movements:
         """Receive (delta > 0) or remove (delta < 0) units per warehouse, all or nothing."""
         v.check_name("product", product)
         try:
@@ -180,7 +181,17 @@ class Engine:
             [*payload, ctx.actor, ctx.request_id, fp, self.settings.idempotency_ttl_ms],
         )
         replies.raise_for(reply)
-        return [replies.movement(m) for m in replies.as_list(reply["movements"])]
+        return replies.movements(reply)
+
+    async def idempotency_key_used(self, product: str, ctx: CallContext, operation: str) -> bool:
+        """Whether `ctx`'s idempotency key has already answered `operation` (a script's name)
+        in `product`'s partition: a call under it now replays, or is refused as another
+        request, whatever it asks."""
+        if ctx.idempotency_key is None:
+            return False
+        k = self._keys_for_product(product)
+        record = k.idempotency(ctx.actor, operation, ctx.idempotency_key)
+        return bool(await self.redis.exists(record))
 
     async def get_stock(self, product: str) -> ProductStock:
         found = await self.get_stocks([product])

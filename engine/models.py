@@ -150,6 +150,13 @@ class Movement:
         return self.reserved_after - self.reserved_before
 
 
+class Movements(list[Movement]):
+    """The movements of one stock adjustment, in warehouse order; `replayed` when a retry
+    under the same idempotency key got the first adjustment's answer again."""
+
+    replayed: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Product:
     id: str
@@ -157,6 +164,7 @@ class Product:
     currency: str
     warehouses: tuple[tuple[str, int], ...]
     created: bool = False
+    replayed: bool = field(default=False, compare=False)  # the first answer, given again
 
 
 @dataclass(frozen=True, slots=True)

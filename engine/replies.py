@@ -6,7 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import errors
-from engine.models import Movement, Order, OrderLine, Reservation, ReservationStatus, ReservedLine
+from engine.models import (
+    Movement,
+    Movements,
+    Order,
+    OrderLine,
+    Reservation,
+    ReservationStatus,
+    ReservedLine,
+)
 from engine.states import OrderStatus
 
 
@@ -24,6 +32,12 @@ def movement(m: dict[str, Any]) -> Movement:
         reserved_before=m["reserved_before"],
         reserved_after=m["reserved_after"],
     )
+
+
+def movements(reply: dict[str, Any]) -> Movements:
+    moved = Movements(movement(m) for m in as_list(reply["movements"]))
+    moved.replayed = bool(reply.get("replayed"))
+    return moved
 
 
 def event_id(partition: int, reply: dict[str, Any]) -> str | None:

@@ -9,10 +9,11 @@ from redis.asyncio import Redis
 from engine import outbox
 
 
-async def snapshot(client: Redis) -> dict[str, Any]:
-    """Every key with its type and value (streams as their entries)."""
+async def snapshot(client: Redis, match: str | None = None) -> dict[str, Any]:
+    """Every key (or those matching the glob `match`) with its type and value (streams as
+    their entries)."""
     out: dict[str, Any] = {}
-    async for key in client.scan_iter(count=1000):
+    async for key in client.scan_iter(match=match, count=1000):
         kind = await client.type(key)
         value: Any
         if kind == "string":

@@ -26,6 +26,36 @@ ADMIN = CallContext(actor="admin", request_id="req-admin", staff=True)
 # short enough to watch expire, long enough to act on before it does
 SHORT_TTL_MS = 100
 
+# DESIGN.md's order table, written out here rather than read from engine/states.py (the table
+# the scripts are rendered from), so that a change to that table fails the tests instead of
+# carrying them along. Row: the order's status; column: the status asked for; 1 = allowed.
+ORDER_STATUSES = ("pending", "confirmed", "processing", "shipped", "delivered", "cancelled")
+# fmt: off
+ORDER_MOVES: dict[str, tuple[int, ...]] = {
+    #              pending  confirmed  processing  shipped  delivered  cancelled
+    "pending":    (0,       1,         0,          0,       0,         1),
+    "confirmed":  (0,       0,         1,          0,       0,         1),
+    "processing": (0,       0,         0,          1,       0,         0),
+    "shipped":    (0,       0,         0,          0,       1,         0),
+    "delivered":  (0,       0,         0,          0,       0,         0),
+    "cancelled":  (0,       0,         0,          0,       0,         0),
+}
+# how an order placed as pending reaches each status
+ORDER_PATHS: dict[str, tuple[str, ...]] = {
+    "pending":    (),
+    "confirmed":  ("confirmed",),
+    "processing": ("confirmed", "processing"),
+    "shipped":    ("confirmed", "processing", "shipped"),
+    "delivered":  ("confirmed", "processing", "shipped", "delivered"),
+    "cancelled":  ("cancelled",),
+}
+# fmt: on
+
+
+def moves_from(status: str) -> list[str]:
+    """The statuses an order in `status` may move to, in the table's column order."""
+    return [s for s, ok in zip(ORDER_STATUSES, ORDER_MOVES[status], strict=True) if ok]
+
 
 async def redis_now_ms(engine: Engine) -> int:
     """The Redis clock, which stamps every record and event."""

@@ -3,12 +3,17 @@ and the sweep records each expiry exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
+from redis.asyncio import Redis
 
 from engine import errors
 from engine.engine import Engine
 from engine.invariants import check_partition
-from engine.models import ExpiryResult, LineRequest, ReservationStatus
+from engine.models import ExpiryResult, LineRequest, Reservation, ReservationStatus
 from tests.helpers import event_types, events, snapshot
 from tests.support import (
     ALICE,
@@ -20,6 +25,7 @@ from tests.support import (
     levels,
     movement,
     of_type,
+    redis_now_ms,
     wait_until_due,
 )
 
@@ -152,13 +158,104 @@ async def test_ended_records_keep_a_ttl(engine: Engine) -> None:
     released = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=60_000)
     committed = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=60_000)
     expired = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=SHORT_TTL_MS)
+    t0 = await redis_now_ms(engine)
     await engine.release(released.id, ALICE)
     order = await engine.commit(committed.id, ALICE)
+    t1 = await redis_now_ms(engine)
     await wait_until_due(engine, expired)
     assert (await engine.expire()).expired == 1
 
+    # the Redis clock around the calls bounds when they ended, however long the test takes
     for r in (released, committed):
-        assert retention - 5_000 < await engine.redis.pttl(k.reservation(r.id)) <= retention
+        ends = await engine.redis.pexpiretime(k.reservation(r.id))
+        assert t0 + retention <= ends <= t1 + retention
     assert 0 < await engine.redis.pttl(k.reservation(expired.id)) <= retention
     seen = await engine.get_reservation(committed.id, ALICE)
     assert (seen.status, seen.order_id) == (ReservationStatus.COMMITTED, order.id)
+
+
+# -- exactly at expires_at ---------------------------------------------------------------
+
+# Holds the Redis server until its clock (TIME, read as the scripts read it) reaches ARGV[1] ms.
+HOLD_UNTIL = """
+local target = tonumber(ARGV[1])
+while true do
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if now >= target then return now end
+end
+"""
+
+HOLD_MS = 10
+TRIALS = 200
+
+CALLS: dict[str, Callable[[Engine, str], Awaitable[Any]]] = {
+    "commit": lambda engine, rid: engine.commit(rid, ALICE),
+    "release": lambda engine, rid: engine.release(rid, ALICE),
+    "extend": lambda engine, rid: engine.extend(rid, ALICE, ttl_ms=60_000),
+}
+DONE = {
+    "commit": "order_created",
+    "release": "reservation_released",
+    "extend": "reservation_extended",
+}
+
+
+async def call_at(
+    engine: Engine, holder: Redis, call: str, before_ms: int
+) -> tuple[int, int, bool]:
+    """`call` on a fresh reservation, run as near as can be arranged to `before_ms` before
+    its expires_at on the Redis clock. Returns (expires_at, the script's own clock reading
+    from the event it wrote, whether the call succeeded)."""
+    r: Reservation = await engine.reserve([LineRequest("sku-1", 1)], ALICE, ttl_ms=SHORT_TTL_MS)
+    target = r.expires_at_ms - before_ms
+    # hold the server only briefly: a long busy script invites the OS to preempt it after
+    await asyncio.sleep(max(0, target - HOLD_MS - await redis_now_ms(engine)) / 1000)
+    holding: asyncio.Future[Any] = asyncio.ensure_future(holder.eval(HOLD_UNTIL, 0, target))
+    await asyncio.sleep(HOLD_MS / 4000)  # the hold is in before the call (else the trial misses)
+    refused: errors.ReservationExpired | None = None
+    try:
+        await CALLS[call](engine, r.id)
+    except errors.ReservationExpired as exc:
+        refused = exc
+    await holding
+    succeeded = refused is None
+    if refused is not None:
+        assert refused.details() == {"reservation": r.id, "expires_at_ms": r.expires_at_ms}
+    last = (await events(engine.redis))[-1]
+    assert last["type"] == (DONE[call] if succeeded else "reservation_expired"), last
+    assert last["reservation"] == r.id
+    return r.expires_at_ms, int(last["ts"]), succeeded
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_live_until_expires_at_and_not_one_millisecond_after(
+    engine: Engine, call: str
+) -> None:
+    """A call 2 ms before expires_at (Redis clock) succeeds; one at expires_at is refused.
+
+    No clock is faked and no data is edited: the reservation's expires_at is the one the
+    reserve script set. To make the call run at a chosen millisecond of the Redis clock, a
+    script on another connection holds the (single-threaded) server until TIME reaches it,
+    while the engine's call waits in the queue behind it and runs the moment it is let go.
+    Whether that landed on the wanted millisecond is not assumed: every script stamps its
+    event with the `now` it decided by, so each trial reads back when its call really ran and
+    checks the rule against that (succeeded exactly when now < expires_at). A trial that a
+    busy machine made miss its millisecond still checks the rule and is tried again: load
+    costs trials, never a wrong verdict."""
+    await add_product(engine, "sku-1", {"main": 1000})
+    holder = Redis.from_url(engine.settings.redis_url)
+    ran: dict[int, bool] = {}  # ms before expires_at the call ran -> it succeeded
+    try:
+        for _ in range(TRIALS):
+            missing = [ms for ms in (2, 0) if ms not in ran]
+            if not missing:
+                break
+            expires_at, now, succeeded = await call_at(engine, holder, call, missing[0])
+            assert succeeded == (now < expires_at), (expires_at, now)
+            ran[expires_at - now] = succeeded
+    finally:
+        await holder.aclose()
+
+    assert (ran.get(2), ran.get(0)) == (True, False), f"trials landed at {sorted(ran)} ms"
+    assert (await check_partition(engine.redis, 0)).ok

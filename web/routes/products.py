@@ -45,6 +45,7 @@ from persistence.catalog import CatalogProduct, SkuTaken
 from web.app import Services, services
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
+from web.consistency import REPLAY_HEADER
 from web.errors import ApiError
 from web.money import to_minor
 from web.products_view import live_product, page_products, product_id, product_json
@@ -137,7 +138,7 @@ async def create_product(request: Request) -> Response:
     else:  # other creates keep claiming the row: one of them will finish it
         raise _sku_taken(body.sku, row.id)
     try:
-        await svc.engine.setup_product(
+        made = await svc.engine.setup_product(
             row.engine_id,
             ctx,
             price=price,
@@ -158,7 +159,10 @@ async def create_product(request: Request) -> Response:
         await asyncio.to_thread(catalog.update_product, svc.db, row.id, fields)
     await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     row, live = await live_product(svc, row.id)
-    return ok(request, product_json(row, live), 201)
+    response = ok(request, product_json(row, live), 201)
+    if made.replayed:  # the first create's answer, with the product as it is now
+        response.headers[REPLAY_HEADER] = "true"
+    return response
 
 
 async def _update(request: Request, model: type[ProductPut] | type[ProductPatch]) -> Response:
@@ -177,11 +181,12 @@ async def _update(request: Request, model: type[ProductPut] | type[ProductPatch]
     if updated is None:
         raise errors.ProductNotFound(str(pid))
     # Compared with Redis, not with the old row: a retry after a failed engine call still
-    # brings the engine's price up to the catalog's.
+    # brings the engine's price up to the catalog's. (No idempotency key: the catalog has
+    # changed already, and a key used before must not refuse the engine's half of it.)
     if updated.price != live.price:
         await svc.engine.setup_product(
             updated.engine_id,
-            principal.context(request),
+            dataclasses.replace(principal.context(request), idempotency_key=None),
             price=updated.price,
             currency=updated.currency,
         )

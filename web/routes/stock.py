@@ -19,6 +19,7 @@ from persistence import catalog
 from web.app import Services, services
 from web.auth import require_staff
 from web.bodies import parse_body
+from web.consistency import REPLAY_HEADER
 from web.errors import ApiError
 from web.products_view import live_product, product_id, product_json
 from web.responses import iso, ok
@@ -62,7 +63,10 @@ async def adjust_stock(request: Request) -> Response:
     ctx = principal.context(request)
     if warehouse not in {level.warehouse for level in live.levels}:
         priorities = await warehouse_priorities(svc, [warehouse])
-        if body.quantity > 0:
+        # Under a key that has answered an adjustment already, the engine answers this one
+        # (a replay, or 422 for another request): the product must not gain a warehouse first.
+        used = await svc.engine.idempotency_key_used(row.engine_id, ctx, "adjust_stock")
+        if body.quantity > 0 and not used:
             await svc.engine.setup_product(
                 row.engine_id, ctx, price=live.price, currency=live.currency, warehouses=priorities
             )
@@ -80,7 +84,10 @@ async def adjust_stock(request: Request) -> Response:
         "available_before": moved.available_before,
         "available_after": moved.available_after,
     }
-    return ok(request, {"adjustment": adjustment, "product": product_json(row, live)})
+    response = ok(request, {"adjustment": adjustment, "product": product_json(row, live)})
+    if movements.replayed:  # the first adjustment's answer, with the product as it is now
+        response.headers[REPLAY_HEADER] = "true"
+    return response
 
 
 async def list_warehouses(request: Request) -> Response:
