@@ -4,6 +4,7 @@ reconcile then finds no drift, and the restored reservations and orders work as 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from typing import Any, cast
@@ -168,6 +169,27 @@ async def test_new_events_sort_after_the_checkpoint_whatever_the_new_clock(
     ]
     assert drain_partition(sync_redis, pg, settings, 0).applied == 2
     assert check(sync_redis, pg, settings).ok
+
+
+async def test_rebuild_holds_the_drain_locks(
+    engine: Engine, pg: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    """A drainer holding a partition keeps a rebuild out (and so a rebuild keeps drainers out:
+    no checkpoint moves while it reads the database and writes Redis)."""
+    await workload(engine, rounds=2)
+    drain_partition(sync_redis, pg, settings, 0)
+    short = dataclasses.replace(settings, drain_lease_ms=300)
+    before = await snapshot(engine.redis)
+    lock = sync_redis.lock(K.drain_lock, timeout=5)
+    assert lock.acquire()
+    try:
+        with pytest.raises(RuntimeError, match="a drainer held its lock"):
+            rebuild(sync_redis, pg, short, force=True)
+    finally:
+        lock.release()
+    assert await snapshot(engine.redis) == before  # refused before it wrote anything
+    rebuild(sync_redis, pg, short, force=True)
+    assert not sync_redis.exists(K.drain_lock)  # and let go after
 
 
 def test_the_cli_rebuilds_once_and_refuses_twice(
