@@ -436,10 +436,17 @@ def offer(stack: Stack, mode: str, calls: Sequence[Call], **kw: Any) -> list[Out
     return loadgen.run_in_processes(plans)
 
 
+# The bench endpoints (the baseline, bare) serve staff only: their buyers are staff accounts
+# of their own, this far from the customers' ids (an account's staff flag is cached by the
+# API for a few seconds, so one account can't be a customer here and staff there).
+STAFF_BUYERS = 500_000
+
+
 def buyer_tokens(stack: Stack, system: str, first: int, n: int) -> list[str]:
-    """Tokens of buyers `first` .. `first + n - 1`: customers on our API; the same users as
-    staff on the bench endpoints (the baseline, bare), which serve staff only."""
-    return stack.tokens(range(first, first + n), staff=system != OURS)
+    """Tokens of `n` buyers from `first`: customers on our API, staff on the bench endpoints."""
+    if system == OURS:
+        return stack.tokens(range(first, first + n))
+    return stack.tokens(range(STAFF_BUYERS + first, STAFF_BUYERS + first + n), staff=True)
 
 
 def reserve_call(

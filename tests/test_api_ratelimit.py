@@ -157,7 +157,7 @@ async def test_the_bucket_refills_at_the_rate(app_settings: Settings, clean_redi
     app = limited(app_settings, 4, 1)  # one request per 250 ms
     async with running(app) as client:
         for attempt in range(50):
-            me = bearer(app, f"refill-{attempt}")  # a bucket of its own
+            me = bearer(app, str(700 + attempt))  # a bucket of its own
             t0 = await redis_ms(app)
             first = await client.get("/api/products/", headers=me)
             second = await client.get("/api/products/", headers=me)

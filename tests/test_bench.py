@@ -99,7 +99,7 @@ async def test_bench_endpoints_refuse_bad_input(
     # the baseline sits behind the API's checks: a staff token, JSON, a valid body
     assert await code(client.post(path, json=one)) == "not_authenticated"
     assert await code(client.post(path, json=one, headers=bearer(app, "7"))) == "forbidden"
-    user = bearer(app, "7", staff=True)
+    user = bearer(app, "8", staff=True)
     as_json = {**user, "content-type": "application/json"}
     assert await code(client.post(path, content=b"{", headers=as_json)) == "malformed_json"
     huge = b'{"product": 1, "quantity": 1, "pad": "' + b"x" * 70_000 + b'"}'

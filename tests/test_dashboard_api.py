@@ -99,7 +99,7 @@ async def test_an_empty_shop_reads_as_zeros(client: httpx.AsyncClient, app: Star
             "finished": 0,
         }
     ]
-    assert [p["next_run_at"] for p in d["queues"]["periodic"]] == [None, None, None]
+    assert [p["next_run_at"] for p in d["queues"]["periodic"]] == [None] * len(periodic.PERIODIC)
     assert d["queues"]["failed_jobs"] == []
     assert d["low_stock"] == []
     assert d["reconcile"] is None

@@ -179,27 +179,35 @@ class AccountCheckMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            token = bearer_token(_authorization(scope))
-            if token is not None:
-                await self._look_up(scope, token)
+            await look_up(scope, self.keys)
         await self.app(scope, receive, send)
 
-    async def _look_up(self, scope: Scope, token: str) -> None:
-        try:
-            claims = self.keys.verify(token, "access")  # remembered for the endpoint
-        except ApiError:
-            return  # refused again, and answered, if the endpoint asks who is calling
-        accounts: AccountCache = scope["app"].state.accounts
-        user_id = user_id_of(claims)
-        try:
-            lookup = AccountLookup(token, await accounts.state(user_id))
-        except Exception as exc:
-            if not users.valid_id(user_id) or not isinstance(claims.get("ver"), int):
-                lookup = AccountLookup(token, None, exc)
-            else:  # the database is down and this account was never read: the token says
-                claimed = TokenState(user_id, True, bool(claims["staff"]), int(claims["ver"]))
-                lookup = AccountLookup(token, claimed)
-        scope_state(scope)["account"] = lookup
+
+async def look_up(scope: Scope, keys: Keys) -> None:
+    """Look up the account of the request's access token, if it has a verified one, and leave
+    the finding in the request's state for `web.auth.authenticate` (the middleware's work; an
+    endpoint mounted outside the middleware calls it itself)."""
+    token = bearer_token(_authorization(scope))
+    if token is not None:
+        await _look_up(scope, keys, token)
+
+
+async def _look_up(scope: Scope, keys: Keys, token: str) -> None:
+    try:
+        claims = keys.verify(token, "access")  # remembered for the endpoint
+    except ApiError:
+        return  # refused again, and answered, if the endpoint asks who is calling
+    accounts: AccountCache = scope["app"].state.accounts
+    user_id = user_id_of(claims)
+    try:
+        lookup = AccountLookup(token, await accounts.state(user_id))
+    except Exception as exc:
+        if not users.valid_id(user_id) or not isinstance(claims.get("ver"), int):
+            lookup = AccountLookup(token, None, exc)
+        else:  # the database is down and this account was never read: the token says
+            claimed = TokenState(user_id, True, bool(claims["staff"]), int(claims["ver"]))
+            lookup = AccountLookup(token, claimed)
+    scope_state(scope)["account"] = lookup
 
 
 def _authorization(scope: Scope) -> str | None:
