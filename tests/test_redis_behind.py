@@ -90,13 +90,18 @@ async def available(engine: Engine, product: str = "drop") -> tuple[int, int]:
     return level.available, level.reserved
 
 
-async def test_an_older_aof_is_detected_and_restored_from_the_database(
-    stack: Stack, tmp_path: Path
-) -> None:
+async def stock_then_copy(stack: Stack, to: Path) -> None:
+    """10 units of product "drop", drained; then an older copy of Redis's files taken."""
     async with Engine.from_settings(stack.settings) as engine:
         await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
         drain_partition(stack.client, stack.db, stack.settings, 0)
-    stack.copy_aof(tmp_path / "older")
+    stack.copy_aof(to)
+
+
+async def test_an_older_aof_is_detected_and_restored_from_the_database(
+    stack: Stack, tmp_path: Path
+) -> None:
+    await stock_then_copy(stack, tmp_path / "older")
 
     async with Engine.from_settings(stack.settings) as engine:
         first = await engine.reserve([LineRequest("drop", 4)], KEYED)
@@ -232,10 +237,7 @@ def test_is_behind(
 async def test_readyz_and_the_dashboard_say_the_drain_is_paused(
     stack: Stack, tmp_path: Path
 ) -> None:
-    async with Engine.from_settings(stack.settings) as engine:
-        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
-        drain_partition(stack.client, stack.db, stack.settings, 0)
-    stack.copy_aof(tmp_path / "older")
+    await stock_then_copy(stack, tmp_path / "older")
     async with Engine.from_settings(stack.settings) as engine:
         await engine.reserve([LineRequest("drop", 4)], BUYER)
     drain_partition(stack.client, stack.db, stack.settings, 0)
