@@ -192,7 +192,7 @@ async def test_a_whole_line_from_one_warehouse_when_split_is_off(
         ({"product": 1, "quantity": 0}, "quantity", "greater than 0"),
         ({"product": 1, "quantity": -2}, "quantity", "greater than 0"),
         ({"product": 1, "quantity": 1.5}, "quantity", "valid integer"),
-        ({"product": 1, "quantity": 2.0}, "quantity", "valid integer"),
+        ({"product": 1.5, "quantity": 1}, "product", "valid integer"),
         ({"product": 1, "quantity": "3"}, "quantity", "valid integer"),
         ({"product": 1, "quantity": True}, "quantity", "valid integer"),
         ({"product": 1, "quantity": 1_000_001}, "quantity", "less than or equal to 1000000"),
@@ -566,8 +566,8 @@ async def test_list_pages_by_keyset(shop: Starlette, client: httpx.AsyncClient) 
     ]
     assert (first.json()["previous"], third.json()["next"]) == (None, None)
     assert ids(data(back)) == newest_first[:2]
-    # a cursor of another list (orders by value: an integer key) does not fit this one
-    alien = "eyJ2IjpbNSwiYWJjIl0sImQiOiJuIn0"  # {"v":[5,"abc"],"d":"n"}
+    # a cursor of another list's form (the audit log's: a time and a number) does not fit
+    alien = "n" + "0" * 32
     refused = await client.get(f"/api/reservations/?cursor={alien}", headers=alice)
     assert (refused.status_code, err(refused)["code"]) == (400, "invalid_cursor")
 

@@ -19,7 +19,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed
 
+from engine.settings import Settings
 from web import openapi, openapi_catalog, openapi_dashboard, openapi_orders
+from web.app import services
 from web.errors import ApiError
 from web.openapi_conventions import TITLE
 
@@ -78,14 +80,19 @@ def _version() -> str:
 
 
 @functools.cache
-def document() -> dict[str, Any]:
-    """The OpenAPI document (built once: it depends on the code alone)."""
-    return openapi.build(OPERATIONS, schemas=openapi_catalog.SCHEMAS, version=_version())
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document (built once per settings: it states the configured limits)."""
+    schemas = {
+        **openapi_catalog.SCHEMAS,
+        **openapi_catalog.configured(settings),
+        **openapi_orders.configured(settings),
+    }
+    return openapi.build(OPERATIONS, schemas=schemas, version=_version())
 
 
 async def openapi_json(request: Request) -> Response:
     """The OpenAPI document, as is (no envelope: tools read it)."""
-    return JSONResponse(document())
+    return JSONResponse(document(services(request).settings))
 
 
 async def api_docs(request: Request) -> Response:
