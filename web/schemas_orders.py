@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -131,8 +133,21 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _any_case(statuses: type[Enum]) -> WithJsonSchema:
+    """A status as the document states it: its values in any case, as `_lower` takes them (an
+    enum would call "PENDING" invalid)."""
+    words = ["".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in s.value) for s in statuses]
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^({'|'.join(words)})$",
+            "description": f"{', '.join(s.value for s in statuses)}: in any case",
+        }
+    )
+
+
 class TransitionIn(Body):
-    status: OrderStatus = Field(description="the new status, case-insensitive")
+    status: Annotated[OrderStatus, _any_case(OrderStatus)]
 
     status_lower = field_validator("status", mode="before")(_lower)
 
@@ -151,7 +166,7 @@ class ListQuery(Body):
 
 
 class ReservationQuery(ListQuery):
-    status: ReservationStatus | None = None
+    status: Annotated[ReservationStatus, _any_case(ReservationStatus)] | None = None
 
     status_lower = field_validator("status", mode="before")(_lower)
 
@@ -160,7 +175,7 @@ class OrderQuery(ListQuery):
     """Bounds that leave nothing between them (start_date after end_date, min_total above
     max_total) are an empty list, not an error: no query schema can forbid them."""
 
-    status: OrderStatus | None = None
+    status: Annotated[OrderStatus, _any_case(OrderStatus)] | None = None
     start_date: date | None = Field(None, description="YYYY-MM-DD, inclusive, UTC")
     end_date: date | None = Field(None, description="YYYY-MM-DD, inclusive, UTC")
     min_total: Decimal | None = Field(None, description='a decimal amount like "19.99"')
