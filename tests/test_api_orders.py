@@ -151,7 +151,7 @@ async def test_order_refusals_have_a_clear_message_and_change_nothing(
         ({"product": 99, "quantity": 1}, (404, "product_not_found", "product '99' does not exist")),
         (
             {"product": 5, "quantity": 100},
-            (422, "order_total_too_large", "the order total is too large"),
+            (409, "order_total_too_large", "the order total is too large"),
         ),
     ]
     for body, expected in cases:

@@ -255,11 +255,11 @@ async def test_bad_bodies_are_400_and_change_nothing(
             "warehouse_not_found",
             "product '1' is not stocked in warehouse 'east'",
         ),
-        (
+        (  # the two lines of one product are summed: each is within bounds, their sum is not
             {"lines": [{"product": 1, "quantity": 600_000}, {"product": 1, "quantity": 600_000}]},
-            400,
-            "invalid_input",
-            "must be between 1 and 1000000",  # the two lines of one product, summed
+            409,
+            "insufficient_stock",
+            "not enough stock (1: requested 1200000, available 10)",
         ),
     ],
 )

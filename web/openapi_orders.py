@@ -200,8 +200,7 @@ OPERATIONS: list[Operation] = [
         status=201, path_params=RESERVATION_PATH, idempotent=True, token=True,
         errors={
             404: NO_RESERVATION,
-            409: (*NOT_LIVE, "currency_mismatch"),
-            422: ("order_total_too_large",),
+            409: (*NOT_LIVE, "currency_mismatch", "order_total_too_large"),
             503: ("id_collision",),
         },
     ),
@@ -215,8 +214,13 @@ OPERATIONS: list[Operation] = [
         },
         errors={
             404: (*NO_RESERVATION, "product_not_found", "warehouse_not_found"),
-            409: (*NOT_LIVE, "insufficient_stock", "currency_mismatch", "cross_partition"),
-            422: ("order_total_too_large",),
+            409: (
+                *NOT_LIVE,
+                "insufficient_stock",
+                "currency_mismatch",
+                "cross_partition",
+                "order_total_too_large",
+            ),
             503: ("id_collision",),
         },
     ),
