@@ -1,5 +1,6 @@
 """The API described: `GET /openapi.json` (OpenAPI 3.1, built by web/openapi.py from the
-operations table) and `GET /api/docs/`, a Swagger UI page.
+operations table and the limits the server's settings set) and `GET /api/docs/`, a Swagger UI
+page.
 
 The page works offline: its script, stylesheet and icons are the files the
 swagger-ui-bundle-v2 package ships (Swagger UI 5, which reads OpenAPI 3.1; imported as
