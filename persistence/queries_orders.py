@@ -35,12 +35,11 @@ def _ms(value: datetime) -> int:
 @dataclass(frozen=True, slots=True)
 class Listing:
     """A list query, ready to be cut into keyset pages: the filtered select, its sort keys
-    as (column, descending) ending with the unique id, the Python type of each key's value
-    (to check a cursor), a row's key values, and how a page of rows becomes models."""
+    as (column, descending) ending with the unique id, a row's key values, and how a page of
+    rows becomes models."""
 
     query: Select[Any]
     sort: list[tuple[ColumnElement[Any], bool]]
-    key_types: tuple[type, ...]
     boundary: Callable[[Any], tuple[Any, ...]]
     load: Callable[[Connection, Sequence[Any]], list[Any]]
 
@@ -99,7 +98,6 @@ def list_reservations(user: str | None, status: ReservationStatus | None) -> Lis
     return Listing(
         query,
         [(RES.c.created_at, True), (RES.c.id, True)],
-        (datetime, str),
         lambda row: (row.created_at, row.id),
         lambda conn, rows: _reservations(conn, rows, now),
     )
@@ -184,14 +182,12 @@ def list_orders(f: OrderFilters) -> Listing:
         return Listing(
             query,
             [(ORD.c.total, True), (ORD.c.id, True)],
-            (int, str),
             lambda row: (row.total, row.id),
             _orders,
         )
     return Listing(
         query,
         [(ORD.c.created_at, True), (ORD.c.id, True)],
-        (datetime, str),
         lambda row: (row.created_at, row.id),
         _orders,
     )

@@ -140,12 +140,12 @@ async def test_staff_only(client: httpx.AsyncClient, app: Starlette) -> None:
     ("params", "code"),
     [
         ({"since": "yesterday"}, "invalid_input"),
-        ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "invalid_input"),
+        ({"since": "1700000000"}, "invalid_input"),
         ({"limit": "0"}, "invalid_input"),
         ({"object_id": "x" * 65}, "invalid_input"),
         ({"colour": "red"}, "invalid_input"),
         ({"cursor": "not-a-cursor"}, "invalid_cursor"),
-        ({"cursor": encode_cursor(["x", 1], "n")}, "invalid_cursor"),
+        ({"cursor": "n" + "g" * 32}, "invalid_cursor"),
         ({"cursor": encode_cursor([1], "n")}, "invalid_cursor"),
     ],
 )

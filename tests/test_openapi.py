@@ -13,6 +13,7 @@ import schemathesis
 from starlette.routing import Route
 
 from engine import errors as engine_errors
+from engine.settings import Settings
 from tests.api import err
 from web.errors import ENGINE_STATUS
 from web.openapi_conventions import ref
@@ -31,7 +32,7 @@ def db_url(sqlite_url: str) -> str:
 def documented() -> set[tuple[str, str]]:
     return {
         (path, method.upper())
-        for path, item in docs.document()["paths"].items()
+        for path, item in docs.document(Settings())["paths"].items()
         for method in item
         if method in METHODS
     }
@@ -55,7 +56,7 @@ def test_every_route_is_documented_and_every_operation_routed() -> None:
 
 
 def test_the_document_is_valid_openapi_3_1() -> None:
-    document = docs.document()
+    document = docs.document(Settings())
     schema = schemathesis.openapi.from_dict(copy.deepcopy(document))
 
     schema.validate()  # against the OpenAPI 3.1 meta-schema
@@ -73,7 +74,7 @@ def _refs(node: Any) -> list[str]:
 
 
 def test_every_reference_resolves_and_every_path_parameter_is_declared() -> None:
-    document = docs.document()
+    document = docs.document(Settings())
 
     for target in _refs(document):
         assert target.startswith("#/components/"), target
@@ -88,7 +89,7 @@ def test_every_reference_resolves_and_every_path_parameter_is_declared() -> None
 
 
 def test_every_operation_has_the_envelope_the_request_id_and_its_errors() -> None:
-    document = docs.document()
+    document = docs.document(Settings())
     for path, item in document["paths"].items():
         for method, op in item.items():
             responses = op["responses"]
@@ -110,7 +111,7 @@ def test_engine_errors_are_documented_with_the_status_the_app_gives_them() -> No
     status_of = {cls.code: status for cls, status in ENGINE_STATUS.items()}
     status_of[engine_errors.InvalidInput.code] = 400
     seen = set()
-    for item in docs.document()["paths"].values():
+    for item in docs.document(Settings())["paths"].values():
         for op in item.values():
             for status, response in op["responses"].items():
                 if status.startswith("2"):
@@ -131,7 +132,7 @@ def test_rate_limit_errors_follow_the_limiter() -> None:
 
 
 def test_the_consistency_token_and_idempotency_are_described() -> None:
-    document = docs.document()
+    document = docs.document(Settings())
     reserve = document["paths"]["/api/reservations/"]
     orders = document["paths"]["/api/orders/"]
 
@@ -144,12 +145,12 @@ def test_the_consistency_token_and_idempotency_are_described() -> None:
     assert "consistent_with" in document["info"]["description"]
 
 
-async def test_openapi_json_is_served(client: httpx.AsyncClient) -> None:
+async def test_openapi_json_is_served(client: httpx.AsyncClient, app_settings: Settings) -> None:
     response = await client.get("/openapi.json")
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == docs.document()
+    assert response.json() == docs.document(app_settings)
     assert response.headers["x-request-id"]
 
 

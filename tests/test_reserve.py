@@ -179,7 +179,6 @@ async def test_unknown_product_or_warehouse_is_refused(engine: Engine) -> None:
         ([LineRequest("sku-1", -2)], None, "quantity"),
         ([LineRequest("sku-1", True)], None, "quantity"),
         ([LineRequest("sku-1", MAX_QUANTITY + 1)], None, "quantity"),
-        ([LineRequest("sku-1", MAX_QUANTITY), LineRequest("sku-1", 1)], None, "quantity"),
         ([LineRequest("sku-1", 1)] * (MAX_LINES + 1), None, "lines"),
         ([], None, "lines"),
         ([LineRequest("sku|1", 1)], None, "product"),
@@ -200,6 +199,19 @@ async def test_bad_input_is_refused_and_changes_nothing(
     assert info.value.field == field
     assert info.value.details() == {"field": field}
     assert await snapshot(engine.redis) == before
+
+
+async def test_lines_of_one_product_are_summed_past_the_bound_of_one_line(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "sku-1", {"main": MAX_QUANTITY + 5})
+
+    held = await engine.reserve(
+        [LineRequest("sku-1", MAX_QUANTITY), LineRequest("sku-1", 1)], ALICE
+    )
+
+    assert [(li.product, li.quantity) for li in held.lines] == [("sku-1", MAX_QUANTITY + 1)]
+    assert await levels(engine, "sku-1") == {"main": (4, MAX_QUANTITY + 1)}
 
 
 async def test_idempotent_replay_returns_the_same_reservation(engine: Engine) -> None:

@@ -30,7 +30,12 @@ from web.accounts import AccountCache, AccountCheckMiddleware
 from web.auth import Keys
 from web.errors import ApiError, from_engine
 from web.metrics import Metrics, MetricsMiddleware
-from web.middleware import BodyLimitMiddleware, RequestContextMiddleware, scope_state
+from web.middleware import (
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+    allowed_methods,
+    scope_state,
+)
 from web.ratelimit import RateLimitMiddleware
 from web.readiness import Readiness
 from web.responses import error, request_id
@@ -69,7 +74,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
     message = "no such endpoint" if exc.status_code == 404 else str(exc.detail)
-    headers = dict(exc.headers) if exc.headers else None
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path, and here a
+        # path has a route per method: Allow lists them all, as HTTP wants.
+        headers["Allow"] = ", ".join(allowed_methods(request.scope))
     scope_state(request.scope)["error_code"] = code
     return error(request_id(request), exc.status_code, code, message, headers=headers)
 

@@ -5,12 +5,30 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 
 from web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
+
+# What the document says of every text a client sends (web/openapi.py adds it where a string
+# has no pattern of its own): no NUL character, which `_validate` below refuses.
+NO_NUL = r"^[^\x00]*$"
+
+
+def _integral(value: object) -> object:
+    # JSON has one kind of number, and JSON Schema counts 90.0 as the integer 90: a client
+    # may well send it so. 90.5, a string or a boolean is still no integer.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Makes a StrictInt a JSON integer: a whole number, written 90 or 90.0. It goes last, after
+# the bounds (`Annotated[StrictInt, Field(ge=1), INTEGRAL]`): before them, pydantic would no
+# longer write the bounds as JSON Schema's minimum and maximum.
+INTEGRAL = BeforeValidator(_integral)
 
 
 def _problems(exc: ValidationError) -> list[dict[str, Any]]:
@@ -55,10 +73,10 @@ def parse_query(request: Request, model: type[M]) -> M:
 
 
 def _validate(model: type[M], data: Any, message: str) -> M:
-    try:
-        parsed = model.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_input", message, {"errors": _problems(exc)}) from None
+    # NUL first: the one rule for every text, whatever else a field's pattern says.
     if problems := _nul_problems(data, ""):
         raise ApiError(400, "invalid_input", message, {"errors": problems})
-    return parsed
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_input", message, {"errors": _problems(exc)}) from None

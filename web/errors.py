@@ -44,7 +44,8 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.CurrencyMismatch: 409,
     engine_errors.CrossPartition: 409,
     engine_errors.IdempotencyMismatch: 422,
-    engine_errors.OrderTotalTooLarge: 422,
+    # The lines' prices make it so, not the request's form: a conflict with the catalog.
+    engine_errors.OrderTotalTooLarge: 409,
     engine_errors.IdCollision: 503,
     engine_errors.RedisBehind: 503,
 }

@@ -145,6 +145,16 @@ def _match(scope: Scope) -> BaseRoute | None:
     return partial
 
 
+def allowed_methods(scope: Scope) -> list[str]:
+    """Every method that some route takes at the request's path (HEAD with each GET)."""
+    routes: list[BaseRoute] = getattr(scope.get("app"), "routes", None) or []
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def route_template(scope: Scope) -> str:
     """The path template of the route that took the request (`/api/orders/{order_id}/`), never
     the raw path: label values stay few whatever paths clients send. Call it once the app has

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from web.bodies import NO_NUL
 from web.openapi_conventions import (
     ACCESS_ERRORS,
     BACKEND_ERRORS,
@@ -82,6 +83,19 @@ def without_null(schema: Schema) -> Schema:
     return {**rest, "anyOf": kept}
 
 
+def _refuse_nul(schema: Any) -> None:
+    """Request schemas: a text without a pattern (or format, or fixed values) of its own gets
+    NO_NUL, the rule web/bodies.py holds every text of a body or query to."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and not schema.keys() & {"pattern", "format", "enum"}:
+            schema["pattern"] = NO_NUL
+        for value in schema.values():
+            _refuse_nul(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _refuse_nul(item)
+
+
 def _close_objects(schema: Any) -> None:
     """Response schemas are exact: an object lists every property the API sends."""
     if isinstance(schema, dict):
@@ -110,6 +124,8 @@ class _Components:
         schema = copy.deepcopy(model.model_json_schema(ref_template=REF, mode=mode))
         if response:
             _close_objects(schema)
+        else:
+            _refuse_nul(schema)
         for name, definition in schema.pop("$defs", {}).items():
             self.put(name, definition)
         return self.put(model.__name__, schema)
@@ -117,6 +133,7 @@ class _Components:
     def inline(self, model: type[BaseModel]) -> Schema:
         """A model's schema (for query parameters), its `$defs` put in components/schemas."""
         schema = copy.deepcopy(model.model_json_schema(ref_template=REF))
+        _refuse_nul(schema)
         for name, definition in schema.pop("$defs", {}).items():
             self.put(name, definition)
         return schema
@@ -127,6 +144,8 @@ class _Components:
         if not isinstance(value, dict):
             return self.model(value, response=response)
         schema = copy.deepcopy(value)
+        if not response:
+            _refuse_nul(schema)
         for name, definition in schema.pop("$defs", {}).items():
             self.put(name, definition)
         return schema
@@ -166,13 +185,20 @@ def _success(op: Operation, parts: _Components) -> Schema:
         return {"description": op.summary, "headers": headers, "content": content}
     data = parts.schema(op.data, response=True) if op.data is not None else {}
     if op.listing:
+        # The cursors given out have the form the operation takes back.
+        form = {k: v for k, v in op.query_schemas.get("cursor", {}).items() if k == "pattern"}
         envelope = closed(
             {
                 "request_id": {"type": "string"},
                 "data": {"type": "array", "items": data},
-                "next": {"type": ["string", "null"], "description": "cursor of the next page"},
+                "next": {
+                    "type": ["string", "null"],
+                    **form,
+                    "description": "cursor of the next page",
+                },
                 "previous": {
                     "type": ["string", "null"],
+                    **form,
                     "description": "cursor of the page before",
                 },
             }
@@ -219,7 +245,8 @@ def _parameters(op: Operation, parts: _Components) -> list[Schema]:
         query = parts.inline(op.query)
         required = set(query.get("required", []))
         for name, schema in query["properties"].items():
-            final = op.query_schemas.get(name) or without_null(schema)
+            final = copy.deepcopy(op.query_schemas.get(name) or without_null(schema))
+            _refuse_nul(final)
             param: Schema = {"name": name, "in": "query", "required": name in required}
             if "description" in final:
                 param["description"] = final["description"]

@@ -7,12 +7,17 @@ hand; tests/test_schemathesis.py holds them to what the app really sends.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, get_args
 
+from engine.settings import Settings
+from web.money import EXPONENTS, exponent, price_pattern
 from web.openapi import Operation
-from web.openapi_conventions import Schema, closed, ref
+from web.openapi_conventions import REF, Schema, closed, ref
+from web.pagination import cursor_pattern
 from web.routes.auth import LoginBody, RefreshBody
 from web.schemas_catalog import (
+    REASON_SIGN,
     AuditQuery,
     ProductCreate,
     ProductPatch,
@@ -100,8 +105,90 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+
+def configured(settings: Settings) -> dict[str, Schema]:
+    """The schemas that depend on the server's settings, as it is configured."""
+    currency = settings.default_currency
+    return {"DefaultPrice": {**_price(exponent(currency)), "description": f"in {currency}"}}
+
+
+def _price(places: int) -> Schema:
+    return {"type": "string", "maxLength": 20, "pattern": price_pattern(places)}
+
+
+def _product_create() -> Schema:
+    """ProductCreate shape by shape: a price has at most as many decimal places as its
+    currency (the default one when `currency` is left out or null) and is at most 10^12 minor
+    units of it; `total_stock` and `stock` are not both given."""
+    full = ProductCreate.model_json_schema(ref_template=REF)
+    groups: dict[int, list[str]] = {}
+    for code, places in sorted(EXPONENTS.items()):
+        groups.setdefault(places, []).append(code)
+    other: Schema = {"type": "string", "pattern": "^[A-Z]{3}$", "not": {"enum": sorted(EXPONENTS)}}
+    currencies: list[tuple[str, Schema, Schema, list[str]]] = [
+        ("in the default currency", {"type": "null"}, ref("DefaultPrice"), []),
+        *((f"in {', '.join(codes)}", {"enum": codes}, _price(p), ["currency"])
+          for p, codes in groups.items()),
+        ("in another currency", other, _price(2), ["currency"]),
+    ]  # fmt: skip
+    both = {"total_stock": {"type": "integer"}, "stock": {"type": "array"}}
+    shapes = [
+        {
+            "title": title,
+            "type": "object",
+            "additionalProperties": False,
+            "required": full["required"] + required,
+            "properties": {**full["properties"], "currency": currency, "price": price},
+            "not": {"required": list(both), "properties": both},
+        }
+        for title, currency, price, required in currencies
+    ]
+    return {"title": "ProductCreate", "oneOf": shapes, "$defs": full["$defs"]}
+
+
+def _stock_adjust() -> Schema:
+    """StockAdjust shape by shape: which way each reason moves stock (never by 0)."""
+    full = StockAdjust.model_json_schema(ref_template=REF)
+    quantity = full["properties"]["quantity"]
+    either = [r for r in get_args(Reason) if r not in REASON_SIGN]
+    ways: list[tuple[str, list[str], Schema]] = [
+        ("add units", [r for r, sign in REASON_SIGN.items() if sign > 0], {"minimum": 1}),
+        ("remove units", [r for r, sign in REASON_SIGN.items() if sign < 0], {"maximum": -1}),
+        ("either way", either, {"not": {"const": 0}}),
+    ]
+    shapes = [
+        {
+            "title": title,
+            "type": "object",
+            "additionalProperties": False,
+            "required": full["required"],
+            "properties": {
+                **full["properties"],
+                "quantity": {**quantity, **bounds},
+                "reason": {"enum": reasons},
+            },
+        }
+        for title, reasons, bounds in ways
+    ]
+    return {"title": "StockAdjust", "oneOf": shapes}
+
+
+def _cursor(*kinds: type) -> Schema:
+    return {
+        "type": "string",
+        "pattern": cursor_pattern(kinds),
+        "description": "the `next` or `previous` of a page",
+    }
+
+
 PRODUCT_PATH = {"id": PRODUCT_ID}
 NO_PRODUCT = {404: ("product_not_found",)}
+# A price that fits some currency but not the product's own.
+PRICE_CONFLICT = {409: ("sku_exists", "price_currency_mismatch")}
+PRICE_CONFLICT_TEXT = (
+    "409 `price_currency_mismatch`: the price has more decimal places than the product's "
+    "currency, or is over 10^12 of its minor units."
+)
 EXAMPLE_PRODUCT: dict[str, Any] = {
     "name": "Concert ticket",
     "sku": "TICKET-001",
@@ -164,7 +251,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET", "/api/products/", "list_products", "The catalog with live stock", "products",
         "open", ref("Product"),
-        listing=True, query=ProductQuery,
+        listing=True, query=ProductQuery, query_schemas={"cursor": _cursor(int)},
         errors={400: ("invalid_cursor",)},
         description="`search` matches name or sku; `in_stock` keeps products with (or "
         "without) available units. A page may come back short with a `next` cursor.",
@@ -172,7 +259,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "POST", "/api/products/", "create_product", "Create a product with its opening stock",
         "products", "staff", ref("Product"),
-        status=201, body=ProductCreate, body_examples={"product": EXAMPLE_PRODUCT},
+        status=201, body=_product_create(), body_examples={"product": EXAMPLE_PRODUCT},
         idempotent=True,
         errors={404: ("warehouse_not_found",), 409: ("sku_exists",)},
         description="Opening stock is `total_stock` (into the default warehouse) or `stock`: "
@@ -187,13 +274,15 @@ OPERATIONS: list[Operation] = [
         "PUT", "/api/products/{id}/", "put_product", "Replace the catalog fields",
         "products", "staff", ref("Product"),
         body=ProductPut, path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, 409: ("sku_exists",), 503: ("redis_behind",)},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind",)},
+        description=PRICE_CONFLICT_TEXT,
     ),
     Operation(
         "PATCH", "/api/products/{id}/", "patch_product", "Change some catalog fields",
         "products", "staff", ref("Product"),
         body=ProductPatch, path_params=PRODUCT_PATH, body_examples={"price": {"price": "39.00"}},
-        errors={**NO_PRODUCT, 409: ("sku_exists",), 503: ("redis_behind",)},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind",)},
+        description=PRICE_CONFLICT_TEXT,
     ),
     Operation(
         "DELETE", "/api/products/{id}/", "delete_product",
@@ -205,7 +294,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "POST", "/api/products/{id}/stock/", "adjust_stock",
         "Receive or remove units, with a reason", "stock", "staff", ref("StockAdjustment"),
-        body=StockAdjust, path_params=PRODUCT_PATH, idempotent=True,
+        body=_stock_adjust(), path_params=PRODUCT_PATH, idempotent=True,
         body_examples={"received": {"quantity": 5, "reason": "received"}},
         errors={
             404: ("product_not_found", "warehouse_not_found"),
@@ -229,7 +318,8 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET", "/api/audit-logs/", "list_audit_logs", "The audit log, newest first", "audit",
         "staff", ref("AuditEntry"),
-        listing=True, query=AuditQuery, errors={400: ("invalid_cursor",)},
+        listing=True, query=AuditQuery, query_schemas={"cursor": _cursor(datetime, int)},
+        errors={400: ("invalid_cursor",)},
         description="One entry per change of stock, reservation or order, once the worker "
         "has recorded it. A time without an offset is UTC.",
     ),

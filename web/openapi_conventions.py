@@ -94,19 +94,22 @@ the list and it waits (at most 2 s) until the record has that write, then answer
 """
 
 PARAMETERS: dict[str, Schema] = {
+    # Any value is taken: one that is not a sane token is replaced, never refused.
     "X-Request-ID": {
         "name": "X-Request-ID",
         "in": "header",
         "required": False,
-        "description": "your id for this request (else the server makes one)",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        "description": "your id for this request, kept when it is 1 to 128 of A-Z a-z 0-9 "
+        "`._:-`; anything else is replaced by a new id, as is a missing one",
+        "schema": {"type": "string"},
     },
     "Idempotency-Key": {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "description": "a retry with the same key and body gets the first answer again",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "description": "a retry with the same key and body gets the first answer again; "
+        "an empty key is no key",
+        "schema": {"type": "string", "maxLength": 255},
     },
 }
 

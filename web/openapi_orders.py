@@ -4,12 +4,15 @@ web/schemas_orders.py; a body that comes in several shapes is described shape by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from pydantic import BaseModel
 
+from engine.settings import Settings
 from web.openapi import Operation, without_null
-from web.openapi_conventions import REF, Schema
+from web.openapi_conventions import REF, Schema, ref
+from web.pagination import cursor_pattern
 from web.schemas_orders import (
     ExtendIn,
     OrderIn,
@@ -19,6 +22,7 @@ from web.schemas_orders import (
     ReservationQuery,
     ReserveIn,
     TransitionIn,
+    ttl_bounds,
 )
 
 RECORD_ID: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -27,9 +31,9 @@ DECIMAL: Schema = {
     "pattern": r"^\d{1,13}(\.\d{1,6})?$",
     "description": 'a decimal amount like "19.99", inclusive, in each order\'s own currency',
 }
+# Its partition must be one of the server's: ConsistencyToken is built from its settings.
 CONSISTENT_WITH: Schema = {
-    "type": "string",
-    "pattern": r"^p\d{1,6}-\d{1,20}-\d{1,20}$",
+    **ref("ConsistencyToken"),
     "description": "the X-Consistency-Token of one of your writes: the list waits (at most "
     "2 s) until it has that write",
 }
@@ -39,14 +43,71 @@ USER: Schema = {
     "maxLength": 150,
     "description": "staff: whose records (a customer may only name themselves)",
 }
-LIST_QUERY = {"consistent_with": CONSISTENT_WITH, "user": USER}
+# A page's position: newest first (created_at, id), or by value (total, id): one form.
+CURSOR: Schema = {
+    "type": "string",
+    "pattern": cursor_pattern((datetime, str)),
+    "description": "the `next` or `previous` of a page",
+}
+LIST_QUERY = {"cursor": CURSOR, "consistent_with": CONSISTENT_WITH, "user": USER}
 LIST_ERRORS = {400: ("invalid_cursor", "invalid_consistency_token"), 403: ("forbidden",)}
 
 
-def shapes(model: type[BaseModel], *variants: tuple[str, Sequence[str], Sequence[str]]) -> Schema:
+# The bounds are the server's settings: web/routes/docs.py puts the schema in the document.
+TTL_SECONDS: Schema = {"anyOf": [ref("TtlSeconds"), {"type": "null"}]}
+
+
+def configured(settings: Settings) -> dict[str, Schema]:
+    """The schemas whose limits are settings of the server, as it is configured."""
+    low, high = ttl_bounds(settings)
+    ttl = {
+        "type": "number",
+        "minimum": low,
+        "maximum": high,
+        "description": "seconds (RESERVATION_TTL_MIN to RESERVATION_TTL_MAX); left out or "
+        "null: RESERVATION_TTL",
+    }
+    token = {
+        "type": "string",
+        "pattern": rf"^p{_below(settings.partitions)}-\d{{1,20}}-\d{{1,20}}$",
+        "description": "an X-Consistency-Token",
+    }
+    return {"TtlSeconds": ttl, "ConsistencyToken": token}
+
+
+def _below(bound: int) -> str:
+    """A regular expression of the numbers a token's partition may be: 1 to 6 digits (zeros
+    may lead) worth less than `bound`."""
+    top = str(bound - 1)
+    width = len(top)
+    if width > 6:
+        return r"\d{1,6}"
+    # `top` itself, or its first i digits and then a smaller digit and any digits after.
+    at_most = [
+        f"{top[:i]}[0-{int(top[i]) - 1}]" + (rf"\d{{{width - i - 1}}}" if i < width - 1 else "")
+        for i in range(width)
+        if top[i] != "0"
+    ]
+    shorter = [rf"\d{{1,{width - 1}}}"] if width > 1 else []
+    return "(" + "|".join([*shorter, f"0{{0,{6 - width}}}({'|'.join([*at_most, top])})"]) + ")"
+
+
+def body(model: type[BaseModel], **fields: Schema) -> Schema:
+    """A model's schema with some of its fields' schemas replaced."""
+    schema = model.model_json_schema(ref_template=REF)
+    schema["properties"] = {**schema["properties"], **fields}
+    return schema
+
+
+def shapes(
+    model: type[BaseModel],
+    *variants: tuple[str, Sequence[str], Sequence[str]],
+    replace: Mapping[str, Schema] | None = None,
+) -> Schema:
     """A body that must take exactly one of several shapes: (title, the fields it requires,
-    the fields it may add). The model checks the same; this tells clients."""
-    full = model.model_json_schema(ref_template=REF)
+    the fields it may add), `replace` giving some fields' schemas. The model checks the same;
+    this tells clients."""
+    full = body(model, **(replace or {}))
     fields = full["properties"]
     one_of = []
     for title, required, optional in variants:
@@ -71,7 +132,9 @@ RESERVE = shapes(
     ReserveIn,
     ("one product", ["product", "quantity"], ["ttl_seconds", "allow_split"]),
     ("cart", ["lines"], ["ttl_seconds", "allow_split"]),
+    replace={"ttl_seconds": TTL_SECONDS},
 )
+EXTEND = body(ExtendIn, ttl_seconds=TTL_SECONDS)
 ORDER = shapes(
     OrderIn,
     ("commit a reservation", ["reservation"], []),
@@ -125,7 +188,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "POST", "/api/reservations/{reservation_id}/extend/", "extend_reservation",
         "Hold the units longer", "reservations", "user", ReservationOut,
-        body=ExtendIn, body_required=False, path_params=RESERVATION_PATH, idempotent=True,
+        body=EXTEND, body_required=False, path_params=RESERVATION_PATH, idempotent=True,
         token=True,
         errors={404: NO_RESERVATION, 409: (*NOT_LIVE, "extension_limit_reached")},
         description="`expires_at` becomes now + `ttl_seconds` (the default without a body), "
@@ -137,8 +200,7 @@ OPERATIONS: list[Operation] = [
         status=201, path_params=RESERVATION_PATH, idempotent=True, token=True,
         errors={
             404: NO_RESERVATION,
-            409: (*NOT_LIVE, "currency_mismatch"),
-            422: ("order_total_too_large",),
+            409: (*NOT_LIVE, "currency_mismatch", "order_total_too_large"),
             503: ("id_collision",),
         },
     ),
@@ -152,8 +214,13 @@ OPERATIONS: list[Operation] = [
         },
         errors={
             404: (*NO_RESERVATION, "product_not_found", "warehouse_not_found"),
-            409: (*NOT_LIVE, "insufficient_stock", "currency_mismatch", "cross_partition"),
-            422: ("order_total_too_large",),
+            409: (
+                *NOT_LIVE,
+                "insufficient_stock",
+                "currency_mismatch",
+                "cross_partition",
+                "order_total_too_large",
+            ),
             503: ("id_collision",),
         },
     ),

@@ -16,7 +16,6 @@ from engine.models import ProductStock
 from persistence import catalog
 from persistence.catalog import CatalogProduct
 from web.app import Services
-from web.errors import ApiError
 from web.money import to_decimal_string
 from web.pagination import decode_cursor, encode_cursor
 from web.responses import iso
@@ -80,10 +79,7 @@ class ProductPage:
 
 
 def _boundary(cursor: str) -> tuple[int, bool]:
-    values, direction = decode_cursor(cursor, 1)
-    value = values[0]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
-        raise ApiError(400, "invalid_cursor", "the cursor is not one this API gave out")
+    (value,), direction = decode_cursor(cursor, [int])
     return value, direction == "p"
 
 
@@ -92,7 +88,7 @@ async def page_products(svc: Services, query: ProductQuery) -> ProductPage:
     stock (one get_stocks per chunk) and, with `in_stock`, decides which of them stay. The
     scan goes on until the page is full, the catalog ends, or MAX_CHUNKS were read."""
     limit = query.limit
-    boundary, backwards = _boundary(query.cursor) if query.cursor else (None, False)
+    boundary, backwards = _boundary(query.cursor) if query.cursor is not None else (None, False)
     found: list[tuple[CatalogProduct, ProductStock]] = []
     position = boundary
     exhausted = False

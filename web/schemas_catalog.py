@@ -2,15 +2,19 @@
 
 Every model forbids unknown fields and constrains its values, so bad input is a 400
 `invalid_input` naming each problem before anything is read or written. Quantities are JSON
-integers only: no floats, no strings, no booleans.
+integers (5 or 5.0): no fractions, no strings, no booleans. Each constraint is one that the
+model's JSON Schema states too (the OpenAPI document is built from it), so that a request the
+document allows is never refused as bad input.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,14 +23,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from engine.validation import MAX_STOCK_DELTA
+from web.bodies import INTEGRAL
+from web.money import ANY_PRICE
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# The whitespace a name is trimmed of: the characters the pattern below names, so that what
+# the document calls blank is what the server finds empty.
+BLANK = " \t\n\x0b\x0c\r"
+# Some text besides that whitespace (and no NUL, which no text may hold).
+NOT_BLANK = r"^[^\x00]*[^\x00\t\n\x0b\x0c\r ][^\x00]*$"
+Name = Annotated[
+    str,
+    StringConstraints(max_length=200, pattern=NOT_BLANK),
+    AfterValidator(lambda name: name.strip(BLANK)),
+]
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Description = Annotated[str, StringConstraints(max_length=5000)]
-# A decimal amount such as "19.99"; the currency decides how many places are allowed.
-Price = Annotated[str, StringConstraints(max_length=20, pattern=r"^[0-9]+(\.[0-9]+)?$")]
+# A decimal amount such as "19.99" that is a price in some currency; the product's currency
+# decides how many places and how large (web/money.py).
+Price = Annotated[str, StringConstraints(max_length=20, pattern=ANY_PRICE)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 # Any warehouse name the engine accepts; whether it exists is the warehouses table's say.
 WarehouseName = Annotated[
@@ -34,7 +51,7 @@ WarehouseName = Annotated[
 ]
 # New warehouses get a slug.
 WarehouseSlug = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-Units = Annotated[StrictInt, Field(ge=0, le=MAX_STOCK_DELTA)]
+Units = Annotated[StrictInt, Field(ge=0, le=MAX_STOCK_DELTA), INTEGRAL]
 Short = Annotated[str, StringConstraints(max_length=200)]
 
 # Which way each reason moves stock; correction goes either way.
@@ -64,17 +81,18 @@ class ProductCreate(Strict):
     def _one_kind_of_stock(self) -> ProductCreate:
         if self.total_stock is not None and self.stock is not None:
             raise ValueError("give either total_stock or stock, not both")
-        if self.stock is not None:
-            names = [s.warehouse for s in self.stock]
-            if len(set(names)) != len(names):
-                raise ValueError("stock names a warehouse more than once")
         return self
 
     def opening(self, default_warehouse: str) -> dict[str, int]:
-        """Opening stock per warehouse: total_stock goes into the default warehouse."""
-        if self.stock is not None:
-            return {s.warehouse: s.quantity for s in self.stock}
-        return {default_warehouse: self.total_stock or 0}
+        """Opening stock per warehouse: total_stock goes into the default warehouse; a
+        warehouse named twice in `stock` gets both quantities (no schema can forbid the
+        repeat, and the sum is what the list says)."""
+        if self.stock is None:
+            return {default_warehouse: self.total_stock or 0}
+        opening: dict[str, int] = {}
+        for line in self.stock:
+            opening[line.warehouse] = opening.get(line.warehouse, 0) + line.quantity
+        return opening
 
 
 class ProductPut(Strict):
@@ -86,11 +104,20 @@ class ProductPut(Strict):
     description: Description
 
 
+def _some_fields(schema: dict[str, Any]) -> None:
+    # A patch names at least one field, and none of them as null (no default to show).
+    schema["minProperties"] = 1
+    for field in schema["properties"].values():
+        field.pop("default", None)
+
+
 class ProductPatch(Strict):
-    name: Name | None = None
-    sku: Sku | None = None
-    price: Price | None = None
-    description: Description | None = None
+    model_config = ConfigDict(json_schema_extra=_some_fields)
+
+    name: Name | SkipJsonSchema[None] = None
+    sku: Sku | SkipJsonSchema[None] = None
+    price: Price | SkipJsonSchema[None] = None
+    description: Description | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def _some_field(self) -> ProductPatch:
@@ -103,7 +130,7 @@ class ProductPatch(Strict):
 
 
 class StockAdjust(Strict):
-    quantity: Annotated[StrictInt, Field(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA)]
+    quantity: Annotated[StrictInt, Field(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA), INTEGRAL]
     reason: Reason
     warehouse: WarehouseName | None = None
 
@@ -126,7 +153,7 @@ class StockAdjust(Strict):
 class WarehouseCreate(Strict):
     id: WarehouseSlug
     name: Name
-    priority: Annotated[StrictInt, Field(ge=-(10**6), le=10**6)] = 0
+    priority: Annotated[StrictInt, Field(ge=-(10**6), le=10**6), INTEGRAL] = 0
 
 
 class Paging(Strict):
@@ -140,6 +167,8 @@ class ProductQuery(Paging):
 
 
 class AuditQuery(Paging):
+    """`since` after `until` is an empty log, not an error: no query schema can forbid it."""
+
     action: Annotated[str, StringConstraints(max_length=64)] | None = None
     object_type: Annotated[str, StringConstraints(max_length=32)] | None = None
     object_id: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -148,22 +177,27 @@ class AuditQuery(Paging):
     since: datetime | None = None
     until: datetime | None = None
 
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _iso(cls, value: object) -> object:
+        # pydantic would also read a number of seconds ("0.5") as a time; the document says
+        # a date-time.
+        if not isinstance(value, str) or not re.match(r"\d{4}-\d{2}-\d{2}[Tt ]", value):
+            raise ValueError("use an ISO 8601 date-time, like 2024-01-31T12:00:00Z")
+        return value
+
     @field_validator("since", "until")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        # A time without an offset is taken as UTC.
+        # A time without an offset is taken as UTC. One beyond the UTC datetimes
+        # (0001-01-01T00:00+01:00) bounds the log as the first or last of them does.
         if value is None:
             return None
         try:
             return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC datetime
-            raise ValueError("is out of range") from None
-
-    @model_validator(mode="after")
-    def _range(self) -> AuditQuery:
-        if self.since is not None and self.until is not None and self.since > self.until:
-            raise ValueError("since must not be after until")
-        return self
+        except OverflowError:
+            edge = datetime.min if value.year == datetime.min.year else datetime.max
+            return edge.replace(tzinfo=UTC)
 
 
 def as_dict(model: BaseModel) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -20,27 +21,43 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from engine.models import LineRequest, Order, Reservation, ReservationStatus
+from engine.settings import Settings
 from engine.states import OrderStatus
-from engine.validation import MAX_LINES, MAX_QUANTITY
+from engine.validation import MAX_LINES, MAX_QUANTITY, NAME
+from web.bodies import INTEGRAL
 from web.money import to_decimal_string
 from web.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from web.responses import iso
 
 # -- requests ---------------------------------------------------------------------------------
 
-ProductId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1, description="catalog product id")]
-Quantity = Annotated[StrictInt, Field(gt=0, le=MAX_QUANTITY, description="units")]
-Warehouse = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+ProductId = Annotated[
+    StrictInt, Field(gt=0, le=2**63 - 1, description="catalog product id"), INTEGRAL
+]
+Quantity = Annotated[StrictInt, Field(gt=0, le=MAX_QUANTITY, description="units"), INTEGRAL]
+# The engine's rule for a name (it refuses others with its own message); stated here for the
+# document.
+Warehouse = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": f"^{NAME.pattern}$"}),
+]
 TtlSeconds = Annotated[
     StrictFloat,  # takes whole numbers too, never strings or booleans
     Field(gt=0, allow_inf_nan=False, description="seconds, within the server's bounds"),
 ]
 RecordId = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+def ttl_bounds(settings: Settings) -> tuple[float, float]:
+    """The ttl_seconds a client may ask for, in seconds (RESERVATION_TTL_MIN..MAX): the
+    document states them, web/routes/reservations.py holds requests to them."""
+    return settings.reservation_ttl_min_ms / 1000, settings.reservation_ttl_max_ms / 1000
 
 
 class Body(BaseModel):
@@ -116,8 +133,21 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _any_case(statuses: type[Enum]) -> WithJsonSchema:
+    """A status as the document states it: its values in any case, as `_lower` takes them (an
+    enum would call "PENDING" invalid)."""
+    words = ["".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in s.value) for s in statuses]
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^({'|'.join(words)})$",
+            "description": f"{', '.join(s.value for s in statuses)}: in any case",
+        }
+    )
+
+
 class TransitionIn(Body):
-    status: OrderStatus = Field(description="the new status, case-insensitive")
+    status: Annotated[OrderStatus, _any_case(OrderStatus)]
 
     status_lower = field_validator("status", mode="before")(_lower)
 
@@ -136,13 +166,16 @@ class ListQuery(Body):
 
 
 class ReservationQuery(ListQuery):
-    status: ReservationStatus | None = None
+    status: Annotated[ReservationStatus, _any_case(ReservationStatus)] | None = None
 
     status_lower = field_validator("status", mode="before")(_lower)
 
 
 class OrderQuery(ListQuery):
-    status: OrderStatus | None = None
+    """Bounds that leave nothing between them (start_date after end_date, min_total above
+    max_total) are an empty list, not an error: no query schema can forbid them."""
+
+    status: Annotated[OrderStatus, _any_case(OrderStatus)] | None = None
     start_date: date | None = Field(None, description="YYYY-MM-DD, inclusive, UTC")
     end_date: date | None = Field(None, description="YYYY-MM-DD, inclusive, UTC")
     min_total: Decimal | None = Field(None, description='a decimal amount like "19.99"')
@@ -164,15 +197,6 @@ class OrderQuery(ListQuery):
         if not isinstance(value, str) or not DECIMAL.fullmatch(value):
             raise ValueError('use a decimal amount like "19.99"')
         return value
-
-    @model_validator(mode="after")
-    def _ranges(self) -> Self:
-        if self.start_date and self.end_date and self.start_date > self.end_date:
-            raise ValueError("start_date is after end_date")
-        low, high = self.min_total, self.max_total
-        if low is not None and high is not None and low > high:
-            raise ValueError("min_total is above max_total")
-        return self
 
 
 # -- responses --------------------------------------------------------------------------------

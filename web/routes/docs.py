@@ -1,5 +1,6 @@
 """The API described: `GET /openapi.json` (OpenAPI 3.1, built by web/openapi.py from the
-operations table) and `GET /api/docs/`, a Swagger UI page.
+operations table and the limits the server's settings set) and `GET /api/docs/`, a Swagger UI
+page.
 
 The page works offline: its script, stylesheet and icons are the files the
 swagger-ui-bundle-v2 package ships (Swagger UI 5, which reads OpenAPI 3.1; imported as
@@ -19,7 +20,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed
 
+from engine.settings import Settings
 from web import openapi, openapi_catalog, openapi_dashboard, openapi_orders
+from web.app import services
 from web.errors import ApiError
 from web.openapi_conventions import TITLE
 
@@ -78,14 +81,19 @@ def _version() -> str:
 
 
 @functools.cache
-def document() -> dict[str, Any]:
-    """The OpenAPI document (built once: it depends on the code alone)."""
-    return openapi.build(OPERATIONS, schemas=openapi_catalog.SCHEMAS, version=_version())
+def document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document (built once per settings: it states the configured limits)."""
+    schemas = {
+        **openapi_catalog.SCHEMAS,
+        **openapi_catalog.configured(settings),
+        **openapi_orders.configured(settings),
+    }
+    return openapi.build(OPERATIONS, schemas=schemas, version=_version())
 
 
 async def openapi_json(request: Request) -> Response:
     """The OpenAPI document, as is (no envelope: tools read it)."""
-    return JSONResponse(document())
+    return JSONResponse(document(services(request).settings))
 
 
 async def api_docs(request: Request) -> Response:

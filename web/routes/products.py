@@ -47,7 +47,7 @@ from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
 from web.errors import ApiError
-from web.money import to_minor
+from web.money import reprice, to_minor
 from web.products_view import live_product, page_products, product_id, product_json
 from web.responses import iso, ok
 from web.routes import stock
@@ -173,7 +173,7 @@ async def _update(request: Request, model: type[ProductPut] | type[ProductPatch]
     row, live = await live_product(svc, pid)
     values = as_dict(body)
     if "price" in values:
-        values["price"] = price_minor(values["price"], row.currency)
+        values["price"] = reprice(values["price"], row.currency)
     try:
         updated = await asyncio.to_thread(catalog.update_product, svc.db, pid, values)
     except SkuTaken as exc:

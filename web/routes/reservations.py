@@ -27,7 +27,6 @@ anyway with `X-Consistency: stale` (else `X-Consistency: consistent`).
 from __future__ import annotations
 
 import asyncio
-import math
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -49,22 +48,25 @@ from web.schemas_orders import (
     ReserveIn,
     order_out,
     reservation_out,
+    ttl_bounds,
 )
 
 
 def ttl_ms(settings: Settings, seconds: float | None) -> int | None:
     if seconds is None:
         return None
-    scaled = seconds * 1000  # a huge float overflows to infinity: out of range like the rest
-    low, high = settings.reservation_ttl_min_ms, settings.reservation_ttl_max_ms
-    if not (math.isfinite(scaled) and low <= round(scaled) <= high):
+    # Compared in seconds with the very numbers the document states as minimum and maximum,
+    # so that every ttl_seconds it allows is taken and no other.
+    low, high = ttl_bounds(settings)
+    if not low <= seconds <= high:
         raise ApiError(
             400,
             "invalid_input",
-            f"ttl_seconds must be between {low / 1000:g} and {high / 1000:g}",
+            f"ttl_seconds must be between {low:g} and {high:g}",
             {"field": "ttl_seconds"},
         )
-    return round(scaled)
+    ms = round(seconds * 1000)
+    return min(max(ms, settings.reservation_ttl_min_ms), settings.reservation_ttl_max_ms)
 
 
 def owner_filter(who: Principal, requested: str | None) -> str | None:
