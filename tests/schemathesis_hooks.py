@@ -7,6 +7,12 @@ API rightly answers those 422 `idempotency_mismatch`. So each request's key is m
 here (the way schemathesis advises for unique fields) in the requests the document allows;
 one it forbids is meant to be refused, and 422 is a refusal (a changed case would also lose
 what schemathesis meant to leave out of it, such as the Authorization header).
+
+A `consistent_with` token names a position in a partition's outbox; one that no write has
+reached yet is refused at once, 400 `invalid_consistency_token` (issue 9: a client must not be
+able to make a list wait for a write that never happened), and the document can't state "a
+position some write reached". So in the requests the document allows, a drawn token keeps its
+form and partition but names the first position (`p<N>-0-0`), which every write has passed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ def before_call(
 ) -> None:
     if case.meta is not None and case.meta.generation.mode.is_negative:
         return  # meant to be refused: a 422 for a reused key is one of the refusals expected
+    token = case.query.get("consistent_with") if case.query else None
+    if isinstance(token, str) and token.startswith("p") and "-" in token:
+        case.query["consistent_with"] = token.split("-", 1)[0] + "-0-0"
     key = case.headers.get(_HEADER) if case.headers else None
     if isinstance(key, str) and 0 < len(key) <= _MAX_LENGTH:
         suffix = f"~{next(_requests)}"

@@ -61,9 +61,10 @@ async def test_every_acknowledged_reservation_survives_a_sigkill(
             await asyncio.wait_for(asyncio.gather(*buyers), timeout=60)
         assert server.process.wait(timeout=10) == -signal.SIGKILL
         # Every buyer's last call failed; only those (at most one each) may have been applied
-        # without an answer. Nothing was acknowledged once Redis was dead.
+        # without an answer. (A few answers Redis sent just before the signal may still be read
+        # after it: they count as acknowledged, and must survive like the rest.)
         assert len(failed) == BUYERS
-        assert len(acknowledged) == at_kill > 0
+        assert len(acknowledged) >= at_kill > 0
 
         server.start()  # the same folder and port: from the AOF
         async with Engine.from_settings(own) as engine:

@@ -35,7 +35,8 @@ DECIMAL: Schema = {
 CONSISTENT_WITH: Schema = {
     **ref("ConsistencyToken"),
     "description": "the X-Consistency-Token of one of your writes: the list waits (at most "
-    "2 s) until it has that write",
+    "2 s) until it has that write; a position no write has reached yet is 400 "
+    "`invalid_consistency_token` at once",
 }
 USER: Schema = {
     "type": "string",
