@@ -152,8 +152,14 @@ def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def app_settings(settings: Settings, db_url: str) -> Settings:
+    # Failed logins slow a username's next login (seconds, by default): milliseconds here, so
+    # that tests of the limits don't wait; tests of the delay set their own.
     return dataclasses.replace(
-        settings, database_url=db_url, jwt_keys="test:" + "k" * 40 + ",old:" + "o" * 40
+        settings,
+        database_url=db_url,
+        jwt_keys="test:" + "k" * 40 + ",old:" + "o" * 40,
+        login_delay_base_ms=1,
+        login_delay_max_ms=20,
     )
 
 

@@ -22,6 +22,13 @@ from web import passwords
 NEW_PASSWORD = "a new and better passphrase"
 
 
+@pytest.fixture
+def db_url(pg_url: str) -> str:
+    """PostgreSQL only: each command is a process of its own (seconds a run), and the account
+    functions they call run on SQLite in tests/test_api_auth.py and test_api_accounts.py."""
+    return pg_url
+
+
 def inventory(
     db_url: str, *args: str, stdin: str | None = None, new_session: bool = False
 ) -> subprocess.CompletedProcess[str]:
