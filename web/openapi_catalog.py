@@ -206,7 +206,8 @@ OPERATIONS: list[Operation] = [
         "operations", "open", ref("Ready"),
         rate_limited=False, errors={503: ("not_ready",)},
         description="503 `not_ready` names the failing components in `details.failing`: "
-        "`redis`, `database`, `outbox` (a backlog over OUTBOX_BACKLOG_LIMIT). A staff token "
+        "`redis`, `database`, `outbox` (a backlog over OUTBOX_BACKLOG_LIMIT), `drain` (a "
+        "partition's drain paused: its Redis is behind the database). A staff token "
         "also gets `outbox_backlog`, and on 503 `details.problems` (component: text). Each "
         "component is checked at most once a second, whoever asks.",
     ),
