@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from engine import errors, replies
 from engine import validation as v
-from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
+from engine.keys import PartitionKeys, new_id, partition_keys, partition_of, stock_fields
 from engine.models import (
     CallContext,
     ExpiryResult,
@@ -211,7 +211,7 @@ class Engine:
             for p, meta in found:
                 fields: list[str] = []
                 for w, _ in meta["warehouses"]:
-                    fields += [f"a|{p}|{w}", f"r|{p}|{w}"]
+                    fields += stock_fields(p, w)
                 pipe.hmget(self._keys_for_product(p).stock, fields)
             counters: list[list[str | None]] = await pipe.execute()
         out: dict[str, ProductStock] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from engine.keys import partition_keys
+from engine.keys import partition_keys, stock_counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +42,7 @@ def evaluate(
     partition: int, stock: dict[str, str], live: dict[str, str], expiry: list[str]
 ) -> InvariantReport:
     """Pure check of a snapshot: the stock hash, the live hash and the expiry members."""
-    raw: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"a": 0, "r": 0})
-    for name, value in stock.items():
-        kind, product, warehouse = name.split("|", 2)
-        raw[(product, warehouse)][kind] = int(value)
-    counters = {pw: Counter(v["a"], v["r"]) for pw, v in raw.items()}
+    counters = {pw: Counter(a, r) for pw, (a, r) in stock_counters(stock).items()}
     held: dict[tuple[str, str], int] = defaultdict(int)
     for entry in live.values():
         for product, warehouse, quantity in json.loads(entry)["lines"]:

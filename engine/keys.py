@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -104,6 +105,21 @@ class PartitionKeys:
     @property
     def _tag(self) -> str:
         return f"{PREFIX}:{{p{self.partition}}}"
+
+
+def stock_fields(product: str, warehouse: str) -> tuple[str, str]:
+    """The fields of one product x warehouse in a partition's stock hash: available, reserved
+    (lua/lib.lua's `counts` and `move` write the same names)."""
+    return f"a|{product}|{warehouse}", f"r|{product}|{warehouse}"
+
+
+def stock_counters(fields: Mapping[str, str | int]) -> dict[tuple[str, str], tuple[int, int]]:
+    """A stock hash read whole: (product, warehouse) -> (available, reserved)."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for name, value in fields.items():
+        kind, product, warehouse = name.split("|", 2)
+        out.setdefault((product, warehouse), [0, 0])[kind == "r"] = int(value)
+    return {pw: (a, r) for pw, (a, r) in out.items()}
 
 
 def idempotency_hash(key: str) -> str:

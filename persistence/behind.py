@@ -66,12 +66,3 @@ def flag(client: redis.Redis, found: Behind) -> None:
             found.last_id,
             found.applied,
         )
-
-
-def flagged(client: redis.Redis, partitions: int) -> dict[int, dict[str, Any]]:
-    """The partitions whose drain found Redis behind, with what it saw."""
-    with client.pipeline(transaction=False) as pipe:
-        for p in range(partitions):
-            pipe.get(partition_keys(p).behind)
-        raw: list[str | None] = pipe.execute()
-    return {p: json.loads(v) for p, v in enumerate(raw) if v}

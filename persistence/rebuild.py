@@ -28,7 +28,7 @@ from redis.client import Pipeline
 from sqlalchemy import Engine, func, select
 
 from engine import invariants
-from engine.keys import partition_keys, partition_of
+from engine.keys import partition_keys, partition_of, stock_fields
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_locks
@@ -82,11 +82,11 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
             meta = {"price": int(row.price), "currency": row.currency, "warehouses": warehouses}
             plan.products[row.product] = compact(meta)
             for w, _ in warehouses:  # as setup_product.lua: every warehouse has its counters
-                plan.stock.update({f"a|{row.product}|{w}": 0, f"r|{row.product}|{w}": 0})
+                plan.stock.update(dict.fromkeys(stock_fields(row.product, str(w)), 0))
         for row in conn.execute(select(schema.stock_levels)):
             plan = plans[partition_of(row.product, partitions)]
-            plan.stock[f"a|{row.product}|{row.warehouse}"] = int(row.available)
-            plan.stock[f"r|{row.product}|{row.warehouse}"] = int(row.reserved)
+            available, reserved = stock_fields(row.product, row.warehouse)
+            plan.stock[available], plan.stock[reserved] = int(row.available), int(row.reserved)
         active = rs.c.status == "active"
         lines = read_lines(
             conn, schema.reservation_lines, "reservation_id", select(rs.c.id).where(active)

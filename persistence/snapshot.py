@@ -8,7 +8,6 @@ settings, active reservations, orders and their last recorded status).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine, func, select
 
-from engine.keys import partition_keys
+from engine.keys import partition_keys, stock_counters
 from engine.outbox import OutboxEvent, decode
 from engine.states import TERMINAL
 from persistence import schema
@@ -108,13 +107,9 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
     events = [decode(p, i, f) for i, f in entries]
     made = {str(e.data.get("order")) for e in events if e.type == "order_created"} - set(orders)
     late = {o for o in sorted(made) if client.exists(k.order(o))}
-    counters: dict[PW, list[int]] = defaultdict(lambda: [0, 0])
-    for name, value in stock.items():
-        kind, product, warehouse = name.split("|", 2)
-        counters[(product, warehouse)][kind == "r"] = int(value)
     return Snapshot(
         now_ms=int(seconds) * 1000 + int(micros) // 1000,
-        counters={pw: (a, r) for pw, (a, r) in counters.items()},
+        counters=stock_counters(stock),
         live={rid: json.loads(raw) for rid, raw in live.items()},
         expiry={rid: int(score) for rid, score in expiry},
         events=events,

@@ -192,9 +192,10 @@ def add_commands(
         "rebuild",
         parents=[common, db],
         help="restore Redis from the database after Redis lost its data",
-        description="Restore products, counters, live reservations and live orders from the "
-        "database into an empty Redis. Events not drained when Redis lost its data are gone "
-        "with it, unless its AOF had them. Exit 2: refused.",
+        description="Restore products, counters, live reservations, live orders, the ended "
+        "records still within their retention and the idempotency records from the database "
+        "into an empty Redis, holding the drain locks. Events not drained when Redis lost its "
+        "data are gone with it, unless its AOF had them. Exit 2: refused.",
     )
     p.add_argument("--force", action="store_true", help="replace what the partition holds")
     p.set_defaults(func=cmd_rebuild)

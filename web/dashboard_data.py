@@ -32,7 +32,7 @@ from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 
-from engine.keys import partition_keys
+from engine.keys import partition_keys, stock_counters
 from persistence import jobs, schema
 from web.dashboard_queues import queues_panel
 from web.metrics import snapshot
@@ -88,12 +88,12 @@ def fewest_available(stock_hashes: list[dict[str, str]]) -> list[tuple[int, int,
     units over their warehouses, sold out first; ids that are not the catalog's are left out."""
     totals: dict[int, list[int]] = {}
     for stock in stock_hashes:
-        for name, value in stock.items():
-            kind, product, _warehouse = name.split("|")
+        for (product, _warehouse), (available, reserved) in stock_counters(stock).items():
             if not product.isdigit() or product[0] == "0":
                 continue  # a product the engine knows outside the catalog
             pair = totals.setdefault(int(product), [0, 0])
-            pair[0 if kind == "a" else 1] += int(value)
+            pair[0] += available
+            pair[1] += reserved
     found = heapq.nsmallest(CANDIDATES, totals.items(), key=lambda t: (t[1][0], -t[1][1], t[0]))
     return [(product, a, r) for product, (a, r) in found]
 
