@@ -24,12 +24,12 @@ from psycopg_pool import AsyncConnectionPool
 from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
-from persistence import rowlock
 from persistence.db import libpq_url
+from scripts.bench import rowlock
+from scripts.bench.app import BARE_PATH, create_bench_app
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
-from web.bench import BARE_PATH, create_bench_app
 
 RUNNING_KEYS = "run:" + "r" * 40
 

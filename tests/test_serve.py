@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from engine.settings import PROJECT_ROOT
+from scripts.cli.serve import is_loopback
 from scripts.redis_server import RedisServer, free_port
-from scripts.serve import is_loopback
 from tests.support import run_cli, wait_until_serving
 
 

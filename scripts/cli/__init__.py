@@ -16,7 +16,7 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench, dead_letters, operators, rqdash, serve, users
+from scripts.cli import background, bench, dead_letters, operators, rqdash, serve, users
 
 console = Console(stderr=True)
 
@@ -70,7 +70,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from scripts import chaos
+    from scripts.cli import chaos
 
     result = chaos.run(
         _settings(args),

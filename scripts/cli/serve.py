@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        "web.bench:create_bench_app" if args.bench else "web.app:create_app",
+        "scripts.bench.app:create_bench_app" if args.bench else "web.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
