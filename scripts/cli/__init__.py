@@ -16,7 +16,16 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts.cli import background, bench, dead_letters, operators, rqdash, serve, users
+from scripts.cli import (
+    background,
+    bench,
+    dead_letters,
+    operators,
+    rqdash,
+    serve,
+    unreachable,
+    users,
+)
 
 console = Console(stderr=True)
 
@@ -150,12 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done; 1: drift or a failure the command names; 2: refused (usage, an unknown
+    name); 3: Redis or the database could not be reached (one line says which, where and what
+    to do; with --json an error object on stdout)."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except unreachable.CONNECTION_ERRORS as exc:
+        found = unreachable.diagnose(exc, args)
+        if found is None:
+            raise
+        return found.report(as_json=getattr(args, "json", False))
     return code
 
 
