@@ -47,9 +47,6 @@ def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
         found["lag_p99_ms"] = percentile(lags, 0.99)
 
 
-# -- measuring ----------------------------------------------------------------------------------
-
-
 def _ms(values: list[float], p: float) -> float | None:
     if not values:
         return None

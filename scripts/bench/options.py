@@ -44,9 +44,6 @@ class Options:
     drain_rate: float = 5000.0
 
 
-# -- the services -----------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class Target:
     """Services already running: `inventory serve --bench` at `api_url` over this Redis and

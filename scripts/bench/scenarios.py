@@ -24,8 +24,6 @@ from scripts.bench.measure import (
 from scripts.bench.options import BARE, BASELINE, HUGE, OURS, Options
 from scripts.bench.stack import Stack
 
-# -- scenarios --------------------------------------------------------------------------------
-
 
 def _systems(opts: Options, *, bare: bool = False) -> list[tuple[str, str | None]]:
     """(system, durability) pairs to measure: ours once per appendfsync setting, the baseline
