@@ -1,4 +1,9 @@
-"""The `inventory` command: one entry point, a subcommand per job, shared options."""
+"""The `inventory` command: one entry point, a subcommand per job, shared options.
+
+`main()` and the parser are here, with `sweep`, `check` and `chaos`; each other family of
+subcommands has its module in this package and adds itself with `add_commands`. A Redis or
+database that cannot be reached is reported once, here, by `unreachable` (exit 3).
+"""
 
 from __future__ import annotations
 
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print the result as JSON (last line)")
 
-    parser = argparse.ArgumentParser(prog="inventory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="inventory", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", parents=[common], help="release due reservations once")
