@@ -89,7 +89,7 @@ class Settings:
     outbox_backlog_limit: int = 100_000
     # JWT: HS256 keys by id ("kid:secret,kid2:secret2"; the first signs). Empty: a dev key,
     # allowed only on the embedded stack (SQLite) and, by `inventory serve`, only on a
-    # loopback address (scripts/serve.py), with a warning.
+    # loopback address (scripts/cli/serve.py), with a warning.
     jwt_keys: str = ""
     jwt_access_ttl_ms: int = 15 * 60_000
     jwt_refresh_ttl_ms: int = 7 * 86_400_000

@@ -6,7 +6,8 @@
 #   - `inventory worker` (drains the outbox into the database) and `inventory scheduler`
 #     (expiry every second, a drain every two) in the background;
 #   - `inventory serve "$@"`, the HTTP API (127.0.0.1:8000 unless --host/--port), in the foreground.
-# Whatever this script started is stopped when it exits.
+# Whatever this script started is stopped when it exits: on Ctrl-C, on TERM, or when the API
+# stops.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,11 +40,21 @@ else
 fi
 
 "$INVENTORY" migrate --log-level WARNING >/dev/null
-"$INVENTORY" worker --log-level WARNING &
-children+=("$!")
-"$INVENTORY" scheduler --log-level WARNING &
-children+=("$!")
 
+# Each child in a process group of its own (set -m while it starts): Ctrl-C at the terminal
+# reaches only this script, whose trap then stops every child once, with TERM, exactly as a
+# TERM sent to this script does.
+start() {
+    set -m
+    "$@" &
+    children+=("$!")
+    set +m
+}
+start "$INVENTORY" worker --log-level WARNING
+start "$INVENTORY" scheduler --log-level WARNING
+# The API is a child like the others, and this script waits for it with `wait`, which a
+# trapped signal interrupts at once (a foreground command would have to end first).
+start "$INVENTORY" serve "$@"
 rc=0
-"$INVENTORY" serve "$@" || rc=$?
+wait "${children[-1]}" || rc=$?
 exit "$rc"

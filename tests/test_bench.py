@@ -24,12 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
-from persistence import rowlock
 from persistence.db import libpq_url
+from scripts.bench import rowlock
+from scripts.bench.app import BARE_PATH, create_bench_app
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
-from web.bench import BARE_PATH, create_bench_app
+from web.app import create_app
 
 RUNNING_KEYS = "run:" + "r" * 40
 
@@ -83,6 +84,21 @@ async def bench_client(
         transport = httpx.ASGITransport(app=bench_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             yield c, app
+
+
+def test_the_production_app_has_no_bench_endpoints(settings: Settings) -> None:
+    """The benchmark plugs its endpoints into the app from outside: `create_app` alone (what
+    `inventory serve` runs) has none of them."""
+    app_settings = dataclasses.replace(
+        settings, database_url="postgresql://nobody@127.0.0.1/x", jwt_keys="t:" + "k" * 40
+    )  # nothing is opened: the apps are only built
+    paths = [getattr(route, "path", "") for route in create_app(app_settings).router.routes]
+    bench = [getattr(r, "path", "") for r in create_bench_app(app_settings).app.router.routes]
+    assert not [path for path in paths if path.startswith("/bench")]
+    assert sorted(set(bench) - set(paths)) == [
+        "/bench/rowlock-async/reservations/",
+        "/bench/rowlock/reservations/",
+    ]
 
 
 async def test_bench_endpoints_refuse_bad_input(

@@ -35,7 +35,7 @@ from persistence.drain import DrainResult, drain_partition
 from persistence.failures import describe, is_deterministic, is_transient
 from persistence.jobs import DRAIN_RETRY
 from persistence.translate import BadEvent
-from scripts.background import DrainFailed, drain_everything
+from scripts.cli.background import DrainFailed, drain_everything
 from scripts.redis_server import RedisServer
 from tests.durable import (
     BUYER,

@@ -4,17 +4,19 @@ address; on any other address without JWT_KEYS the command refuses to start, bef
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from engine.settings import PROJECT_ROOT
+from scripts.cli.serve import is_loopback
 from scripts.redis_server import RedisServer, free_port
-from scripts.serve import is_loopback
 from tests.support import run_cli, wait_until_serving
 
 
@@ -115,3 +117,95 @@ def test_serve_on_loopback_without_keys_uses_the_development_key(
         log.close()
 
     assert "JWT_KEYS is not set: using the development key" in (tmp_path / "serve.log").read_text()
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; only its exit status waits to be read
+
+
+def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
+    """scripts/serve.sh, TERMed while the API runs, stops the API, the worker, the scheduler
+    and its Redis within seconds, as Ctrl-C does. It runs from a copy of the tree whose
+    setup.sh does nothing (the real one installs) and whose `inventory` is this checkout's."""
+    root = tmp_path / "root"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("serve.sh", "redis.sh"):
+        (root / "scripts" / name).write_bytes((PROJECT_ROOT / "scripts" / name).read_bytes())
+        (root / "scripts" / name).chmod(0o755)
+    (root / "scripts" / "setup.sh").write_text("#!/bin/sh\nexit 0\n")
+    (root / "scripts" / "setup.sh").chmod(0o755)
+    (root / ".venv" / "bin").mkdir(parents=True)
+    inventory = root / ".venv" / "bin" / "inventory"
+    inventory.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m scripts.cli "$@"\n')
+    inventory.chmod(0o755)
+    redis_port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "REDIS_PORT": str(redis_port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "JWT_KEYS": "",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        ["bash", str(root / "scripts" / "serve.sh"), "--port", str(api_port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # the test can clean up after a failure
+    )
+    started: set[int] = set()
+    try:
+        wait_until_serving(f"http://127.0.0.1:{api_port}/healthz", proc, "serve.sh", timeout=60)
+        started = _descendants(proc.pid)
+        assert len(started) >= 3  # the worker, the scheduler and the API at least
+        assert _listening(redis_port)
+
+        proc.terminate()
+        proc.wait(timeout=20)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in started if _alive(p)], (tmp_path / "serve.log").read_text()
+        assert proc.returncode == 143
+        assert not _listening(api_port)
+        assert not _listening(redis_port)  # the Redis it started is stopped too
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(
+            [str(root / "scripts" / "redis.sh"), "stop", str(root / "data" / "redis"),
+             str(redis_port)],
+            check=False, capture_output=True,
+        )  # fmt: skip
+        log.close()

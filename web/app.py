@@ -7,8 +7,8 @@ the database engine and the drain trigger, and closes them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import redis.exceptions
@@ -101,10 +101,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     routes: list[BaseRoute] | None = None,
-    opened: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
-    """The API. `opened`, if given, is entered once the services are open and exited before
-    they close (the benchmark's baseline opens its connection pool there)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -116,11 +113,7 @@ def create_app(
         app.state.services = Services(settings, engine, db, trigger)
         app.state.accounts = AccountCache(db, settings)
         try:
-            if opened is None:
-                yield
-            else:
-                async with opened(app):
-                    yield
+            yield
         finally:
             trigger.close()
             db.dispose()

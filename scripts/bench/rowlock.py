@@ -5,8 +5,8 @@ audit row. The same work per reservation as the engine's script plus its write-t
 every buyer of a product queues on that product's row lock.
 
 Its tables are its own (`rowlock_*`), created by `create_tables`; nothing else reads them.
-Used by the bench endpoint (`web/bench.py`, behind the same HTTP stack as the API) and by the
-`engine` scenario of `inventory bench` (without HTTP).
+Used by the bench endpoint (`scripts/bench/app.py`, behind the same HTTP stack as the API) and
+by the `engine` scenario of `inventory bench` (without HTTP).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The `inventory` command: one entry point, a subcommand per job, shared options."""
+"""The `inventory` command: one entry point, a subcommand per job, shared options.
+
+`main()` and the parser are here, with `sweep`, `check` and `chaos`; each other family of
+subcommands has its module in this package and adds itself with `add_commands`. A Redis or
+database that cannot be reached is reported once, here, by `unreachable` (exit 3).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,16 @@ from rich.table import Table
 from engine import invariants
 from engine.engine import Engine
 from engine.settings import Settings
-from scripts import background, bench, dead_letters, operators, rqdash, serve, users
+from scripts.cli import (
+    background,
+    bench,
+    dead_letters,
+    operators,
+    rqdash,
+    serve,
+    unreachable,
+    users,
+)
 
 console = Console(stderr=True)
 
@@ -70,7 +84,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from scripts import chaos
+    from scripts.cli import chaos
 
     result = chaos.run(
         _settings(args),
@@ -115,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print the result as JSON (last line)")
 
-    parser = argparse.ArgumentParser(prog="inventory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="inventory", description=(__doc__ or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", parents=[common], help="release due reservations once")
@@ -150,12 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done; 1: drift or a failure the command names; 2: refused (usage, an unknown
+    name); 3: Redis or the database could not be reached (one line says which, where and what
+    to do; with --json an error object on stdout)."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except unreachable.CONNECTION_ERRORS as exc:
+        found = unreachable.diagnose(exc, args)
+        if found is None:
+            raise
+        return found.report(as_json=getattr(args, "json", False))
     return code
 
 

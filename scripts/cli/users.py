@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from engine.settings import Settings
 from persistence import users
 from persistence.db import database_engine
+from scripts.cli import unreachable
 from web import passwords
 
 
@@ -51,6 +52,8 @@ def _database(args: argparse.Namespace) -> Iterator[Engine]:
     try:
         yield db
     except DBAPIError as exc:
+        if unreachable.diagnose(exc, args) is not None:
+            raise  # main() names the database it could not reach (exit 3)
         raise ValueError(
             f"the database refused: {exc.orig}; is it migrated? (inventory migrate)"
         ) from None

@@ -1,10 +1,11 @@
 """The API with two extra endpoints for `inventory bench` — never served in production
-(`inventory serve --bench` runs this factory instead of `web.app:create_app`):
+(`inventory serve --bench` runs this factory instead of `web.app:create_app`; it builds the API
+with `create_app` and plugs these in from outside):
 
 - `POST /bench/rowlock/reservations/` — the baseline: the same HTTP stack as
   `POST /api/reservations/` (middleware: request id, access log, metrics, rate limit, body
   limit; JWT; the body validated by the same model; the same envelope), but the reservation
-  is a PostgreSQL transaction with a row lock (`persistence/rowlock.py`) through a psycopg
+  is a PostgreSQL transaction with a row lock (`scripts/bench/rowlock.py`) through a psycopg
   connection pool of `BENCH_POOL_SIZE` connections per worker (default 10).
   `POST /bench/rowlock-async/reservations/` is the same over a pool whose sessions run with
   `synchronous_commit = off`: the answer no longer waits for the WAL's fsync (a crash may lose
@@ -40,9 +41,8 @@ from engine.errors import EngineError
 from engine.keys import uuid4_str
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
-from persistence import rowlock
 from persistence.db import libpq_url
-from web import routes as all_routes
+from scripts.bench import rowlock
 from web.accounts import look_up
 from web.app import Services, create_app
 from web.auth import require_staff
@@ -172,6 +172,9 @@ class BenchApp:
 
 
 def create_bench_app(settings: Settings | None = None) -> BenchApp:
+    """The API as `web.app.create_app` builds it, with the benchmark plugged in from outside:
+    its routes after the API's, its connection pools opened inside the API's lifespan (after
+    the services, closed before them), the bare endpoint in front of every middleware."""
     settings = settings or Settings.from_env()
     pool_size = int(os.environ.get("BENCH_POOL_SIZE", "10"))
     try:
@@ -179,32 +182,40 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
     except ValueError:
         raise RuntimeError("the row-lock baseline needs DATABASE_URL to name PostgreSQL") from None
 
-    @asynccontextmanager
-    async def opened(app: Starlette) -> AsyncIterator[None]:
-        pools: dict[str, AsyncConnectionPool[Any]] = {
-            "sync": AsyncConnectionPool(
-                conninfo, min_size=pool_size, max_size=pool_size, open=False
-            ),
-            "async": AsyncConnectionPool(
-                conninfo,
-                kwargs={"options": "-c synchronous_commit=off"},
-                min_size=pool_size,
-                max_size=pool_size,
-                open=False,
-            ),
-        }
-        for pool in pools.values():
-            await pool.open(wait=True, timeout=30)
-        app.state.rowlock_pools = pools
-        try:
-            yield
-        finally:
-            for pool in pools.values():
-                await pool.close()
-
-    routes = [
-        *all_routes.ROUTES,
+    app = create_app(settings)
+    app.router.routes += [
         Route("/bench/rowlock/reservations/", rowlock_reserve, methods=["POST"]),
         Route("/bench/rowlock-async/reservations/", rowlock_async_reserve, methods=["POST"]),
     ]
-    return BenchApp(create_app(settings, routes=routes, opened=opened))
+    api_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with api_lifespan(app), _rowlock_pools(app, conninfo, pool_size):
+            yield
+
+    app.router.lifespan_context = lifespan
+    return BenchApp(app)
+
+
+@asynccontextmanager
+async def _rowlock_pools(app: Starlette, conninfo: str, pool_size: int) -> AsyncIterator[None]:
+    """The baseline's pools, synchronous and asynchronous commits, at `app.state.rowlock_pools`."""
+    pools: dict[str, AsyncConnectionPool[Any]] = {
+        "sync": AsyncConnectionPool(conninfo, min_size=pool_size, max_size=pool_size, open=False),
+        "async": AsyncConnectionPool(
+            conninfo,
+            kwargs={"options": "-c synchronous_commit=off"},
+            min_size=pool_size,
+            max_size=pool_size,
+            open=False,
+        ),
+    }
+    for pool in pools.values():
+        await pool.open(wait=True, timeout=30)
+    app.state.rowlock_pools = pools
+    try:
+        yield
+    finally:
+        for pool in pools.values():
+            await pool.close()

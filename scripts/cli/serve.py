@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from engine.settings import Settings
+from scripts.cli import unreachable
 
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,
@@ -77,10 +78,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["REDIS_URL"] = args.redis_url
     if args.database_url:
         os.environ["DATABASE_URL"] = args.database_url
-    refusal = dev_key_refusal(Settings.from_env(), args.host)
+    settings = Settings.from_env()
+    refusal = dev_key_refusal(settings, args.host)
     if refusal is not None:
         print(f"inventory serve: refusing to start: {refusal}", file=sys.stderr, flush=True)
         return 2
+    # The API cannot start without Redis (it loads the scripts): say so here, in one line,
+    # rather than in the traceback of a failed start-up inside uvicorn.
+    unreachable.check_redis(settings.redis_url)
     if not args.access_log:
         LOG_CONFIG["loggers"]["inventory.access"]["level"] = "WARNING"
     print(
@@ -90,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        "web.bench:create_bench_app" if args.bench else "web.app:create_app",
+        "scripts.bench.app:create_bench_app" if args.bench else "web.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,

@@ -1,0 +1,38 @@
+"""`inventory bench`: the high-concurrency benchmark, ours against the row-lock design.
+
+Scenarios (`--scenario`, several with commas, or `all`):
+- `flash-sale`: one product, S units, N buyers each on a real HTTP connection of their own,
+  released together (`--rounds` times, a fresh product each); then the same N connections
+  hammering one hot product (saturation) and a fixed offered rate. Ours
+  (`POST /api/reservations/`), the bare endpoint (the same script, none of the API around it)
+  and the row-lock baseline (`POST /bench/rowlock/reservations/`) in the same server.
+- `catalog`: 10,000 products, carts of 1 to 3 lines spread over them, ours against the baseline,
+  at saturation and at a fixed rate.
+- `lifecycle`: reserve → commit → confirmed → processing → shipped → delivered, a share
+  released and a share left to expire; latency per step.
+- `engine`: reservations without HTTP, in this process: redis-py calling the reserve script
+  directly (and decoding its JSON answer), the engine's wrapper (taking turns with redis-py,
+  the best of 3 rounds each), and the row-lock transaction through a psycopg pool.
+- `drain`: the outbox into PostgreSQL: throughput from a backlog, lag under a steady load.
+
+Everything runs on services this command starts on 127.0.0.1 in a temporary folder: Redis
+(append-only file, `appendfsync` named per row; `--fsync everysec,always` measures both),
+PostgreSQL with its durable defaults (fsync and synchronous commit on, as the baseline would
+run in production), and `inventory serve --bench` (uvicorn, `--workers`). A drainer process
+writes our events through to PostgreSQL while we are measured, and reports the outbox lag.
+
+The load comes from `scripts/bench/loadgen.py`: asyncio + uvloop over raw keep-alive connections,
+requests encoded before the clock starts, in `--load-procs` processes of its own
+(`--load-cpus`/`--server-cpus` pin them). Every figure is from this run, on this machine;
+ratios compare rows measured minutes apart under the same conditions.
+
+Output: a table per scenario on stderr, progress while it runs, and a JSON line last on stdout;
+`--plot FILE.png` draws throughput and latency percentiles per scenario against the baseline.
+
+The package: `options` (what a run is asked, the systems compared), `stack` (the services),
+`loadgen` (the load generator), `measure` (offering load, summarising it, the outbox lag),
+`scenarios` (over HTTP) and `inprocess` (without: `engine`, `drain` with `drain`'s
+processes), `report` (targets, tables, Markdown, plot), `harness` (a run), `rowlock` (the
+baseline's transaction) and `app` (`inventory serve --bench`: the API with the benchmark's
+endpoints plugged in from outside). The command line is `scripts/cli/bench.py`.
+"""

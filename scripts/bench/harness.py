@@ -1,0 +1,44 @@
+"""A run: the services started, each scenario measured in turn, the report put together."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from scripts.bench.inprocess import drain_scenario, engine_scenario
+from scripts.bench.measure import Progress
+from scripts.bench.options import Options
+from scripts.bench.report import machine, ratios
+from scripts.bench.scenarios import catalog, flash_sale, lifecycle
+from scripts.bench.stack import Stack
+
+RUNNERS: dict[str, Callable[[Stack, Progress], dict[str, Any]]] = {
+    "flash-sale": flash_sale,
+    "catalog": catalog,
+    "lifecycle": lifecycle,
+    "engine": engine_scenario,
+    "drain": drain_scenario,
+}
+
+
+def run(opts: Options) -> dict[str, Any]:
+    stack = Stack(opts)
+    results: dict[str, dict[str, Any]] = {}
+    with Progress() as progress:
+        progress.step("starting Redis, PostgreSQL (durable) and inventory serve --bench")
+        try:
+            stack.start()
+            for scenario in opts.scenarios:
+                stack.settle()
+                results[scenario] = RUNNERS[scenario](stack, progress)
+        finally:
+            stack.close()
+    return {
+        "scenarios": results,
+        "targets": ratios(results),
+        "machine": machine(),
+        "options": {
+            k: (sorted(v) if isinstance(v, set) else v) for k, v in dataclasses.asdict(opts).items()
+        },
+    }

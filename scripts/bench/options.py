@@ -1,0 +1,58 @@
+"""What a run of `inventory bench` is asked to do: its options, the systems it compares
+and the paths they answer on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+SCENARIOS = ("flash-sale", "catalog", "lifecycle", "engine", "drain")
+JWT_KEYS = "bench:" + "b" * 40
+OURS, BASELINE, BARE = "ours", "row-lock", "bare"
+SYNC, ASYNC = "sync commit", "async commit"  # the baseline's durability settings
+PATHS = {
+    OURS: "/api/reservations/",
+    BASELINE: "/bench/rowlock/reservations/",
+    BARE: "/bench/bare/reserve",
+}
+BASELINE_PATHS = {SYNC: PATHS[BASELINE], ASYNC: "/bench/rowlock-async/reservations/"}
+# like for like: a reservation durable before the answer, or one that may be lost in a crash
+# within about a second (Redis fsyncs the AOF every second; PostgreSQL's WAL writer within
+# 3 x wal_writer_delay = 0.6 s)
+PAIRS = {"always": SYNC, "everysec": ASYNC}
+HUGE = 100_000_000  # units of a hot product that must not run out during saturation
+
+
+@dataclasses.dataclass
+class Options:
+    scenarios: list[str]
+    buyers: int = 1000
+    stock: int = 100
+    rounds: int = 3
+    seconds: float = 5.0
+    rate: float = 500.0
+    products: int = 10_000
+    connections: int = 256
+    workers: int = 2
+    load_procs: int = 1
+    fsync: tuple[str, ...] = ("everysec", "always")
+    baseline_commit: tuple[str, ...] = (SYNC, ASYNC)
+    pool_size: int = 10
+    load_cpus: set[int] | None = None
+    server_cpus: str | None = None
+    target: Target | None = None
+    drain_events: int = 20_000
+    drain_rate: float = 5000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Services already running: `inventory serve --bench` at `api_url` over this Redis and
+    this PostgreSQL, signing tokens with `jwt_keys` (the server's JWT_KEYS)."""
+
+    api_url: str
+    redis_url: str
+    database_url: str
+    jwt_keys: str
+
+
+EXTERNAL_IDS = 1_000_000_000  # products and buyers of a run against running services

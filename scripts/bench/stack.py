@@ -1,0 +1,252 @@
+"""The services a run measures: Redis, PostgreSQL and `inventory serve --bench`, started
+here or already running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+import redis
+
+from engine import invariants
+from engine.engine import Engine
+from engine.models import SYSTEM
+from engine.settings import Settings
+from persistence import migrate, users
+from persistence.db import database_engine, libpq_url
+from scripts.bench import rowlock
+from scripts.bench.options import BARE, BASELINE, EXTERNAL_IDS, JWT_KEYS, PATHS, Options, Target
+from scripts.pg_server import PostgresServer
+from scripts.redis_server import RedisServer, free_port
+from web.auth import Keys, Principal
+
+
+class Stack:
+    """Redis, PostgreSQL and the API server (`inventory serve --bench`), on 127.0.0.1 — started
+    here, or already running (`Options.target`)."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.target = opts.target
+        self.tmp = Path(tempfile.mkdtemp(prefix="ire-bench-"))
+        self.redis: RedisServer | None = None
+        self.pg: PostgresServer | None = None
+        self.server: subprocess.Popen[bytes] | None = None
+        if self.target is None:
+            self.redis = RedisServer(self.tmp / "redis", appendfsync=opts.fsync[0])
+            self.pg = PostgresServer(database="bench", durable=True)
+            self.connect = ("127.0.0.1", free_port())
+            self.redis_url, self.database_url = self.redis.url, self.pg.url
+        else:
+            api = urllib.parse.urlsplit(self.target.api_url)
+            if api.scheme != "http" or not api.hostname:
+                raise ValueError("--api-url must be http://host[:port] (the bench speaks HTTP/1.1)")
+            self.connect = (api.hostname, api.port or 80)
+            self.redis_url, self.database_url = self.target.redis_url, self.target.database_url
+        self.host = f"{self.connect[0]}:{self.connect[1]}"
+        self.port = self.connect[1]
+        self.settings = Settings()
+        self.keys: Keys | None = None
+        # against running services, far from the ids real products and users have
+        first = 1 if self.target is None else EXTERNAL_IDS + random.randrange(EXTERNAL_IDS)
+        self._ids = iter(range(first, 1 << 62))
+        self.user_base = 0 if self.target is None else EXTERNAL_IDS
+
+    def start(self) -> None:
+        if self.target is not None:
+            self._attach(self.target)
+            return
+        assert self.redis is not None
+        assert self.pg is not None
+        self.redis.start()
+        self.pg.start()
+        migrate.upgrade(self.pg.url)
+        with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
+            rowlock.create_tables(conn)
+        self.settings = Settings(
+            redis_url=self.redis.url,
+            database_url=self.pg.url,
+            jwt_keys=JWT_KEYS,
+            reservation_ttl_min_ms=1000,
+        )
+        self.keys = Keys(self.settings)
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis.url,
+            "DATABASE_URL": self.pg.url,
+            "JWT_KEYS": JWT_KEYS,
+            # on, as in production, but roomy: each buyer is a user of their own
+            "RATE_LIMIT_PER_SECOND": "1000",
+            "RATE_LIMIT_BURST": "1000",
+            "RESERVATION_TTL_MIN": "1",
+            "BENCH_POOL_SIZE": str(self.opts.pool_size),
+        }
+        command = [sys.executable, "-m", "scripts.cli", "serve", "--bench", "--no-access-log"]
+        command += ["--port", str(self.port), "--workers", str(self.opts.workers)]
+        if self.opts.server_cpus:
+            command = ["taskset", "-c", self.opts.server_cpus, *command]
+        log = (self.tmp / "serve.log").open("wb")
+        self.server = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                tail = (self.tmp / "serve.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the API server did not start:\n{tail}")
+            time.sleep(0.2)
+
+    def _attach(self, target: Target) -> None:
+        """Running services: check that the server is ready and serves the bench endpoints;
+        measure ours at the Redis's own appendfsync setting (never changed here), and let the
+        service's worker drain (no lag measured here)."""
+        self.settings = Settings(
+            redis_url=target.redis_url,
+            database_url=target.database_url,
+            jwt_keys=target.jwt_keys,
+        )
+        self.keys = Keys(self.settings)
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/readyz", timeout=5) as r:
+                ready = r.status == 200
+        except OSError as exc:
+            raise RuntimeError(f"{target.api_url}/readyz: {exc}") from None
+        if not ready:
+            raise RuntimeError(f"{target.api_url} is not ready")
+        # an empty body: 400 from the bench endpoint, if it is there and takes our token
+        staff = {"Authorization": f"Bearer {self.token(1, staff=True)}"}
+        probe = urllib.request.Request(
+            f"http://{self.host}{PATHS[BARE]}", b"", staff, method="POST"
+        )
+        try:
+            urllib.request.urlopen(probe, timeout=5).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise RuntimeError(
+                    f"{target.api_url} has no bench endpoints: start it with "
+                    "`inventory serve --bench`"
+                ) from None
+            if exc.code == 401:
+                raise RuntimeError(
+                    f"{target.api_url} refuses our tokens: JWT_KEYS must be the server's"
+                ) from None
+        with psycopg.connect(libpq_url(target.database_url), autocommit=True) as conn:
+            rowlock.create_tables(conn)
+        client = self.redis_client()
+        try:
+            current = client.config_get("appendfsync").get("appendfsync") or "unknown"
+        except redis.ResponseError:  # CONFIG may be renamed away
+            current = "unknown"
+        finally:
+            client.close()
+        self.opts.fsync = (current,)
+
+    def close(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.pg is not None:
+            self.pg.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def settle(self) -> None:
+        """Before each scenario, as pgbench does: a CHECKPOINT now, so that the one the earlier
+        scenarios' writes call for doesn't land in the middle of the next measurement."""
+        if self.target is not None:
+            return  # someone else's database
+        with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
+    def redis_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def set_fsync(self, mode: str) -> None:
+        if self.target is not None:
+            return  # someone else's Redis: measured as it is
+        client = self.redis_client()
+        client.config_set("appendfsync", mode)
+        client.close()
+
+    def product_id(self) -> int:
+        return next(self._ids)
+
+    def token(self, user: int, *, staff: bool = False) -> str:
+        return self.tokens([user], staff=staff)[0]
+
+    def tokens(self, buyers: Sequence[int], *, staff: bool = False) -> list[str]:
+        """Access tokens of these buyers, their accounts made first (in one transaction): a
+        token counts only while its account exists."""
+        assert self.keys is not None
+        ids = [user + self.user_base for user in buyers]
+        db = database_engine(self.settings)
+        try:
+            users.ensure_synthetic(db, {i: f"buyer-{i}" for i in ids}, staff=staff)
+        finally:
+            db.dispose()
+        return [self.keys.issue(Principal(str(i), f"buyer-{i}", staff), "access") for i in ids]
+
+    def stock(self, system: str, products: dict[int, int]) -> None:
+        """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
+        if system == BASELINE:
+            with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
+                rowlock.stock(conn, {str(p): n for p, n in products.items()})
+            return
+
+        async def setup() -> None:
+            async with Engine.from_settings(self.settings) as engine:
+                items = list(products.items())
+                for i in range(0, len(items), 500):
+                    await asyncio.gather(
+                        *(
+                            engine.setup_product(str(p), SYSTEM, price=1999, stock={"main": n})
+                            for p, n in items[i : i + 500]
+                        )
+                    )
+
+        asyncio.run(setup())
+
+    def reserved(self, system: str, product: int) -> tuple[int, int]:
+        """(available, reserved) of a product (the bench stocks one warehouse)."""
+        if system == BASELINE:
+            with psycopg.connect(libpq_url(self.database_url)) as conn:
+                return rowlock.counters(conn, [str(product)]).get(str(product), (0, 0))
+
+        async def read() -> tuple[int, int]:
+            async with Engine.from_settings(self.settings) as engine:
+                stock = await engine.get_stock(str(product))
+            return stock.available, stock.reserved
+
+        return asyncio.run(read())
+
+    def check_invariants(self) -> bool:
+        async def check() -> bool:
+            client = redis.asyncio.Redis.from_url(self.redis_url, decode_responses=True)
+            try:
+                reports = await invariants.check(client, self.settings.partitions)
+            finally:
+                await client.aclose()
+            return all(r.ok for r in reports)
+
+        return asyncio.run(check())

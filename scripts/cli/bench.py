@@ -1,0 +1,158 @@
+"""`inventory bench`: the command line of the benchmark (scripts/bench/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import scripts.bench
+from scripts.bench.harness import run
+from scripts.bench.measure import console
+from scripts.bench.options import ASYNC, SCENARIOS, SYNC, Options, Target
+from scripts.bench.report import markdown, plot, print_tables
+
+
+def _bad_option(args: argparse.Namespace) -> str | None:
+    at_least = {
+        "buyers": 1,
+        "rounds": 1,
+        "products": 3,  # carts take up to 3 distinct products
+        "connections": 1,
+        "workers": 1,
+        "load_procs": 1,
+        "pool_size": 1,
+        "events": 2,
+    }
+    for name, low in at_least.items():
+        if getattr(args, name) < low:
+            return f"--{name.replace('_', '-')} must be at least {low}"
+    if not 1 <= args.stock <= args.buyers:
+        return "--stock must be between 1 and --buyers (a sale sells out)"
+    if not (args.seconds > 0 and args.rate > 0 and args.drain_rate > 0):
+        return "--seconds, --rate and --drain-rate must be positive"
+    return None
+
+
+def _target(args: argparse.Namespace, scenarios: list[str]) -> tuple[Target | None, str | None]:
+    """The running services named by --api-url, or why they can't be used."""
+    if not args.api_url:
+        return None, None
+    redis_url = args.redis_url or os.environ.get("REDIS_URL")
+    database_url = args.database_url or os.environ.get("DATABASE_URL")
+    jwt_keys = os.environ.get("JWT_KEYS", "")
+    if not redis_url:
+        return None, "--api-url needs --redis-url (or REDIS_URL): the server's Redis"
+    if not database_url or not database_url.startswith("postgresql"):
+        return None, "--api-url needs --database-url (or DATABASE_URL): the server's PostgreSQL"
+    if not jwt_keys:
+        return None, "--api-url needs JWT_KEYS in the environment: the server's, to sign tokens"
+    if "drain" in scenarios:
+        return None, "the drain scenario runs its own drainer: not against running services"
+    return Target(args.api_url.rstrip("/"), redis_url, database_url, jwt_keys), None
+
+
+def _cpus(text: str | None) -> set[int] | None:
+    return {int(c) for c in text.split(",")} if text else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        console.print(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
+        return 2
+    fsync = tuple(args.fsync.split(","))
+    if any(f not in ("everysec", "always", "no") for f in fsync):
+        console.print("--fsync takes everysec, always or no (comma-separated)")
+        return 2
+    commits = {"sync": SYNC, "async": ASYNC}
+    wanted = args.baseline_commit.split(",")
+    if not wanted or any(c not in commits for c in wanted):
+        console.print("--baseline-commit takes sync, async or both (comma-separated)")
+        return 2
+    problem = _bad_option(args)
+    target, trouble = _target(args, names)
+    if problem or trouble:
+        console.print(problem or trouble)
+        return 2
+    opts = Options(
+        scenarios=names,
+        buyers=args.buyers,
+        stock=args.stock,
+        rounds=args.rounds,
+        seconds=args.seconds,
+        rate=args.rate,
+        products=args.products,
+        connections=args.connections,
+        workers=args.workers,
+        load_procs=args.load_procs,
+        fsync=fsync,
+        baseline_commit=tuple(commits[c] for c in wanted),
+        pool_size=args.pool_size,
+        load_cpus=_cpus(args.load_cpus),
+        server_cpus=args.server_cpus,
+        target=target,
+        drain_events=args.events,
+        drain_rate=args.drain_rate,
+    )
+    report = run(opts)
+    if not args.json:
+        print_tables(report["scenarios"], report["targets"])
+    if args.plot:
+        plot(report["scenarios"], args.plot)
+        console.print(f"plot: {args.plot}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(report))
+        console.print(f"markdown: {args.markdown}")
+    print(json.dumps(report, sort_keys=True))
+    oversold = report["targets"].get("flash_sale_oversold")
+    invariants_ok = all(r.get("invariants_ok", True) for r in report["scenarios"].values())
+    return 0 if invariants_ok and (oversold is None or oversold["met"]) else 1
+
+
+def add_commands(sub: Any, common: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="the high-concurrency benchmark against the row-lock baseline",
+        description=(scripts.bench.__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument(
+        "--scenario",
+        default="flash-sale,catalog",
+        help=f"comma-separated, of {', '.join(SCENARIOS)}; or all (default flash-sale,catalog)",
+    )
+    p.add_argument(
+        "--api-url",
+        help="measure running services instead: `inventory serve --bench` at this URL, with "
+        "--redis-url, --database-url (PostgreSQL) and JWT_KEYS as the server has them",
+    )
+    p.add_argument("--database-url", help="with --api-url: the server's database")
+    p.add_argument("--buyers", type=int, default=1000, help="flash-sale: buyers (connections)")
+    p.add_argument("--stock", type=int, default=100, help="flash-sale: units on sale")
+    p.add_argument("--rounds", type=int, default=3, help="flash-sale: sales per system")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each timed load")
+    p.add_argument("--rate", type=float, default=500.0, help="fixed offered rate (catalog: 2x)")
+    p.add_argument("--products", type=int, default=10_000, help="catalog: products")
+    p.add_argument("--connections", type=int, default=256, help="catalog/lifecycle connections")
+    p.add_argument("--workers", type=int, default=2, help="uvicorn workers")
+    p.add_argument("--load-procs", type=int, default=1, help="load generator processes")
+    p.add_argument("--load-cpus", help="pin the load generator to these CPUs, e.g. 1")
+    p.add_argument("--server-cpus", help="pin the API server to these CPUs (taskset), e.g. 0")
+    p.add_argument(
+        "--fsync", default="everysec,always", help="Redis appendfsync settings to measure ours with"
+    )
+    p.add_argument(
+        "--baseline-commit",
+        default="sync,async",
+        help="the baseline's synchronous_commit settings to measure: sync (on), async (off)",
+    )
+    p.add_argument("--pool-size", type=int, default=10, help="baseline: connections per worker")
+    p.add_argument("--events", type=int, default=20_000, help="drain: backlog to drain")
+    p.add_argument("--drain-rate", type=float, default=5000.0, help="drain: reservations/s")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the figures")
+    p.add_argument("--markdown", metavar="FILE.md", help="write the tables as Markdown")
+    p.set_defaults(func=cmd_bench)
