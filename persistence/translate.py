@@ -2,7 +2,8 @@
 
 `translate(event)` returns the rows one event means — its audit row, its ledger rows (one per
 movement), projection upserts and record inserts or updates. `persistence.apply` writes the
-rows of a whole batch at once. An event it can't translate raises `BadEvent`.
+rows of a whole batch at once. An event it can't translate raises `BadEvent`. Each handler
+reads its event's data as the body engine/events.py declares for that type.
 """
 
 from __future__ import annotations
