@@ -1,16 +1,23 @@
-"""Decoding script replies: results into dataclasses, refusals into typed errors."""
+"""Decoding script replies: results into dataclasses, refusals into typed errors.
+
+A reply is the JSON object a script returns (lua/lib.lua `ok` and `refuse`): its top level
+differs by script and outcome, so it stays a dict; the records inside it have the shapes
+below, as the scripts' headers describe them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from engine import errors
+from engine.events import MovementJSON, OrderLineJSON, ReservedLineJSON
 from engine.models import (
     Movement,
     Movements,
     Order,
     OrderLine,
+    Product,
     Reservation,
     ReservationStatus,
     ReservedLine,
@@ -18,12 +25,47 @@ from engine.models import (
 from engine.states import OrderStatus
 
 
+class ReservationView(TypedDict):
+    """A reservation in a reply (lib.lua reservation_view)."""
+
+    id: str
+    owner: str
+    status: str
+    created_at: int  # ms
+    expires_at: int  # ms
+    lines: list[ReservedLineJSON]
+    order: str  # '' until committed
+
+
+class OrderView(TypedDict):
+    """An order in a reply (lib.lua write_order), or read from its record."""
+
+    id: str
+    owner: str
+    status: str
+    reservation: str  # '' for a direct order
+    lines: list[OrderLineJSON]
+    total: int  # minor units
+    currency: str
+    created_at: int  # ms
+    updated_at: int  # ms
+
+
+class ProductView(TypedDict):
+    """A product in setup_product's reply."""
+
+    id: str
+    price: int
+    currency: str
+    warehouses: list[tuple[str, int]]  # [name, priority]
+
+
 def as_list(value: Any) -> list[Any]:
     # cjson encodes an empty Lua table as {}.
     return value if isinstance(value, list) else []
 
 
-def movement(m: dict[str, Any]) -> Movement:
+def movement(m: MovementJSON) -> Movement:
     return Movement(
         product=m["product"],
         warehouse=m["warehouse"],
@@ -47,7 +89,7 @@ def event_id(partition: int, reply: dict[str, Any]) -> str | None:
 
 
 def reservation(
-    view: dict[str, Any], *, replayed: bool = False, event: str | None = None
+    view: ReservationView, *, replayed: bool = False, event: str | None = None
 ) -> Reservation:
     return Reservation(
         id=view["id"],
@@ -62,7 +104,7 @@ def reservation(
     )
 
 
-def order(view: dict[str, Any], *, replayed: bool = False, event: str | None = None) -> Order:
+def order(view: OrderView, *, replayed: bool = False, event: str | None = None) -> Order:
     return Order(
         id=view["id"],
         owner=view["owner"],
@@ -77,6 +119,37 @@ def order(view: dict[str, Any], *, replayed: bool = False, event: str | None = N
         updated_at_ms=int(view["updated_at"]),
         replayed=replayed,
         event_id=event,
+    )
+
+
+def reservation_reply(partition: int, reply: dict[str, Any]) -> Reservation:
+    """The reservation a call on partition `partition` answered with."""
+    return reservation(
+        reply["reservation"],
+        replayed=bool(reply.get("replayed")),
+        event=event_id(partition, reply),
+    )
+
+
+def order_reply(partition: int, reply: dict[str, Any]) -> Order:
+    """The order a call on partition `partition` answered with."""
+    return order(
+        reply["order"],
+        replayed=bool(reply.get("replayed")),
+        event=event_id(partition, reply),
+    )
+
+
+def product_reply(reply: dict[str, Any]) -> Product:
+    """setup_product's answer."""
+    p: ProductView = reply["product"]
+    return Product(
+        id=p["id"],
+        price=p["price"],
+        currency=p["currency"],
+        warehouses=tuple((w[0], w[1]) for w in p["warehouses"]),
+        created=bool(reply["created"]),
+        replayed=bool(reply.get("replayed")),
     )
 
 

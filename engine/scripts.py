@@ -2,7 +2,7 @@
 
 A script's source is the prelude rendered from `engine.states`, then `lua/lib.lua`, then
 the script's own file. `register_script` sends EVALSHA and reloads on NOSCRIPT, so no
-script text travels per call.
+script text travels per call. What each script takes is declared in `engine.specs`.
 """
 
 from __future__ import annotations
@@ -15,22 +15,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from engine.specs import SPECS, ScriptSpec
 from engine.states import lua_prelude
 
-NAMES: tuple[str, ...] = (
-    "setup_product",
-    "adjust_stock",
-    "reserve",
-    "release",
-    "extend",
-    "expire",
-    "commit",
-    "place_order",
-    "transition",
-    "repair",
-    "trim_outbox",
-    "rate_limit",
-)
+NAMES: tuple[str, ...] = tuple(SPECS)
 
 
 def _read(name: str) -> str:
@@ -52,6 +40,13 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(source(name)) for name in NAMES
         }
+
+    async def run(
+        self, spec: ScriptSpec, /, *more_keys: str, **values: str | int
+    ) -> dict[str, Any]:
+        """Run `spec`'s script with its parameters by name (ScriptSpec.build)."""
+        keys, args = spec.build(*more_keys, **values)
+        return await self.call(spec.name, keys, args)
 
     async def call(self, name: str, keys: list[str], args: list[str | int]) -> dict[str, Any]:
         raw = await self._scripts[name](keys=keys, args=args)

@@ -32,7 +32,7 @@ from redis.lock import Lock
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import outbox
+from engine import outbox, specs
 from engine.keys import PartitionKeys, partition_keys
 from engine.scripts import source
 from engine.settings import Settings
@@ -82,7 +82,8 @@ def _read(
 def _trim(client: redis.Redis, k: PartitionKeys, last: str) -> None:
     """Drop the outbox up to `last`, which the database has committed, and move the applied
     marker up to it (lua/trim_outbox.lua)."""
-    client.register_script(source("trim_outbox"))(keys=[k.outbox, k.applied], args=[last])
+    keys, args = specs.TRIM_OUTBOX.build(outbox=k.outbox, applied=k.applied, last_event=last)
+    client.register_script(source("trim_outbox"))(keys=keys, args=args)
 
 
 def _checkpoint(conn: Connection, partition: int) -> str:

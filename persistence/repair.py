@@ -27,6 +27,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Connection, Engine, select
 
+from engine import specs
 from engine.keys import partition_keys
 from engine.scripts import source
 from engine.settings import Settings
@@ -227,10 +228,20 @@ def restore_lost(
 def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
     k = partition_keys(p)
     script = client.register_script(source("repair"))
-    keys = [k.stock, k.products, k.live, k.expiry, k.outbox, k.applied, k.behind, *plan.keys]
-    reply: dict[str, Any] = json.loads(
-        cast(str, script(keys=keys, args=[json.dumps(plan.body), ACTOR, run]))
+    keys, args = specs.REPAIR.build(
+        *plan.keys,
+        stock=k.stock,
+        products=k.products,
+        live=k.live,
+        expiry=k.expiry,
+        outbox=k.outbox,
+        applied=k.applied,
+        behind=k.behind,
+        plan=json.dumps(plan.body),
+        actor=ACTOR,
+        request_id=run,
     )
+    reply: dict[str, Any] = json.loads(cast(str, script(keys=keys, args=args)))
     return reply
 
 
@@ -239,8 +250,15 @@ def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
     k, expired = partition_keys(p), 0
     script = client.register_script(source("expire"))
     while True:
-        keys = [k.stock, k.live, k.expiry, k.outbox, k.behind]
-        reply = json.loads(cast(str, script(keys=keys, args=[batch])))
+        keys, args = specs.EXPIRE.build(
+            stock=k.stock,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            behind=k.behind,
+            limit=batch,
+        )
+        reply = json.loads(cast(str, script(keys=keys, args=args)))
         expired += int(reply["expired"])
         if not int(reply["expired"]) or not int(reply["due"]):
             return expired

@@ -2,16 +2,19 @@
 
 `translate(event)` returns the rows one event means — its audit row, its ledger rows (one per
 movement), projection upserts and record inserts or updates. `persistence.apply` writes the
-rows of a whole batch at once. An event it can't translate raises `BadEvent`.
+rows of a whole batch at once. An event it can't translate raises `BadEvent`. Each handler
+reads its event's data as the body engine/events.py declares for that type.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from engine import events
 from engine.keys import idempotency_hash
 from engine.outbox import OutboxEvent
 
@@ -117,17 +120,17 @@ def translate(event: OutboxEvent) -> Rows:
     try:
         rows = Rows()
         handler(event, rows)
-        if "idempotency" in event.data:
-            _idempotency(event, rows)
+        body = cast(events.EventBody, event.data)
+        if "idempotency" in body:
+            _idempotency(event, body["idempotency"], rows)
     except (KeyError, TypeError, ValueError) as exc:
         raise BadEvent(f"{event.type} {event.event_id}: {exc!r}") from exc
     return rows
 
 
-def _idempotency(e: OutboxEvent, rows: Rows) -> None:
+def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:
     """The first answer of a write made with an Idempotency-Key, carried by the call's last
     event: the reply as the script stored it in Redis, whose 'event' is this event."""
-    d = e.data["idempotency"]
     reply = {**d["reply"], "ok": True, "event": e.id}
     rows.idempotency.append(
         {
@@ -141,8 +144,7 @@ def _idempotency(e: OutboxEvent, rows: Rows) -> None:
     )
 
 
-def _product_updated(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _product_updated(e: OutboxEvent, d: events.ProductUpdated, rows: Rows) -> None:
     after = d["after"]
     rows.product_settings.append(
         {
@@ -157,8 +159,7 @@ def _product_updated(e: OutboxEvent, rows: Rows) -> None:
     _audit(e, rows, "product", d["product"], d["before"] or None, d["after"])
 
 
-def _stock_adjusted(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _stock_adjusted(e: OutboxEvent, d: events.StockAdjusted, rows: Rows) -> None:
     _movements(e, rows, str(d["reason"]), "product", d["product"])
     _audit(
         e,
@@ -170,8 +171,7 @@ def _stock_adjusted(e: OutboxEvent, rows: Rows) -> None:
     )
 
 
-def _reservation_created(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _reservation_created(e: OutboxEvent, d: events.ReservationCreated, rows: Rows) -> None:
     rid = d["reservation"]
     rows.reservations_new.append(
         {
@@ -201,8 +201,7 @@ def _reservation_created(e: OutboxEvent, rows: Rows) -> None:
     _audit(e, rows, "reservation", rid, None, new)
 
 
-def _reservation_ended(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _reservation_ended(e: OutboxEvent, d: events.ReservationEnded, rows: Rows) -> None:
     rid = d["reservation"]
     status = "released" if e.type == "reservation_released" else "expired"
     rows.reservation_updates.append({"id": rid, "status": status, "ended_at": ts(e.ts_ms)})
@@ -210,8 +209,7 @@ def _reservation_ended(e: OutboxEvent, rows: Rows) -> None:
     _audit(e, rows, "reservation", rid, {"status": "active"}, {"status": status})
 
 
-def _reservation_extended(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _reservation_extended(e: OutboxEvent, d: events.ReservationExtended, rows: Rows) -> None:
     rid = d["reservation"]
     rows.reservation_updates.append({"id": rid, "expires_at": ts(int(d["expires_at_after"]))})
     _audit(
@@ -224,8 +222,7 @@ def _reservation_extended(e: OutboxEvent, rows: Rows) -> None:
     )
 
 
-def _order_created(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _order_created(e: OutboxEvent, d: events.OrderCreated, rows: Rows) -> None:
     oid = d["order"]
     at = ts(e.ts_ms)
     rows.orders_new.append(
@@ -273,8 +270,7 @@ def _order_created(e: OutboxEvent, rows: Rows) -> None:
     _audit(e, rows, "order", oid, None, new)
 
 
-def _order_status_changed(e: OutboxEvent, rows: Rows) -> None:
-    d = e.data
+def _order_status_changed(e: OutboxEvent, d: events.OrderStatusChanged, rows: Rows) -> None:
     oid = d["order"]
     at = ts(e.ts_ms)
     rows.order_updates.append({"id": oid, "status": d["to"], "updated_at": at})
@@ -293,48 +289,62 @@ def _order_status_changed(e: OutboxEvent, rows: Rows) -> None:
     _audit(e, rows, "order", oid, {"status": d["from"]}, {"status": d["to"]})
 
 
-def _reconciled(e: OutboxEvent, rows: Rows) -> None:
-    """A repair by `inventory reconcile` in Redis: a counter (its movement starts from the
-    counters as recorded) or an expiry index entry."""
-    d = e.data
-    if e.type == "stock_reconciled":
-        _movements(e, rows, "reconciled", "product", d["product"])
-        m, w = e.movements[0], d["warehouse"]
-        old = {"warehouse": w, **d["found"], "live_reserved": d["live_reserved"]}
-        new = {"warehouse": w, "available": m.available_after, "reserved": m.reserved_after}
-        _audit(e, rows, "product", d["product"], old, new)
-    else:
-        before, after = d["expires_at_before"], d["expires_at_after"]
-        _audit(e, rows, "reservation", d["reservation"], {"expiry": before}, {"expiry": after})
+def _stock_reconciled(e: OutboxEvent, d: events.StockReconciled, rows: Rows) -> None:
+    """A counter `inventory reconcile --fix` rolled back in Redis: its movement starts from
+    the counters as recorded."""
+    _movements(e, rows, "reconciled", "product", d["product"])
+    m, w = e.movements[0], d["warehouse"]
+    old = {"warehouse": w, **d["found"], "live_reserved": d["live_reserved"]}
+    new = {"warehouse": w, "available": m.available_after, "reserved": m.reserved_after}
+    _audit(e, rows, "product", d["product"], old, new)
     rows.audit[-1]["action"] = "reconcile_fix"
 
 
-def _record_reconciled(e: OutboxEvent, rows: Rows) -> None:
+def _expiry_reconciled(e: OutboxEvent, d: events.ExpiryReconciled, rows: Rows) -> None:
+    """An expiry index entry `inventory reconcile --fix` put right in Redis."""
+    before, after = d["expires_at_before"], d["expires_at_after"]
+    _audit(e, rows, "reservation", d["reservation"], {"expiry": before}, {"expiry": after})
+    rows.audit[-1]["action"] = "reconcile_fix"
+
+
+def _record_reconciled(e: OutboxEvent, d: events.RecordReconciled, rows: Rows) -> None:
     """A product, reservation or order `inventory reconcile --fix` put back in Redis as the
     durable record has it: the database holds it already, so only the audit row is new."""
-    d = e.data
     _audit(e, rows, str(d["object_type"]), str(d["object_id"]), d["found"], d["restored"])
     rows.audit[-1]["action"] = "reconcile_fix"
 
 
-def _redis_restored(e: OutboxEvent, rows: Rows) -> None:
+def _redis_restored(e: OutboxEvent, d: events.RedisRestored, rows: Rows) -> None:
     """Ended records and idempotency records put back in a Redis that had lost them."""
-    d = e.data
     new = {"records": int(d["records"]), "idempotency_records": int(d["idempotency_records"])}
     _audit(e, rows, "partition", str(e.partition), None, new)
 
 
-HANDLERS = {
-    "product_updated": _product_updated,
-    "stock_adjusted": _stock_adjusted,
-    "reservation_created": _reservation_created,
-    "reservation_released": _reservation_ended,
-    "reservation_expired": _reservation_ended,
-    "reservation_extended": _reservation_extended,
-    "order_created": _order_created,
-    "order_status_changed": _order_status_changed,
-    "stock_reconciled": _reconciled,
-    "expiry_reconciled": _reconciled,
-    "record_reconciled": _record_reconciled,
-    "redis_restored": _redis_restored,
+Handler = Callable[[OutboxEvent, Rows], None]
+B = TypeVar("B", bound=events.EventBody)
+
+
+def _reads(body: type[B], handler: Callable[[OutboxEvent, B, Rows], None]) -> Handler:
+    """`handler`, given the event's data as the body of its type (engine/events.py). Nothing
+    is checked here: a field missing or of the wrong kind fails in the handler, as BadEvent."""
+
+    def handle(e: OutboxEvent, rows: Rows) -> None:
+        handler(e, cast(B, e.data), rows)
+
+    return handle
+
+
+HANDLERS: dict[str, Handler] = {
+    "product_updated": _reads(events.ProductUpdated, _product_updated),
+    "stock_adjusted": _reads(events.StockAdjusted, _stock_adjusted),
+    "reservation_created": _reads(events.ReservationCreated, _reservation_created),
+    "reservation_released": _reads(events.ReservationReleased, _reservation_ended),
+    "reservation_expired": _reads(events.ReservationExpired, _reservation_ended),
+    "reservation_extended": _reads(events.ReservationExtended, _reservation_extended),
+    "order_created": _reads(events.OrderCreated, _order_created),
+    "order_status_changed": _reads(events.OrderStatusChanged, _order_status_changed),
+    "stock_reconciled": _reads(events.StockReconciled, _stock_reconciled),
+    "expiry_reconciled": _reads(events.ExpiryReconciled, _expiry_reconciled),
+    "record_reconciled": _reads(events.RecordReconciled, _record_reconciled),
+    "redis_restored": _reads(events.RedisRestored, _redis_restored),
 }

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.keys import rate_limit_bucket
 from engine.scripts import Scripts
+from engine.specs import RATE_LIMIT
 from web.auth import Keys
 from web.errors import ApiError
 from web.middleware import scope_state
@@ -39,7 +40,7 @@ WARN_EVERY_S = 10.0
 
 async def take(scripts: Scripts, bucket: str, per_second: float, burst: int) -> int:
     """Take one request from `bucket`; returns the whole requests left, or raises the 429."""
-    reply = await scripts.call("rate_limit", [bucket], [repr(float(per_second)), burst])
+    reply = await scripts.run(RATE_LIMIT, bucket=bucket, rate=repr(float(per_second)), burst=burst)
     if reply.get("ok"):
         return int(reply["remaining"])
     if reply.get("err") != "rate_limited":

@@ -1,0 +1,80 @@
+"""What every group of the engine's operations shares: the client, the settings, the
+scripts, and the routing of a call to its partition's keys.
+
+`Engine` (engine/engine.py) is made of the groups — stock (engine/stock.py), reservations
+(engine/reservations.py), orders (engine/orders.py) — each a subclass of `EngineBase`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+
+from engine import errors
+from engine import validation as v
+from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
+from engine.models import CallContext
+from engine.scripts import Scripts
+from engine.settings import Settings
+
+
+class EngineBase:
+    def __init__(
+        self, redis: Redis, settings: Settings, *, ids: Callable[[int, int], str] = new_id
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+        # where new reservation and order ids come from: (partition, partitions) -> id
+        self._new_id = ids
+
+    def keys(self, partition: int) -> PartitionKeys:
+        return partition_keys(partition)
+
+    def partition_of_product(self, product: str) -> int:
+        return partition_of(product, self.settings.partitions)
+
+    def _keys_for_product(self, product: str) -> PartitionKeys:
+        return partition_keys(partition_of(product, self.settings.partitions))
+
+    def _keys_for_lines(self, lines: list[tuple[str, str, int]]) -> PartitionKeys:
+        parts = sorted({partition_of(p, self.settings.partitions) for p, _, _ in lines})
+        if len(parts) > 1:
+            raise errors.CrossPartition(parts)
+        return partition_keys(parts[0])
+
+    def _keys_for_record(
+        self, record_id: str, not_found: type[errors.ReservationNotFound | errors.OrderNotFound]
+    ) -> PartitionKeys:
+        if not isinstance(record_id, str) or not v.RECORD_ID.fullmatch(record_id):
+            raise not_found(str(record_id))
+        return partition_keys(partition_of(record_id, self.settings.partitions))
+
+    def _caller(
+        self, k: PartitionKeys, ctx: CallContext, operation: str, payload: Sequence[str | int]
+    ) -> dict[str, str | int]:
+        """The parameters every idempotent write takes alike (engine.specs): who calls under
+        which request, and the idempotency record with the request's fingerprint. The
+        fingerprint hashes the operation and `payload`, the call's own arguments."""
+        idem, fp = self._idempotency(k, ctx, operation, payload)
+        return {
+            "idem": idem,
+            "actor": ctx.actor,
+            "request_id": ctx.request_id,
+            "fingerprint": fp,
+            "idempotency_ttl": self.settings.idempotency_ttl_ms,
+        }
+
+    def _idempotency(
+        self, k: PartitionKeys, ctx: CallContext, operation: str, payload: Sequence[str | int]
+    ) -> tuple[str, str]:
+        """The idempotency record's key and the request's fingerprint ('' = none)."""
+        if ctx.idempotency_key is None:
+            return k.unused_idempotency, ""
+        key = ctx.idempotency_key
+        if not 1 <= len(key) <= 255:
+            raise errors.InvalidInput("idempotency_key", "must be 1 to 255 characters")
+        fp = hashlib.sha256(v.dumps([operation, list(payload)]).encode()).hexdigest()[:32]
+        return k.idempotency(ctx.actor, operation, key), fp

@@ -1,0 +1,119 @@
+"""The engine's order calls: commit a reservation, place a direct order, move an order along
+the state machine (engine/states.py), and read an order."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import cast
+
+from engine import errors, replies, specs
+from engine import validation as v
+from engine.base import EngineBase
+from engine.models import CallContext, LineRequest, Order
+from engine.states import OrderStatus
+
+
+class OrderOps(EngineBase):
+    async def commit(self, reservation_id: str, ctx: CallContext) -> Order:
+        """Turn a live reservation into a pending order."""
+        k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
+        order_id = self._new_id(k.partition, self.settings.partitions)
+        reply = await self.scripts.run(
+            specs.COMMIT,
+            stock=k.stock,
+            products=k.products,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.reservation(reservation_id),
+            order=k.order(order_id),
+            behind=k.behind,
+            reservation_id=reservation_id,
+            order_id=order_id,
+            scope=ctx.scope,
+            **self._caller(k, ctx, "commit", [reservation_id]),
+            retention=self.settings.reservation_retention_ms,
+        )
+        replies.raise_for(reply)
+        return replies.order_reply(k.partition, reply)
+
+    async def place_order(
+        self, lines: Sequence[LineRequest], ctx: CallContext, *, allow_split: bool = True
+    ) -> Order:
+        """Reserve and commit in one step: a direct order."""
+        merged = v.merge_lines(lines)
+        k = self._keys_for_lines(merged)
+        order_id = self._new_id(k.partition, self.settings.partitions)
+        payload: dict[str, str | int] = {
+            "lines": v.dumps(merged),
+            "allow_split": "1" if allow_split else "0",
+        }
+        reply = await self.scripts.run(
+            specs.PLACE_ORDER,
+            stock=k.stock,
+            products=k.products,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            order=k.order(order_id),
+            behind=k.behind,
+            order_id=order_id,
+            **payload,
+            owner=ctx.actor,
+            **self._caller(k, ctx, "place_order", [*payload.values()]),
+            expiry_batch=self.settings.expire_batch,
+        )
+        replies.raise_for(reply)
+        return replies.order_reply(k.partition, reply)
+
+    async def transition(
+        self,
+        order_id: str,
+        status: OrderStatus | str,
+        ctx: CallContext,
+        *,
+        expected: OrderStatus | None = None,
+    ) -> Order:
+        """Move an order along the state machine (engine.states). With `expected`, refuse
+        (StatusChanged) if the order is no longer in that status: check and move in one step."""
+        try:
+            target = OrderStatus(str(status).lower())
+        except ValueError:
+            allowed = ", ".join(s.value for s in OrderStatus)
+            raise errors.InvalidInput("status", f"must be one of: {allowed}") from None
+        k = self._keys_for_record(order_id, errors.OrderNotFound)
+        reply = await self.scripts.run(
+            specs.TRANSITION,
+            stock=k.stock,
+            outbox=k.outbox,
+            order=k.order(order_id),
+            behind=k.behind,
+            order_id=order_id,
+            status=target.value,
+            scope=ctx.scope,
+            **self._caller(k, ctx, "transition", [order_id, target.value]),
+            retention=self.settings.order_retention_ms,
+            expected=expected.value if expected else "",
+        )
+        replies.raise_for(reply)
+        return replies.order_reply(k.partition, reply)
+
+    async def get_order(self, order_id: str, ctx: CallContext) -> Order:
+        k = self._keys_for_record(order_id, errors.OrderNotFound)
+        rec = cast(dict[str, str], await self.redis.hgetall(k.order(order_id)))
+        if not rec or (ctx.scope and rec["owner"] != ctx.scope):
+            raise errors.OrderNotFound(order_id)
+        return replies.order(
+            {
+                "id": rec["id"],
+                "owner": rec["owner"],
+                "status": rec["status"],
+                "reservation": rec["reservation_id"],
+                "lines": json.loads(rec["lines"]),
+                "total": int(rec["total"]),
+                "currency": rec["currency"],
+                "created_at": int(rec["created_at"]),
+                "updated_at": int(rec["updated_at"]),
+            }
+        )

@@ -1,0 +1,153 @@
+"""The engine's reservation calls: reserve, release, extend, the expiry sweep, and reading a
+reservation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from engine import errors, replies, specs
+from engine import validation as v
+from engine.base import EngineBase
+from engine.keys import partition_keys
+from engine.models import (
+    CallContext,
+    ExpiryResult,
+    LineRequest,
+    Reservation,
+    ReservationStatus,
+    ReservedLine,
+)
+
+
+class ReservationOps(EngineBase):
+    async def reserve(
+        self,
+        lines: Sequence[LineRequest],
+        ctx: CallContext,
+        *,
+        ttl_ms: int | None = None,
+        allow_split: bool = True,
+    ) -> Reservation:
+        """Hold units for `ttl_ms` (default RESERVATION_TTL), all lines or none."""
+        ttl = self._ttl(ttl_ms)
+        merged = v.merge_lines(lines)
+        k = self._keys_for_lines(merged)
+        reservation_id = self._new_id(k.partition, self.settings.partitions)
+        payload: dict[str, str | int] = {
+            "lines": v.dumps(merged),
+            "ttl": ttl,
+            "allow_split": "1" if allow_split else "0",
+        }
+        reply = await self.scripts.run(
+            specs.RESERVE,
+            stock=k.stock,
+            products=k.products,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.reservation(reservation_id),
+            behind=k.behind,
+            reservation_id=reservation_id,
+            **payload,
+            owner=ctx.actor,
+            **self._caller(k, ctx, "reserve", [*payload.values()]),
+            expiry_batch=self.settings.expire_batch,
+            retention=self.settings.reservation_retention_ms,
+        )
+        replies.raise_for(reply)
+        return replies.reservation_reply(k.partition, reply)
+
+    async def release(self, reservation_id: str, ctx: CallContext) -> Reservation:
+        """Give a live reservation's units back."""
+        k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
+        reply = await self.scripts.run(
+            specs.RELEASE,
+            stock=k.stock,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.reservation(reservation_id),
+            behind=k.behind,
+            reservation_id=reservation_id,
+            scope=ctx.scope,
+            **self._caller(k, ctx, "release", [reservation_id]),
+            retention=self.settings.reservation_retention_ms,
+        )
+        replies.raise_for(reply)
+        return replies.reservation_reply(k.partition, reply)
+
+    async def extend(
+        self, reservation_id: str, ctx: CallContext, *, ttl_ms: int | None = None
+    ) -> Reservation:
+        """Push expires_at out to now + ttl, capped at created_at + RESERVATION_MAX_LIFETIME."""
+        ttl = self._ttl(ttl_ms)
+        k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
+        reply = await self.scripts.run(
+            specs.EXTEND,
+            stock=k.stock,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.reservation(reservation_id),
+            behind=k.behind,
+            reservation_id=reservation_id,
+            scope=ctx.scope,
+            ttl=ttl,
+            max_lifetime=self.settings.reservation_max_lifetime_ms,
+            **self._caller(k, ctx, "extend", [reservation_id, ttl]),
+            retention=self.settings.reservation_retention_ms,
+        )
+        replies.raise_for(reply)
+        return replies.reservation_reply(k.partition, reply)
+
+    async def expire(self, limit: int | None = None) -> ExpiryResult:
+        """The sweep: release due reservations in every partition, up to `limit` each."""
+        batch = self.settings.sweep_batch if limit is None else limit
+        v.check_int("limit", batch, 1, 100_000)
+        expired = due = 0
+        for partition in range(self.settings.partitions):
+            k = partition_keys(partition)
+            reply = await self.scripts.run(
+                specs.EXPIRE,
+                stock=k.stock,
+                live=k.live,
+                expiry=k.expiry,
+                outbox=k.outbox,
+                behind=k.behind,
+                limit=batch,
+            )
+            expired += int(reply["expired"])
+            due += int(reply["due"])
+        return ExpiryResult(expired=expired, still_due=due)
+
+    async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:
+        """A reservation as its owner (or staff) sees it; 'expired' once expires_at passed."""
+        k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.hgetall(k.reservation(reservation_id))
+            (seconds, micros), rec = await pipe.execute()
+        if not rec or (ctx.scope and rec["owner"] != ctx.scope):
+            raise errors.ReservationNotFound(reservation_id)
+        status = rec["status"]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        if status == ReservationStatus.ACTIVE and now_ms >= int(rec["expires_at"]):
+            status = ReservationStatus.EXPIRED
+        return Reservation(
+            id=rec["id"],
+            owner=rec["owner"],
+            status=ReservationStatus(status),
+            created_at_ms=int(rec["created_at"]),
+            expires_at_ms=int(rec["expires_at"]),
+            lines=tuple(ReservedLine(p, w, q) for p, w, q in json.loads(rec["lines"])),
+            order_id=rec.get("order_id") or None,
+        )
+
+    def _ttl(self, ttl_ms: int | None) -> int:
+        """A reservation's time to live: `ttl_ms` within the settings' bounds, or the default."""
+        ttl = self.settings.reservation_ttl_ms if ttl_ms is None else ttl_ms
+        v.check_int(
+            "ttl", ttl, self.settings.reservation_ttl_min_ms, self.settings.reservation_ttl_max_ms
+        )
+        return ttl

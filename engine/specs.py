@@ -1,0 +1,156 @@
+"""What each Lua script takes: its KEYS and ARGV by name, in the order of its header.
+
+A script reads its arguments by position (`KEYS[3]`, `ARGV[7]`); its header (the comment
+that opens lua/<name>.lua) says what each position holds. A `ScriptSpec` says the same once
+in Python, and `build` turns named values into the two lists, so no caller counts positions.
+Building is sans-I/O: the async engine and the sync worker run the same `build`, then call
+the script their own way. tests/test_units_specs.py reads every header and checks that its
+spec names the same KEYS and ARGV, in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptSpec:
+    """One script's parameters. `keys` and `args` name KEYS[1..] and ARGV[1..] in header
+    order, each in words of its header line (e.g. 'idempotency_ttl' for "idempotency record
+    ttl (ms)"). `more_keys` names the keys that follow the fixed ones, when the script takes
+    a variable number (KEYS[n + i])."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    more_keys: str = ""
+
+    def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
+        """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
+        `more` are the variable keys, after the fixed ones."""
+        missing = [n for n in (*self.keys, *self.args) if n not in values]
+        unknown = sorted(set(values) - set(self.keys) - set(self.args))
+        if missing or unknown:
+            raise TypeError(f"{self.name}: missing {missing}, unknown {unknown}")
+        if more and not self.more_keys:
+            raise TypeError(f"{self.name} takes no keys beyond {len(self.keys)}")
+        keys: list[str] = []
+        for name in self.keys:
+            key = values[name]
+            if not isinstance(key, str):
+                raise TypeError(f"{self.name}: key {name} must be a str, not {key!r}")
+            keys.append(key)
+        return [*keys, *more], [values[name] for name in self.args]
+
+
+# Every idempotent write ends its ARGV with the same four, in this order, after its own.
+_CALLER = ("actor", "request_id", "fingerprint", "idempotency_ttl")
+
+SETUP_PRODUCT = ScriptSpec(
+    "setup_product",
+    keys=("stock", "products", "outbox", "idem", "behind"),
+    args=(
+        "product",
+        "price",
+        "currency",
+        "warehouses",
+        "opening_stock",
+        *_CALLER,
+        "default_warehouse",
+        "create_only",
+    ),
+)
+ADJUST_STOCK = ScriptSpec(
+    "adjust_stock",
+    keys=("stock", "products", "outbox", "idem", "behind"),
+    args=("product", "changes", "reason", *_CALLER),
+)
+RESERVE = ScriptSpec(
+    "reserve",
+    keys=("stock", "products", "live", "expiry", "outbox", "idem", "record", "behind"),
+    args=(
+        "reservation_id",
+        "lines",
+        "ttl",
+        "allow_split",
+        "owner",
+        *_CALLER,
+        "expiry_batch",
+        "retention",
+    ),
+)
+RELEASE = ScriptSpec(
+    "release",
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind"),
+    args=("reservation_id", "scope", *_CALLER, "retention"),
+)
+EXTEND = ScriptSpec(
+    "extend",
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind"),
+    args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention"),
+)
+EXPIRE = ScriptSpec(
+    "expire",
+    keys=("stock", "live", "expiry", "outbox", "behind"),
+    args=("limit",),
+)
+COMMIT = ScriptSpec(
+    "commit",
+    keys=(
+        "stock",
+        "products",
+        "live",
+        "expiry",
+        "outbox",
+        "record",
+        "order",
+        "idem",
+        "behind",
+    ),
+    args=("reservation_id", "order_id", "scope", *_CALLER, "retention"),
+)
+PLACE_ORDER = ScriptSpec(
+    "place_order",
+    keys=("stock", "products", "live", "expiry", "outbox", "order", "idem", "behind"),
+    args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch"),
+)
+TRANSITION = ScriptSpec(
+    "transition",
+    keys=("stock", "outbox", "order", "idem", "behind"),
+    args=("order_id", "status", "scope", *_CALLER, "retention", "expected"),
+)
+REPAIR = ScriptSpec(
+    "repair",
+    keys=("stock", "products", "live", "expiry", "outbox", "applied", "behind"),
+    args=("plan", "actor", "request_id"),
+    more_keys="record",  # the record and idempotency keys the plan names by index
+)
+TRIM_OUTBOX = ScriptSpec(
+    "trim_outbox",
+    keys=("outbox", "applied"),
+    args=("last_event",),
+)
+RATE_LIMIT = ScriptSpec(
+    "rate_limit",
+    keys=("bucket",),
+    args=("rate", "burst"),
+)
+
+# Every script, by name, in the order they are loaded.
+SPECS: dict[str, ScriptSpec] = {
+    s.name: s
+    for s in (
+        SETUP_PRODUCT,
+        ADJUST_STOCK,
+        RESERVE,
+        RELEASE,
+        EXTEND,
+        EXPIRE,
+        COMMIT,
+        PLACE_ORDER,
+        TRANSITION,
+        REPAIR,
+        TRIM_OUTBOX,
+        RATE_LIMIT,
+    )
+}

@@ -1,0 +1,161 @@
+"""The engine's product and stock calls: set a product up, adjust its stock, read it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from engine import errors, replies, specs
+from engine import validation as v
+from engine.base import EngineBase
+from engine.keys import stock_fields
+from engine.models import (
+    CallContext,
+    Movements,
+    Product,
+    ProductStock,
+    StockLevel,
+    StockReason,
+)
+
+
+class StockOps(EngineBase):
+    async def setup_product(
+        self,
+        product: str,
+        ctx: CallContext,
+        *,
+        price: int,
+        currency: str | None = None,
+        warehouses: Mapping[str, int] | None = None,
+        stock: Mapping[str, int] | None = None,
+        create_only: bool = False,
+    ) -> Product:
+        """Create or update a product: price (minor units), currency, warehouses with their
+        priority (lower first), and opening stock per warehouse. `create_only`: refuse with
+        ProductExists unless the product is new, so that of many creates racing for one
+        product exactly one sets it up and adds its opening stock."""
+        v.check_name("product", product)
+        v.check_int("price", price, 0, v.MAX_PRICE)
+        currency = currency or self.settings.default_currency
+        if not v.CURRENCY.fullmatch(currency):
+            raise errors.InvalidInput("currency", "must be a three-letter ISO 4217 code")
+        if warehouses is not None and not warehouses:
+            raise errors.InvalidInput("warehouses", "name at least one warehouse, or leave it out")
+        # Left out: an existing product keeps its warehouses, a new one gets the default.
+        warehouses = warehouses or {}
+        for name, priority in warehouses.items():
+            v.check_name("warehouse", name)
+            v.check_int("priority", priority, -(10**6), 10**6)
+        opening = dict(stock or {})
+        for name, quantity in opening.items():
+            v.check_name("warehouse", name)
+            v.check_int("stock", quantity, 0, v.MAX_STOCK_DELTA)
+        opening = {w: q for w, q in opening.items() if q > 0}
+        k = self._keys_for_product(product)
+        payload: dict[str, str | int] = {
+            "product": product,
+            "price": price,
+            "currency": currency,
+            "warehouses": v.dumps(sorted(warehouses.items())),
+            "opening_stock": v.dumps(sorted(opening.items())),
+        }
+        # (a create's fingerprint differs from an update's with the same fields)
+        fingerprinted = [*payload.values(), "create"] if create_only else [*payload.values()]
+        reply = await self.scripts.run(
+            specs.SETUP_PRODUCT,
+            stock=k.stock,
+            products=k.products,
+            outbox=k.outbox,
+            behind=k.behind,
+            **payload,
+            **self._caller(k, ctx, "setup_product", fingerprinted),
+            default_warehouse=self.settings.default_warehouse,
+            create_only="1" if create_only else "",
+        )
+        replies.raise_for(reply)
+        return replies.product_reply(reply)
+
+    async def adjust_stock(
+        self,
+        product: str,
+        changes: Mapping[str, int],
+        reason: StockReason | str,
+        ctx: CallContext,
+    ) -> Movements:
+        """Receive (delta > 0) or remove (delta < 0) units per warehouse, all or nothing."""
+        v.check_name("product", product)
+        try:
+            reason = StockReason(reason)
+        except ValueError:
+            allowed = ", ".join(r.value for r in StockReason)
+            raise errors.InvalidInput("reason", f"must be one of: {allowed}") from None
+        if not changes:
+            raise errors.InvalidInput("changes", "name at least one warehouse")
+        for name, delta in changes.items():
+            v.check_name("warehouse", name)
+            v.check_int("quantity", delta, -v.MAX_STOCK_DELTA, v.MAX_STOCK_DELTA)
+            if delta == 0:
+                raise errors.InvalidInput("quantity", "must not be zero")
+        k = self._keys_for_product(product)
+        payload: dict[str, str | int] = {
+            "product": product,
+            "changes": v.dumps(sorted(changes.items())),
+            "reason": reason.value,
+        }
+        reply = await self.scripts.run(
+            specs.ADJUST_STOCK,
+            stock=k.stock,
+            products=k.products,
+            outbox=k.outbox,
+            behind=k.behind,
+            **payload,
+            **self._caller(k, ctx, "adjust_stock", [*payload.values()]),
+        )
+        replies.raise_for(reply)
+        return replies.movements(reply)
+
+    async def idempotency_key_used(self, product: str, ctx: CallContext, operation: str) -> bool:
+        """Whether `ctx`'s idempotency key has already answered `operation` (a script's name)
+        in `product`'s partition: a call under it now replays, or is refused as another
+        request, whatever it asks."""
+        if ctx.idempotency_key is None:
+            return False
+        k = self._keys_for_product(product)
+        record = k.idempotency(ctx.actor, operation, ctx.idempotency_key)
+        return bool(await self.redis.exists(record))
+
+    async def get_stock(self, product: str) -> ProductStock:
+        found = await self.get_stocks([product])
+        if product not in found:
+            raise errors.ProductNotFound(product)
+        return found[product]
+
+    async def get_stocks(self, products: Iterable[str]) -> dict[str, ProductStock]:
+        """Live stock of many products in two round trips; unknown products are left out."""
+        wanted = [p for p in dict.fromkeys(products) if v.NAME.fullmatch(p)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in wanted:
+                pipe.hget(self._keys_for_product(p).products, p)
+            metas: list[str | None] = await pipe.execute()
+        found = [(p, json.loads(m)) for p, m in zip(wanted, metas, strict=True) if m]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, meta in found:
+                fields: list[str] = []
+                for w, _ in meta["warehouses"]:
+                    fields += stock_fields(p, w)
+                pipe.hmget(self._keys_for_product(p).stock, fields)
+            counters: list[list[str | None]] = await pipe.execute()
+        out: dict[str, ProductStock] = {}
+        for (p, meta), values in zip(found, counters, strict=True):
+            levels = tuple(
+                StockLevel(
+                    warehouse=w,
+                    priority=prio,
+                    available=int(values[2 * i] or 0),
+                    reserved=int(values[2 * i + 1] or 0),
+                )
+                for i, (w, prio) in enumerate(meta["warehouses"])
+            )
+            out[p] = ProductStock(p, meta["price"], meta["currency"], levels)
+        return out
