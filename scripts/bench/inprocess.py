@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from engine import specs
 from engine.engine import Engine
 from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
@@ -45,31 +46,28 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
 
         async def raw() -> None:
             rid = new_id(0, 1)
-            reply = await script(
-                keys=[
-                    keys.stock,
-                    keys.products,
-                    keys.live,
-                    keys.expiry,
-                    keys.outbox,
-                    keys.unused_idempotency,
-                    keys.reservation(rid),
-                    keys.behind,
-                ],
-                args=[
-                    rid,
-                    lines,
-                    settings.reservation_ttl_ms,
-                    "1",
-                    "bench",
-                    "bench",
-                    "",
-                    "",
-                    settings.idempotency_ttl_ms,
-                    settings.expire_batch,
-                    settings.reservation_retention_ms,
-                ],
+            keys_, args = specs.RESERVE.build(
+                stock=keys.stock,
+                products=keys.products,
+                live=keys.live,
+                expiry=keys.expiry,
+                outbox=keys.outbox,
+                idem=keys.unused_idempotency,
+                record=keys.reservation(rid),
+                behind=keys.behind,
+                reservation_id=rid,
+                lines=lines,
+                ttl=settings.reservation_ttl_ms,
+                allow_split="1",
+                owner="bench",
+                actor="bench",
+                request_id="",
+                fingerprint="",
+                idempotency_ttl=settings.idempotency_ttl_ms,
+                expiry_batch=settings.expire_batch,
+                retention=settings.reservation_retention_ms,
             )
+            reply = await script(keys=keys_, args=args)
             json.loads(reply)  # a caller of the script needs its answer
 
         async def wrapped() -> None:
