@@ -33,6 +33,7 @@ from engine.models import (
     StockReason,
 )
 from engine.pool import FairConnectionPool
+from engine.reads import EngineReads
 from engine.scripts import Scripts
 from engine.settings import Settings
 from engine.states import OrderStatus
@@ -52,7 +53,7 @@ def connect(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
-class Engine:
+class Engine(EngineReads):
     def __init__(
         self, redis: Redis, settings: Settings, *, ids: Callable[[int, int], str] = new_id
     ) -> None:

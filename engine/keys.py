@@ -122,6 +122,12 @@ def stock_counters(fields: Mapping[str, str | int]) -> dict[tuple[str, str], tup
     return {pw: (a, r) for pw, (a, r) in out.items()}
 
 
+def event_id(partition: int, stream_id: str) -> str:
+    """An outbox event's global id: its partition and its stream id (`p<N>-<ms>-<seq>`),
+    unique across partitions. The consistency token a write hands out is one."""
+    return f"p{partition}-{stream_id}"
+
+
 def idempotency_hash(key: str) -> str:
     """The digest an idempotency record's key ends with (see PartitionKeys.idempotency)."""
     prefix, _, digest = key.rpartition(":idem:")
@@ -142,6 +148,15 @@ def partition_keys(partition: int) -> PartitionKeys:
         outbox=f"{tag}:outbox",
         dead_letters=f"{tag}:outbox:dead",
     )
+
+
+# Outside the partitions, written by the worker and the scheduler (persistence/jobs.py):
+# the last reconcile's report (JSON, with a day's TTL), the last drain of each partition that
+# applied anything (a hash: partition -> JSON), and how many reservations the periodic sweep
+# has expired (a counter).
+LAST_RECONCILE = f"{PREFIX}:reconcile:last"
+LAST_DRAIN = f"{PREFIX}:drain:last"
+SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"
 
 
 def login_attempts(kind: str, *values: str) -> str:

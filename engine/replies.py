@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine import errors
+from engine import errors, keys
 from engine.models import (
     Movement,
     Movements,
@@ -43,7 +43,7 @@ def movements(reply: dict[str, Any]) -> Movements:
 def event_id(partition: int, reply: dict[str, Any]) -> str | None:
     """The global id of the last event a script wrote (as OutboxEvent.event_id), if any."""
     stream_id = reply.get("event")
-    return f"p{partition}-{stream_id}" if stream_id else None
+    return keys.event_id(partition, stream_id) if stream_id else None
 
 
 def reservation(
