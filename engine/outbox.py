@@ -59,6 +59,12 @@ def decode_all(partition: int, entries: Any) -> list[OutboxEvent]:
     return [decode(partition, i, f) for i, f in cast(Entries, entries)]
 
 
+def sid(stream_id: str) -> tuple[int, int]:
+    """A stream id as (ms, seq), ordered as the stream orders its entries."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def stream_ms(stream_id: str) -> int:
     """The milliseconds part of a stream id: when Redis appended the entry."""
     return int(stream_id.split("-")[0])
@@ -134,6 +140,11 @@ def ask_drain(client: Any, partition: int) -> Any:
     return client.set(flag, "1", nx=True, ex=DRAIN_REQUEST_TTL_S)
 
 
+def length(client: Any, partition: int) -> Any:
+    """How many events wait in the partition's outbox (an int, awaitable on an async client)."""
+    return client.xlen(partition_keys(partition).outbox)
+
+
 def drain_started(client: Any, partition: int) -> Any:
     """Clear the flag as a drain starts, so that a write landing meanwhile asks for another."""
     return client.delete(partition_keys(partition).drain_requested)
@@ -153,8 +164,7 @@ async def read(
 
 
 async def backlog(client: Redis, partition: int) -> int:
-    length: int = await client.xlen(partition_keys(partition).outbox)
-    return length
+    return int(await length(client, partition))
 
 
 async def last_id(client: Redis, partition: int) -> str:

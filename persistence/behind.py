@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from engine.keys import partition_keys
-from persistence.records import sid
+from engine.outbox import sid
 
 log = logging.getLogger("inventory.drain")
 
