@@ -103,6 +103,11 @@ class PartitionKeys:
         return f"{self._tag}:idem:-"
 
     @property
+    def any_order(self) -> str:
+        """A SCAN pattern matching every order record of the partition (see `record_id`)."""
+        return self.order("*")
+
+    @property
     def _tag(self) -> str:
         return f"{PREFIX}:{{p{self.partition}}}"
 
@@ -120,6 +125,11 @@ def stock_counters(fields: Mapping[str, str | int]) -> dict[tuple[str, str], tup
         kind, product, warehouse = name.split("|", 2)
         out.setdefault((product, warehouse), [0, 0])[kind == "r"] = int(value)
     return {pw: (a, r) for pw, (a, r) in out.items()}
+
+
+def record_id(key: str) -> str:
+    """The id of a reservation or order record from its key."""
+    return key.rsplit(":", 1)[1]
 
 
 def event_id(partition: int, stream_id: str) -> str:
@@ -155,6 +165,7 @@ def partition_keys(partition: int) -> PartitionKeys:
 # applied anything (a hash: partition -> JSON), and how many reservations the periodic sweep
 # has expired (a counter).
 LAST_RECONCILE = f"{PREFIX}:reconcile:last"
+LAST_RECONCILE_TTL_S = 86_400  # what is left of it tells when it was written
 LAST_DRAIN = f"{PREFIX}:drain:last"
 SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"
 

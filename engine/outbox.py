@@ -11,7 +11,7 @@ the end of this module.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -111,7 +111,7 @@ TAIL_REPLIES = 5  # how many replies `queue_tail` adds to a pipeline
 def queue_tail(pipe: Any, partition: int, after: str, count: int | None = None) -> None:
     """Run with `execute(raise_on_error=False)`: XINFO fails when there is no stream."""
     k = partition_keys(partition)
-    pipe.xrange(k.outbox, range_start(after), "+", count=count)
+    queue_range(pipe, partition, after, count)
     pipe.xrange(k.outbox, after, after)  # the checkpoint's own event, if not trimmed yet
     pipe.get(k.applied)
     pipe.exists(k.behind)
@@ -138,6 +138,16 @@ def ask_drain(client: Any, partition: int) -> Any:
     partition, so a burst of writes enqueues one drain, not thousands."""
     flag = partition_keys(partition).drain_requested
     return client.set(flag, "1", nx=True, ex=DRAIN_REQUEST_TTL_S)
+
+
+def flag_behind(client: Any, partition: int, found: Mapping[str, Any]) -> Any:
+    """Pause the partition's drain: this Redis is behind the database. `found` says what
+    showed it (JSON; EngineReads.overview hands it back). True when newly set."""
+    return client.set(partition_keys(partition).behind, json.dumps(found), nx=True)
+
+
+def clear_behind(client: Any, partition: int) -> Any:
+    return client.delete(partition_keys(partition).behind)
 
 
 def length(client: Any, partition: int) -> Any:

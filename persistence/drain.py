@@ -101,7 +101,7 @@ def drain_batch(
             result.checkpoint = after
             return 0
         if tail.flagged:  # caught up after all (e.g. the right copy was restored): resume
-            client.delete(k.behind)
+            outbox.clear_behind(client, partition)
         events = tail.events
         if not events:
             result.checkpoint = after

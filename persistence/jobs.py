@@ -107,7 +107,9 @@ def reconcile_check() -> dict[str, Any]:
 
     report = check(redis_client(), database(), settings())
     result = report.to_json()
-    redis_client().set(keys.LAST_RECONCILE, json.dumps(result, default=str), ex=86_400)
+    redis_client().set(
+        keys.LAST_RECONCILE, json.dumps(result, default=str), ex=keys.LAST_RECONCILE_TTL_S
+    )
     if not report.ok:
         logging.getLogger("inventory.reconcile").warning(
             "reconcile found drift: %s", json.dumps(result, default=str)[:4000]

@@ -17,7 +17,7 @@ import redis
 from sqlalchemy import Connection, Engine, func, select
 
 from engine import outbox, partition
-from engine.keys import partition_keys
+from engine.keys import partition_keys, record_id
 from engine.outbox import OutboxEvent
 from engine.partition import STATE_REPLIES, parse_state, queue_state, time_ms
 from engine.records import product_meta
@@ -126,8 +126,8 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
 
 def redis_orders(client: redis.Redis, p: int) -> set[str]:
     """The orders partition `p` holds a record of."""
-    pattern = partition_keys(p).order("*")
-    return {str(key).rsplit(":", 1)[1] for key in client.scan_iter(match=pattern, count=1000)}
+    pattern = partition_keys(p).any_order
+    return {record_id(str(key)) for key in client.scan_iter(match=pattern, count=1000)}
 
 
 # -- the database ---------------------------------------------------------------------------

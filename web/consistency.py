@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from engine.keys import event_id, partition_of
 from engine.models import Order, Reservation
+from engine.outbox import sid as _position
 from persistence import queries_orders as queries
 from persistence.queries_orders import Listing
 from web.app import services
@@ -39,11 +40,6 @@ STATE_HEADER = "X-Consistency"
 REPLAY_HEADER = "Idempotent-Replayed"
 WAIT_S = 2.0
 _TOKEN = re.compile(r"p(\d{1,6})-(\d{1,20})-(\d{1,20})")
-
-
-def _position(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def written(

@@ -31,6 +31,7 @@ from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 
+from engine import keys
 from engine.reads import EngineReads
 from persistence import schema
 from web.dashboard_queues import queues_panel
@@ -56,7 +57,7 @@ LOW_STOCK = 10
 CANDIDATES = 200  # the fewest-available products whose catalog rows are looked up
 LATEST = 10
 WINDOW = timedelta(seconds=60)
-RECONCILE_TTL_MS = 86_400_000  # what jobs.reconcile_check gives the key
+RECONCILE_TTL_MS = keys.LAST_RECONCILE_TTL_S * 1000  # what jobs.reconcile_check gives the key
 
 
 @dataclass
