@@ -4,8 +4,9 @@ Sans I/O first: which commands a read queues and how its replies parse are plain
 that the async engine (the API) and the sync worker (persistence/) both run. A redis-py
 pipeline, sync or async, queues a command when its method is called; only `execute` differs
 (awaited or not). So a `queue_*` function takes either kind of pipeline, its `parse_*` takes
-what `execute` returned, and each caller's I/O shell is a few lines. The async shells are at
-the end of this module.
+what `execute` returned, and each caller's I/O shell is a few lines. A one-command helper
+(`ask_drain`, `length`, ...) takes either kind of client and returns what the client's method
+returns: the reply, or an awaitable of it. The async shells are at the end of this module.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def sid(stream_id: str) -> tuple[int, int]:
 
 def stream_ms(stream_id: str) -> int:
     """The milliseconds part of a stream id: when Redis appended the entry."""
-    return int(stream_id.split("-")[0])
+    return sid(stream_id)[0]
 
 
 # -- sans I/O: commands and their replies ---------------------------------------------------

@@ -113,7 +113,7 @@ class EngineReads:
             pipe.time()
             for k in parts:
                 pipe.xlen(k.outbox)
-                pipe.xrange(k.outbox, "-", "+", count=1)
+                outbox.queue_range(pipe, k.partition, count=1)
                 pipe.hlen(k.live)
             pipe.hgetall(keys.LAST_DRAIN)
             pipe.get(keys.SWEEP_EXPIRED)
