@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from engine.keys import new_id
 from engine.orders import OrderOps
 from engine.pool import FairConnectionPool
+from engine.reads import EngineReads
 from engine.reservations import ReservationOps
 from engine.settings import Settings
 from engine.stock import StockOps
@@ -37,7 +38,7 @@ def connect(settings: Settings) -> Redis:
     return Redis.from_pool(pool)
 
 
-class Engine(StockOps, ReservationOps, OrderOps):
+class Engine(EngineReads, StockOps, ReservationOps, OrderOps):
     """`Engine(redis, settings, ids=...)`: `ids` is where new reservation and order ids come
     from, (partition, partitions) -> id."""
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from engine.keys import partition_keys, stock_counters
+from engine.keys import stock_counters
+from engine.partition import PartitionState, parse_state, queue_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,23 @@ class InvariantReport:
 
 
 def evaluate(
-    partition: int, stock: dict[str, str], live: dict[str, str], expiry: list[str]
+    partition: int, stock: Mapping[str, str], live: Mapping[str, str], expiry: Iterable[str]
 ) -> InvariantReport:
     """Pure check of a snapshot: the stock hash, the live hash and the expiry members."""
-    counters = {pw: Counter(a, r) for pw, (a, r) in stock_counters(stock).items()}
+    state = PartitionState(
+        counters=stock_counters(stock),
+        live={rid: json.loads(entry) for rid, entry in live.items()},
+        expiry=dict.fromkeys(expiry, 0),
+    )
+    return judge(partition, state)
+
+
+def judge(partition: int, state: PartitionState) -> InvariantReport:
+    """Pure check of a partition's state as engine/partition.py reads it."""
+    counters = {pw: Counter(a, r) for pw, (a, r) in state.counters.items()}
     held: dict[tuple[str, str], int] = defaultdict(int)
-    for entry in live.values():
-        for product, warehouse, quantity in json.loads(entry)["lines"]:
+    for entry in state.live.values():
+        for product, warehouse, quantity in entry["lines"]:
             held[(product, warehouse)] += int(quantity)
     problems: list[str] = []
     for (product, warehouse), c in sorted(counters.items()):
@@ -61,21 +73,17 @@ def evaluate(
             )
     for pw in sorted(set(held) - set(counters)):
         problems.append(f"{pw[0]}@{pw[1]}: live reservations hold {held[pw]} of unknown stock")
-    if set(expiry) != set(live):
-        problems.append(
-            f"expiry index and live reservations differ: {len(set(expiry) ^ set(live))} ids"
-        )
+    live, expiry = set(state.live), set(state.expiry)
+    if expiry != live:
+        problems.append(f"expiry index and live reservations differ: {len(expiry ^ live)} ids")
     return InvariantReport(partition, counters, len(live), problems)
 
 
 async def check_partition(client: Redis, partition: int) -> InvariantReport:
-    k = partition_keys(partition)
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hgetall(k.stock)
-        pipe.hgetall(k.live)
-        pipe.zrange(k.expiry, 0, -1)
-        stock, live, expiry = await pipe.execute()
-    return evaluate(partition, stock, live, expiry)
+        queue_state(pipe, partition)
+        state = parse_state(await pipe.execute())
+    return judge(partition, state)
 
 
 async def check(client: Redis, partitions: int) -> list[InvariantReport]:

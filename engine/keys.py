@@ -103,6 +103,11 @@ class PartitionKeys:
         return f"{self._tag}:idem:-"
 
     @property
+    def any_order(self) -> str:
+        """A SCAN pattern matching every order record of the partition (see `record_id`)."""
+        return self.order("*")
+
+    @property
     def _tag(self) -> str:
         return f"{PREFIX}:{{p{self.partition}}}"
 
@@ -120,6 +125,17 @@ def stock_counters(fields: Mapping[str, str | int]) -> dict[tuple[str, str], tup
         kind, product, warehouse = name.split("|", 2)
         out.setdefault((product, warehouse), [0, 0])[kind == "r"] = int(value)
     return {pw: (a, r) for pw, (a, r) in out.items()}
+
+
+def record_id(key: str) -> str:
+    """The id of a reservation or order record from its key."""
+    return key.rsplit(":", 1)[1]
+
+
+def event_id(partition: int, stream_id: str) -> str:
+    """An outbox event's global id: its partition and its stream id (`p<N>-<ms>-<seq>`),
+    unique across partitions. The consistency token a write hands out is one."""
+    return f"p{partition}-{stream_id}"
 
 
 def idempotency_hash(key: str) -> str:
@@ -142,6 +158,16 @@ def partition_keys(partition: int) -> PartitionKeys:
         outbox=f"{tag}:outbox",
         dead_letters=f"{tag}:outbox:dead",
     )
+
+
+# Outside the partitions, written by the worker and the scheduler (persistence/jobs.py):
+# the last reconcile's report (JSON, with a day's TTL), the last drain of each partition that
+# applied anything (a hash: partition -> JSON), and how many reservations the periodic sweep
+# has expired (a counter).
+LAST_RECONCILE = f"{PREFIX}:reconcile:last"
+LAST_RECONCILE_TTL_S = 86_400  # what is left of it tells when it was written
+LAST_DRAIN = f"{PREFIX}:drain:last"
+SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"
 
 
 def login_attempts(kind: str, *values: str) -> str:

@@ -1,16 +1,32 @@
-"""Reading the outbox streams: every change in Redis is one event here, in order."""
+"""Reading the outbox streams: every change in Redis is one event here, in order.
+
+Sans I/O first: which commands a read queues and how its replies parse are plain functions
+that the async engine (the API) and the sync worker (persistence/) both run. A redis-py
+pipeline, sync or async, queues a command when its method is called; only `execute` differs
+(awaited or not). So a `queue_*` function takes either kind of pipeline, its `parse_*` takes
+what `execute` returned, and each caller's I/O shell is a few lines. A one-command helper
+(`ask_drain`, `length`, ...) takes either kind of client and returns what the client's method
+returns: the reply, or an awaitable of it. The async shells are at the end of this module.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.keys import partition_keys
+from engine.keys import event_id, partition_keys
 from engine.models import Movement
+
+# While a partition's drain_requested flag lives, a drain is queued or running; the job
+# deletes it before it reads, so a write during a drain asks for the next one.
+DRAIN_REQUEST_TTL_S = 60
+
+Entries = list[tuple[str, dict[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +39,7 @@ class OutboxEvent:
     @property
     def event_id(self) -> str:
         """Globally unique: partition and stream id."""
-        return f"p{self.partition}-{self.id}"
+        return event_id(self.partition, self.id)
 
     @property
     def ts_ms(self) -> int:
@@ -39,33 +55,138 @@ def decode(partition: int, entry_id: str, fields: dict[str, str]) -> OutboxEvent
     return OutboxEvent(partition, entry_id, fields["type"], json.loads(fields["data"]))
 
 
+def decode_all(partition: int, entries: Any) -> list[OutboxEvent]:
+    """The events of an XRANGE reply."""
+    return [decode(partition, i, f) for i, f in cast(Entries, entries)]
+
+
+def sid(stream_id: str) -> tuple[int, int]:
+    """A stream id as (ms, seq), ordered as the stream orders its entries."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def stream_ms(stream_id: str) -> int:
+    """The milliseconds part of a stream id: when Redis appended the entry."""
+    return sid(stream_id)[0]
+
+
+# -- sans I/O: commands and their replies ---------------------------------------------------
+
+
+def range_start(after: str) -> str:
+    """XRANGE's start for the events after `after` (exclusive; '-' = from the start)."""
+    return "-" if after == "-" else f"({after}"
+
+
+def queue_range(pipe: Any, partition: int, after: str = "-", count: int | None = None) -> None:
+    """The events after `after`, oldest first: parse with `decode_all`."""
+    pipe.xrange(partition_keys(partition).outbox, range_start(after), "+", count=count)
+
+
+def last_generated_id(info: Any) -> str | None:
+    """The stream's last generated id from an XINFO STREAM reply, which trimming leaves where
+    it is; None when the reply is the error of a stream that does not exist."""
+    if isinstance(info, BaseException):
+        if isinstance(info, ResponseError) and "no such key" in str(info).lower():
+            return None
+        raise info
+    return str(info["last-generated-id"])
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """A partition's outbox after a checkpoint, read in one MULTI with what tells whether
+    this Redis is behind that checkpoint (persistence/behind.py)."""
+
+    events: list[OutboxEvent]
+    at_checkpoint: bool  # the checkpoint's own event is still in the stream (not trimmed yet)
+    applied: str | None  # the applied marker, moved up by each trim
+    flagged: bool  # the drain found this Redis behind and paused the partition
+    last_id: str | None  # the stream's last generated id (None: no stream)
+
+
+TAIL_REPLIES = 5  # how many replies `queue_tail` adds to a pipeline
+
+
+def queue_tail(pipe: Any, partition: int, after: str, count: int | None = None) -> None:
+    """Run with `execute(raise_on_error=False)`: XINFO fails when there is no stream."""
+    k = partition_keys(partition)
+    queue_range(pipe, partition, after, count)
+    pipe.xrange(k.outbox, after, after)  # the checkpoint's own event, if not trimmed yet
+    pipe.get(k.applied)
+    pipe.exists(k.behind)
+    pipe.xinfo_stream(k.outbox)
+
+
+def parse_tail(partition: int, replies: Sequence[Any]) -> Tail:
+    entries, at_checkpoint, applied, flagged, info = replies
+    for r in (entries, at_checkpoint, applied, flagged):
+        if isinstance(r, BaseException):
+            raise r
+    return Tail(
+        events=decode_all(partition, entries),
+        at_checkpoint=bool(at_checkpoint),
+        applied=applied,
+        flagged=bool(flagged),
+        last_id=last_generated_id(info),
+    )
+
+
+def ask_drain(client: Any, partition: int) -> Any:
+    """Set the partition's drain-requested flag unless it is set: true (awaitable on an async
+    client) when this caller should enqueue the drain job. At most one job waits per
+    partition, so a burst of writes enqueues one drain, not thousands."""
+    flag = partition_keys(partition).drain_requested
+    return client.set(flag, "1", nx=True, ex=DRAIN_REQUEST_TTL_S)
+
+
+def flag_behind(client: Any, partition: int, found: Mapping[str, Any]) -> Any:
+    """Pause the partition's drain: this Redis is behind the database. `found` says what
+    showed it (JSON; EngineReads.overview hands it back). True when newly set."""
+    return client.set(partition_keys(partition).behind, json.dumps(found), nx=True)
+
+
+def clear_behind(client: Any, partition: int) -> Any:
+    return client.delete(partition_keys(partition).behind)
+
+
+def length(client: Any, partition: int) -> Any:
+    """How many events wait in the partition's outbox (an int, awaitable on an async client)."""
+    return client.xlen(partition_keys(partition).outbox)
+
+
+def drain_started(client: Any, partition: int) -> Any:
+    """Clear the flag as a drain starts, so that a write landing meanwhile asks for another."""
+    return client.delete(partition_keys(partition).drain_requested)
+
+
+# -- the async shells -----------------------------------------------------------------------
+
+
 async def read(
     client: Redis, partition: int, *, after: str = "-", count: int | None = None
 ) -> list[OutboxEvent]:
     """Events after `after` (exclusive; '-' = from the start), oldest first."""
-    start = "-" if after == "-" else f"({after}"
-    entries = cast(
-        list[tuple[str, dict[str, str]]],
-        await client.xrange(partition_keys(partition).outbox, start, "+", count=count),
-    )
-    return [decode(partition, entry_id, fields) for entry_id, fields in entries]
+    async with client.pipeline(transaction=False) as pipe:
+        queue_range(pipe, partition, after, count)
+        (entries,) = await pipe.execute()
+    return decode_all(partition, entries)
 
 
 async def backlog(client: Redis, partition: int) -> int:
-    length: int = await client.xlen(partition_keys(partition).outbox)
-    return length
+    return int(await length(client, partition))
 
 
 async def last_id(client: Redis, partition: int) -> str:
     """The stream id of the newest event ever appended to the partition's outbox ('0-0' when
     none was): the stream's last-generated id, which trimming leaves where it is."""
+    info: Any
     try:
         info = await client.xinfo_stream(partition_keys(partition).outbox)
     except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return "0-0"
-        raise
-    return str(info["last-generated-id"])
+        info = exc
+    return last_generated_id(info) or "0-0"
 
 
 async def paused(client: Redis, partitions: int) -> list[int]:

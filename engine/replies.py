@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-from engine import errors
+from engine import errors, keys
 from engine.events import MovementJSON, OrderLineJSON, ReservedLineJSON
 from engine.models import (
     Movement,
@@ -85,7 +85,7 @@ def movements(reply: dict[str, Any]) -> Movements:
 def event_id(partition: int, reply: dict[str, Any]) -> str | None:
     """The global id of the last event a script wrote (as OutboxEvent.event_id), if any."""
     stream_id = reply.get("event")
-    return f"p{partition}-{stream_id}" if stream_id else None
+    return keys.event_id(partition, stream_id) if stream_id else None
 
 
 def reservation(

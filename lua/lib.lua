@@ -81,10 +81,27 @@ local function idem_store(key, fp, ttl_ms, reply)
   return reply
 end
 
+-- The stock hash's fields of one product x warehouse: available, reserved (the same names as
+-- engine/keys.py's stock_fields).
+local function stock_fields(product, warehouse)
+  return 'a|' .. product .. '|' .. warehouse, 'r|' .. product .. '|' .. warehouse
+end
+
 local function counts(stock, product, warehouse)
-  local v = redis.call('HMGET', stock, 'a|' .. product .. '|' .. warehouse,
-                                       'r|' .. product .. '|' .. warehouse)
+  local v = redis.call('HMGET', stock, stock_fields(product, warehouse))
   return tonumber(v[1]) or 0, tonumber(v[2]) or 0
+end
+
+local function set_counts(stock, product, warehouse, available, reserved)
+  local a, r = stock_fields(product, warehouse)
+  redis.call('HSET', stock, a, available, r, reserved)
+end
+
+-- Gives a product's warehouse its counters, at 0, unless it has them already.
+local function add_counters(stock, product, warehouse)
+  local a, r = stock_fields(product, warehouse)
+  redis.call('HSETNX', stock, a, 0)
+  redis.call('HSETNX', stock, r, 0)
 end
 
 -- Moves one product x warehouse's counters and returns the movement for the event.
@@ -95,8 +112,7 @@ local function move(stock, product, warehouse, d_available, d_reserved)
   if a2 < 0 or r2 < 0 then
     error('invariant: negative counter for ' .. product .. '|' .. warehouse)
   end
-  redis.call('HSET', stock, 'a|' .. product .. '|' .. warehouse, a2,
-                            'r|' .. product .. '|' .. warehouse, r2)
+  set_counts(stock, product, warehouse, a2, r2)
   return {product = product, warehouse = warehouse,
           available_before = a, available_after = a2,
           reserved_before = r, reserved_after = r2}

@@ -88,8 +88,7 @@ for _, pm in ipairs(plan.products or {}) do
   if found ~= pm[2] then
     redis.call('HSET', products, pm[1], pm[2])
     for _, wh in ipairs(cjson.decode(pm[2]).warehouses) do
-      redis.call('HSETNX', stock, 'a|' .. pm[1] .. '|' .. wh[1], 0)
-      redis.call('HSETNX', stock, 'r|' .. pm[1] .. '|' .. wh[1], 0)
+      add_counters(stock, pm[1], wh[1])
     end
     fixed_products[#fixed_products + 1] = pm[1]
     record_event('product', pm[1], found and cjson.decode(found) or cjson.null,
@@ -164,7 +163,7 @@ for _, c in ipairs(plan.counters or {}) do
     conflicts[#conflicts + 1] = {product = p, warehouse = w, available = a, reserved = r,
                                  offset_available = off_a, offset_reserved = off_r}
   elseif off_a ~= 0 or off_r ~= 0 then
-    redis.call('HSET', stock, 'a|' .. p .. '|' .. w, a2, 'r|' .. p .. '|' .. w, r2)
+    set_counts(stock, p, w, a2, r2)
     local m = {product = p, warehouse = w, available_before = a2, available_after = a2,
                reserved_before = r2, reserved_after = r2}
     movements[#movements + 1] = m

@@ -73,8 +73,7 @@ end
 if changed then
   redis.call('HSET', products, product, cjson.encode(meta))
   for _, wh in ipairs(meta.warehouses) do
-    redis.call('HSETNX', stock, 'a|' .. product .. '|' .. wh[1], 0)
-    redis.call('HSETNX', stock, 'r|' .. product .. '|' .. wh[1], 0)
+    add_counters(stock, product, wh[1])
   end
   emit(outbox, 'product_updated', now, actor, request_id,
        {product = product, before = old or {}, after = meta}, #opening == 0 and reply or nil)

@@ -19,11 +19,11 @@ from typing import Any, cast
 
 import psycopg
 from sqlalchemy import JSON, Connection, Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.outbox import OutboxEvent
 from persistence import schema
+from persistence.db import insert
 from persistence.failures import is_transient
 from persistence.translate import BadEvent, Rows, translate
 
@@ -45,8 +45,7 @@ def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Seq
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         latest[tuple(row[k] for k in keys)] = row
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table)
+    stmt = insert(conn, table)
     changing = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
     conn.execute(
         stmt.on_conflict_do_update(index_elements=list(keys), set_=changing), list(latest.values())

@@ -11,7 +11,6 @@ the drain pauses the partition and `inventory reconcile --fix` restores what Red
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -19,8 +18,8 @@ from typing import Any
 
 import redis
 
-from engine.keys import partition_keys
-from persistence.records import sid
+from engine import outbox
+from engine.outbox import sid
 
 log = logging.getLogger("inventory.drain")
 
@@ -53,10 +52,8 @@ def is_behind(
 def flag(client: redis.Redis, found: Behind) -> None:
     """Record that the partition is behind, for the dashboard, /readyz and reconcile; the
     flag stays until a repair (or a drain that finds the partition caught up) removes it."""
-    k = partition_keys(found.partition)
-    if client.set(
-        k.behind, json.dumps({**found.to_json(), "at_ms": int(time.time() * 1000)}), nx=True
-    ):
+    at_ms = int(time.time() * 1000)
+    if outbox.flag_behind(client, found.partition, {**found.to_json(), "at_ms": at_ms}):
         log.error(
             "partition %d: Redis is behind the database (checkpoint %s, outbox last id %s, "
             "applied marker %s): its drain is paused; run `inventory reconcile` to see what "

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, Row, func, select
 from sqlalchemy.exc import IntegrityError
 
 from engine.states import TERMINAL
 from persistence import schema
+from persistence.db import insert
 
 P = schema.products
 W = schema.warehouses
@@ -67,13 +67,6 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that knows ON CONFLICT, on either database."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
 def _product(row: Row[Any]) -> CatalogProduct:
     m = row._mapping
     return CatalogProduct(
@@ -114,7 +107,7 @@ def insert_product(
         "deleted_at": None,
     }
     with db.begin() as conn:
-        stmt = _insert(conn, P).values(**values).on_conflict_do_nothing(index_elements=["sku"])
+        stmt = insert(conn, P).values(**values).on_conflict_do_nothing(index_elements=["sku"])
         row = conn.execute(stmt.returning(*P.c)).first()
         if row is not None:
             return _product(row), True
@@ -234,7 +227,7 @@ def ensure_warehouse(db: Engine, warehouse_id: str, name: str, priority: int = 0
     """Create the warehouse row unless it exists (the default warehouse, on demand)."""
     with db.begin() as conn:
         conn.execute(
-            _insert(conn, W)
+            insert(conn, W)
             .values(id=warehouse_id, name=name, priority=priority, created_at=_now())
             .on_conflict_do_nothing(index_elements=["id"])
         )
@@ -258,7 +251,7 @@ def create_warehouse(db: Engine, warehouse_id: str, name: str, priority: int) ->
     """Insert a warehouse; None if the id is taken (nothing changes)."""
     with db.begin() as conn:
         row = conn.execute(
-            _insert(conn, W)
+            insert(conn, W)
             .values(id=warehouse_id, name=name, priority=priority, created_at=_now())
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(*W.c)

@@ -27,11 +27,11 @@ import redis
 from sqlalchemy import Connection, Engine, Row, select, update
 
 from engine.keys import partition_keys
-from engine.outbox import OutboxEvent
+from engine.outbox import OutboxEvent, sid
 from persistence import schema
 from persistence.apply import DATABASE_ERRORS, write_rows
 from persistence.failures import describe, is_transient
-from persistence.records import audit, sid
+from persistence.records import audit
 from persistence.translate import BadEvent, Rows, translate
 
 REPLAYED = "replayed"

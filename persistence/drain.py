@@ -25,12 +25,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 import redis
 from redis.lock import Lock
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import outbox, specs
 from engine.keys import PartitionKeys, partition_keys
@@ -38,6 +37,7 @@ from engine.scripts import source
 from engine.settings import Settings
 from persistence import behind, schema
 from persistence.apply import apply_batch
+from persistence.db import insert
 
 
 @dataclass
@@ -53,30 +53,18 @@ class DrainResult:
     lag_ms: list[int] = field(default_factory=list)  # event ts -> commit, per applied event
 
 
-Entries = list[tuple[str, dict[str, str]]]
-
-
 def _read(
-    client: redis.Redis, k: PartitionKeys, after: str, count: int
-) -> tuple[Entries, behind.Behind | None, bool, bool]:
+    client: redis.Redis, partition: int, after: str, count: int
+) -> tuple[outbox.Tail, behind.Behind | None]:
     """The events after the checkpoint, in one round trip with what tells whether this Redis
     is behind it, whether the partition is flagged as behind, and whether the checkpoint's
     own event is still in the stream (applied, not yet trimmed)."""
     with client.pipeline(transaction=True) as pipe:
-        pipe.xrange(k.outbox, f"({after}", "+", count=count)
-        pipe.xrange(k.outbox, after, after)  # the checkpoint's own event, if not trimmed yet
-        pipe.get(k.applied)
-        pipe.exists(k.behind)
-        pipe.xinfo_stream(k.outbox)  # fails when there is no stream: allowed below
-        res: list[Any] = pipe.execute(raise_on_error=False)
-    for r in res[:4]:
-        if isinstance(r, Exception):
-            raise r
-    entries, at_checkpoint, applied, flagged, info = res
-    last_id = None if isinstance(info, Exception) else str(info["last-generated-id"])
-    if behind.is_behind(after, last_id, applied, bool(at_checkpoint)):
-        return [], behind.Behind(k.partition, after, last_id, applied), bool(flagged), False
-    return cast(Entries, entries), None, bool(flagged), bool(at_checkpoint)
+        outbox.queue_tail(pipe, partition, after, count)
+        tail = outbox.parse_tail(partition, pipe.execute(raise_on_error=False))
+    if behind.is_behind(after, tail.last_id, tail.applied, tail.at_checkpoint):
+        return tail, behind.Behind(partition, after, tail.last_id, tail.applied)
+    return tail, None
 
 
 def _trim(client: redis.Redis, k: PartitionKeys, last: str) -> None:
@@ -89,9 +77,8 @@ def _trim(client: redis.Redis, k: PartitionKeys, last: str) -> None:
 def _checkpoint(conn: Connection, partition: int) -> str:
     """The partition's checkpoint, its row locked until the transaction ends."""
     t = schema.outbox_checkpoints
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     conn.execute(
-        insert(t)
+        insert(conn, t)
         .values(partition=partition, last_event_id="0-0", applied=0, updated_at=datetime.now(UTC))
         .on_conflict_do_nothing(index_elements=["partition"])
     )
@@ -108,22 +95,22 @@ def drain_batch(
     k = partition_keys(partition)
     with db.begin() as conn:
         after = _checkpoint(conn, partition)
-        entries, lost, flagged, untrimmed = _read(client, k, after, batch_size)
+        tail, lost = _read(client, partition, after, batch_size)
         if lost is not None:
             behind.flag(client, lost)
             result.behind = True
             result.checkpoint = after
             return 0
-        if flagged:  # caught up after all (e.g. the right copy was restored): resume
-            client.delete(k.behind)
-        if not entries:
+        if tail.flagged:  # caught up after all (e.g. the right copy was restored): resume
+            outbox.clear_behind(client, partition)
+        events = tail.events
+        if not events:
             result.checkpoint = after
-            if untrimmed:
+            if tail.at_checkpoint:
                 # The events up to the checkpoint are committed; a trim lost after that commit
                 # (Redis went away in between) would otherwise wait for the next event.
                 _trim(client, k, after)
             return 0
-        events = [outbox.decode(partition, i, f) for i, f in entries]
         batch = apply_batch(conn, events)
         now = datetime.now(UTC)
         if batch.dead:
@@ -141,7 +128,7 @@ def drain_batch(
                     for e, error in batch.dead
                 ],
             )
-        last = entries[-1][0]
+        last = events[-1].id
         conn.execute(
             schema.outbox_checkpoints.update()
             .where(schema.outbox_checkpoints.c.partition == partition)
@@ -166,7 +153,7 @@ def drain_batch(
     result.dead += len(batch.dead)
     result.batches += 1
     result.checkpoint = last
-    return len(entries)
+    return len(events)
 
 
 @contextmanager

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.keys import partition_of
-from engine.outbox import OutboxEvent
+from engine.outbox import OutboxEvent, sid
 from engine.states import TERMINAL
 from persistence.behind import is_behind
-from persistence.records import sid
 from persistence.snapshot import PW, Database, Pair, Snapshot
 
 

@@ -16,8 +16,8 @@ import redis
 from rq import Queue, Retry
 from sqlalchemy import Engine as DatabaseEngine
 
+from engine import keys, outbox
 from engine.engine import Engine
-from engine.keys import partition_keys
 from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.drain import DrainResult, drain_partition
@@ -25,15 +25,7 @@ from persistence.drain import DrainResult, drain_partition
 QUEUE = "inventory"
 # Postgres down: the drain retries with backoff; events wait in the outbox meanwhile.
 DRAIN_RETRY = Retry(max=8, interval=[1, 2, 4, 8, 15, 30, 60, 60])
-LAST_RECONCILE_KEY = "inv:reconcile:last"
-# For GET /metrics: the last drain of each partition that applied anything (a hash, partition
-# -> JSON), and how many reservations the periodic sweep has expired (a counter).
-LAST_DRAIN_KEY = "inv:drain:last"
-SWEEP_EXPIRED_KEY = "inv:sweep:expired"
 JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result forever
-# While a partition's drain_requested flag lives, a drain is queued or running; the job
-# deletes it before it reads, so a write during a drain asks for the next one.
-DRAIN_REQUEST_TTL_S = 60
 
 
 @cache
@@ -78,14 +70,13 @@ def _keep_last_drain(client: redis.Redis, partition: int, result: dict[str, Any]
         return  # an idle drain has no lag to tell: the last real one stays
     fields = ("applied", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")
     record = {"at_ms": int(time.time() * 1000), **{f: result[f] for f in fields}}
-    client.hset(LAST_DRAIN_KEY, str(partition), json.dumps(record))
+    client.hset(keys.LAST_DRAIN, str(partition), json.dumps(record))
 
 
 def drain(partition: int) -> dict[str, Any]:
     """Drain one partition's outbox into the database."""
     client = redis_client()
-    # Cleared before reading, so a write that lands while we drain asks for another run.
-    client.delete(partition_keys(partition).drain_requested)
+    outbox.drain_started(client, partition)
     result = summary(drain_partition(client, database(), settings(), partition))
     _keep_last_drain(client, partition, result)
     return result
@@ -101,9 +92,8 @@ def enqueue_drain(q: Queue, partition: int) -> None:
 
 def request_drain(q: Queue, client: redis.Redis, partition: int) -> bool:
     """Enqueue a drain of `partition` unless one is already waiting: no job storm under load.
-    (Async callers use persistence.trigger.DrainTrigger, which keeps the same flag.)"""
-    flag = partition_keys(partition).drain_requested
-    if not client.set(flag, "1", nx=True, ex=DRAIN_REQUEST_TTL_S):
+    (Async callers use persistence.trigger.DrainTrigger: the same flag, engine/outbox.py.)"""
+    if not outbox.ask_drain(client, partition):
         return False
     enqueue_drain(q, partition)
     return True
@@ -117,7 +107,9 @@ def reconcile_check() -> dict[str, Any]:
 
     report = check(redis_client(), database(), settings())
     result = report.to_json()
-    redis_client().set(LAST_RECONCILE_KEY, json.dumps(result, default=str), ex=86_400)
+    redis_client().set(
+        keys.LAST_RECONCILE, json.dumps(result, default=str), ex=keys.LAST_RECONCILE_TTL_S
+    )
     if not report.ok:
         logging.getLogger("inventory.reconcile").warning(
             "reconcile found drift: %s", json.dumps(result, default=str)[:4000]
@@ -143,7 +135,7 @@ def expire() -> dict[str, int]:
     outcome = asyncio.run(run())
     if outcome["expired"]:
         client = redis_client()
-        client.incrby(SWEEP_EXPIRED_KEY, outcome["expired"])
+        client.incrby(keys.SWEEP_EXPIRED, outcome["expired"])
         q = queue()
         for p in range(settings().partitions):
             request_drain(q, client, p)

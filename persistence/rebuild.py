@@ -29,18 +29,12 @@ from sqlalchemy import Engine, func, select
 
 from engine import invariants
 from engine.keys import partition_keys, partition_of, stock_fields
+from engine.outbox import last_generated_id, range_start, sid
+from engine.records import compact, live_entry, product_meta
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_locks
-from persistence.records import (
-    audit,
-    compact,
-    live_entry,
-    order_hash,
-    read_lines,
-    reservation_hash,
-    sid,
-)
+from persistence.records import audit, order_hash, read_lines, reservation_hash
 from persistence.repair import restore_lost
 from persistence.snapshot import LIVE_ORDER, checkpoints, consistent_read
 
@@ -76,12 +70,9 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
         dead = conn.scalar(select(func.count()).where(dl.c.resolved_at.is_(None))) or 0
         for row in conn.execute(select(schema.product_settings)):
             plan = plans[partition_of(row.product, partitions)]
-            warehouses = sorted(
-                ([str(w), int(n)] for w, n in row.warehouses), key=lambda x: (x[1], x[0])
-            )
-            meta = {"price": int(row.price), "currency": row.currency, "warehouses": warehouses}
+            meta = product_meta(row.price, row.currency, row.warehouses)
             plan.products[row.product] = compact(meta)
-            for w, _ in warehouses:  # as setup_product.lua: every warehouse has its counters
+            for w, _ in meta["warehouses"]:  # as setup_product.lua: each warehouse has counters
                 plan.stock.update(dict.fromkeys(stock_fields(row.product, str(w)), 0))
         for row in conn.execute(select(schema.stock_levels)):
             plan = plans[partition_of(row.product, partitions)]
@@ -113,7 +104,7 @@ def _refusal(client: Any, p: int, checkpoint: str, force: bool) -> str | None:
             f"partition {p} already has data in Redis ({', '.join(present)}); rebuild restores "
             "a Redis that lost its data: --force replaces what is there"
         )
-    if client.xrange(k.outbox, f"({checkpoint}", "+", count=1):
+    if client.xrange(k.outbox, range_start(checkpoint), "+", count=1):
         return (
             f"partition {p}: the outbox holds events the database has not applied; "
             "drain them first (`inventory drain`): the database lacks them, so would Redis"
@@ -138,7 +129,9 @@ def _write(
         refused = _refusal(pipe, p, checkpoint, force)
         if refused:
             raise RebuildRefused(refused)
-        last = pipe.xinfo_stream(k.outbox)["last-generated-id"] if pipe.exists(k.outbox) else "0-0"
+        last = (
+            last_generated_id(pipe.xinfo_stream(k.outbox)) if pipe.exists(k.outbox) else None
+        ) or "0-0"
         applied = pipe.get(k.applied)
         pipe.multi()
         pipe.delete(k.stock, k.products, k.live, k.expiry)

@@ -22,10 +22,10 @@ from typing import Any
 import redis
 from sqlalchemy import Engine
 
+from engine.outbox import sid
 from engine.settings import Settings
 from persistence.drain import drain_locks
 from persistence.drift import Drift, PartitionState, StockRow, compare
-from persistence.records import sid
 from persistence.repair import ACTOR, RedisRepairs, repair_database, repair_redis
 from persistence.snapshot import (
     Pair,

@@ -1,7 +1,7 @@
 """A live record's two shapes, shared by `inventory rebuild` and `inventory reconcile --fix`:
-a reservation's or order's Redis hash and live entry (as the Lua scripts write them), its
-database rows, and the audit row an operator command writes directly. With the conversions
-between the sides: stream ids, epoch milliseconds, compact JSON.
+a reservation's or order's Redis hash (built by engine/records.py, from its database rows
+here), its database rows, and the audit row an operator command writes directly. With the
+conversions between the sides: stream ids, epoch milliseconds.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, select
 
+from engine.records import order_fields, reservation_fields
 from persistence import schema
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def sid(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def to_ms(at: datetime) -> int:
@@ -31,10 +27,6 @@ def to_ms(at: datetime) -> int:
 
 def from_ms(value: str | int | None, default: datetime) -> datetime:
     return EPOCH + timedelta(milliseconds=int(value)) if value not in (None, "") else default
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def audit(
@@ -67,26 +59,6 @@ def audit(
 # -- in Redis -------------------------------------------------------------------------------
 
 
-def live_entry(owner: str, lines: list[Any]) -> str:
-    """The live hash's value, as reserve.lua writes it."""
-    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
-
-
-def reservation_fields(
-    rid: str, owner: str, created_at: int, expires_at: int, lines: list[Any], request_id: str
-) -> dict[str, str | int]:
-    """A live reservation's record hash, with the fields reserve.lua writes (times in ms)."""
-    return {
-        "id": rid,
-        "owner": owner,
-        "status": "active",
-        "created_at": int(created_at),
-        "expires_at": int(expires_at),
-        "lines": compact(lines),
-        "request_id": request_id,
-    }
-
-
 def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
     """The record hash of a live reservation's database row."""
     return reservation_fields(
@@ -99,19 +71,19 @@ def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
     )
 
 
-def order_fields(oid: str, made: dict[str, Any]) -> dict[str, str | int]:
+def order_from_event(oid: str, made: dict[str, Any]) -> dict[str, str | int]:
     """An order's record hash from its order_created event's data (with "created_at", ms)."""
-    return {
-        "id": oid,
-        "owner": str(made["user"]),
-        "status": str(made["status"]),
-        "reservation_id": str(made.get("reservation") or ""),
-        "lines": compact(made["lines"]),
-        "total": int(made["total"]),
-        "currency": str(made["currency"]),
-        "created_at": int(made["created_at"]),
-        "updated_at": int(made["created_at"]),
-    }
+    return order_fields(
+        oid,
+        owner=str(made["user"]),
+        status=str(made["status"]),
+        reservation=str(made.get("reservation") or ""),
+        lines=made["lines"],
+        total=int(made["total"]),
+        currency=str(made["currency"]),
+        created_at=int(made["created_at"]),
+        updated_at=int(made["created_at"]),
+    )
 
 
 def ended_reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
@@ -126,18 +98,18 @@ def ended_reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
 
 
 def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
-    return {
-        "id": row.id,
-        "owner": row.user_id,
-        "status": row.status,
-        "reservation_id": row.reservation_id or "",
-        "lines": compact(lines),
-        "total": int(row.total),
-        "currency": row.currency,
-        "created_at": to_ms(row.created_at),
-        "updated_at": to_ms(row.updated_at),
-    }
+    """The record hash of a live order's database row."""
+    return order_fields(
+        row.id,
+        owner=row.user_id,
+        status=row.status,
+        reservation=row.reservation_id or "",
+        lines=lines,
+        total=int(row.total),
+        currency=row.currency,
+        created_at=to_ms(row.created_at),
+        updated_at=to_ms(row.updated_at),
+    )
 
 
 # -- in the database ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, select
 
 from engine import specs
 from engine.keys import partition_keys
+from engine.records import compact, live_entry, reservation_fields
 from engine.scripts import source
 from engine.settings import Settings
 from engine.states import TERMINAL
@@ -37,15 +38,12 @@ from persistence.apply import upsert
 from persistence.drift import Drift, StockRow
 from persistence.records import (
     audit,
-    compact,
     ended_reservation_hash,
     from_ms,
-    live_entry,
-    order_fields,
+    order_from_event,
     order_hash,
     order_rows,
     read_lines,
-    reservation_fields,
     reservation_hash,
     reservation_rows,
     to_ms,
@@ -148,7 +146,7 @@ def _plan(
     }
     for oid, info in missing.items():
         if isinstance(info, dict) and info.get("source") == "outbox":
-            orders[oid] = order_fields(oid, info)
+            orders[oid] = order_from_event(oid, info)
         if oid in orders and isinstance(info, dict) and info.get("status"):
             orders[oid]["status"] = str(info["status"])
     for oid, record in sorted(orders.items()):

@@ -16,13 +16,16 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine, func, select
 
-from engine.keys import partition_keys, stock_counters
-from engine.outbox import OutboxEvent, decode
+from engine import outbox, partition
+from engine.keys import partition_keys, record_id
+from engine.outbox import OutboxEvent
+from engine.partition import STATE_REPLIES, parse_state, queue_state, time_ms
+from engine.records import product_meta
 from engine.states import TERMINAL
 from persistence import schema
 
-Pair = tuple[int, int]  # (available, reserved)
-PW = tuple[str, str]  # (product, warehouse)
+Pair = partition.Pair  # (available, reserved)
+PW = partition.PW  # (product, warehouse)
 # An order not yet terminal: one Redis still holds the record of.
 LIVE_ORDER = schema.orders.c.status.not_in(sorted(s.value for s in TERMINAL))
 
@@ -86,49 +89,45 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
     k = partition_keys(p)
     with client.pipeline(transaction=True) as pipe:
         pipe.time()
-        pipe.hgetall(k.stock)
-        pipe.hgetall(k.live)
-        pipe.zrange(k.expiry, 0, -1, withscores=True)
-        pipe.xrange(k.outbox, f"({after}", "+")
-        pipe.xinfo_stream(k.outbox)  # fails when there is no stream: allowed below
+        queue_state(pipe, p)
+        outbox.queue_tail(pipe, p, after)
         pipe.xlen(k.dead_letters)
         pipe.hgetall(k.products)
-        pipe.get(k.applied)
-        pipe.xrange(k.outbox, after, after)
-        pipe.exists(k.behind)
         for o in orders:
             pipe.hget(k.order(o), "status")
         res: list[Any] = pipe.execute(raise_on_error=False)
-    for i, r in enumerate(res):
-        if isinstance(r, Exception) and i != 5:
+    tail_at = 1 + STATE_REPLIES
+    rest_at = tail_at + outbox.TAIL_REPLIES
+    for r in (*res[:tail_at], *res[rest_at:]):
+        if isinstance(r, Exception):
             raise r
-    (seconds, micros), stock, live, expiry, entries, info, dead, products, *rest = res
-    applied, at_checkpoint, flagged, *statuses = rest
-    events = [decode(p, i, f) for i, f in entries]
-    made = {str(e.data.get("order")) for e in events if e.type == "order_created"} - set(orders)
-    late = {o for o in sorted(made) if client.exists(k.order(o))}
+    state = parse_state(res[1:tail_at])
+    tail = outbox.parse_tail(p, res[tail_at:rest_at])
+    dead, products, *statuses = res[rest_at:]
+    made = {str(e.data.get("order")) for e in tail.events if e.type == "order_created"}
+    late = {o for o in sorted(made - set(orders)) if client.exists(k.order(o))}
     return Snapshot(
-        now_ms=int(seconds) * 1000 + int(micros) // 1000,
-        counters=stock_counters(stock),
-        live={rid: json.loads(raw) for rid, raw in live.items()},
-        expiry={rid: int(score) for rid, score in expiry},
-        events=events,
-        last_id=None if isinstance(info, Exception) else info["last-generated-id"],
+        now_ms=time_ms(res[0]),
+        counters=state.counters,
+        live=state.live,
+        expiry=state.expiry,
+        events=tail.events,
+        last_id=tail.last_id,
         dead=int(dead),
         products={product: json.loads(meta) for product, meta in products.items()},
         orders=dict(zip(orders, statuses, strict=True)),
-        applied=applied,
+        applied=tail.applied,
         after=after,
-        checkpoint_present=bool(at_checkpoint),
-        flagged=bool(flagged),
+        checkpoint_present=tail.at_checkpoint,
+        flagged=tail.flagged,
         late_orders=late,
     )
 
 
 def redis_orders(client: redis.Redis, p: int) -> set[str]:
     """The orders partition `p` holds a record of."""
-    pattern = partition_keys(p).order("*")
-    return {str(key).rsplit(":", 1)[1] for key in client.scan_iter(match=pattern, count=1000)}
+    pattern = partition_keys(p).any_order
+    return {record_id(str(key)) for key in client.scan_iter(match=pattern, count=1000)}
 
 
 # -- the database ---------------------------------------------------------------------------
@@ -148,12 +147,6 @@ class Database:
     history: dict[str, str] = field(default_factory=dict)  # order -> last status recorded
     # reservations asked about with no row, whose movements the ledger has all the same
     referenced: set[str] = field(default_factory=set)
-
-
-def product_meta(price: int, currency: str, warehouses: Any) -> dict[str, Any]:
-    """A product's settings as the products hash holds them (setup_product.lua)."""
-    ordered = sorted(([str(w), int(n)] for w, n in warehouses), key=lambda x: (x[1], x[0]))
-    return {"price": int(price), "currency": str(currency), "warehouses": ordered}
 
 
 def _dict(conn: Connection, query: Any) -> dict[Any, Any]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from engine import events
 from engine.keys import idempotency_hash
+from engine.models import ms_to_datetime as ts
 from engine.outbox import OutboxEvent
 
 # Ledger reason per event type; stock_adjusted carries its own.
@@ -50,10 +50,6 @@ class Rows:
     def extend(self, other: Rows) -> None:
         for name in self.__dataclass_fields__:
             getattr(self, name).extend(getattr(other, name))
-
-
-def ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _movements(event: OutboxEvent, rows: Rows, reason: str, ref_type: str, ref_id: str) -> None:

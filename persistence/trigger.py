@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable
 
 import redis
-from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 
-from engine.keys import partition_keys
+from engine.reads import EngineReads
 from persistence import jobs
 
 PENDING_FRESH_S = 0.01
@@ -25,9 +24,9 @@ PENDING_FRESH_S = 0.01
 
 class DrainTrigger:
     def __init__(
-        self, client: AsyncRedis, redis_url: str, *, clock: Callable[[], float] = time.monotonic
+        self, engine: EngineReads, redis_url: str, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._client = client
+        self._engine = engine
         self._queue = Queue(jobs.QUEUE, connection=redis.Redis.from_url(redis_url))
         self._clock = clock
         self._seen_pending: dict[int, float] = {}  # partition -> when a waiting job was seen
@@ -37,8 +36,7 @@ class DrainTrigger:
         seen = self._seen_pending.get(partition)
         if seen is not None and self._clock() - seen < PENDING_FRESH_S:
             return False
-        flag = partition_keys(partition).drain_requested
-        if not await self._client.set(flag, "1", nx=True, ex=jobs.DRAIN_REQUEST_TTL_S):
+        if not await self._engine.ask_drain(partition):
             self._seen_pending[partition] = self._clock()
             return False
         self._seen_pending.pop(partition, None)

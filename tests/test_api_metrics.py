@@ -13,6 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
+from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import Settings
@@ -174,10 +175,8 @@ async def test_outbox_and_expiry_gauges_come_from_redis(
 
 async def test_a_scrape_without_redis_still_answers(settings: Settings) -> None:
     client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    try:
-        found = await snapshot(client, partitions=1)
-    finally:
-        await client.aclose()
+    async with Engine(client, dataclasses.replace(settings, partitions=1)) as engine:
+        found = await snapshot(engine)
 
     assert not found.redis_up
     samples = parse(

@@ -202,7 +202,7 @@ async def test_without_redis_requests_pass_and_one_warning_says_so(
     # No lifespan: it would load the scripts into a Redis that is not there.
     engine = Engine.from_settings(gone)
     db = database_engine(gone)
-    trigger = DrainTrigger(engine.redis, gone.redis_url)
+    trigger = DrainTrigger(engine, gone.redis_url)
     app.state.services = Services(gone, engine, db, trigger)
     transport = httpx.ASGITransport(app=app)
     try:

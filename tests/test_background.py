@@ -105,7 +105,7 @@ async def test_a_burst_of_writes_asks_for_one_drain(
     engine: Engine, settings: Settings, clean_redis: None, db_url: str
 ) -> None:
     raw = redis.Redis.from_url(settings.redis_url)
-    trigger = DrainTrigger(engine.redis, settings.redis_url)
+    trigger = DrainTrigger(engine, settings.redis_url)
     await engine.setup_product("sku-1", SYSTEM, price=100, stock={"main": 500})
 
     async def write() -> bool:

@@ -9,6 +9,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, func, select
 
+from engine import keys
 from persistence import jobs, schema
 from scripts.redis_server import RedisServer
 from tests.support import last_json, run_cli
@@ -76,7 +77,7 @@ def test_the_periodic_reconcile_keeps_its_last_result(
         cached.cache_clear()
     try:
         result = jobs.reconcile_check()
-        stored = redis.Redis.from_url(redis_server.url).get(jobs.LAST_RECONCILE_KEY)
+        stored = redis.Redis.from_url(redis_server.url).get(keys.LAST_RECONCILE)
     finally:
         jobs.database().dispose()
         for cached in (jobs.settings, jobs.redis_client, jobs.database):

@@ -60,7 +60,7 @@ async def test_a_drain_seen_waiting_is_not_asked_again_at_once(
 ) -> None:
     clock = Clock(100.0)
     raw = redis.Redis.from_url(settings.redis_url)
-    trigger = DrainTrigger(engine.redis, settings.redis_url, clock=clock)
+    trigger = DrainTrigger(engine, settings.redis_url, clock=clock)
     flag = partition_keys(0).drain_requested
     try:
         assert await trigger.request(0) is True  # nothing waited: a job is enqueued

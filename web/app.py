@@ -109,7 +109,7 @@ def create_app(
         engine = Engine.from_settings(settings)
         await engine.scripts.load()
         db = database_engine(settings)
-        trigger = DrainTrigger(engine.redis, settings.redis_url)
+        trigger = DrainTrigger(engine, settings.redis_url)
         app.state.services = Services(settings, engine, db, trigger)
         app.state.accounts = AccountCache(db, settings)
         try:

@@ -17,15 +17,15 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, cast
+from typing import Any
 
 import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine import outbox
-from engine.keys import partition_of
+from engine.keys import event_id, partition_of
 from engine.models import Order, Reservation
+from engine.outbox import sid as _position
 from persistence import queries_orders as queries
 from persistence.queries_orders import Listing
 from web.app import services
@@ -40,11 +40,6 @@ STATE_HEADER = "X-Consistency"
 REPLAY_HEADER = "Idempotent-Replayed"
 WAIT_S = 2.0
 _TOKEN = re.compile(r"p(\d{1,6})-(\d{1,20})-(\d{1,20})")
-
-
-def _position(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def written(
@@ -72,13 +67,8 @@ async def written(
 
 
 async def _newest(request: Request, partition: int) -> str:
-    svc = services(request)
-    entries = cast(
-        list[tuple[str, dict[str, str]]],
-        await svc.engine.redis.xrevrange(svc.engine.keys(partition).outbox, count=1),
-    )
     # An empty stream has been drained (trimmed only once applied): any position will do.
-    return f"p{partition}-{entries[0][0] if entries else '0-0'}"
+    return event_id(partition, await services(request).engine.outbox_newest_id(partition))
 
 
 async def wait_for(request: Request, token: str | None) -> str | None:
@@ -98,7 +88,7 @@ async def wait_for(request: Request, token: str | None) -> str | None:
     partition, wanted = int(match[1]), (int(match[2]), int(match[3]))
     if wanted == (0, 0):  # handed out for an empty (fully drained) outbox
         return "consistent"
-    if _position(await outbox.last_id(svc.engine.redis, partition)) < wanted:
+    if _position(await svc.engine.outbox_last_id(partition)) < wanted:
         # No write has reached this position, so waiting would always end stale; unless
         # Redis came back behind the database, which then has the write already.
         reached = await asyncio.to_thread(queries.checkpoint, svc.db, partition)

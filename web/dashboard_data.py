@@ -26,14 +26,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import Redis
 from sqlalchemy import Connection, func, select
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 
-from engine.keys import partition_keys, stock_counters
-from persistence import jobs, schema
+from engine import keys
+from engine.reads import EngineReads
+from persistence import schema
 from web.dashboard_queues import queues_panel
 from web.metrics import snapshot
 from web.responses import iso
@@ -57,7 +57,7 @@ LOW_STOCK = 10
 CANDIDATES = 200  # the fewest-available products whose catalog rows are looked up
 LATEST = 10
 WINDOW = timedelta(seconds=60)
-RECONCILE_TTL_MS = 86_400_000  # what jobs.reconcile_check gives the key
+RECONCILE_TTL_MS = keys.LAST_RECONCILE_TTL_S * 1000  # what jobs.reconcile_check gives the key
 
 
 @dataclass
@@ -83,12 +83,15 @@ def _problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def fewest_available(stock_hashes: list[dict[str, str]]) -> list[tuple[int, int, int]]:
+def fewest_available(
+    partitions: list[dict[tuple[str, str], tuple[int, int]]],
+) -> list[tuple[int, int, int]]:
     """(catalog product id, available, reserved) of the products with the fewest available
-    units over their warehouses, sold out first; ids that are not the catalog's are left out."""
+    units over their warehouses, sold out first; ids that are not the catalog's are left out.
+    `partitions`: each partition's counters, (product, warehouse) -> (available, reserved)."""
     totals: dict[int, list[int]] = {}
-    for stock in stock_hashes:
-        for (product, _warehouse), (available, reserved) in stock_counters(stock).items():
+    for counters in partitions:
+        for (product, _warehouse), (available, reserved) in counters.items():
             if not product.isdigit() or product[0] == "0":
                 continue  # a product the engine knows outside the catalog
             pair = totals.setdefault(int(product), [0, 0])
@@ -114,11 +117,10 @@ def _reconcile(report: dict[str, Any], written_at_ms: int | None) -> ReconcileOu
     )
 
 
-def _behind(raw: str | None) -> RedisBehind | None:
+def _behind(found: dict[str, Any] | None) -> RedisBehind | None:
     """The flag the drain leaves on a partition whose Redis is behind (persistence/behind.py)."""
-    if not raw:
+    if not found:
         return None
-    found = json.loads(raw)
     return RedisBehind(
         since=iso(datetime.fromtimestamp(found["at_ms"] / 1000, UTC)),
         checkpoint=found["checkpoint"],
@@ -127,11 +129,10 @@ def _behind(raw: str | None) -> RedisBehind | None:
     )
 
 
-async def _last_reconcile(client: Redis, cache: ReconcileCache, now_ms: int) -> ReconcileOut | None:
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.pttl(jobs.LAST_RECONCILE_KEY)
-        pipe.strlen(jobs.LAST_RECONCILE_KEY)
-        pttl, length = await pipe.execute()
+async def _last_reconcile(
+    engine: EngineReads, cache: ReconcileCache, now_ms: int
+) -> ReconcileOut | None:
+    pttl, length = await engine.last_reconcile_written()
     if pttl == -2:
         return None
     # The job sets the key with a day's TTL: what is left of it tells when it was written.
@@ -139,7 +140,7 @@ async def _last_reconcile(client: Redis, cache: ReconcileCache, now_ms: int) -> 
     same = written is not None and abs(written - cache.written_at_ms) < 1000
     if same and length == cache.length:
         return cache.value
-    raw = await client.get(jobs.LAST_RECONCILE_KEY)
+    raw = await engine.last_reconcile()
     if raw is None:
         return None
     report = await asyncio.to_thread(json.loads, raw)  # megabytes with a large catalog
@@ -223,26 +224,18 @@ def _cache(app: Starlette) -> ReconcileCache:
 
 
 async def dashboard(
-    app: Starlette, client: Redis, db: DatabaseEngine, redis_url: str, partitions: int
+    app: Starlette, engine: EngineReads, db: DatabaseEngine, redis_url: str, partitions: int
 ) -> DashboardOut:
-    keys = [partition_keys(p) for p in range(partitions)]
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.time()
-        for k in keys:
-            pipe.hgetall(k.stock)
-            pipe.xlen(k.dead_letters)
-            pipe.get(k.behind)
-        replies = await pipe.execute()
-    seconds, micros = replies[0]
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms, overview = await engine.overview()
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
-    stock, dead, behind = replies[1::3], replies[2::3], replies[3::3]
-    state = await snapshot(client, partitions)
+    dead = [o.dead_letter_stream for o in overview]
+    behind = [o.behind for o in overview]
+    state = await snapshot(engine)
     if not state.redis_up:  # Redis went away between the two reads: the app's usual 503
         raise redis.exceptions.ConnectionError("redis stopped answering")
-    reconcile = await _last_reconcile(client, _cache(app), now_ms)
+    reconcile = await _last_reconcile(engine, _cache(app), now_ms)
     readings, queues = await asyncio.gather(
-        asyncio.to_thread(read_database, db, now, fewest_available(stock)),
+        asyncio.to_thread(read_database, db, now, fewest_available([o.counters for o in overview])),
         queues_panel(redis_url, now),
     )
     parts = [
@@ -250,7 +243,7 @@ async def dashboard(
             partition=p.partition,
             backlog=p.backlog,
             oldest_event_age_ms=round(p.oldest_event_age_s * 1000),
-            dead_letter_stream=int(dead[p.partition]),
+            dead_letter_stream=dead[p.partition],
             live_reservations=p.live,
             due_reservations=p.due,
             events_applied=None if readings.problem else readings.applied.get(p.partition, 0),

@@ -41,18 +41,16 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.keys import partition_keys
-from persistence.jobs import LAST_DRAIN_KEY, SWEEP_EXPIRED_KEY
+from engine.reads import EngineReads
 from web.middleware import route_template, scope_state
 
 log = logging.getLogger("inventory.metrics")
@@ -251,34 +249,17 @@ def _last_drains(raw: dict[str, str]) -> dict[int, dict[str, Any]]:
     return found
 
 
-async def snapshot(client: Redis, partitions: int) -> Snapshot:
+async def snapshot(engine: EngineReads) -> Snapshot:
     """Read the gauges from Redis; a Redis that does not answer gives `redis_up` 0."""
-    keys = [partition_keys(p) for p in range(partitions)]
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for k in keys:
-                pipe.xlen(k.outbox)
-                pipe.xrange(k.outbox, "-", "+", count=1)
-                pipe.hlen(k.live)
-            pipe.hgetall(LAST_DRAIN_KEY)
-            pipe.get(SWEEP_EXPIRED_KEY)
-            replies = await pipe.execute()
-        seconds, micros = replies[0]
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        async with client.pipeline(transaction=False) as pipe:
-            for k in keys:
-                pipe.zcount(k.expiry, "-inf", now_ms)
-            due = cast(list[int], await pipe.execute())
+        gauges = await engine.gauges()
     except redis.exceptions.RedisError as exc:
         log.warning("metrics: redis unavailable: %s", exc)
         return Snapshot(redis_up=False)
-    drains = _last_drains(replies[-2] or {})
+    drains = _last_drains(gauges.last_drains)
     states: list[PartitionState] = []
-    for p in range(partitions):
-        backlog, oldest, live = replies[1 + 3 * p : 4 + 3 * p]
-        age_ms = now_ms - int(oldest[0][0].split("-")[0]) if oldest else 0
-        states.append(
-            PartitionState(p, int(backlog), max(0, age_ms) / 1000, int(live), due[p], drains.get(p))
-        )
-    return Snapshot(True, states, int(replies[-1] or 0))
+    for g in gauges.partitions:
+        age_ms = gauges.now_ms - g.oldest_ms if g.oldest_ms is not None else 0
+        age_s, last = max(0, age_ms) / 1000, drains.get(g.partition)
+        states.append(PartitionState(g.partition, g.backlog, age_s, g.live, g.due, last))
+    return Snapshot(True, states, gauges.expired_by_sweep)

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import text
 
-from engine import outbox
-
 if TYPE_CHECKING:
     from web.app import Services
 
@@ -51,7 +49,7 @@ class Component:
 
 
 async def _redis(svc: Services) -> Finding:
-    await svc.engine.redis.ping()
+    await svc.engine.ping()
     return Finding()
 
 
@@ -70,7 +68,7 @@ async def _outbox(svc: Services) -> Finding:
     try:
         backlog = 0
         for p in range(svc.settings.partitions):
-            backlog += await outbox.backlog(svc.engine.redis, p)
+            backlog += await svc.engine.outbox_backlog(p)
     except Exception as exc:
         # unknown is not fine: "redis" fails too, this says what could not be judged
         problem = f"could not read the backlog: {type(exc).__name__}: {exc}"
@@ -85,7 +83,7 @@ async def _drain(svc: Services) -> Finding:
     """Not ready while a partition's drain is paused: its Redis came back behind the database
     (persistence/behind.py), and what it answers may contradict the durable record."""
     try:
-        stopped = await outbox.paused(svc.engine.redis, svc.settings.partitions)
+        stopped = await svc.engine.drains_paused()
     except Exception:
         return Finding()  # Redis doesn't answer: "redis" says so; nothing to tell here
     if stopped:

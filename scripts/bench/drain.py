@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
+from engine import outbox
 from engine.engine import Engine
-from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
 from persistence.db import database_engine
@@ -99,7 +99,7 @@ def run(
 
     # 1. throughput from a standing backlog
     asyncio.run(_produce(settings, product, events // 2, None))
-    backlog = client.xlen(partition_keys(0).outbox)
+    backlog = outbox.length(client, 0)
     started = time.perf_counter()
     result = drain_partition(client, db, settings, 0)
     elapsed = time.perf_counter() - started

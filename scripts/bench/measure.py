@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from engine.keys import partition_keys
+from engine import outbox
 from persistence.jobs import percentile
 from scripts.bench import drain as bench_drain
 from scripts.bench import loadgen
@@ -38,7 +38,7 @@ def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
         yield found
     finally:
         client = stack.redis_client()
-        found["outbox_backlog"] = client.xlen(partition_keys(0).outbox)
+        found["outbox_backlog"] = outbox.length(client, 0)
         client.close()
         stop.set()
         _, lags = out.get(timeout=600)

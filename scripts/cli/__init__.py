@@ -62,7 +62,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 async def _check(settings: Settings) -> list[invariants.InvariantReport]:
     async with Engine.from_settings(settings) as engine:
-        return await invariants.check(engine.redis, settings.partitions)
+        return await engine.check_invariants()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

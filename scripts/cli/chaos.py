@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any, cast
 
-from engine import errors, invariants, outbox
+from engine import errors, outbox
 from engine.engine import Engine
-from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
 
@@ -73,8 +72,7 @@ def _split(total: int, parts: int) -> list[int]:
 async def _prepare(settings: Settings, plan: ChaosPlan) -> str:
     """Create the run's products; return the outbox id to read after."""
     async with Engine.from_settings(settings) as engine:
-        last = await engine.redis.xrevrange(partition_keys(0).outbox, count=1)
-        start = str(last[0][0]) if last else "0-0"
+        start = await engine.outbox_newest_id(0)
         for product in plan.products:
             await engine.setup_product(
                 product,
@@ -91,7 +89,7 @@ async def _prepare(settings: Settings, plan: ChaosPlan) -> str:
 def _buyer(settings: Settings, plan: ChaosPlan, index: int, barrier: Barrier, results: Any) -> None:
     async def run() -> tuple[int, str, str | None, int]:
         async with Engine.from_settings(settings) as engine:
-            await engine.redis.ping()
+            await engine.ping()
             ctx = CallContext(actor=f"chaos-buyer-{index}", request_id=f"{plan.run}-{index}")
             await asyncio.to_thread(barrier.wait)
             try:
@@ -148,8 +146,8 @@ async def _settle_and_verify(
             while (await engine.expire()).still_due:
                 pass
         stocks = await engine.get_stocks(plan.products)
-        report = await invariants.check_partition(engine.redis, 0)
-        events = await outbox.read(engine.redis, 0, after=start)
+        report = await engine.check_partition(0)
+        events = await engine.outbox_range(0, after=start)
     chained, counts, replayed, most_out = _check_events(events, set(plan.products))
     counters = {
         (p, level.warehouse): (level.available, level.reserved)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.keys import login_attempts, uuid4_hex
+from engine import Engine
+from engine.keys import uuid4_hex
 from engine.settings import Settings
 from persistence import refresh_tokens, users
 from persistence.refresh_tokens import Issue, Refusal
@@ -90,30 +90,30 @@ def login_delay_s(failures: int, settings: Settings) -> float:
     return float(min(base_s * 2 ** min(failures - 1, 32), settings.login_delay_max_ms / 1000))
 
 
-async def _count_attempt(redis: Redis, username: str, client: str) -> int:
+async def _count_attempt(engine: Engine, username: str, client: str) -> int:
     """Counts one login attempt; refuses it with 429 when a strict limit is already used up,
     else returns how many attempts for the username came before it (for the delay)."""
-    counters = [
-        (PAIR_LIMIT, login_attempts(PAIR_LIMIT.kind, username, client)),
-        (CLIENT_LIMIT, login_attempts(CLIENT_LIMIT.kind, client)),
-    ]
-    async with redis.pipeline(transaction=False) as pipe:
-        for limit, key in counters:
-            pipe.incr(key)
-            # NX: the window runs from the first failure and does not slide with each attempt.
-            pipe.expire(key, limit.window_s, nx=True)
-        pipe.incr(login_attempts("user", username))
-        pipe.expire(login_attempts("user", username), USERNAME_WINDOW_S, nx=True)
-        replies = await pipe.execute()
+    counts = await engine.count_login_attempt(
+        username,
+        client,
+        pair_window_s=PAIR_LIMIT.window_s,
+        client_window_s=CLIENT_LIMIT.window_s,
+        user_window_s=USERNAME_WINDOW_S,
+    )
     over = [
-        (limit, key)
-        for (limit, key), count in zip(counters, replies[0:4:2], strict=True)
-        if int(count) > limit.attempts
+        limit
+        for limit, count in ((PAIR_LIMIT, counts.pair), (CLIENT_LIMIT, counts.client))
+        if count > limit.attempts
     ]
     if not over:
-        return int(replies[4]) - 1
-    retry_after = max([max(int(await redis.ttl(key)), 1) for _, key in over])
-    limit = over[0][0]
+        return counts.user - 1
+    retry_after = max(
+        [
+            max(await engine.login_attempts_ttl_s(username, client, pair=limit is PAIR_LIMIT), 1)
+            for limit in over
+        ]
+    )
+    limit = over[0]
     whom = "this username from this address" if limit is PAIR_LIMIT else "this address"
     raise ApiError(
         429,
@@ -124,18 +124,10 @@ async def _count_attempt(redis: Redis, username: str, client: str) -> int:
     )
 
 
-async def _forget_attempt(redis: Redis, username: str, client: str) -> None:
+async def _forget_attempt(engine: Engine, username: str, client: str) -> None:
     """A success: the username starts afresh, from everywhere and from this address, and the
     client's attempt is taken back."""
-    key = login_attempts(CLIENT_LIMIT.kind, client)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(
-            login_attempts("user", username), login_attempts(PAIR_LIMIT.kind, username, client)
-        )
-        pipe.decr(key)
-        # Should the counter have expired meanwhile, DECR made it anew: let it expire too.
-        pipe.expire(key, CLIENT_LIMIT.window_s, nx=True)
-        await pipe.execute()
+    await engine.forget_login_attempts(username, client, client_window_s=CLIENT_LIMIT.window_s)
 
 
 def _next_refresh(settings: Settings) -> Issue:
@@ -171,7 +163,7 @@ async def token(request: Request) -> Response:
     body = await parse_body(request, LoginBody)
     svc = services(request)
     client = _client(request)
-    before = await _count_attempt(svc.engine.redis, body.username, client)
+    before = await _count_attempt(svc.engine, body.username, client)
     # Before the password is checked, whatever its outcome: a fast "no" would tell the
     # guesser not to wait for the answer.
     await asyncio.sleep(login_delay_s(before, svc.settings))
@@ -184,7 +176,7 @@ async def token(request: Request) -> Response:
         raise ApiError(401, "invalid_credentials", "the username or the password is wrong")
     if not user.active:
         raise ApiError(401, "account_disabled", "this account is disabled")
-    await _forget_attempt(svc.engine.redis, body.username, client)
+    await _forget_attempt(svc.engine, body.username, client)
     if passwords.needs_rehash(user.password_hash):
         rehashed = await asyncio.to_thread(passwords.hash_password, body.password)
         await asyncio.to_thread(users.set_password_hash, svc.db, user.id, rehashed)

@@ -37,7 +37,7 @@ async def metrics(request: Request) -> Response:
     if not svc.settings.metrics_open and not _scraper(request, svc.settings):
         require_staff(request)
     found: Metrics = request.app.state.metrics
-    body = found.render(await snapshot(svc.engine.redis, svc.settings.partitions))
+    body = found.render(await snapshot(svc.engine))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import errors, outbox
+from engine import errors
 from engine.models import CallContext, StockReason
 from engine.states import TERMINAL
 from engine.validation import MAX_STOCK_DELTA
@@ -208,7 +208,7 @@ async def _orders_not_yet_recorded(svc: Services, product: str) -> int:
     """Open orders of `product` still only in the outbox (the database trails by the drain
     lag). If the backlog is too long to read, the answer is 'can't tell': refuse."""
     partition = svc.engine.partition_of_product(product)
-    events = await outbox.read(svc.engine.redis, partition, count=OUTBOX_SCAN_LIMIT + 1)
+    events = await svc.engine.outbox_range(partition, count=OUTBOX_SCAN_LIMIT + 1)
     if len(events) > OUTBOX_SCAN_LIMIT:
         raise ApiError(
             409,

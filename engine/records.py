@@ -1,0 +1,68 @@
+"""The values the Lua scripts keep in Redis, as Python builds them when it restores one
+(`inventory rebuild`, `inventory reconcile --fix`): a product's settings in the products
+hash, a live reservation's entry in the live hash, and a reservation's or an order's record
+hash. Times are milliseconds; lists are compact JSON, as cjson writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def product_meta(price: int, currency: str, warehouses: Iterable[Any]) -> dict[str, Any]:
+    """A product's settings as the products hash holds them (setup_product.lua): warehouses
+    as [name, priority], lower priority first."""
+    ordered = sorted(([str(w), int(n)] for w, n in warehouses), key=lambda x: (x[1], x[0]))
+    return {"price": int(price), "currency": str(currency), "warehouses": ordered}
+
+
+def live_entry(owner: str, lines: list[Any]) -> str:
+    """The live hash's value, as reserve.lua writes it."""
+    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
+
+
+def reservation_fields(
+    rid: str, owner: str, created_at: int, expires_at: int, lines: list[Any], request_id: str
+) -> dict[str, str | int]:
+    """A live reservation's record hash, with the fields reserve.lua writes (times in ms)."""
+    return {
+        "id": rid,
+        "owner": owner,
+        "status": "active",
+        "created_at": int(created_at),
+        "expires_at": int(expires_at),
+        "lines": compact(lines),
+        "request_id": request_id,
+    }
+
+
+def order_fields(
+    oid: str,
+    *,
+    owner: str,
+    status: str,
+    reservation: str,
+    lines: list[Any],
+    total: int,
+    currency: str,
+    created_at: int,
+    updated_at: int,
+) -> dict[str, str | int]:
+    """An order's record hash, as lib.lua's write_order (and transition.lua) leave it."""
+    return {
+        "id": oid,
+        "owner": owner,
+        "status": status,
+        "reservation_id": reservation,
+        "lines": compact(lines),
+        "total": int(total),
+        "currency": currency,
+        "created_at": int(created_at),
+        "updated_at": int(updated_at),
+    }

@@ -1,0 +1,151 @@
+"""One owner for the Redis layout (issue 10): only engine/ (Python) and lua/ know a key or a
+hash field's format; persistence/, web/ and scripts/ ask the engine (engine/reads.py) or use
+its helpers (engine/keys.py, engine/outbox.py, engine/partition.py, engine/records.py). And
+the helpers that both the async engine and the sync worker run agree with what they replace."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from engine import keys, outbox, partition, records
+from engine.invariants import evaluate, judge
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTSIDE = ("web", "persistence", "scripts")
+
+RULES = {
+    # the API's engine handed its raw client to someone
+    "engine.redis": re.compile(r"\bengine\.redis\b"),
+    # a command run on some object's raw client: svc.engine.redis.xrange(...)
+    "a raw client's command": re.compile(
+        r"\.redis\.(pipeline|ping|get|set|delete|exists|incr\w*|decr\w*|p?expire\w*|p?ttl|strlen"
+        r"|scan_iter|lock|register_script|eval\w*|[xhz][a-z_]+)\("
+    ),
+    # the stock hash's field names (engine/keys.py stock_fields builds them)
+    "a stock field literal": re.compile(r"""(?<![\w])[fr]{0,2}["'][ar]\|"""),
+    # the worker's own keys (engine/keys.py builds every key)
+    "a key literal": re.compile(r"""["']inv:"""),
+}
+
+
+def _sources() -> list[Path]:
+    return sorted(p for top in OUTSIDE for p in (ROOT / top).rglob("*.py"))
+
+
+def test_the_sources_outside_engine_are_found() -> None:
+    found = {p.relative_to(ROOT).parts[0] for p in _sources()}
+    assert found == set(OUTSIDE)
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_only_the_engine_knows_the_redis_layout(rule: str) -> None:
+    pattern = RULES[rule]
+    offending = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _sources()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offending, f"{rule} outside engine/ and lua/:\n" + "\n".join(offending)
+
+
+def test_the_rules_catch_what_they_forbid() -> None:
+    assert RULES["engine.redis"].search("await svc.engine.redis.ping()")
+    assert RULES["a raw client's command"].search("await svc.engine.redis.xrevrange(k, count=1)")
+    assert not RULES["a raw client's command"].search("except redis.exceptions.RedisError:")
+    assert not RULES["a raw client's command"].search("self.redis.start()")  # a test server
+    assert RULES["a stock field literal"].search("""f"a|{product}|{warehouse}" """)
+    assert RULES["a stock field literal"].search("""name = 'r|' + product""")
+    assert not RULES["a stock field literal"].search("""article = "an" if x else "a" """)
+    assert RULES["a key literal"].search('LAST_DRAIN_KEY = "inv:drain:last"')
+
+
+# -- the shared helpers ---------------------------------------------------------------------
+
+
+def test_event_ids_name_partition_and_stream_id() -> None:
+    assert keys.event_id(3, "1700000000000-7") == "p3-1700000000000-7"
+    event = outbox.OutboxEvent(3, "1700000000000-7", "reservation_created", {"ts": 1})
+    assert event.event_id == keys.event_id(3, "1700000000000-7")
+
+
+def test_stream_ids_order_by_time_then_sequence() -> None:
+    assert outbox.sid("1700000000000-7") == (1700000000000, 7)
+    assert outbox.sid("5") == (5, 0)
+    assert outbox.sid("10-0") > outbox.sid("9-99")
+    assert outbox.stream_ms("1700000000000-7") == 1700000000000
+    assert outbox.range_start("-") == "-"
+    assert outbox.range_start("5-1") == "(5-1"
+
+
+class Recorder:
+    """Stands for a redis-py pipeline or client: records the commands queued on it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def command(*args: Any, **kwargs: Any) -> Recorder:
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return command
+
+
+def test_one_drain_request_flag_for_the_api_and_the_worker() -> None:
+    pipe = Recorder()
+    outbox.ask_drain(pipe, 2)
+    outbox.drain_started(pipe, 2)
+    flag = keys.partition_keys(2).drain_requested
+    assert pipe.calls == [
+        ("set", (flag, "1"), {"nx": True, "ex": outbox.DRAIN_REQUEST_TTL_S}),
+        ("delete", (flag,), {}),
+    ]
+
+
+def test_the_tail_read_queues_and_parses_in_step() -> None:
+    pipe = Recorder()
+    outbox.queue_tail(pipe, 1, "5-0", 10)
+    k = keys.partition_keys(1)
+    assert [c[0] for c in pipe.calls] == ["xrange", "xrange", "get", "exists", "xinfo_stream"]
+    assert len(pipe.calls) == outbox.TAIL_REPLIES
+    assert pipe.calls[0] == ("xrange", (k.outbox, "(5-0", "+"), {"count": 10})
+    entry = ("6-0", {"type": "stock_adjusted", "data": '{"ts": 6}'})
+    tail = outbox.parse_tail(1, [[entry], [], "4-0", 0, {"last-generated-id": "6-0"}])
+    assert [e.event_id for e in tail.events] == ["p1-6-0"]
+    assert (tail.at_checkpoint, tail.applied, tail.flagged, tail.last_id) == (
+        False,
+        "4-0",
+        False,
+        "6-0",
+    )
+    gone = outbox.parse_tail(1, [[], [], None, 1, ResponseError("ERR no such key")])
+    assert gone.last_id is None
+    assert gone.flagged
+    with pytest.raises(ResponseError):
+        outbox.parse_tail(1, [ResponseError("LOADING"), [], None, 0, {"last-generated-id": "0"}])
+
+
+def test_the_partition_state_is_judged_as_the_raw_check_judges_it() -> None:
+    pipe = Recorder()
+    partition.queue_state(pipe, 0)
+    assert len(pipe.calls) == partition.STATE_REPLIES
+    a, r = keys.stock_fields("p1", "w1")
+    stock = {a: "3", r: "2"}
+    live = {"r1": records.live_entry("alice", [["p1", "w1", 2]])}
+    state = partition.parse_state([stock, live, [("r1", 1700000000000.0)]])
+    assert state.counters == {("p1", "w1"): (3, 2)}
+    assert state.expiry == {"r1": 1700000000000}
+    assert judge(0, state) == evaluate(0, stock, live, ["r1"])
+    assert judge(0, state).ok
+    assert partition.time_ms(["1700000000", "123456"]) == 1700000000123
+
+
+def test_a_product_meta_lists_warehouses_by_priority_then_name() -> None:
+    meta = records.product_meta(100, "EUR", [("b", 1), ("a", 1), ("c", 0)])
+    assert meta == {"price": 100, "currency": "EUR", "warehouses": [["c", 0], ["a", 1], ["b", 1]]}
