@@ -49,7 +49,7 @@ from web.auth import require_staff
 from web.bodies import parse_body
 from web.errors import ApiError, from_engine
 from web.responses import error, ok, request_id
-from web.schemas_orders import ReserveIn
+from web.schemas.orders import ReserveIn
 
 BARE_PATH = "/bench/bare/reserve"
 BARE_ACTOR = CallContext(actor="bench-bare")

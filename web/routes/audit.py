@@ -19,7 +19,7 @@ from web.auth import require_staff
 from web.bodies import parse_query
 from web.pagination import Page, SortKey, paginate
 from web.responses import iso, ok
-from web.schemas_catalog import AuditQuery
+from web.schemas.catalog import AuditQuery
 
 A = schema.audit_log
 KEYS = [SortKey(A.c.at, descending=True), SortKey(A.c.id, descending=True)]

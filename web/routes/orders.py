@@ -56,7 +56,7 @@ from web.errors import ApiError
 from web.money import EXPONENTS as IRREGULAR_EXPONENTS
 from web.responses import ok
 from web.routes.reservations import owner_filter
-from web.schemas_orders import OrderIn, OrderQuery, TransitionIn, order_out
+from web.schemas.orders import OrderIn, OrderQuery, TransitionIn, order_out
 
 CUSTOMER_MAY = (OrderStatus.PENDING, OrderStatus.CANCELLED)
 

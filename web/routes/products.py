@@ -51,7 +51,7 @@ from web.money import reprice, to_minor
 from web.products_view import live_product, page_products, product_id, product_json
 from web.responses import iso, ok
 from web.routes import stock
-from web.schemas_catalog import (
+from web.schemas.catalog import (
     ProductCreate,
     ProductPatch,
     ProductPut,

@@ -42,7 +42,7 @@ from web.bodies import parse_body, parse_query
 from web.consistency import mark, read_page, wait_for, written
 from web.errors import ApiError
 from web.responses import ok
-from web.schemas_orders import (
+from web.schemas.orders import (
     ExtendIn,
     ReservationQuery,
     ReserveIn,

@@ -23,7 +23,7 @@ from web.consistency import REPLAY_HEADER
 from web.errors import ApiError
 from web.products_view import live_product, product_id, product_json
 from web.responses import iso, ok
-from web.schemas_catalog import StockAdjust, WarehouseCreate
+from web.schemas.catalog import StockAdjust, WarehouseCreate
 
 DEFAULT_WAREHOUSE_NAME = "Default warehouse"
 
