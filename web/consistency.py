@@ -28,10 +28,10 @@ from engine.keys import partition_of
 from engine.models import Order, Reservation
 from persistence import queries_orders as queries
 from persistence.queries_orders import Listing
-from web.app import services
 from web.errors import ApiError
 from web.pagination import Page, SortKey, paginate
 from web.responses import ok
+from web.services.container import services
 
 log = logging.getLogger("inventory.web")
 

@@ -15,11 +15,11 @@ from engine import errors
 from engine.models import ProductStock
 from persistence import catalog
 from persistence.catalog import CatalogProduct
-from web.app import Services
 from web.money import to_decimal_string
 from web.pagination import decode_cursor, encode_cursor
 from web.responses import iso
 from web.schemas.catalog import ProductQuery
+from web.services.container import Services
 
 # How many database chunks one page may scan while Redis filters rows out (in_stock): a page
 # may come back short, with a `next` cursor that goes on where the scan stopped.

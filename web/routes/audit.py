@@ -14,12 +14,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from persistence import schema
-from web.app import services
 from web.auth import require_staff
 from web.bodies import parse_query
 from web.pagination import Page, SortKey, paginate
 from web.responses import iso, ok
 from web.schemas.catalog import AuditQuery
+from web.services.container import services
 
 A = schema.audit_log
 KEYS = [SortKey(A.c.at, descending=True), SortKey(A.c.id, descending=True)]

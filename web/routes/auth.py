@@ -33,11 +33,11 @@ from persistence.refresh_tokens import Issue, Refusal
 from persistence.users import TokenState
 from web import passwords
 from web.accounts import AccountCache
-from web.app import services
 from web.auth import Principal, request_keys
 from web.bodies import parse_body
 from web.errors import ApiError
 from web.responses import ok
+from web.services.container import services
 
 
 class LoginBody(BaseModel):

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from web.app import services
 from web.auth import require_staff
 from web.dashboard import data as dashboard_data
 from web.responses import ok
+from web.services.container import services
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PAGE = "/dashboard"

@@ -21,13 +21,13 @@ from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed
 
 from engine.settings import Settings
-from web.app import services
 from web.errors import ApiError
 from web.openapi import catalog as openapi_catalog
 from web.openapi import dashboard as openapi_dashboard
 from web.openapi import document as openapi
 from web.openapi import orders as openapi_orders
 from web.openapi.conventions import TITLE
+from web.services.container import services
 
 STATIC = "/api/docs/static/"
 # The files of the bundle the page uses, and their media types.

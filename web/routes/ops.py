@@ -8,11 +8,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from web.app import services
 from web.auth import authenticate
 from web.errors import ApiError
 from web.readiness import Readiness
 from web.responses import ok
+from web.services.container import services
 
 
 async def healthz(request: Request) -> Response:

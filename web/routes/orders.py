@@ -46,7 +46,6 @@ from engine.states import OrderStatus
 from engine.validation import RECORD_ID
 from persistence import queries_orders as queries
 from persistence.queries_orders import Amount, OrderFilters
-from web.app import Services, services
 from web.auth import require_user
 from web.bodies import parse_body, parse_query
 from web.consistency import mark, read_page, wait_for, written
@@ -57,6 +56,7 @@ from web.money import EXPONENTS as IRREGULAR_EXPONENTS
 from web.responses import ok
 from web.routes.reservations import owner_filter
 from web.schemas.orders import OrderIn, OrderQuery, TransitionIn, order_out
+from web.services.container import Services, services
 
 CUSTOMER_MAY = (OrderStatus.PENDING, OrderStatus.CANCELLED)
 

@@ -42,7 +42,6 @@ from engine.states import TERMINAL
 from engine.validation import MAX_STOCK_DELTA
 from persistence import catalog
 from persistence.catalog import CatalogProduct, SkuTaken
-from web.app import Services, services
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
@@ -58,6 +57,7 @@ from web.schemas.catalog import (
     ProductQuery,
     as_dict,
 )
+from web.services.container import Services, services
 
 # Undrained outbox events a delete reads to find orders the database has not seen yet.
 OUTBOX_SCAN_LIMIT = 10_000

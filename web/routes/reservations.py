@@ -36,7 +36,6 @@ from engine.errors import ReservationNotFound
 from engine.settings import Settings
 from engine.validation import RECORD_ID
 from persistence import queries_orders as queries
-from web.app import services
 from web.auth import Principal, require_user
 from web.bodies import parse_body, parse_query
 from web.consistency import mark, read_page, wait_for, written
@@ -50,6 +49,7 @@ from web.schemas.orders import (
     reservation_out,
     ttl_bounds,
 )
+from web.services.container import services
 
 
 def ttl_ms(settings: Settings, seconds: float | None) -> int | None:

@@ -16,7 +16,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from persistence import catalog
-from web.app import Services, services
 from web.auth import require_staff
 from web.bodies import parse_body
 from web.consistency import REPLAY_HEADER
@@ -24,6 +23,7 @@ from web.errors import ApiError
 from web.products_view import live_product, product_id, product_json
 from web.responses import iso, ok
 from web.schemas.catalog import StockAdjust, WarehouseCreate
+from web.services.container import Services, services
 
 DEFAULT_WAREHOUSE_NAME = "Default warehouse"
 
