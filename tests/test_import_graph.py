@@ -102,6 +102,7 @@ def test_the_graph_is_read() -> None:
     assert "web.routes" in graph["web.app"]
     assert "engine.engine" in graph["web.services.container"]
     assert "web.routes.stock" in graph["web.routes.products"]
+    assert "web.services.stock" in graph["web.services.products"]
 
 
 def test_no_module_imports_itself_in_a_circle() -> None:
