@@ -15,7 +15,7 @@ from web.money import EXPONENTS, exponent, price_pattern
 from web.openapi.conventions import REF, Schema, closed, ref
 from web.openapi.document import Operation
 from web.pagination import cursor_pattern
-from web.routes.auth import LoginBody, RefreshBody
+from web.schemas.auth import LoginBody, RefreshBody
 from web.schemas.catalog import (
     REASON_SIGN,
     AuditQuery,
