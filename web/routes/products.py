@@ -12,24 +12,26 @@ from starlette.routing import BaseRoute, Route
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
-from web.products_view import live_product, page_products, product_id, product_json
+from web.products_view import product_id, product_json
 from web.responses import iso, ok
 from web.routes import stock
 from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, ProductQuery
-from web.services import products
+from web.services import catalog, products
 from web.services.container import services
 
 
 async def list_products(request: Request) -> Response:
     """The catalog with live stock; `search`, `in_stock`, cursor pagination. Open to all."""
     query = parse_query(request, ProductQuery)
-    page = await page_products(services(request), query)
-    return ok(request, page.items, next=page.next, previous=page.previous)
+    page = await catalog.page_products(services(request), query)
+    items = [product_json(row, live) for row, live in page.items]
+    return ok(request, items, next=page.next, previous=page.previous)
 
 
 async def get_product(request: Request) -> Response:
     """One product with live stock. Open to all."""
-    row, live = await live_product(services(request), product_id(request.path_params["id"]))
+    pid = product_id(request.path_params["id"])
+    row, live = await catalog.live_product(services(request), pid)
     return ok(request, product_json(row, live))
 
 

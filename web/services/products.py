@@ -1,4 +1,4 @@
-"""Products: create, change and delete them (staff). Reading them is web/products_view.py.
+"""Products: create, change and delete them (staff). Reading them is web/services/catalog.py.
 
 Creating a product is two writes: the catalog row, then `setup_product` in Redis, which adds
 the opening stock. If the engine refuses, the row is removed again. If Redis fails (down, a
@@ -42,8 +42,8 @@ from persistence.catalog import CatalogProduct, SkuTaken
 from persistence.translate import BadEvent, translate
 from web.errors import ApiError
 from web.money import reprice, to_minor
-from web.products_view import live_product
 from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, as_dict
+from web.services.catalog import live_product
 from web.services.container import Services
 from web.services.stock import warehouse_priorities
 

@@ -16,8 +16,8 @@ from engine.models import CallContext, Movements, ProductStock
 from persistence import catalog
 from persistence.catalog import CatalogProduct, Warehouse
 from web.errors import ApiError
-from web.products_view import live_product
 from web.schemas.catalog import StockAdjust, WarehouseCreate
+from web.services.catalog import live_product
 from web.services.container import Services
 
 DEFAULT_WAREHOUSE_NAME = "Default warehouse"
