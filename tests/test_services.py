@@ -23,7 +23,7 @@ from persistence.trigger import DrainTrigger
 from web.auth import Principal
 from web.errors import ApiError
 from web.schemas.catalog import AuditQuery, ProductCreate
-from web.schemas.orders import OrderIn, ReserveIn
+from web.schemas.orders import OrderIn, OrderQuery, ReserveIn
 from web.services import audit, orders, products, reservations
 from web.services.container import Services
 
@@ -145,3 +145,26 @@ async def test_the_audit_page_filters_the_drained_log(
 
     assert [(r.object_type, r.object_id) for r in page.rows] == [("order", order.id)]
     assert len(everything.rows) > len(page.rows)
+
+
+async def test_a_list_waits_for_the_write_it_names(svc: Services, sync_redis: redis.Redis) -> None:
+    pid = (await lamp(svc)).row.id
+    alice = Principal("2", "alice", False)
+    order = await orders.place_order(svc, OrderIn(product=pid, quantity=1), ALICE)
+    token = order.event_id
+    assert token is not None
+
+    before = await orders.list_orders(
+        svc, alice, OrderQuery.model_validate({"consistent_with": token})
+    )
+    await drain(svc, sync_redis)
+    after = await orders.list_orders(
+        svc, alice, OrderQuery.model_validate({"consistent_with": token})
+    )
+    with pytest.raises(ApiError) as forbidden:
+        await orders.list_orders(svc, alice, OrderQuery.model_validate({"user": "3"}))
+
+    assert (before.state, before.page.rows) == ("stale", [])
+    assert after.state == "consistent"
+    assert [o.id for o in after.page.rows] == [order.id]
+    assert forbidden.value.status == 403

@@ -36,10 +36,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from persistence import queries_orders as queries
 from web.auth import require_user
 from web.bodies import parse_body, parse_query
-from web.consistency import mark, read_page, wait_for, written
+from web.consistency import mark, written
 from web.responses import ok
 from web.schemas.orders import OrderIn, OrderQuery, TransitionIn, order_out
 from web.services import orders
@@ -59,13 +58,12 @@ async def listing(request: Request) -> Response:
     """Orders from the database, filtered, one keyset page at a time."""
     who = require_user(request)
     q = parse_query(request, OrderQuery)
-    filters = orders.filters(who, q)
-    state = await wait_for(request, q.consistent_with)
-    page = await read_page(request, queries.list_orders(filters), q.cursor, q.limit)
+    listed = await orders.list_orders(services(request), who, q)
+    page = listed.page
     response = ok(
         request, [order_out(o) for o in page.rows], next=page.next, previous=page.previous
     )
-    return mark(response, state)
+    return mark(response, listed.state)
 
 
 async def detail(request: Request) -> Response:

@@ -30,15 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from persistence import queries_orders as queries
 from web.auth import require_user
 from web.bodies import parse_body, parse_query
-from web.consistency import mark, read_page, wait_for, written
+from web.consistency import mark, written
 from web.responses import ok
 from web.schemas.orders import ExtendIn, ReservationQuery, ReserveIn, order_out, reservation_out
 from web.services import reservations
 from web.services.container import services
-from web.services.records import owner_filter
 
 
 async def _body(request: Request) -> ExtendIn:
@@ -61,16 +59,15 @@ async def listing(request: Request) -> Response:
     """The caller's reservations (staff: all) from the database, newest first."""
     who = require_user(request)
     q = parse_query(request, ReservationQuery)
-    user = owner_filter(who, q.user)
-    state = await wait_for(request, q.consistent_with)
-    page = await read_page(request, queries.list_reservations(user, q.status), q.cursor, q.limit)
+    listed = await reservations.list_reservations(services(request), who, q)
+    page = listed.page
     response = ok(
         request,
         [reservation_out(r) for r in page.rows],
         next=page.next,
         previous=page.previous,
     )
-    return mark(response, state)
+    return mark(response, listed.state)
 
 
 async def detail(request: Request) -> Response:

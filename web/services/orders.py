@@ -12,13 +12,14 @@ from engine.states import OrderStatus
 from persistence import queries_orders as queries
 from persistence.queries_orders import Amount, OrderFilters
 from web.auth import Principal
+from web.consistency import read_page, wait_for
 from web.errors import ApiError
 
 # The currencies whose minor unit is not a hundredth (money.exponent's table).
 from web.money import EXPONENTS as IRREGULAR_EXPONENTS
 from web.schemas.orders import OrderIn, OrderQuery
 from web.services.container import Services
-from web.services.records import kept, owner_filter, redis_first
+from web.services.records import Listed, kept, owner_filter, redis_first
 
 CUSTOMER_MAY = (OrderStatus.PENDING, OrderStatus.CANCELLED)
 
@@ -52,6 +53,15 @@ def filters(who: Principal, q: OrderQuery) -> OrderFilters:
         max_total=_amount(q.max_total, ROUND_FLOOR),
         highest_value=q.sort == "highest_value",
     )
+
+
+async def list_orders(svc: Services, who: Principal, q: OrderQuery) -> Listed:
+    """Orders from the database, filtered, one keyset page at a time; after the drain has
+    passed `q.consistent_with` (or waited long enough)."""
+    found = filters(who, q)
+    state = await wait_for(svc, q.consistent_with)
+    page = await read_page(svc, queries.list_orders(found), q.cursor, q.limit)
+    return Listed(page, state)
 
 
 async def get_order(svc: Services, order_id: str, ctx: CallContext) -> Order:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import Engine as DatabaseEngine
@@ -15,6 +16,7 @@ from engine.models import CallContext
 from engine.validation import RECORD_ID
 from web.auth import Principal
 from web.errors import ApiError
+from web.pagination import Page
 from web.services.container import Services
 
 T = TypeVar("T")
@@ -57,3 +59,12 @@ def owner_filter(who: Principal, requested: str | None) -> str | None:
     if requested is not None and requested != who.user_id:
         raise ApiError(403, "forbidden", "only staff can list another user's records")
     return who.user_id
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A page of a durable list, and how it stands to the write the caller named
+    (`consistent_with`): "consistent", "stale", or None when none was named."""
+
+    page: Page
+    state: str | None

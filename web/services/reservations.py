@@ -6,10 +6,12 @@ from engine.errors import ReservationNotFound
 from engine.models import CallContext, Order, Reservation
 from engine.settings import Settings
 from persistence import queries_orders as queries
+from web.auth import Principal
+from web.consistency import read_page, wait_for
 from web.errors import ApiError
-from web.schemas.orders import ReserveIn, ttl_bounds
+from web.schemas.orders import ReservationQuery, ReserveIn, ttl_bounds
 from web.services.container import Services
-from web.services.records import redis_first
+from web.services.records import Listed, owner_filter, redis_first
 
 
 def ttl_ms(settings: Settings, seconds: float | None) -> int | None:
@@ -37,6 +39,15 @@ async def reserve(svc: Services, body: ReserveIn, ctx: CallContext) -> Reservati
         ttl_ms=ttl_ms(svc.settings, body.ttl_seconds),
         allow_split=body.allow_split,
     )
+
+
+async def list_reservations(svc: Services, who: Principal, q: ReservationQuery) -> Listed:
+    """The caller's reservations (staff: all, or one user's) from the database, newest first;
+    after the drain has passed `q.consistent_with` (or waited long enough)."""
+    user = owner_filter(who, q.user)
+    state = await wait_for(svc, q.consistent_with)
+    page = await read_page(svc, queries.list_reservations(user, q.status), q.cursor, q.limit)
+    return Listed(page, state)
 
 
 async def get_reservation(svc: Services, reservation_id: str, ctx: CallContext) -> Reservation:
