@@ -1,6 +1,6 @@
 """Reservations and orders live in Redis while they matter and in the database for good: a
 read asks Redis first (fresh, read-your-writes) and the database once Redis has let the record
-go. Also whose records a list may show."""
+go. Also whose records a list may show, and what a list answers (`Listed`)."""
 
 from __future__ import annotations
 
