@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from engine.keys import partition_keys
 from persistence import schema
 from tests.api import data
-from web.app import Services
+from web.services.container import Services
 
 Snapshot = tuple[Any, ...]
 

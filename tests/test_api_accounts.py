@@ -25,8 +25,8 @@ from tests.api import bearer, data, err, running
 from tests.support import run_cli
 from tests.test_api_auth import auth_header, login, make_user, whoami_app
 from web.accounts import AccountCache
-from web.app import Services
 from web.auth import Principal
+from web.services.container import Services
 
 NEW_PASSWORD = "a new and better passphrase"
 

@@ -22,7 +22,7 @@ from engine.settings import Settings
 from tests.api import bearer, data, err, running
 from tests.catalog_support import create, svc
 from web.app import create_app
-from web.openapi_conventions import Schema
+from web.openapi.conventions import Schema
 from web.pagination import WIDTH, cursor_pattern, encode_cursor
 from web.routes import docs
 

@@ -20,8 +20,9 @@ from engine.settings import Settings
 from persistence import jobs
 from scripts.redis_server import free_port
 from tests.api import bearer, data, err, running
-from web.app import Services, create_app
+from web.app import create_app
 from web.metrics import snapshot
+from web.services.container import Services
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 RESERVE = "/api/reservations/"

@@ -25,10 +25,11 @@ from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
 from scripts.redis_server import free_port
 from tests.api import bearer, err, running
-from web.app import Services, create_app
+from web.app import create_app
 from web.errors import ApiError
 from web.ratelimit import RateLimitMiddleware, take
 from web.responses import ok
+from web.services.container import Services
 
 RESERVE = "/api/reservations/"
 

@@ -24,8 +24,8 @@ from persistence import schema
 from persistence.drain import drain_partition
 from tests.api import assert_invalid_body, bearer, data, err
 from web import consistency
-from web.app import Services
 from web.consistency import WAIT_S
+from web.services.container import Services
 
 TOKEN = re.compile(r"p0-\d+-\d+")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

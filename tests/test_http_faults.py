@@ -37,7 +37,8 @@ from tests.durable import (
 )
 from tests.helpers import snapshot
 from tests.support import run_cli
-from web.app import Services, create_app
+from web.app import create_app
+from web.services.container import Services
 
 JWT_KEYS = "test:" + "k" * 40
 

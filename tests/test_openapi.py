@@ -16,7 +16,7 @@ from engine import errors as engine_errors
 from engine.settings import Settings
 from tests.api import err
 from web.errors import ENGINE_STATUS
-from web.openapi_conventions import ref
+from web.openapi.conventions import ref
 from web.ratelimit import EXEMPT
 from web.routes import ROUTES, docs
 

@@ -257,7 +257,7 @@ async def test_twenty_concurrent_creates_of_one_sku_make_one_product(
         for headers, answer in zip(keyed, again, strict=True):
             if headers is winner:
                 assert answer.status_code == 201
-                # A loser's claim may have moved updated_at on (web/routes/products.py).
+                # A loser's claim may have moved updated_at on (web/services/products.py).
                 replayed, first = dict(data(answer)), dict(data(made[0]))
                 assert replayed.pop("updated_at") >= first.pop("updated_at")
                 assert replayed == first

@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import redis.exceptions
-from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy.exc import OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +24,7 @@ from engine.engine import Engine
 from engine.settings import Settings
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
+from web import routes as all_routes
 from web.accounts import AccountCache, AccountCheckMiddleware
 from web.auth import Keys
 from web.errors import ApiError, from_engine
@@ -39,23 +38,12 @@ from web.middleware import (
 from web.ratelimit import RateLimitMiddleware
 from web.readiness import Readiness
 from web.responses import error, request_id
+from web.services.container import Services
+
+# Services (web/services/container.py) is named here too for the callers that build an app.
+__all__ = ["Services", "create_app"]
 
 log = logging.getLogger("inventory.web")
-
-
-@dataclass
-class Services:
-    """What the endpoints use, opened by the lifespan and found at `request.app.state`."""
-
-    settings: Settings
-    engine: Engine
-    db: DatabaseEngine
-    trigger: DrainTrigger
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -118,8 +106,6 @@ def create_app(
             trigger.close()
             db.dispose()
             await engine.aclose()
-
-    from web import routes as all_routes
 
     keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens
     metrics = Metrics()

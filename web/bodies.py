@@ -12,8 +12,8 @@ from web.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
-# What the document says of every text a client sends (web/openapi.py adds it where a string
-# has no pattern of its own): no NUL character, which `_validate` below refuses.
+# What the document says of every text a client sends (web/openapi/document.py adds it where a
+# string has no pattern of its own): no NUL character, which `_validate` below refuses.
 NO_NUL = r"^[^\x00]*$"
 
 

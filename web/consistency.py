@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import redis.exceptions
+from sqlalchemy import Engine as DatabaseEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,10 +29,10 @@ from engine.models import Order, Reservation
 from engine.outbox import sid as _position
 from persistence import queries_orders as queries
 from persistence.queries_orders import Listing
-from web.app import services
 from web.errors import ApiError
 from web.pagination import Page, SortKey, paginate
 from web.responses import ok
+from web.services.container import Services, services
 
 log = logging.getLogger("inventory.web")
 
@@ -71,12 +72,11 @@ async def _newest(request: Request, partition: int) -> str:
     return event_id(partition, await services(request).engine.outbox_newest_id(partition))
 
 
-async def wait_for(request: Request, token: str | None) -> str | None:
+async def wait_for(svc: Services, token: str | None) -> str | None:
     """Wait for the drain to pass `token`: "consistent", "stale" (waited long enough), or
     None when no token was given."""
     if token is None:
         return None
-    svc = services(request)
     match = _TOKEN.fullmatch(token)
     if match is None or int(match[1]) >= svc.settings.partitions:
         raise ApiError(
@@ -120,14 +120,14 @@ def mark(response: Response, state: str | None) -> Response:
     return response
 
 
-def _page(request: Request, listing: Listing, cursor: str | None, limit: int) -> Page:
+def _page(db: DatabaseEngine, listing: Listing, cursor: str | None, limit: int) -> Page:
     keys = [SortKey(column, descending) for column, descending in listing.sort]
-    with services(request).db.connect() as conn:
+    with db.connect() as conn:
         page = paginate(conn, listing.query, keys, cursor, limit, listing.boundary)
         page.rows = listing.load(conn, page.rows)
     return page
 
 
-async def read_page(request: Request, listing: Listing, cursor: str | None, limit: int) -> Page:
+async def read_page(svc: Services, listing: Listing, cursor: str | None, limit: int) -> Page:
     """One page of a durable list, newest (or highest) first, cut by keyset."""
-    return await asyncio.to_thread(_page, request, listing, cursor, limit)
+    return await asyncio.to_thread(_page, svc.db, listing, cursor, limit)

@@ -1,29 +1,16 @@
-"""A product as the API shows it (catalog fields from the database, live stock from Redis), and
-paging the catalog when Redis decides which rows belong on a page.
-
-A catalog row that Redis does not know (a create whose engine step has not happened yet) is
-not a product to readers: it is left out of lists and is a 404 alone.
-"""
+"""A product as the API shows it: catalog fields from the database, live stock from Redis
+(read by web/services/catalog.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 from engine import errors
 from engine.models import ProductStock
-from persistence import catalog
 from persistence.catalog import CatalogProduct
-from web.app import Services
 from web.money import to_decimal_string
-from web.pagination import decode_cursor, encode_cursor
 from web.responses import iso
-from web.schemas_catalog import ProductQuery
 
-# How many database chunks one page may scan while Redis filters rows out (in_stock): a page
-# may come back short, with a `next` cursor that goes on where the scan stopped.
-MAX_CHUNKS = 10
 MAX_ID = 2**63 - 1
 
 
@@ -58,79 +45,3 @@ def product_id(raw: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_ID:
         raise errors.ProductNotFound(raw[:64])
     return int(raw)
-
-
-async def live_product(svc: Services, pid: int) -> tuple[CatalogProduct, ProductStock]:
-    """A product that is in the catalog, not deleted, and known to Redis; else 404."""
-    row = await asyncio.to_thread(catalog.get_product, svc.db, pid)
-    if row is None:
-        raise errors.ProductNotFound(str(pid))
-    stocks = await svc.engine.get_stocks([row.engine_id])
-    if row.engine_id not in stocks:
-        raise errors.ProductNotFound(str(pid))
-    return row, stocks[row.engine_id]
-
-
-@dataclass
-class ProductPage:
-    items: list[dict[str, Any]]
-    next: str | None
-    previous: str | None
-
-
-def _boundary(cursor: str) -> tuple[int, bool]:
-    (value,), direction = decode_cursor(cursor, [int])
-    return value, direction == "p"
-
-
-async def page_products(svc: Services, query: ProductQuery) -> ProductPage:
-    """One page by id (keyset). The database gives chunks of candidates; Redis gives their
-    stock (one get_stocks per chunk) and, with `in_stock`, decides which of them stay. The
-    scan goes on until the page is full, the catalog ends, or MAX_CHUNKS were read."""
-    limit = query.limit
-    boundary, backwards = _boundary(query.cursor) if query.cursor is not None else (None, False)
-    found: list[tuple[CatalogProduct, ProductStock]] = []
-    position = boundary
-    exhausted = False
-    for _ in range(MAX_CHUNKS):
-        rows = await asyncio.to_thread(
-            catalog.scan_products,
-            svc.db,
-            search=query.search,
-            after=None if backwards else position,
-            before=position if backwards else None,
-            limit=limit + 1,
-        )
-        stocks = await svc.engine.get_stocks([r.engine_id for r in rows])
-        for row in rows:
-            position = row.id
-            stock = stocks.get(row.engine_id)
-            if stock is None:
-                continue
-            if query.in_stock is not None and (stock.available > 0) != query.in_stock:
-                continue
-            found.append((row, stock))
-            if len(found) > limit:
-                break
-        if len(found) > limit:
-            break
-        if len(rows) <= limit:
-            exhausted = True
-            break
-    page = found[:limit]
-    # Where the scan may go on: after the page's last item when there are more, after the
-    # last row looked at when the scan stopped at its bound, nowhere when the catalog ended.
-    go_on = page[-1][0].id if len(found) > limit else (None if exhausted else position)
-    if backwards:
-        page.reverse()
-    items = [product_json(row, stock) for row, stock in page]
-    ahead = encode_cursor([go_on], "p" if backwards else "n") if go_on is not None else None
-    behind: str | None = None
-    if boundary is not None:
-        if backwards:
-            behind = encode_cursor([page[-1][0].id if page else boundary - 1], "n")
-        else:
-            behind = encode_cursor([page[0][0].id if page else boundary + 1], "p")
-    if backwards:
-        return ProductPage(items, next=behind, previous=ahead)
-    return ProductPage(items, next=ahead, previous=behind)

@@ -19,13 +19,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import text
 
-if TYPE_CHECKING:
-    from web.app import Services
+from web.services.container import Services
 
 log = logging.getLogger("inventory.web")
 

@@ -44,12 +44,13 @@ from engine.settings import Settings
 from persistence.db import libpq_url
 from scripts.bench import rowlock
 from web.accounts import look_up
-from web.app import Services, create_app
+from web.app import create_app
 from web.auth import require_staff
 from web.bodies import parse_body
 from web.errors import ApiError, from_engine
 from web.responses import error, ok, request_id
-from web.schemas_orders import ReserveIn
+from web.schemas.orders import ReserveIn
+from web.services.container import Services
 
 BARE_PATH = "/bench/bare/reserve"
 BARE_ACTOR = CallContext(actor="bench-bare")

@@ -1,201 +1,47 @@
 """Getting a token: `POST /api/token/` (username and password → access and refresh tokens) and
 `POST /api/token/refresh/` (a refresh token → new access and refresh tokens).
 
-Refresh tokens rotate (persistence/refresh_tokens.py): each works once, and a spent one used
-again revokes its family. Both tokens carry the account's token version (web/auth.py).
-
-Failed logins are limited with Redis counters that expire, strictly per username from one
-client address and per client address (429 with Retry-After), but per username alone only by
-a growing delay: an attacker who knows a username can slow its owner's login down, by a few
-seconds at most, never lock the owner out. An attempt counts before its password is checked
-(so a burst of parallel guesses can't slip past the limits) and is taken back when it
-succeeds. The client address is the connection's: behind a proxy, run uvicorn with
-`--proxy-headers` and `--forwarded-allow-ips` so that it is the caller's.
+Refresh tokens rotate, and failed logins are limited and delayed (web/services/auth.py). The
+client address is the connection's: behind a proxy, run uvicorn with `--proxy-headers` and
+`--forwarded-allow-ips` so that it is the caller's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine import Engine
-from engine.keys import uuid4_hex
-from engine.settings import Settings
-from persistence import refresh_tokens, users
-from persistence.refresh_tokens import Issue, Refusal
-from persistence.users import TokenState
-from web import passwords
 from web.accounts import AccountCache
-from web.app import services
-from web.auth import Principal, request_keys
+from web.auth import request_keys
 from web.bodies import parse_body
-from web.errors import ApiError
 from web.responses import ok
-
-
-class LoginBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(min_length=1, max_length=150)
-    password: str = Field(min_length=1, max_length=passwords.MAX_LENGTH)
-
-    @field_validator("username")
-    @classmethod
-    def _no_nul(cls, value: str) -> str:
-        # No stored name has one, and Postgres can't even compare text that does.
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
-
-
-class RefreshBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    refresh: str = Field(min_length=1, max_length=4096)
-
-
-@dataclass(frozen=True, slots=True)
-class LoginLimit:
-    """At most `attempts` failed logins per `window_s` seconds for one value of `kind`."""
-
-    kind: str
-    name: str  # as the 429 names it
-    attempts: int
-    window_s: int
-
-
-PAIR_LIMIT = LoginLimit("user-ip", "username_and_client", attempts=5, window_s=300)
-CLIENT_LIMIT = LoginLimit("ip", "client", attempts=20, window_s=300)
-# Per username alone: no limit, a delay (`login_delay_s`), counted over this window.
-USERNAME_WINDOW_S = 300
+from web.schemas.auth import LoginBody, RefreshBody
+from web.services import auth
+from web.services.container import services
 
 
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def login_delay_s(failures: int, settings: Settings) -> float:
-    """How long an attempt for a username waits after `failures` recent failed attempts for
-    it, from any address: nothing at first, then doubling up to LOGIN_DELAY_MAX."""
-    if failures <= 0:
-        return 0.0
-    base_s = settings.login_delay_base_ms / 1000
-    return float(min(base_s * 2 ** min(failures - 1, 32), settings.login_delay_max_ms / 1000))
-
-
-async def _count_attempt(engine: Engine, username: str, client: str) -> int:
-    """Counts one login attempt; refuses it with 429 when a strict limit is already used up,
-    else returns how many attempts for the username came before it (for the delay)."""
-    counts = await engine.count_login_attempt(
-        username,
-        client,
-        pair_window_s=PAIR_LIMIT.window_s,
-        client_window_s=CLIENT_LIMIT.window_s,
-        user_window_s=USERNAME_WINDOW_S,
-    )
-    over = [
-        limit
-        for limit, count in ((PAIR_LIMIT, counts.pair), (CLIENT_LIMIT, counts.client))
-        if count > limit.attempts
-    ]
-    if not over:
-        return counts.user - 1
-    retry_after = max(
-        [
-            max(await engine.login_attempts_ttl_s(username, client, pair=limit is PAIR_LIMIT), 1)
-            for limit in over
-        ]
-    )
-    limit = over[0]
-    whom = "this username from this address" if limit is PAIR_LIMIT else "this address"
-    raise ApiError(
-        429,
-        "too_many_attempts",
-        f"too many failed logins for {whom}; try again in {retry_after} s",
-        {"limit": limit.name, "retry_after": retry_after},
-        {"Retry-After": str(retry_after)},
-    )
-
-
-async def _forget_attempt(engine: Engine, username: str, client: str) -> None:
-    """A success: the username starts afresh, from everywhere and from this address, and the
-    client's attempt is taken back."""
-    await engine.forget_login_attempts(username, client, client_window_s=CLIENT_LIMIT.window_s)
-
-
-def _next_refresh(settings: Settings) -> Issue:
-    """The id and times of a refresh token about to be issued, to record before it is minted."""
-    now = int(time.time())
-    expires = now + settings.jwt_refresh_ttl_ms // 1000
-    return Issue(
-        uuid4_hex(), datetime.fromtimestamp(now, UTC), datetime.fromtimestamp(expires, UTC)
-    )
-
-
-def _tokens(request: Request, user: users.User, refresh: Issue) -> dict[str, object]:
-    """An access token and the refresh token `refresh` for `user`, under the account's token
-    version and with its role as it is now."""
-    keys = request_keys(request)
-    principal = Principal(str(user.id), user.username, user.staff)
-    version = user.token_version
-    issued_at = int(refresh.issued_at.timestamp())
+def _accounts(request: Request) -> AccountCache:
     accounts: AccountCache = request.app.state.accounts
-    accounts.remember(TokenState(user.id, user.active, user.staff, version))  # just read
-    return {
-        "access": keys.issue(principal, "access", version=version),
-        "refresh": keys.issue(
-            principal, "refresh", version=version, jti=refresh.jti, now=issued_at
-        ),
-        "token_type": "Bearer",
-        "expires_in": services(request).settings.jwt_access_ttl_ms // 1000,
-    }
+    return accounts
 
 
 async def token(request: Request) -> Response:
     """Username and password → an access token and a refresh token (a new family)."""
     body = await parse_body(request, LoginBody)
-    svc = services(request)
-    client = _client(request)
-    before = await _count_attempt(svc.engine, body.username, client)
-    # Before the password is checked, whatever its outcome: a fast "no" would tell the
-    # guesser not to wait for the answer.
-    await asyncio.sleep(login_delay_s(before, svc.settings))
-    user = await asyncio.to_thread(users.find_by_username, svc.db, body.username)
-    # An unknown user costs the same hash check as a wrong password: the time tells nothing.
-    matches = await asyncio.to_thread(
-        passwords.verify_password, user.password_hash if user else None, body.password
+    tokens = await auth.login(
+        services(request),
+        request_keys(request),
+        _accounts(request),
+        body.username,
+        body.password,
+        _client(request),
     )
-    if user is None or not matches:
-        raise ApiError(401, "invalid_credentials", "the username or the password is wrong")
-    if not user.active:
-        raise ApiError(401, "account_disabled", "this account is disabled")
-    await _forget_attempt(svc.engine, body.username, client)
-    if passwords.needs_rehash(user.password_hash):
-        rehashed = await asyncio.to_thread(passwords.hash_password, body.password)
-        await asyncio.to_thread(users.set_password_hash, svc.db, user.id, rehashed)
-    first = _next_refresh(svc.settings)
-    await asyncio.to_thread(refresh_tokens.start_family, svc.db, user.id, first)
-    return ok(request, _tokens(request, user, first))
-
-
-# The answer to each refusal of a refresh token.
-REFUSED: dict[Refusal, tuple[str, str]] = {
-    "unknown": ("invalid_token", "the refresh token is not known here; sign in again"),
-    "revoked": ("token_revoked", "the refresh token was revoked; sign in again"),
-    "reused": (
-        "token_reused",
-        "the refresh token was used already; every token of its sign-in is revoked now",
-    ),
-    "account": ("invalid_token", "the token's user no longer exists or is disabled"),
-    "version": ("token_revoked", "the token was revoked: its account changed; sign in again"),
-}
+    return ok(request, tokens)
 
 
 async def refresh(request: Request) -> Response:
@@ -203,19 +49,9 @@ async def refresh(request: Request) -> Response:
     The account must still exist, be active and have the token's version, and the new tokens
     carry its current role."""
     body = await parse_body(request, RefreshBody)
-    svc = services(request)
-    claims = request_keys(request).verify(body.refresh, "refresh")
-    # Spending the token, reading its account and recording its successor are one
-    # transaction; the successor is minted after it, from the account it read.
-    following = _next_refresh(svc.settings)
-    rotation = await asyncio.to_thread(
-        refresh_tokens.rotate, svc.db, str(claims["jti"]), int(claims["ver"]), following
-    )
-    if rotation.refused is not None:
-        code, message = REFUSED[rotation.refused]
-        raise ApiError(401, code, message)
-    assert rotation.user is not None
-    return ok(request, _tokens(request, rotation.user, following))
+    keys = request_keys(request)
+    tokens = await auth.refresh(services(request), keys, _accounts(request), body.refresh)
+    return ok(request, tokens)
 
 
 routes = [

@@ -4,7 +4,7 @@ and `GET /api/ops/dashboard/` (staff), the JSON the page polls every two seconds
 The page is plain HTML, CSS and JavaScript from web/static, served by this app: no CDN, no
 font or script from another host, no inline script (a strict Content-Security-Policy holds).
 A staff user signs in on it with username and password (`POST /api/token/`); the token stays
-in the tab's sessionStorage. web/dashboard_data.py says where each number comes from.
+in the tab's sessionStorage. web/dashboard/data.py says where each number comes from.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from web import dashboard_data
-from web.app import services
 from web.auth import require_staff
+from web.dashboard import data as dashboard_data
 from web.responses import ok
+from web.services.container import services
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 PAGE = "/dashboard"

@@ -1,4 +1,4 @@
-"""The API described: `GET /openapi.json` (OpenAPI 3.1, built by web/openapi.py from the
+"""The API described: `GET /openapi.json` (OpenAPI 3.1, built by web/openapi/document.py from the
 operations table and the limits the server's settings set) and `GET /api/docs/`, a Swagger UI
 page.
 
@@ -21,10 +21,13 @@ from starlette.routing import BaseRoute, Route
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed
 
 from engine.settings import Settings
-from web import openapi, openapi_catalog, openapi_dashboard, openapi_orders
-from web.app import services
 from web.errors import ApiError
-from web.openapi_conventions import TITLE
+from web.openapi import catalog as openapi_catalog
+from web.openapi import dashboard as openapi_dashboard
+from web.openapi import document as openapi
+from web.openapi import orders as openapi_orders
+from web.openapi.conventions import TITLE
+from web.services.container import services
 
 STATIC = "/api/docs/static/"
 # The files of the bundle the page uses, and their media types.

@@ -17,9 +17,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.settings import Settings
-from web.app import services
 from web.auth import require_staff
 from web.metrics import Metrics, snapshot
+from web.services.container import services
 
 
 def _scraper(request: Request, settings: Settings) -> bool:

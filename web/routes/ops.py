@@ -8,11 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from web.app import services
 from web.auth import authenticate
 from web.errors import ApiError
 from web.readiness import Readiness
 from web.responses import ok
+from web.services import ops
+from web.services.container import services
 
 
 async def healthz(request: Request) -> Response:
@@ -34,16 +35,14 @@ async def readyz(request: Request) -> Response:
     """Ready, or 503 naming the failing components (web/readiness.py); staff also get each
     problem's text and the figures (the outbox backlog)."""
     readiness: Readiness = request.app.state.readiness
-    findings = await readiness.findings(services(request))
+    report = await ops.readiness_report(services(request), readiness)
     staff = _staff(request)
-    failing = [name for name, found in findings.items() if found.problem is not None]
-    facts = {k: v for found in findings.values() for k, v in found.facts.items()}
-    if not failing:
-        return ok(request, {"status": "ready", **(facts if staff else {})})
+    if not report.failing:
+        return ok(request, {"status": "ready", **(report.facts if staff else {})})
+    failing = report.failing
     details: dict[str, Any] = {"failing": failing}
     if staff:
-        problems = {name: found.problem for name, found in findings.items() if found.problem}
-        details.update(problems=problems, **facts)
+        details.update(problems=report.problems, **report.facts)
     raise ApiError(
         503, "not_ready", f"not ready: {', '.join(failing)}", details, {"Retry-After": "5"}
     )

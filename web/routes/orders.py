@@ -32,64 +32,17 @@ answers with `X-Consistency-Token`; `GET /api/orders/?consistent_with=<token>` w
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.errors import InvalidTransition, OrderNotFound
-from engine.models import CallContext, Order
-from engine.states import OrderStatus
-from engine.validation import RECORD_ID
-from persistence import queries_orders as queries
-from persistence.queries_orders import Amount, OrderFilters
-from web.app import Services, services
 from web.auth import require_user
 from web.bodies import parse_body, parse_query
-from web.consistency import mark, read_page, wait_for, written
-from web.errors import ApiError
-
-# The currencies whose minor unit is not a hundredth (money.exponent's table).
-from web.money import EXPONENTS as IRREGULAR_EXPONENTS
+from web.consistency import mark, written
 from web.responses import ok
-from web.routes.reservations import owner_filter
-from web.schemas_orders import OrderIn, OrderQuery, TransitionIn, order_out
-
-CUSTOMER_MAY = (OrderStatus.PENDING, OrderStatus.CANCELLED)
-
-
-def _amount(value: Decimal | None, rounding: str) -> Amount | None:
-    """A decimal bound as minor units per currency, rounded inward (ceil for a minimum)."""
-    if value is None:
-        return None
-
-    def minor(places: int) -> int:
-        return int(value.scaleb(places).to_integral_value(rounding=rounding))
-
-    return Amount(minor(2), {c: minor(p) for c, p in IRREGULAR_EXPONENTS.items()})
-
-
-def _day_start(day: date | None, *, after: bool = False) -> datetime | None:
-    if day is None or (after and day == date.max):
-        return None
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return start + timedelta(days=1) if after else start
-
-
-async def _current(svc: Services, order_id: str, ctx: CallContext) -> Order:
-    """The order from Redis, or from the database once Redis has let it go."""
-    try:
-        return await svc.engine.get_order(order_id, ctx)
-    except OrderNotFound:
-        if not RECORD_ID.fullmatch(order_id):  # no record has such an id: don't ask
-            raise
-        kept = await asyncio.to_thread(queries.get_order, svc.db, order_id, ctx.scope)
-        if kept is None:
-            raise
-        return kept
+from web.schemas.orders import OrderIn, OrderQuery, TransitionIn, order_out
+from web.services import orders
+from web.services.container import services
 
 
 async def create(request: Request) -> Response:
@@ -97,12 +50,7 @@ async def create(request: Request) -> Response:
     svc = services(request)
     ctx = require_user(request).context(request)
     body = await parse_body(request, OrderIn)
-    if body.reservation is not None:
-        order = await svc.engine.commit(body.reservation, ctx)
-    else:
-        order = await svc.engine.place_order(
-            body.line_requests(), ctx, allow_split=body.allow_split
-        )
+    order = await orders.place_order(svc, body, ctx)
     return await written(request, order_out(order), 201, order)
 
 
@@ -110,27 +58,18 @@ async def listing(request: Request) -> Response:
     """Orders from the database, filtered, one keyset page at a time."""
     who = require_user(request)
     q = parse_query(request, OrderQuery)
-    filters = OrderFilters(
-        user=owner_filter(who, q.user),
-        status=q.status,
-        created_from=_day_start(q.start_date),
-        created_before=_day_start(q.end_date, after=True),
-        min_total=_amount(q.min_total, ROUND_CEILING),
-        max_total=_amount(q.max_total, ROUND_FLOOR),
-        highest_value=q.sort == "highest_value",
-    )
-    state = await wait_for(request, q.consistent_with)
-    page = await read_page(request, queries.list_orders(filters), q.cursor, q.limit)
+    listed = await orders.list_orders(services(request), who, q)
+    page = listed.page
     response = ok(
         request, [order_out(o) for o in page.rows], next=page.next, previous=page.previous
     )
-    return mark(response, state)
+    return mark(response, listed.state)
 
 
 async def detail(request: Request) -> Response:
-    svc = services(request)
     ctx = require_user(request).context(request)
-    return ok(request, order_out(await _current(svc, request.path_params["order_id"], ctx)))
+    order_id = request.path_params["order_id"]
+    return ok(request, order_out(await orders.get_order(services(request), order_id, ctx)))
 
 
 async def update(request: Request) -> Response:
@@ -139,35 +78,7 @@ async def update(request: Request) -> Response:
     who = require_user(request)
     body = await parse_body(request, TransitionIn)
     ctx = who.context(request)
-    order_id = request.path_params["order_id"]
-    expected: OrderStatus | None = None
-    if not who.staff:
-        if body.status != OrderStatus.CANCELLED:
-            raise ApiError(
-                403, "forbidden", "a customer may only cancel an order; other moves are staff's"
-            )
-        current = await _current(svc, order_id, ctx)  # 404 unless it is theirs
-        if current.status not in CUSTOMER_MAY:
-            raise ApiError(
-                403,
-                "forbidden",
-                f"an order can be cancelled by its buyer only while pending; "
-                f"this one is {current.status}",
-                {"order": order_id, "status": current.status.value},
-            )
-        # the cancel holds only if the order is still as its buyer saw it (staff may have
-        # confirmed it since): the script checks and moves in one step
-        expected = current.status
-    try:
-        order = await svc.engine.transition(order_id, body.status, ctx, expected=expected)
-    except OrderNotFound:
-        if not RECORD_ID.fullmatch(order_id):
-            raise
-        # Only final orders leave Redis: if the database has it, no move is left.
-        kept = await asyncio.to_thread(queries.get_order, svc.db, order_id, ctx.scope)
-        if kept is None:
-            raise
-        raise InvalidTransition(order_id, kept.status, body.status, []) from None
+    order = await orders.transition(svc, who, request.path_params["order_id"], body.status, ctx)
     return await written(request, order_out(order), 200, order)
 
 

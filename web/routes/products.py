@@ -1,165 +1,46 @@
 """Products: the catalog (database) joined with live stock (Redis); staff create, change and
-delete them. Stock adjustments and warehouses are in web/routes/stock.py.
-
-Creating a product is two writes: the catalog row, then `setup_product` in Redis, which adds
-the opening stock. If the engine refuses, the row is removed again. If Redis fails (down, a
-timeout: the script may or may not have run), the row stays behind, unseen by readers (they
-show only products Redis knows), and a later create with the same sku finishes it: the engine
-step runs again and the row takes that request's fields.
-
-Creates of one sku race (two staff users; a retry while the first is still under way), and a
-create that finds the row while Redis does not know the product can't tell a failed create
-from one about to run its engine step. So Redis decides who sets the product up: a create's
-`setup_product` is create-only, refused (`product_exists`) in the same atomic step that would
-add the opening stock if the product is set up already. Whichever create's script runs first
-makes the product and adds its stock, once; every other create gets 409 `sku_exists`, or,
-retried under the same Idempotency-Key, the first answer again. A create finishing another's
-row writes its fields to the row only after its engine step succeeded, so the row keeps the
-fields of the create that won (were that process to die in between, the row keeps the first
-create's fields until a PUT).
-
-A race remains in the database: the inserter removes its row after a refusal while another
-create goes to finish it. The finisher first claims the row (catalog.claim_unfinished moves
-its updated_at on) and the inserter removes the row only if it is untouched since its insert:
-either the removal comes first and the finisher's claim fails (it starts over, and may insert
-the row itself), or the claim does and the row stays for the finisher. (So a create that lost
-a race may have moved the row's updated_at on; never its fields.)
+delete them (web/services/products.py: the two-phase create and its compensation). Stock
+adjustments and warehouses are in web/routes/stock.py.
 """
 
 from __future__ import annotations
-
-import asyncio
-import dataclasses
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from engine import errors
-from engine.models import CallContext, StockReason
-from engine.states import TERMINAL
-from engine.validation import MAX_STOCK_DELTA
-from persistence import catalog
-from persistence.catalog import CatalogProduct, SkuTaken
-from web.app import Services, services
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
-from web.errors import ApiError
-from web.money import reprice, to_minor
-from web.products_view import live_product, page_products, product_id, product_json
+from web.products_view import product_id, product_json
 from web.responses import iso, ok
 from web.routes import stock
-from web.schemas_catalog import (
-    ProductCreate,
-    ProductPatch,
-    ProductPut,
-    ProductQuery,
-    as_dict,
-)
-
-# Undrained outbox events a delete reads to find orders the database has not seen yet.
-OUTBOX_SCAN_LIMIT = 10_000
-# How often a create reads the row holding its sku again when it changed under it.
-CLAIM_ATTEMPTS = 5
-
-
-def price_minor(value: str, currency: str) -> int:
-    try:
-        return to_minor(value, currency)
-    except ApiError as exc:
-        problem = {"field": "price", "problem": exc.message, "type": "value_error"}
-        raise ApiError(400, "invalid_input", exc.message, {"errors": [problem]}) from None
-
-
-def _sku_taken(sku: str, product: int) -> ApiError:
-    details: dict[str, Any] = {"sku": sku}
-    if product >= 0:
-        details["product"] = product
-    return ApiError(409, "sku_exists", f"a product with sku {sku!r} exists already", details)
+from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, ProductQuery
+from web.services import catalog, products
+from web.services.container import services
 
 
 async def list_products(request: Request) -> Response:
     """The catalog with live stock; `search`, `in_stock`, cursor pagination. Open to all."""
     query = parse_query(request, ProductQuery)
-    page = await page_products(services(request), query)
-    return ok(request, page.items, next=page.next, previous=page.previous)
+    page = await catalog.page_products(services(request), query)
+    items = [product_json(row, live) for row, live in page.items]
+    return ok(request, items, next=page.next, previous=page.previous)
 
 
 async def get_product(request: Request) -> Response:
     """One product with live stock. Open to all."""
-    row, live = await live_product(services(request), product_id(request.path_params["id"]))
+    pid = product_id(request.path_params["id"])
+    row, live = await catalog.live_product(services(request), pid)
     return ok(request, product_json(row, live))
-
-
-async def _set_up_already(svc: Services, row: CatalogProduct, ctx: CallContext) -> bool:
-    """The sku is taken by `row`. False: Redis does not know the product, a create to finish.
-    True: it does, and this may be a retry under the same Idempotency-Key (the engine replays
-    the first answer, or refuses). 409 when it is deleted, or set up and there is no key."""
-    if row.deleted_at is not None:
-        raise _sku_taken(row.sku, row.id)
-    if row.engine_id not in await svc.engine.get_stocks([row.engine_id]):
-        return False
-    if ctx.idempotency_key is None:
-        raise _sku_taken(row.sku, row.id)
-    return True
 
 
 async def create_product(request: Request) -> Response:
     """Staff: a catalog row plus the product in the engine, with its opening stock."""
     principal = require_staff(request)
     body = await parse_body(request, ProductCreate)
-    svc = services(request)
-    currency = body.currency or svc.settings.default_currency
-    price = price_minor(body.price, currency)
-    fields: dict[str, Any] = {
-        "name": body.name,
-        "description": body.description,
-        "price": price,
-        "currency": currency,
-    }
-    opening = body.opening(svc.settings.default_warehouse)
-    warehouses = await stock.warehouse_priorities(svc, opening)
-    ctx = principal.context(request)
-    finishing = False  # this create takes over another's row
-    for _ in range(CLAIM_ATTEMPTS):
-        row, inserted = await asyncio.to_thread(
-            catalog.insert_product, svc.db, sku=body.sku, **fields
-        )
-        if inserted or await _set_up_already(svc, row, ctx):
-            break
-        claimed = await asyncio.to_thread(catalog.claim_unfinished, svc.db, row)
-        if claimed is not None:
-            row, finishing = claimed, True
-            break
-        # The row changed since it was read (removed by its inserter, claimed by another
-        # create): read it again.
-    else:  # other creates keep claiming the row: one of them will finish it
-        raise _sku_taken(body.sku, row.id)
-    try:
-        made = await svc.engine.setup_product(
-            row.engine_id,
-            ctx,
-            price=price,
-            currency=currency,
-            warehouses=warehouses,
-            stock=opening,
-            create_only=True,
-        )
-    except errors.ProductExists:
-        raise _sku_taken(body.sku, row.id) from None  # another create set it up first
-    except errors.EngineError:
-        # A refusal: the script changed nothing, so neither may we. (A Redis error leaves
-        # the row for a retry to finish: the script may have run.)
-        if inserted:
-            await asyncio.to_thread(catalog.remove_unfinished, svc.db, row)
-        raise
-    if finishing and any(getattr(row, name) != value for name, value in fields.items()):
-        await asyncio.to_thread(catalog.update_product, svc.db, row.id, fields)
-    await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
-    row, live = await live_product(svc, row.id)
-    response = ok(request, product_json(row, live), 201)
+    made = await products.create_product(services(request), body, principal.context(request))
+    response = ok(request, product_json(made.row, made.live), 201)
     if made.replayed:  # the first create's answer, with the product as it is now
         response.headers[REPLAY_HEADER] = "true"
     return response
@@ -169,29 +50,10 @@ async def _update(request: Request, model: type[ProductPut] | type[ProductPatch]
     principal = require_staff(request)
     pid = product_id(request.path_params["id"])
     body = await parse_body(request, model)
-    svc = services(request)
-    row, live = await live_product(svc, pid)
-    values = as_dict(body)
-    if "price" in values:
-        values["price"] = reprice(values["price"], row.currency)
-    try:
-        updated = await asyncio.to_thread(catalog.update_product, svc.db, pid, values)
-    except SkuTaken as exc:
-        raise _sku_taken(exc.sku, exc.product_id) from None
-    if updated is None:
-        raise errors.ProductNotFound(str(pid))
-    # Compared with Redis, not with the old row: a retry after a failed engine call still
-    # brings the engine's price up to the catalog's. (No idempotency key: the catalog has
-    # changed already, and a key used before must not refuse the engine's half of it.)
-    if updated.price != live.price:
-        await svc.engine.setup_product(
-            updated.engine_id,
-            dataclasses.replace(principal.context(request), idempotency_key=None),
-            price=updated.price,
-            currency=updated.currency,
-        )
-        await svc.trigger.request(svc.engine.partition_of_product(updated.engine_id))
-    return ok(request, product_json(updated, live))
+    changed = await products.update_product(
+        services(request), pid, body, principal.context(request)
+    )
+    return ok(request, product_json(changed.row, changed.live))
 
 
 async def put_product(request: Request) -> Response:
@@ -204,61 +66,12 @@ async def patch_product(request: Request) -> Response:
     return await _update(request, ProductPatch)
 
 
-async def _orders_not_yet_recorded(svc: Services, product: str) -> int:
-    """Open orders of `product` still only in the outbox (the database trails by the drain
-    lag). If the backlog is too long to read, the answer is 'can't tell': refuse."""
-    partition = svc.engine.partition_of_product(product)
-    events = await svc.engine.outbox_range(partition, count=OUTBOX_SCAN_LIMIT + 1)
-    if len(events) > OUTBOX_SCAN_LIMIT:
-        raise ApiError(
-            409,
-            "product_in_use",
-            "the durable record is behind; try again once the worker catches up",
-            {"product": product, "outbox_backlog": len(events)},
-        )
-    open_orders: set[str] = set()
-    for event in events:
-        data = event.data
-        if event.type == "order_created" and any(
-            line[0] == product for line in data.get("lines", [])
-        ):
-            open_orders.add(str(data["order"]))
-        elif event.type == "order_status_changed" and data.get("to") in TERMINAL:
-            open_orders.discard(str(data.get("order")))
-    return len(open_orders)
-
-
 async def delete_product(request: Request) -> Response:
     """Staff: soft-delete, refused while units are reserved or an order is open."""
     staff = require_staff(request)
-    svc = services(request)
-    row, live = await live_product(svc, product_id(request.path_params["id"]))
-    in_use: dict[str, int] = {}
-    if live.reserved > 0:
-        in_use["reserved"] = live.reserved
-    in_use["open_orders"] = await asyncio.to_thread(catalog.open_orders, svc.db, row.engine_id)
-    if not in_use["open_orders"]:
-        in_use["open_orders"] = await _orders_not_yet_recorded(svc, row.engine_id)
-    if in_use.get("reserved") or in_use["open_orders"]:
-        raise ApiError(
-            409,
-            "product_in_use",
-            f"product {row.id} has live reservations or open orders; it can't be deleted",
-            {"product": row.id, **in_use},
-        )
-    # Its units leave sale first, so Redis (which knows no catalog) refuses to reserve it.
-    left = {lv.warehouse: lv.available for lv in live.levels if lv.available > 0}
-    # (no idempotency key: a repeated DELETE finds the product gone; chunks differ)
-    ctx = dataclasses.replace(staff.context(request), idempotency_key=None)
-    while left:  # one adjustment moves at most MAX_STOCK_DELTA units per warehouse
-        step = {w: -min(n, MAX_STOCK_DELTA) for w, n in left.items()}
-        await svc.engine.adjust_stock(row.engine_id, step, StockReason.WITHDRAWN, ctx)
-        left = {w: n + step[w] for w, n in left.items() if n + step[w] > 0}
-        await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
-    deleted = await asyncio.to_thread(catalog.soft_delete, svc.db, row.id)
-    if deleted is None or deleted.deleted_at is None:
-        raise errors.ProductNotFound(row.engine_id)
-    return ok(request, {"id": deleted.id, "deleted_at": iso(deleted.deleted_at)})
+    pid = product_id(request.path_params["id"])
+    deleted, at = await products.delete_product(services(request), pid, staff.context(request))
+    return ok(request, {"id": deleted, "deleted_at": iso(at)})
 
 
 routes: list[BaseRoute] = [

@@ -56,7 +56,7 @@ RecordId = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 
 def ttl_bounds(settings: Settings) -> tuple[float, float]:
     """The ttl_seconds a client may ask for, in seconds (RESERVATION_TTL_MIN..MAX): the
-    document states them, web/routes/reservations.py holds requests to them."""
+    document states them, web/services/reservations.py holds requests to them."""
     return settings.reservation_ttl_min_ms / 1000, settings.reservation_ttl_max_ms / 1000
 
 

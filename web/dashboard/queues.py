@@ -21,7 +21,7 @@ from rq_scheduler import Scheduler
 
 from persistence import jobs, periodic
 from web.responses import iso
-from web.schemas_dashboard import FailedJobOut, PeriodicOut, QueueOut, QueuesOut, WorkerOut
+from web.schemas.dashboard import FailedJobOut, PeriodicOut, QueueOut, QueuesOut, WorkerOut
 
 log = logging.getLogger("inventory.dashboard")
 

@@ -1,5 +1,5 @@
 """The operations table, part one: operations, tokens, the API page, products, stock,
-warehouses and the audit log (web/openapi.py builds the document from it).
+warehouses and the audit log (web/openapi/document.py builds the document from it).
 
 These routes build their answers as dicts, so their response schemas are written here by
 hand; tests/test_schemathesis.py holds them to what the app really sends.
@@ -12,11 +12,11 @@ from typing import Any, get_args
 
 from engine.settings import Settings
 from web.money import EXPONENTS, exponent, price_pattern
-from web.openapi import Operation
-from web.openapi_conventions import REF, Schema, closed, ref
+from web.openapi.conventions import REF, Schema, closed, ref
+from web.openapi.document import Operation
 from web.pagination import cursor_pattern
-from web.routes.auth import LoginBody, RefreshBody
-from web.schemas_catalog import (
+from web.schemas.auth import LoginBody, RefreshBody
+from web.schemas.catalog import (
     REASON_SIGN,
     AuditQuery,
     ProductCreate,

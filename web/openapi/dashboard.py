@@ -1,10 +1,10 @@
 """The operations table, part three: the operations page and the JSON it polls
-(web/openapi.py builds the document from it)."""
+(web/openapi/document.py builds the document from it)."""
 
 from __future__ import annotations
 
-from web.openapi import Operation
-from web.schemas_dashboard import DashboardOut
+from web.openapi.document import Operation
+from web.schemas.dashboard import DashboardOut
 
 TEXT = {"type": "string"}
 

@@ -1,6 +1,7 @@
 """What every operation of the API shares, as OpenAPI: the text on its conventions, the
 X-Request-ID and Idempotency-Key parameters, the response headers, the Error envelope, and
-the errors each kind of operation can answer (web/openapi.py puts them into the document)."""
+the errors each kind of operation can answer (web/openapi/document.py puts them into the
+document)."""
 
 from __future__ import annotations
 

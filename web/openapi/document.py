@@ -1,11 +1,11 @@
-"""The OpenAPI 3.1 document, built from one table of operations (web/openapi_catalog.py and
-web/openapi_orders.py hold the rows).
+"""The OpenAPI 3.1 document, built from one table of operations (web/openapi/catalog.py and
+web/openapi/orders.py hold the rows).
 
 A row says what an operation takes (body, query, path parameters, headers), what its `data`
 is, who may call it and which error codes it answers with which status. Bodies and queries
 are the endpoints' own pydantic models (`model_json_schema()`, their `$defs` gathered into
 `components/schemas`); where a route has no response model yet its row carries the schema.
-This module adds what every operation shares (web/openapi_conventions.py): the envelope
+This module adds what every operation shares (web/openapi/conventions.py): the envelope
 around `data`, the Error schema, the bearer scheme, the X-Request-ID / Idempotency-Key /
 X-Consistency-Token headers, and the errors that follow from the row (a body can be
 malformed, a token can be missing, Redis or the database can be down).
@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from web.bodies import NO_NUL
-from web.openapi_conventions import (
+from web.openapi.conventions import (
     ACCESS_ERRORS,
     BACKEND_ERRORS,
     BODY_ERRORS,

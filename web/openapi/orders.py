@@ -1,6 +1,6 @@
-"""The operations table, part two: reservations and orders (web/openapi.py builds the
+"""The operations table, part two: reservations and orders (web/openapi/document.py builds the
 document from it). Bodies, queries and answers are the pydantic models of
-web/schemas_orders.py; a body that comes in several shapes is described shape by shape."""
+web/schemas/orders.py; a body that comes in several shapes is described shape by shape."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from engine.settings import Settings
-from web.openapi import Operation, without_null
-from web.openapi_conventions import REF, Schema, ref
+from web.openapi.conventions import REF, Schema, ref
+from web.openapi.document import Operation, without_null
 from web.pagination import cursor_pattern
-from web.schemas_orders import (
+from web.schemas.orders import (
     ExtendIn,
     OrderIn,
     OrderOut,

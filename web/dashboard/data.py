@@ -8,7 +8,7 @@ The page polls every two seconds, so every read is bounded:
 - The database (one connection, in a thread): two counts over the index on reservations
   (status, expires_at), the newest unresolved dead letters, the drain checkpoints, and the
   names of at most a few hundred candidate products.
-- RQ (web.dashboard_queues, in a thread): workers, queue and registry sizes, the periodic
+- RQ (web.dashboard.queues, in a thread): workers, queue and registry sizes, the periodic
   jobs' next runs, the newest failures.
 
 Redis down is the app's usual 503. The database or RQ down leaves their panels null and says
@@ -34,10 +34,10 @@ from starlette.applications import Starlette
 from engine import keys
 from engine.reads import EngineReads
 from persistence import schema
-from web.dashboard_queues import queues_panel
+from web.dashboard.queues import queues_panel
 from web.metrics import snapshot
 from web.responses import iso
-from web.schemas_dashboard import (
+from web.schemas.dashboard import (
     DashboardOut,
     DeadLetterOut,
     DeadLettersOut,

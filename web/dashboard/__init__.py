@@ -1,0 +1,1 @@
+"""The operations dashboard's data: every number of the page (data) and the RQ panel (queues)."""
