@@ -161,6 +161,30 @@ def drain_started(client: Any, partition: int) -> Any:
     return client.delete(partition_keys(partition).drain_requested)
 
 
+def drain_lock(client: Any, partition: int, **options: Any) -> Any:
+    """The lease of the one worker draining the partition's outbox: a redis-py Lock (sync or
+    async after its client), `options` as `Redis.lock` takes them (timeout, blocking, ...)."""
+    return client.lock(partition_keys(partition).drain_lock, **options)
+
+
+# -- the dead-letter stream: the events the database refused, while unresolved ---------------
+
+
+def dead_letter(client: Any, partition: int, event: OutboxEvent, error: str) -> Any:
+    """Add an event the database refused (the dead_letters row is its durable record)."""
+    fields = {"event_id": event.event_id, "type": event.type, "data": json.dumps(event.data)}
+    return client.xadd(partition_keys(partition).dead_letters, {**fields, "error": error})
+
+
+def dead_letter_entries(client: Any, partition: int) -> Any:
+    """The stream's entries [(entry id, fields)] (awaitable on an async client)."""
+    return client.xrange(partition_keys(partition).dead_letters)
+
+
+def drop_dead_letters(client: Any, partition: int, entry_ids: Sequence[str]) -> Any:
+    return client.xdel(partition_keys(partition).dead_letters, *entry_ids)
+
+
 # -- the async shells -----------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Connection, Engine, Row, select, update
 
-from engine.keys import partition_keys
+from engine import outbox
 from engine.outbox import OutboxEvent, sid
 from persistence import schema
 from persistence.apply import DATABASE_ERRORS, write_rows
@@ -243,8 +243,8 @@ def _without_superseded(conn: Connection, event: OutboxEvent, rows: Rows) -> Row
 
 def _forget(client: redis.Redis, letter: DeadLetter) -> None:
     """Drop a resolved dead letter from its partition's stream, which mirrors the open ones."""
-    key = partition_keys(letter.partition).dead_letters
-    entries = cast(list[tuple[str, dict[str, str]]], client.xrange(key))
+    p = letter.partition
+    entries = cast(list[tuple[str, dict[str, str]]], outbox.dead_letter_entries(client, p))
     stale = [i for i, fields in entries if fields.get("event_id") == letter.event_id]
     if stale:
-        client.xdel(key, *stale)
+        outbox.drop_dead_letters(client, p, stale)

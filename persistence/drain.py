@@ -19,7 +19,6 @@ job's DRAIN_RETRY, the in-process drain's backoff).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -141,10 +140,7 @@ def drain_batch(
     # committed: now, and only now, the events may leave Redis
     committed_ms = int(time.time() * 1000)
     for e, error in batch.dead:
-        client.xadd(
-            k.dead_letters,
-            {"event_id": e.event_id, "type": e.type, "data": json.dumps(e.data), "error": error},
-        )
+        outbox.dead_letter(client, partition, e, error)
     _trim(client, k, last)
     dead_ids = {e.event_id for e, _ in batch.dead}
     result.lag_ms.extend(committed_ms - e.ts_ms for e in events if e.event_id not in dead_ids)
@@ -162,7 +158,7 @@ def drain_locks(client: redis.Redis, settings: Settings, parts: Sequence[int]) -
     lease = settings.drain_lease_ms / 1000
     with ExitStack() as stack:
         for p in parts:
-            lock = client.lock(partition_keys(p).drain_lock, timeout=lease, blocking_timeout=lease)
+            lock = outbox.drain_lock(client, p, timeout=lease, blocking_timeout=lease)
             if not lock.acquire():
                 raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
             stack.callback(_release, lock)
@@ -184,10 +180,8 @@ def drain_partition(
 ) -> DrainResult:
     """Drain until the outbox is empty (or max_batches), holding the partition's lease."""
     result = DrainResult(partition)
-    lock = client.lock(
-        partition_keys(partition).drain_lock,
-        timeout=settings.drain_lease_ms / 1000,
-        blocking=False,
+    lock = outbox.drain_lock(
+        client, partition, timeout=settings.drain_lease_ms / 1000, blocking=False
     )
     if not lock.acquire():
         result.locked_out = True

@@ -16,7 +16,7 @@ import redis
 from rq import Queue, Retry
 from sqlalchemy import Engine as DatabaseEngine
 
-from engine import keys, outbox
+from engine import bookkeeping, outbox
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence.db import database_engine
@@ -70,7 +70,7 @@ def _keep_last_drain(client: redis.Redis, partition: int, result: dict[str, Any]
         return  # an idle drain has no lag to tell: the last real one stays
     fields = ("applied", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")
     record = {"at_ms": int(time.time() * 1000), **{f: result[f] for f in fields}}
-    client.hset(keys.LAST_DRAIN, str(partition), json.dumps(record))
+    bookkeeping.keep_last_drain(client, partition, record)
 
 
 def drain(partition: int) -> dict[str, Any]:
@@ -107,9 +107,7 @@ def reconcile_check() -> dict[str, Any]:
 
     report = check(redis_client(), database(), settings())
     result = report.to_json()
-    redis_client().set(
-        keys.LAST_RECONCILE, json.dumps(result, default=str), ex=keys.LAST_RECONCILE_TTL_S
-    )
+    bookkeeping.keep_last_reconcile(redis_client(), json.dumps(result, default=str))
     if not report.ok:
         logging.getLogger("inventory.reconcile").warning(
             "reconcile found drift: %s", json.dumps(result, default=str)[:4000]
@@ -135,7 +133,7 @@ def expire() -> dict[str, int]:
     outcome = asyncio.run(run())
     if outcome["expired"]:
         client = redis_client()
-        client.incrby(keys.SWEEP_EXPIRED, outcome["expired"])
+        bookkeeping.count_expired(client, outcome["expired"])
         q = queue()
         for p in range(settings().partitions):
             request_drain(q, client, p)

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 from sqlalchemy import Engine, func, select
 
-from engine import invariants
-from engine.keys import partition_keys, partition_of, stock_fields
-from engine.outbox import last_generated_id, range_start, sid
-from engine.records import compact, live_entry, product_meta
+from engine import invariants, restore
+from engine.keys import partition_of
+from engine.partition import time_ms
+from engine.records import product_meta
+from engine.restore import LiveReservation, RestorePlan
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_locks
@@ -51,43 +51,29 @@ class RebuildResult:
     problems: list[str] = field(default_factory=list)  # invariants the restored data breaks
 
 
-@dataclass
-class _Partition:
-    products: dict[str, str] = field(default_factory=dict)
-    stock: dict[str, int] = field(default_factory=dict)
-    live: dict[str, str] = field(default_factory=dict)
-    expiry: dict[str, int] = field(default_factory=dict)
-    reservations: dict[str, dict[str, str | int]] = field(default_factory=dict)
-    orders: dict[str, dict[str, str | int]] = field(default_factory=dict)
-
-
-def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str], int]:
+def _read(db: Engine, partitions: int) -> tuple[list[RestorePlan], dict[int, str], int]:
     """What each partition gets, the checkpoints and the unresolved dead letters."""
-    plans = [_Partition() for _ in range(partitions)]
+    plans = [RestorePlan() for _ in range(partitions)]
     rs, o, dl = schema.reservations, schema.orders, schema.dead_letters
     with consistent_read(db) as conn:
         at = checkpoints(conn)
         dead = conn.scalar(select(func.count()).where(dl.c.resolved_at.is_(None))) or 0
         for row in conn.execute(select(schema.product_settings)):
             plan = plans[partition_of(row.product, partitions)]
-            meta = product_meta(row.price, row.currency, row.warehouses)
-            plan.products[row.product] = compact(meta)
-            for w, _ in meta["warehouses"]:  # as setup_product.lua: each warehouse has counters
-                plan.stock.update(dict.fromkeys(stock_fields(row.product, str(w)), 0))
+            plan.add_product(row.product, product_meta(row.price, row.currency, row.warehouses))
         for row in conn.execute(select(schema.stock_levels)):
             plan = plans[partition_of(row.product, partitions)]
-            available, reserved = stock_fields(row.product, row.warehouse)
-            plan.stock[available], plan.stock[reserved] = int(row.available), int(row.reserved)
+            plan.counters[(row.product, row.warehouse)] = (int(row.available), int(row.reserved))
         active = rs.c.status == "active"
         lines = read_lines(
             conn, schema.reservation_lines, "reservation_id", select(rs.c.id).where(active)
         )
         for row in conn.execute(select(rs).where(active)):
             plan = plans[partition_of(row.id, partitions)]  # where the engine will look for it
-            record = reservation_hash(row, lines.get(row.id, []))
-            plan.live[row.id] = live_entry(row.user_id, lines.get(row.id, []))
-            plan.expiry[row.id] = int(record["expires_at"])
-            plan.reservations[row.id] = record
+            held = lines.get(row.id, [])
+            plan.reservations[row.id] = LiveReservation(
+                row.user_id, held, reservation_hash(row, held)
+            )
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
             plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
@@ -97,14 +83,13 @@ def _read(db: Engine, partitions: int) -> tuple[list[_Partition], dict[int, str]
 
 
 def _refusal(client: Any, p: int, checkpoint: str, force: bool) -> str | None:
-    k = partition_keys(p)
-    present = [key for key in (k.stock, k.products, k.live, k.expiry) if client.exists(key)]
+    present = restore.occupied(client, p)
     if present and not force:
         return (
             f"partition {p} already has data in Redis ({', '.join(present)}); rebuild restores "
             "a Redis that lost its data: --force replaces what is there"
         )
-    if client.xrange(k.outbox, range_start(checkpoint), "+", count=1):
+    if restore.events_after(client, p, checkpoint):
         return (
             f"partition {p}: the outbox holds events the database has not applied; "
             "drain them first (`inventory drain`): the database lacks them, so would Redis"
@@ -112,54 +97,21 @@ def _refusal(client: Any, p: int, checkpoint: str, force: bool) -> str | None:
     return None
 
 
-def _hset(
-    pipe: Pipeline, key: str, fields: dict[str, str] | dict[str, int] | dict[str, str | int]
-) -> None:
-    pipe.hset(key, items=list(chain.from_iterable(fields.items())))
-
-
 def _write(
-    client: redis.Redis, p: int, plan: _Partition, checkpoint: str, force: bool, retention_ms: int
+    client: redis.Redis, p: int, plan: RestorePlan, checkpoint: str, force: bool, retention_ms: int
 ) -> None:
     """Write one partition in one MULTI, watching its keys: if anything writes them between
     the check and the EXEC, it runs again (and refuses, unless `force`)."""
-    k = partition_keys(p)
 
     def fill(pipe: Pipeline) -> None:
         refused = _refusal(pipe, p, checkpoint, force)
         if refused:
             raise RebuildRefused(refused)
-        last = (
-            last_generated_id(pipe.xinfo_stream(k.outbox)) if pipe.exists(k.outbox) else None
-        ) or "0-0"
-        applied = pipe.get(k.applied)
+        position = restore.read_position(pipe, p)
         pipe.multi()
-        pipe.delete(k.stock, k.products, k.live, k.expiry)
-        for key, fields in (
-            (k.products, plan.products),
-            (k.stock, plan.stock),
-            (k.live, plan.live),
-        ):
-            if fields:
-                _hset(pipe, key, fields)
-        if plan.expiry:
-            pipe.zadd(k.expiry, plan.expiry)
-        for rid, record in plan.reservations.items():
-            pipe.delete(k.reservation(rid))
-            _hset(pipe, k.reservation(rid), record)
-            pipe.pexpireat(k.reservation(rid), int(record["expires_at"]) + retention_ms)
-        for oid, record in plan.orders.items():
-            pipe.delete(k.order(oid))
-            _hset(pipe, k.order(oid), record)
-        if sid(last) < sid(checkpoint):
-            # New events must sort after the checkpoint, or the drain would skip them: an
-            # entry trimmed as it is added (MAXLEN 0) moves the stream's last id there.
-            pipe.xadd(k.outbox, {"type": "rebuild"}, id=checkpoint, maxlen=0, approximate=False)
-        if checkpoint != "0-0" and (applied is None or sid(str(applied)) < sid(checkpoint)):
-            pipe.set(k.applied, checkpoint)
-        pipe.delete(k.behind)
+        restore.queue_restore(pipe, p, plan, checkpoint, position, retention_ms)
 
-    client.transaction(fill, k.stock, k.products, k.live, k.expiry, k.outbox, k.applied)
+    client.transaction(fill, *restore.watched(p))
 
 
 def rebuild(
@@ -180,8 +132,7 @@ def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -
             raise RebuildRefused(refused)
     result = RebuildResult(dead_letters=dead)
     run = f"rebuild-{uuid.uuid4().hex[:16]}"
-    seconds, micros = client.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    now_ms = time_ms(client.time())
     for p, plan in enumerate(plans):
         try:
             _write(
@@ -192,15 +143,16 @@ def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -
         counts = {
             "partition": p,
             "products": len(plan.products),
-            "stock_levels": len(plan.stock) // 2,
-            "reservations": len(plan.live),
-            "reservations_due": sum(1 for at in plan.expiry.values() if at <= now_ms),
+            "stock_levels": len(plan.counters),
+            "reservations": len(plan.reservations),
+            "reservations_due": sum(
+                1 for r in plan.reservations.values() if r.expires_at <= now_ms
+            ),
             "orders": len(plan.orders),
             **restore_lost(client, db, settings, p, run),
         }
         result.partitions.append(counts)
-        stock = {name: str(value) for name, value in plan.stock.items()}
-        result.problems += invariants.evaluate(p, stock, plan.live, list(plan.expiry)).problems
+        result.problems += invariants.judge(p, plan.state()).problems
         with db.begin() as conn:
             audit(conn, "rebuild", "redis_rebuilt", ("partition", str(p)), None, counts, run)
     return result

@@ -27,7 +27,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Connection, Engine, select
 
-from engine import specs
+from engine import snapshot, specs
 from engine.keys import partition_keys
 from engine.records import compact, live_entry, reservation_fields
 from engine.scripts import source
@@ -320,7 +320,7 @@ def repair_redis(
 def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str) -> Any:
     """One database-side repair: returns the audited (object type, id), old and new value,
     or None when Redis no longer holds what to repair from."""
-    k, rid, now = partition_keys(p), str(d.record), datetime.now(UTC)
+    rid, now = str(d.record), datetime.now(UTC)
     rs, o = schema.reservations, schema.orders
     if d.kind == "projection":
         row = {"product": d.product, "warehouse": d.warehouse, **d.redis}
@@ -329,9 +329,10 @@ def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str)
         w = {"warehouse": d.warehouse}
         return ("product", str(d.product)), d.database and {**w, **d.database}, {**w, **d.redis}
     if d.kind == "reservation_missing_in_database":
-        raw = cast(str | None, client.hget(k.live, rid))
-        rec = cast(dict[str, str], client.hgetall(k.reservation(rid)))
-        rows = reservation_rows(rid, rec, json.loads(raw) if raw else {}, p, now)
+        with client.pipeline(transaction=False) as pipe:
+            snapshot.queue_reservation(pipe, p, rid)
+            rec, live = snapshot.parse_reservation(pipe.execute())
+        rows = reservation_rows(rid, rec, live, p, now)
         if rows is None:
             return None
         upsert(conn, rs, [rows[0]], ["id"])
@@ -342,7 +343,7 @@ def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str)
     if d.kind == "order_status":
         conn.execute(o.update().where(o.c.id == rid).values(status=d.redis, updated_at=now))
         return ("order", rid), {"status": d.database}, {"status": d.redis}
-    rec = cast(dict[str, str], client.hgetall(k.order(rid)))  # order_missing_in_database
+    rec = cast(dict[str, str], snapshot.order_record(client, p, rid))  # order_missing_in_database
     if not rec:
         return None
     row, lines = order_rows(rid, rec, str(d.redis), p, now)

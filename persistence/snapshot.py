@@ -7,7 +7,6 @@ settings, active reservations, orders and their last recorded status).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,10 +15,8 @@ from typing import Any
 import redis
 from sqlalchemy import Connection, Engine, func, select
 
-from engine import outbox, partition
-from engine.keys import partition_keys, record_id
+from engine import partition, snapshot
 from engine.outbox import OutboxEvent
-from engine.partition import STATE_REPLIES, parse_state, queue_state, time_ms
 from engine.records import product_meta
 from engine.states import TERMINAL
 from persistence import schema
@@ -86,36 +83,22 @@ class Snapshot:
 
 def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str]) -> Snapshot:
     """Partition `p` in one MULTI, with the outbox after `after` and these orders' status."""
-    k = partition_keys(p)
     with client.pipeline(transaction=True) as pipe:
-        pipe.time()
-        queue_state(pipe, p)
-        outbox.queue_tail(pipe, p, after)
-        pipe.xlen(k.dead_letters)
-        pipe.hgetall(k.products)
-        for o in orders:
-            pipe.hget(k.order(o), "status")
-        res: list[Any] = pipe.execute(raise_on_error=False)
-    tail_at = 1 + STATE_REPLIES
-    rest_at = tail_at + outbox.TAIL_REPLIES
-    for r in (*res[:tail_at], *res[rest_at:]):
-        if isinstance(r, Exception):
-            raise r
-    state = parse_state(res[1:tail_at])
-    tail = outbox.parse_tail(p, res[tail_at:rest_at])
-    dead, products, *statuses = res[rest_at:]
+        snapshot.queue_snapshot(pipe, p, after, orders)
+        snap = snapshot.parse_snapshot(p, orders, pipe.execute(raise_on_error=False))
+    tail = snap.tail
     made = {str(e.data.get("order")) for e in tail.events if e.type == "order_created"}
-    late = {o for o in sorted(made - set(orders)) if client.exists(k.order(o))}
+    late = {o for o in sorted(made - set(orders)) if snapshot.order_exists(client, p, o)}
     return Snapshot(
-        now_ms=time_ms(res[0]),
-        counters=state.counters,
-        live=state.live,
-        expiry=state.expiry,
+        now_ms=snap.now_ms,
+        counters=snap.state.counters,
+        live=snap.state.live,
+        expiry=snap.state.expiry,
         events=tail.events,
         last_id=tail.last_id,
-        dead=int(dead),
-        products={product: json.loads(meta) for product, meta in products.items()},
-        orders=dict(zip(orders, statuses, strict=True)),
+        dead=snap.dead,
+        products=snap.products,
+        orders=snap.orders,
         applied=tail.applied,
         after=after,
         checkpoint_present=tail.at_checkpoint,
@@ -126,8 +109,7 @@ def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str
 
 def redis_orders(client: redis.Redis, p: int) -> set[str]:
     """The orders partition `p` holds a record of."""
-    pattern = partition_keys(p).any_order
-    return {record_id(str(key)) for key in client.scan_iter(match=pattern, count=1000)}
+    return snapshot.order_ids(snapshot.scan_orders(client, p))
 
 
 # -- the database ---------------------------------------------------------------------------

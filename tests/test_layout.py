@@ -1,15 +1,19 @@
 """One owner for the Redis layout (issue 10): only engine/ (Python) and lua/ know a key or a
 hash field's format; persistence/, web/ and scripts/ ask the engine (engine/reads.py) or use
-its helpers (engine/keys.py, engine/outbox.py, engine/partition.py, engine/records.py). And
+its helpers (engine/keys.py, engine/outbox.py, engine/partition.py, engine/records.py,
+engine/snapshot.py, engine/restore.py, engine/bookkeeping.py), which run every Redis command
+on the engine's keys (scripts are called through engine/specs.py). And
 the helpers that both the async engine and the sync worker run agree with what they replace."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from redis.exceptions import ResponseError
 
 from engine import keys, outbox, partition, records
@@ -30,6 +34,8 @@ RULES = {
     "a stock field literal": re.compile(r"""(?<![\w])[fr]{0,2}["'][ar]\|"""),
     # the worker's own keys (engine/keys.py builds every key)
     "a key literal": re.compile(r"""["']inv:"""),
+    # one key picked from a partition's keys for a command of one's own
+    "a partition key picked by name": re.compile(r"\bpartition_keys\([^()]*\)\.\w"),
 }
 
 
@@ -63,6 +69,81 @@ def test_the_rules_catch_what_they_forbid() -> None:
     assert RULES["a stock field literal"].search("""name = 'r|' + product""")
     assert not RULES["a stock field literal"].search("""article = "an" if x else "a" """)
     assert RULES["a key literal"].search('LAST_DRAIN_KEY = "inv:drain:last"')
+    picked = RULES["a partition key picked by name"]
+    assert picked.search("    key = partition_keys(letter.partition).dead_letters")
+    assert picked.search("    lock = client.lock(partition_keys(p).drain_lock, timeout=lease)")
+    assert not picked.search("    k = partition_keys(p)")
+
+
+# A Redis command (a method of redis-py's client, pipelines alike) run on one of the engine's
+# keys: `pipe.hgetall(k.products)`, `client.hset(keys.LAST_DRAIN, ...)`,
+# `client.lock(partition_keys(p).drain_lock)`. The engine's helpers run those
+# (engine/snapshot.py, engine/restore.py, engine/outbox.py, engine/bookkeeping.py). Building a
+# script's KEYS from partition_keys (`specs.X.build(stock=k.stock, ...)`, `plan.key(k.order(o))`)
+# is no command and stays legal; `append` is a list's method far more often than APPEND.
+COMMANDS = {name for name in dir(redis.Redis) if not name.startswith("_")} - {"append"}
+
+
+def _engine_key(node: ast.AST) -> bool:
+    """`k.<key>`, `keys.<CONSTANT>` or `partition_keys(...)`, anywhere in an expression."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name):
+            if sub.value.id == "k" or (sub.value.id == "keys" and sub.attr.isupper()):
+                return True
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
+            if sub.func.id == "partition_keys":
+                return True
+    return False
+
+
+def commands_on_engine_keys(source: str) -> list[int]:
+    """The lines of the Redis commands run on an engine key."""
+    return sorted(
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in COMMANDS
+        and any(_engine_key(a) for a in [*node.args, *(kw.value for kw in node.keywords)])
+    )
+
+
+def test_only_the_engine_runs_commands_on_its_keys() -> None:
+    offending = [
+        f"{path.relative_to(ROOT)}:{number}: {lines[number - 1].strip()}"
+        for path in _sources()
+        for lines in [path.read_text(encoding="utf-8").splitlines()]
+        for number in commands_on_engine_keys("\n".join(lines))
+    ]
+    assert not offending, "Redis commands on the engine's keys outside engine/:\n" + "\n".join(
+        offending
+    )
+
+
+def test_the_command_rule_catches_what_it_forbids() -> None:
+    forbidden = [
+        "pipe.hgetall(k.products)",
+        'pipe.hget(k.order(o), "status")',
+        "client.hset(keys.LAST_DRAIN, str(partition), json.dumps(record))",
+        "client.set(\n    keys.LAST_RECONCILE, text, ex=keys.LAST_RECONCILE_TTL_S\n)",
+        "client.xadd(\n    k.dead_letters,\n    {'event_id': e.event_id},\n)",
+        "client.lock(partition_keys(p).drain_lock, timeout=lease)",
+        "client.transaction(fill, k.stock, k.products)",
+        "client.scan_iter(match=partition_keys(p).any_order, count=1000)",
+        "late = {o for o in orders if client.exists(k.order(o))}",
+    ]
+    for line in forbidden:
+        assert commands_on_engine_keys(line), line
+    allowed = [
+        "keys, args = specs.TRIM_OUTBOX.build(outbox=k.outbox, applied=k.applied)",
+        "plan.add('orders', [oid, plan.key(k.order(oid)), '', record, ttl])",
+        "items.append(('records', k.order(row.id), [record, until]))",
+        "lock = outbox.drain_lock(client, p, timeout=lease)",
+        "RECONCILE_TTL_MS = keys.LAST_RECONCILE_TTL_S * 1000",
+        "outbox.dead_letter(client, partition, e, error)",
+    ]
+    for line in allowed:
+        assert not commands_on_engine_keys(line), line
 
 
 # -- the shared helpers ---------------------------------------------------------------------
