@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.exceptions import ResponseError
 
-from engine import keys, outbox, partition, records
+from engine import invariants, keys, outbox, partition, records, restore, snapshot
 from engine.invariants import evaluate, judge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,14 +86,17 @@ COMMANDS = {name for name in dir(redis.Redis) if not name.startswith("_")} - {"a
 
 def _engine_key(node: ast.AST) -> bool:
     """`k.<key>`, `keys.<CONSTANT>` or `partition_keys(...)`, anywhere in an expression."""
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name):
-            if sub.value.id == "k" or (sub.value.id == "keys" and sub.attr.isupper()):
-                return True
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
-            if sub.func.id == "partition_keys":
-                return True
-    return False
+    return any(_is_engine_key(sub) for sub in ast.walk(node))
+
+
+def _is_engine_key(node: ast.AST) -> bool:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.value.id == "k" or (node.value.id == "keys" and node.attr.isupper())
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "partition_keys"
+    )
 
 
 def commands_on_engine_keys(source: str) -> list[int]:
@@ -230,3 +233,61 @@ def test_the_partition_state_is_judged_as_the_raw_check_judges_it() -> None:
 def test_a_product_meta_lists_warehouses_by_priority_then_name() -> None:
     meta = records.product_meta(100, "EUR", [("b", 1), ("a", 1), ("c", 0)])
     assert meta == {"price": 100, "currency": "EUR", "warehouses": [["c", 0], ["a", 1], ["b", 1]]}
+
+
+def test_the_snapshot_queues_and_parses_in_step() -> None:
+    pipe = Recorder()
+    snapshot.queue_snapshot(pipe, 1, "5-0", ["o1", "o2"])
+    k = keys.partition_keys(1)
+    assert len(pipe.calls) == 1 + partition.STATE_REPLIES + outbox.TAIL_REPLIES + 2 + 2
+    assert pipe.calls[-2:] == [
+        ("hget", (k.order("o1"), "status"), {}),
+        ("hget", (k.order("o2"), "status"), {}),
+    ]
+    a, r = keys.stock_fields("p1", "w1")
+    meta = records.product_meta(100, "EUR", [("w1", 0)])
+    replies: list[Any] = [
+        ["1700000000", "5000"],
+        {a: "3", r: "0"},
+        {},
+        [],
+        *[[], [("5-0", {"type": "x", "data": "{}"})], "5-0", 0, {"last-generated-id": "5-0"}],
+        2,
+        {"p1": records.compact(meta)},
+        "pending",
+        None,
+    ]
+    snap = snapshot.parse_snapshot(1, ["o1", "o2"], replies)
+    assert snap.now_ms == 1700000000005
+    assert snap.state.counters == {("p1", "w1"): (3, 0)}
+    assert (snap.tail.at_checkpoint, snap.tail.last_id, snap.dead) == (True, "5-0", 2)
+    assert snap.products == {"p1": meta}
+    assert snap.orders == {"o1": "pending", "o2": None}
+    with pytest.raises(ResponseError):
+        snapshot.parse_snapshot(1, [], [*replies[:-3], ResponseError("LOADING"), {}])
+
+
+def test_a_restore_plan_becomes_the_values_the_scripts_write() -> None:
+    plan = restore.RestorePlan()
+    plan.add_product("p1", records.product_meta(100, "EUR", [("w1", 0), ("w2", 1)]))
+    plan.counters[("p1", "w1")] = (3, 2)
+    record = records.reservation_fields("r1", "alice", 1, 1000, [["p1", "w1", 2]], "req")
+    plan.reservations["r1"] = restore.LiveReservation("alice", [["p1", "w1", 2]], record)
+    assert invariants.judge(0, plan.state()).ok
+    pipe = Recorder()
+    restore.queue_restore(pipe, 0, plan, "7-0", ("0-0", None), 50)
+    k = keys.partition_keys(0)
+    written = {args[0]: args[1:] or kw for name, args, kw in pipe.calls if name != "delete"}
+    a1, r1 = keys.stock_fields("p1", "w1")
+    a2, r2 = keys.stock_fields("p1", "w2")
+    assert written[k.stock] == {"items": [a1, 3, r1, 2, a2, 0, r2, 0]}
+    assert written[k.live] == {"items": ["r1", records.live_entry("alice", [["p1", "w1", 2]])]}
+    assert written[k.expiry] == ({"r1": 1000},)
+    assert ("pexpireat", (k.reservation("r1"), 1050), {}) in pipe.calls
+    assert (
+        "xadd",
+        (k.outbox, {"type": "rebuild"}),
+        {"id": "7-0", "maxlen": 0, "approximate": False},
+    ) in pipe.calls
+    assert ("set", (k.applied, "7-0"), {}) in pipe.calls
+    assert pipe.calls[-1] == ("delete", (k.behind,), {})
