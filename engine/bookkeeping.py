@@ -1,8 +1,9 @@
-"""What the worker and the scheduler keep in Redis for operators, outside the partitions:
-the last drain of each partition that applied anything, the last reconcile's report, and how
-many reservations the periodic sweep has expired (engine/keys.py names the keys;
-engine/reads.py reads them back for the dashboard and /metrics). Each helper takes a sync or
-an async client and returns what the client's method returns.
+"""What the worker and the scheduler keep in Redis for operators: the last drain of each
+partition, the last reconcile's report, the count of reservations the sweep expired.
+
+The keys sit outside the partitions (engine/keys.py names them; engine/reads.py reads them
+back for the dashboard and /metrics). Each helper takes a sync or an async client and
+returns what the client's method returns.
 """
 
 from __future__ import annotations

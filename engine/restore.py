@@ -1,8 +1,9 @@
-"""Writing a partition back into a Redis that lost it (`inventory rebuild`), sans I/O: what
-persistence/rebuild.py reads from the database arrives as a typed `RestorePlan`, and the keys,
-fields and value shapes it becomes are decided here. The rebuild runs these in a WATCHed
-transaction: `occupied` and `events_after` (refusals), `read_position` (under WATCH), then
-`queue_restore` after MULTI, with `watched(p)` as the keys to watch.
+"""Writing a partition back into a Redis that lost it (`inventory rebuild`), sans I/O: a
+typed `RestorePlan` in, the MULTI that writes its keys, fields and values out.
+
+persistence/rebuild.py fills the plan from the database and runs these in a WATCHed
+transaction: `occupied` and `events_after` (its refusals), `read_position` (under WATCH),
+then `queue_restore` after MULTI, with `watched(p)` as the keys to watch.
 """
 
 from __future__ import annotations

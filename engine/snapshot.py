@@ -1,9 +1,10 @@
-"""What the worker reads of a partition to compare it with the database, sans I/O:
-reconcile's snapshot (one MULTI: the Redis clock, the live state, the outbox after the
-database checkpoint, the dead-letter count, the product settings and some orders' status),
-the orders a partition holds a record of, and the one reservation or order record a
-database-side repair copies. The commands and the parsing of their replies are defined here
-once; persistence/snapshot.py and persistence/repair.py run them (see engine/outbox.py).
+"""What the worker reads of a partition to hold it against the database, sans I/O:
+reconcile's snapshot, the orders a partition holds, one record a repair copies.
+
+Reconcile's snapshot is one MULTI: the Redis clock, the live state, the outbox after the
+database checkpoint, the dead-letter count, the product settings and some orders' status.
+The commands and the parsing of their replies are defined here once; persistence/snapshot.py
+and persistence/repair.py run them (see engine/outbox.py).
 """
 
 from __future__ import annotations
