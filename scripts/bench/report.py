@@ -221,14 +221,14 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
         ]
         palette = {BASELINE: "#c0392b", STATEMENT: "#e67e22", BARE: "#7f8c8d"}
         colours = [palette.get(r["system"], "#2471a3") for r in rows]
-        left.bar(range(len(rows)), [r["ops_per_s"] or 0 for r in rows], color=colours)
+        left.bar(range(len(rows)), [r.get("ops_per_s") or 0 for r in rows], color=colours)
         left.set_xticks(range(len(rows)), labels, fontsize=7)
         left.set_title(f"{scenario}: throughput (ops/s)")
         width = 0.27
         for i, (key, shade) in enumerate((("p50_ms", 0.45), ("p95_ms", 0.7), ("p99_ms", 1.0))):
             right.bar(
                 [x + (i - 1) * width for x in range(len(rows))],
-                [r[key] or 0 for r in rows],
+                [r.get(key) or 0 for r in rows],
                 width,
                 label=key.split("_")[0],
                 alpha=shade,

@@ -270,8 +270,9 @@ class Stack:
         return asyncio.run(check())
 
     def drain_to_end(self, timeout: float = 120) -> bool:
-        """Every event in the outboxes applied to the database: drained here, or (running
-        services) waited for while the service's worker drains. False if it did not get there."""
+        """Every event in the outboxes applied to the database, drained here (under each
+        partition's drain lock, so a running service's worker may drain alongside: one at a time).
+        False if it did not get there."""
         client = self.redis_client()
         db = database_engine(self.settings)
         deadline = time.monotonic() + timeout
@@ -280,14 +281,11 @@ class Stack:
                 while outbox.length(client, p) > 0:
                     if time.monotonic() > deadline:
                         return False
-                    if self.target is None:
-                        result = drain_partition(client, db, self.settings, p)
-                        if result.behind:
-                            return False
-                        if result.applied == 0:
-                            time.sleep(0.05)  # an event read but not yet trimmed, or locked out
-                    else:
-                        time.sleep(0.2)
+                    result = drain_partition(client, db, self.settings, p)
+                    if result.behind:
+                        return False
+                    if result.applied == 0:
+                        time.sleep(0.05)  # another drainer holds the partition
         finally:
             client.close()
             db.dispose()

@@ -139,6 +139,13 @@ async def reserve(
         assert row is not None
         moved, available = row
         if not moved:
+            if (available or 0) >= q:  # the statement's snapshot predates the buyer who won
+                cur = await conn.execute(
+                    "SELECT available FROM statement_stock WHERE product = %s AND warehouse = %s",
+                    (p, WAREHOUSE),
+                )
+                now = await cur.fetchone()
+                available = now[0] if now else 0
             return Short([(p, q, available or 0)])
         return Held(reservation, [(p, WAREHOUSE, q)])
     try:
