@@ -246,6 +246,8 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        # a shared machine: how busy it was when the run ended (1, 5, 15 minutes)
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_generator": "scripts/bench/loadgen.py: asyncio + uvloop, raw keep-alive connections",
