@@ -27,6 +27,7 @@ from engine.settings import PROJECT_ROOT, Settings
 from persistence.db import libpq_url
 from scripts.bench import rowlock, statement
 from scripts.bench.app import BARE_PATH, create_bench_app
+from scripts.bench.harness import exact_counts
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
@@ -264,6 +265,27 @@ def test_bench_refuses_bad_options(args: list[str], message: str) -> None:
     assert message in done.stderr
 
 
+def test_exact_counts_is_false_on_any_miscount() -> None:
+    """What makes `inventory bench` exit 1: a sale that sold a wrong count, a broken invariant,
+    or a database copy that differs from Redis after a scenario."""
+    good: dict[str, dict[str, Any]] = {
+        "flash-sale": {
+            "rows": [{"exact_counts": True}, {"mode": "saturation"}],
+            "invariants_ok": True,
+            "database_copy_ok": True,
+        },
+        "drain": {"rows": []},
+    }
+    assert exact_counts(good) is True
+    sold_wrong: dict[str, dict[str, Any]] = {
+        "flash-sale": {**good["flash-sale"], "rows": [{"exact_counts": False}]}
+    }
+    broken = {"catalog": {"rows": [], "invariants_ok": False, "database_copy_ok": True}}
+    copy_differs = {"cost": {"rows": [], "invariants_ok": True, "database_copy_ok": False}}
+    for bad in (sold_wrong, broken, copy_differs):
+        assert exact_counts({**good, **bad}) is False
+
+
 def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     plot, tables = tmp_path / "bench.png", tmp_path / "bench.md"
     done = inventory(
@@ -348,6 +370,7 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     assert "bench: flash-sale" in done.stderr
     assert "against the targets" in done.stderr
     assert "flash_sale_throughput_x [always vs sync commit]" in done.stderr
+    assert "exact_counts = true" in done.stderr
 
 
 @pytest.fixture

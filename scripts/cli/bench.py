@@ -108,6 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run(opts)
     if not args.json:
         print_tables(report["scenarios"], report["targets"])
+        console.print(f"exact_counts = {str(report['exact_counts']).lower()}")
     if args.plot:
         plot(report["scenarios"], args.plot)
         console.print(f"plot: {args.plot}")
