@@ -190,5 +190,10 @@ def measure(
         mode="fixed-rate" if rate else "saturation",
         connections=connections,
         **labels,
-        **{k: v for k, v in lag.items() if not k.startswith("_")},
+        **shown(lag),
     )
+
+
+def shown(lag: dict[str, Any]) -> dict[str, Any]:
+    """The drainer's figures a row shows (its private counts left out)."""
+    return {k: v for k, v in lag.items() if not k.startswith("_")}

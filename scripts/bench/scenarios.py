@@ -19,6 +19,7 @@ from scripts.bench.measure import (
     nothing,
     offer,
     reserve_call,
+    shown,
     span,
     summarise,
 )
@@ -212,7 +213,7 @@ def lifecycle(stack: Stack, progress: Progress) -> dict[str, Any]:
     for step in ("reserve", "commit", "release", *LIFECYCLE_STEPS):
         mine = [o for o in got if o.tag.split(":")[0] == step]
         rows.append(summarise(mine, system=OURS, fsync=opts.fsync[0], mode=step))
-    rows.append(summarise(got, system=OURS, fsync=opts.fsync[0], mode="all steps", **lag))
+    rows.append(summarise(got, system=OURS, fsync=opts.fsync[0], mode="all steps", **shown(lag)))
     progress.step("lifecycle: waiting for the walked-away reservations to expire")
     time.sleep(1.2)
 
