@@ -25,8 +25,9 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
 from persistence.db import libpq_url
-from scripts.bench import rowlock
+from scripts.bench import rowlock, statement
 from scripts.bench.app import BARE_PATH, create_bench_app
+from scripts.bench.harness import exact_counts
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
@@ -39,17 +40,23 @@ RUNNING_KEYS = "run:" + "r" * 40
 def rowlock_db(pg_url: str) -> str:
     with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
         rowlock.create_tables(conn)
+        statement.create_tables(conn)
     return libpq_url(pg_url)
 
 
-async def test_row_lock_baseline_sells_each_unit_once(rowlock_db: str) -> None:
+@pytest.mark.parametrize("design", [rowlock, statement], ids=["row-lock", "single-statement"])
+async def test_baselines_sell_each_unit_once(rowlock_db: str, design: Any) -> None:
+    """Both PostgreSQL designs: the row lock's transaction, and the single statement in
+    autocommit (a CTE for one line, the PL/pgSQL function for a cart)."""
+    prefix = "rowlock_" if design is rowlock else "statement_"
     with psycopg.connect(rowlock_db, autocommit=True) as conn:
-        rowlock.stock(conn, {"hot": 10, "a": 5, "b": 1})
-    async with AsyncConnectionPool(rowlock_db, min_size=8, max_size=8) as pool:
+        design.stock(conn, {"hot": 10, "a": 5, "b": 1})
+    kwargs = {"autocommit": design is statement}
+    async with AsyncConnectionPool(rowlock_db, min_size=8, max_size=8, kwargs=kwargs) as pool:
 
         async def buy(lines: list[tuple[str, int]], user: str) -> Any:
             async with pool.connection() as conn:
-                return await rowlock.reserve(conn, lines, user, f"req-{user}")
+                return await design.reserve(conn, lines, user, f"req-{user}")
 
         results = await asyncio.gather(*(buy([("hot", 1)], f"u{i}") for i in range(40)))
         # carts: all lines or none; b has one unit, so only one cart with b succeeds
@@ -59,18 +66,16 @@ async def test_row_lock_baseline_sells_each_unit_once(rowlock_db: str) -> None:
     assert all(r.lines == [("hot", 1, 0)] for r in results if isinstance(r, rowlock.Short))
     assert Counter(type(r).__name__ for r in carts) == {"Held": 1, "Short": 3}
     with psycopg.connect(rowlock_db) as conn:
-        assert rowlock.counters(conn, ["hot", "a", "b"]) == {
+        assert design.counters(conn, ["hot", "a", "b"]) == {
             "hot": (0, 10),
             "a": (4, 1),
             "b": (0, 1),
         }
+        tables = ("reservations", "reservation_lines", "ledger", "audit")
         count = conn.execute(
-            "SELECT (SELECT count(*) FROM rowlock_reservations),"
-            " (SELECT count(*) FROM rowlock_reservation_lines),"
-            " (SELECT count(*) FROM rowlock_ledger),"
-            " (SELECT count(*) FROM rowlock_audit)"
+            "SELECT " + ", ".join(f"(SELECT count(*) FROM {prefix}{t})" for t in tables)
         ).fetchone()
-    assert count == (11, 12, 12, 11)
+    assert count == (11, 12, 12, 11)  # a refusal writes nothing
 
 
 @pytest.fixture
@@ -98,6 +103,8 @@ def test_the_production_app_has_no_bench_endpoints(settings: Settings) -> None:
     assert sorted(set(bench) - set(paths)) == [
         "/bench/rowlock-async/reservations/",
         "/bench/rowlock/reservations/",
+        "/bench/statement-async/reservations/",
+        "/bench/statement/reservations/",
     ]
 
 
@@ -201,6 +208,39 @@ async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient,
     assert lines == [{"product": 5, "warehouse": "main", "quantity": 1}]
 
 
+async def test_single_statement_endpoint_reserves(
+    bench_client: tuple[httpx.AsyncClient, Any],
+) -> None:
+    client, app = bench_client
+    pool = app.state.baseline_pools["statement", "sync"]
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO statement_stock VALUES ('5', 'main', 2, 0), ('6', 'main', 1, 0) "
+            "ON CONFLICT (product, warehouse) DO UPDATE SET available = 2, reserved = 0"
+        )
+    user = bearer(app, "7", staff=True)
+    path, one = "/bench/statement/reservations/", {"product": 5, "quantity": 1}
+    answers = [await client.post(path, json=one, headers=user)]
+    answers.append(
+        await client.post("/bench/statement-async/reservations/", json=one, headers=user)
+    )
+    answers.append(await client.post(path, json=one, headers=user))
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert err(answers[2])["details"]["lines"] == [{"product": 5, "requested": 1, "available": 0}]
+    cart = {"lines": [{"product": 6, "quantity": 1}, {"product": 5, "quantity": 1}]}
+    short_cart = await client.post(path, json=cart, headers=user)
+    assert short_cart.status_code == 409
+    async with app.state.baseline_pools["statement", "async"].connection() as conn:
+        setting = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+        left = await (
+            await conn.execute(
+                "SELECT available, reserved FROM statement_stock WHERE product = '6'"
+            )
+        ).fetchone()
+    assert setting == ("off",)
+    assert left == (1, 0)  # the short cart took nothing
+
+
 def inventory(
     *args: str, timeout: float = 240, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -214,6 +254,8 @@ def inventory(
         (["--fsync", "sometimes"], "--fsync takes"),
         (["--baseline-commit", "maybe"], "--baseline-commit takes"),
         (["--buyers", "0"], "--buyers must be"),
+        (["--baselines", "sqlite"], "--baselines takes"),
+        (["--cost-connections", "0"], "--cost-connections must be"),
         (["--stock", "5", "--buyers", "3"], "--stock must be"),
     ],
 )
@@ -221,6 +263,27 @@ def test_bench_refuses_bad_options(args: list[str], message: str) -> None:
     done = inventory("bench", *args)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_exact_counts_is_false_on_any_miscount() -> None:
+    """What makes `inventory bench` exit 1: a sale that sold a wrong count, a broken invariant,
+    or a database copy that differs from Redis after a scenario."""
+    good: dict[str, dict[str, Any]] = {
+        "flash-sale": {
+            "rows": [{"exact_counts": True}, {"mode": "saturation"}],
+            "invariants_ok": True,
+            "database_copy_ok": True,
+        },
+        "drain": {"rows": []},
+    }
+    assert exact_counts(good) is True
+    sold_wrong: dict[str, dict[str, Any]] = {
+        "flash-sale": {**good["flash-sale"], "rows": [{"exact_counts": False}]}
+    }
+    broken = {"catalog": {"rows": [], "invariants_ok": False, "database_copy_ok": True}}
+    copy_differs = {"cost": {"rows": [], "invariants_ok": True, "database_copy_ok": False}}
+    for bad in (sold_wrong, broken, copy_differs):
+        assert exact_counts({**good, **bad}) is False
 
 
 def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
@@ -236,8 +299,12 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     scenarios = report["scenarios"]
-    assert set(scenarios) == {"flash-sale", "catalog", "lifecycle", "engine", "drain"}
-    assert all(s["invariants_ok"] for s in scenarios.values() if "invariants_ok" in s)
+    assert set(scenarios) == {"flash-sale", "catalog", "lifecycle", "engine", "drain", "cost"}
+    assert report["exact_counts"] is True
+    for scenario in scenarios.values():  # Redis's invariants, and the database copy drained
+        assert scenario["invariants_ok"] is True
+        assert scenario["database_copy_ok"] is True
+    assert scenarios["catalog"]["database_copy_compared"] >= 300  # and the earlier ones
 
     sales = [r for r in scenarios["flash-sale"]["rows"] if r["mode"] == "sale"]
     assert {(r["system"], r["fsync"]) for r in sales} == {
@@ -245,13 +312,29 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         ("ours", "always"),
         ("row-lock", "sync commit"),
         ("row-lock", "async commit"),
+        ("single-statement", "sync commit"),
+        ("single-statement", "async commit"),
     }
     for row in sales:  # 2 sales of 10 units to 60 buyers each: exactly 20 sold, 100 refused
         assert (row["ok"], row["refused"], row["errors"], row["oversold"]) == (20, 100, 0, 0)
         assert row["exact_counts"] is True
-    for scenario in ("flash-sale", "catalog", "lifecycle", "engine"):
+    for scenario in ("flash-sale", "catalog", "lifecycle", "engine", "cost"):
         for row in scenarios[scenario]["rows"]:
-            assert row["errors"] == 0, (scenario, row)
+            assert row.get("errors", 0) == 0, (scenario, row)
+    cost = scenarios["cost"]
+    full, bare, reference = cost["rows"]
+    assert [r["system"] for r in cost["rows"]] == ["full API", "bare endpoint", "reference"]
+    for row in (full, bare):  # measured per reservation, from /proc and INFO cpu
+        assert row["ok"] > 0
+        assert row["api_cpu_us"] > 0
+        assert row["redis_cpu_us"] > 0
+    assert reference["redis_cpu_us"] > 0
+    assert reference["redis_commands"]["xadd"]["calls"] == 1  # one event per call
+    assert cost["api_cpu_full_vs_bare"] > 0
+    assert cost["redis_cpu_full_vs_reference"] > 0
+    assert cost["drained"] == cost["backlog_events"] > 0
+    assert cost["worker_cpu_us_per_event"] > 0
+    assert cost["pg_rows_per_event"] > 0
     steps = {r["mode"]: r for r in scenarios["lifecycle"]["rows"]}
     assert steps["reserve"]["ok"] > 0
     assert steps["delivered"]["ok"] > 0
@@ -270,6 +353,11 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         "flash_sale_throughput_x [everysec vs async commit]",
         "flash_sale_burst_p99_fraction [always vs sync commit]",
         "catalog_throughput_x [everysec vs async commit]",
+        "flash_sale_vs_statement_throughput_x [always vs sync commit]",
+        "flash_sale_vs_statement_p99_fraction [everysec vs async commit]",
+        "redis_cpu_full_vs_reference",
+        "api_cpu_full_vs_bare",
+        "drain_vs_api_events_x",
         "engine_vs_redis_py",
         "api_vs_bare_endpoint",
     ):
@@ -278,8 +366,11 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     text = tables.read_text()
     assert "### flash-sale" in text
     assert "| flash_sale_oversold | 0 | <= 0 | yes |" in text
+    assert "### cost" in text
     assert "bench: flash-sale" in done.stderr
     assert "against the targets" in done.stderr
+    assert "flash_sale_throughput_x [always vs sync commit]" in done.stderr
+    assert "exact_counts = true" in done.stderr
 
 
 @pytest.fixture

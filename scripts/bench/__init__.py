@@ -1,4 +1,5 @@
-"""`inventory bench`: the high-concurrency benchmark, ours against the row-lock design.
+"""`inventory bench`: the high-concurrency benchmark, ours against two PostgreSQL designs, and
+what a reservation costs in CPU.
 
 Scenarios (`--scenario`, several with commas, or `all`):
 - `flash-sale`: one product, S units, N buyers each on a real HTTP connection of their own,
@@ -14,6 +15,16 @@ Scenarios (`--scenario`, several with commas, or `all`):
   directly (and decoding its JSON answer), the engine's wrapper (taking turns with redis-py,
   the best of 3 rounds each), and the row-lock transaction through a psycopg pool.
 - `drain`: the outbox into PostgreSQL: throughput from a backlog, lag under a steady load.
+- `cost`: CPU per reservation at one concurrency (`--cost-connections`): the API server's
+  (`/proc`) and Redis's (`INFO cpu`, `INFO commandstats`) for the full API, the bare endpoint
+  and a reference script doing only a reservation's work (`reference.lua`); the drain's own
+  cost per event and its events/s against the API's.
+
+Two PostgreSQL baselines (`--baselines`), each behind the same HTTP stack at both durabilities:
+`row-lock` (the original design's locked transaction, `rowlock.py`) and `single-statement`
+(one autocommit statement, `statement.py`). Our writes carry an Idempotency-Key. After each
+scenario: Redis's invariants, and the outbox drained to the end and the database copy's counters
+compared with Redis's; `exact_counts` (false: exit 1) sums them up with the sales' counts.
 
 Everything runs on services this command starts on 127.0.0.1 in a temporary folder: Redis
 (append-only file, `appendfsync` named per row; `--fsync everysec,always` measures both),
@@ -31,8 +42,8 @@ Output: a table per scenario on stderr, progress while it runs, and a JSON line 
 
 The package: `options` (what a run is asked, the systems compared), `stack` (the services),
 `loadgen` (the load generator), `measure` (offering load, summarising it, the outbox lag),
-`scenarios` (over HTTP) and `inprocess` (without: `engine`, `drain` with `drain`'s
-processes), `report` (targets, tables, Markdown, plot), `harness` (a run), `rowlock` (the
-baseline's transaction) and `app` (`inventory serve --bench`: the API with the benchmark's
+`scenarios` (over HTTP), `inprocess` (without: `engine`, `drain` with `drain`'s
+processes) and `cost`, `report` (targets, tables, Markdown, plot), `harness` (a run), `rowlock`
+and `statement` (the baselines) and `app` (`inventory serve --bench`: the API with the benchmark's
 endpoints plugged in from outside). The command line is `scripts/cli/bench.py`.
 """

@@ -10,6 +10,10 @@ with `create_app` and plugs these in from outside):
   `POST /bench/rowlock-async/reservations/` is the same over a pool whose sessions run with
   `synchronous_commit = off`: the answer no longer waits for the WAL's fsync (a crash may lose
   the last ~0.6 s), the like of Redis's `appendfsync everysec`.
+- `POST /bench/statement/reservations/` (and `/bench/statement-async/reservations/`) — the
+  second baseline, what a user choosing PostgreSQL would write: the same stack, the reservation
+  one statement in autocommit (`scripts/bench/statement.py`: a CTE for one line, a PL/pgSQL
+  function for a cart), over pools of their own, synchronous and asynchronous commits.
 - `POST /bench/bare/reserve` — the floor of our own path: outside every middleware, no
   envelope, no request id, no idempotency, no drain request; it checks the token and the body
   size, parses `{"product", "quantity"}` and calls the same reserve script through the engine.
@@ -42,7 +46,7 @@ from engine.keys import uuid4_str
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence.db import libpq_url
-from scripts.bench import rowlock
+from scripts.bench import rowlock, statement
 from web.accounts import look_up
 from web.app import create_app
 from web.auth import require_staff
@@ -58,21 +62,34 @@ BARE_ACTOR = CallContext(actor="bench-bare")
 
 async def rowlock_reserve(request: Request) -> Response:
     """The baseline reservation: same stack, a row-locking transaction instead of a script."""
-    return await _rowlock(request, "sync")
+    return await _baseline(request, "rowlock", "sync")
 
 
 async def rowlock_async_reserve(request: Request) -> Response:
     """The baseline with asynchronous commits."""
-    return await _rowlock(request, "async")
+    return await _baseline(request, "rowlock", "async")
 
 
-async def _rowlock(request: Request, commit: str) -> Response:
+async def statement_reserve(request: Request) -> Response:
+    """The second baseline: same stack, one autocommit statement instead of a script."""
+    return await _baseline(request, "statement", "sync")
+
+
+async def statement_async_reserve(request: Request) -> Response:
+    """The second baseline with asynchronous commits."""
+    return await _baseline(request, "statement", "async")
+
+
+DESIGNS = {"rowlock": rowlock.reserve, "statement": statement.reserve}
+
+
+async def _baseline(request: Request, design: str, commit: str) -> Response:
     who = require_staff(request)
     body = await parse_body(request, ReserveIn)
-    pool: AsyncConnectionPool[Any] = request.app.state.rowlock_pools[commit]
+    pool: AsyncConnectionPool[Any] = request.app.state.baseline_pools[design, commit]
     lines = [(line.product, line.quantity) for line in body.line_requests()]
     async with pool.connection() as conn:
-        result = await rowlock.reserve(conn, lines, who.user_id, request_id(request))
+        result = await DESIGNS[design](conn, lines, who.user_id, request_id(request))
     if isinstance(result, rowlock.Short):
         raise ApiError(
             409,
@@ -187,6 +204,8 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
     app.router.routes += [
         Route("/bench/rowlock/reservations/", rowlock_reserve, methods=["POST"]),
         Route("/bench/rowlock-async/reservations/", rowlock_async_reserve, methods=["POST"]),
+        Route("/bench/statement/reservations/", statement_reserve, methods=["POST"]),
+        Route("/bench/statement-async/reservations/", statement_async_reserve, methods=["POST"]),
     ]
     api_lifespan = app.router.lifespan_context
 
@@ -201,20 +220,22 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
 
 @asynccontextmanager
 async def _rowlock_pools(app: Starlette, conninfo: str, pool_size: int) -> AsyncIterator[None]:
-    """The baseline's pools, synchronous and asynchronous commits, at `app.state.rowlock_pools`."""
-    pools: dict[str, AsyncConnectionPool[Any]] = {
-        "sync": AsyncConnectionPool(conninfo, min_size=pool_size, max_size=pool_size, open=False),
-        "async": AsyncConnectionPool(
-            conninfo,
-            kwargs={"options": "-c synchronous_commit=off"},
-            min_size=pool_size,
-            max_size=pool_size,
-            open=False,
-        ),
-    }
+    """The baselines' pools, one per design and commit setting, at `app.state.baseline_pools`
+    (`app.state.rowlock_pools`: the row lock's, by commit setting). The single statement's
+    connections are in autocommit: each statement is its own transaction."""
+    pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
+    for design in DESIGNS:
+        for commit in ("sync", "async"):
+            kwargs: dict[str, Any] = {"autocommit": design == "statement"}
+            if commit == "async":
+                kwargs["options"] = "-c synchronous_commit=off"
+            pools[design, commit] = AsyncConnectionPool(
+                conninfo, kwargs=kwargs, min_size=pool_size, max_size=pool_size, open=False
+            )
     for pool in pools.values():
         await pool.open(wait=True, timeout=30)
-    app.state.rowlock_pools = pools
+    app.state.baseline_pools = pools
+    app.state.rowlock_pools = {c: pools["rowlock", c] for c in ("sync", "async")}
     try:
         yield
     finally:

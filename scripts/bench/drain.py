@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 import uuid
 from multiprocessing.synchronize import Event
@@ -78,15 +79,25 @@ def _drainer(settings: Settings, stop: Event, out: Any) -> None:
             break
         if result.applied == 0:
             time.sleep(0.005)
-    out.put((applied, lags))
+    cpu = os.times()
+    out.put((applied, lags, cpu.user + cpu.system))
 
 
 def run(
-    settings: Settings, *, events: int, rate: float, seconds: float, producers: int = 2
+    settings: Settings,
+    *,
+    events: int,
+    rate: float,
+    seconds: float,
+    producers: int = 2,
+    products: set[str] | None = None,
 ) -> dict[str, Any]:
+    """`products`: where to note the product it makes (to check the database copy after)."""
     if settings.partitions != 1:
         raise ValueError("the drain bench runs on a single partition")
     product = f"bench-{uuid.uuid4().hex[:8]}"
+    if products is not None:
+        products.add(product)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     db = database_engine(settings)
 
@@ -123,7 +134,7 @@ def run(
         proc.join(timeout=30)
     pairs = per * producers
     stop.set()
-    applied, lags = out.get(timeout=300)
+    applied, lags, _ = out.get(timeout=300)
     drainer.join(timeout=30)
     db.dispose()
     return {

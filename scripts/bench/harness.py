@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from scripts.bench.cost import cost_scenario
 from scripts.bench.inprocess import drain_scenario, engine_scenario
 from scripts.bench.measure import Progress
 from scripts.bench.options import Options
@@ -19,6 +20,7 @@ RUNNERS: dict[str, Callable[[Stack, Progress], dict[str, Any]]] = {
     "lifecycle": lifecycle,
     "engine": engine_scenario,
     "drain": drain_scenario,
+    "cost": cost_scenario,
 }
 
 
@@ -36,9 +38,21 @@ def run(opts: Options) -> dict[str, Any]:
             stack.close()
     return {
         "scenarios": results,
+        "exact_counts": exact_counts(results),
         "targets": ratios(results),
         "machine": machine(),
         "options": {
             k: (sorted(v) if isinstance(v, set) else v) for k, v in dataclasses.asdict(opts).items()
         },
     }
+
+
+def exact_counts(results: dict[str, dict[str, Any]]) -> bool:
+    """Every sale sold exactly its units (no more, no fewer, every other buyer refused), every
+    invariant held, and the database copy ended with Redis's counters after each scenario."""
+    sales = all(
+        row.get("exact_counts", True) for r in results.values() for row in r.get("rows") or []
+    )
+    held = all(r.get("invariants_ok", True) for r in results.values())
+    copies = all(r.get("database_copy_ok", True) for r in results.values())
+    return sales and held and copies

@@ -36,6 +36,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
     concurrency = 64
     hot = str(stack.product_id())
     base = str(stack.product_id())
+    stack.ours.add(hot)
     async with Engine.from_settings(stack.settings) as engine:
         await engine.setup_product(hot, SYSTEM, price=1999, stock={"main": HUGE})
         keys = partition_keys(0)
@@ -119,7 +120,7 @@ def engine_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         rows = uvloop.run(_engine_runs(stack, progress))
     except ImportError:  # pragma: no cover
         rows = asyncio.run(_engine_runs(stack, progress))
-    return {"rows": rows, "invariants_ok": stack.check_invariants()}
+    return {"rows": rows, **stack.checks()}
 
 
 def drain_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
@@ -128,6 +129,10 @@ def drain_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         f"drain: {opts.drain_events} events backlog, then {opts.drain_rate:g} reservations/s"
     )
     result = bench_drain.run(
-        stack.settings, events=opts.drain_events, rate=opts.drain_rate, seconds=opts.seconds
+        stack.settings,
+        events=opts.drain_events,
+        rate=opts.drain_rate,
+        seconds=opts.seconds,
+        products=stack.ours,
     )
-    return {"rows": [], **result}
+    return {"rows": [], **result, **stack.checks()}

@@ -13,16 +13,20 @@ Three ways to offer load, each answering one `Outcome` per request:
 
 A call is `Call(data, tag)`: the request's bytes and a label the caller counts by. A `Calls`
 source hands out the i-th call; a follow-up (`then`) lets a flow chain requests on the
-answer of the previous one (the lifecycle scenario).
+answer of the previous one (the lifecycle scenario). A call encoded with `idempotent=True`
+carries an `Idempotency-Key` that is new for every request sent (a call is sent many times
+at saturation; the same key again would be a retry, answered from the idempotency record).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
 import resource
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +39,20 @@ import httptools
 class Call:
     data: bytes
     tag: str = ""
+    keyed: bool = False  # holds KEY_SLOT: a fresh Idempotency-Key is put there per request
+
+
+KEY_SLOT = b"\x00idempotency-key\x00"
+_keys = itertools.count()
+_key_prefix = b""
+
+
+def _fresh_key() -> bytes:
+    """A key no other request of this run (any process, any run) sends."""
+    global _key_prefix
+    if not _key_prefix:  # chosen in the process that sends (after the fork)
+        _key_prefix = f"bench-{os.getpid():x}-{secrets.token_hex(6)}-".encode()
+    return _key_prefix + b"%x" % next(_keys)
 
 
 @dataclass(frozen=True)
@@ -54,8 +72,10 @@ def encode(
     headers: dict[str, str] | None = None,
     body: Any = None,
     tag: str = "",
+    idempotent: bool = False,
 ) -> Call:
-    """A request's bytes; `body` is sent as JSON."""
+    """A request's bytes; `body` is sent as JSON; `idempotent`: with an Idempotency-Key of its
+    own each time it is sent."""
     payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     for name, value in (headers or {}).items():
@@ -63,7 +83,9 @@ def encode(
     if body is not None:
         lines.append("Content-Type: application/json")
     lines.append(f"Content-Length: {len(payload)}")
-    return Call(("\r\n".join(lines) + "\r\n\r\n").encode() + payload, tag)
+    if idempotent:
+        lines.append("Idempotency-Key: " + KEY_SLOT.decode())
+    return Call(("\r\n".join(lines) + "\r\n\r\n").encode() + payload, tag, idempotent)
 
 
 class _Connection(asyncio.Protocol):
@@ -131,8 +153,9 @@ async def _connect(host: str, port: int) -> _Connection:
 
 
 async def _send(conn: _Connection, call: Call, due: float, keep: bool) -> Outcome:
+    data = call.data.replace(KEY_SLOT, _fresh_key()) if call.keyed else call.data
     try:
-        status, body = await conn.request(call.data)
+        status, body = await conn.request(data)
     except (OSError, httptools.HttpParserError):
         status, body = 0, b""
     return Outcome(call.tag, status, due, time.monotonic() - due, body if keep else b"")

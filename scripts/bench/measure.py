@@ -16,7 +16,7 @@ from persistence.jobs import percentile
 from scripts.bench import drain as bench_drain
 from scripts.bench import loadgen
 from scripts.bench.loadgen import Call, Outcome, Plan
-from scripts.bench.options import BASELINE, BASELINE_PATHS, OURS, PATHS, SYNC
+from scripts.bench.options import BASELINES, DURABLE_PATHS, OURS, PATHS, SYNC
 from scripts.bench.stack import Stack
 
 console = Console(stderr=True)
@@ -25,7 +25,8 @@ console = Console(stderr=True)
 @contextmanager
 def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
     """A drainer process while the block runs; afterwards the dict holds the outbox lag
-    (p50/p99 ms, event's script time → PostgreSQL commit) and the backlog at the end."""
+    (p50/p99 ms, event's script time → PostgreSQL commit) and the backlog at the end, and
+    (keys starting with `_`, not shown) the events it applied and the CPU seconds it used."""
     found: dict[str, Any] = {}
     if stack.target is not None:  # the service's own worker drains
         yield found
@@ -41,10 +42,11 @@ def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
         found["outbox_backlog"] = outbox.length(client, 0)
         client.close()
         stop.set()
-        _, lags = out.get(timeout=600)
+        applied, lags, cpu = out.get(timeout=600)
         proc.join(timeout=30)
         found["lag_p50_ms"] = percentile(lags, 0.50)
         found["lag_p99_ms"] = percentile(lags, 0.99)
+        found["_drained"], found["_drain_cpu_s"] = applied, cpu
 
 
 def _ms(values: list[float], p: float) -> float | None:
@@ -127,9 +129,20 @@ def reserve_call(
     tag: str,
     durability: str | None = None,
 ) -> Call:
+    """A reservation's request; ours with an Idempotency-Key of its own each time it is sent
+    (the key is part of the stack we claim)."""
     headers = {"Authorization": f"Bearer {token}"}
-    path = BASELINE_PATHS[durability or SYNC] if system == BASELINE else PATHS[system]
-    return loadgen.encode("POST", path, host=stack.host, headers=headers, body=body, tag=tag)
+    baseline = system in BASELINES
+    path = DURABLE_PATHS[system][durability or SYNC] if baseline else PATHS[system]
+    return loadgen.encode(
+        "POST",
+        path,
+        host=stack.host,
+        headers=headers,
+        body=body,
+        tag=tag,
+        idempotent=system == OURS,
+    )
 
 
 class Progress:
@@ -151,7 +164,7 @@ class Progress:
 
 
 @contextmanager
-def _nothing() -> Iterator[dict[str, Any]]:
+def nothing() -> Iterator[dict[str, Any]]:
     yield {}
 
 
@@ -165,9 +178,9 @@ def measure(
     rate: float | None = None,
 ) -> dict[str, Any]:
     """One timed row: a closed loop at saturation, or an open loop at `rate`. Our events (the
-    bare endpoint's too) are drained while we are measured; the baseline writes its own rows."""
+    bare endpoint's too) are drained while we are measured; a baseline writes its own rows."""
     mode, kw = ("fixed_rate", {"rate": rate}) if rate else ("saturate", {})
-    with drainer(stack) if system != BASELINE else _nothing() as lag:
+    with drainer(stack) if system not in BASELINES else nothing() as lag:
         got = offer(stack, mode, calls, connections=connections, seconds=stack.opts.seconds, **kw)
     labels: dict[str, Any] = {"offered_per_s": rate} if rate else {}
     return summarise(
@@ -177,5 +190,10 @@ def measure(
         mode="fixed-rate" if rate else "saturation",
         connections=connections,
         **labels,
-        **lag,
+        **shown(lag),
     )
+
+
+def shown(lag: dict[str, Any]) -> dict[str, Any]:
+    """The drainer's figures a row shows (its private counts left out)."""
+    return {k: v for k, v in lag.items() if not k.startswith("_")}

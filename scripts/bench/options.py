@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 
-SCENARIOS = ("flash-sale", "catalog", "lifecycle", "engine", "drain")
+SCENARIOS = ("flash-sale", "catalog", "lifecycle", "engine", "drain", "cost")
 JWT_KEYS = "bench:" + "b" * 40
 OURS, BASELINE, BARE = "ours", "row-lock", "bare"
-SYNC, ASYNC = "sync commit", "async commit"  # the baseline's durability settings
+STATEMENT = "single-statement"  # the second baseline: one SQL statement per reservation
+BASELINES = (BASELINE, STATEMENT)  # the PostgreSQL designs, each behind the same HTTP stack
+SYNC, ASYNC = "sync commit", "async commit"  # the baselines' durability settings
 PATHS = {
     OURS: "/api/reservations/",
     BASELINE: "/bench/rowlock/reservations/",
+    STATEMENT: "/bench/statement/reservations/",
     BARE: "/bench/bare/reserve",
 }
 BASELINE_PATHS = {SYNC: PATHS[BASELINE], ASYNC: "/bench/rowlock-async/reservations/"}
+STATEMENT_PATHS = {SYNC: PATHS[STATEMENT], ASYNC: "/bench/statement-async/reservations/"}
+DURABLE_PATHS = {BASELINE: BASELINE_PATHS, STATEMENT: STATEMENT_PATHS}
 # like for like: a reservation durable before the answer, or one that may be lost in a crash
 # within about a second (Redis fsyncs the AOF every second; PostgreSQL's WAL writer within
 # 3 x wal_writer_delay = 0.6 s)
@@ -42,6 +47,8 @@ class Options:
     target: Target | None = None
     drain_events: int = 20_000
     drain_rate: float = 5000.0
+    baselines: tuple[str, ...] = BASELINES
+    cost_connections: int = 64
 
 
 @dataclasses.dataclass(frozen=True)

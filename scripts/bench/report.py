@@ -6,10 +6,11 @@ import os
 import platform
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from scripts.bench.measure import console
-from scripts.bench.options import BARE, BASELINE, OURS, PAIRS
+from scripts.bench.options import BARE, BASELINE, OURS, PAIRS, STATEMENT
 
 # -- ratios and targets -------------------------------------------------------------------------
 
@@ -36,11 +37,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         met = value is not None and (value >= want if higher else value <= want)
         out[name] = {"value": value, "target": want, "higher_is_better": higher, "met": met}
 
-    def pairs(rows: list[dict[str, Any]], mode: str) -> list[tuple[str, Any, Any]]:
+    def pairs(
+        rows: list[dict[str, Any]], mode: str, baseline: str = BASELINE
+    ) -> list[tuple[str, Any, Any]]:
         """(suffix, ours, baseline) at the same durability, e.g. ' [always vs sync commit]'."""
         found = []
         for fsync, commit in PAIRS.items():
-            ours, base = _row(rows, OURS, mode, fsync), _row(rows, BASELINE, mode, commit)
+            ours, base = _row(rows, OURS, mode, fsync), _row(rows, baseline, mode, commit)
             if ours and base:
                 found.append((f" [{fsync} vs {commit}]", ours, base))
         return found
@@ -52,6 +55,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             target("flash_sale_throughput_x" + suffix, throughput, 8)
             p99 = _ratio(ours["p99_ms"], base["p99_ms"])
             target("flash_sale_p99_fraction" + suffix, p99, 0.2, False)
+        # the single-statement design: what a user choosing PostgreSQL would write
+        for suffix, ours, base in pairs(rows, "saturation", STATEMENT):
+            throughput = _ratio(ours["ops_per_s"], base["ops_per_s"])
+            target("flash_sale_vs_statement_throughput_x" + suffix, throughput, 3)
+            p99 = _ratio(ours["p99_ms"], base["p99_ms"])
+            target("flash_sale_vs_statement_p99_fraction" + suffix, p99, 0.2, False)
         for suffix, ours, base in pairs(rows, "sale"):  # every buyer at once, then sold out
             throughput = _ratio(ours["ops_per_s"], base["ops_per_s"])
             target("flash_sale_burst_throughput_x" + suffix, throughput, 8)
@@ -71,6 +80,12 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         raw, wrapped = _row(rows, "redis-py", "in-process"), _row(rows, "engine", "in-process")
         if raw and wrapped:
             target("engine_vs_redis_py", _ratio(wrapped["ops_per_s"], raw["ops_per_s"]), 0.85)
+    if "cost" in results:
+        c = results["cost"]
+        target("redis_cpu_full_vs_reference", c.get("redis_cpu_full_vs_reference"), 3, False)
+        target("api_cpu_full_vs_bare", c.get("api_cpu_full_vs_bare"), 1.33, False)
+        if c.get("drain_vs_api_events_x") is not None:
+            target("drain_vs_api_events_x", c["drain_vs_api_events_x"], 1.5)
     if "drain" in results:
         d = results["drain"]
         target("drain_events_per_s", d.get("drain_events_per_s"), 10_000)
@@ -96,6 +111,11 @@ COLUMNS = (
     ("refused", "409"),
     ("errors", "errors"),
     ("oversold", "oversold"),
+    ("exact_counts", "exact"),
+    ("api_cpu_us", "API CPU µs"),
+    ("redis_cpu_us", "Redis CPU µs"),
+    ("postgres_cpu_us", "PG CPU µs"),
+    ("drain_cpu_us_per_event", "drain CPU µs/event"),
     ("lag_p50_ms", "lag p50"),
     ("lag_p99_ms", "lag p99"),
     ("outbox_backlog", "backlog"),
@@ -105,6 +125,8 @@ COLUMNS = (
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
     if isinstance(value, float):
         return f"{value:,.1f}" if value >= 100 else f"{value:g}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -121,6 +143,8 @@ def print_tables(results: dict[str, dict[str, Any]], targets: dict[str, dict[str
             for row in rows:
                 table.add_row(*(_cell(row.get(k)) for k, _ in used))
             console.print(table)
+        for line in _breakdown(rows):
+            console.print("  " + line)
         extra = {k: v for k, v in result.items() if k != "rows"}
         if extra:
             console.print("  " + ", ".join(f"{k} = {_cell(v)}" for k, v in extra.items()))
@@ -128,7 +152,10 @@ def print_tables(results: dict[str, dict[str, Any]], targets: dict[str, dict[str
         table = Table("target", "measured", "wanted", "met", title="bench: against the targets")
         for name, t in targets.items():
             sign = "≥" if t["higher_is_better"] else "≤"
-            table.add_row(name, _cell(t["value"]), f"{sign} {t['target']:g}", _met(t["met"]))
+            # escaped: a name's "[always vs sync commit]" is not a rich style
+            table.add_row(
+                escape(name), _cell(t["value"]), f"{sign} {t['target']:g}", _met(t["met"])
+            )
         console.print(table)
 
 
@@ -144,6 +171,9 @@ def markdown(report: dict[str, Any]) -> str:
             out.append("|" + "---|" * len(used))
             out += ["| " + " | ".join(_cell(r.get(k)) for k, _ in used) + " |" for r in rows]
             out.append("")
+            out += [f"- {line}" for line in _breakdown(rows)]
+            if _breakdown(rows):
+                out.append("")
         extra = {k: v for k, v in result.items() if k != "rows"}
         if extra:
             out.append(", ".join(f"{k} = {_cell(v)}" for k, v in extra.items()) + "\n")
@@ -155,6 +185,18 @@ def markdown(report: dict[str, Any]) -> str:
         met = "yes" if t["met"] else "no"
         out.append(f"| {name} | {_cell(t['value'])} | {sign} {t['target']:g} | {met} |")
     return "\n".join(out) + "\n"
+
+
+def _breakdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The cost rows' Redis commands per reservation: calls x µs (a script's or function's µs
+    include the commands it runs)."""
+    out = []
+    for row in rows:
+        commands = row.get("redis_commands")
+        if commands:
+            parts = [f"{name} {c['calls']:g}x {c['usec']:g} µs" for name, c in commands.items()]
+            out.append(f"{row['system']}, Redis per reservation: " + ", ".join(parts))
+    return out
 
 
 def _met(met: bool) -> str:
@@ -177,16 +219,16 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
             f"{r['system']}\n{r['mode']}" + (f"\n{r['fsync']}" if r.get("fsync") else "")
             for r in rows
         ]
-        palette = {BASELINE: "#c0392b", BARE: "#7f8c8d"}
+        palette = {BASELINE: "#c0392b", STATEMENT: "#e67e22", BARE: "#7f8c8d"}
         colours = [palette.get(r["system"], "#2471a3") for r in rows]
-        left.bar(range(len(rows)), [r["ops_per_s"] or 0 for r in rows], color=colours)
+        left.bar(range(len(rows)), [r.get("ops_per_s") or 0 for r in rows], color=colours)
         left.set_xticks(range(len(rows)), labels, fontsize=7)
         left.set_title(f"{scenario}: throughput (ops/s)")
         width = 0.27
         for i, (key, shade) in enumerate((("p50_ms", 0.45), ("p95_ms", 0.7), ("p99_ms", 1.0))):
             right.bar(
                 [x + (i - 1) * width for x in range(len(rows))],
-                [r[key] or 0 for r in rows],
+                [r.get(key) or 0 for r in rows],
                 width,
                 label=key.split("_")[0],
                 alpha=shade,
@@ -204,6 +246,8 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
 def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        # a shared machine: how busy it was when the run ended (1, 5, 15 minutes)
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_generator": "scripts/bench/loadgen.py: asyncio + uvloop, raw keep-alive connections",

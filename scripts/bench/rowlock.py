@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS rowlock_audit (
 """
 
 WAREHOUSE = "main"
+PREFIX = "rowlock_"  # of every table name above (the single-statement baseline swaps it)
 
 
 @dataclass(frozen=True)
@@ -80,20 +81,22 @@ def create_tables(conn: Connection[TupleRow]) -> None:
     conn.execute(DDL)
 
 
-def stock(conn: Connection[TupleRow], products: dict[str, int]) -> None:
+def stock(conn: Connection[TupleRow], products: dict[str, int], prefix: str = PREFIX) -> None:
     """Set each product's available units (reserved 0) in the default warehouse."""
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO rowlock_stock (product, warehouse, available, reserved) "
+            f"INSERT INTO {prefix}stock (product, warehouse, available, reserved) "
             "VALUES (%s, %s, %s, 0) ON CONFLICT (product, warehouse) "
             "DO UPDATE SET available = EXCLUDED.available, reserved = 0",
             [(p, WAREHOUSE, n) for p, n in products.items()],
         )
 
 
-def counters(conn: Connection[TupleRow], products: Sequence[str]) -> dict[str, tuple[int, int]]:
+def counters(
+    conn: Connection[TupleRow], products: Sequence[str], prefix: str = PREFIX
+) -> dict[str, tuple[int, int]]:
     rows = conn.execute(
-        "SELECT product, available, reserved FROM rowlock_stock "
+        f"SELECT product, available, reserved FROM {prefix}stock "
         "WHERE product = ANY(%s) AND warehouse = %s",
         (list(products), WAREHOUSE),
     ).fetchall()

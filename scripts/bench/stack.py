@@ -17,18 +17,30 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
+from sqlalchemy import select
 
-from engine import invariants
+from engine import invariants, outbox
 from engine.engine import Engine
 from engine.models import SYSTEM
 from engine.settings import Settings
-from persistence import migrate, users
+from persistence import migrate, schema, users
 from persistence.db import database_engine, libpq_url
-from scripts.bench import rowlock
-from scripts.bench.options import BARE, BASELINE, EXTERNAL_IDS, JWT_KEYS, PATHS, Options, Target
+from persistence.drain import drain_partition
+from scripts.bench import rowlock, statement
+from scripts.bench.options import (
+    BARE,
+    BASELINE,
+    EXTERNAL_IDS,
+    JWT_KEYS,
+    PATHS,
+    STATEMENT,
+    Options,
+    Target,
+)
 from scripts.pg_server import PostgresServer
 from scripts.redis_server import RedisServer, free_port
 from web.auth import Keys, Principal
@@ -64,6 +76,7 @@ class Stack:
         first = 1 if self.target is None else EXTERNAL_IDS + random.randrange(EXTERNAL_IDS)
         self._ids = iter(range(first, 1 << 62))
         self.user_base = 0 if self.target is None else EXTERNAL_IDS
+        self.ours: set[str] = set()  # the products this run put in Redis
 
     def start(self) -> None:
         if self.target is not None:
@@ -76,6 +89,7 @@ class Stack:
         migrate.upgrade(self.pg.url)
         with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
+            statement.create_tables(conn)
         self.settings = Settings(
             redis_url=self.redis.url,
             database_url=self.pg.url,
@@ -149,6 +163,7 @@ class Stack:
                 ) from None
         with psycopg.connect(libpq_url(target.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
+            statement.create_tables(conn)
         client = self.redis_client()
         try:
             current = client.config_get("appendfsync").get("appendfsync") or "unknown"
@@ -208,11 +223,13 @@ class Stack:
         return [self.keys.issue(Principal(str(i), f"buyer-{i}", staff), "access") for i in ids]
 
     def stock(self, system: str, products: dict[int, int]) -> None:
-        """Put units on products, in Redis (ours, bare) or in the row-lock tables."""
-        if system == BASELINE:
+        """Put units on products, in Redis (ours, bare) or in a baseline's tables."""
+        if system in (BASELINE, STATEMENT):
+            put = rowlock.stock if system == BASELINE else statement.stock
             with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
-                rowlock.stock(conn, {str(p): n for p, n in products.items()})
+                put(conn, {str(p): n for p, n in products.items()})
             return
+        self.ours.update(str(p) for p in products)
 
         async def setup() -> None:
             async with Engine.from_settings(self.settings) as engine:
@@ -229,9 +246,10 @@ class Stack:
 
     def reserved(self, system: str, product: int) -> tuple[int, int]:
         """(available, reserved) of a product (the bench stocks one warehouse)."""
-        if system == BASELINE:
+        if system in (BASELINE, STATEMENT):
+            counters = rowlock.counters if system == BASELINE else statement.counters
             with psycopg.connect(libpq_url(self.database_url)) as conn:
-                return rowlock.counters(conn, [str(product)]).get(str(product), (0, 0))
+                return counters(conn, [str(product)]).get(str(product), (0, 0))
 
         async def read() -> tuple[int, int]:
             async with Engine.from_settings(self.settings) as engine:
@@ -250,3 +268,82 @@ class Stack:
             return all(r.ok for r in reports)
 
         return asyncio.run(check())
+
+    def drain_to_end(self, timeout: float = 120) -> bool:
+        """Every event in the outboxes applied to the database, drained here (under each
+        partition's drain lock, so a running service's worker may drain alongside: one at a time).
+        False if it did not get there."""
+        client = self.redis_client()
+        db = database_engine(self.settings)
+        deadline = time.monotonic() + timeout
+        try:
+            for p in range(self.settings.partitions):
+                while outbox.length(client, p) > 0:
+                    if time.monotonic() > deadline:
+                        return False
+                    result = drain_partition(client, db, self.settings, p)
+                    if result.behind:
+                        return False
+                    if result.applied == 0:
+                        time.sleep(0.05)  # another drainer holds the partition
+        finally:
+            client.close()
+            db.dispose()
+        return True
+
+    def copy_matches(self) -> dict[str, Any]:
+        """The database copy against Redis after a scenario: drain to the end, then compare the
+        counters (available, reserved per product and warehouse) of every product this run put
+        in Redis with their rows in `stock_levels`."""
+        drained = self.drain_to_end()
+        products = sorted(self.ours)
+
+        async def live() -> dict[tuple[str, str], tuple[int, int]]:
+            async with Engine.from_settings(self.settings) as engine:
+                found = {}
+                for i in range(0, len(products), 1000):
+                    stocks = await engine.get_stocks(products[i : i + 1000])
+                    for p, stock in stocks.items():
+                        for level in stock.levels:
+                            found[p, level.warehouse] = (level.available, level.reserved)
+                return found
+
+        in_redis = asyncio.run(live())
+        t = schema.stock_levels
+        db = database_engine(self.settings)
+        try:
+            with db.connect() as conn:
+                rows = conn.execute(
+                    select(t.c.product, t.c.warehouse, t.c.available, t.c.reserved).where(
+                        t.c.product.in_(products)
+                    )
+                ).all()
+        finally:
+            db.dispose()
+        in_database = {(p, w): (int(a), int(r)) for p, w, a, r in rows}
+        differ = sorted(
+            k for k in in_redis.keys() | in_database.keys() if in_redis.get(k) != in_database.get(k)
+        )
+        return {
+            "database_copy_ok": drained and not differ,
+            "database_copy_compared": len(in_redis),
+            "database_copy_differ": [f"{p}|{w}" for p, w in differ[:5]],
+        }
+
+    def checks(self) -> dict[str, Any]:
+        """After a scenario: Redis's invariants, and the database copy drained to the end and
+        compared with Redis."""
+        return {"invariants_ok": self.check_invariants(), **self.copy_matches()}
+
+    def server_pid(self) -> int | None:
+        """The API server's process (its workers are its children), when started here."""
+        return self.server.pid if self.server is not None else None
+
+    def postgres_pid(self) -> int | None:
+        """PostgreSQL's postmaster (its backends are its children), when started here."""
+        if self.pg is None:
+            return None
+        try:
+            return int((self.pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None

@@ -1,0 +1,327 @@
+"""`inventory bench --scenario cost`: what one reservation costs in CPU, against its work.
+
+At one concurrency (`--cost-connections`, 64), for `--seconds` each:
+- `full`: `POST /api/reservations/` with an Idempotency-Key, a drainer writing the events
+  through (its Redis calls count in Redis's CPU: the events are read back once drained);
+- `bare`: the bench's bare endpoint (the engine's reserve call and nothing around it), the
+  drainer on too;
+- `reference`: `scripts/bench/reference.lua` — only a reservation's real work (read the
+  counter, move the units, the record with its expiry, its index entry, one event: five
+  writes) — called with EVALSHA straight from a redis-py client in this process.
+
+Per reservation: the API server's CPU (µs; utime + stime of the uvicorn processes from
+`/proc/<pid>/stat`), Redis's CPU (µs; `INFO cpu` used_cpu_user + used_cpu_sys) and where it
+went (`INFO commandstats`: calls and µs per reservation by command — a script's or function's
+µs include the commands it runs). Deltas over the timed run, the drain of its events included.
+Then the drain's own cost: a backlog the full API made with no drainer running, drained here
+from a standing start — events/s, this process's CPU (the worker's work), PostgreSQL's
+processes' CPU, rows written and transactions per event — and the drain's events/s against the
+events/s the API produced at saturation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import redis.asyncio
+
+from engine import outbox
+from persistence.db import database_engine, libpq_url
+from persistence.drain import drain_partition
+from scripts.bench.measure import Progress, buyer_tokens, drainer, offer, reserve_call, summarise
+from scripts.bench.options import BARE, HUGE, OURS
+from scripts.bench.stack import Stack
+
+REFERENCE = Path(__file__).with_name("reference.lua")
+TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
+
+
+# -- reading CPU ------------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            found.setdefault(ppid, []).append(int(entry.name))
+    return found
+
+
+def family(pid: int | None) -> list[int]:
+    """A process and all its descendants."""
+    if pid is None:
+        return []
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += tree.get(p, [])
+    return out
+
+
+def cpu_us(pids: Iterable[int]) -> dict[int, float]:
+    """CPU (user + system, µs) each process has used so far; gone processes are left out."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) * TICK_US  # utime, stime
+    return out
+
+
+def used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU µs used between two readings; a process born meanwhile counts in full."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def redis_cpu(client: redis.Redis) -> tuple[float, dict[str, tuple[int, int]]]:
+    """Redis's CPU so far (µs) and, per command, (calls, µs)."""
+    cpu: dict[str, Any] = client.info("cpu")
+    stats: dict[str, Any] = client.info("commandstats")
+    total = (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6
+    commands = {
+        name.removeprefix("cmdstat_"): (int(s["calls"]), int(s["usec"]))
+        for name, s in stats.items()
+    }
+    return total, commands
+
+
+class Meter:
+    """CPU deltas over a block: the API server's processes, Redis, PostgreSQL's processes, this
+    process, and PostgreSQL's rows written and transactions."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.client = stack.redis_client()
+
+    def read(self) -> dict[str, Any]:
+        redis_us, commands = redis_cpu(self.client)
+        me = os.times()
+        return {
+            "api": cpu_us(family(self.stack.server_pid())),
+            "postgres": cpu_us(family(self.stack.postgres_pid())),
+            "redis": redis_us,
+            "commands": commands,
+            "self": (me.user + me.system) * 1e6,
+            "pg": self.pg_counts(),
+        }
+
+    def pg_counts(self) -> tuple[int, int]:
+        with psycopg.connect(libpq_url(self.stack.database_url), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT tup_inserted + tup_updated + tup_deleted, xact_commit "
+                "FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def delta(self, a: dict[str, Any], b: dict[str, Any], per: int) -> dict[str, Any]:
+        """Per `per` operations: CPU µs by side, commands' calls and µs (the busiest first)."""
+        n = max(per, 1)
+        commands = {}
+        for name, (calls, usec) in b["commands"].items():
+            calls0, usec0 = a["commands"].get(name, (0, 0))
+            if calls > calls0:
+                commands[name] = {
+                    "calls": round((calls - calls0) / n, 2),
+                    "usec": round((usec - usec0) / n, 2),
+                }
+        return {
+            "api_cpu_us": round(used(a["api"], b["api"]) / n, 1) if b["api"] else None,
+            "redis_cpu_us": round((b["redis"] - a["redis"]) / n, 1),
+            "postgres_cpu_us": round(used(a["postgres"], b["postgres"]) / n, 1)
+            if b["postgres"]
+            else None,
+            "self_cpu_us": round((b["self"] - a["self"]) / n, 1),
+            "pg_rows": round((b["pg"][0] - a["pg"][0]) / n, 2),
+            "pg_transactions": round((b["pg"][1] - a["pg"][1]) / n, 3),
+            "redis_commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:8]),
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# -- the rows ---------------------------------------------------------------------------------
+
+
+def _http_row(stack: Stack, meter: Meter, system: str, progress: Progress) -> dict[str, Any]:
+    opts = stack.opts
+    conns = opts.cost_connections
+    hot = stack.product_id()
+    stack.stock(system, {hot: HUGE})
+    tokens = buyer_tokens(stack, system, 40_000, 1000)
+    body = {"product": hot, "quantity": 1}
+    calls = [reserve_call(stack, system, t, body, "reserve") for t in tokens]
+    progress.step(f"cost: {system}, {conns} connections for {opts.seconds:g}s, drainer on")
+    stack.drain_to_end()
+    before = meter.read()
+    with drainer(stack) as lag:
+        got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
+    # after the drainer has drained every event the run made: their drain counts too
+    after = meter.read()
+    row = summarise(got, system=system, fsync=opts.fsync[0], mode="cost", connections=conns)
+    row.update(meter.delta(before, after, row["ok"]))
+    row.pop("self_cpu_us")
+    drained = lag.get("_drained") or 0
+    row["drain_cpu_us_per_event"] = (
+        round(lag["_drain_cpu_s"] * 1e6 / drained, 1) if drained else None
+    )
+    return row
+
+
+async def _reference_calls(
+    stack: Stack, seconds: float, concurrency: int, meter: Meter
+) -> tuple[int, float, dict[str, Any], dict[str, Any]]:
+    """(calls, seconds, the meter before, after): read around the timed calls alone, the
+    set-up and the clean-up left out."""
+    client = redis.asyncio.Redis.from_url(stack.redis_url, max_connections=concurrency)
+    tag = f"bench-ref-{uuid.uuid4().hex[:8]}"
+    stock, expiry, events = f"{{{tag}}}:stock", f"{{{tag}}}:expiry", f"{{{tag}}}:outbox"
+    script = client.register_script(REFERENCE.read_text())
+    await client.hset(stock, mapping={"available": HUGE, "reserved": 0})
+    made: list[str] = []
+    try:
+
+        async def one() -> None:
+            rid = uuid.uuid4().hex
+            record = json.dumps({"id": rid, "owner": "bench", "lines": [["ref", "main", 1]]})
+            keys = [stock, f"{{{tag}}}:r:{rid}", expiry, events]
+            await script(keys=keys, args=["available", "reserved", 1, rid, 600_000, record])
+            made.append(rid)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))  # cached, connected
+        made.clear()
+        before = meter.read()
+        end = time.monotonic() + seconds
+
+        async def loop() -> None:
+            while time.monotonic() < end:
+                await one()
+
+        started = time.monotonic()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+        after = meter.read()
+        return len(made), elapsed, before, after
+    finally:
+        for i in range(0, len(made), 1000):
+            await client.delete(*(f"{{{tag}}}:r:{rid}" for rid in made[i : i + 1000]))
+        await client.delete(stock, expiry, events)
+        await client.aclose()
+
+
+def _reference_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
+    opts = stack.opts
+    conns = opts.cost_connections
+    progress.step(f"cost: reference script, {conns} concurrent calls for {opts.seconds:g}s")
+    try:
+        import uvloop
+
+        calls, elapsed, before, after = uvloop.run(
+            _reference_calls(stack, opts.seconds, conns, meter)
+        )
+    except ImportError:  # pragma: no cover
+        calls, elapsed, before, after = asyncio.run(
+            _reference_calls(stack, opts.seconds, conns, meter)
+        )
+    delta = meter.delta(before, after, calls)
+    return {
+        "system": "reference",
+        "fsync": opts.fsync[0],
+        "mode": "cost",
+        "connections": conns,
+        "requests": calls,
+        "ops_per_s": round(calls / elapsed, 1) if elapsed else None,
+        "ok": calls,
+        "redis_cpu_us": delta["redis_cpu_us"],
+        "redis_commands": delta["redis_commands"],
+    }
+
+
+def _drain_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
+    """A backlog made by the full API with nothing draining, then drained here alone."""
+    opts = stack.opts
+    conns = opts.cost_connections
+    hot = stack.product_id()
+    stack.stock(OURS, {hot: HUGE})
+    tokens = buyer_tokens(stack, OURS, 41_000, 1000)
+    calls = [reserve_call(stack, OURS, t, {"product": hot, "quantity": 1}, "r") for t in tokens]
+    stack.drain_to_end()
+    client = stack.redis_client()
+    db = database_engine(stack.settings)
+    parts = range(stack.settings.partitions)
+    try:
+        for p in parts:  # warm: connected, statements compiled
+            drain_partition(client, db, stack.settings, p)
+        progress.step(f"cost: the full API for {opts.seconds:g}s with no drainer: a backlog")
+        got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
+        made = summarise(got)
+        progress.step("cost: draining that backlog alone")
+        backlog = sum(outbox.length(client, p) for p in parts)
+        before = meter.read()
+        started = time.perf_counter()
+        applied = sum(drain_partition(client, db, stack.settings, p).applied for p in parts)
+        elapsed = time.perf_counter() - started
+        after = meter.read()  # before the database connections close (their CPU is read live)
+    finally:
+        db.dispose()
+        client.close()
+    # a backend reports its rows and commits to pg_stat_database when it exits (or idle, after
+    # a second or more): read them once the drain's connections have closed
+    time.sleep(0.5)
+    after["pg"] = meter.pg_counts()
+    delta = meter.delta(before, after, applied)
+    return {
+        "api_events_per_s": made["ops_per_s"],
+        "backlog_events": backlog,
+        "drained": applied,
+        "drain_events_per_s": round(applied / elapsed) if elapsed else None,
+        "worker_cpu_us_per_event": delta["self_cpu_us"],
+        "postgres_cpu_us_per_event": delta["postgres_cpu_us"],
+        "redis_cpu_us_per_event": delta["redis_cpu_us"],
+        "pg_rows_per_event": delta["pg_rows"],
+        "pg_transactions_per_event": delta["pg_transactions"],
+    }
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
+    meter = Meter(stack)
+    try:
+        full = _http_row(stack, meter, OURS, progress)
+        bare = _http_row(stack, meter, BARE, progress)
+        reference = _reference_row(stack, meter, progress)
+        drain = _drain_row(stack, meter, progress) if stack.target is None else {}
+    finally:
+        meter.close()
+    full["system"], bare["system"] = "full API", "bare endpoint"
+    api_rate = drain.get("api_events_per_s")
+    return {
+        "rows": [full, bare, reference],
+        "redis_cpu_full_vs_reference": _ratio(full["redis_cpu_us"], reference["redis_cpu_us"]),
+        "redis_cpu_bare_vs_reference": _ratio(bare["redis_cpu_us"], reference["redis_cpu_us"]),
+        "api_cpu_full_vs_bare": _ratio(full["api_cpu_us"], bare["api_cpu_us"]),
+        **drain,
+        "drain_vs_api_events_x": _ratio(drain.get("drain_events_per_s"), api_rate),
+        **stack.checks(),
+    }
