@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from engine import errors, replies, specs
 from engine import validation as v
 from engine.base import EngineBase
-from engine.keys import stock_fields
+from engine.keys import CATALOG_VERSION, stock_fields, uuid4_hex
 from engine.models import (
     CallContext,
     Movements,
@@ -133,11 +133,32 @@ class StockOps(EngineBase):
 
     async def get_stocks(self, products: Iterable[str]) -> dict[str, ProductStock]:
         """Live stock of many products in two round trips; unknown products are left out."""
+        return (await self._stocks(products, catalog_version=False))[1]
+
+    async def catalog_stocks(
+        self, products: Iterable[str]
+    ) -> tuple[str | None, dict[str, ProductStock]]:
+        """get_stocks, and the catalog's version (keys.CATALOG_VERSION; None until a catalog
+        write sets one) read in its first round trip, before the stock."""
+        return await self._stocks(products, catalog_version=True)
+
+    async def new_catalog_version(self) -> None:
+        """A catalog write is done: every API process's cached catalog rows are stale."""
+        await self.redis.set(CATALOG_VERSION, uuid4_hex())
+
+    async def _stocks(
+        self, products: Iterable[str], *, catalog_version: bool
+    ) -> tuple[str | None, dict[str, ProductStock]]:
         wanted = [p for p in dict.fromkeys(products) if v.NAME.fullmatch(p)]
         async with self.redis.pipeline(transaction=False) as pipe:
+            if catalog_version:
+                pipe.get(CATALOG_VERSION)
             for p in wanted:
                 pipe.hget(self._keys_for_product(p).products, p)
             metas: list[str | None] = await pipe.execute()
+        version = metas.pop(0) if catalog_version else None
+        if not wanted:
+            return version, {}
         found = [(p, json.loads(m)) for p, m in zip(wanted, metas, strict=True) if m]
         async with self.redis.pipeline(transaction=False) as pipe:
             for p, meta in found:
@@ -158,4 +179,4 @@ class StockOps(EngineBase):
                 for i, (w, prio) in enumerate(meta["warehouses"])
             )
             out[p] = ProductStock(p, meta["price"], meta["currency"], levels)
-        return out
+        return version, out
