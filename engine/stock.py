@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from engine import errors, replies, specs
 from engine import validation as v
 from engine.base import EngineBase
-from engine.keys import CATALOG_VERSION, stock_fields, uuid4_hex
+from engine.keys import CATALOG_VERSION, PartitionKeys, stock_fields, uuid4_hex
 from engine.models import (
     CallContext,
     Movements,
@@ -132,7 +133,8 @@ class StockOps(EngineBase):
         return found[product]
 
     async def get_stocks(self, products: Iterable[str]) -> dict[str, ProductStock]:
-        """Live stock of many products in two round trips; unknown products are left out."""
+        """Live stock of many products in two round trips (two commands per partition);
+        unknown products are left out."""
         return (await self._stocks(products, catalog_version=False))[1]
 
     async def catalog_stocks(
@@ -149,34 +151,42 @@ class StockOps(EngineBase):
     async def _stocks(
         self, products: Iterable[str], *, catalog_version: bool
     ) -> tuple[str | None, dict[str, ProductStock]]:
-        wanted = [p for p in dict.fromkeys(products) if v.NAME.fullmatch(p)]
+        # One HMGET per partition and round trip, however many products: a page of the
+        # catalog costs Redis (and the caller's parser) a few commands, not two per product.
+        groups: dict[PartitionKeys, list[str]] = {}
+        for p in dict.fromkeys(products):
+            if v.NAME.fullmatch(p):
+                groups.setdefault(self._keys_for_product(p), []).append(p)
         async with self.redis.pipeline(transaction=False) as pipe:
             if catalog_version:
                 pipe.get(CATALOG_VERSION)
-            for p in wanted:
-                pipe.hget(self._keys_for_product(p).products, p)
-            metas: list[str | None] = await pipe.execute()
-        version = metas.pop(0) if catalog_version else None
-        if not wanted:
+            for k, names in groups.items():
+                pipe.hmget(k.products, names)
+            replies: list[Any] = await pipe.execute()
+        version: str | None = replies.pop(0) if catalog_version else None
+        if not groups:
             return version, {}
-        found = [(p, json.loads(m)) for p, m in zip(wanted, metas, strict=True) if m]
+        found: dict[PartitionKeys, list[tuple[str, Any]]] = {}
+        for (k, names), metas in zip(groups.items(), replies, strict=True):
+            known = [(p, json.loads(m)) for p, m in zip(names, metas, strict=True) if m]
+            if known:
+                found[k] = known
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p, meta in found:
+            for k, known in found.items():
                 fields: list[str] = []
-                for w, _ in meta["warehouses"]:
-                    fields += stock_fields(p, w)
-                pipe.hmget(self._keys_for_product(p).stock, fields)
-            counters: list[list[str | None]] = await pipe.execute()
+                for p, meta in known:
+                    for w, _ in meta["warehouses"]:
+                        fields += stock_fields(p, w)
+                pipe.hmget(k.stock, fields)
+            counters: list[list[str | None]] = await pipe.execute() if found else []
         out: dict[str, ProductStock] = {}
-        for (p, meta), values in zip(found, counters, strict=True):
-            levels = tuple(
-                StockLevel(
-                    warehouse=w,
-                    priority=prio,
-                    available=int(values[2 * i] or 0),
-                    reserved=int(values[2 * i + 1] or 0),
-                )
-                for i, (w, prio) in enumerate(meta["warehouses"])
-            )
-            out[p] = ProductStock(p, meta["price"], meta["currency"], levels)
+        for known, values in zip(found.values(), counters, strict=True):
+            at = 0
+            for p, meta in known:
+                levels = []
+                for w, prio in meta["warehouses"]:
+                    available, reserved = values[at], values[at + 1]
+                    at += 2
+                    levels.append(StockLevel(w, prio, int(available or 0), int(reserved or 0)))
+                out[p] = ProductStock(p, meta["price"], meta["currency"], tuple(levels))
         return version, out
