@@ -4,7 +4,8 @@ the cache's bound, stock never from the cache; ETag and If-None-Match (304)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,3 +225,29 @@ def test_if_none_match_compares_weakly() -> None:
     assert not_modified("*", 'W/"a1"')
     assert not not_modified(None, 'W/"a1"')
     assert not not_modified('W/"a2"', 'W/"a1"')
+
+
+async def test_reads_missing_one_entry_at_once_share_one_load() -> None:
+    cache = CatalogCache()
+    loads: list[str | None] = []
+    gate = asyncio.Event()
+
+    def loader(version: str | None) -> Callable[[], Awaitable[CatalogProduct]]:
+        async def load() -> CatalogProduct:
+            loads.append(version)
+            await gate.wait()
+            return _row(1)
+
+        return load
+
+    waiting = [
+        asyncio.ensure_future(cache.once(("row", 1), v, loader(v)))
+        for v in ("v1", "v1", "v1", "v2")
+    ]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # one caller going away cancels nobody else's read
+    gate.set()
+    found = await asyncio.gather(*waiting[1:])
+
+    assert loads == ["v1", "v2"]
+    assert found == [_row(1)] * 3

@@ -13,14 +13,16 @@ covers what changes the database without a new version — a catalog write whose
 failed (Redis down after the database committed), an edit by hand in the database.
 
 Bounded: at most `size` rows and `size // 10` scans (a page of the list's candidates); the
-oldest entry goes first.
+oldest entry goes first. The reads that miss one entry at the same time (a sale's first reads,
+an entry past its age) share one database read (`once`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Hashable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 from persistence.catalog import CatalogProduct
 
@@ -30,6 +32,7 @@ SIZE = 10_000
 ScanKey = tuple[Hashable, ...]
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+T = TypeVar("T")
 # Not a version (those are hex tokens, or None while Redis has none): the cache before a read.
 UNSEEN = "unseen"
 
@@ -48,6 +51,7 @@ class CatalogCache:
         self.version: str | None = UNSEEN
         self._rows: dict[int, tuple[float, CatalogProduct]] = {}
         self._scans: dict[ScanKey, tuple[float, list[CatalogProduct]]] = {}
+        self._loading: dict[tuple[Hashable, str | None], asyncio.Future[Any]] = {}
 
     def current(self, version: str | None) -> bool:
         """Whether `version`, just read from Redis, is the one the entries belong to. If not,
@@ -67,6 +71,23 @@ class CatalogCache:
 
     def scan(self, key: ScanKey) -> list[CatalogProduct] | None:
         return self._fresh(self._scans, key)
+
+    async def once(self, key: Hashable, version: str | None, load: Callable[[], Awaitable[T]]) -> T:
+        """`load()`, or the answer of the same load under way for `key` and `version`."""
+        flight = (key, version)
+        pending = self._loading.get(flight)
+        if pending is None:
+            pending = asyncio.ensure_future(load())
+            self._loading[flight] = pending
+            pending.add_done_callback(lambda done: self._landed(flight, done))
+        # shielded: a caller that goes away does not cancel the others' read
+        found: T = await asyncio.shield(pending)
+        return found
+
+    def _landed(self, flight: tuple[Hashable, str | None], done: asyncio.Future[Any]) -> None:
+        self._loading.pop(flight, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: its callers may all have gone
 
     def keep_row(self, version: str | None, row: CatalogProduct) -> None:
         """Keep `row`, read from the database after `version` was read from Redis."""

@@ -36,11 +36,17 @@ async def live_product(svc: Services, pid: int) -> tuple[CatalogProduct, Product
     cache = svc.catalog
     row = cache.row(pid) if cache.current(version) else None
     if row is None:
-        row = await catalog.read_product(svc.db, svc.adb, pid)
+        row = await cache.once(("row", pid), version, lambda: _read_row(svc, version, pid))
         if row is None:
             raise errors.ProductNotFound(engine_id)
-        cache.keep_row(version, row)
     return row, stock
+
+
+async def _read_row(svc: Services, version: str | None, pid: int) -> CatalogProduct | None:
+    row = await catalog.read_product(svc.db, svc.adb, pid)
+    if row is not None:
+        svc.catalog.keep_row(version, row)
+    return row
 
 
 async def _chunk(
@@ -60,11 +66,19 @@ async def _chunk(
         version, _ = await svc.engine.catalog_stocks([])
         cache.current(version)
     # The version was read before the rows: a write after that read changes it again.
+    rows = await cache.once(("scan", *key), version, lambda: _read_scan(svc, version, key))
+    return rows, await svc.engine.get_stocks([r.engine_id for r in rows])
+
+
+async def _read_scan(
+    svc: Services, version: str | None, key: tuple[str | None, int | None, int | None, int]
+) -> list[CatalogProduct]:
+    search, after, before, limit = key
     rows = await catalog.read_products(
         svc.db, svc.adb, search=search, after=after, before=before, limit=limit
     )
-    cache.keep_scan(version, key, rows)
-    return rows, await svc.engine.get_stocks([r.engine_id for r in rows])
+    svc.catalog.keep_scan(version, key, rows)
+    return rows
 
 
 @dataclass
