@@ -5,6 +5,7 @@ the cache's bound, stock never from the cache; ETag and If-None-Match (304)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,8 @@ from starlette.applications import Starlette
 from engine.settings import Settings
 from persistence import schema
 from persistence.catalog import CatalogProduct
-from tests.api import bearer, data, running
+from scripts.pg_server import PostgresServer
+from tests.api import bearer, data, err, running
 from tests.catalog_support import create, svc
 from web.app import create_app
 from web.catalog_cache import CatalogCache
@@ -251,3 +253,29 @@ async def test_reads_missing_one_entry_at_once_share_one_load() -> None:
 
     assert loads == ["v1", "v2"]
     assert found == [_row(1)] * 3
+
+
+async def test_with_postgres_down_cached_products_are_served_and_a_restart_is_survived(
+    settings: Settings, pg_url: str, pg_server: PostgresServer, clean_redis: None
+) -> None:
+    app = create_app(dataclasses.replace(settings, database_url=pg_url, jwt_keys="t:" + "k" * 40))
+    async with running(app) as client:
+        made = await create(client, bearer(app, "1", staff=True), "PG-1", total_stock=3)
+        await _one(client, made["id"])
+        await client.get("/api/products/")
+
+        pg_server.stop()
+        try:
+            cached = await client.get(f"/api/products/{made['id']}/")
+            uncached = await client.get("/api/products/", params={"search": "PG"})
+        finally:
+            pg_server.start()
+        # the pool's connections died with the server: the first read after it opens anew
+        after = await client.get("/api/products/", params={"search": "PG-"})
+
+    assert cached.status_code == 200
+    assert data(cached)["available_stock"] == 3
+    assert uncached.status_code == 503
+    assert err(uncached)["details"] == {"dependency": "database"}
+    assert after.status_code == 200, after.text
+    assert [p["id"] for p in data(after)] == [made["id"]]

@@ -94,9 +94,10 @@ def _boundary(cursor: str) -> tuple[int, bool]:
 
 
 async def page_products(svc: Services, query: ProductQuery) -> ProductPage:
-    """One page by id (keyset). The database gives chunks of candidates; Redis gives their
-    stock (one get_stocks per chunk) and, with `in_stock`, decides which of them stay. The
-    scan goes on until the page is full, the catalog ends, or MAX_CHUNKS were read."""
+    """One page by id (keyset). The database (or the cache) gives chunks of candidates; Redis
+    gives their stock (one call per chunk when the chunk is cached) and, with `in_stock`,
+    decides which of them stay. The scan goes on until the page is full, the catalog ends, or
+    MAX_CHUNKS were read."""
     limit = query.limit
     boundary, backwards = _boundary(query.cursor) if query.cursor is not None else (None, False)
     found: list[tuple[CatalogProduct, ProductStock]] = []
