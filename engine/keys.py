@@ -168,6 +168,12 @@ LAST_RECONCILE = f"{PREFIX}:reconcile:last"
 LAST_RECONCILE_TTL_S = 86_400  # what is left of it tells when it was written
 LAST_DRAIN = f"{PREFIX}:drain:last"
 SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"
+# The catalog's version: a random token that every catalog write through the API replaces
+# (web/services/products.py), read in the same round trip as the stock
+# (StockOps.catalog_stocks) by the API processes, whose cached catalog rows belong to the
+# version they were read under. Random rather than a counter: a Redis that lost it and counted
+# again could not hand back a version some process still holds.
+CATALOG_VERSION = f"{PREFIX}:catalog:version"
 
 
 def login_attempts(kind: str, *values: str) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from engine import errors, replies, specs
 from engine import validation as v
 from engine.base import EngineBase
-from engine.keys import stock_fields
+from engine.keys import CATALOG_VERSION, PartitionKeys, stock_fields, uuid4_hex
 from engine.models import (
     CallContext,
     Movements,
@@ -20,6 +22,11 @@ from engine.models import (
 
 
 class StockOps(EngineBase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # product -> its meta as last read (see `_stocks`)
+        self._metas: dict[str, _Meta] = {}
+
     async def setup_product(
         self,
         product: str,
@@ -132,30 +139,106 @@ class StockOps(EngineBase):
         return found[product]
 
     async def get_stocks(self, products: Iterable[str]) -> dict[str, ProductStock]:
-        """Live stock of many products in two round trips; unknown products are left out."""
+        """Live stock of many products in one round trip (two when a product's meta changed
+        or was not read before); unknown products are left out."""
+        return (await self._stocks(products, catalog_version=False))[1]
+
+    async def catalog_stocks(
+        self, products: Iterable[str]
+    ) -> tuple[str | None, dict[str, ProductStock]]:
+        """get_stocks, and the catalog's version (keys.CATALOG_VERSION; None until a catalog
+        write sets one) read in its first round trip, before the stock."""
+        return await self._stocks(products, catalog_version=True)
+
+    async def new_catalog_version(self) -> None:
+        """A catalog write is done: every API process's cached catalog rows are stale."""
+        await self.redis.set(CATALOG_VERSION, uuid4_hex())
+
+    async def _stocks(
+        self, products: Iterable[str], *, catalog_version: bool
+    ) -> tuple[str | None, dict[str, ProductStock]]:
+        # One round trip when every product's meta (its warehouses, price, currency) is the one
+        # this engine read last time: the counters of those warehouses are read with the meta,
+        # and used if the meta read back is unchanged. Else a second round trip reads the
+        # counters the meta names. One HMGET per partition and hash, however many products.
+        plan: list[tuple[PartitionKeys, list[str], list[tuple[str, _Meta]]]] = []
         wanted = [p for p in dict.fromkeys(products) if v.NAME.fullmatch(p)]
+        groups: dict[PartitionKeys, list[str]] = {}
+        for p in wanted:
+            groups.setdefault(self._keys_for_product(p), []).append(p)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in wanted:
-                pipe.hget(self._keys_for_product(p).products, p)
-            metas: list[str | None] = await pipe.execute()
-        found = [(p, json.loads(m)) for p, m in zip(wanted, metas, strict=True) if m]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for p, meta in found:
-                fields: list[str] = []
-                for w, _ in meta["warehouses"]:
-                    fields += stock_fields(p, w)
-                pipe.hmget(self._keys_for_product(p).stock, fields)
-            counters: list[list[str | None]] = await pipe.execute()
+            if catalog_version:
+                pipe.get(CATALOG_VERSION)
+            for k, names in groups.items():
+                pipe.hmget(k.products, names)
+                guessed = [(p, m) for p in names if (m := self._metas.get(p)) is not None]
+                if guessed:
+                    pipe.hmget(k.stock, [f for _, m in guessed for f in m.fields])
+                plan.append((k, names, guessed))
+            replies: list[Any] = await pipe.execute()
+        version: str | None = replies.pop(0) if catalog_version else None
         out: dict[str, ProductStock] = {}
-        for (p, meta), values in zip(found, counters, strict=True):
-            levels = tuple(
-                StockLevel(
-                    warehouse=w,
-                    priority=prio,
-                    available=int(values[2 * i] or 0),
-                    reserved=int(values[2 * i + 1] or 0),
-                )
-                for i, (w, prio) in enumerate(meta["warehouses"])
-            )
-            out[p] = ProductStock(p, meta["price"], meta["currency"], levels)
-        return out
+        unread: dict[PartitionKeys, list[tuple[str, _Meta]]] = {}
+        at = 0
+        for k, names, guessed in plan:
+            raws = replies[at]
+            counters = replies[at + 1] if guessed else []
+            at += 2 if guessed else 1
+            held: dict[str, tuple[_Meta, list[str | None]]] = {}
+            start = 0
+            for p, m in guessed:
+                held[p] = (m, counters[start : start + len(m.fields)])
+                start += len(m.fields)
+            for p, raw in zip(names, raws, strict=True):
+                if not raw:
+                    continue  # not a product Redis knows
+                guess = held.get(p)
+                if guess is not None and guess[0].raw == raw:
+                    out[p] = guess[0].stock(p, guess[1])
+                else:
+                    unread.setdefault(k, []).append((p, self._remember(p, raw)))
+        if unread:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for k, metas in unread.items():
+                    pipe.hmget(k.stock, [f for _, m in metas for f in m.fields])
+                counted: list[list[str | None]] = await pipe.execute()
+            for metas, values in zip(unread.values(), counted, strict=True):
+                start = 0
+                for p, m in metas:
+                    out[p] = m.stock(p, values[start : start + len(m.fields)])
+                    start += len(m.fields)
+        if len(groups) > 1 or unread:  # in the order asked
+            out = {p: out[p] for p in wanted if p in out}
+        return version, out
+
+    def _remember(self, product: str, raw: str) -> _Meta:
+        if len(self._metas) >= METAS_REMEMBERED:
+            self._metas.clear()
+        meta = json.loads(raw)
+        warehouses = tuple((str(w), int(prio)) for w, prio in meta["warehouses"])
+        fields = tuple(f for w, _ in warehouses for f in stock_fields(product, w))
+        found = _Meta(raw, int(meta["price"]), str(meta["currency"]), warehouses, fields)
+        self._metas[product] = found
+        return found
+
+
+# How many products' metas an engine remembers for its reads of stock (see `_stocks`).
+METAS_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    """A product's meta as the products hash holds it (`raw`), decoded."""
+
+    raw: str
+    price: int
+    currency: str
+    warehouses: tuple[tuple[str, int], ...]
+    fields: tuple[str, ...]  # the stock hash's fields of its warehouses, in order
+
+    def stock(self, product: str, values: list[str | None]) -> ProductStock:
+        levels = tuple(
+            StockLevel(w, prio, int(values[2 * i] or 0), int(values[2 * i + 1] or 0))
+            for i, (w, prio) in enumerate(self.warehouses)
+        )
+        return ProductStock(product, self.price, self.currency, levels)

@@ -3,22 +3,27 @@ and the one question about orders the catalog asks: is a product in an open orde
 
 A product is never removed: deleting sets `deleted_at`, and every read here leaves such rows
 out. Its engine id (Redis, ledger, orders) is `str(id)`. Synchronous, like all database
-access: the API calls these through `asyncio.to_thread`.
+access, except the API's two catalog reads (`read_product`, `read_products`): on PostgreSQL
+they run on the async path (persistence/db_async.py), on SQLite in a thread. Both paths run the
+same statements (`product_query`, `scan_query`) and read rows with `product_row`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Row, func, select
+from sqlalchemy import Engine, Row, Select, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.states import TERMINAL
 from persistence import schema
 from persistence.db import insert
+from persistence.db_async import fetch_all
 
 P = schema.products
 W = schema.warehouses
@@ -67,7 +72,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _product(row: Row[Any]) -> CatalogProduct:
+def product_row(row: Row[Any]) -> CatalogProduct:
     m = row._mapping
     return CatalogProduct(
         id=int(m["id"]),
@@ -110,8 +115,8 @@ def insert_product(
         stmt = insert(conn, P).values(**values).on_conflict_do_nothing(index_elements=["sku"])
         row = conn.execute(stmt.returning(*P.c)).first()
         if row is not None:
-            return _product(row), True
-        return _product(conn.execute(select(P).where(P.c.sku == sku)).one()), False
+            return product_row(row), True
+        return product_row(conn.execute(select(P).where(P.c.sku == sku)).one()), False
 
 
 def claim_unfinished(db: Engine, row: CatalogProduct) -> CatalogProduct | None:
@@ -132,7 +137,7 @@ def claim_unfinished(db: Engine, row: CatalogProduct) -> CatalogProduct | None:
             .values(updated_at=stamp)
             .returning(*P.c)
         ).first()
-    return _product(claimed) if claimed is not None else None
+    return product_row(claimed) if claimed is not None else None
 
 
 def remove_unfinished(db: Engine, row: CatalogProduct) -> bool:
@@ -145,11 +150,25 @@ def remove_unfinished(db: Engine, row: CatalogProduct) -> bool:
     return removed == 1
 
 
+def product_query(product_id: int) -> Select[Any]:
+    return select(P).where(P.c.id == product_id, P.c.deleted_at.is_(None))
+
+
 def get_product(db: Engine, product_id: int) -> CatalogProduct | None:
     """A product that is not deleted, or None."""
     with db.connect() as conn:
-        row = conn.execute(select(P).where(P.c.id == product_id, P.c.deleted_at.is_(None))).first()
-    return _product(row) if row is not None else None
+        row = conn.execute(product_query(product_id)).first()
+    return product_row(row) if row is not None else None
+
+
+async def read_product(
+    db: Engine, adb: AsyncEngine | None, product_id: int
+) -> CatalogProduct | None:
+    """get_product for the API: on the async path when there is one (`adb`), else in a thread."""
+    if adb is None:
+        return await asyncio.to_thread(get_product, db, product_id)
+    rows = await fetch_all(adb, product_query(product_id))
+    return product_row(rows[0]) if rows else None
 
 
 def update_product(db: Engine, product_id: int, values: Mapping[str, Any]) -> CatalogProduct | None:
@@ -170,7 +189,7 @@ def update_product(db: Engine, product_id: int, values: Mapping[str, Any]) -> Ca
             row = conn.execute(stmt).first()
         except IntegrityError:  # the sku was taken between the check and the update
             raise SkuTaken(values["sku"], -1) from None
-    return _product(row) if row is not None else None
+    return product_row(row) if row is not None else None
 
 
 def soft_delete(db: Engine, product_id: int) -> CatalogProduct | None:
@@ -182,14 +201,12 @@ def soft_delete(db: Engine, product_id: int) -> CatalogProduct | None:
             .values(deleted_at=now, updated_at=now)
             .returning(*P.c)
         ).first()
-    return _product(row) if row is not None else None
+    return product_row(row) if row is not None else None
 
 
-def scan_products(
-    db: Engine, *, search: str | None, after: int | None, before: int | None, limit: int
-) -> list[CatalogProduct]:
-    """Up to `limit` products that are not deleted, by id: ascending from after `after`, or
-    descending from before `before`. `search` matches name or sku, case-insensitively."""
+def scan_query(
+    *, search: str | None, after: int | None, before: int | None, limit: int
+) -> Select[Any]:
     query = select(P).where(P.c.deleted_at.is_(None))
     if search:
         term = search.lower()
@@ -203,8 +220,36 @@ def scan_products(
         if after is not None:
             query = query.where(P.c.id > after)
         query = query.order_by(P.c.id.asc())
+    return query.limit(limit)
+
+
+def scan_products(
+    db: Engine, *, search: str | None, after: int | None, before: int | None, limit: int
+) -> list[CatalogProduct]:
+    """Up to `limit` products that are not deleted, by id: ascending from after `after`, or
+    descending from before `before`. `search` matches name or sku, case-insensitively."""
+    query = scan_query(search=search, after=after, before=before, limit=limit)
     with db.connect() as conn:
-        return [_product(row) for row in conn.execute(query.limit(limit))]
+        return [product_row(row) for row in conn.execute(query)]
+
+
+async def read_products(
+    db: Engine,
+    adb: AsyncEngine | None,
+    *,
+    search: str | None,
+    after: int | None,
+    before: int | None,
+    limit: int,
+) -> list[CatalogProduct]:
+    """scan_products for the API: on the async path when there is one (`adb`), else in a
+    thread."""
+    if adb is None:
+        return await asyncio.to_thread(
+            scan_products, db, search=search, after=after, before=before, limit=limit
+        )
+    query = scan_query(search=search, after=after, before=before, limit=limit)
+    return [product_row(row) for row in await fetch_all(adb, query)]
 
 
 def open_orders(db: Engine, product: str) -> int:

@@ -23,6 +23,7 @@ from engine import errors as engine_errors
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence.db import database_engine
+from persistence.db_async import async_database_engine
 from persistence.trigger import DrainTrigger
 from web import routes as all_routes
 from web.accounts import AccountCache, AccountCheckMiddleware
@@ -97,14 +98,17 @@ def create_app(
         engine = Engine.from_settings(settings)
         await engine.scripts.load()
         db = database_engine(settings)
+        adb = async_database_engine(settings)
         trigger = DrainTrigger(engine, settings.redis_url)
-        app.state.services = Services(settings, engine, db, trigger)
+        app.state.services = Services(settings, engine, db, trigger, adb)
         app.state.accounts = AccountCache(db, settings)
         try:
             yield
         finally:
             trigger.close()
             db.dispose()
+            if adb is not None:
+                await adb.dispose()
             await engine.aclose()
 
     keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens

@@ -253,7 +253,7 @@ OPERATIONS: list[Operation] = [
         "GET", "/api/products/", "list_products", "The catalog with live stock", "products",
         "open", ref("Product"),
         listing=True, query=ProductQuery, query_schemas={"cursor": _cursor(int)},
-        errors={400: ("invalid_cursor",)},
+        errors={400: ("invalid_cursor",)}, conditional=True,
         description="`search` matches name or sku; `in_stock` keeps products with (or "
         "without) available units. A page may come back short with a `next` cursor.",
     ),
@@ -269,7 +269,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET", "/api/products/{id}/", "get_product", "One product with live stock",
         "products", "open", ref("Product"),
-        path_params=PRODUCT_PATH, errors=NO_PRODUCT,
+        path_params=PRODUCT_PATH, errors=NO_PRODUCT, conditional=True,
     ),
     Operation(
         "PUT", "/api/products/{id}/", "put_product", "Replace the catalog fields",

@@ -112,6 +112,14 @@ PARAMETERS: dict[str, Schema] = {
         "an empty key is no key",
         "schema": {"type": "string", "maxLength": 255},
     },
+    "If-None-Match": {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "the ETag of an answer you hold (or `*`): 304 with no body while it "
+        "is still the answer",
+        "schema": {"type": "string"},
+    },
 }
 
 HEADERS: dict[str, Schema] = {
@@ -142,6 +150,12 @@ HEADERS: dict[str, Schema] = {
     "WWW-Authenticate": {
         "description": "when no token was sent",
         "schema": {"type": "string"},
+    },
+    "ETag": {
+        "description": "a weak tag of what the answer says (stock and catalog fields): send "
+        "it back as If-None-Match",
+        "required": True,
+        "schema": {"type": "string", "pattern": r'^W/"[0-9a-f]+"$'},
     },
 }
 

@@ -67,6 +67,7 @@ class Operation:
     backend: bool = True  # reads Redis or the database: 503 when they are down
     rate_limited: bool = True  # counts against the caller's rate limit: 429 over it
     raw: str | None = None  # a media type answered as is, without the envelope
+    conditional: bool = False  # answers ETag, takes If-None-Match: 304 with no body
     description: str = ""
 
 
@@ -211,6 +212,8 @@ def _success(op: Operation, parts: _Components) -> Schema:
         headers["Idempotent-Replayed"] = _header("Idempotent-Replayed")
     if op.consistent_reads:
         headers["X-Consistency"] = _header("X-Consistency")
+    if op.conditional:
+        headers["ETag"] = _header("ETag")
     return {
         "description": op.summary,
         "headers": headers,
@@ -239,6 +242,8 @@ def _parameters(op: Operation, parts: _Components) -> list[Schema]:
     params: list[Schema] = [{"$ref": "#/components/parameters/X-Request-ID"}]
     if op.idempotent:
         params.append({"$ref": "#/components/parameters/Idempotency-Key"})
+    if op.conditional:
+        params.append({"$ref": "#/components/parameters/If-None-Match"})
     for name, schema in op.path_params.items():
         params.append({"name": name, "in": "path", "required": True, "schema": schema})
     if op.query is not None:
@@ -274,6 +279,11 @@ def _operation(op: Operation, parts: _Components) -> Schema:
             "content": {"application/json": media},
         }
     responses = {str(op.status): _success(op, parts)}
+    if op.conditional:
+        responses["304"] = {
+            "description": "Not Modified: the If-None-Match tag is still the answer (no body)",
+            "headers": {"X-Request-ID": _header("X-Request-ID"), "ETag": _header("ETag")},
+        }
     for status, codes in error_codes(op).items():
         responses[str(status)] = _failure(status, codes)
     doc["responses"] = responses

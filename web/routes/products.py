@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
-from web.products_view import product_id, product_json
+from web.products_view import etag, product_id, product_json, read_answer
 from web.responses import iso, ok
 from web.routes import stock
 from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, ProductQuery
@@ -21,18 +21,20 @@ from web.services.container import services
 
 
 async def list_products(request: Request) -> Response:
-    """The catalog with live stock; `search`, `in_stock`, cursor pagination. Open to all."""
+    """The catalog with live stock; `search`, `in_stock`, cursor pagination. Open to all.
+    ETag / If-None-Match (304)."""
     query = parse_query(request, ProductQuery)
     page = await catalog.page_products(services(request), query)
+    tag = etag(page.items, page.next, page.previous)
     items = [product_json(row, live) for row, live in page.items]
-    return ok(request, items, next=page.next, previous=page.previous)
+    return read_answer(request, tag, items, next=page.next, previous=page.previous)
 
 
 async def get_product(request: Request) -> Response:
-    """One product with live stock. Open to all."""
+    """One product with live stock. Open to all. ETag / If-None-Match (304)."""
     pid = product_id(request.path_params["id"])
     row, live = await catalog.live_product(services(request), pid)
-    return ok(request, product_json(row, live))
+    return read_answer(request, etag([(row, live)]), product_json(row, live))
 
 
 async def create_product(request: Request) -> Response:

@@ -1,5 +1,9 @@
-"""Reading products: one product (catalog fields from the database, live stock from Redis), and
-paging the catalog when Redis decides which rows belong on a page.
+"""Reading products: one product (catalog fields from the cache or the database, live stock
+from Redis), and paging the catalog when Redis decides which rows belong on a page.
+
+Each read asks Redis once for the stock and the catalog's version together (engine
+`catalog_stocks`); the catalog rows come from this process's cache (web/catalog_cache.py) while
+the version stays, else from the database (its async path on PostgreSQL). Stock is never cached.
 
 A catalog row that Redis does not know (a create whose engine step has not happened yet) is
 not a product to readers: it is left out of lists and is a 404 alone.
@@ -7,7 +11,6 @@ not a product to readers: it is left out of lists and is a 404 alone.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from engine import errors
@@ -25,13 +28,57 @@ MAX_CHUNKS = 10
 
 async def live_product(svc: Services, pid: int) -> tuple[CatalogProduct, ProductStock]:
     """A product that is in the catalog, not deleted, and known to Redis; else 404."""
-    row = await asyncio.to_thread(catalog.get_product, svc.db, pid)
+    engine_id = str(pid)  # CatalogProduct.engine_id
+    version, stocks = await svc.engine.catalog_stocks([engine_id])
+    stock = stocks.get(engine_id)
+    if stock is None:
+        raise errors.ProductNotFound(engine_id)
+    cache = svc.catalog
+    row = cache.row(pid) if cache.current(version) else None
     if row is None:
-        raise errors.ProductNotFound(str(pid))
-    stocks = await svc.engine.get_stocks([row.engine_id])
-    if row.engine_id not in stocks:
-        raise errors.ProductNotFound(str(pid))
-    return row, stocks[row.engine_id]
+        row = await cache.once(("row", pid), version, lambda: _read_row(svc, version, pid))
+        if row is None:
+            raise errors.ProductNotFound(engine_id)
+    return row, stock
+
+
+async def _read_row(svc: Services, version: str | None, pid: int) -> CatalogProduct | None:
+    row = await catalog.read_product(svc.db, svc.adb, pid)
+    if row is not None:
+        svc.catalog.keep_row(version, row)
+    return row
+
+
+async def _chunk(
+    svc: Services, *, search: str | None, after: int | None, before: int | None, limit: int
+) -> tuple[list[CatalogProduct], dict[str, ProductStock]]:
+    """One chunk of the scan and its live stock: one Redis call when the chunk's rows are
+    cached under the catalog's version, else a read of the version, the database's rows, and
+    their stock."""
+    cache = svc.catalog
+    key = (search, after, before, limit)
+    rows = cache.scan(key)
+    if rows is not None:
+        version, stocks = await svc.engine.catalog_stocks([r.engine_id for r in rows])
+        if cache.current(version):
+            return rows, stocks
+    else:
+        version, _ = await svc.engine.catalog_stocks([])
+        cache.current(version)
+    # The version was read before the rows: a write after that read changes it again.
+    rows = await cache.once(("scan", *key), version, lambda: _read_scan(svc, version, key))
+    return rows, await svc.engine.get_stocks([r.engine_id for r in rows])
+
+
+async def _read_scan(
+    svc: Services, version: str | None, key: tuple[str | None, int | None, int | None, int]
+) -> list[CatalogProduct]:
+    search, after, before, limit = key
+    rows = await catalog.read_products(
+        svc.db, svc.adb, search=search, after=after, before=before, limit=limit
+    )
+    svc.catalog.keep_scan(version, key, rows)
+    return rows
 
 
 @dataclass
@@ -47,24 +94,23 @@ def _boundary(cursor: str) -> tuple[int, bool]:
 
 
 async def page_products(svc: Services, query: ProductQuery) -> ProductPage:
-    """One page by id (keyset). The database gives chunks of candidates; Redis gives their
-    stock (one get_stocks per chunk) and, with `in_stock`, decides which of them stay. The
-    scan goes on until the page is full, the catalog ends, or MAX_CHUNKS were read."""
+    """One page by id (keyset). The database (or the cache) gives chunks of candidates; Redis
+    gives their stock (one call per chunk when the chunk is cached) and, with `in_stock`,
+    decides which of them stay. The scan goes on until the page is full, the catalog ends, or
+    MAX_CHUNKS were read."""
     limit = query.limit
     boundary, backwards = _boundary(query.cursor) if query.cursor is not None else (None, False)
     found: list[tuple[CatalogProduct, ProductStock]] = []
     position = boundary
     exhausted = False
     for _ in range(MAX_CHUNKS):
-        rows = await asyncio.to_thread(
-            catalog.scan_products,
-            svc.db,
+        rows, stocks = await _chunk(
+            svc,
             search=query.search,
             after=None if backwards else position,
             before=position if backwards else None,
             limit=limit + 1,
         )
-        stocks = await svc.engine.get_stocks([r.engine_id for r in rows])
         for row in rows:
             position = row.id
             stock = stocks.get(row.engine_id)

@@ -6,14 +6,16 @@ Nothing here imports from web.app: the app module sits on top and passes them do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DatabaseEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence.trigger import DrainTrigger
+from web.catalog_cache import CatalogCache
 
 
 @dataclass
@@ -24,6 +26,10 @@ class Services:
     engine: Engine
     db: DatabaseEngine
     trigger: DrainTrigger
+    # The async path of the catalog reads (PostgreSQL; None: SQLite, read in threads), and
+    # this process's cached catalog rows (web/services/catalog.py).
+    adb: AsyncEngine | None = None
+    catalog: CatalogCache = field(default_factory=CatalogCache)
 
 
 def services(request: Request) -> Services:

@@ -23,6 +23,9 @@ its updated_at on) and the inserter removes the row only if it is untouched sinc
 either the removal comes first and the finisher's claim fails (it starts over, and may insert
 the row itself), or the claim does and the row stays for the finisher. (So a create that lost
 a race may have moved the row's updated_at on; never its fields.)
+
+Every catalog write ends with `catalog_changed`: the API processes' cached catalog rows are
+stale from then on (web/catalog_cache.py).
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ class Product:
     row: CatalogProduct
     live: ProductStock
     replayed: bool = False
+
+
+async def catalog_changed(svc: Services) -> None:
+    """The database has a catalog change: drop this process's cached rows and give the catalog
+    a new version in Redis, which every process reads with the stock."""
+    svc.catalog.clear()
+    await svc.engine.new_catalog_version()
 
 
 def price_minor(value: str, currency: str) -> int:
@@ -138,6 +148,7 @@ async def create_product(svc: Services, body: ProductCreate, ctx: CallContext) -
         raise
     if finishing and any(getattr(row, name) != value for name, value in fields.items()):
         await asyncio.to_thread(catalog.update_product, svc.db, row.id, fields)
+    await catalog_changed(svc)
     await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     row, live = await live_product(svc, row.id)
     # (when replayed: the first create's answer, with the product as it is now)
@@ -156,6 +167,7 @@ async def update_product(
         updated = await asyncio.to_thread(catalog.update_product, svc.db, pid, values)
     except SkuTaken as exc:
         raise _sku_taken(exc.sku, exc.product_id) from None
+    await catalog_changed(svc)
     if updated is None:
         raise errors.ProductNotFound(str(pid))
     # Compared with Redis, not with the old row: a retry after a failed engine call still
@@ -234,6 +246,7 @@ async def delete_product(svc: Services, pid: int, ctx: CallContext) -> tuple[int
         left = {w: n + step[w] for w, n in left.items() if n + step[w] > 0}
         await svc.trigger.request(svc.engine.partition_of_product(row.engine_id))
     deleted = await asyncio.to_thread(catalog.soft_delete, svc.db, row.id)
+    await catalog_changed(svc)
     if deleted is None or deleted.deleted_at is None:
         raise errors.ProductNotFound(row.engine_id)
     return deleted.id, deleted.deleted_at
