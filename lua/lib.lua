@@ -1,6 +1,10 @@
--- lib.lua: the helpers every script shares. The engine registers each script as
---   <constants rendered from engine/states.py> .. lib.lua .. <script>.lua
--- so the order state table has one home (Python) and no second copy to drift.
+-- lib.lua: the helpers every operation shares. The engine (engine/scripts.py) assembles one
+-- Redis Functions library:
+--   <constants rendered from engine/states.py> .. lib.lua
+--   .. each lua/<operation>.lua as `local function(KEYS, ARGV) <file> end`, registered below
+-- so the order state table has one home (Python) and no second copy to drift, and these
+-- helpers are defined once, at FUNCTION LOAD. Load time runs nothing but definitions: Redis
+-- gives the loading code no globals (no redis.call, no cjson, not even ipairs).
 --
 -- Data layout (all keys arrive in KEYS; this file never builds a key name):
 --   stock     hash  'a|<product>|<warehouse>' -> available units
@@ -21,7 +25,10 @@
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
 -- (left out when it wrote none); a replay returns the first reply, and so its event.
 
--- Set by emit(), read by ok(). Local to one script run: the chunk runs afresh per call.
+-- The per-call state. A library's locals live as long as the library, across calls: every
+-- function call starts by resetting these (register, at the end of this file), and nothing
+-- else in the library is written after load.
+-- Set by emit(), read by ok().
 local last_event = nil
 -- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
 -- call is about to give, into the event that ends the call.
@@ -331,4 +338,20 @@ local function write_order(record, id, owner, reservation, priced, total, curren
   return {id = id, owner = owner, status = 'pending', reservation = reservation,
           lines = priced, total = total, currency = currency,
           created_at = now, updated_at = now}
+end
+
+-- Registers one operation, `body(KEYS, ARGV)`, as the library's function `name`_<VERSION>
+-- (VERSION: the library's content hash, set above this file by engine/scripts.py, so two
+-- versions of the app can be loaded side by side). A read-only one is flagged 'no-writes'
+-- and called with FCALL_RO. Each call starts with fresh per-call state.
+local function register(name, body, read_only)
+  redis.register_function{
+    function_name = name .. '_' .. VERSION,
+    flags = read_only and {'no-writes'} or {},
+    callback = function(keys, args)
+      last_event = nil
+      idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+      return body(keys, args)
+    end,
+  }
 end
