@@ -44,16 +44,16 @@ local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
 local now = now_ms()
-local alloc, err = expire_then_allocate(stock, products, live_hash, expiry, outbox, now,
-  tonumber(ARGV[10]), cjson.decode(ARGV[2]), ARGV[4] == '1')
+local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
+  now, tonumber(ARGV[10]), cjson.decode(ARGV[2]), ARGV[4] == '1')
 if err then return err end
 if redis.call('EXISTS', record) == 1 then
   return refuse('reservation_exists', {reservation = id})
 end
 
 local movements = {}
-for _, l in ipairs(alloc) do
-  movements[#movements + 1] = move(stock, l[1], l[2], -l[3], l[3])
+for i, l in ipairs(alloc) do
+  movements[i] = move_counter(stock, counters[i], -l[3], l[3])
 end
 local expires_at = now + ttl
 local lines_json = cjson.encode(alloc)
