@@ -56,12 +56,13 @@ for i, l in ipairs(alloc) do
   movements[i] = move_counter(stock, counters[i], -l[3], l[3])
 end
 local expires_at = now + ttl
+local expires_at_s = int(expires_at)
 local lines_json = cjson.encode(alloc)
 redis.call('HSET', live_hash, id, '{"owner":' .. cjson.encode(owner) .. ',"lines":' .. lines_json .. '}')
-redis.call('ZADD', expiry, expires_at, id)
-redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now,
-           'expires_at', expires_at, 'lines', lines_json, 'request_id', request_id)
-redis.call('PEXPIREAT', record, expires_at + tonumber(ARGV[11]))
+redis.call('ZADD', expiry, expires_at_s, id)
+redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', int(now),
+           'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id)
+redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 
 local reply = {reservation = {id = id, owner = owner, status = 'active', created_at = now,
                               expires_at = expires_at, lines = alloc}}
