@@ -56,17 +56,22 @@ for i, l in ipairs(alloc) do
   movements[i] = move_counter(stock, counters[i], -l[3], l[3])
 end
 local expires_at = now + ttl
-local expires_at_s = int(expires_at)
-local lines_json = cjson.encode(alloc)
-redis.call('HSET', live_hash, id, '{"owner":' .. cjson.encode(owner) .. ',"lines":' .. lines_json .. '}')
+local now_s, expires_at_s = int(now), int(expires_at)
+local lines_json, owner_json = cjson.encode(alloc), cjson.encode(owner)
+redis.call('HSET', live_hash, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json .. '}')
 redis.call('ZADD', expiry, expires_at_s, id)
-redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', int(now),
+redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id)
 redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 
-local reply = {reservation = {id = id, owner = owner, status = 'active', created_at = now,
-                              expires_at = expires_at, lines = alloc}}
+-- The reply is written from the pieces already encoded: cjson would format the times again.
+-- With an idempotency key its table also goes into the event (lib.lua emit).
+local reply = fp ~= '' and {reservation = {id = id, owner = owner, status = 'active',
+  created_at = now, expires_at = expires_at, lines = alloc}} or nil
 emit(outbox, 'reservation_created', now, actor, request_id,
      {reservation = id, user = owner, expires_at = expires_at, lines = alloc,
       movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[9]), ok(reply))
+return idem_store(idem, fp, tonumber(ARGV[9]),
+  '{"ok":true,"event":' .. cjson.encode(last_event) .. ',"reservation":{"id":' .. cjson.encode(id)
+  .. ',"owner":' .. owner_json .. ',"status":"active","created_at":' .. now_s
+  .. ',"expires_at":' .. expires_at_s .. ',"lines":' .. lines_json .. '}}')
