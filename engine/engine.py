@@ -1,6 +1,6 @@
 """The engine: one async method per Lua script, typed in and typed out.
 
-Each write is one EVALSHA. The engine validates its inputs, picks the partition, builds
+Each write is one FCALL. The engine validates its inputs, picks the partition, builds
 the call from the script's spec (engine/specs.py), runs it and turns its reply into a
 result or a typed error (engine/replies.py). The calls live by area — products and stock
 (engine/stock.py), reservations (engine/reservations.py), orders (engine/orders.py) — on

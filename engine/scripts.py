@@ -1,62 +1,169 @@
-"""The Lua scripts: their source, built once, and their registration on a client.
+"""The Lua operations as one Redis Functions library: its source, its version, and the call.
 
-A script's source is the prelude rendered from `engine.states`, then `lua/lib.lua`, then
-the script's own file. `register_script` sends EVALSHA and reloads on NOSCRIPT, so no
-script text travels per call. What each script takes is declared in `engine.specs`.
+The library is assembled once per process: the constants rendered from `engine.states`, then
+`lua/lib.lua` (the helpers, defined once at FUNCTION LOAD), then each `lua/<name>.lua` as the
+body of a local function of (KEYS, ARGV), registered as `<name>_<version>`. The version is a
+short hash of that text, and names the library too (`inventory_<version>`): function names
+are global in Redis, so two versions of the app can run side by side during a deploy.
+
+A call is built without I/O (`prepare`: FCALL or FCALL_RO, the function, its keys and args
+from the spec in `engine.specs`) and its JSON reply parsed without I/O (`parse`); the async
+engine (`Scripts`) and the sync worker (`run_sync`) are thin shells around them. Neither
+sends source per call. A Redis that lost its functions (restarted empty, flushed, restored
+from an older copy) answers "Function not found": the shell loads the library and retries
+once, as NOSCRIPT did for EVALSHA.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import redis
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from engine.specs import SPECS, ScriptSpec
 from engine.states import lua_prelude
 
 NAMES: tuple[str, ...] = tuple(SPECS)
+LIBRARY_PREFIX = "inventory"
 
 
 def _read(name: str) -> str:
     return resources.files("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
+@dataclass(frozen=True, slots=True)
+class Library:
+    name: str  # inventory_<version>
+    version: str  # the first 12 hex digits of the SHA1 of the code after the VERSION line
+    source: str  # what FUNCTION LOAD takes
+
+    def function(self, operation: str) -> str:
+        """The Redis function name of one operation in this version."""
+        if operation not in SPECS:
+            raise KeyError(f"no operation named {operation!r}")
+        return f"{operation}_{self.version}"
+
+
 @cache
-def source(name: str) -> str:
-    if name not in NAMES:
-        raise KeyError(f"no script named {name!r}")
-    return f"{lua_prelude()}\n{_read('lib')}\n-- {name}.lua\n{_read(name)}"
+def library() -> Library:
+    """This version of the library, from lua/."""
+    return assemble(_read)
+
+
+def assemble(read: Callable[[str], str]) -> Library:
+    """The library from the text of each file `read(name)` gives (lib.lua as 'lib')."""
+    parts = [lua_prelude(), "-- lib.lua", read("lib")]
+    for name in NAMES:
+        parts.append(f"-- {name}.lua\nlocal function op_{name}(KEYS, ARGV)\n{read(name)}\nend\n")
+    for name in NAMES:
+        read_only = "true" if SPECS[name].read_only else "false"
+        parts.append(f"register('{name}', op_{name}, {read_only})")
+    code = "\n".join(parts) + "\n"
+    version = hashlib.sha1(code.encode()).hexdigest()[:12]
+    name = f"{LIBRARY_PREFIX}_{version}"
+    return Library(name, version, f"#!lua name={name}\nlocal VERSION = '{version}'\n{code}")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One function call: `FCALL <function> <numkeys> <keys...> <args...>` (FCALL_RO for a
+    read-only operation), as a sync or an async client sends it."""
+
+    function: str
+    keys: list[str]
+    args: list[str | int]
+    read_only: bool = False
+
+
+def prepare(spec: ScriptSpec, /, *more_keys: str, **values: str | int) -> Call:
+    """The call of `spec`'s function with its parameters by name (ScriptSpec.build)."""
+    keys, args = spec.build(*more_keys, **values)
+    return Call(library().function(spec.name), keys, args, spec.read_only)
+
+
+def parse(raw: str | bytes) -> dict[str, Any]:
+    """A function's reply: one JSON object ({"ok": true, ...} or {"err": code, ...})."""
+    reply: dict[str, Any] = json.loads(raw)
+    return reply
+
+
+def _missing(error: ResponseError) -> bool:
+    """Whether Redis refused the call because it lacks this version of the library."""
+    return str(error).startswith(("Function not found", "ERR Function not found"))
+
+
+def _loaded(error: ResponseError) -> bool:
+    """Whether FUNCTION LOAD refused only because the library is already there."""
+    return "already exists" in str(error)
 
 
 class Scripts:
-    """The scripts registered on one client; `call` runs one and decodes its JSON reply."""
+    """The library on one async client: `run` calls one operation and decodes its reply."""
 
     def __init__(self, client: Redis) -> None:
         self._client = client
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(source(name)) for name in NAMES
-        }
 
     async def run(
         self, spec: ScriptSpec, /, *more_keys: str, **values: str | int
     ) -> dict[str, Any]:
-        """Run `spec`'s script with its parameters by name (ScriptSpec.build)."""
-        keys, args = spec.build(*more_keys, **values)
-        return await self.call(spec.name, keys, args)
+        """Run `spec`'s function with its parameters by name (ScriptSpec.build)."""
+        return parse(await self.raw(prepare(spec, *more_keys, **values)))
 
-    async def call(self, name: str, keys: list[str], args: list[str | int]) -> dict[str, Any]:
-        raw = await self._scripts[name](keys=keys, args=args)
-        reply: dict[str, Any] = json.loads(raw)
-        return reply
+    async def raw(self, call: Call) -> Any:
+        """The undecoded reply of one call; loads the library and retries once if Redis
+        lacks it."""
+        send = self._client.fcall_ro if call.read_only else self._client.fcall
+        try:
+            return await send(call.function, len(call.keys), *call.keys, *call.args)
+        except ResponseError as e:
+            if not _missing(e):
+                raise
+        await self.load()
+        return await send(call.function, len(call.keys), *call.keys, *call.args)
 
-    async def load(self) -> dict[str, str]:
-        """Load every script into the server now (e.g. at start-up); returns name -> SHA1."""
-        loaded: dict[str, str] = {}
-        for name, script in self._scripts.items():
-            loaded[name] = await self._client.script_load(source(name))
-            script.sha = loaded[name]
-        return loaded
+    async def load(self) -> str:
+        """Load this version of the library unless Redis has it (e.g. at start-up); returns
+        its name."""
+        lib = library()
+        try:
+            await self._client.function_load(lib.source)
+        except ResponseError as e:
+            if not _loaded(e):
+                raise
+        return lib.name
+
+
+def run_sync(
+    client: redis.Redis, spec: ScriptSpec, /, *more_keys: str, **values: str | int
+) -> dict[str, Any]:
+    """`Scripts.run` for a synchronous client (the worker)."""
+    return parse(call_sync(client, prepare(spec, *more_keys, **values)))
+
+
+def call_sync(client: redis.Redis, call: Call) -> Any:
+    send = client.fcall_ro if call.read_only else client.fcall
+    try:
+        return send(call.function, len(call.keys), *call.keys, *call.args)
+    except ResponseError as e:
+        if not _missing(e):
+            raise
+    load_sync(client)
+    return send(call.function, len(call.keys), *call.keys, *call.args)
+
+
+def load_sync(client: redis.Redis) -> str:
+    lib = library()
+    try:
+        client.function_load(lib.source)
+    except ResponseError as e:
+        if not _loaded(e):
+            raise
+    return lib.name

@@ -1,11 +1,12 @@
-"""What each Lua script takes: its KEYS and ARGV by name, in the order of its header.
+"""What each Lua operation takes: its KEYS and ARGV by name, in the order of its header.
 
-A script reads its arguments by position (`KEYS[3]`, `ARGV[7]`); its header (the comment
-that opens lua/<name>.lua) says what each position holds. A `ScriptSpec` says the same once
-in Python, and `build` turns named values into the two lists, so no caller counts positions.
-Building is sans-I/O: the async engine and the sync worker run the same `build`, then call
-the script their own way. tests/test_units_specs.py reads every header and checks that its
-spec names the same KEYS and ARGV, in the same order.
+Each lua/<name>.lua is one function of the library (engine/scripts.py). It reads its
+arguments by position (`KEYS[3]`, `ARGV[7]`); its header (the comment that opens the file)
+says what each position holds. A `ScriptSpec` says the same once in Python, and `build`
+turns named values into the two lists, so no caller counts positions. Building is sans-I/O:
+the async engine and the sync worker run the same `build` (through engine.scripts.prepare),
+then call the function their own way. tests/test_units_specs.py reads every header and
+checks that its spec names the same KEYS and ARGV, in the same order.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ class ScriptSpec:
     """One script's parameters. `keys` and `args` name KEYS[1..] and ARGV[1..] in header
     order, each in words of its header line (e.g. 'idempotency_ttl' for "idempotency record
     ttl (ms)"). `more_keys` names the keys that follow the fixed ones, when the script takes
-    a variable number (KEYS[n + i])."""
+    a variable number (KEYS[n + i]). `read_only` registers the function with the 'no-writes'
+    flag and calls it with FCALL_RO (so it may run on a replica)."""
 
     name: str
     keys: tuple[str, ...]
     args: tuple[str, ...]
     more_keys: str = ""
+    read_only: bool = False
 
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
@@ -136,7 +139,7 @@ RATE_LIMIT = ScriptSpec(
     args=("rate", "burst"),
 )
 
-# Every script, by name, in the order they are loaded.
+# Every operation, by name, in the order the library registers them.
 SPECS: dict[str, ScriptSpec] = {
     s.name: s
     for s in (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 
 
@@ -35,13 +34,17 @@ def allowed(current: OrderStatus) -> tuple[OrderStatus, ...]:
 
 
 def lua_prelude() -> str:
-    """Lua constants for the scripts, rendered from the table above."""
-    table = {s.value: [n.value for n in nxt] for s, nxt in TRANSITIONS.items()}
-    terminal = {s.value: True for s in sorted(TERMINAL)}
+    """Lua constants for the library, rendered from the table above as table constructors:
+    at FUNCTION LOAD Redis gives the code no globals (no cjson), only its own locals."""
+    table = ", ".join(
+        f"[{_lua_string(s.value)}] = {{{', '.join(_lua_string(n.value) for n in nxt)}}}"
+        for s, nxt in TRANSITIONS.items()
+    )
+    terminal = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(TERMINAL))
     return (
         "-- rendered from engine/states.py: do not edit\n"
-        f"local TRANSITIONS = cjson.decode({_lua_string(json.dumps(table))})\n"
-        f"local TERMINAL = cjson.decode({_lua_string(json.dumps(terminal, sort_keys=True))})\n"
+        f"local TRANSITIONS = {{{table}}}\n"
+        f"local TERMINAL = {{{terminal}}}\n"
         f"local STOCK_RETURNING = {_lua_string(STOCK_RETURNING.value)}\n"
     )
 

@@ -1,6 +1,10 @@
--- lib.lua: the helpers every script shares. The engine registers each script as
---   <constants rendered from engine/states.py> .. lib.lua .. <script>.lua
--- so the order state table has one home (Python) and no second copy to drift.
+-- lib.lua: the helpers every operation shares. The engine (engine/scripts.py) assembles one
+-- Redis Functions library:
+--   <constants rendered from engine/states.py> .. lib.lua
+--   .. each lua/<operation>.lua as `local function(KEYS, ARGV) <file> end`, registered below
+-- so the order state table has one home (Python) and no second copy to drift, and these
+-- helpers are defined once, at FUNCTION LOAD. Load time runs nothing but definitions: Redis
+-- gives the loading code no globals (no redis.call, no cjson, not even ipairs).
 --
 -- Data layout (all keys arrive in KEYS; this file never builds a key name):
 --   stock     hash  'a|<product>|<warehouse>' -> available units
@@ -21,11 +25,20 @@
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
 -- (left out when it wrote none); a replay returns the first reply, and so its event.
 
--- Set by emit(), read by ok(). Local to one script run: the chunk runs afresh per call.
+-- The per-call state. A library's locals live as long as the library, across calls: every
+-- function call starts by resetting these (register, at the end of this file), and nothing
+-- else in the library is written after load.
+-- Set by emit(), read by ok().
 local last_event = nil
 -- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
 -- call is about to give, into the event that ends the call.
 local idem_call = {key = '', fp = '', ttl = 0}
+
+-- An integer as Redis and JSON write it. A Lua number given to redis.call (or concatenated)
+-- is written with printf's '%.17g', a float conversion that costs several times this one.
+local function int(n)
+  return string.format('%d', n)
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -104,18 +117,33 @@ local function add_counters(stock, product, warehouse)
   redis.call('HSETNX', stock, r, 0)
 end
 
--- Moves one product x warehouse's counters and returns the movement for the event.
--- Callers check before they write; this refuses to write a negative counter all the same.
-local function move(stock, product, warehouse, d_available, d_reserved)
-  local a, r = counts(stock, product, warehouse)
+-- One product x warehouse's counters as read in this call: its field names, the values, and
+-- (while allocating) the units taken so far. move_counter keeps the values current.
+local function read_counter(stock, product, warehouse)
+  local a, r = stock_fields(product, warehouse)
+  local v = redis.call('HMGET', stock, a, r)
+  return {product = product, warehouse = warehouse, a = a, r = r,
+          available = tonumber(v[1]) or 0, reserved = tonumber(v[2]) or 0, taken = 0}
+end
+
+-- Moves one product x warehouse's counters (read in this call, nothing moved them since) and
+-- returns the movement for the event. Callers check before they write; this refuses to
+-- write a negative counter all the same.
+local function move_counter(stock, c, d_available, d_reserved)
+  local a, r = c.available, c.reserved
   local a2, r2 = a + d_available, r + d_reserved
   if a2 < 0 or r2 < 0 then
-    error('invariant: negative counter for ' .. product .. '|' .. warehouse)
+    error('invariant: negative counter for ' .. c.product .. '|' .. c.warehouse)
   end
-  set_counts(stock, product, warehouse, a2, r2)
-  return {product = product, warehouse = warehouse,
+  redis.call('HSET', stock, c.a, int(a2), c.r, int(r2))
+  c.available, c.reserved = a2, r2
+  return {product = c.product, warehouse = c.warehouse,
           available_before = a, available_after = a2,
           reserved_before = r, reserved_after = r2}
+end
+
+local function move(stock, product, warehouse, d_available, d_reserved)
+  return move_counter(stock, read_counter(stock, product, warehouse), d_available, d_reserved)
 end
 
 -- Appends one event. `reply` is given to the last event of a call that answers with a
@@ -134,10 +162,23 @@ local function emit(outbox, etype, ts, actor, request_id, body, reply)
   return last_event
 end
 
+-- Products' settings decoded, by their JSON text. The text is read on every call (it is the
+-- truth); only a text not seen before is decoded. Kept across calls (a library's locals
+-- live as long as the library), which is safe because the key is the whole content; at most
+-- META_CACHE entries, then it starts afresh. Nobody writes into a decoded meta.
+local META_CACHE = 1024
+local metas_by_text, metas_cached = {}, 0
+
 local function product_meta(products, product)
   local raw = redis.call('HGET', products, product)
   if not raw then return nil end
-  return cjson.decode(raw)
+  local meta = metas_by_text[raw]
+  if not meta then
+    if metas_cached >= META_CACHE then metas_by_text, metas_cached = {}, 0 end
+    meta = cjson.decode(raw)
+    metas_by_text[raw], metas_cached = meta, metas_cached + 1
+  end
+  return meta
 end
 
 -- Ends a live reservation: its units go from reserved back to available.
@@ -154,7 +195,8 @@ end
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
 local function expire_due(stock, live_hash, expiry, outbox, now, limit, trigger)
-  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', int(now), 'WITHSCORES', 'LIMIT', '0',
+                         int(limit))
   local n = 0
   for i = 1, #ids, 2 do
     local id = ids[i]
@@ -173,28 +215,30 @@ local function expire_due(stock, live_hash, expiry, outbox, now, limit, trigger)
   return n
 end
 
+-- The counter of p x w for this allocation, read the first time it is asked for.
+local function alloc_counter(counters, stock, p, w)
+  local k = p .. '|' .. w
+  local c = counters[k]
+  if not c then
+    c = read_counter(stock, p, w)
+    counters[k] = c
+  end
+  return c
+end
+
+local function take(order, c, q)
+  if c.taken == 0 then order[#order + 1] = c end
+  c.taken = c.taken + q
+end
+
 -- Routes request lines [[product, warehouse or '', quantity], ...] to warehouses.
 -- A named warehouse serves its line alone; otherwise warehouses are taken by priority,
--- splitting a line over several unless allow_split is false.
--- Returns allocations [[product, warehouse, qty]] (one per product x warehouse), nil;
--- or nil, a refusal (unknown product or warehouse, or the shortage of every short line).
+-- splitting a line over several unless allow_split is false. Each counter is read once.
+-- Returns allocations [[product, warehouse, qty]] (one per product x warehouse), nil, and
+-- their counters (for move_counter); or nil, a refusal (unknown product or warehouse, or
+-- the shortage of every short line).
 local function allocate(stock, products, lines, allow_split)
-  local metas, taken = {}, {}
-  local function free(p, w)
-    local a = counts(stock, p, w)
-    return a - (taken[p .. '|' .. w] or 0)
-  end
-  local order, amounts = {}, {}
-  local function take(p, w, q)
-    local k = p .. '|' .. w
-    if not amounts[k] then
-      order[#order + 1] = {p, w}
-      amounts[k] = 0
-    end
-    amounts[k] = amounts[k] + q
-    taken[k] = (taken[k] or 0) + q
-  end
-  local short = {}
+  local metas, counters, order, short = {}, {}, {}, {}
   -- named warehouses first, so a line routed by priority can't take their units
   for pass = 1, 2 do
     for _, l in ipairs(lines) do
@@ -206,27 +250,33 @@ local function allocate(stock, products, lines, allow_split)
           if not meta then return nil, refuse('product_not_found', {product = p}) end
           metas[p] = meta
         end
+        local whs = meta.warehouses
         if w ~= '' then
           local known = false
-          for _, wh in ipairs(meta.warehouses) do
+          for _, wh in ipairs(whs) do
             if wh[1] == w then known = true end
           end
           if not known then
             return nil, refuse('warehouse_not_found', {product = p, warehouse = w})
           end
-          local f = free(p, w)
-          if f >= q then take(p, w, q)
+          local c = alloc_counter(counters, stock, p, w)
+          local f = c.available - c.taken
+          if f >= q then take(order, c, q)
           else short[#short + 1] = {product = p, warehouse = w, requested = q, available = f} end
         elseif allow_split then
           local total_free = 0
-          for _, wh in ipairs(meta.warehouses) do total_free = total_free + free(p, wh[1]) end
+          for _, wh in ipairs(whs) do
+            local c = alloc_counter(counters, stock, p, wh[1])
+            total_free = total_free + c.available - c.taken
+          end
           if total_free >= q then
             local left = q
-            for _, wh in ipairs(meta.warehouses) do
-              local f = free(p, wh[1])
+            for _, wh in ipairs(whs) do
+              local c = counters[p .. '|' .. wh[1]]
+              local f = c.available - c.taken
               if left > 0 and f > 0 then
                 local n = math.min(f, left)
-                take(p, wh[1], n)
+                take(order, c, n)
                 left = left - n
               end
             end
@@ -235,12 +285,13 @@ local function allocate(stock, products, lines, allow_split)
           end
         else
           local best, chosen = 0, nil
-          for _, wh in ipairs(meta.warehouses) do
-            local f = free(p, wh[1])
-            if not chosen and f >= q then chosen = wh[1] end
+          for _, wh in ipairs(whs) do
+            local c = alloc_counter(counters, stock, p, wh[1])
+            local f = c.available - c.taken
+            if not chosen and f >= q then chosen = c end
             if f > best then best = f end
           end
-          if chosen then take(p, chosen, q)
+          if chosen then take(order, chosen, q)
           else short[#short + 1] = {product = p, requested = q, available = best} end
         end
       end
@@ -248,25 +299,24 @@ local function allocate(stock, products, lines, allow_split)
   end
   if #short > 0 then return nil, refuse('insufficient_stock', {lines = short}) end
   local out = {}
-  for _, pw in ipairs(order) do
-    out[#out + 1] = {pw[1], pw[2], amounts[pw[1] .. '|' .. pw[2]]}
-  end
-  return out, nil
+  for i, c in ipairs(order) do out[i] = {c.product, c.warehouse, c.taken} end
+  return out, nil, order
 end
 
 -- Expires due reservations, then allocates. When stock is short while more reservations
 -- are due, it keeps expiring (bounded) so a due reservation never blocks the next buyer.
+-- Returns what allocate returns.
 local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, limit,
                                     lines, allow_split)
   expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
-  local alloc, err = allocate(stock, products, lines, allow_split)
+  local alloc, err, counters = allocate(stock, products, lines, allow_split)
   local rounds = 0
   while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now) > 0 do
     expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
-    alloc, err = allocate(stock, products, lines, allow_split)
+    alloc, err, counters = allocate(stock, products, lines, allow_split)
     rounds = rounds + 1
   end
-  return alloc, err
+  return alloc, err, counters
 end
 
 -- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
@@ -331,4 +381,20 @@ local function write_order(record, id, owner, reservation, priced, total, curren
   return {id = id, owner = owner, status = 'pending', reservation = reservation,
           lines = priced, total = total, currency = currency,
           created_at = now, updated_at = now}
+end
+
+-- Registers one operation, `body(KEYS, ARGV)`, as the library's function `name`_<VERSION>
+-- (VERSION: the library's content hash, set above this file by engine/scripts.py, so two
+-- versions of the app can be loaded side by side). A read-only one is flagged 'no-writes'
+-- and called with FCALL_RO. Each call starts with fresh per-call state.
+local function register(name, body, read_only)
+  redis.register_function{
+    function_name = name .. '_' .. VERSION,
+    flags = read_only and {'no-writes'} or {},
+    callback = function(keys, args)
+      last_event = nil
+      idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+      return body(keys, args)
+    end,
+  }
 end

@@ -31,16 +31,16 @@ local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
 local now = now_ms()
-local alloc, err = expire_then_allocate(stock, products, live_hash, expiry, outbox, now,
-  tonumber(ARGV[9]), cjson.decode(ARGV[2]), ARGV[3] == '1')
+local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
+  now, tonumber(ARGV[9]), cjson.decode(ARGV[2]), ARGV[3] == '1')
 if err then return err end
 local priced, total, currency = price_lines(products, alloc)
 if not priced then return total end
 if redis.call('EXISTS', order) == 1 then return refuse('order_exists', {order = order_id}) end
 
 local movements = {}
-for _, l in ipairs(alloc) do
-  movements[#movements + 1] = move(stock, l[1], l[2], -l[3], 0)
+for i, l in ipairs(alloc) do
+  movements[i] = move_counter(stock, counters[i], -l[3], 0)
 end
 local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
 emit(outbox, 'order_created', now, actor, request_id,

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, Engine, select
 
 from engine import outbox, specs
 from engine.keys import PartitionKeys, partition_keys
-from engine.scripts import source
+from engine.scripts import run_sync
 from engine.settings import Settings
 from persistence import behind, schema
 from persistence.apply import apply_batch
@@ -69,8 +69,7 @@ def _read(
 def _trim(client: redis.Redis, k: PartitionKeys, last: str) -> None:
     """Drop the outbox up to `last`, which the database has committed, and move the applied
     marker up to it (lua/trim_outbox.lua)."""
-    keys, args = specs.TRIM_OUTBOX.build(outbox=k.outbox, applied=k.applied, last_event=last)
-    client.register_script(source("trim_outbox"))(keys=keys, args=args)
+    run_sync(client, specs.TRIM_OUTBOX, outbox=k.outbox, applied=k.applied, last_event=last)
 
 
 def _checkpoint(conn: Connection, partition: int) -> str:

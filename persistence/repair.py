@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, select
 from engine import snapshot, specs
 from engine.keys import partition_keys
 from engine.records import compact, live_entry, reservation_fields
-from engine.scripts import source
+from engine.scripts import run_sync
 from engine.settings import Settings
 from engine.states import TERMINAL
 from persistence import schema
@@ -225,8 +225,9 @@ def restore_lost(
 
 def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
     k = partition_keys(p)
-    script = client.register_script(source("repair"))
-    keys, args = specs.REPAIR.build(
+    return run_sync(
+        client,
+        specs.REPAIR,
         *plan.keys,
         stock=k.stock,
         products=k.products,
@@ -239,16 +240,15 @@ def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
         actor=ACTOR,
         request_id=run,
     )
-    reply: dict[str, Any] = json.loads(cast(str, script(keys=keys, args=args)))
-    return reply
 
 
 def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
     """Release the due reservations now, the normal way (with reservation_expired events)."""
     k, expired = partition_keys(p), 0
-    script = client.register_script(source("expire"))
     while True:
-        keys, args = specs.EXPIRE.build(
+        reply = run_sync(
+            client,
+            specs.EXPIRE,
             stock=k.stock,
             live=k.live,
             expiry=k.expiry,
@@ -256,7 +256,6 @@ def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
             behind=k.behind,
             limit=batch,
         )
-        reply = json.loads(cast(str, script(keys=keys, args=args)))
         expired += int(reply["expired"])
         if not int(reply["expired"]) or not int(reply["due"]):
             return expired

@@ -256,7 +256,7 @@ async def test_a_check_is_one_round_trip_and_the_bucket_expires(
         marker.close()
 
     assert left == 4
-    assert sent == ["EVALSHA"]
+    assert sent == ["FCALL"]
     assert 0 < ttl_ms <= 501  # one request refills in 500 ms: then the key can go
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import redis
 from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
-from engine.scripts import NAMES, source
+from engine.scripts import library
 from scripts.redis_server import RedisServer, free_port
 from tests.helpers import event_types
 from tests.support import last_json, run_cli
@@ -61,11 +60,11 @@ async def test_check_passes_then_reports_drift(engine: Engine, redis_server: Red
     assert any("p1@main" in p for p in last_json(bad)["problems"])
 
 
-async def test_serve_runs_the_api_with_the_scripts_loaded(
+async def test_serve_runs_the_api_with_the_library_loaded(
     engine: Engine, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    client.script_flush()
+    client.function_flush()
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "scripts.cli", "serve", "--port", str(port)],
@@ -87,8 +86,8 @@ async def test_serve_runs_the_api_with_the_scripts_loaded(
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, "serve did not start listening"
                     await asyncio.sleep(0.1)
-        shas = [hashlib.sha1(source(n).encode()).hexdigest() for n in NAMES]
-        assert all(client.script_exists(*shas))  # loaded at start-up, before any request
+        # the library is loaded at start-up, before any request
+        assert client.function_list(library=library().name)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=15)

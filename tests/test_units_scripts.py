@@ -1,21 +1,23 @@
-"""The scripts' source is the same in every process, so their SHA1s are stable."""
+"""The library's source is the same in every process, so its version (and so every function
+name) is stable; and it is assembled as lua/ lays it out."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
-from engine.scripts import NAMES, source
+from engine import specs
+from engine.scripts import NAMES, library, prepare
 
 
-def test_script_sources_do_not_depend_on_the_process() -> None:
-    here = {n: hashlib.sha1(source(n).encode()).hexdigest() for n in NAMES}
+def test_the_library_does_not_depend_on_the_process() -> None:
+    lib = library()
     code = (
-        "import hashlib, json; from engine.scripts import NAMES, source; "
-        "print(json.dumps({n: hashlib.sha1(source(n).encode()).hexdigest() for n in NAMES}))"
+        "import json; from engine.scripts import library; "
+        "lib = library(); print(json.dumps([lib.name, lib.source]))"
     )
     for seed in ("1", "2", "3"):
         out = subprocess.run(
@@ -25,4 +27,27 @@ def test_script_sources_do_not_depend_on_the_process() -> None:
             text=True,
             check=True,
         ).stdout
-        assert json.loads(out) == here
+        assert json.loads(out) == [lib.name, lib.source]
+
+
+def test_the_library_is_named_and_versioned_by_its_content() -> None:
+    lib = library()
+    assert re.fullmatch(r"[0-9a-f]{12}", lib.version)
+    assert lib.name == f"inventory_{lib.version}"
+    first, second, _ = lib.source.split("\n", 2)
+    assert first == f"#!lua name={lib.name}"
+    assert second == f"local VERSION = '{lib.version}'"
+    assert lib.function("reserve") == f"reserve_{lib.version}"
+    # one function per file of lua/ but lib.lua, each registered once, none read-only today
+    for name in NAMES:
+        assert lib.source.count(f"local function op_{name}(KEYS, ARGV)\n") == 1
+        assert lib.source.count(f"register('{name}', op_{name}, false)") == 1
+
+
+def test_a_call_is_built_without_io() -> None:
+    call = prepare(specs.TRIM_OUTBOX, outbox="o", applied="a", last_event="1-0")
+    assert call.function == library().function("trim_outbox")
+    assert (call.keys, call.args) == (["o", "a"], ["1-0"])
+    assert not call.read_only  # FCALL
+    read = specs.ScriptSpec("trim_outbox", ("outbox", "applied"), ("last_event",), read_only=True)
+    assert prepare(read, outbox="o", applied="a", last_event="1-0").read_only  # FCALL_RO

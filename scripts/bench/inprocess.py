@@ -15,6 +15,7 @@ from engine import specs
 from engine.engine import Engine
 from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
+from engine.scripts import prepare
 from persistence.db import libpq_url
 from scripts.bench import drain as bench_drain
 from scripts.bench import rowlock
@@ -40,14 +41,14 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
     async with Engine.from_settings(stack.settings) as engine:
         await engine.setup_product(hot, SYSTEM, price=1999, stock={"main": HUGE})
         keys = partition_keys(0)
-        script = engine.scripts._scripts["reserve"]  # the very script object the engine calls
         ctx = CallContext(actor="bench")
         settings = stack.settings
         lines = json.dumps([[hot, "", 1]], separators=(",", ":"))  # as the engine sends them
 
         async def raw() -> None:
             rid = new_id(0, 1)
-            keys_, args = specs.RESERVE.build(
+            call = prepare(  # the very call the engine makes
+                specs.RESERVE,
                 stock=keys.stock,
                 products=keys.products,
                 live=keys.live,
@@ -68,7 +69,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 expiry_batch=settings.expire_batch,
                 retention=settings.reservation_retention_ms,
             )
-            reply = await script(keys=keys_, args=args)
+            reply = await engine.scripts.raw(call)
             json.loads(reply)  # a caller of the script needs its answer
 
         async def wrapped() -> None:
