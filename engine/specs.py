@@ -135,6 +135,12 @@ RATE_LIMIT = ScriptSpec(
     keys=("bucket",),
     args=("rate", "burst"),
 )
+RATE_LIMIT_SETTLE = ScriptSpec(
+    "rate_limit_settle",
+    keys=(),
+    args=("rate", "burst", "settles"),
+    more_keys="bucket",
+)
 
 # Every script, by name, in the order they are loaded.
 SPECS: dict[str, ScriptSpec] = {
@@ -152,5 +158,6 @@ SPECS: dict[str, ScriptSpec] = {
         REPAIR,
         TRIM_OUTBOX,
         RATE_LIMIT,
+        RATE_LIMIT_SETTLE,
     )
 }
