@@ -7,7 +7,9 @@ so an account change (disable, staff removed, password changed: a new token vers
 account's access tokens within that window. States are read in batches: every account asked
 for while a read is under way joins the next query (one query for one account however many
 requests ask for it at once, a few queries for a burst of many accounts), and the newest
-100 000 are kept.
+100 000 are kept. An account asked for in the last second of its window is read again ahead,
+in the background, with every other account due (one query every REFRESH_EVERY_S), so that the
+accounts in use are not read one query each as their windows end; the window only shortens.
 
 With the database unreadable, reservations and orders go on (DESIGN.md's failure model): the
 last state read of an account goes on serving, however old, and a token whose account this
@@ -18,10 +20,10 @@ outage is the one window in which an account change may go unseen: only for acco
 process had not read, and at most for an access token's lifetime (JWT_ACCESS_TTL); refresh
 tokens need the database and are refused meanwhile.
 
-`AccountCheckMiddleware` does the (asynchronous) looking up before the endpoint runs and
-leaves the result in the request's state; `web.auth.authenticate` judges it when the endpoint
-asks who is calling. A request without a token, or with one that fails to verify, looks up
-nothing.
+The API's middleware (web.middleware.ApiMiddleware) does the (asynchronous) looking up with
+`look_up_token` before the endpoint runs and leaves the result in the request's state;
+`web.auth.authenticate` judges it when the endpoint asks who is calling. A request without a
+token, or with one that fails to verify, looks up nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine as DatabaseEngine
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine.settings import Settings
 from persistence import users
@@ -48,6 +50,8 @@ log = logging.getLogger("inventory.auth")
 MAX_ENTRIES = 100_000
 BATCH = 500  # accounts per query
 RETRY_S = 1.0  # with the database failing, how often a read is tried again
+REFRESH_AHEAD_S = 1.0  # an account asked for this close to its state going stale is read again
+REFRESH_EVERY_S = 0.25  # ...in one query with the others due, this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,9 @@ class AccountCache:
         self._failing_since: float | None = None
         self._last_error: Exception | None = None
         self._last_try = -float("inf")
+        self._ahead_s = min(REFRESH_AHEAD_S, self._ttl_s / 5)
+        self._due: set[int] = set()  # accounts to read again before their state goes stale
+        self._refresher: asyncio.Task[None] | None = None
 
     def remember(self, state: TokenState) -> None:
         """A state just read elsewhere (a login, a refresh): trusted like one read here."""
@@ -90,6 +97,8 @@ class AccountCache:
         now = self._clock()
         entry = self._entries.get(user_id)
         if entry is not None and now - entry.read_at < self._ttl_s:
+            if now - entry.read_at >= self._ttl_s - self._ahead_s and self._failing_since is None:
+                self._refresh_soon(user_id)
             return entry.state
         usable = entry is not None
         if self._failing_since is not None:
@@ -110,6 +119,24 @@ class AccountCache:
                 assert entry is not None
                 return entry.state
             raise
+
+    def _refresh_soon(self, user_id: int) -> None:
+        """Read the account again before its state goes stale, with the others due soon (one
+        query for them all every REFRESH_EVERY_S), so that an active account's requests never
+        wait for a read, nor cost one each."""
+        self._due.add(user_id)
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_due())
+
+    async def _refresh_due(self) -> None:
+        try:
+            await asyncio.sleep(REFRESH_EVERY_S)
+            due, self._due = self._due, set()
+            for user_id in due:
+                if user_id not in self._pending:
+                    self._ask(user_id)
+        finally:
+            self._refresher = None
 
     def _ask(self, user_id: int) -> asyncio.Future[TokenState | None]:
         future = self._pending.get(user_id)
@@ -170,29 +197,16 @@ def user_id_of(claims: dict[str, object]) -> int:
     return 0
 
 
-class AccountCheckMiddleware:
-    """Looks up the account of a request's verified access token (see the module's doc)."""
-
-    def __init__(self, app: ASGIApp, *, keys: Keys) -> None:
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await look_up(scope, self.keys)
-        await self.app(scope, receive, send)
-
-
 async def look_up(scope: Scope, keys: Keys) -> None:
     """Look up the account of the request's access token, if it has a verified one, and leave
-    the finding in the request's state for `web.auth.authenticate` (the middleware's work; an
-    endpoint mounted outside the middleware calls it itself)."""
+    the finding in the request's state for `web.auth.authenticate` (web.middleware.ApiMiddleware
+    does it with `look_up_token`; an endpoint mounted outside the middleware calls this)."""
     token = bearer_token(_authorization(scope))
     if token is not None:
-        await _look_up(scope, keys, token)
+        await look_up_token(scope, keys, token)
 
 
-async def _look_up(scope: Scope, keys: Keys, token: str) -> None:
+async def look_up_token(scope: Scope, keys: Keys, token: str) -> None:
     try:
         claims = keys.verify(token, "access")  # remembered for the endpoint
     except ApiError:

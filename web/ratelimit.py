@@ -41,8 +41,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -50,7 +51,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine.keys import rate_limit_bucket
 from engine.scripts import Scripts
 from engine.specs import RATE_LIMIT, RATE_LIMIT_SETTLE
-from web.auth import Keys
+from web.auth import Keys, bearer_token
 from web.errors import ApiError
 from web.middleware import scope_state
 from web.responses import error
@@ -238,31 +239,47 @@ class Limiter:
             self._settler.cancel()
 
 
+@lru_cache(maxsize=MAX_BUCKETS)
+def _user_bucket(sub: str) -> str:
+    return rate_limit_bucket("user", sub)
+
+
+def client_bucket(keys: Keys, scope: Scope, token: str | None) -> str:
+    """The caller's bucket: the verified user of `token`, else the client address."""
+    if token is not None:
+        try:
+            claims = keys.verify(token, "access")  # remembered for the endpoint
+            return _user_bucket(str(claims["sub"]))
+        except ApiError:
+            pass
+    client = scope.get("client")
+    return rate_limit_bucket("ip", str(client[0]) if client else "unknown")
+
+
+def limit_check(keys: Keys, limiter: Limiter) -> Callable[[Scope, str | None], Awaitable[None]]:
+    """The check web.middleware.ApiMiddleware makes before the endpoint: raises the 429."""
+
+    async def limit(scope: Scope, token: str | None) -> None:
+        scripts: Scripts = scope["app"].state.services.engine.scripts
+        await limiter.check(scripts, client_bucket(keys, scope, token))
+
+    return limit
+
+
 class RateLimitMiddleware:
+    """The limit as a middleware of its own, for an app that is not the API (which has it in
+    web.middleware.ApiMiddleware)."""
+
     def __init__(self, app: ASGIApp, *, keys: Keys, per_second: float, burst: int) -> None:
         self.app = app
-        self.keys = keys
-        self.limiter = Limiter(per_second, burst)
-
-    def bucket(self, scope: Scope) -> str:
-        """The caller's bucket: the verified user, else the client address."""
-        token = _bearer(scope)
-        if token is not None:
-            try:
-                claims = self.keys.verify(token, "access")  # remembered for the endpoint
-                return rate_limit_bucket("user", str(claims["sub"]))
-            except ApiError:
-                pass
-        client = scope.get("client")
-        return rate_limit_bucket("ip", str(client[0]) if client else "unknown")
+        self.check = limit_check(keys, Limiter(per_second, burst))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
-        scripts: Scripts = scope["app"].state.services.engine.scripts
         try:
-            await self.limiter.check(scripts, self.bucket(scope))
+            await self.check(scope, _bearer(scope))
         except ApiError as exc:
             state = scope_state(scope)
             state["error_code"] = exc.code
@@ -276,6 +293,5 @@ class RateLimitMiddleware:
 def _bearer(scope: Scope) -> str | None:
     for key, value in scope.get("headers", []):
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+            return bearer_token(value.decode("latin-1"))
     return None
