@@ -7,9 +7,10 @@ so an account change (disable, staff removed, password changed: a new token vers
 account's access tokens within that window. States are read in batches: every account asked
 for while a read is under way joins the next query (one query for one account however many
 requests ask for it at once, a few queries for a burst of many accounts), and the newest
-100 000 are kept. An account asked for in the last second of its window is read again ahead,
-in the background, with every other account due (one query every REFRESH_EVERY_S), so that the
-accounts in use are not read one query each as their windows end; the window only shortens.
+100 000 are kept. An account in use (asked for since it was read) is read again ahead, in the
+background, in its window's last second, with every other account due (one query every
+REFRESH_EVERY_S), so that the accounts in use are not read one query each, on their requests'
+path, as their windows end; the window only shortens. An idle account is left to go stale.
 
 With the database unreadable, reservations and orders go on (DESIGN.md's failure model): the
 last state read of an account goes on serving, however old, and a token whose account this
@@ -50,8 +51,8 @@ log = logging.getLogger("inventory.auth")
 MAX_ENTRIES = 100_000
 BATCH = 500  # accounts per query
 RETRY_S = 1.0  # with the database failing, how often a read is tried again
-REFRESH_AHEAD_S = 1.0  # an account asked for this close to its state going stale is read again
-REFRESH_EVERY_S = 0.25  # ...in one query with the others due, this often
+REFRESH_AHEAD_S = 1.0  # an account in use this close to its state going stale is read again
+REFRESH_EVERY_S = 0.5  # ...in one query with the others due, this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,8 @@ class AccountCache:
         self._last_error: Exception | None = None
         self._last_try = -float("inf")
         self._ahead_s = min(REFRESH_AHEAD_S, self._ttl_s / 5)
-        self._due: set[int] = set()  # accounts to read again before their state goes stale
+        self._in_use: set[int] = set()  # served from the cache since they were read
+        self._served = False  # an account was served from the cache this refresh period
         self._refresher: asyncio.Task[None] | None = None
 
     def remember(self, state: TokenState) -> None:
@@ -97,8 +99,10 @@ class AccountCache:
         now = self._clock()
         entry = self._entries.get(user_id)
         if entry is not None and now - entry.read_at < self._ttl_s:
-            if now - entry.read_at >= self._ttl_s - self._ahead_s and self._failing_since is None:
-                self._refresh_soon(user_id)
+            self._in_use.add(user_id)
+            self._served = True
+            if self._refresher is None:
+                self._refresher = asyncio.create_task(self._refresh_in_use())
             return entry.state
         usable = entry is not None
         if self._failing_since is not None:
@@ -120,21 +124,23 @@ class AccountCache:
                 return entry.state
             raise
 
-    def _refresh_soon(self, user_id: int) -> None:
-        """Read the account again before its state goes stale, with the others due soon (one
-        query for them all every REFRESH_EVERY_S), so that an active account's requests never
-        wait for a read, nor cost one each."""
-        self._due.add(user_id)
-        if self._refresher is None:
-            self._refresher = asyncio.create_task(self._refresh_due())
-
-    async def _refresh_due(self) -> None:
+    async def _refresh_in_use(self) -> None:
+        """Every REFRESH_EVERY_S, read again (in one query) the accounts served from the cache
+        since they were read whose state goes stale within REFRESH_AHEAD_S, so that an active
+        account's requests never wait for a read, nor cost one each."""
         try:
-            await asyncio.sleep(REFRESH_EVERY_S)
-            due, self._due = self._due, set()
-            for user_id in due:
-                if user_id not in self._pending:
-                    self._ask(user_id)
+            while self._served:  # stops once a period passes with no account served
+                self._served = False
+                await asyncio.sleep(REFRESH_EVERY_S)
+                if self._failing_since is not None:
+                    continue  # the requests' own reads retry, at most every RETRY_S
+                soon = self._clock() - (self._ttl_s - self._ahead_s)
+                for user_id in list(self._in_use):
+                    entry = self._entries.get(user_id)
+                    if entry is None or entry.read_at <= soon:
+                        self._in_use.discard(user_id)
+                        if entry is not None and user_id not in self._pending:
+                            self._ask(user_id)
         finally:
             self._refresher = None
 
