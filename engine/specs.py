@@ -138,6 +138,12 @@ RATE_LIMIT = ScriptSpec(
     keys=("bucket",),
     args=("rate", "burst"),
 )
+RATE_LIMIT_SETTLE = ScriptSpec(
+    "rate_limit_settle",
+    keys=(),
+    args=("rate", "burst", "settles"),
+    more_keys="bucket",
+)
 
 # Every operation, by name, in the order the library registers them.
 SPECS: dict[str, ScriptSpec] = {
@@ -155,5 +161,6 @@ SPECS: dict[str, ScriptSpec] = {
         REPAIR,
         TRIM_OUTBOX,
         RATE_LIMIT,
+        RATE_LIMIT_SETTLE,
     )
 }

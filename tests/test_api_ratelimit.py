@@ -1,6 +1,7 @@
 """The rate limit through HTTP against the real app and Redis: a token bucket per user (or per
 address without a valid token), 429 with `Retry-After` and the envelope, nothing changed by a
-refused request, one round trip per check, exact under concurrency."""
+refused request, exact under concurrency in one process, within its stated bound across
+processes (each process decides from its copy and settles with Redis off the request's path)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from scripts.redis_server import free_port
 from tests.api import bearer, err, running
 from web.app import create_app
 from web.errors import ApiError
-from web.ratelimit import RateLimitMiddleware, take
+from web.ratelimit import SETTLE_S, RateLimitMiddleware, settle, take
 from web.responses import ok
 from web.services.container import Services
 
@@ -289,3 +290,69 @@ def test_rate_limit_settings_from_the_environment() -> None:
     found = Settings.from_env({"RATE_LIMIT_PER_SECOND": "2.5", "RATE_LIMIT_BURST": "7"})
     assert (found.rate_limit_per_second, found.rate_limit_burst) == (2.5, 7)
     assert Settings.from_env({"RATE_LIMIT_PER_SECOND": "0"}).rate_limit_per_second == 0
+
+
+async def settled(app: Starlette, bucket: str, below: float) -> float:
+    """The Redis bucket's tokens once a settle has brought them under `below` (polled)."""
+    for _ in range(200):
+        (tokens,) = await settle(svc(app).engine.scripts, 0.001, 5, [(bucket, 0, 0)])
+        if tokens < below:
+            return tokens
+        await asyncio.sleep(SETTLE_S / 2)
+    raise AssertionError("the process never settled its bucket with Redis")
+
+
+async def test_a_bucket_spent_in_one_process_is_spent_in_the_others(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    """Two API processes (two apps over one Redis): what one admits reaches the Redis bucket
+    in the background, and the other, reading the bucket when it first sees the client,
+    refuses at once."""
+    first, second = limited(app_settings, 0.001, 5), limited(app_settings, 0.001, 5)
+    me = bearer(first, "1")
+    async with running(first) as a, running(second) as b:
+        spent = [(await a.get("/api/products/", headers=me)).status_code for _ in range(6)]
+        left = await settled(first, rate_limit_bucket("user", "1"), 1)
+        other = await b.get("/api/products/", headers=me)
+
+    assert spent == [200] * 5 + [429]
+    assert 0 <= left < 0.01  # the five taken, a few ms of refill at 1/1000 s
+    assert other.status_code == 429
+    assert other.headers["retry-after"] == "1000"
+
+
+async def test_across_processes_a_client_gets_at_most_a_burst_per_process_then_owes_it(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    """The stated bound with N = 2: both processes know the bucket full and spend it at
+    once, at most 2 x burst in all; the overdraft is a debt in Redis that both then see."""
+    first, second = limited(app_settings, 0.001, 5), limited(app_settings, 0.001, 5)
+    me = bearer(first, "1")
+    async with running(first) as a, running(second) as b:
+        await asyncio.gather(
+            a.get("/api/products/", headers=me), b.get("/api/products/", headers=me)
+        )
+        burst = await asyncio.gather(
+            *(c.get("/api/products/", headers=me) for c in (a, b) for _ in range(10))
+        )
+        admitted = 2 + sum(r.status_code == 200 for r in burst)
+        debt = await settled(first, rate_limit_bucket("user", "1"), 5 - admitted + 0.5)
+        await asyncio.sleep(4 * SETTLE_S)  # both have settled and heard the other's spending
+        after = [(await c.get("/api/products/", headers=me)).status_code for c in (a, b)]
+
+    assert 5 <= admitted <= 2 * 5
+    assert debt == pytest.approx(5 - admitted, abs=0.05)
+    assert after == [429, 429]
+
+
+async def test_one_settle_counts_many_buckets_and_may_overdraw(engine: Engine) -> None:
+    await engine.scripts.load()
+    a, b = rate_limit_bucket("user", "settle-a"), rate_limit_bucket("user", "settle-b")
+    await engine.redis.delete(a, b)
+    left = await settle(engine.scripts, 0.001, 5, [(a, 3, 0), (b, 0, 0)])
+    owed = await settle(engine.scripts, 0.001, 5, [(a, 4, 0)])
+
+    assert left == [pytest.approx(2, abs=0.01), 5.0]
+    assert owed == [pytest.approx(-2, abs=0.01)]  # a debt the refill pays back first
+    assert await engine.redis.exists(b) == 0  # reading a bucket writes nothing
+    assert 0 < await engine.redis.pttl(a) <= 7_000_001  # gone once it would be full again

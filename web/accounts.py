@@ -7,7 +7,10 @@ so an account change (disable, staff removed, password changed: a new token vers
 account's access tokens within that window. States are read in batches: every account asked
 for while a read is under way joins the next query (one query for one account however many
 requests ask for it at once, a few queries for a burst of many accounts), and the newest
-100 000 are kept.
+100 000 are kept. An account in use (asked for since it was read) is read again ahead, in the
+background, in its window's last second, with every other account due (one query every
+REFRESH_EVERY_S), so that the accounts in use are not read one query each, on their requests'
+path, as their windows end; the window only shortens. An idle account is left to go stale.
 
 With the database unreadable, reservations and orders go on (DESIGN.md's failure model): the
 last state read of an account goes on serving, however old, and a token whose account this
@@ -18,10 +21,10 @@ outage is the one window in which an account change may go unseen: only for acco
 process had not read, and at most for an access token's lifetime (JWT_ACCESS_TTL); refresh
 tokens need the database and are refused meanwhile.
 
-`AccountCheckMiddleware` does the (asynchronous) looking up before the endpoint runs and
-leaves the result in the request's state; `web.auth.authenticate` judges it when the endpoint
-asks who is calling. A request without a token, or with one that fails to verify, looks up
-nothing.
+The API's middleware (web.middleware.ApiMiddleware) does the (asynchronous) looking up with
+`look_up_token` before the endpoint runs and leaves the result in the request's state;
+`web.auth.authenticate` judges it when the endpoint asks who is calling. A request without a
+token, or with one that fails to verify, looks up nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine as DatabaseEngine
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine.settings import Settings
 from persistence import users
@@ -48,6 +51,8 @@ log = logging.getLogger("inventory.auth")
 MAX_ENTRIES = 100_000
 BATCH = 500  # accounts per query
 RETRY_S = 1.0  # with the database failing, how often a read is tried again
+REFRESH_AHEAD_S = 1.0  # an account in use this close to its state going stale is read again
+REFRESH_EVERY_S = 0.5  # ...in one query with the others due, this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,10 @@ class AccountCache:
         self._failing_since: float | None = None
         self._last_error: Exception | None = None
         self._last_try = -float("inf")
+        self._ahead_s = min(REFRESH_AHEAD_S, self._ttl_s / 5)
+        self._in_use: set[int] = set()  # served from the cache since they were read
+        self._served = False  # an account was served from the cache this refresh period
+        self._refresher: asyncio.Task[None] | None = None
 
     def remember(self, state: TokenState) -> None:
         """A state just read elsewhere (a login, a refresh): trusted like one read here."""
@@ -90,6 +99,10 @@ class AccountCache:
         now = self._clock()
         entry = self._entries.get(user_id)
         if entry is not None and now - entry.read_at < self._ttl_s:
+            self._in_use.add(user_id)
+            self._served = True
+            if self._refresher is None:
+                self._refresher = asyncio.create_task(self._refresh_in_use())
             return entry.state
         usable = entry is not None
         if self._failing_since is not None:
@@ -110,6 +123,26 @@ class AccountCache:
                 assert entry is not None
                 return entry.state
             raise
+
+    async def _refresh_in_use(self) -> None:
+        """Every REFRESH_EVERY_S, read again (in one query) the accounts served from the cache
+        since they were read whose state goes stale within REFRESH_AHEAD_S, so that an active
+        account's requests never wait for a read, nor cost one each."""
+        try:
+            while self._served:  # stops once a period passes with no account served
+                self._served = False
+                await asyncio.sleep(REFRESH_EVERY_S)
+                if self._failing_since is not None:
+                    continue  # the requests' own reads retry, at most every RETRY_S
+                soon = self._clock() - (self._ttl_s - self._ahead_s)
+                for user_id in list(self._in_use):
+                    entry = self._entries.get(user_id)
+                    if entry is None or entry.read_at <= soon:
+                        self._in_use.discard(user_id)
+                        if entry is not None and user_id not in self._pending:
+                            self._ask(user_id)
+        finally:
+            self._refresher = None
 
     def _ask(self, user_id: int) -> asyncio.Future[TokenState | None]:
         future = self._pending.get(user_id)
@@ -170,29 +203,16 @@ def user_id_of(claims: dict[str, object]) -> int:
     return 0
 
 
-class AccountCheckMiddleware:
-    """Looks up the account of a request's verified access token (see the module's doc)."""
-
-    def __init__(self, app: ASGIApp, *, keys: Keys) -> None:
-        self.app = app
-        self.keys = keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await look_up(scope, self.keys)
-        await self.app(scope, receive, send)
-
-
 async def look_up(scope: Scope, keys: Keys) -> None:
     """Look up the account of the request's access token, if it has a verified one, and leave
-    the finding in the request's state for `web.auth.authenticate` (the middleware's work; an
-    endpoint mounted outside the middleware calls it itself)."""
+    the finding in the request's state for `web.auth.authenticate` (web.middleware.ApiMiddleware
+    does it with `look_up_token`; an endpoint mounted outside the middleware calls this)."""
     token = bearer_token(_authorization(scope))
     if token is not None:
-        await _look_up(scope, keys, token)
+        await look_up_token(scope, keys, token)
 
 
-async def _look_up(scope: Scope, keys: Keys, token: str) -> None:
+async def look_up_token(scope: Scope, keys: Keys, token: str) -> None:
     try:
         claims = keys.verify(token, "access")  # remembered for the endpoint
     except ApiError:

@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from engine import errors as engine_errors
 from engine.engine import Engine
@@ -26,17 +27,12 @@ from persistence.db import database_engine
 from persistence.db_async import async_database_engine
 from persistence.trigger import DrainTrigger
 from web import routes as all_routes
-from web.accounts import AccountCache, AccountCheckMiddleware
+from web.accounts import AccountCache, look_up_token
 from web.auth import Keys
 from web.errors import ApiError, from_engine
-from web.metrics import Metrics, MetricsMiddleware
-from web.middleware import (
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-    allowed_methods,
-    scope_state,
-)
-from web.ratelimit import RateLimitMiddleware
+from web.metrics import Metrics
+from web.middleware import ApiMiddleware, allowed_methods, scope_state
+from web.ratelimit import EXEMPT, Limiter, limit_check
 from web.readiness import Readiness
 from web.responses import error, request_id
 from web.services.container import Services
@@ -113,23 +109,27 @@ def create_app(
 
     keys = Keys(settings)  # a bad JWT_KEYS fails here, before anything opens
     metrics = Metrics()
-    # Outermost first: the request id and access log, the timing, the refusals, and the
-    # account of the caller's token looked up for the endpoint.
-    middleware = [
-        Middleware(RequestContextMiddleware),
-        Middleware(MetricsMiddleware, metrics=metrics),
-    ]
+    limit = None
     if settings.rate_limit_per_second:
-        middleware.append(
-            Middleware(
-                RateLimitMiddleware,
-                keys=keys,
-                per_second=settings.rate_limit_per_second,
-                burst=settings.rate_limit_burst,
-            )
+        limiter = Limiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        limit = limit_check(keys, limiter)
+
+    async def look_up(scope: Scope, token: str | None) -> None:
+        if token is not None:
+            await look_up_token(scope, keys, token)
+
+    # One layer (web/middleware.py): the request id and access log, the timing, the refusals,
+    # and the account of the caller's token looked up for the endpoint.
+    middleware = [
+        Middleware(
+            ApiMiddleware,
+            observe=metrics.observe,
+            look_up=look_up,
+            max_bytes=settings.max_body_bytes,
+            limit=limit,
+            exempt=EXEMPT,
         )
-    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes))
-    middleware.append(Middleware(AccountCheckMiddleware, keys=keys))
+    ]
     app = Starlette(
         routes=routes if routes is not None else all_routes.ROUTES,
         middleware=middleware,

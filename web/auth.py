@@ -198,7 +198,7 @@ def authenticate(request: Request) -> Principal | None:
     claims = request_keys(request).verify(token, "access")
     lookup = scope_state(request.scope).get("account")
     if not isinstance(lookup, AccountLookup) or lookup.token != token:
-        raise RuntimeError("the account check (web.accounts.AccountCheckMiddleware) did not run")
+        raise RuntimeError("the account check (web.middleware.ApiMiddleware) did not run")
     if lookup.error is not None:
         raise lookup.error
     principal = account_principal(claims, lookup.state)

@@ -14,12 +14,10 @@ list query one keyset page at a time.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from typing import Any
 
-import redis.exceptions
 from sqlalchemy import Engine as DatabaseEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,8 +31,6 @@ from web.errors import ApiError
 from web.pagination import Page, SortKey, paginate
 from web.responses import ok
 from web.services.container import Services, services
-
-log = logging.getLogger("inventory.web")
 
 TOKEN_HEADER = "X-Consistency-Token"
 STATE_HEADER = "X-Consistency"
@@ -55,11 +51,7 @@ async def written(
     svc = services(request)
     partition = partition_of(result.id, svc.settings.partitions)
     token = result.event_id or await _newest(request, partition)
-    try:
-        await svc.trigger.request(partition)
-    except redis.exceptions.RedisError as exc:
-        # The write is done; the periodic drain picks the event up if this ask is lost.
-        log.warning("could not ask for a drain of partition %d: %s", partition, exc)
+    svc.trigger.wake(partition)  # asked right after, off the request's path
     response = ok(request, data, status)
     response.headers[TOKEN_HEADER] = token
     if result.replayed:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine.reads import EngineReads
 from web.middleware import route_template, scope_state
@@ -118,41 +117,6 @@ class Metrics:
             MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
         scrape.register(snapshot)
         return generate_latest(scrape)
-
-
-class MetricsMiddleware:
-    """Times every HTTP request and counts it when its response is done (or has failed)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        replayed = False
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status, replayed
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                replayed = any(
-                    k.lower() == b"idempotent-replayed" and v == b"true"
-                    for k, v in message.get("headers", [])
-                )
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        except Exception:
-            scope_state(scope).setdefault("error_code", "internal_error")
-            status = 500
-            raise
-        finally:
-            self.metrics.observe(scope, status, time.perf_counter() - started, replayed=replayed)
 
 
 # -- the Redis side, read at scrape time ------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Pure ASGI middleware: the request id, the access log, the body-size limit; and the matched
-route's template, which the access log and the metrics label requests with.
+"""The API's pure ASGI middleware, one layer: the request id, the access log, the request's
+timing and count, the rate limit, the body-size limit and the account check (ApiMiddleware);
+and the matched route's template, which the access log and the metrics label requests with.
 
 The request id is the client's `X-Request-ID` when it is a sane token, else a new UUID; it is
 put in `scope["state"]` (so `request.state.request_id`), echoed in the response header, and
@@ -13,7 +14,8 @@ import json
 import logging
 import re
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,49 +31,134 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED = "<unmatched>"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
+class Observe(Protocol):
+    """Counts a finished request (web/metrics.py's `Metrics.observe`)."""
+
+    def __call__(self, scope: Scope, status: int, seconds: float, *, replayed: bool) -> None: ...
 
 
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+# The checks made before the endpoint, given the request's bearer token (None: no token or
+# another scheme): they raise ApiError to refuse (the rate limit) or leave what they found in
+# the request's state (the account check).
+Check = Callable[[Scope, str | None], Awaitable[None]]
+
+
+class ApiMiddleware:
+    """The API's one middleware layer, pure ASGI, one pass over the headers and one wrapper of
+    `send` per request. In order: the request id (echoed in `X-Request-ID`) and the access
+    log; the timing and counting of the request (`observe`); the rate limit (`limit`, not for
+    the EXEMPT paths); the body-size limit (413, by header or while streaming); the account
+    check (`look_up`). A refusal before the endpoint is answered here, in the envelope."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        observe: Observe,
+        look_up: Check,
+        max_bytes: int,
+        limit: Check | None = None,
+        exempt: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
+        self.observe = observe
+        self.look_up = look_up
+        self.max_bytes = max_bytes
+        self.limit = limit
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
+        given = declared = authorization = None
+        for key, value in scope["headers"]:  # the first of each, as Starlette reads them
+            if key == b"x-request-id" and given is None:
+                given = value.decode("latin-1")
+            elif key == b"content-length" and declared is None:
+                declared = value
+            elif key == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
         rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
-        scope.setdefault("state", {})["request_id"] = rid
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = rid
+        rid_header = (b"x-request-id", rid.encode())
         started = time.perf_counter()
         status = 500
+        replayed = False
         response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, replayed, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid.encode()))
-                message = {**message, "headers": headers}
+                headers = message.get("headers", [])
+                replayed = any(
+                    k.lower() == b"idempotent-replayed" and v == b"true" for k, v in headers
+                )
+                message = {**message, "headers": [*headers, rid_header]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            token = _bearer(authorization)
+            refusal = None
+            try:
+                if self.limit is not None and scope["path"] not in self.exempt:
+                    await self.limit(scope, token)
+                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise ApiError(413, "payload_too_large", self._too_large())
+            except ApiError as exc:
+                refusal = exc
+            if refusal is not None:
+                state["error_code"] = refusal.code
+                e = refusal
+                response = error(rid, e.status, e.code, e.message, e.details, e.headers)
+                await response(scope, receive, send_with_id)
+                return
+            if token is not None:
+                await self.look_up(scope, token)
+            # A declared length is the body's length (the server frames the body by it), and
+            # it is within the limit by now: only a body without one is counted as it comes.
+            framed = declared is not None and declared.isdigit()
+            await self.app(scope, receive if framed else self._limited(receive), send_with_id)
         except Exception:
+            state.setdefault("error_code", "internal_error")
+            status = 500
             errors_log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if response_started:
                 raise
             response = error(rid, 500, "internal_error", "something went wrong on our side")
             await response(scope, receive, send_with_id)
         finally:
+            self.observe(scope, status, time.perf_counter() - started, replayed=replayed)
             if log.isEnabledFor(logging.INFO):  # `serve --no-access-log`: not even built
                 _log_access(scope, rid, status, started)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "payload_too_large", self._too_large())
+            return message
+
+        return limited
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes"
+
+
+def _bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (None for none, another scheme)."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _log_access(scope: Scope, rid: str, status: int, started: float) -> None:
@@ -90,41 +177,6 @@ def _log_access(scope: Scope, rid: str, status: int, started: float) -> None:
             separators=(",", ":"),
         )
     )
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413, by header or while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            state = scope_state(scope)
-            state["error_code"] = "payload_too_large"
-            response = error(state.get("request_id", ""), 413, "payload_too_large", self._message())
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, "payload_too_large", self._message())
-            return message
-
-        await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes"
 
 
 def scope_state(scope: Scope) -> dict[str, Any]:

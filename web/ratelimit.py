@@ -1,5 +1,5 @@
-"""Rate limiting: a token bucket per client in Redis, one script call (lua/rate_limit.lua) and
-so one round trip per request.
+"""Rate limiting: a token bucket per client, decided in the API process and settled with Redis
+in the background, so that a request pays no Redis round trip for it.
 
 The client is the user when the request carries a valid access token, else the connection's
 address. A shop's checkout behind one IP therefore doesn't share one bucket among its
@@ -10,24 +10,48 @@ another user's bucket. Behind a proxy, run uvicorn with `--proxy-headers` and
 
 Over the limit: 429 `rate_limited` with `Retry-After` (whole seconds, rounded up) in the
 envelope; the refused request takes nothing from the bucket. The operations endpoints are not
-limited: a load balancer or a scraper polls them from one address. If Redis does not answer,
-the request goes through: the endpoints that need Redis answer 503 on their own, and reads
-that don't should not fail because the limiter can't count.
+limited: a load balancer or a scraper polls them from one address.
+
+Where the count lives. The bucket of record is in Redis, shared by every API process
+(lua/rate_limit.lua's hash). Each process keeps a copy of the buckets it has seen: the first
+request of a client the process does not know waits for one read of the Redis bucket; from then
+on the process decides alone, from its copy, and every SETTLE_S it settles what it admitted
+(lua/rate_limit_settle.lua: one call for every bucket that admitted anything, off every
+request's path) and adopts what the Redis bucket says is left, which counts the other processes'
+requests too. So:
+
+- one process (or one client's requests all reaching one process) is exact: its copy is the
+  bucket, and a settle never gives back what the process spent;
+- across N processes a client is admitted, in any window, at most (N - 1) x (burst + rate x
+  SETTLE_S) more than one exact bucket would admit (each process may spend what the last
+  settle showed before it hears of the others' spending); what was overdrawn is a debt in the
+  Redis bucket that the refill pays back first, so over time the rate holds exactly;
+- a process forgets a bucket unused for IDLE_S (its next request reads Redis again).
+
+If Redis does not answer, the request goes through: the endpoints that need Redis answer 503 on
+their own, and reads that don't should not fail because the limiter can't count. A failed
+settle or read counts as Redis not answering: requests pass uncounted, and one of them (at most
+every RETRY_S) tries to read its bucket again; one warning every WARN_EVERY_S says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.keys import rate_limit_bucket
 from engine.scripts import Scripts
-from engine.specs import RATE_LIMIT
-from web.auth import Keys
+from engine.specs import RATE_LIMIT, RATE_LIMIT_SETTLE
+from web.auth import Keys, bearer_token
 from web.errors import ApiError
 from web.middleware import scope_state
 from web.responses import error
@@ -36,17 +60,15 @@ log = logging.getLogger("inventory.ratelimit")
 
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 WARN_EVERY_S = 10.0
+SETTLE_S = 0.05  # how often a process settles its buckets with Redis
+RETRY_S = 1.0  # with Redis not answering, how often a request tries to read its bucket again
+IDLE_S = 60.0  # a bucket unused this long is forgotten by the process
+MAX_BUCKETS = 100_000  # per process; the least recently used go first
+SETTLE_BATCH = 500  # buckets per settling call
 
 
-async def take(scripts: Scripts, bucket: str, per_second: float, burst: int) -> int:
-    """Take one request from `bucket`; returns the whole requests left, or raises the 429."""
-    reply = await scripts.run(RATE_LIMIT, bucket=bucket, rate=repr(float(per_second)), burst=burst)
-    if reply.get("ok"):
-        return int(reply["remaining"])
-    if reply.get("err") != "rate_limited":
-        raise RuntimeError(f"rate_limit.lua replied {reply!r}")
-    retry_after = max(1, math.ceil(int(reply["retry_after_ms"]) / 1000))
-    raise ApiError(
+def refused(retry_after: int, per_second: float, burst: int) -> ApiError:
+    return ApiError(
         429,
         "rate_limited",
         f"too many requests; try again in {retry_after} s",
@@ -55,41 +77,209 @@ async def take(scripts: Scripts, bucket: str, per_second: float, burst: int) -> 
     )
 
 
-def _bearer(scope: Scope) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+async def take(scripts: Scripts, bucket: str, per_second: float, burst: int) -> int:
+    """Take one request from the Redis `bucket` itself; returns the whole requests left, or
+    raises the 429. (The middleware decides from its process's copy instead, see `settle`.)"""
+    reply = await scripts.run(RATE_LIMIT, bucket=bucket, rate=repr(float(per_second)), burst=burst)
+    if reply.get("ok"):
+        return int(reply["remaining"])
+    if reply.get("err") != "rate_limited":
+        raise RuntimeError(f"rate_limit.lua replied {reply!r}")
+    raise refused(max(1, math.ceil(int(reply["retry_after_ms"]) / 1000)), per_second, burst)
+
+
+async def settle(
+    scripts: Scripts, per_second: float, burst: int, settles: list[tuple[str, int, int]]
+) -> list[float]:
+    """Count against each Redis bucket the requests admitted elsewhere — (bucket, spent, ms
+    since the first of them) — whatever it holds (it may go below 0); returns the tokens each
+    has left (0 spent: reads it). One call for them all: one Redis holds every bucket."""
+    reply = await scripts.run(
+        RATE_LIMIT_SETTLE,
+        *(bucket for bucket, _, _ in settles),
+        rate=repr(float(per_second)),
+        burst=burst,
+        settles=json.dumps([[spent, age] for _, spent, age in settles]),
+    )
+    if not reply.get("ok"):
+        raise RuntimeError(f"rate_limit_settle.lua replied {reply!r}")
+    return [float(t) for t in reply["tokens"]]
+
+
+@dataclass(slots=True)
+class _Copy:
+    """A process's copy of one bucket."""
+
+    tokens: float
+    at: float  # when `tokens` was counted (the process's clock, s)
+    spent: int = 0  # admitted since the last settle was sent
+    first: float = 0.0  # when the first of those was admitted
+
+
+class Limiter:
+    """The buckets one API process has seen. Used from one event loop."""
+
+    def __init__(
+        self, per_second: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._copies: dict[str, _Copy] = {}  # in order of last use
+        self._reading: dict[str, asyncio.Task[_Copy | None]] = {}
+        self._dirty: set[str] = set()
+        self._settler: asyncio.Task[None] | None = None
+        self._scripts: Scripts | None = None
+        self._failing = False
+        self._last_try = -math.inf
+        self._warned_at = -math.inf
+
+    async def check(self, scripts: Scripts, bucket: str) -> None:
+        """Admit one request of `bucket` or raise the 429; a bucket this process does not know
+        is read from Redis first. Passes when Redis does not answer."""
+        copy = None if self._failing else self._copies.pop(bucket, None)
+        if copy is None:
+            copy = await self._read(scripts, bucket)
+            if copy is None:
+                return  # Redis does not answer: the request goes through
+            self._copies.pop(bucket, None)
+        self._copies[bucket] = copy  # the most recently used last
+        now = self._clock()
+        tokens = min(self.burst, copy.tokens + (now - copy.at) * self.per_second)
+        copy.at = now
+        if tokens < 1:
+            copy.tokens = tokens
+            wait = math.ceil((1 - tokens) / self.per_second)
+            raise refused(max(1, wait), self.per_second, self.burst)
+        copy.tokens = tokens - 1
+        if not copy.spent:
+            copy.first = now
+        copy.spent += 1
+        self._dirty.add(bucket)
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._settle_soon())
+
+    async def _read(self, scripts: Scripts, bucket: str) -> _Copy | None:
+        if self._failing and self._clock() - self._last_try < RETRY_S:
+            return None
+        task = self._reading.get(bucket)
+        if task is None:  # the requests that ask meanwhile share this read
+            task = asyncio.create_task(self._read_now(scripts, bucket))
+            self._reading[bucket] = task
+        return await asyncio.shield(task)
+
+    async def _read_now(self, scripts: Scripts, bucket: str) -> _Copy | None:
+        self._scripts = scripts
+        self._last_try = self._clock()
+        try:
+            (tokens,) = await settle(scripts, self.per_second, self.burst, [(bucket, 0, 0)])
+        except redis.exceptions.RedisError as exc:
+            self._failed(exc)
+            return None
+        finally:
+            del self._reading[bucket]
+        self._failing = False
+        known = self._copies.get(bucket)
+        if known is not None:
+            return known  # counted here while the read was under way (after an outage)
+        if len(self._copies) >= MAX_BUCKETS:
+            del self._copies[next(iter(self._copies))]
+        return _Copy(tokens, self._clock())
+
+    async def _settle_soon(self) -> None:
+        try:
+            while self._dirty:
+                await asyncio.sleep(SETTLE_S)
+                buckets, self._dirty = list(self._dirty), set()
+                for i in range(0, len(buckets), SETTLE_BATCH):
+                    await self._settle(buckets[i : i + SETTLE_BATCH])
+                self._forget_idle()
+        finally:
+            self._settler = None
+
+    async def _settle(self, buckets: list[str]) -> None:
+        copies = [(b, c) for b in buckets if (c := self._copies.get(b)) is not None and c.spent]
+        if not copies or self._scripts is None:
+            return
+        sent = self._clock()
+        settles = [(b, c.spent, max(0, round((sent - c.first) * 1000))) for b, c in copies]
+        for _, copy in copies:
+            copy.spent = 0
+        try:
+            left = await settle(self._scripts, self.per_second, self.burst, settles)
+        except redis.exceptions.RedisError as exc:
+            self._failed(exc)
+            return
+        except Exception:
+            log.exception("rate limits not settled")
+            return
+        now = self._clock()
+        for (_, copy), tokens in zip(copies, left, strict=True):
+            mine = min(self.burst, copy.tokens + (now - copy.at) * self.per_second)
+            # What Redis has left, refilled since, less what this process admitted meanwhile.
+            theirs = min(self.burst, tokens + (now - sent) * self.per_second) - copy.spent
+            copy.tokens, copy.at = min(mine, theirs), now
+
+    def _forget_idle(self) -> None:
+        horizon = self._clock() - IDLE_S
+        while self._copies:
+            bucket, copy = next(iter(self._copies.items()))
+            if copy.at >= horizon or copy.spent:
+                return
+            del self._copies[bucket]
+
+    def _failed(self, exc: Exception) -> None:
+        self._failing = True
+        if time.monotonic() - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = time.monotonic()
+            log.warning("rate limit not checked (requests pass meanwhile): %s", exc)
+
+    def close(self) -> None:
+        if self._settler is not None:
+            self._settler.cancel()
+
+
+@lru_cache(maxsize=MAX_BUCKETS)
+def _user_bucket(sub: str) -> str:
+    return rate_limit_bucket("user", sub)
+
+
+def client_bucket(keys: Keys, scope: Scope, token: str | None) -> str:
+    """The caller's bucket: the verified user of `token`, else the client address."""
+    if token is not None:
+        try:
+            claims = keys.verify(token, "access")  # remembered for the endpoint
+            return _user_bucket(str(claims["sub"]))
+        except ApiError:
+            pass
+    client = scope.get("client")
+    return rate_limit_bucket("ip", str(client[0]) if client else "unknown")
+
+
+def limit_check(keys: Keys, limiter: Limiter) -> Callable[[Scope, str | None], Awaitable[None]]:
+    """The check web.middleware.ApiMiddleware makes before the endpoint: raises the 429."""
+
+    async def limit(scope: Scope, token: str | None) -> None:
+        scripts: Scripts = scope["app"].state.services.engine.scripts
+        await limiter.check(scripts, client_bucket(keys, scope, token))
+
+    return limit
 
 
 class RateLimitMiddleware:
+    """The limit as a middleware of its own, for an app that is not the API (which has it in
+    web.middleware.ApiMiddleware)."""
+
     def __init__(self, app: ASGIApp, *, keys: Keys, per_second: float, burst: int) -> None:
         self.app = app
-        self.keys = keys
-        self.per_second = per_second
-        self.burst = burst
-        self._warned_at = -math.inf
-
-    def bucket(self, scope: Scope) -> str:
-        """The caller's bucket: the verified user, else the client address."""
-        token = _bearer(scope)
-        if token is not None:
-            try:
-                claims = self.keys.verify(token, "access")  # remembered for the endpoint
-                return rate_limit_bucket("user", str(claims["sub"]))
-            except ApiError:
-                pass
-        client = scope.get("client")
-        return rate_limit_bucket("ip", str(client[0]) if client else "unknown")
+        self.check = limit_check(keys, Limiter(per_second, burst))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
-        scripts: Scripts = scope["app"].state.services.engine.scripts
         try:
-            await take(scripts, self.bucket(scope), self.per_second, self.burst)
+            await self.check(scope, _bearer(scope))
         except ApiError as exc:
             state = scope_state(scope)
             state["error_code"] = exc.code
@@ -97,8 +287,11 @@ class RateLimitMiddleware:
             response = error(rid, exc.status, exc.code, exc.message, exc.details, exc.headers)
             await response(scope, receive, send)
             return
-        except redis.exceptions.RedisError as exc:
-            if time.monotonic() - self._warned_at >= WARN_EVERY_S:
-                self._warned_at = time.monotonic()
-                log.warning("rate limit not checked (requests pass meanwhile): %s", exc)
         await self.app(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"authorization":
+            return bearer_token(value.decode("latin-1"))
+    return None
