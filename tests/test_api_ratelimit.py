@@ -187,14 +187,16 @@ async def test_zero_turns_the_limit_off(app_settings: Settings, clean_redis: Non
     assert RateLimitMiddleware not in [cast(object, m.cls) for m in app.user_middleware]
 
 
-async def test_without_redis_requests_pass_and_one_warning_says_so(
+async def test_without_redis_each_process_limits_alone_and_one_warning_says_so(
     app_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The limit is decided from the process's copy, so it holds without Redis (exact for the
+    process); the settle that cannot reach Redis says so once, and keeps what it admitted."""
     gone = dataclasses.replace(
         app_settings,
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         rate_limit_per_second=0.01,
-        rate_limit_burst=1,
+        rate_limit_burst=2,
     )
 
     async def ping(request: Request) -> Response:
@@ -207,18 +209,28 @@ async def test_without_redis_requests_pass_and_one_warning_says_so(
     trigger = DrainTrigger(engine, gone.redis_url)
     app.state.services = Services(gone, engine, db, trigger)
     transport = httpx.ASGITransport(app=app)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "inventory.ratelimit"]
+
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             statuses = [(await client.get("/api/ping/")).status_code for _ in range(3)]
+            for _ in range(100):  # the settle, SETTLE_S later, finds no Redis
+                if warnings():
+                    break
+                await asyncio.sleep(SETTLE_S)
+            later = [(await client.get("/api/ping/")).status_code for _ in range(2)]
+            await asyncio.sleep(2 * SETTLE_S)
     finally:
         trigger.close()
         db.dispose()
         await engine.aclose()
 
-    assert statuses == [200, 200, 200]
-    warnings = [r for r in caplog.records if r.name == "inventory.ratelimit"]
-    assert len(warnings) == 1
-    assert "rate limit not checked" in warnings[0].getMessage()
+    assert statuses == [200, 200, 429]
+    assert later == [429, 429]  # still limited, from the copy
+    assert len(warnings()) == 1
+    assert "rate limits not settled with Redis" in warnings()[0]
 
 
 async def test_concurrent_requests_take_exactly_the_burst(
@@ -306,19 +318,25 @@ async def test_a_bucket_spent_in_one_process_is_spent_in_the_others(
     app_settings: Settings, clean_redis: None
 ) -> None:
     """Two API processes (two apps over one Redis): what one admits reaches the Redis bucket
-    in the background, and the other, reading the bucket when it first sees the client,
-    refuses at once."""
+    in the background. The other, new to the client, admits from a full bucket until its own
+    settle (within SETTLE_S) tells it what Redis has left: then it refuses, with the wait the
+    Redis bucket owes."""
     first, second = limited(app_settings, 0.001, 5), limited(app_settings, 0.001, 5)
     me = bearer(first, "1")
     async with running(first) as a, running(second) as b:
         spent = [(await a.get("/api/products/", headers=me)).status_code for _ in range(6)]
         left = await settled(first, rate_limit_bucket("user", "1"), 1)
+        new = await b.get("/api/products/", headers=me)
+        debt = await settled(second, rate_limit_bucket("user", "1"), 0)
+        await asyncio.sleep(2 * SETTLE_S)  # the second has settled and adopted the debt
         other = await b.get("/api/products/", headers=me)
 
     assert spent == [200] * 5 + [429]
     assert 0 <= left < 0.01  # the five taken, a few ms of refill at 1/1000 s
+    assert new.status_code == 200  # within the stated bound: one burst per process
+    assert -1 <= debt < -0.99  # the second's request is owed
     assert other.status_code == 429
-    assert other.headers["retry-after"] == "1000"
+    assert other.headers["retry-after"] == "2000"  # two tokens to refill at 1/1000 s
 
 
 async def test_across_processes_a_client_gets_at_most_a_burst_per_process_then_owes_it(

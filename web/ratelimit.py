@@ -13,25 +13,26 @@ envelope; the refused request takes nothing from the bucket. The operations endp
 limited: a load balancer or a scraper polls them from one address.
 
 Where the count lives. The bucket of record is in Redis, shared by every API process
-(lua/rate_limit.lua's hash). Each process keeps a copy of the buckets it has seen: the first
-request of a client the process does not know waits for one read of the Redis bucket; from then
-on the process decides alone, from its copy, and every SETTLE_S it settles what it admitted
+(lua/rate_limit.lua's hash). Each process keeps a copy of the buckets it has seen and decides
+alone, from its copy: a request pays no Redis call for the limit. A client the process does not
+know starts from a full bucket (`burst`); every SETTLE_S the process settles what it admitted
 (lua/rate_limit_settle.lua: one call for every bucket that admitted anything, off every
 request's path) and adopts what the Redis bucket says is left, which counts the other processes'
 requests too. So:
 
 - one process (or one client's requests all reaching one process) is exact: its copy is the
-  bucket, and a settle never gives back what the process spent;
+  bucket, a settle never gives back what the process spent, and a bucket is forgotten only once
+  it would be full again (idle for IDLE_S, or burst / rate if longer);
 - across N processes a client is admitted, in any window, at most (N - 1) x (burst + rate x
-  SETTLE_S) more than one exact bucket would admit (each process may spend what the last
-  settle showed before it hears of the others' spending); what was overdrawn is a debt in the
-  Redis bucket that the refill pays back first, so over time the rate holds exactly;
-- a process forgets a bucket unused for IDLE_S (its next request reads Redis again).
+  SETTLE_S) more than one exact bucket would admit: each process may spend what it last knew
+  (a full bucket, for a client new to it) before it hears of the others' spending. A process
+  that restarts counts as one more, and so does one that had to forget a bucket early for room
+  (more than MAX_BUCKETS clients). What was overdrawn is a debt in the Redis bucket that the
+  refill pays back first, so over time the rate holds exactly.
 
-If Redis does not answer, the request goes through: the endpoints that need Redis answer 503 on
-their own, and reads that don't should not fail because the limiter can't count. A failed
-settle or read counts as Redis not answering: requests pass uncounted, and one of them (at most
-every RETRY_S) tries to read its bucket again; one warning every WARN_EVERY_S says so.
+If Redis does not answer, each process goes on deciding from its copies (exact per process; the
+processes just stop hearing of each other's spending), settles again every RETRY_S, and one
+warning every WARN_EVERY_S says so; what it admitted meanwhile is counted once Redis is back.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ log = logging.getLogger("inventory.ratelimit")
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 WARN_EVERY_S = 10.0
 SETTLE_S = 0.05  # how often a process settles its buckets with Redis
-RETRY_S = 1.0  # with Redis not answering, how often a request tries to read its bucket again
+RETRY_S = 1.0  # with Redis not answering, how often a process tries to settle again
 IDLE_S = 60.0  # a bucket unused this long is forgotten by the process
 MAX_BUCKETS = 100_000  # per process; the least recently used go first
 SETTLE_BATCH = 500  # buckets per settling call
@@ -125,26 +126,26 @@ class Limiter:
         self.per_second = per_second
         self.burst = burst
         self._clock = clock
+        # Forgotten only once full again, so a client seen anew starts from the right count.
+        self._idle_s = max(IDLE_S, burst / per_second) if per_second > 0 else IDLE_S
         self._copies: dict[str, _Copy] = {}  # in order of last use
-        self._reading: dict[str, asyncio.Task[_Copy | None]] = {}
         self._dirty: set[str] = set()
         self._settler: asyncio.Task[None] | None = None
         self._scripts: Scripts | None = None
         self._failing = False
-        self._last_try = -math.inf
         self._warned_at = -math.inf
 
     async def check(self, scripts: Scripts, bucket: str) -> None:
-        """Admit one request of `bucket` or raise the 429; a bucket this process does not know
-        is read from Redis first. Passes when Redis does not answer."""
-        copy = None if self._failing else self._copies.pop(bucket, None)
-        if copy is None:
-            copy = await self._read(scripts, bucket)
-            if copy is None:
-                return  # Redis does not answer: the request goes through
-            self._copies.pop(bucket, None)
-        self._copies[bucket] = copy  # the most recently used last
+        """Admit one request of `bucket` or raise the 429, from this process's copy (a full
+        bucket for a client it does not know): no Redis call on the request's path."""
+        self._scripts = scripts
         now = self._clock()
+        copy = self._copies.pop(bucket, None)
+        if copy is None:
+            if len(self._copies) >= MAX_BUCKETS:
+                del self._copies[next(iter(self._copies))]
+            copy = _Copy(float(self.burst), now)
+        self._copies[bucket] = copy  # the most recently used last
         tokens = min(self.burst, copy.tokens + (now - copy.at) * self.per_second)
         copy.at = now
         if tokens < 1:
@@ -159,37 +160,10 @@ class Limiter:
         if self._settler is None:
             self._settler = asyncio.create_task(self._settle_soon())
 
-    async def _read(self, scripts: Scripts, bucket: str) -> _Copy | None:
-        if self._failing and self._clock() - self._last_try < RETRY_S:
-            return None
-        task = self._reading.get(bucket)
-        if task is None:  # the requests that ask meanwhile share this read
-            task = asyncio.create_task(self._read_now(scripts, bucket))
-            self._reading[bucket] = task
-        return await asyncio.shield(task)
-
-    async def _read_now(self, scripts: Scripts, bucket: str) -> _Copy | None:
-        self._scripts = scripts
-        self._last_try = self._clock()
-        try:
-            (tokens,) = await settle(scripts, self.per_second, self.burst, [(bucket, 0, 0)])
-        except redis.exceptions.RedisError as exc:
-            self._failed(exc)
-            return None
-        finally:
-            del self._reading[bucket]
-        self._failing = False
-        known = self._copies.get(bucket)
-        if known is not None:
-            return known  # counted here while the read was under way (after an outage)
-        if len(self._copies) >= MAX_BUCKETS:
-            del self._copies[next(iter(self._copies))]
-        return _Copy(tokens, self._clock())
-
     async def _settle_soon(self) -> None:
         try:
             while self._dirty:
-                await asyncio.sleep(SETTLE_S)
+                await asyncio.sleep(RETRY_S if self._failing else SETTLE_S)
                 buckets, self._dirty = list(self._dirty), set()
                 for i in range(0, len(buckets), SETTLE_BATCH):
                     await self._settle(buckets[i : i + SETTLE_BATCH])
@@ -203,16 +177,25 @@ class Limiter:
             return
         sent = self._clock()
         settles = [(b, c.spent, max(0, round((sent - c.first) * 1000))) for b, c in copies]
+        spent = [c.spent for _, c in copies]
         for _, copy in copies:
             copy.spent = 0
         try:
             left = await settle(self._scripts, self.per_second, self.burst, settles)
-        except redis.exceptions.RedisError as exc:
-            self._failed(exc)
+        except Exception as exc:
+            # Not counted in Redis: count it again with the next settle (from its first).
+            for (bucket, copy), (_, _, age), n in zip(copies, settles, spent, strict=True):
+                copy.spent += n
+                copy.first = min(copy.first, sent - age / 1000)
+                self._dirty.add(bucket)
+            if isinstance(exc, redis.exceptions.RedisError):
+                self._failed(exc)
+            else:
+                log.exception("rate limits not settled")
             return
-        except Exception:
-            log.exception("rate limits not settled")
-            return
+        if self._failing:
+            self._failing = False
+            log.info("rate limits settled with Redis again")
         now = self._clock()
         for (_, copy), tokens in zip(copies, left, strict=True):
             mine = min(self.burst, copy.tokens + (now - copy.at) * self.per_second)
@@ -221,7 +204,7 @@ class Limiter:
             copy.tokens, copy.at = min(mine, theirs), now
 
     def _forget_idle(self) -> None:
-        horizon = self._clock() - IDLE_S
+        horizon = self._clock() - self._idle_s
         while self._copies:
             bucket, copy = next(iter(self._copies.items()))
             if copy.at >= horizon or copy.spent:
@@ -232,7 +215,10 @@ class Limiter:
         self._failing = True
         if time.monotonic() - self._warned_at >= WARN_EVERY_S:
             self._warned_at = time.monotonic()
-            log.warning("rate limit not checked (requests pass meanwhile): %s", exc)
+            log.warning(
+                "rate limits not settled with Redis (each process limits alone meanwhile): %s",
+                exc,
+            )
 
     def close(self) -> None:
         if self._settler is not None:
