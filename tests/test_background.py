@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
+from rq.job import Job
 from rq_scheduler import Scheduler
 from sqlalchemy import select
 
 from engine.engine import Engine
-from engine.keys import partition_keys
+from engine.keys import partition_keys, partition_of
 from engine.models import SYSTEM, LineRequest
 from engine.settings import Settings
 from persistence import jobs, migrate, periodic, schema
@@ -124,3 +131,102 @@ async def test_a_burst_of_writes_asks_for_one_drain(
     assert await trigger.request(0) is True
     trigger.close()
     raw.close()
+
+
+def _worker_children(pid: int) -> list[int]:
+    """The RQ workers `inventory worker --processes N` (pid) runs: its spawned children, not
+    multiprocessing's resource tracker."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
+def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+async def test_worker_processes_run_jobs_in_parallel_drain_every_partition_and_restart(
+    engine: Engine, settings: Settings, pg_url: str
+) -> None:
+    """`inventory worker --processes 2` with PARTITIONS=2: two RQ workers in processes of their
+    own run jobs at the same time (two 1.5 s jobs overlap), the drains of both partitions make
+    every event durable, a worker killed with SIGKILL is replaced, and TERM stops them all."""
+    two = dataclasses.replace(settings, partitions=2)
+    sharded = Engine(engine.redis, two)
+    products = {partition_of(f"sku-{i}", 2): f"sku-{i}" for i in range(20)}
+    assert set(products) == {0, 1}
+    for product in products.values():
+        await sharded.setup_product(product, SYSTEM, price=100, stock={"main": 10})
+        await sharded.reserve([LineRequest(product, 2)], BUYER)
+
+    await asyncio.to_thread(_two_workers, settings, pg_url)
+
+    db = database_engine(dataclasses.replace(settings, database_url=pg_url))
+    with db.connect() as conn:
+        held = list(conn.scalars(select(schema.reservations.c.id)))
+    db.dispose()
+    assert len(held) == 2  # one reservation per partition, both durable
+
+
+def _two_workers(settings: Settings, pg_url: str) -> None:
+    raw = redis.Redis.from_url(settings.redis_url)
+    q = jobs.queue(raw)
+    napping = [q.enqueue(time.sleep, 1.5) for _ in range(2)]
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": pg_url}
+    env["PARTITIONS"] = "2"
+    command = [sys.executable, "-m", "scripts.cli", "worker", "--processes", "2"]
+    worker = subprocess.Popen([*command, "--log-level", "WARNING"], env=env)
+    try:
+        _until(lambda: len(_worker_children(worker.pid)) == 2)
+        for partition in (0, 1):
+            jobs.enqueue_drain(q, partition)
+        _until(lambda: all(j.get_status(refresh=True) == "finished" for j in napping))
+        _until(lambda: all(raw.xlen(partition_keys(p).outbox) == 0 for p in (0, 1)))
+
+        first, second = (Job.fetch(j.id, connection=raw) for j in napping)
+        assert first.started_at is not None
+        assert second.started_at is not None
+        assert first.ended_at is not None
+        assert second.ended_at is not None
+        assert first.started_at < second.ended_at  # the two jobs ran at the same time
+        assert second.started_at < first.ended_at
+
+        killed = _worker_children(worker.pid)[0]
+        os.kill(killed, signal.SIGKILL)
+        _until(lambda: len(w := _worker_children(worker.pid)) == 2 and killed not in w)
+
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        raw.close()
+
+
+async def test_drain_empties_every_partition_in_parallel(
+    engine: Engine, settings: Settings, db_url: str
+) -> None:
+    """`inventory drain` with PARTITIONS=3: a thread per partition, each under its lease; the
+    report lists every partition in order."""
+    sharded = Engine(engine.redis, dataclasses.replace(settings, partitions=3))
+    products = {partition_of(f"sku-{i}", 3): f"sku-{i}" for i in range(30)}
+    assert set(products) == {0, 1, 2}
+    for product in products.values():
+        await sharded.setup_product(product, SYSTEM, price=100, stock={"main": 10})
+        await sharded.reserve([LineRequest(product, 1)], BUYER)
+
+    env = {"REDIS_URL": settings.redis_url, "DATABASE_URL": db_url, "PARTITIONS": "3"}
+    drained = await asyncio.to_thread(run_cli, "drain", env=env, timeout=120)
+
+    assert drained.returncode == 0, drained.stderr
+    report = last_json(drained)["drained"]
+    assert [r["partition"] for r in report] == [0, 1, 2]
+    assert all(r["applied"] >= 2 for r in report)  # the product's creation and its hold
+    for p in range(3):
+        assert await engine.redis.xlen(partition_keys(p).outbox) == 0

@@ -4,4 +4,5 @@ import sys
 
 from scripts.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not again in a spawned child (`inventory worker --processes`)
+    sys.exit(main())

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import redis
@@ -20,6 +24,7 @@ from persistence.failures import describe
 # RQ job's DRAIN_RETRY does, only sooner, then gives up loudly: the events stay in the outbox,
 # nothing is dead-lettered, and the next drain starts from the same checkpoint.
 DRAIN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+MAX_PARALLEL_DRAINS = 8  # `inventory drain`: partitions drained at once
 
 
 class DrainFailed(Exception):
@@ -47,35 +52,50 @@ def _environment(args: argparse.Namespace) -> None:
 def drain_everything(
     deadline_s: float = 120.0, backoff_s: tuple[float, ...] = DRAIN_BACKOFF_S
 ) -> list[dict[str, Any]]:
-    """Drain every partition until its outbox is empty, waiting out another drainer's lease
-    and, `backoff_s` apart, a transient database error; DrainFailed after the last pause."""
-    results: list[dict[str, Any]] = []
-    for partition in range(jobs.settings().partitions):
-        started = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                result = jobs.drain(partition)
-            except DATABASE_ERRORS as exc:
-                if failures == len(backoff_s):
-                    raise DrainFailed(partition, failures + 1, describe(exc), results) from exc
-                pause = backoff_s[failures]
-                failures += 1
-                print(
-                    f"drain of partition {partition} failed ({describe(exc)}); "
-                    f"retry {failures} of {len(backoff_s)} in {pause:g} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                time.sleep(pause)
-                continue
-            if not result["locked_out"]:
-                results.append(result)
-                break
-            if time.monotonic() - started > deadline_s:
-                raise TimeoutError(f"partition {partition} stayed locked by another drainer")
-            time.sleep(0.1)
+    """Drain every partition until its outbox is empty, the partitions in parallel (a thread
+    each, at most MAX_PARALLEL_DRAINS), waiting out another drainer's lease and, `backoff_s`
+    apart, a transient database error; DrainFailed (the lowest partition that failed, with
+    what the others drained) after the last pause."""
+    partitions = range(jobs.settings().partitions)
+    if len(partitions) == 1:
+        return [_drain_one(0, deadline_s, backoff_s)]
+    with ThreadPoolExecutor(min(len(partitions), MAX_PARALLEL_DRAINS)) as pool:
+        futures = [pool.submit(_drain_one, p, deadline_s, backoff_s) for p in partitions]
+        wait(futures)
+    results = [f.result() for f in futures if f.exception() is None]
+    for future in futures:
+        exc = future.exception()
+        if isinstance(exc, DrainFailed):
+            exc.drained = results
+        if exc is not None:
+            raise exc
     return results
+
+
+def _drain_one(partition: int, deadline_s: float, backoff_s: tuple[float, ...]) -> dict[str, Any]:
+    started = time.monotonic()
+    failures = 0
+    while True:
+        try:
+            result = jobs.drain(partition)
+        except DATABASE_ERRORS as exc:
+            if failures == len(backoff_s):
+                raise DrainFailed(partition, failures + 1, describe(exc), []) from exc
+            pause = backoff_s[failures]
+            failures += 1
+            print(
+                f"drain of partition {partition} failed ({describe(exc)}); "
+                f"retry {failures} of {len(backoff_s)} in {pause:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(pause)
+            continue
+        if not result["locked_out"]:
+            return result
+        if time.monotonic() - started > deadline_s:
+            raise TimeoutError(f"partition {partition} stayed locked by another drainer")
+        time.sleep(0.1)
 
 
 def _outcome(results: list[dict[str, Any]]) -> int:
@@ -95,15 +115,70 @@ def _outcome(results: list[dict[str, Any]]) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Worker
-
     _environment(args)
-    connection = redis.Redis.from_url(jobs.settings().redis_url)
-    worker = Worker([jobs.queue(connection)], connection=connection)
-    worker.work(burst=args.burst, with_scheduler=True, logging_level=args.log_level)
+    if args.processes < 1:
+        print("--processes must be at least 1", file=sys.stderr)
+        return 2
+    if args.processes == 1:
+        run_worker(args.burst, args.log_level)
+    else:
+        _worker_pool(args.processes, args.burst, args.log_level)
     if args.burst:
         return _drain_and_report()
     return 0
+
+
+def run_worker(burst: bool, log_level: str) -> None:
+    """One RQ worker on the queue, in this process, until it is told to stop (or, `burst`,
+    until the queue is empty)."""
+    from rq import Worker
+
+    connection = redis.Redis.from_url(jobs.settings().redis_url)
+    worker = Worker([jobs.queue(connection)], connection=connection)
+    worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+
+
+def _worker_pool(count: int, burst: bool, log_level: str) -> None:
+    """`count` RQ workers, each a process of its own, so that drains of different partitions
+    (and the other jobs) run in parallel; each partition's lease keeps its drain to one at a
+    time. A worker that dies (kill -9, out of memory) is started again; TERM or INT stops them
+    all (each finishes the job it is running, as one worker does), and this returns once every
+    one has exited. With `burst`, each ends when the queue is empty."""
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited sockets
+    log = logging.getLogger("inventory.worker")
+    stopping = False
+
+    def start() -> BaseProcess:
+        process = spawn.Process(target=run_worker, args=(burst, log_level), daemon=False)
+        process.start()
+        return process
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    workers = [start() for _ in range(count)]
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while workers:
+            time.sleep(0.2)
+            for process in list(workers):
+                if process.is_alive():
+                    continue
+                process.join()
+                if stopping or burst or process.exitcode == 0:
+                    workers.remove(process)
+                    continue
+                log.warning(
+                    "worker %d exited with %s; starting another", process.pid, process.exitcode
+                )
+                workers[workers.index(process)] = start()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -161,6 +236,13 @@ def add_commands(
         "--burst",
         action="store_true",
         help="run the queued jobs, drain every outbox into the database, then exit",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="RQ workers to run, each a process of its own: with PARTITIONS > 1 the partitions "
+        "drain in parallel (default 1)",
     )
     p.set_defaults(func=cmd_worker)
 
