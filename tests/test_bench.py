@@ -322,9 +322,10 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         for row in scenarios[scenario]["rows"]:
             assert row.get("errors", 0) == 0, (scenario, row)
     cost = scenarios["cost"]
-    full, bare, reference = cost["rows"]
-    assert [r["system"] for r in cost["rows"]] == ["full API", "bare endpoint", "reference"]
-    for row in (full, bare):  # measured per reservation, from /proc and INFO cpu
+    full, bare, reference, read = cost["rows"]
+    systems = [r["system"] for r in cost["rows"]]
+    assert systems == ["full API", "bare endpoint", "reference", "product read"]
+    for row in (full, bare, read):  # measured per request, from /proc and INFO cpu
         assert row["ok"] > 0
         assert row["api_cpu_us"] > 0
         assert row["redis_cpu_us"] > 0
@@ -357,6 +358,7 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         "flash_sale_vs_statement_p99_fraction [everysec vs async commit]",
         "redis_cpu_full_vs_reference",
         "api_cpu_full_vs_bare",
+        "api_cpu_read_vs_bare",
         "drain_vs_api_events_x",
         "engine_vs_redis_py",
         "api_vs_bare_endpoint",

@@ -27,6 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ import redis
 import redis.asyncio
 
 from engine import outbox
+from persistence import schema
 from persistence.db import database_engine, libpq_url
 from persistence.drain import drain_partition
+from scripts.bench import loadgen
 from scripts.bench.measure import Progress, buyer_tokens, drainer, offer, reserve_call, summarise
 from scripts.bench.options import BARE, HUGE, OURS
 from scripts.bench.stack import Stack
@@ -186,6 +189,43 @@ def _http_row(stack: Stack, meter: Meter, system: str, progress: Progress) -> di
     return row
 
 
+def _read_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
+    """`GET /api/products/{id}/` of one hot product, as a customer, at the same concurrency:
+    the product page a sale's buyers read far more often than they buy (no drainer: reads
+    write nothing)."""
+    opts = stack.opts
+    conns = opts.cost_connections
+    hot = stack.product_id()
+    stack.stock(OURS, {hot: HUGE})
+    # its catalog row, under the bench's own id (the API's create would number it itself)
+    now = datetime.now(UTC)
+    page = {"id": hot, "sku": f"bench-read-{uuid.uuid4().hex[:8]}", "name": "A product page"}
+    page |= {"price": 1999, "currency": stack.settings.default_currency}
+    db = database_engine(stack.settings)
+    try:
+        with db.begin() as conn:
+            conn.execute(schema.products.insert().values(**page, created_at=now, updated_at=now))
+    finally:
+        db.dispose()
+    tokens = buyer_tokens(stack, OURS, 42_000, 1000)
+    path = f"/api/products/{hot}/"
+    calls = [
+        loadgen.encode("GET", path, host=stack.host, headers={"Authorization": f"Bearer {t}"})
+        for t in tokens
+    ]
+    progress.step(f"cost: product reads, {conns} connections for {opts.seconds:g}s")
+    offer(stack, "saturate", calls[:64], connections=conns, seconds=0.5)  # the catalog cached
+    before = meter.read()
+    got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
+    after = meter.read()
+    row = summarise(got, system="product read", fsync=opts.fsync[0], mode="cost")
+    row["connections"] = conns
+    row.update(meter.delta(before, after, row["ok"]))
+    for name in ("self_cpu_us", "pg_rows", "pg_transactions"):
+        row.pop(name)
+    return row
+
+
 async def _reference_calls(
     stack: Stack, seconds: float, concurrency: int, meter: Meter
 ) -> tuple[int, float, dict[str, Any], dict[str, Any]]:
@@ -310,6 +350,7 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
     try:
         full = _http_row(stack, meter, OURS, progress)
         bare = _http_row(stack, meter, BARE, progress)
+        read = _read_row(stack, meter, progress)
         reference = _reference_row(stack, meter, progress)
         drain = _drain_row(stack, meter, progress) if stack.target is None else {}
     finally:
@@ -317,10 +358,11 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
     full["system"], bare["system"] = "full API", "bare endpoint"
     api_rate = drain.get("api_events_per_s")
     return {
-        "rows": [full, bare, reference],
+        "rows": [full, bare, reference, read],
         "redis_cpu_full_vs_reference": _ratio(full["redis_cpu_us"], reference["redis_cpu_us"]),
         "redis_cpu_bare_vs_reference": _ratio(bare["redis_cpu_us"], reference["redis_cpu_us"]),
         "api_cpu_full_vs_bare": _ratio(full["api_cpu_us"], bare["api_cpu_us"]),
+        "api_cpu_read_vs_bare": _ratio(read["api_cpu_us"], bare["api_cpu_us"]),
         **drain,
         "drain_vs_api_events_x": _ratio(drain.get("drain_events_per_s"), api_rate),
         **stack.checks(),

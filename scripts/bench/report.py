@@ -84,6 +84,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         c = results["cost"]
         target("redis_cpu_full_vs_reference", c.get("redis_cpu_full_vs_reference"), 3, False)
         target("api_cpu_full_vs_bare", c.get("api_cpu_full_vs_bare"), 1.33, False)
+        target("api_cpu_read_vs_bare", c.get("api_cpu_read_vs_bare"), 1, False)
         if c.get("drain_vs_api_events_x") is not None:
             target("drain_vs_api_events_x", c["drain_vs_api_events_x"], 1.5)
     if "drain" in results:
