@@ -322,10 +322,11 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         for row in scenarios[scenario]["rows"]:
             assert row.get("errors", 0) == 0, (scenario, row)
     cost = scenarios["cost"]
-    full, bare, reference, read = cost["rows"]
+    full, bare, reference, read, *statements = cost["rows"]
     systems = [r["system"] for r in cost["rows"]]
-    assert systems == ["full API", "bare endpoint", "reference", "product read"]
-    for row in (full, bare, read):  # measured per request, from /proc and INFO cpu
+    assert systems[:4] == ["full API", "bare endpoint", "reference", "product read"]
+    assert systems[4:] == ["single-statement"] * 2  # sync and async commits
+    for row in (full, bare, read, *statements):  # per request, from /proc and INFO cpu
         assert row["ok"] > 0
         assert row["api_cpu_us"] > 0
         assert row["redis_cpu_us"] > 0
@@ -336,6 +337,12 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
     assert cost["drained"] == cost["backlog_events"] > 0
     assert cost["worker_cpu_us_per_event"] > 0
     assert cost["pg_rows_per_event"] > 0
+    assert set(cost["cpu_all_in_us"]) == {
+        "full API",
+        "single-statement (sync commit)",
+        "single-statement (async commit)",
+    }
+    assert all(v > 0 for v in cost["cpu_all_in_us"].values())
     steps = {r["mode"]: r for r in scenarios["lifecycle"]["rows"]}
     assert steps["reserve"]["ok"] > 0
     assert steps["delivered"]["ok"] > 0

@@ -5,6 +5,8 @@ At one concurrency (`--cost-connections`, 64), for `--seconds` each:
   through (its Redis calls count in Redis's CPU: the events are read back once drained);
 - `bare`: the bench's bare endpoint (the engine's reserve call and nothing around it), the
   drainer on too;
+- `product read`: `GET /api/products/{id}/` as a customer (no drainer: reads write nothing);
+- `single-statement`, sync and async commit: the PostgreSQL baseline's reservation (no drainer);
 - `reference`: `scripts/bench/reference.lua` — only a reservation's real work (read the
   counter, move the units, the record with its expiry, its index entry, one event: five
   writes) — called with EVALSHA straight from a redis-py client in this process.
@@ -16,7 +18,9 @@ went (`INFO commandstats`: calls and µs per reservation by command — a script
 Then the drain's own cost: a backlog the full API made with no drainer running, drained here
 from a standing start — events/s, this process's CPU (the worker's work), PostgreSQL's
 processes' CPU, rows written and transactions per event — and the drain's events/s against the
-events/s the API produced at saturation.
+events/s the API produced at saturation. And every process's CPU per reservation, all in
+(`cpu_all_in_us`: API + Redis + PostgreSQL, and for ours the worker's drain of the event), ours
+against the single statement's: on 2 shared cores, what bounds each one's rate.
 """
 
 from __future__ import annotations
@@ -40,8 +44,16 @@ from persistence import schema
 from persistence.db import database_engine, libpq_url
 from persistence.drain import drain_partition
 from scripts.bench import loadgen
-from scripts.bench.measure import Progress, buyer_tokens, drainer, offer, reserve_call, summarise
-from scripts.bench.options import BARE, HUGE, OURS
+from scripts.bench.measure import (
+    Progress,
+    buyer_tokens,
+    drainer,
+    nothing,
+    offer,
+    reserve_call,
+    summarise,
+)
+from scripts.bench.options import ASYNC, BARE, BASELINES, HUGE, OURS, STATEMENT, SYNC
 from scripts.bench.stack import Stack
 
 REFERENCE = Path(__file__).with_name("reference.lua")
@@ -164,22 +176,27 @@ class Meter:
 # -- the rows ---------------------------------------------------------------------------------
 
 
-def _http_row(stack: Stack, meter: Meter, system: str, progress: Progress) -> dict[str, Any]:
+def _http_row(
+    stack: Stack, meter: Meter, system: str, progress: Progress, durability: str | None = None
+) -> dict[str, Any]:
     opts = stack.opts
     conns = opts.cost_connections
     hot = stack.product_id()
     stack.stock(system, {hot: HUGE})
     tokens = buyer_tokens(stack, system, 40_000, 1000)
     body = {"product": hot, "quantity": 1}
-    calls = [reserve_call(stack, system, t, body, "reserve") for t in tokens]
-    progress.step(f"cost: {system}, {conns} connections for {opts.seconds:g}s, drainer on")
+    calls = [reserve_call(stack, system, t, body, "reserve", durability) for t in tokens]
+    baseline = system in BASELINES
+    also = f" ({durability})" if durability else ", drainer on"
+    progress.step(f"cost: {system}{also}, {conns} connections for {opts.seconds:g}s")
     stack.drain_to_end()
     before = meter.read()
-    with drainer(stack) as lag:
+    with nothing() if baseline else drainer(stack) as lag:
         got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
     # after the drainer has drained every event the run made: their drain counts too
     after = meter.read()
-    row = summarise(got, system=system, fsync=opts.fsync[0], mode="cost", connections=conns)
+    fsync = durability or opts.fsync[0]
+    row = summarise(got, system=system, fsync=fsync, mode="cost", connections=conns)
     row.update(meter.delta(before, after, row["ok"]))
     row.pop("self_cpu_us")
     drained = lag.get("_drained") or 0
@@ -341,6 +358,12 @@ def _drain_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]
     }
 
 
+def _all_in(row: dict[str, Any], drain_us: float | None) -> float:
+    """API + Redis + PostgreSQL CPU per reservation, and the worker's drain of its event."""
+    parts = (row.get("api_cpu_us"), row.get("redis_cpu_us"), row.get("postgres_cpu_us"), drain_us)
+    return round(sum(p for p in parts if p), 1)
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -352,18 +375,28 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         bare = _http_row(stack, meter, BARE, progress)
         read = _read_row(stack, meter, progress)
         reference = _reference_row(stack, meter, progress)
+        statements = [
+            _http_row(stack, meter, STATEMENT, progress, durability)
+            for durability in (SYNC, ASYNC)
+            if STATEMENT in stack.opts.baselines
+        ]
         drain = _drain_row(stack, meter, progress) if stack.target is None else {}
     finally:
         meter.close()
     full["system"], bare["system"] = "full API", "bare endpoint"
     api_rate = drain.get("api_events_per_s")
+    # Every process's CPU per reservation (the load generator's aside): on a machine whose
+    # cores the API, Redis, the drain and PostgreSQL share, what bounds the rate.
+    all_in = {"full API": _all_in(full, drain.get("worker_cpu_us_per_event"))}
+    all_in |= {f"{STATEMENT} ({r['fsync']})": _all_in(r, None) for r in statements}
     return {
-        "rows": [full, bare, reference, read],
+        "rows": [full, bare, reference, read, *statements],
         "redis_cpu_full_vs_reference": _ratio(full["redis_cpu_us"], reference["redis_cpu_us"]),
         "redis_cpu_bare_vs_reference": _ratio(bare["redis_cpu_us"], reference["redis_cpu_us"]),
         "api_cpu_full_vs_bare": _ratio(full["api_cpu_us"], bare["api_cpu_us"]),
         "api_cpu_read_vs_bare": _ratio(read["api_cpu_us"], bare["api_cpu_us"]),
         **drain,
         "drain_vs_api_events_x": _ratio(drain.get("drain_events_per_s"), api_rate),
+        "cpu_all_in_us": all_in,
         **stack.checks(),
     }
