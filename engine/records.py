@@ -66,3 +66,15 @@ def order_fields(
         "created_at": int(created_at),
         "updated_at": int(updated_at),
     }
+
+
+def idempotency_value(fingerprint: str, reply: str) -> str:
+    """An idempotency record's value (lib.lua idem_store): the request's fingerprint (hex),
+    then the first reply (a JSON object, so it starts at the first '{')."""
+    return fingerprint + reply
+
+
+def idempotency_parts(value: str) -> tuple[str, str]:
+    """(fingerprint, reply) of an idempotency record's value (idempotency_value)."""
+    i = value.index("{")
+    return value[:i], value[i:]

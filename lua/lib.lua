@@ -17,9 +17,11 @@
 --   expiry    zset  <reservation id> scored by expires_at (ms, Redis clock)
 --   outbox    stream, one entry per change: fields 'type' and 'data' (JSON)
 --   record    hash  one reservation or order; key TTLs reclaim memory, never stock
---   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL; the call's
---                   last event carries a copy ("idempotency": {key, fp, expires_at, reply})
---                   so that the drain makes it durable and a restore can put it back
+--   idem      string <request fingerprint><first reply> (the fingerprint is hex, the reply a
+--                   JSON object: it starts at the first '{'), with a TTL; the call's last event
+--                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the
+--                   drain makes it durable and a restore can put it back. (Before, a hash
+--                   {fp, reply}: idem_lookup still reads one.)
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
@@ -74,23 +76,35 @@ local function fenced(flag)
   return nil
 end
 
+-- fenced(), and whether `key` (the record the call is to create) exists already, in one
+-- command. Returns the refusal or nil, then whether the key exists.
+local function fenced_or_exists(flag, key)
+  if redis.call('EXISTS', flag, key) == 0 then return nil, false end
+  return fenced(flag), true
+end
+
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
 -- ttl_ms is how long the first reply is kept (idem_store).
 local function idem_lookup(key, fp, ttl_ms)
   idem_call.key, idem_call.fp, idem_call.ttl = key, fp, ttl_ms
   if fp == '' then return nil end
-  local stored = redis.call('HMGET', key, 'fp', 'reply')
-  if not stored[1] then return nil end
-  if stored[1] ~= fp then return refuse('idempotency_mismatch', {}) end
-  return '{"replayed":true,' .. string.sub(stored[2], 2)
+  local stored = redis.pcall('GET', key)
+  if not stored then return nil end
+  local stored_fp, reply
+  if type(stored) == 'table' then  -- WRONGTYPE: a record kept as a hash before
+    stored = redis.call('HMGET', key, 'fp', 'reply')
+    stored_fp, reply = stored[1], stored[2]
+  else
+    local i = string.find(stored, '{', 1, true)
+    stored_fp, reply = string.sub(stored, 1, i - 1), string.sub(stored, i)
+  end
+  if stored_fp ~= fp then return refuse('idempotency_mismatch', {}) end
+  return '{"replayed":true,' .. string.sub(reply, 2)
 end
 
 local function idem_store(key, fp, ttl_ms, reply)
-  if fp ~= '' then
-    redis.call('HSET', key, 'fp', fp, 'reply', reply)
-    redis.call('PEXPIRE', key, ttl_ms)
-  end
+  if fp ~= '' then redis.call('SET', key, fp .. reply, 'PX', int(ttl_ms)) end
   return reply
 end
 

@@ -37,7 +37,7 @@ local stock, products, live_hash, expiry, outbox, idem, record =
 local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl = tonumber(ARGV[3])
 
-local blocked = fenced(KEYS[8])
+local blocked, taken = fenced_or_exists(KEYS[8], record)
 if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
@@ -47,9 +47,7 @@ local now = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
   now, tonumber(ARGV[10]), cjson.decode(ARGV[2]), ARGV[4] == '1')
 if err then return err end
-if redis.call('EXISTS', record) == 1 then
-  return refuse('reservation_exists', {reservation = id})
-end
+if taken then return refuse('reservation_exists', {reservation = id}) end
 
 local movements = {}
 for i, l in ipairs(alloc) do
