@@ -56,4 +56,4 @@ local reply = {order = write_order(order, order_id, rec.owner, id, priced, total
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))
+return idem_store(idem, fp, ARGV[7], ok(reply))

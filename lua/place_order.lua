@@ -30,9 +30,9 @@ if blocked then return blocked end
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
-local now = now_ms()
+local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, tonumber(ARGV[9]), cjson.decode(ARGV[2]), ARGV[3] == '1')
+  now, now_s, ARGV[9], cjson.decode(ARGV[2]), ARGV[3] == '1')
 if err then return err end
 local priced, total, currency = price_lines(products, alloc)
 if not priced then return total end
@@ -46,4 +46,4 @@ local reply = {order = write_order(order, order_id, owner, '', priced, total, cu
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[8]), ok(reply))
+return idem_store(idem, fp, ARGV[8], ok(reply))
