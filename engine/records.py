@@ -1,7 +1,8 @@
 """The values the Lua scripts keep in Redis, as Python builds them when it restores one
 (`inventory rebuild`, `inventory reconcile --fix`): a product's settings in the products
 hash, a live reservation's entry in the live hash, and a reservation's or an order's record
-hash. Times are milliseconds; lists are compact JSON, as cjson writes them.
+hash; and how an idempotency record's value splits. Times are milliseconds; lists are compact
+JSON, as cjson writes them.
 """
 
 from __future__ import annotations
@@ -68,13 +69,9 @@ def order_fields(
     }
 
 
-def idempotency_value(fingerprint: str, reply: str) -> str:
-    """An idempotency record's value (lib.lua idem_store): the request's fingerprint (hex),
-    then the first reply (a JSON object, so it starts at the first '{')."""
-    return fingerprint + reply
-
-
 def idempotency_parts(value: str) -> tuple[str, str]:
-    """(fingerprint, reply) of an idempotency record's value (idempotency_value)."""
+    """(fingerprint, reply) of an idempotency record's value, as lib.lua idem_store writes it:
+    the request's fingerprint (hex), then the first reply (a JSON object: it starts at the
+    first '{')."""
     i = value.index("{")
     return value[:i], value[i:]
