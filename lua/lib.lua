@@ -165,9 +165,9 @@ local function move_counter(stock, c, d_available, d_reserved)
 end
 
 -- move_counter for an event written as text (emit_encoded): appends the movement's JSON
--- pieces to `parts` (a list that starts '[': after a ',' unless it is the first there): the
--- same fields and values as
--- move_counter's. Product and warehouse names need no escaping (engine/validation.py NAME).
+-- pieces to `parts` (a list that starts '[': after a ',' unless it is the first there), the
+-- same fields and values as move_counter's. Product and warehouse names need no escaping
+-- (engine/validation.py NAME).
 local function movement_json(parts, stock, c, d_available, d_reserved)
   local as_, rs_ = c.as_, c.rs_
   move_counter(stock, c, d_available, d_reserved)
