@@ -1,7 +1,8 @@
 """The values the Lua scripts keep in Redis, as Python builds them when it restores one
 (`inventory rebuild`, `inventory reconcile --fix`): a product's settings in the products
 hash, a live reservation's entry in the live hash, and a reservation's or an order's record
-hash. Times are milliseconds; lists are compact JSON, as cjson writes them.
+hash; and how an idempotency record's value splits. Times are milliseconds; lists are compact
+JSON, as cjson writes them.
 """
 
 from __future__ import annotations
@@ -66,3 +67,11 @@ def order_fields(
         "created_at": int(created_at),
         "updated_at": int(updated_at),
     }
+
+
+def idempotency_parts(value: str) -> tuple[str, str]:
+    """(fingerprint, reply) of an idempotency record's value, as lib.lua idem_store writes it:
+    the request's fingerprint (hex), then the first reply (a JSON object: it starts at the
+    first '{')."""
+    i = value.index("{")
+    return value[:i], value[i:]

@@ -56,4 +56,4 @@ end
 local reply = {movements = movements}
 emit(outbox, 'stock_adjusted', now_ms(), actor, request_id,
      {product = product, reason = reason, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))
+return idem_store(idem, fp, ARGV[7], ok(reply))

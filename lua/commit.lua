@@ -31,7 +31,7 @@ local stock, products, live_hash, expiry, outbox, record, order, idem =
 local id, order_id, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local blocked = fenced(KEYS[9])
+local blocked, taken = fenced_or_exists(KEYS[9], order)
 if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
@@ -42,7 +42,7 @@ local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record
 if err then return err end
 local priced, total, currency = price_lines(products, live.lines)
 if not priced then return total end
-if redis.call('EXISTS', order) == 1 then return refuse('order_exists', {order = order_id}) end
+if taken then return refuse('order_exists', {order = order_id}) end
 
 local movements = {}
 for _, l in ipairs(live.lines) do
@@ -56,4 +56,4 @@ local reply = {order = write_order(order, order_id, rec.owner, id, priced, total
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))
+return idem_store(idem, fp, ARGV[7], ok(reply))

@@ -14,6 +14,6 @@ local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return ok({expired = 0, due = 0, fenced = true})
 end
-local now = now_ms()
-local n = expire_due(stock, live_hash, expiry, outbox, now, tonumber(ARGV[1]), 'sweep')
-return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now)})
+local now, now_s = now_ms()
+local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep')
+return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now_s)})

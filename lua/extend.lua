@@ -47,7 +47,7 @@ if old >= cap then
 end
 local new = math.min(now + tonumber(ARGV[3]), cap)
 if new <= old then
-  return idem_store(idem, fp, tonumber(ARGV[8]), ok({reservation = reservation_view(rec, 'active')}))
+  return idem_store(idem, fp, ARGV[8], ok({reservation = reservation_view(rec, 'active')}))
 end
 redis.call('ZADD', expiry, new, id)
 redis.call('HSET', record, 'expires_at', new)
@@ -57,4 +57,4 @@ local reply = {reservation = reservation_view(rec, 'active')}
 emit(outbox, 'reservation_extended', now, actor, request_id,
      {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new},
      reply)
-return idem_store(idem, fp, tonumber(ARGV[8]), ok(reply))
+return idem_store(idem, fp, ARGV[8], ok(reply))

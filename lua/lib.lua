@@ -17,9 +17,11 @@
 --   expiry    zset  <reservation id> scored by expires_at (ms, Redis clock)
 --   outbox    stream, one entry per change: fields 'type' and 'data' (JSON)
 --   record    hash  one reservation or order; key TTLs reclaim memory, never stock
---   idem      hash  {fp = request fingerprint, reply = first reply}, with a TTL; the call's
---                   last event carries a copy ("idempotency": {key, fp, expires_at, reply})
---                   so that the drain makes it durable and a restore can put it back
+--   idem      string <request fingerprint><first reply> (the fingerprint is hex, the reply a
+--                   JSON object: it starts at the first '{'), with a TTL; the call's last event
+--                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the
+--                   drain makes it durable and a restore can put it back. (Before, a hash
+--                   {fp, reply}: idem_lookup still reads one.)
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
@@ -40,9 +42,12 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Redis's clock in ms: the number, and its text written from TIME's own digits (seconds, then
+-- the microseconds' first three of six), which costs no number formatting.
 local function now_ms()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local text = t[1] .. string.sub('00000' .. t[2], -6, -4)
+  return tonumber(text), text
 end
 
 -- Stream ids 'ms-seq' in order (exact: ms fits a double's 53 bits).
@@ -74,23 +79,36 @@ local function fenced(flag)
   return nil
 end
 
+-- fenced(), and whether `key` (the record the call is to create) exists already, in one
+-- command. Returns the refusal or nil, then whether the key exists.
+local function fenced_or_exists(flag, key)
+  if redis.call('EXISTS', flag, key) == 0 then return nil, false end
+  return fenced(flag), true
+end
+
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
 -- ttl_ms is how long the first reply is kept (idem_store).
 local function idem_lookup(key, fp, ttl_ms)
   idem_call.key, idem_call.fp, idem_call.ttl = key, fp, ttl_ms
   if fp == '' then return nil end
-  local stored = redis.call('HMGET', key, 'fp', 'reply')
-  if not stored[1] then return nil end
-  if stored[1] ~= fp then return refuse('idempotency_mismatch', {}) end
-  return '{"replayed":true,' .. string.sub(stored[2], 2)
+  local stored = redis.pcall('GET', key)
+  if not stored then return nil end
+  local stored_fp, reply
+  if type(stored) == 'table' then  -- WRONGTYPE: a record kept as a hash before
+    stored = redis.call('HMGET', key, 'fp', 'reply')
+    stored_fp, reply = stored[1], stored[2]
+  else
+    local i = string.find(stored, '{', 1, true)
+    stored_fp, reply = string.sub(stored, 1, i - 1), string.sub(stored, i)
+  end
+  if stored_fp ~= fp then return refuse('idempotency_mismatch', {}) end
+  return '{"replayed":true,' .. string.sub(reply, 2)
 end
 
+-- ttl_ms: as the call's ARGV gives it (text: Redis reads it as written).
 local function idem_store(key, fp, ttl_ms, reply)
-  if fp ~= '' then
-    redis.call('HSET', key, 'fp', fp, 'reply', reply)
-    redis.call('PEXPIRE', key, ttl_ms)
-  end
+  if fp ~= '' then redis.call('SET', key, fp .. reply, 'PX', ttl_ms) end
   return reply
 end
 
@@ -119,11 +137,14 @@ end
 
 -- One product x warehouse's counters as read in this call: its field names, the values, and
 -- (while allocating) the units taken so far. move_counter keeps the values current.
+-- The values' texts (as_, rs_: as Redis holds them, decimal integers as every writer writes
+-- them) serve an event written as text (movement_json).
 local function read_counter(stock, product, warehouse)
   local a, r = stock_fields(product, warehouse)
   local v = redis.call('HMGET', stock, a, r)
-  return {product = product, warehouse = warehouse, a = a, r = r,
-          available = tonumber(v[1]) or 0, reserved = tonumber(v[2]) or 0, taken = 0}
+  local as_, rs_ = v[1] or '0', v[2] or '0'
+  return {product = product, warehouse = warehouse, a = a, r = r, as_ = as_, rs_ = rs_,
+          available = tonumber(as_), reserved = tonumber(rs_), taken = 0}
 end
 
 -- Moves one product x warehouse's counters (read in this call, nothing moved them since) and
@@ -135,11 +156,28 @@ local function move_counter(stock, c, d_available, d_reserved)
   if a2 < 0 or r2 < 0 then
     error('invariant: negative counter for ' .. c.product .. '|' .. c.warehouse)
   end
-  redis.call('HSET', stock, c.a, int(a2), c.r, int(r2))
-  c.available, c.reserved = a2, r2
+  local as_, rs_ = int(a2), int(r2)
+  redis.call('HSET', stock, c.a, as_, c.r, rs_)
+  c.available, c.reserved, c.as_, c.rs_ = a2, r2, as_, rs_
   return {product = c.product, warehouse = c.warehouse,
           available_before = a, available_after = a2,
           reserved_before = r, reserved_after = r2}
+end
+
+-- move_counter for an event written as text (emit_encoded): appends the movement's JSON
+-- pieces to `parts` (a list that starts '[': after a ',' unless it is the first there), the
+-- same fields and values as move_counter's. Product and warehouse names need no escaping
+-- (engine/validation.py NAME).
+local function movement_json(parts, stock, c, d_available, d_reserved)
+  local as_, rs_ = c.as_, c.rs_
+  move_counter(stock, c, d_available, d_reserved)
+  local n = #parts
+  parts[n + 1] = parts[n] == '[' and '{"product":"' or ',{"product":"'
+  parts[n + 2], parts[n + 3], parts[n + 4] = c.product, '","warehouse":"', c.warehouse
+  parts[n + 5], parts[n + 6] = '","available_before":', as_
+  parts[n + 7], parts[n + 8] = ',"available_after":', c.as_
+  parts[n + 9], parts[n + 10] = ',"reserved_before":', rs_
+  parts[n + 11], parts[n + 12], parts[n + 13] = ',"reserved_after":', c.rs_, '}'
 end
 
 local function move(stock, product, warehouse, d_available, d_reserved)
@@ -159,6 +197,44 @@ local function emit(outbox, etype, ts, actor, request_id, body, reply)
                         expires_at = ts + idem_call.ttl, reply = reply}
   end
   last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
+  return last_event
+end
+
+-- emit() for a body written as JSON text: each value is a JSON text, or a list of pieces of
+-- one (joined as they are). cjson's number formatting (printf's '%.14g', ~3k instructions a
+-- number) is left out, and the text is put together once (every string a function makes costs
+-- in proportion to its length). ts: the time's text (now_ms); reply: the pieces of the reply
+-- without "ok" and "event". The event decodes to what emit() would write: it has the same
+-- fields, "type", "ts", "actor", "request_id", and "idempotency" on the call's last event.
+-- The idempotency record's key and fingerprint are the engine's (hex, braces, colons) and are
+-- written as they are.
+local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
+  local parts = {'{"type":"', etype, '","ts":', ts, ',"actor":', cjson.encode(actor),
+                 ',"request_id":', cjson.encode(request_id)}
+  local n = 8
+  for name, value in pairs(body) do
+    parts[n + 1], parts[n + 2], parts[n + 3] = ',"', name, '":'
+    n = n + 3
+    if type(value) == 'table' then
+      for i = 1, #value do parts[n + i] = value[i] end
+      n = n + #value
+    else
+      n = n + 1
+      parts[n] = value
+    end
+  end
+  if reply and idem_call.fp ~= '' then
+    parts[n + 1], parts[n + 2] = ',"idempotency":{"key":"', idem_call.key
+    parts[n + 3], parts[n + 4] = '","fp":"', idem_call.fp
+    parts[n + 5] = '","expires_at":'
+    parts[n + 6], parts[n + 7] = int(tonumber(ts) + idem_call.ttl), ',"reply":'
+    n = n + 7
+    for i = 1, #reply do parts[n + i] = reply[i] end
+    n = n + #reply + 1
+    parts[n] = '}'
+  end
+  parts[n + 1] = '}'
+  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', table.concat(parts))
   return last_event
 end
 
@@ -194,9 +270,10 @@ end
 
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
-local function expire_due(stock, live_hash, expiry, outbox, now, limit, trigger)
-  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', int(now), 'WITHSCORES', 'LIMIT', '0',
-                         int(limit))
+-- now_s: now's text (now_ms); limit: as the call's ARGV gives it.
+local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger)
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
+                         limit)
   local n = 0
   for i = 1, #ids, 2 do
     local id = ids[i]
@@ -306,13 +383,13 @@ end
 -- Expires due reservations, then allocates. When stock is short while more reservations
 -- are due, it keeps expiring (bounded) so a due reservation never blocks the next buyer.
 -- Returns what allocate returns.
-local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, limit,
-                                    lines, allow_split)
-  expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
+local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
+                                    limit, lines, allow_split)
+  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
   local alloc, err, counters = allocate(stock, products, lines, allow_split)
   local rounds = 0
-  while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now) > 0 do
-    expire_due(stock, live_hash, expiry, outbox, now, limit, 'reserve')
+  while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now_s) > 0 do
+    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
     alloc, err, counters = allocate(stock, products, lines, allow_split)
     rounds = rounds + 1
   end

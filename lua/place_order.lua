@@ -24,19 +24,19 @@ local stock, products, live_hash, expiry, outbox, order, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 
-local blocked = fenced(KEYS[8])
+local blocked, taken = fenced_or_exists(KEYS[8], order)
 if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
-local now = now_ms()
+local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, tonumber(ARGV[9]), cjson.decode(ARGV[2]), ARGV[3] == '1')
+  now, now_s, ARGV[9], cjson.decode(ARGV[2]), ARGV[3] == '1')
 if err then return err end
 local priced, total, currency = price_lines(products, alloc)
 if not priced then return total end
-if redis.call('EXISTS', order) == 1 then return refuse('order_exists', {order = order_id}) end
+if taken then return refuse('order_exists', {order = order_id}) end
 
 local movements = {}
 for i, l in ipairs(alloc) do
@@ -46,4 +46,4 @@ local reply = {order = write_order(order, order_id, owner, '', priced, total, cu
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[8]), ok(reply))
+return idem_store(idem, fp, ARGV[8], ok(reply))

@@ -41,4 +41,4 @@ redis.call('PEXPIRE', record, tonumber(ARGV[7]))
 local reply = {reservation = reservation_view(rec, 'released')}
 emit(outbox, 'reservation_released', now, actor, request_id,
      {reservation = id, user = rec.owner, movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[6]), ok(reply))
+return idem_store(idem, fp, ARGV[6], ok(reply))

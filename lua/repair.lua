@@ -205,8 +205,7 @@ for _, r in ipairs(plan.records or {}) do
 end
 for _, r in ipairs(plan.idempotency or {}) do
   if r[4] > now and redis.call('EXISTS', key(r[1])) == 0 then
-    redis.call('HSET', key(r[1]), 'fp', r[2], 'reply', r[3])
-    redis.call('PEXPIREAT', key(r[1]), r[4])
+    redis.call('SET', key(r[1]), r[2] .. r[3], 'PXAT', int(r[4]))
     idempotency = idempotency + 1
   end
 end

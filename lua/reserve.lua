@@ -37,26 +37,24 @@ local stock, products, live_hash, expiry, outbox, idem, record =
 local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl = tonumber(ARGV[3])
 
-local blocked = fenced(KEYS[8])
+local blocked, taken = fenced_or_exists(KEYS[8], record)
 if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
-local now = now_ms()
+local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, tonumber(ARGV[10]), cjson.decode(ARGV[2]), ARGV[4] == '1')
+  now, now_s, ARGV[10], cjson.decode(ARGV[2]), ARGV[4] == '1')
 if err then return err end
-if redis.call('EXISTS', record) == 1 then
-  return refuse('reservation_exists', {reservation = id})
-end
+if taken then return refuse('reservation_exists', {reservation = id}) end
 
-local movements = {}
+local movements = {'['}
 for i, l in ipairs(alloc) do
-  movements[i] = move_counter(stock, counters[i], -l[3], l[3])
+  movement_json(movements, stock, counters[i], -l[3], l[3])
 end
 local expires_at = now + ttl
-local now_s, expires_at_s = int(now), int(expires_at)
+local expires_at_s = int(expires_at)
 local lines_json, owner_json = cjson.encode(alloc), cjson.encode(owner)
 redis.call('HSET', live_hash, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json .. '}')
 redis.call('ZADD', expiry, expires_at_s, id)
@@ -64,14 +62,17 @@ redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'create
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id)
 redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 
--- The reply is written from the pieces already encoded: cjson would format the times again.
--- With an idempotency key its table also goes into the event (lib.lua emit).
-local reply = fp ~= '' and {reservation = {id = id, owner = owner, status = 'active',
-  created_at = now, expires_at = expires_at, lines = alloc}} or nil
-emit(outbox, 'reservation_created', now, actor, request_id,
-     {reservation = id, user = owner, expires_at = expires_at, lines = alloc,
-      movements = movements}, reply)
-return idem_store(idem, fp, tonumber(ARGV[9]),
-  '{"ok":true,"event":' .. cjson.encode(last_event) .. ',"reservation":{"id":' .. cjson.encode(id)
-  .. ',"owner":' .. owner_json .. ',"status":"active","created_at":' .. now_s
-  .. ',"expires_at":' .. expires_at_s .. ',"lines":' .. lines_json .. '}}')
+-- The event and the reply are written from the pieces already encoded (lib.lua emit_encoded):
+-- cjson would format every number again. With an idempotency key the reply (without "ok" and
+-- "event") also goes into the event. The id is the engine's (hex): written as it is.
+local reply = fp ~= '' and {'{"reservation":{"id":"', id, '","owner":', owner_json,
+  ',"status":"active","created_at":', now_s, ',"expires_at":', expires_at_s, ',"lines":',
+  lines_json, '}}'} or nil
+movements[#movements + 1] = ']'
+emit_encoded(outbox, 'reservation_created', now_s, actor, request_id,
+     {reservation = '"' .. id .. '"', user = owner_json, expires_at = expires_at_s,
+      lines = lines_json, movements = movements}, reply)
+return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event
+  .. '","reservation":{"id":"' .. id .. '","owner":' .. owner_json
+  .. ',"status":"active","created_at":' .. now_s .. ',"expires_at":' .. expires_at_s
+  .. ',"lines":' .. lines_json .. '}}')

@@ -86,4 +86,4 @@ if #opening > 0 then
   emit(outbox, 'stock_adjusted', now, actor, request_id,
        {product = product, reason = 'initial', movements = movements}, reply)
 end
-return idem_store(idem, fp, tonumber(ARGV[9]), ok(reply))
+return idem_store(idem, fp, ARGV[9], ok(reply))

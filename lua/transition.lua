@@ -70,4 +70,4 @@ local reply = {order = view, from = o.status}
 emit(outbox, 'order_status_changed', now, actor, request_id,
      {order = order_id, user = o.owner, from = o.status, to = to, movements = movements},
      reply)
-return idem_store(idem, fp, tonumber(ARGV[7]), ok(reply))
+return idem_store(idem, fp, ARGV[7], ok(reply))

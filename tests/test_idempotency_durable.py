@@ -9,13 +9,16 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
 
+from engine import errors
 from engine.engine import Engine
 from engine.keys import idempotency_hash, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest, Order, Reservation
+from engine.records import idempotency_parts
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_partition
@@ -57,7 +60,7 @@ async def test_every_keyed_answer_is_written_with_its_event(
     drain_partition(sync_redis, db, settings, 0)
 
     in_redis = {
-        idempotency_hash(key): cast(dict[str, str], sync_redis.hgetall(key))
+        idempotency_hash(key): idempotency_parts(cast(str, sync_redis.get(key)))
         for key in sync_redis.scan_iter(match=K.idempotency_by_hash("*"))
     }
     with db.connect() as conn:
@@ -66,8 +69,9 @@ async def test_every_keyed_answer_is_written_with_its_event(
     assert set(rows) == set(in_redis)
     for digest, row in rows.items():
         assert row.partition == 0
-        assert row.fingerprint == in_redis[digest]["fp"]
-        assert json.loads(row.reply) == json.loads(in_redis[digest]["reply"])
+        fingerprint, reply = in_redis[digest]
+        assert row.fingerprint == fingerprint
+        assert json.loads(row.reply) == json.loads(reply)
         ttl_ms = sync_redis.pttl(K.idempotency_by_hash(digest))
         expires_at = row.expires_at.replace(tzinfo=row.expires_at.tzinfo or UTC)
         left_ms = (expires_at - datetime.now(UTC)) / timedelta(milliseconds=1)
@@ -125,3 +129,24 @@ def test_expired_records_are_purged(db: DatabaseEngine) -> None:
     assert purge_idempotency(db, now) == 1
     with db.connect() as conn:
         assert list(conn.scalars(select(t.c.key_hash))) == [f"{1:040x}"]
+
+
+async def test_a_record_kept_as_a_hash_before_still_answers(
+    engine: Engine, sync_redis: redis.Redis
+) -> None:
+    """A record written by the version before (a hash {fp, reply}) replays as the string does,
+    and a request of another shape under its key is refused."""
+    await engine.setup_product("sku", STAFF, price=250, stock={"main": 20})
+    made = await engine.reserve([LineRequest("sku", 2)], keyed(BUYER, "old"))
+    (key,) = sync_redis.scan_iter(match=K.idempotency_by_hash("*"))
+    fingerprint, reply = idempotency_parts(cast(str, sync_redis.get(key)))
+    ttl = sync_redis.pttl(key)
+    sync_redis.delete(key)
+    sync_redis.hset(key, mapping={"fp": fingerprint, "reply": reply})
+    sync_redis.pexpire(key, ttl)
+
+    again = await engine.reserve([LineRequest("sku", 2)], keyed(BUYER, "old"))
+    assert again.replayed
+    assert dataclasses.replace(again, replayed=False) == made
+    with pytest.raises(errors.IdempotencyMismatch):
+        await engine.reserve([LineRequest("sku", 3)], keyed(BUYER, "old"))

@@ -298,3 +298,53 @@ async def test_partitions_route_by_product_and_id(engine: Engine) -> None:
     assert (await sharded.release(r.id, ALICE)).status == ReservationStatus.RELEASED
     assert await levels(sharded, "sku-3") == {"main": (5, 0)}
     assert (await event_types(engine.redis, 2))[-1] == "reservation_released"
+
+
+async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: Engine) -> None:
+    """reserve.lua writes its event as text (lib.lua emit_encoded): it decodes to the fields
+    and the values (whole numbers) a cjson-encoded event has, text that needs escaping
+    included, and a keyed call's copy of its reply."""
+    await add_product(engine, "sku-1", {"east": 2, "west": 5})
+    ctx = dataclasses.replace(ALICE, actor='al"ice\\/é', request_id="req\n1", idempotency_key="k")
+    r = await engine.reserve([LineRequest("sku-1", 4)], ctx, ttl_ms=60_000)
+
+    created = (await events(engine.redis))[-1]
+    event_id = created.pop("_id")
+    copy = created.pop("idempotency")
+    lines = [["sku-1", "east", 2], ["sku-1", "west", 2]]
+    assert created == {
+        "type": "reservation_created",
+        "ts": r.created_at_ms,
+        "actor": 'al"ice\\/é',
+        "request_id": "req\n1",
+        "reservation": r.id,
+        "user": 'al"ice\\/é',
+        "expires_at": r.expires_at_ms,
+        "lines": lines,
+        "movements": [
+            movement("sku-1", "east", (2, 0), (0, 2)),
+            movement("sku-1", "west", (5, 3), (0, 2)),
+        ],
+    }
+    assert all(type(v) is int for v in (created["ts"], created["expires_at"]))
+    reply = {
+        "reservation": {
+            "id": r.id,
+            "owner": 'al"ice\\/é',
+            "status": "active",
+            "created_at": r.created_at_ms,
+            "expires_at": r.expires_at_ms,
+            "lines": lines,
+        }
+    }
+    k = engine.keys(0)
+    assert copy == {
+        "key": k.idempotency('al"ice\\/é', "reserve", "k"),
+        "fp": copy["fp"],
+        "expires_at": r.created_at_ms + engine.settings.idempotency_ttl_ms,
+        "reply": reply,
+    }
+    assert len(copy["fp"]) == 32
+    stored = str(await engine.redis.get(copy["key"]))
+    assert stored.startswith(copy["fp"] + "{")
+    assert json.loads(stored[32:]) == {"ok": True, "event": event_id, **reply}

@@ -70,7 +70,7 @@ def emitted() -> dict[str, list[tuple[str, set[str]]]]:
         if not path.name.endswith(".lua"):
             continue
         text = _lua(path.name)
-        for m in re.finditer(r"(?<!function )\bemit\(", text):
+        for m in re.finditer(r"(?<!function )\bemit(?:_encoded)?\(", text):
             args = _top_level(text[m.end() : _close(text, m.end() - 1) - 1])
             assert len(args) in (6, 7), f"{path.name}: emit({args})"
             etype = re.fullmatch(r"'(\w+)'", args[1])
@@ -85,13 +85,15 @@ def emitted() -> dict[str, list[tuple[str, set[str]]]]:
 
 def test_emit_adds_the_fields_every_body_has() -> None:
     lib = _lua("lib.lua")
+    common = {*events.EventBody.__required_keys__, *events.EventBody.__optional_keys__}
     start = lib.index("local function emit(")
     body = lib[start : lib.index("\nend\n", start)]
-    assert set(re.findall(r"\bbody\.(\w+) =", body)) == {
-        *events.EventBody.__required_keys__,
-        *events.EventBody.__optional_keys__,
-    }
+    assert set(re.findall(r"\bbody\.(\w+) =", body)) == common
     assert events.EventBody.__optional_keys__ == {"idempotency"}
+    # emit_encoded writes the same fields (and the idempotency copy's) as JSON text
+    start = lib.index("local function emit_encoded(")
+    body = lib[start : lib.index("\nend\n", start)]
+    assert set(re.findall(r'"(\w+)":', body)) == common | events.IdempotencyCopy.__required_keys__
 
 
 def test_every_emitted_event_has_exactly_the_fields_of_its_body() -> None:
