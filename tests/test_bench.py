@@ -286,14 +286,29 @@ def test_exact_counts_is_false_on_any_miscount() -> None:
         assert exact_counts({**good, **bad}) is False
 
 
-def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
+# The durabilities measured: the normal run takes one like-for-like pair (ours at appendfsync
+# always, the baselines at synchronous_commit on) through every scenario; `-m slow` takes both
+# pairs (ours at each appendfsync setting, each baseline at each synchronous_commit setting).
+DURABILITIES = [
+    pytest.param(("always",), ("sync",), id="always-vs-sync"),
+    pytest.param(
+        ("everysec", "always"), ("sync", "async"), id="every-durability", marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.parametrize(("fsyncs", "commits"), DURABILITIES)
+def test_bench_runs_every_scenario_with_exact_counts(
+    tmp_path: Path, fsyncs: tuple[str, ...], commits: tuple[str, ...]
+) -> None:
     plot, tables = tmp_path / "bench.png", tmp_path / "bench.md"
     done = inventory(
         "bench",
         "--scenario", "all",
         "--buyers", "60", "--stock", "10", "--rounds", "2",
         "--seconds", "1", "--rate", "100", "--products", "300", "--connections", "16",
-        "--fsync", "everysec,always", "--events", "400", "--drain-rate", "200",
+        "--fsync", ",".join(fsyncs), "--baseline-commit", ",".join(commits),
+        "--events", "400", "--drain-rate", "200",
         "--plot", str(plot), "--markdown", str(tables),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -308,12 +323,8 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
 
     sales = [r for r in scenarios["flash-sale"]["rows"] if r["mode"] == "sale"]
     assert {(r["system"], r["fsync"]) for r in sales} == {
-        ("ours", "everysec"),
-        ("ours", "always"),
-        ("row-lock", "sync commit"),
-        ("row-lock", "async commit"),
-        ("single-statement", "sync commit"),
-        ("single-statement", "async commit"),
+        *(("ours", fsync) for fsync in fsyncs),
+        *((b, f"{c} commit") for b in ("row-lock", "single-statement") for c in commits),
     }
     for row in sales:  # 2 sales of 10 units to 60 buyers each: exactly 20 sold, 100 refused
         assert (row["ok"], row["refused"], row["errors"], row["oversold"]) == (20, 100, 0, 0)
@@ -356,13 +367,21 @@ def test_bench_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
         "higher_is_better": False,
         "met": True,
     }
+    like = {"always": "sync", "everysec": "async"}  # the pairs at like durability
+    paired = [f" [{f} vs {c} commit]" for f, c in like.items() if f in fsyncs and c in commits]
+    assert paired
     for name in (
-        "flash_sale_throughput_x [always vs sync commit]",
-        "flash_sale_throughput_x [everysec vs async commit]",
-        "flash_sale_burst_p99_fraction [always vs sync commit]",
-        "catalog_throughput_x [everysec vs async commit]",
-        "flash_sale_vs_statement_throughput_x [always vs sync commit]",
-        "flash_sale_vs_statement_p99_fraction [everysec vs async commit]",
+        *(
+            name + pair
+            for pair in paired
+            for name in (
+                "flash_sale_throughput_x",
+                "flash_sale_burst_p99_fraction",
+                "catalog_throughput_x",
+                "flash_sale_vs_statement_throughput_x",
+                "flash_sale_vs_statement_p99_fraction",
+            )
+        ),
         "redis_cpu_full_vs_reference",
         "api_cpu_full_vs_bare",
         "api_cpu_read_vs_bare",
@@ -421,6 +440,7 @@ def test_bench_against_running_services(
         "--scenario", "flash-sale,catalog",
         "--buyers", "30", "--stock", "5", "--rounds", "1", "--seconds", "1",
         "--rate", "50", "--products", "50", "--connections", "8",
+        "--baseline-commit", "sync",  # the baselines' asynchronous pools: every-durability, above
         env={"JWT_KEYS": RUNNING_KEYS},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]

@@ -15,8 +15,10 @@ tests/schemathesis_hooks.py makes each Idempotency-Key unique, as a client's are
 
 Three runs: every operation with a staff token and with a customer's (ids mostly made up, so
 mostly 404s), then the operations on one record with the ids of records made beforehand, so
-that answers about real products, reservations and orders are checked too. A few minutes in
-all; select them with `-m schemathesis`, skip them with `-m "not schemathesis"`.
+that answers about real products, reservations and orders are checked too. The runs over
+every operation make 10 cases per operation and phase in the normal run (`[few]`) and all of
+them with `-m slow` (`[all]`). A few minutes in all; select them with `-m schemathesis`, skip
+them with `-m "not schemathesis"`.
 
 Below them, the 5xx and the contract mismatches the runs found, each pinned by a plain test
 (the rest are in tests/test_api_contract.py).
@@ -55,6 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = {"staff": 20240611, "customer": 20240612, "records": 20240613}
 # Cases per operation and phase; SCHEMATHESIS_MAX_EXAMPLES asks for more.
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "40"))
+# The runs over every operation: the normal run makes fewer cases (the examples and coverage
+# phases are whole either way; fuzzing and stateful draw fewer), `-m slow` makes them all.
+FEW_EXAMPLES = 10
+EXAMPLES = [
+    pytest.param(FEW_EXAMPLES, id="few"),
+    pytest.param(MAX_EXAMPLES, id="all", marks=pytest.mark.slow),
+]
 PRODUCT_OPERATIONS = ("get_product", "put_product", "patch_product", "delete_product")
 
 
@@ -152,7 +161,15 @@ def _seed(run: str) -> int:
     return int(chosen) if chosen else SEEDS[run]
 
 
-def _run(api: Api, tmp_path: Path, run: str, *args: str, token: str, config: str = "") -> None:
+def _run(
+    api: Api,
+    tmp_path: Path,
+    run: str,
+    *args: str,
+    token: str,
+    config: str = "",
+    examples: int = MAX_EXAMPLES,
+) -> None:
     config_file = tmp_path / "schemathesis.toml"
     config_file.write_text(config)
     seed = _seed(run)
@@ -165,7 +182,7 @@ def _run(api: Api, tmp_path: Path, run: str, *args: str, token: str, config: str
         "--checks", "all",
         "--phases", "examples,coverage,fuzzing,stateful",
         "--mode", "all",
-        "--max-examples", str(MAX_EXAMPLES),
+        "--max-examples", str(examples),
         "--seed", str(seed),
         "--workers", "1",
         "--request-timeout", "30",
@@ -185,9 +202,13 @@ def _run(api: Api, tmp_path: Path, run: str, *args: str, token: str, config: str
 
 
 @pytest.mark.schemathesis
+@pytest.mark.parametrize("examples", EXAMPLES)
 @pytest.mark.parametrize("role", ["staff", "customer"])
-def test_every_operation_answers_as_documented(api: Api, tmp_path: Path, role: str) -> None:
-    _run(api, tmp_path, role, token=api.staff if role == "staff" else api.customer)
+def test_every_operation_answers_as_documented(
+    api: Api, tmp_path: Path, role: str, examples: int
+) -> None:
+    token = api.staff if role == "staff" else api.customer
+    _run(api, tmp_path, role, token=token, examples=examples)
 
 
 @pytest.mark.schemathesis

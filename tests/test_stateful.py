@@ -20,13 +20,16 @@ Within a burst, a stalled machine may let an earlier short one fall due before t
 reads its clock; the call's own clock (or what it released) tells (`_due_at_the_call`). That
 call releases it: it is expired, and stays so when a later call or the burst's end finds its
 deadline passed (`Model.fall_due`).
-So the model knows exactly which reservations are due at every step. What Hypothesis draws
-must not depend on that timing (replaying a prefix, it requires the same draws, else
-FlakyStrategyDefinition): no rule's precondition reads what is due. (A burst's later call
-that succeeds only because an earlier one fell due still adds to the bundle: that takes a
-stall and stock short within the burst.) Record ids are drawn
-in creation order (see `serial_id`) so that ties in expires_at, and so the whole run,
-replay identically while Hypothesis shrinks a failure.
+So the model knows exactly which reservations are due at every step. But what Hypothesis
+draws must not depend on that timing: replaying an example's prefix, it requires the same
+draws, else it stops with FlakyStrategyDefinition. So no rule has a precondition, and records
+are not kept in Bundles (a Bundle's draw is an index bounded by how many entries it holds, and
+a rule is only drawn when its Bundles are non-empty; a burst's later call may succeed only
+because an earlier one fell due). The machine keeps the ids it made in lists, and a rule that
+touches a record draws an index from a fixed range, taken modulo the list, newest first (see
+`EngineMachine.pick`); with no record yet it does nothing. Every draw is over a fixed range
+whatever happened. Record ids are made in creation order (see `serial_id`) so that ties in
+expires_at, and so the whole run, replay identically while Hypothesis shrinks a failure.
 
 After every step the model must agree with Redis exactly: the counters (engine.get_stocks),
 the live reservations and expiry index, the outbox events written by the step (type and
@@ -48,12 +51,9 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    Bundle,
-    MultipleResults,
     RuleBasedStateMachine,
     initialize,
     invariant,
-    multiple,
     precondition,
     rule,
     run_state_machine_as_test,
@@ -143,6 +143,8 @@ odd_lines = st.one_of(
     ),
 )
 users = st.sampled_from(USERS)
+# which record a rule touches: an index over a fixed range (see EngineMachine.pick)
+picks = st.integers(0, 10**6)
 whos = st.sampled_from(["owner", "other", "staff"])
 stock_changes = st.dictionaries(
     st.sampled_from([*WAREHOUSES, *WAREHOUSES, "north"]),
@@ -393,9 +395,6 @@ def assert_ok(got: T | errors.EngineError) -> T:
 class EngineMachine(RuleBasedStateMachine):
     redis_url: ClassVar[str] = ""
 
-    reservations = Bundle[str]("reservations")
-    orders = Bundle[str]("orders")
-
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
@@ -404,6 +403,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.batch = 100
         self.last_event = "-"
         self.requests = 0
+        # ids in creation order, as made by the rules; what `pick` chooses from
+        self.reservation_ids: list[str] = []
+        self.order_ids: list[str] = []
 
     def teardown(self) -> None:
         if self.engine is not None:
@@ -425,6 +427,14 @@ class EngineMachine(RuleBasedStateMachine):
             return self.runner.run(coro)
         except errors.EngineError as exc:
             return exc
+
+    def pick(self, ids: list[str], index: int, rule: str) -> str | None:
+        """The record a rule's drawn index names: newest first (so a failure shrinks towards
+        the newest record, as with a Bundle), modulo how many exist; None with none yet."""
+        if not ids:
+            event(f"{rule}: none to pick")
+            return None
+        return ids[-1 - index % len(ids)]
 
     def ctx(self, actor: str, key: str | None = None) -> CallContext:
         self.requests += 1
@@ -632,29 +642,28 @@ class EngineMachine(RuleBasedStateMachine):
             if due:
                 self.model.fall_due(self.model.reservations[res.id])
 
-    @rule(target=reservations, cart=carts, owner=users, split=st.booleans())
-    def reserve(
-        self, cart: list[LineRequest], owner: str, split: bool
-    ) -> str | MultipleResults[str]:
+    @rule(cart=carts, owner=users, split=st.booleans())
+    def reserve(self, cart: list[LineRequest], owner: str, split: bool) -> None:
         res = self._reserve(cart, owner, split, LONG_TTL_MS)
-        return res.id if res else multiple()
+        if res is not None:
+            self.reservation_ids.append(res.id)
 
-    @rule(target=reservations, cart=carts, odd=odd_lines, owner=users, split=st.booleans())
+    @rule(cart=carts, odd=odd_lines, owner=users, split=st.booleans())
     def reserve_odd(
         self, cart: list[LineRequest], odd: LineRequest, owner: str, split: bool
-    ) -> str | MultipleResults[str]:
+    ) -> None:
         res = self._reserve([*cart, odd], owner, split, LONG_TTL_MS)
-        return res.id if res else multiple()
+        if res is not None:
+            self.reservation_ids.append(res.id)
 
     @rule(
-        target=reservations,
         burst=st.lists(st.tuples(carts, st.sampled_from(SHORT_TTLS)), min_size=1, max_size=3),
         owner=users,
         split=st.booleans(),
     )
     def reserve_short(
         self, burst: list[tuple[list[LineRequest], int]], owner: str, split: bool
-    ) -> MultipleResults[str]:
+    ) -> None:
         """One to three reservations with short TTLs, back to back, then a wait on the Redis
         clock until all have passed: from the end of this step on they are due (still live,
         units still reserved) until something releases them. One that fell due before a later
@@ -669,10 +678,9 @@ class EngineMachine(RuleBasedStateMachine):
         for res in made:
             self.model.fall_due(self.model.reservations[res.id])
         event(f"reserve_short: {len(made)} made, {len(self.model.due())} due in all")
-        return multiple(*(r.id for r in made))
+        self.reservation_ids.extend(r.id for r in made)
 
     @rule(
-        target=reservations,
         cart=carts,
         owner=users,
         split=st.booleans(),
@@ -680,19 +688,23 @@ class EngineMachine(RuleBasedStateMachine):
     )
     def reserve_idempotent(
         self, cart: list[LineRequest], owner: str, split: bool, key: str
-    ) -> str | MultipleResults[str]:
+    ) -> None:
         """The same call twice under one Idempotency-Key: one reservation, the second answer
         a replay of the first. A key used in an earlier step with another cart is refused."""
         first = self._reserve(cart, owner, split, LONG_TTL_MS, key)
         second = self._reserve(cart, owner, split, LONG_TTL_MS, key)
         if first is not None:
             assert second is None  # it was the replay, checked against the first
-            return first.id
-        # a refusal stores nothing: the second call ran afresh (and may have succeeded)
-        return second.id if second else multiple()
+            self.reservation_ids.append(first.id)
+        elif second is not None:
+            # a refusal stores nothing: the second call ran afresh (and succeeded)
+            self.reservation_ids.append(second.id)
 
-    @rule(res=reservations, who=whos)
-    def release(self, res: str, who: str) -> None:
+    @rule(res_pick=picks, who=whos)
+    def release(self, res_pick: int, who: str) -> None:
+        res = self.pick(self.reservation_ids, res_pick, "release")
+        if res is None:
+            return
         r = self.model.reservations[res]
         ctx = self.ctx_for(who, r.owner)
         want = self.model.access(r, ctx)
@@ -709,8 +721,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.model.end(r, "released")
         self.model.events.append(("reservation_released", res))
 
-    @rule(res=reservations, who=whos, ttl=st.sampled_from(EXTEND_TTLS))
-    def extend(self, res: str, who: str, ttl: int) -> None:
+    @rule(res_pick=picks, who=whos, ttl=st.sampled_from(EXTEND_TTLS))
+    def extend(self, res_pick: int, who: str, ttl: int) -> None:
+        res = self.pick(self.reservation_ids, res_pick, "extend")
+        if res is None:
+            return
         r = self.model.reservations[res]
         ctx = self.ctx_for(who, r.owner)
         want = self.model.access(r, ctx)
@@ -753,12 +768,12 @@ class EngineMachine(RuleBasedStateMachine):
         owner: str,
         reservation: str | None,
         alloc: list[Line],
-    ) -> str | MultipleResults[str]:
+    ) -> str | None:
         priced = self.model.price(alloc)
         if isinstance(priced, errors.EngineError):
             event(f"order: {priced.code}")
             assert_refused(got, priced)
-            return multiple()
+            return None
         lines, total, currency = priced
         out = assert_ok(got)
         order = ModelOrder(out.id, owner, OrderStatus.PENDING, reservation, lines, total, currency)
@@ -767,10 +782,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.check_event_id(out, wrote=True)
         self.model.orders[out.id] = order
         self.model.events.append(("order_created", out.id))
+        self.order_ids.append(out.id)
         return out.id
 
-    @rule(target=orders, res=reservations, who=whos)
-    def commit(self, res: str, who: str) -> str | MultipleResults[str]:
+    @rule(res_pick=picks, who=whos)
+    def commit(self, res_pick: int, who: str) -> None:
+        res = self.pick(self.reservation_ids, res_pick, "commit")
+        if res is None:
+            return
         r = self.model.reservations[res]
         ctx = self.ctx_for(who, r.owner)
         want = self.model.access(r, ctx)
@@ -778,18 +797,15 @@ class EngineMachine(RuleBasedStateMachine):
         if want is not None:
             event(f"commit: {want.code}")
             assert_refused(got, want)
-            return multiple()
+            return
         order = self._new_order(got, r.owner, res, r.lines)
-        if isinstance(order, str):
+        if order is not None:
             event("commit: ok")
             self.model.end(r, "committed")
             r.order_id = order
-        return order
 
-    @rule(target=orders, cart=carts, owner=users, split=st.booleans())
-    def place_order(
-        self, cart: list[LineRequest], owner: str, split: bool
-    ) -> str | MultipleResults[str]:
+    @rule(cart=carts, owner=users, split=st.booleans())
+    def place_order(self, cart: list[LineRequest], owner: str, split: bool) -> None:
         due = len(self.model.due())
         alloc = self.model.expire_then_allocate(merge(cart), split, self.batch)
         if due:
@@ -799,16 +815,19 @@ class EngineMachine(RuleBasedStateMachine):
         if isinstance(alloc, errors.EngineError):
             event(f"place_order: {alloc.code}")
             assert_refused(got, alloc)
-            return multiple()
-        order = self._new_order(got, owner, None, alloc)
-        if isinstance(order, str):
+            return
+        if self._new_order(got, owner, None, alloc) is not None:
             event("place_order: ok")
             for p, w, q in alloc:
                 self.model.stock[(p, w)].available -= q
-        return order
 
-    @rule(order=orders, status=st.sampled_from(OrderStatus), who=whos)
-    def transition(self, order: str, status: OrderStatus, who: str) -> None:
+    @rule(order_pick=picks, status=st.sampled_from(OrderStatus), who=whos)
+    def transition(self, order_pick: int, status: OrderStatus, who: str) -> None:
+        order = self.pick(self.order_ids, order_pick, "transition")
+        if order is not None:
+            self._transition(order, status, who)
+
+    def _transition(self, order: str, status: OrderStatus, who: str) -> None:
         o = self.model.orders[order]
         ctx = self.ctx_for(who, o.owner)
         allowed = TRANSITIONS[o.status]
@@ -832,17 +851,23 @@ class EngineMachine(RuleBasedStateMachine):
         self.check_event_id(out, wrote=True)
         self.model.events.append(("order_status_changed", order))
 
-    @rule(order=orders, pick=st.integers(0, 1))
-    def advance(self, order: str, pick: int) -> None:
+    @rule(order_pick=picks, move=st.integers(0, 1))
+    def advance(self, order_pick: int, move: int) -> None:
         """A move the table allows (so orders get past 'pending' often enough)."""
+        order = self.pick(self.order_ids, order_pick, "advance")
+        if order is None:
+            return
         allowed = TRANSITIONS[self.model.orders[order].status]
         if allowed:
-            self.transition(order, allowed[pick % len(allowed)], "staff")
+            self._transition(order, allowed[move % len(allowed)], "staff")
 
     # reads and unknown ids ----------------------------------------------------------------
 
-    @rule(res=reservations, who=whos)
-    def get_reservation(self, res: str, who: str) -> None:
+    @rule(res_pick=picks, who=whos)
+    def get_reservation(self, res_pick: int, who: str) -> None:
+        res = self.pick(self.reservation_ids, res_pick, "get_reservation")
+        if res is None:
+            return
         r = self.model.reservations[res]
         ctx = self.ctx_for(who, r.owner)
         got = self.attempt(self.e.get_reservation(res, ctx))
@@ -856,8 +881,11 @@ class EngineMachine(RuleBasedStateMachine):
         assert out.order_id == r.order_id
         assert out.expires_at_ms == r.expires_at
 
-    @rule(order=orders, who=whos)
-    def get_order(self, order: str, who: str) -> None:
+    @rule(order_pick=picks, who=whos)
+    def get_order(self, order_pick: int, who: str) -> None:
+        order = self.pick(self.order_ids, order_pick, "get_order")
+        if order is None:
+            return
         o = self.model.orders[order]
         ctx = self.ctx_for(who, o.owner)
         got = self.attempt(self.e.get_order(order, ctx))
