@@ -6,7 +6,8 @@ At one concurrency (`--cost-connections`, 64), for `--seconds` each:
 - `bare`: the bench's bare endpoint (the engine's reserve call and nothing around it), the
   drainer on too;
 - `product read`: `GET /api/products/{id}/` as a customer (no drainer: reads write nothing);
-- `single-statement`, sync and async commit: the PostgreSQL baseline's reservation (no drainer);
+- `single-statement`, at each `--baseline-commit`: the PostgreSQL baseline's reservation (no
+  drainer);
 - `reference`: `scripts/bench/reference.lua` — only a reservation's real work (read the
   counter, move the units, the record with its expiry, its index entry, one event: five
   writes) — called with EVALSHA straight from a redis-py client in this process.
@@ -53,7 +54,7 @@ from scripts.bench.measure import (
     reserve_call,
     summarise,
 )
-from scripts.bench.options import ASYNC, BARE, BASELINES, HUGE, OURS, STATEMENT, SYNC
+from scripts.bench.options import BARE, BASELINES, HUGE, OURS, STATEMENT
 from scripts.bench.stack import Stack
 
 REFERENCE = Path(__file__).with_name("reference.lua")
@@ -377,7 +378,7 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         reference = _reference_row(stack, meter, progress)
         statements = [
             _http_row(stack, meter, STATEMENT, progress, durability)
-            for durability in (SYNC, ASYNC)
+            for durability in stack.opts.baseline_commit
             if STATEMENT in stack.opts.baselines
         ]
         drain = _drain_row(stack, meter, progress) if stack.target is None else {}
