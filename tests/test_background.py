@@ -144,6 +144,14 @@ def _worker_children(pid: int) -> list[int]:
     return found
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -197,12 +205,16 @@ def _two_workers(settings: Settings, pg_url: str) -> None:
         assert first.started_at < second.ended_at  # the two jobs ran at the same time
         assert second.started_at < first.ended_at
 
+        groups = set(_worker_children(worker.pid))  # each worker leads a process group
         killed = _worker_children(worker.pid)[0]
         os.kill(killed, signal.SIGKILL)
         _until(lambda: len(w := _worker_children(worker.pid)) == 2 and killed not in w)
+        groups |= set(_worker_children(worker.pid))
 
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+        # nothing of any worker is left, not even RQ's scheduler process beside it
+        _until(lambda: not any(_group_alive(g) for g in groups), timeout=10)
     finally:
         if worker.poll() is None:
             worker.kill()

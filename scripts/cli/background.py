@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -138,18 +139,31 @@ def run_worker(burst: bool, log_level: str) -> None:
     worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
 
 
+def _pool_worker(burst: bool, log_level: str) -> None:
+    """A worker of `_worker_pool`, in a process group of its own: the scheduler process RQ
+    forks beside it is in that group too, so nothing of it outlives the worker."""
+    os.setpgid(0, 0)
+    run_worker(burst, log_level)
+
+
+def _end_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
+        os.killpg(pgid, sig)
+
+
 def _worker_pool(count: int, burst: bool, log_level: str) -> None:
     """`count` RQ workers, each a process of its own, so that drains of different partitions
     (and the other jobs) run in parallel; each partition's lease keeps its drain to one at a
-    time. A worker that dies (kill -9, out of memory) is started again; TERM or INT stops them
-    all (each finishes the job it is running, as one worker does), and this returns once every
-    one has exited. With `burst`, each ends when the queue is empty."""
+    time. A worker that dies (kill -9, out of memory) is started again, and what it leaves
+    behind (RQ's scheduler process) is stopped; TERM or INT stops them all (each finishes the
+    job it is running, as one worker does), and this returns once every one has exited. With
+    `burst`, each ends when the queue is empty."""
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited sockets
     log = logging.getLogger("inventory.worker")
     stopping = False
 
     def start() -> BaseProcess:
-        process = spawn.Process(target=run_worker, args=(burst, log_level), daemon=False)
+        process = spawn.Process(target=_pool_worker, args=(burst, log_level), daemon=False)
         process.start()
         return process
 
@@ -169,6 +183,9 @@ def _worker_pool(count: int, burst: bool, log_level: str) -> None:
                 if process.is_alive():
                     continue
                 process.join()
+                assert process.pid is not None
+                # its scheduler, if the worker could not stop it (killed) or was stopping it
+                _end_group(process.pid, signal.SIGTERM if process.exitcode == 0 else signal.SIGKILL)
                 if stopping or burst or process.exitcode == 0:
                     workers.remove(process)
                     continue
