@@ -8,19 +8,14 @@ database that cannot be reached is reported once, here, by `unreachable` (exit 3
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from engine import invariants
-from engine.engine import Engine
-from engine.settings import Settings
+# Only what building the parser needs is imported here: every `inventory` process (the tests
+# start a hundred) pays for these. A command imports the engine, the database, rich, ... itself.
 from scripts.cli import (
     background,
     bench,
@@ -28,14 +23,29 @@ from scripts.cli import (
     operators,
     rqdash,
     serve,
-    unreachable,
     users,
 )
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from engine import invariants
+    from engine.settings import Settings
+
+
+@cache
+def console() -> Console:
+    """rich's console on stderr, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    import dataclasses
+
+    from engine.settings import Settings
+
     settings = Settings.from_env()
     if args.redis_url:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
@@ -46,12 +56,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
+    from engine.engine import Engine
+
     async with Engine.from_settings(settings) as engine:
         result = await engine.expire(limit)
     return {"expired": result.expired, "still_due": result.still_due}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import asyncio
+
     result = asyncio.run(_sweep(_settings(args), args.limit))
     _emit(args, result, f"expired {result['expired']}, still due {result['still_due']}")
     return 0
@@ -61,11 +75,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings) -> list[invariants.InvariantReport]:
+    from engine.engine import Engine
+
     async with Engine.from_settings(settings) as engine:
         return await engine.check_invariants()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import asyncio
+
     reports = asyncio.run(_check(_settings(args)))
     problems = [p for r in reports for p in r.problems]
     result = {
@@ -84,6 +102,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     from scripts.cli import chaos
 
     result = chaos.run(
@@ -104,9 +124,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             "elapsed_s",
         ):  # fmt: skip
             table.add_row(key, str(result[key]))
-        console.print(table)
+        console().print(table)
         for problem in result["problems"]:
-            console.print(f"[red]{problem}[/red]")
+            console().print(f"[red]{problem}[/red]")
     print(json.dumps(result, sort_keys=True))
     healthy = result["invariants_ok"] and result["events_ok"] and not result["crashed"]
     return 0 if healthy else 1
@@ -119,7 +139,7 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        console.print(text)
+        console().print(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console().print(f"[red]error:[/red] {exc}")
         return 2
-    except unreachable.CONNECTION_ERRORS as exc:
+    except Exception as exc:
+        from scripts.cli import unreachable
+
+        if not isinstance(exc, unreachable.connection_errors()):
+            raise
         found = unreachable.diagnose(exc, args)
         if found is None:
             raise

@@ -5,21 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import multiprocessing
 import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-
-from persistence import jobs
-from persistence.apply import DATABASE_ERRORS
-from persistence.failures import describe
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
 
 # An in-process drain waits out a transient database error (a lock held, a deadlock) as the
 # RQ job's DRAIN_RETRY does, only sooner, then gives up loudly: the events stay in the outbox,
@@ -57,6 +50,10 @@ def drain_everything(
     each, at most MAX_PARALLEL_DRAINS), waiting out another drainer's lease and, `backoff_s`
     apart, a transient database error; DrainFailed (the lowest partition that failed, with
     what the others drained) after the last pause."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from persistence import jobs
+
     partitions = range(jobs.settings().partitions)
     if len(partitions) == 1:
         return [_drain_one(0, deadline_s, backoff_s)]
@@ -74,6 +71,10 @@ def drain_everything(
 
 
 def _drain_one(partition: int, deadline_s: float, backoff_s: tuple[float, ...]) -> dict[str, Any]:
+    from persistence import jobs
+    from persistence.apply import DATABASE_ERRORS
+    from persistence.failures import describe
+
     started = time.monotonic()
     failures = 0
     while True:
@@ -132,7 +133,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def run_worker(burst: bool, log_level: str) -> None:
     """One RQ worker on the queue, in this process, until it is told to stop (or, `burst`,
     until the queue is empty)."""
+    import redis
     from rq import Worker
+
+    from persistence import jobs
 
     connection = redis.Redis.from_url(jobs.settings().redis_url)
     worker = Worker([jobs.queue(connection)], connection=connection)
@@ -158,6 +162,9 @@ def _worker_pool(count: int, burst: bool, log_level: str) -> None:
     behind (RQ's scheduler process) is stopped; TERM or INT stops them all (each finishes the
     job it is running, as one worker does), and this returns once every one has exited. With
     `burst`, each ends when the queue is empty."""
+    import logging
+    import multiprocessing
+
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited sockets
     log = logging.getLogger("inventory.worker")
     stopping = False
@@ -199,9 +206,12 @@ def _worker_pool(count: int, burst: bool, log_level: str) -> None:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    import logging
+
+    import redis
     from rq_scheduler import Scheduler
 
-    from persistence import periodic
+    from persistence import jobs, periodic
 
     _environment(args)
     logging.basicConfig(level=args.log_level)
@@ -230,7 +240,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from persistence import migrate
+    from persistence import jobs, migrate
 
     _environment(args)
     url = jobs.settings().database_url_or_default

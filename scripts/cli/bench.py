@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import scripts.bench
-from scripts.bench.harness import run
-from scripts.bench.measure import console
 from scripts.bench.options import ASYNC, BASELINES, SCENARIOS, SYNC, Options, Target
-from scripts.bench.report import markdown, plot, print_tables
 
 
 def _bad_option(args: argparse.Namespace) -> str | None:
@@ -60,6 +57,10 @@ def _cpus(text: str | None) -> set[int] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from scripts.bench.harness import run
+    from scripts.bench.measure import console
+    from scripts.bench.report import markdown, plot, print_tables
+
     names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -7,18 +7,25 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import redis
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # the clients and rich are imported by the command that runs, not here
+    import redis
+    from rich.console import Console
+    from sqlalchemy import Engine
 
-from engine.settings import Settings
-from persistence import dead_letters
-from persistence.db import database_engine
+    from engine.settings import Settings
+    from persistence import dead_letters
 
-console = Console(stderr=True)
+
+@cache
+def console() -> Console:
+    """rich's console on stderr, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
 
 REF_HELP = (
     "a dead letter's id (the number `inventory dead-letters` shows) or its event id "
@@ -27,6 +34,8 @@ REF_HELP = (
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from engine.settings import Settings
+
     settings = Settings.from_env()
     if getattr(args, "redis_url", None):
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
@@ -36,6 +45,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine]:
+    import redis
+
+    from persistence.db import database_engine
+
     settings = _settings(args)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     return client, database_engine(settings)
@@ -54,14 +67,21 @@ def _print_json(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _print_outcomes(outcomes: list[dead_letters.Outcome]) -> None:
+    from rich.table import Table
+
     table = Table("id", "event id", "outcome", "error", title="dead letters")
     for o in outcomes:
         style = "red" if not o.resolved else "green"
         table.add_row(str(o.id), o.event_id, f"[{style}]{o.outcome}[/{style}]", o.error or "")
-    console.print(table)
+    console().print(table)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from persistence import dead_letters
+    from persistence.db import database_engine
+
     db = database_engine(_settings(args))  # the list is the database's alone
     try:
         letters = dead_letters.listing(db, include_resolved=args.include_resolved)
@@ -81,18 +101,20 @@ def cmd_list(args: argparse.Namespace) -> int:
             error = d.error.strip().splitlines()[0][:160] if d.error.strip() else ""
             at = d.at.strftime("%Y-%m-%d %H:%M:%S")
             table.add_row(str(d.id), d.event_id, d.type, at, error, resolved)
-        console.print(table)
-        console.print(f"{unresolved} unresolved")
+        console().print(table)
+        console().print(f"{unresolved} unresolved")
     return 1 if unresolved else 0
 
 
 def _unknown(args: argparse.Namespace, exc: dead_letters.UnknownDeadLetter) -> int:
-    console.print(f"[red]error:[/red] {exc}")
+    console().print(f"[red]error:[/red] {exc}")
     _print_json(args, {"error": "unknown_dead_letter", "message": str(exc)})
     return 2
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from persistence import dead_letters
+
     if bool(args.refs) == args.all:
         raise ValueError("replay takes the dead letters' ids or --all, one of the two")
     actor = _actor(args)
@@ -114,11 +136,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     elif outcomes:
         _print_outcomes(outcomes)
     else:
-        console.print("no unresolved dead letters: nothing to replay")
+        console().print("no unresolved dead letters: nothing to replay")
     return 1 if failed else 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    from persistence import dead_letters
+
     note: str = args.note.strip()
     if not note:
         raise ValueError("--note must say why the dead letter is closed")

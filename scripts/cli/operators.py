@@ -6,22 +6,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import redis
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy import Engine
+if TYPE_CHECKING:  # the clients and rich are imported by the command that runs, not here
+    import redis
+    from rich.console import Console
+    from sqlalchemy import Engine
 
-from engine.settings import Settings
-from persistence.db import database_engine
-from persistence.rebuild import RebuildRefused, rebuild
-from persistence.reconcile import Pair, Report, reconcile
+    from engine.settings import Settings
+    from persistence.reconcile import Pair, Report
 
-console = Console(stderr=True)
+
+@cache
+def console() -> Console:
+    """rich's console on stderr, made on first use."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine, Settings]:
+    import redis
+
+    from engine.settings import Settings
+    from persistence.db import database_engine
+
     settings = Settings.from_env()
     if args.redis_url:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
@@ -36,6 +46,8 @@ def _ar(pair: Pair | None) -> str:
 
 
 def _print_report(report: Report) -> None:
+    from rich.table import Table
+
     rows = [r for r in report.rows if r.drift]
     if rows:
         table = Table(
@@ -48,7 +60,7 @@ def _print_report(report: Report) -> None:
                 _ar(r.database), _ar(r.expected), _ar(r.ledger), str(r.pending),
                 ", ".join(r.drift),
             )  # fmt: skip
-        console.print(table)
+        console().print(table)
     others = [d for d in report.drift if d.product is None]
     if others:
         table = Table("p", "kind", "record", "redis", "database", "right", "fix", title="records")
@@ -57,13 +69,13 @@ def _print_report(report: Report) -> None:
                 str(d.partition), d.kind, d.record or "-", str(d.redis), str(d.database),
                 d.right, d.repair,
             )  # fmt: skip
-        console.print(table)
+        console().print(table)
     if report.repairs:
         table = Table("side", "p", "kind", "what", title="repairs")
         for fix in report.repairs:
             what = {k: v for k, v in fix.items() if k not in ("side", "partition", "kind")}
             table.add_row(fix["side"], str(fix["partition"]), fix["kind"], json.dumps(what))
-        console.print(table)
+        console().print(table)
     if report.conflicts:
         table = Table("p", "product", "warehouse", "redis a / r", "to roll back a / r",
                       title="not rolled back: below zero")  # fmt: skip
@@ -73,8 +85,8 @@ def _print_report(report: Report) -> None:
                 f"{c['available']} / {c['reserved']}",
                 f"{c['offset_available']} / {c['offset_reserved']}",
             )  # fmt: skip
-        console.print(table)
-        console.print(
+        console().print(table)
+        console().print(
             "[red]these units were promised twice while Redis disagreed with the record: "
             "release or cancel what must give them back, then run reconcile --fix again[/red]"
         )
@@ -92,34 +104,36 @@ def _print_report(report: Report) -> None:
             str(p.partition), p.checkpoint, str(p.backlog), age, str(p.live_reservations), dead,
             where,
         )  # fmt: skip
-    console.print(table)
+    console().print(table)
     if report.found is not None:
-        console.print(f"found {len(report.found)} drift(s), made {len(report.repairs)} repair(s)")
+        console().print(f"found {len(report.found)} drift(s), made {len(report.repairs)} repair(s)")
     if any(d.kind == "redis_lost_data" for d in report.drift):
-        console.print("[red]Redis lost its data: restore it with `inventory rebuild`[/red]")
+        console().print("[red]Redis lost its data: restore it with `inventory rebuild`[/red]")
     behind = [d.partition for d in report.drift if d.kind == "redis_behind"]
     if behind:
-        console.print(
+        console().print(
             f"[red]Redis is behind the database on partition(s) {', '.join(map(str, behind))}: "
             "it came back from an older copy and lacks changes the database holds (its drain "
             "is paused). Run `inventory reconcile --fix` to restore them from the "
             "database.[/red]"
         )
     if any(p.dead_letters_unresolved for p in report.partitions):
-        console.print(
+        console().print(
             "[yellow]unresolved dead letters: the record is incomplete, so Redis is left "
             "as it is; replay or resolve them (`inventory dead-letters`) first[/yellow]"
         )
     if report.ok:
-        console.print("[green]no drift: Redis and the database agree[/green]")
+        console().print("[green]no drift: Redis and the database agree[/green]")
     else:
         unresolved = sum(p.dead_letters_unresolved for p in report.partitions)
-        console.print(
+        console().print(
             f"[red]{len(report.drift)} drift(s), {unresolved} unresolved dead letter(s)[/red]"
         )
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from persistence.reconcile import reconcile
+
     client, db, settings = _clients(args)
     try:
         report = reconcile(client, db, settings, fix=args.fix)
@@ -134,11 +148,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from persistence.rebuild import RebuildRefused, rebuild
+
     client, db, settings = _clients(args)
     try:
         result = rebuild(client, db, settings, force=args.force)
     except RebuildRefused as exc:
-        console.print(f"[red]refused:[/red] {exc}")
+        console().print(f"[red]refused:[/red] {exc}")
         if args.json:
             print(json.dumps({"ok": False, "refused": str(exc)}, sort_keys=True))
         return 2
@@ -152,15 +170,15 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         table = Table(*result.partitions[0].keys(), title="restored from the database")
         for counts in result.partitions:
             table.add_row(*(str(v) for v in counts.values()))
-        console.print(table)
+        console().print(table)
         if result.dead_letters:
-            console.print(
+            console().print(
                 f"[yellow]{result.dead_letters} unresolved dead letter(s): events the "
                 "database lacks, so the rebuilt Redis lacks them too[/yellow]"
             )
         for problem in result.problems:
-            console.print(f"[red]{problem}[/red]")
-        console.print("now run `inventory reconcile`")
+            console().print(f"[red]{problem}[/red]")
+        console().print("now run `inventory reconcile`")
     return 0 if not result.problems else 1
 
 

@@ -19,8 +19,6 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from engine.settings import Settings
-
 if TYPE_CHECKING:  # Flask is imported when the dashboard starts, not with every command
     from flask import Flask, Request, Response
 
@@ -91,6 +89,8 @@ def make_app(redis_url: str, username: str, password: str, *, allow_delete: bool
 
 def cmd_rq_dashboard(args: argparse.Namespace) -> int:
     from werkzeug.serving import make_server
+
+    from engine.settings import Settings
 
     username, password = credentials(os.environ)
     settings = Settings.from_env()

@@ -7,10 +7,10 @@ import ipaddress
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.settings import Settings
-from scripts.cli import unreachable
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 LOG_CONFIG: dict[str, Any] = {
     "version": 1,
@@ -73,6 +73,9 @@ def dev_key_refusal(settings: Settings, host: str) -> str | None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    from engine.settings import Settings
+    from scripts.cli import unreachable
 
     if args.redis_url:
         os.environ["REDIS_URL"] = args.redis_url

@@ -15,24 +15,45 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import psycopg
-import redis.exceptions
-import sqlalchemy.exc
-from sqlalchemy.engine import make_url
-
-from engine.settings import Settings
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 EXIT_UNREACHABLE = 3
 
-# What the CLI catches; `diagnose` then tells a failure to connect from other errors.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    psycopg.OperationalError,
-)
+
+# What the CLI catches; `diagnose` then tells a failure to connect from other errors. Only the
+# errors of the clients this process has imported: an error of a client never imported cannot
+# have been raised, and importing SQLAlchemy or psycopg just to ask would cost a command that
+# used only Redis a third of a second.
+def redis_errors() -> tuple[type[BaseException], ...]:
+    if "redis" not in sys.modules:
+        return ()
+    import redis.exceptions
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    found: tuple[type[BaseException], ...] = ()
+    if "sqlalchemy" in sys.modules:
+        import sqlalchemy.exc
+
+        found += (sqlalchemy.exc.OperationalError,)
+    if "psycopg" in sys.modules:
+        import psycopg
+
+        found += (psycopg.OperationalError,)
+    return found
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """Redis' ConnectionError and TimeoutError, SQLAlchemy's and psycopg's OperationalError:
+    those of them this process has imported."""
+    return redis_errors() + database_errors()
+
 
 # psycopg's (libpq's) words for a connection that was never made
 _NOT_CONNECTED = ("connection failed", "connection to server", "could not connect")
@@ -70,6 +91,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _settings() -> Settings:
+    from engine.settings import Settings
+
     try:
         return Settings.from_env()
     except ValueError:  # a bad setting elsewhere: the defaults still name the stores
@@ -99,6 +122,8 @@ def _redis(exc: BaseException, args: argparse.Namespace) -> Unreachable:
     else:
         where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
     errno = next((e.errno for e in _chain(exc) if isinstance(e, OSError) and e.errno), None)
+    import redis.exceptions
+
     if isinstance(exc, redis.exceptions.TimeoutError):
         reason = "timed out"
     elif errno is not None and errno > 0:  # the socket's own words: "connection refused"
@@ -110,6 +135,8 @@ def _redis(exc: BaseException, args: argparse.Namespace) -> Unreachable:
 
 
 def _database(exc: BaseException, args: argparse.Namespace) -> Unreachable | None:
+    from sqlalchemy.engine import make_url
+
     text = str(getattr(exc, "orig", None) or exc)
     sqlite = "unable to open database file" in text
     if not sqlite and not any(words in text for words in _NOT_CONNECTED):
@@ -127,10 +154,11 @@ def _database(exc: BaseException, args: argparse.Namespace) -> Unreachable | Non
 
 def diagnose(exc: BaseException, args: argparse.Namespace) -> Unreachable | None:
     """What `exc` (or an error it came from) could not reach, if it is a failure to connect."""
+    redis_found, database_found = redis_errors(), database_errors()
     for found in _chain(exc):
-        if isinstance(found, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        if isinstance(found, redis_found):
             return _redis(found, args)
-        if isinstance(found, sqlalchemy.exc.OperationalError | psycopg.OperationalError):
+        if isinstance(found, database_found):
             return _database(found, args)
     return None
 
@@ -138,6 +166,8 @@ def diagnose(exc: BaseException, args: argparse.Namespace) -> Unreachable | None
 def check_redis(url: str) -> None:
     """Raise redis' ConnectionError now if Redis is not there (for a command that would
     otherwise fail later, inside a server that logs a traceback)."""
+    import redis
+
     client = redis.Redis.from_url(url, socket_connect_timeout=5)
     try:
         client.ping()

@@ -11,21 +11,17 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+if TYPE_CHECKING:  # the database and rich are imported by the command that runs, not here
+    from sqlalchemy import Engine
 
-from engine.settings import Settings
-from persistence import users
-from persistence.db import database_engine
-from scripts.cli import unreachable
-from web import passwords
+    from persistence import users
 
 
 def _password(args: argparse.Namespace) -> str:
+    from web import passwords
+
     if args.password is not None:
         password: str = args.password
     elif getattr(args, "password_stdin", False):
@@ -45,6 +41,12 @@ def _password(args: argparse.Namespace) -> str:
 
 @contextmanager
 def _database(args: argparse.Namespace) -> Iterator[Engine]:
+    from sqlalchemy.exc import DBAPIError
+
+    from engine.settings import Settings
+    from persistence.db import database_engine
+    from scripts.cli import unreachable
+
     settings = Settings.from_env()
     if args.database_url:
         settings = dataclasses.replace(settings, database_url=args.database_url)
@@ -62,6 +64,9 @@ def _database(args: argparse.Namespace) -> Iterator[Engine]:
 
 
 def cmd_createuser(args: argparse.Namespace) -> int:
+    from persistence import users
+    from web import passwords
+
     username: str = args.username
     if not 1 <= len(username) <= 150 or username != username.strip() or not username.isprintable():
         raise ValueError("the username is 1 to 150 printable characters, no surrounding spaces")
@@ -87,6 +92,11 @@ def _row(user: users.User) -> dict[str, Any]:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from persistence import users
+
     with _database(args) as db:
         found = users.list_users(db)
     if args.json:
@@ -100,6 +110,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def _changer(args: argparse.Namespace) -> Callable[[Engine], users.AccountChange]:
+    from persistence import users
+
     name: str = args.username
     actor: str = args.actor
     match args.action:
@@ -116,10 +128,14 @@ def _changer(args: argparse.Namespace) -> Callable[[Engine], users.AccountChange
 
 
 def _new_hash(args: argparse.Namespace) -> str:
+    from web import passwords
+
     return passwords.hash_password(_password(args))
 
 
 def cmd_user_change(args: argparse.Namespace) -> int:
+    from persistence import users
+
     if not 1 <= len(args.actor) <= 150 or not args.actor.isprintable():
         raise ValueError("the actor is 1 to 150 printable characters")
     with _database(args) as db:
