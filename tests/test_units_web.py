@@ -47,7 +47,8 @@ DECLINED = [
 def test_the_common_body_decodes_as_json_loads_does(raw: bytes) -> None:
     found = product_quantity(raw)
     assert found == json.loads(raw)
-    assert found is not None and all(type(v) is int for v in found.values())
+    assert found is not None
+    assert all(type(v) is int for v in found.values())
 
 
 @pytest.mark.parametrize("raw", DECLINED)
@@ -66,7 +67,7 @@ RESERVATIONS = [
     ),
     Reservation(
         "f" * 32,
-        "user-\u00e9\"x",
+        'user-\u00e9"x',
         ReservationStatus.COMMITTED,
         1,
         999,
@@ -106,5 +107,6 @@ def test_request_ids_are_random_uuids() -> None:
     assert len(set(seen)) == len(seen)
     for rid in seen:
         parsed = uuid.UUID(rid)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == rid

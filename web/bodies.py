@@ -66,7 +66,8 @@ _PRODUCT_QUANTITY = re.compile(
     rb'"quantity"[ \t\n\r]*:[ \t\n\r]*(0|[1-9][0-9]{0,17})[ \t\n\r]*\}[ \t\n\r]*'
 )
 
-# A decoder of a common body: exactly what json.loads gives for it, or None for any other.
+# A decoder of a common body: exactly what json.loads gives for it, or None for any other. What
+# it gives holds no text (so no NUL character).
 Shortcut = Callable[[bytes], dict[str, Any] | None]
 
 
@@ -86,13 +87,15 @@ async def parse_body(request: Request, model: type[M], *, shortcut: Shortcut | N
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = await request.body()
+    message = "the request body is not valid"
     payload = shortcut(raw) if shortcut is not None else None
-    if payload is None:
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    return _validate(model, payload, "the request body is not valid")
+    if payload is not None:  # numbers only: no text, so no NUL to look for
+        return _model(model, payload, message)
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+    return _validate(model, payload, message)
 
 
 def parse_query(request: Request, model: type[M]) -> M:
@@ -103,6 +106,10 @@ def _validate(model: type[M], data: Any, message: str) -> M:
     # NUL first: the one rule for every text, whatever else a field's pattern says.
     if problems := _nul_problems(data, ""):
         raise ApiError(400, "invalid_input", message, {"errors": problems})
+    return _model(model, data, message)
+
+
+def _model(model: type[M], data: Any, message: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
