@@ -11,7 +11,7 @@ checks that its spec names the same KEYS and ARGV, in the same order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +27,18 @@ class ScriptSpec:
     args: tuple[str, ...]
     more_keys: str = ""
     read_only: bool = False
+    # every parameter's name, to check a call's names in one comparison
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
 
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
         `more` are the variable keys, after the fixed ones."""
-        missing = [n for n in (*self.keys, *self.args) if n not in values]
-        unknown = sorted(set(values) - set(self.keys) - set(self.args))
-        if missing or unknown:
+        if values.keys() != self.names:
+            missing = [n for n in (*self.keys, *self.args) if n not in values]
+            unknown = sorted(set(values) - self.names)
             raise TypeError(f"{self.name}: missing {missing}, unknown {unknown}")
         if more and not self.more_keys:
             raise TypeError(f"{self.name} takes no keys beyond {len(self.keys)}")

@@ -118,8 +118,17 @@ def create_app(
         if token is not None:
             await look_up_token(scope, keys, token)
 
+    handlers = {
+        ApiError: _api_error,
+        engine_errors.EngineError: _engine_error,
+        HTTPException: _http_error,
+        redis.exceptions.ConnectionError: _unavailable,
+        redis.exceptions.TimeoutError: _unavailable,
+        OperationalError: _unavailable,
+    }
     # One layer (web/middleware.py): the request id and access log, the timing, the refusals,
-    # and the account of the caller's token looked up for the endpoint.
+    # the account of the caller's token looked up for the endpoint; and the call of a route
+    # with a fixed path (the hot path), its errors answered by the same handlers.
     middleware = [
         Middleware(
             ApiMiddleware,
@@ -128,19 +137,13 @@ def create_app(
             max_bytes=settings.max_body_bytes,
             limit=limit,
             exempt=EXEMPT,
+            handlers=handlers,
         )
     ]
     app = Starlette(
         routes=routes if routes is not None else all_routes.ROUTES,
         middleware=middleware,
-        exception_handlers={
-            ApiError: _api_error,
-            engine_errors.EngineError: _engine_error,
-            HTTPException: _http_error,
-            redis.exceptions.ConnectionError: _unavailable,
-            redis.exceptions.TimeoutError: _unavailable,
-            OperationalError: _unavailable,
-        },
+        exception_handlers=handlers,
         lifespan=lifespan,
     )
     app.state.settings = settings

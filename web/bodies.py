@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
@@ -56,16 +58,44 @@ def _nul_problems(value: Any, field: str) -> list[dict[str, Any]]:
     return [p for k, v in items for p in _nul_problems(v, f"{field}.{k}" if field else str(k))]
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
+# The body of most reservations and orders, {"product": <id>, "quantity": <units>}: JSON's own
+# whitespace anywhere between the tokens, each number a plain JSON integer of at most 18 digits.
+_PRODUCT_QUANTITY = re.compile(
+    rb"[ \t\n\r]*\{[ \t\n\r]*"
+    rb'"product"[ \t\n\r]*:[ \t\n\r]*(0|[1-9][0-9]{0,17})[ \t\n\r]*,[ \t\n\r]*'
+    rb'"quantity"[ \t\n\r]*:[ \t\n\r]*(0|[1-9][0-9]{0,17})[ \t\n\r]*\}[ \t\n\r]*'
+)
+
+# A decoder of a common body: exactly what json.loads gives for it, or None for any other. What
+# it gives holds no text (so no NUL character).
+Shortcut = Callable[[bytes], dict[str, Any] | None]
+
+
+def product_quantity(raw: bytes) -> dict[str, Any] | None:
+    """`json.loads(raw)` when the body is `{"product": <int>, "quantity": <int>}` (the common
+    reservation), else None; a pattern is several times cheaper than the decoder."""
+    match = _PRODUCT_QUANTITY.fullmatch(raw)
+    if match is None:
+        return None
+    return {"product": int(match[1]), "quantity": int(match[2])}
+
+
+async def parse_body(request: Request, model: type[M], *, shortcut: Shortcut | None = None) -> M:
+    """The body as `model`, or the 4xx. `shortcut` may decode the body's common form instead
+    of json.loads: it must give what json.loads would, or None (then json.loads does)."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = await request.body()
+    message = "the request body is not valid"
+    payload = shortcut(raw) if shortcut is not None else None
+    if payload is not None:  # numbers only: no text, so no NUL to look for
+        return _model(model, payload, message)
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-    return _validate(model, payload, "the request body is not valid")
+    return _validate(model, payload, message)
 
 
 def parse_query(request: Request, model: type[M]) -> M:
@@ -76,6 +106,10 @@ def _validate(model: type[M], data: Any, message: str) -> M:
     # NUL first: the one rule for every text, whatever else a field's pattern says.
     if problems := _nul_problems(data, ""):
         raise ApiError(400, "invalid_input", message, {"errors": problems})
+    return _model(model, data, message)
+
+
+def _model(model: type[M], data: Any, message: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

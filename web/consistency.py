@@ -36,6 +36,8 @@ TOKEN_HEADER = "X-Consistency-Token"
 STATE_HEADER = "X-Consistency"
 REPLAY_HEADER = "Idempotent-Replayed"
 WAIT_S = 2.0
+_TOKEN_KEY = TOKEN_HEADER.lower().encode("latin-1")
+_REPLAYED = (REPLAY_HEADER.lower().encode("latin-1"), b"true")
 _TOKEN = re.compile(r"p(\d{1,6})-(\d{1,20})-(\d{1,20})")
 
 
@@ -53,9 +55,10 @@ async def written(
     token = result.event_id or await _newest(request, partition)
     svc.trigger.wake(partition)  # asked right after, off the request's path
     response = ok(request, data, status)
-    response.headers[TOKEN_HEADER] = token
+    # As `response.headers[...] = ...` would add them (in this order), without its scan.
+    response.raw_headers.append((_TOKEN_KEY, token.encode("latin-1")))
     if result.replayed:
-        response.headers[REPLAY_HEADER] = "true"
+        response.raw_headers.append(_REPLAYED)
     return response
 
 

@@ -91,12 +91,19 @@ class Metrics:
         )
         if multiprocess_dir() is None:
             ProcessCollector(registry=self.registry)
+        # The labelled children met so far, by their labels (few: the labels are bounded).
+        self._timings: dict[tuple[str, str, int], Histogram] = {}
+        self._outcomes: dict[tuple[str, str], Counter] = {}
 
     def observe(self, scope: Scope, status: int, seconds: float, *, replayed: bool) -> None:
         method = str(scope["method"])
         method = method if method in METHODS else "other"
         route = route_template(scope)
-        self.requests.labels(method, route, str(status)).observe(seconds)
+        timing = self._timings.get((method, route, status))
+        if timing is None:
+            timing = self.requests.labels(method, route, str(status))
+            self._timings[method, route, status] = timing
+        timing.observe(seconds)
         operation = RESERVATION_OPERATIONS.get((method, route))
         if operation is None:
             return
@@ -105,7 +112,10 @@ class Metrics:
             outcome = "replayed" if replayed else success
         else:
             outcome = str(scope_state(scope).get("error_code") or f"http_{status}")
-        self.reservations.labels(name, outcome).inc()
+        counter = self._outcomes.get((name, outcome))
+        if counter is None:
+            counter = self._outcomes[name, outcome] = self.reservations.labels(name, outcome)
+        counter.inc()
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The text exposition: this process's counts (every worker's, in multiprocess mode)

@@ -6,21 +6,29 @@ The request id is the client's `X-Request-ID` when it is a sane token, else a ne
 put in `scope["state"]` (so `request.state.request_id`), echoed in the response header, and
 carried into every outbox event the request causes. Anything an endpoint fails to handle
 becomes a 500 envelope here, never an HTML page.
+
+The routes with a fixed path (`POST /api/reservations/`, the hot path) are called from here
+straight away (`direct_routes`): the route the router would pick, the same endpoint, its
+errors answered by the app's own exception handlers, as Starlette's exception middleware and
+router would, without their layers and without trying the routes one by one.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from starlette.routing import BaseRoute, Match
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.keys import uuid4_str
 from web.errors import ApiError
 from web.responses import error
 
@@ -42,13 +50,18 @@ class Observe(Protocol):
 # the request's state (the account check).
 Check = Callable[[Scope, str | None], Awaitable[None]]
 
+# An exception handler of the app (web/app.py): the error's response.
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
 
 class ApiMiddleware:
     """The API's one middleware layer, pure ASGI, one pass over the headers and one wrapper of
     `send` per request. In order: the request id (echoed in `X-Request-ID`) and the access
     log; the timing and counting of the request (`observe`); the rate limit (`limit`, not for
     the EXEMPT paths); the body-size limit (413, by header or while streaming); the account
-    check (`look_up`). A refusal before the endpoint is answered here, in the envelope."""
+    check (`look_up`). A refusal before the endpoint is answered here, in the envelope. A
+    route of `direct_routes` is called from here, its errors answered by `handlers` (the
+    app's exception handlers); every other request goes on to the app's router."""
 
     def __init__(
         self,
@@ -59,6 +72,7 @@ class ApiMiddleware:
         max_bytes: int,
         limit: Check | None = None,
         exempt: frozenset[str] = frozenset(),
+        handlers: Mapping[Any, Handler] | None = None,
     ) -> None:
         self.app = app
         self.observe = observe
@@ -66,6 +80,9 @@ class ApiMiddleware:
         self.max_bytes = max_bytes
         self.limit = limit
         self.exempt = exempt
+        self.handlers = dict(handlers or {})
+        # (method, path) -> route, from the app's routes as the first request finds them
+        self._direct: dict[tuple[str, str], Route] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,7 +96,7 @@ class ApiMiddleware:
                 declared = value
             elif key == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
+        rid = given if given and _REQUEST_ID.fullmatch(given) else next(_new_ids)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -121,7 +138,12 @@ class ApiMiddleware:
             # A declared length is the body's length (the server frames the body by it), and
             # it is within the limit by now: only a body without one is counted as it comes.
             framed = declared is not None and declared.isdigit()
-            await self.app(scope, receive if framed else self._limited(receive), send_with_id)
+            body = receive if framed else self._limited(receive)
+            route = self._route(scope)
+            if route is None:
+                await self.app(scope, body, send_with_id)
+            else:
+                await self._call(route, scope, body, send_with_id)
         except Exception:
             state.setdefault("error_code", "internal_error")
             status = 500
@@ -134,6 +156,34 @@ class ApiMiddleware:
             self.observe(scope, status, time.perf_counter() - started, replayed=replayed)
             if log.isEnabledFor(logging.INFO):  # `serve --no-access-log`: not even built
                 _log_access(scope, rid, status, started)
+
+    async def _call(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call a route of `direct_routes` as the router and Starlette's exception middleware
+        would: the same scope, endpoint and request; an error the app handles answered by its
+        handler (anything else goes on up, to be the 500)."""
+        scope["route"] = route
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = dict(scope.get("path_params", {}))
+        scope.setdefault("router", scope["app"].router)
+        request = Request(scope, receive, send)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            handler = _handler(self.handlers, exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+            exc.__traceback__ = None
+        await response(scope, receive, send)
+
+    def _route(self, scope: Scope) -> Route | None:
+        """The route to call from here, if the request's path and method have one."""
+        if self._direct is None:
+            app = scope.get("app")
+            self._direct = direct_routes(getattr(app, "routes", None) or [])
+        if scope.get("root_path") or not self._direct:
+            return None
+        return self._direct.get((scope["method"], scope["path"]))
 
     def _limited(self, receive: Receive) -> Receive:
         seen = 0
@@ -151,6 +201,63 @@ class ApiMiddleware:
 
     def _too_large(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
+
+
+def request_ids(batch: int = 256) -> Iterator[str]:
+    """New request ids, random UUIDs (version 4) as `str(uuid.uuid4())` writes them, from
+    os.urandom read `batch` ids at a time rather than once per request."""
+    while True:
+        raw = bytearray(os.urandom(16 * batch))
+        for i in range(6, 16 * batch, 16):
+            raw[i] = (raw[i] & 0x0F) | 0x40  # version 4
+            raw[i + 2] = (raw[i + 2] & 0x3F) | 0x80  # RFC 4122 variant
+        text = raw.hex()
+        for i in range(0, 32 * batch, 32):
+            h = text[i : i + 32]
+            yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_new_ids = request_ids()
+
+
+def _after_fork() -> None:
+    global _new_ids
+    _new_ids = request_ids()  # a child must not hand out the ids its parent has drawn
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _handler(handlers: Mapping[Any, Handler], exc: Exception) -> Handler | None:
+    """The handler of `exc`'s class or its nearest base, as Starlette looks it up."""
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+    return None
+
+
+def direct_routes(routes: Sequence[BaseRoute]) -> dict[tuple[str, str], Route]:
+    """The routes ApiMiddleware calls itself, by (method, path): an async function endpoint
+    (no middleware of its own) at a path without parameters, for each method that the router,
+    trying `routes` in order, would give to it."""
+    found: dict[tuple[str, str], Route] = {}
+    for route in routes:
+        if not (
+            isinstance(route, Route)
+            # Starlette's wrapper of a function endpoint, nothing around it
+            and getattr(route.app, "__qualname__", "").startswith("request_response.")
+            and inspect.iscoroutinefunction(route.endpoint)
+            and not route.param_convertors
+            and route.methods
+        ):
+            continue
+        for method in sorted(route.methods):
+            probe: Scope = {"type": "http", "method": method, "path": route.path}
+            probe.update(root_path="", headers=[])
+            first = next((r for r in routes if r.matches(probe)[0] is Match.FULL), None)
+            if first is route:
+                found[method, route.path] = route
+    return found
 
 
 def _bearer(header: str | None) -> str | None:

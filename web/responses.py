@@ -30,6 +30,10 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
+# json.dumps(body, separators=(",", ":"), default=str), without building the encoder per call
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 class Envelope(Response):
     media_type = "application/json"
 
@@ -39,7 +43,7 @@ class Envelope(Response):
         status_code: int = 200,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(json.dumps(body, separators=(",", ":"), default=str), status_code, headers)
+        super().__init__(_encode(body), status_code, headers)
 
 
 def ok(request: Request, data: Any, status: int = 200, **extra: Any) -> Envelope:

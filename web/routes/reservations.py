@@ -31,10 +31,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from web.auth import require_user
-from web.bodies import parse_body, parse_query
+from web.bodies import parse_body, parse_query, product_quantity
 from web.consistency import mark, written
 from web.responses import ok
-from web.schemas.orders import ExtendIn, ReservationQuery, ReserveIn, order_out, reservation_out
+from web.schemas.orders import (
+    ExtendIn,
+    ReservationQuery,
+    ReserveIn,
+    order_out,
+    reservation_data,
+)
 from web.services import reservations
 from web.services.container import services
 
@@ -50,9 +56,9 @@ async def create(request: Request) -> Response:
     """Reserve units, all lines or none."""
     svc = services(request)
     who = require_user(request)
-    body = await parse_body(request, ReserveIn)
+    body = await parse_body(request, ReserveIn, shortcut=product_quantity)
     held = await reservations.reserve(svc, body, who.context(request))
-    return await written(request, reservation_out(held), 201, held)
+    return await written(request, reservation_data(held), 201, held)
 
 
 async def listing(request: Request) -> Response:
@@ -63,7 +69,7 @@ async def listing(request: Request) -> Response:
     page = listed.page
     response = ok(
         request,
-        [reservation_out(r) for r in page.rows],
+        [reservation_data(r) for r in page.rows],
         next=page.next,
         previous=page.previous,
     )
@@ -76,7 +82,7 @@ async def detail(request: Request) -> Response:
     found = await reservations.get_reservation(
         services(request), request.path_params["reservation_id"], ctx
     )
-    return ok(request, reservation_out(found))
+    return ok(request, reservation_data(found))
 
 
 async def release(request: Request) -> Response:
@@ -84,7 +90,7 @@ async def release(request: Request) -> Response:
     ctx = require_user(request).context(request)
     reservation_id = request.path_params["reservation_id"]
     ended = await reservations.release(services(request), reservation_id, ctx)
-    return await written(request, reservation_out(ended), 200, ended)
+    return await written(request, reservation_data(ended), 200, ended)
 
 
 async def extend(request: Request) -> Response:
@@ -93,7 +99,7 @@ async def extend(request: Request) -> Response:
     body = await _body(request)
     reservation_id = request.path_params["reservation_id"]
     held = await reservations.extend(services(request), reservation_id, ctx, body.ttl_seconds)
-    return await written(request, reservation_out(held), 200, held)
+    return await written(request, reservation_data(held), 200, held)
 
 
 async def commit(request: Request) -> Response:
