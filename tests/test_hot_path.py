@@ -3,8 +3,10 @@ remembered but still expires; a drain already seen waiting isn't asked for again
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -86,3 +88,24 @@ def test_fast_uuids_are_version_4_uuids() -> None:
         assert uuid.UUID(s).version == 4
         seen.add(h)
     assert len(seen) == 2000
+
+
+def test_fast_uuids_differ_across_threads_and_in_a_forked_child() -> None:
+    """Drawn in batches: many threads at once never get the same id, nor does a child forked
+    while the parent holds a batch (it draws its own)."""
+    with ThreadPoolExecutor(8) as pool:
+        drawn = list(pool.map(lambda _: uuid4_hex(), range(4000)))
+    assert len(set(drawn)) == 4000
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, "".join(uuid4_hex() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(child, 0)
+    theirs = {text[i : i + 32] for i in range(0, len(text), 32)}
+    mine = {uuid4_hex() for _ in range(300)}
+    assert len(theirs) == 300
+    assert not theirs & mine

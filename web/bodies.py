@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from web.errors import ApiError
 
@@ -80,13 +80,34 @@ def product_quantity(raw: bytes) -> dict[str, Any] | None:
     return {"product": int(match[1]), "quantity": int(match[2])}
 
 
+async def read_body(request: Request) -> bytes:
+    """`await request.body()`, read straight from `receive` rather than through Starlette's
+    stream generator (a measurable share of a reservation's Python); kept where Request.body()
+    keeps it, so that a later read of the body gets the same bytes."""
+    known: bytes | None = getattr(request, "_body", None)
+    if known is not None:
+        return known
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # what Request.body() returns from now on
+    return body
+
+
 async def parse_body(request: Request, model: type[M], *, shortcut: Shortcut | None = None) -> M:
     """The body as `model`, or the 4xx. `shortcut` may decode the body's common form instead
     of json.loads: it must give what json.loads would, or None (then json.loads does)."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    raw = await request.body()
+    raw = await read_body(request)
     message = "the request body is not valid"
     payload = shortcut(raw) if shortcut is not None else None
     if payload is not None:  # numbers only: no text, so no NUL to look for

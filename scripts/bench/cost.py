@@ -1,6 +1,7 @@
 """`inventory bench --scenario cost`: what one reservation costs in CPU, against its work.
 
-At one concurrency (`--cost-connections`, 64), for `--seconds` each:
+At one concurrency (`--cost-connections`, 64), 1,000 buyers making 4 requests each (at most
+`--seconds` x 3) in each row:
 - `full`: `POST /api/reservations/` with an Idempotency-Key, a drainer writing the events
   through (its Redis calls count in Redis's CPU: the events are read back once drained);
 - `bare`: the bench's bare endpoint (the engine's reserve call and nothing around it), the
@@ -58,6 +59,7 @@ from scripts.bench.options import BARE, BASELINES, HUGE, OURS, STATEMENT
 from scripts.bench.stack import Stack
 
 REFERENCE = Path(__file__).with_name("reference.lua")
+PER_BUYER = 4  # requests per buyer in each row (1,000 buyers)
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 
 
@@ -177,6 +179,22 @@ class Meter:
 # -- the rows ---------------------------------------------------------------------------------
 
 
+def _offer(stack: Stack, calls: list[loadgen.Call]) -> list[loadgen.Outcome]:
+    """The timed load of a row: each buyer's request PER_BUYER times over (cycled), or as many
+    as `--seconds` x 3 allows. The same count per buyer in every row, so that what a server
+    pays once per buyer (its first token check, account read, rate-limit bucket, in each
+    process) weighs the same per request in each row, whatever its speed."""
+    opts = stack.opts
+    return offer(
+        stack,
+        "saturate",
+        calls,
+        connections=opts.cost_connections,
+        seconds=opts.seconds * 3,
+        limit=len(calls) * PER_BUYER,
+    )
+
+
 def _http_row(
     stack: Stack, meter: Meter, system: str, progress: Progress, durability: str | None = None
 ) -> dict[str, Any]:
@@ -193,7 +211,7 @@ def _http_row(
     stack.drain_to_end()
     before = meter.read()
     with nothing() if baseline else drainer(stack) as lag:
-        got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
+        got = _offer(stack, calls)
     # after the drainer has drained every event the run made: their drain counts too
     after = meter.read()
     fsync = durability or opts.fsync[0]
@@ -234,7 +252,7 @@ def _read_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
     progress.step(f"cost: product reads, {conns} connections for {opts.seconds:g}s")
     offer(stack, "saturate", calls[:64], connections=conns, seconds=0.5)  # the catalog cached
     before = meter.read()
-    got = offer(stack, "saturate", calls, connections=conns, seconds=opts.seconds)
+    got = _offer(stack, calls)
     after = meter.read()
     row = summarise(got, system="product read", fsync=opts.fsync[0], mode="cost")
     row["connections"] = conns

@@ -176,6 +176,7 @@ class Plan:
     connections: int = 64
     seconds: float = 5.0
     rate: float = 0.0
+    limit: int | None = None  # saturate: stop after this many calls (or `seconds`)
     keep_bodies: bool = False
     then: Then | None = None
     start_at: float | None = None  # time.time() to start at: several processes in step
@@ -222,9 +223,14 @@ async def saturate(plan: Plan) -> list[Outcome]:
     await _wait_start(plan)
     end = time.monotonic() + plan.seconds
 
+    limit = (1 << 62) if plan.limit is None else plan.limit
+
     async def worker(conn: _Connection) -> None:
         while time.monotonic() < end:
-            call = plan.calls[next(counter) % len(plan.calls)]
+            i = next(counter)
+            if i >= limit:
+                return
+            call = plan.calls[i % len(plan.calls)]
             outcomes.extend(await _flow(conn, call, time.monotonic(), plan))
 
     await asyncio.gather(*(worker(c) for c in conns))

@@ -92,6 +92,8 @@ def offer(stack: Stack, mode: str, calls: Sequence[Call], **kw: Any) -> list[Out
         procs = opts.load_procs
         connections = kw.pop("connections")
         rate = kw.pop("rate", 0.0)
+        if kw.get("limit") is not None:
+            kw["limit"] = max(1, kw["limit"] // procs)
         plans = [
             Plan(
                 host,
