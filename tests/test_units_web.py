@@ -5,7 +5,6 @@ called from the middleware is the one the router picks, and request ids are UUID
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from starlette.routing import Match
 
 from engine.models import Reservation, ReservationStatus, ReservedLine
 from web.bodies import product_quantity
-from web.middleware import direct_routes, request_ids
+from web.middleware import direct_routes
 from web.routes import ROUTES
 from web.schemas.orders import reservation_data, reservation_out
 
@@ -99,14 +98,3 @@ def test_a_route_called_directly_is_the_one_the_router_picks() -> None:
         first = next(r for r in ROUTES if r.matches(probe)[0] is Match.FULL)
         assert first is route
         assert not route.param_convertors
-
-
-def test_request_ids_are_random_uuids() -> None:
-    ids = request_ids(batch=3)
-    seen = [next(ids) for _ in range(10)]
-    assert len(set(seen)) == len(seen)
-    for rid in seen:
-        parsed = uuid.UUID(rid)
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-        assert str(parsed) == rid

@@ -18,10 +18,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from starlette.requests import Request
@@ -29,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.keys import uuid4_str
 from web.errors import ApiError
 from web.responses import error
 
@@ -96,7 +96,7 @@ class ApiMiddleware:
                 declared = value
             elif key == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else next(_new_ids)
+        rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -201,31 +201,6 @@ class ApiMiddleware:
 
     def _too_large(self) -> str:
         return f"the request body is larger than {self.max_bytes} bytes"
-
-
-def request_ids(batch: int = 256) -> Iterator[str]:
-    """New request ids, random UUIDs (version 4) as `str(uuid.uuid4())` writes them, from
-    os.urandom read `batch` ids at a time rather than once per request."""
-    while True:
-        raw = bytearray(os.urandom(16 * batch))
-        for i in range(6, 16 * batch, 16):
-            raw[i] = (raw[i] & 0x0F) | 0x40  # version 4
-            raw[i + 2] = (raw[i + 2] & 0x3F) | 0x80  # RFC 4122 variant
-        text = raw.hex()
-        for i in range(0, 32 * batch, 32):
-            h = text[i : i + 32]
-            yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_new_ids = request_ids()
-
-
-def _after_fork() -> None:
-    global _new_ids
-    _new_ids = request_ids()  # a child must not hand out the ids its parent has drawn
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def _handler(handlers: Mapping[Any, Handler], exc: Exception) -> Handler | None:

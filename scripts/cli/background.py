@@ -55,8 +55,6 @@ def drain_everything(
     from persistence import jobs
 
     partitions = range(jobs.settings().partitions)
-    if len(partitions) == 1:
-        return [_drain_one(0, deadline_s, backoff_s)]
     with ThreadPoolExecutor(min(len(partitions), MAX_PARALLEL_DRAINS)) as pool:
         futures = [pool.submit(_drain_one, p, deadline_s, backoff_s) for p in partitions]
         wait(futures)
