@@ -27,6 +27,7 @@ from engine.settings import PROJECT_ROOT, Settings
 from persistence.db import libpq_url
 from scripts.bench import rowlock, statement
 from scripts.bench.app import BARE_PATH, create_bench_app
+from scripts.bench.cost import median_ratio, pool
 from scripts.bench.harness import exact_counts
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
@@ -475,3 +476,31 @@ def test_bench_against_running_services_needs_their_keys(
                       env={"JWT_KEYS": RUNNING_KEYS})  # fmt: skip
     assert plain.returncode != 0
     assert "readyz" in plain.stderr
+
+
+def test_cost_rows_pool_over_rounds_and_ratios_take_the_median() -> None:
+    """A row measured in rounds: counts summed, CPU per operation weighted by the operations
+    each round counted, the rate over all the time; a ratio is the median of its rounds'."""
+    one = {"system": "full API", "requests": 100, "ok": 100, "refused": 0, "errors": 0}
+    one |= {"ops_per_s": 100.0, "p50_ms": 10.0, "p95_ms": 20.0, "p99_ms": 30.0, "max_ms": 40.0}
+    one |= {"api_cpu_us": 1000.0, "redis_cpu_us": 100.0, "postgres_cpu_us": None}
+    one["redis_commands"] = {"fcall": {"calls": 1.0, "usec": 90.0}}
+    two = one | {"requests": 300, "ok": 300, "ops_per_s": 300.0, "p50_ms": 12.0, "max_ms": 90.0}
+    two |= {"api_cpu_us": 600.0, "redis_cpu_us": 60.0}
+    two["redis_commands"] = {
+        "fcall": {"calls": 1.0, "usec": 50.0},
+        "get": {"calls": 1.0, "usec": 4.0},
+    }
+    three = one | {"p50_ms": 50.0}
+    row = pool([one, two, three])
+    assert (row["requests"], row["ok"], row["rounds"]) == (500, 500, 3)
+    assert row["api_cpu_us"] == 760.0  # (100 x 1000 + 300 x 600 + 100 x 1000) / 500
+    assert row["redis_cpu_us"] == 76.0
+    assert row["postgres_cpu_us"] is None
+    assert row["ops_per_s"] == 166.7  # 500 requests over 1 s + 1 s + 1 s
+    assert (row["p50_ms"], row["max_ms"]) == (12.0, 90.0)
+    assert row["redis_commands"]["fcall"] == {"calls": 1.0, "usec": 66.0}
+    assert row["redis_commands"]["get"] == {"calls": 0.6, "usec": 2.4}
+    assert pool([one]) is one
+    assert median_ratio([(300, 100), (100, 100), (200, 100)]) == (2.0, [3.0, 1.0, 2.0])
+    assert median_ratio([(None, 100)]) == (None, [])

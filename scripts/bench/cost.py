@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime
@@ -80,13 +81,18 @@ def _offer(stack: Stack, calls: list[loadgen.Call]) -> list[loadgen.Outcome]:
 
 
 def _http_row(
-    stack: Stack, meter: Meter, system: str, progress: Progress, durability: str | None = None
+    stack: Stack,
+    meter: Meter,
+    system: str,
+    progress: Progress,
+    durability: str | None = None,
+    first: int = 40_000,
 ) -> dict[str, Any]:
     opts = stack.opts
     conns = opts.cost_connections
     hot = stack.product_id()
     stack.stock(system, {hot: HUGE})
-    tokens = buyer_tokens(stack, system, 40_000, 1000)
+    tokens = buyer_tokens(stack, system, first, 1000)
     body = {"product": hot, "quantity": 1}
     calls = [reserve_call(stack, system, t, body, "reserve", durability) for t in tokens]
     baseline = system in BASELINES
@@ -109,7 +115,9 @@ def _http_row(
     return row
 
 
-def _read_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
+def _read_row(
+    stack: Stack, meter: Meter, progress: Progress, first: int = 42_000
+) -> dict[str, Any]:
     """`GET /api/products/{id}/` of one hot product, as a customer, at the same concurrency:
     the product page a sale's buyers read far more often than they buy (no drainer: reads
     write nothing)."""
@@ -127,7 +135,7 @@ def _read_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
             conn.execute(schema.products.insert().values(**page, created_at=now, updated_at=now))
     finally:
         db.dispose()
-    tokens = buyer_tokens(stack, OURS, 42_000, 1000)
+    tokens = buyer_tokens(stack, OURS, first, 1000)
     path = f"/api/products/{hot}/"
     calls = [
         loadgen.encode("GET", path, host=stack.host, headers={"Authorization": f"Bearer {t}"})
@@ -271,13 +279,81 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+# Per-operation figures of a row: pooled over rounds weighted by the operations each counted.
+PER_OP = ("api_cpu_us", "redis_cpu_us", "postgres_cpu_us", "drain_cpu_us_per_event")
+SUMMED = ("requests", "ok", "refused", "errors")
+PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same row measured in several rounds: counts summed; CPU and commands
+    per operation pooled (all the rounds' CPU over all their operations); the rate, all the
+    operations over all the rounds' time; the latency percentiles the rounds' median and the
+    max the largest."""
+    if len(rows) == 1:
+        return rows[0]
+    out = dict(rows[0])
+    weights = [max(r.get("ok") or 0, 0) for r in rows]
+    total = sum(weights) or 1
+    for name in SUMMED:
+        if name in out:
+            out[name] = sum(r[name] for r in rows)
+    for name in PER_OP:
+        per_op: list[float] = [r[name] for r in rows if r.get(name) is not None]
+        if len(per_op) == len(rows):
+            out[name] = round(sum(v * w for v, w in zip(per_op, weights, strict=True)) / total, 1)
+    rates = [(r["requests"], r["ops_per_s"]) for r in rows if r.get("ops_per_s")]
+    if rates:
+        out["ops_per_s"] = round(sum(n for n, _ in rates) / sum(n / v for n, v in rates), 1)
+    for name in PERCENTILES:
+        ms: list[float] = [r[name] for r in rows if r.get(name) is not None]
+        if ms:
+            out[name] = round(statistics.median(ms), 2)
+    if any(r.get("max_ms") is not None for r in rows):
+        out["max_ms"] = max(r["max_ms"] for r in rows if r.get("max_ms") is not None)
+    commands: dict[str, dict[str, float]] = {}
+    for row, w in zip(rows, weights, strict=True):
+        for name, c in row.get("redis_commands", {}).items():
+            into = commands.setdefault(name, {"calls": 0.0, "usec": 0.0})
+            into["calls"] += c["calls"] * w / total
+            into["usec"] += c["usec"] * w / total
+    if commands:
+        ranked = sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:8]
+        out["redis_commands"] = {name: {k: round(v, 2) for k, v in c.items()} for name, c in ranked}
+    out["rounds"] = len(rows)
+    return out
+
+
+def median_ratio(pairs: list[tuple[Any, Any]]) -> tuple[float | None, list[float]]:
+    """The median of the rounds' ratios a/b (each measured in one round, side by side), and
+    each round's."""
+    each = [r for a, b in pairs if (r := _ratio(a, b)) is not None]
+    return (round(statistics.median(each), 2) if each else None), each
+
+
 def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
+    """The rows compared by the targets (full, bare, product read, reference) are measured in
+    `--cost-rounds` interleaved rounds, each with buyers of its own: on a shared machine a
+    neighbour's burst lands on one round's rows, not on one row. Each ratio is the median of
+    its rounds' ratios; each row's figures are pooled over the rounds."""
     meter = Meter(stack)
+    rounds: list[dict[str, dict[str, Any]]] = []
     try:
-        full = _http_row(stack, meter, OURS, progress)
-        bare = _http_row(stack, meter, BARE, progress)
-        read = _read_row(stack, meter, progress)
-        reference = _reference_row(stack, meter, progress)
+        for r in range(stack.opts.cost_rounds):
+            if stack.opts.cost_rounds > 1:
+                progress.step(f"cost: round {r + 1}/{stack.opts.cost_rounds}")
+            offset = 10_000 * r
+            rounds.append(
+                {
+                    "full": _http_row(stack, meter, OURS, progress, first=40_000 + offset),
+                    "bare": _http_row(stack, meter, BARE, progress, first=40_000 + offset),
+                    "read": _read_row(stack, meter, progress, first=42_000 + offset),
+                    "reference": _reference_row(stack, meter, progress),
+                }
+            )
+        full, bare, read, reference = (
+            pool([one[name] for one in rounds]) for name in ("full", "bare", "read", "reference")
+        )
         statements = [
             _http_row(stack, meter, STATEMENT, progress, durability)
             for durability in stack.opts.baseline_commit
@@ -292,12 +368,20 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
     # cores the API, Redis, the drain and PostgreSQL share, what bounds the rate.
     all_in = {"full API": _all_in(full, drain.get("worker_cpu_us_per_event"))}
     all_in |= {f"{STATEMENT} ({r['fsync']})": _all_in(r, None) for r in statements}
+    ratios: dict[str, Any] = {}
+    for name, (a, b, field) in {
+        "redis_cpu_full_vs_reference": ("full", "reference", "redis_cpu_us"),
+        "redis_cpu_bare_vs_reference": ("bare", "reference", "redis_cpu_us"),
+        "api_cpu_full_vs_bare": ("full", "bare", "api_cpu_us"),
+        "api_cpu_read_vs_bare": ("read", "bare", "api_cpu_us"),
+    }.items():
+        ratios[name], each = median_ratio([(o[a][field], o[b][field]) for o in rounds])
+        if len(rounds) > 1:
+            ratios[f"{name}_rounds"] = each
     return {
         "rows": [full, bare, reference, read, *statements],
-        "redis_cpu_full_vs_reference": _ratio(full["redis_cpu_us"], reference["redis_cpu_us"]),
-        "redis_cpu_bare_vs_reference": _ratio(bare["redis_cpu_us"], reference["redis_cpu_us"]),
-        "api_cpu_full_vs_bare": _ratio(full["api_cpu_us"], bare["api_cpu_us"]),
-        "api_cpu_read_vs_bare": _ratio(read["api_cpu_us"], bare["api_cpu_us"]),
+        "cost_rounds": len(rounds),
+        **ratios,
         **drain,
         "drain_vs_api_events_x": _ratio(drain.get("drain_events_per_s"), api_rate),
         "cpu_all_in_us": all_in,

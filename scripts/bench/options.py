@@ -49,6 +49,7 @@ class Options:
     drain_rate: float = 5000.0
     baselines: tuple[str, ...] = BASELINES
     cost_connections: int = 64
+    cost_rounds: int = 3
 
 
 @dataclasses.dataclass(frozen=True)

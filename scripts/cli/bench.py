@@ -23,6 +23,7 @@ def _bad_option(args: argparse.Namespace) -> str | None:
         "pool_size": 1,
         "events": 2,
         "cost_connections": 1,
+        "cost_rounds": 1,
     }
     for name, low in at_least.items():
         if getattr(args, name) < low:
@@ -105,6 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         drain_rate=args.drain_rate,
         baselines=baselines,
         cost_connections=args.cost_connections,
+        cost_rounds=args.cost_rounds,
     )
     report = run(opts)
     if not args.json:
@@ -175,6 +177,13 @@ def add_commands(sub: Any, common: Any) -> None:
         type=int,
         default=64,
         help="cost: the concurrency at which CPU per reservation is measured (default 64)",
+    )
+    p.add_argument(
+        "--cost-rounds",
+        type=int,
+        default=3,
+        help="cost: interleaved rounds of the compared rows (full, bare, product read, "
+        "reference); each ratio is the median of its rounds' (default 3)",
     )
     p.add_argument(
         "--pool-size", type=int, default=10, help="baselines: connections per worker and pool"
