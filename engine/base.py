@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
 from engine import errors
 from engine import validation as v
+from engine.coalesce import Coalescer
 from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
 from engine.models import CallContext
-from engine.scripts import Scripts
+from engine.scripts import Scripts, parse, prepare
 from engine.settings import Settings
+from engine.specs import ScriptSpec
 
 
 class EngineBase:
@@ -27,8 +30,21 @@ class EngineBase:
         self.redis = redis
         self.settings = settings
         self.scripts = Scripts(redis)
+        # reserve and place-order calls, alone or coalesced (engine/coalesce.py; COALESCE)
+        self.coalescer = (
+            Coalescer(self.scripts, max_batch=settings.coalesce_max_batch)
+            if settings.coalesce
+            else None
+        )
         # where new reservation and order ids come from: (partition, partitions) -> id
         self._new_id = ids
+
+    async def _run_coalesced(self, spec: ScriptSpec, **values: str | int) -> dict[str, Any]:
+        """`Scripts.run` for an operation that may be coalesced with concurrent calls of it."""
+        call = prepare(spec, **values)
+        if self.coalescer is None:
+            return parse(await self.scripts.raw(call))
+        return parse(await self.coalescer.run(spec, call))
 
     def keys(self, partition: int) -> PartitionKeys:
         return partition_keys(partition)

@@ -49,7 +49,7 @@ class OrderOps(EngineBase):
             "lines": v.dumps(merged),
             "allow_split": "1" if allow_split else "0",
         }
-        reply = await self.scripts.run(
+        reply = await self._run_coalesced(
             specs.PLACE_ORDER,
             stock=k.stock,
             products=k.products,

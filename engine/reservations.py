@@ -39,7 +39,7 @@ class ReservationOps(EngineBase):
             "ttl": ttl,
             "allow_split": "1" if allow_split else "0",
         }
-        reply = await self.scripts.run(
+        reply = await self._run_coalesced(
             specs.RESERVE,
             stock=k.stock,
             products=k.products,

@@ -32,6 +32,8 @@ from engine.specs import SPECS, ScriptSpec
 from engine.states import lua_prelude
 
 NAMES: tuple[str, ...] = tuple(SPECS)
+# The files of helpers, before the operations: lib.lua, and many.lua (coalesced calls).
+HELPERS: tuple[str, ...] = ("lib", "many")
 LIBRARY_PREFIX = "inventory"
 
 
@@ -51,6 +53,12 @@ class Library:
             raise KeyError(f"no operation named {operation!r}")
         return f"{operation}_{self.version}"
 
+    def function_many(self, operation: str) -> str:
+        """The function that runs many calls of `operation` in one (lua/many.lua)."""
+        if not SPECS[operation].own_keys:
+            raise KeyError(f"{operation!r} is not coalesced")
+        return f"{operation}_many_{self.version}"
+
 
 @cache
 def library() -> Library:
@@ -59,13 +67,21 @@ def library() -> Library:
 
 
 def assemble(read: Callable[[str], str]) -> Library:
-    """The library from the text of each file `read(name)` gives (lib.lua as 'lib')."""
-    parts = [lua_prelude(), "-- lib.lua", read("lib")]
+    """The library from the text of each file `read(name)` gives (lib.lua as 'lib', many.lua
+    as 'many')."""
+    parts = [lua_prelude()]
+    for helper in HELPERS:
+        parts += [f"-- {helper}.lua", read(helper)]
     for name in NAMES:
         parts.append(f"-- {name}.lua\nlocal function op_{name}(KEYS, ARGV)\n{read(name)}\nend\n")
     for name in NAMES:
-        read_only = "true" if SPECS[name].read_only else "false"
+        spec = SPECS[name]
+        read_only = "true" if spec.read_only else "false"
         parts.append(f"register('{name}', op_{name}, {read_only})")
+        if spec.own_keys:
+            own = ", ".join(str(i + 1) for i in spec.own_positions)
+            many = f"'{name}', op_{name}, {{{own}}}, {len(spec.keys)}, {len(spec.args)}"
+            parts.append(f"register_many({many})")
     code = "\n".join(parts) + "\n"
     version = hashlib.sha1(code.encode()).hexdigest()[:12]
     name = f"{LIBRARY_PREFIX}_{version}"

@@ -64,6 +64,11 @@ class Settings:
     redis_pool_timeout_s: float = 5.0
     # Hash-tag partitions; 1 on a single Redis server, so any cart is one atomic script.
     partitions: int = 1
+    # Coalesced calls (engine/coalesce.py): concurrent reserve and place-order calls of one
+    # process for one partition, made while such calls are already waiting on Redis, go as
+    # one function call of at most `coalesce_max_batch`, each answered as if alone.
+    coalesce: bool = True
+    coalesce_max_batch: int = 32
     reservation_ttl_ms: int = 600_000
     reservation_ttl_min_ms: int = 10_000
     reservation_ttl_max_ms: int = 3_600_000
@@ -125,6 +130,8 @@ class Settings:
             redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
             redis_pool_timeout_s=_seconds(e, "REDIS_POOL_TIMEOUT", d.redis_pool_timeout_s),
             partitions=_int(e, "PARTITIONS", d.partitions),
+            coalesce=_flag(e, "COALESCE", d.coalesce) is not False,
+            coalesce_max_batch=_int(e, "COALESCE_MAX_BATCH", d.coalesce_max_batch),
             reservation_ttl_ms=_seconds_ms(e, "RESERVATION_TTL", d.reservation_ttl_ms / 1000),
             reservation_ttl_min_ms=_seconds_ms(
                 e, "RESERVATION_TTL_MIN", d.reservation_ttl_min_ms / 1000

@@ -27,11 +27,22 @@ class ScriptSpec:
     args: tuple[str, ...]
     more_keys: str = ""
     read_only: bool = False
+    # the keys that are each call's own (its record, its idempotency record): an operation
+    # that names them may be coalesced (engine/coalesce.py) — many calls that share the other
+    # keys run as one `<name>_many` function call (lua/many.lua)
+    own_keys: tuple[str, ...] = ()
     # every parameter's name, to check a call's names in one comparison
     names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
+        if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
+            raise TypeError(f"{self.name}: own keys must be among its fixed keys")
+
+    @property
+    def own_positions(self) -> tuple[int, ...]:
+        """The 0-based positions of the own keys in KEYS."""
+        return tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
 
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
@@ -86,6 +97,7 @@ RESERVE = ScriptSpec(
         "expiry_batch",
         "retention",
     ),
+    own_keys=("idem", "record"),
 )
 RELEASE = ScriptSpec(
     "release",
@@ -121,6 +133,7 @@ PLACE_ORDER = ScriptSpec(
     "place_order",
     keys=("stock", "products", "live", "expiry", "outbox", "order", "idem", "behind"),
     args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch"),
+    own_keys=("order", "idem"),
 )
 TRANSITION = ScriptSpec(
     "transition",

@@ -1,11 +1,14 @@
 """The scenarios without HTTP: `engine` (the reserve script through redis-py, through the
-engine, and the row-lock transaction) and `drain` (the outbox into PostgreSQL)."""
+engine calling once per reservation and coalescing its calls, and the row-lock transaction)
+and `drain` (the outbox into PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +27,18 @@ from scripts.bench.measure import Progress, summarise
 from scripts.bench.options import BASELINE, HUGE, SYNC
 from scripts.bench.stack import Stack
 
+COALESCED = "engine, coalesced"
+
+
+def batch_sizes(sizes: Counter[int]) -> dict[str, Any]:
+    """The calls sent per function call (1: alone): their mean and the count of each size."""
+    calls = sum(size * n for size, n in sizes.items())
+    sent = sum(sizes.values())
+    return {
+        "calls_per_fcall": round(calls / sent, 2) if sent else None,
+        "batch_sizes": {str(size): n for size, n in sorted(sizes.items())},
+    }
+
 
 async def _loop(fn: Callable[[], Any], end: float, latencies: list[float]) -> None:
     while time.monotonic() < end:
@@ -38,7 +53,12 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
     hot = str(stack.product_id())
     base = str(stack.product_id())
     stack.ours.add(hot)
-    async with Engine.from_settings(stack.settings) as engine:
+    alone_settings = dataclasses.replace(stack.settings, coalesce=False)
+    together_settings = dataclasses.replace(stack.settings, coalesce=True)
+    async with (
+        Engine.from_settings(alone_settings) as engine,
+        Engine.from_settings(together_settings) as coalescing,
+    ):
         await engine.setup_product(hot, SYSTEM, price=1999, stock={"main": HUGE})
         keys = partition_keys(0)
         ctx = CallContext(actor="bench")
@@ -75,6 +95,9 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
         async def wrapped() -> None:
             await engine.reserve([LineRequest(hot, 1)], ctx)
 
+        async def coalesced() -> None:
+            await coalescing.reserve([LineRequest(hot, 1)], ctx)
+
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             libpq_url(stack.database_url),
             min_size=opts.pool_size,
@@ -88,14 +111,19 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             async with pool.connection() as conn:
                 await rowlock.reserve(conn, [(base, 1)], "bench", None)
 
-        # redis-py and the engine take turns (3 rounds each, the best kept): on a shared
-        # machine a burst of noise then hits both, not whichever ran at that moment
-        runs = [("redis-py", raw), ("engine", wrapped)] * 3 + [(BASELINE, locked)]
+        # redis-py, the engine calling once per reservation and the engine coalescing its
+        # calls take turns (3 rounds each, the best kept): on a shared machine a burst of
+        # noise then hits each, not whichever ran at that moment
+        runs = [("redis-py", raw), ("engine", wrapped), (COALESCED, coalesced)] * 3
+        runs.append((BASELINE, locked))
+        assert coalescing.coalescer is not None
+        sizes = coalescing.coalescer.sizes
         best: dict[str, dict[str, Any]] = {}
         for name, fn in runs:
             seconds = opts.seconds if name == BASELINE else opts.seconds / 3
             progress.step(f"engine: {name}, {concurrency} tasks for {seconds:g}s")
             await fn()  # warm: the script cached, the pool's connections open
+            sizes.clear()
             latencies: list[float] = []
             end = time.monotonic() + seconds
             started = time.monotonic()
@@ -107,6 +135,8 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             )
             row["ops_per_s"] = round(len(latencies) / elapsed, 1)
             row["connections"] = concurrency
+            if name == COALESCED:
+                row |= batch_sizes(sizes)
             if name not in best or row["ops_per_s"] > best[name]["ops_per_s"]:
                 best[name] = row
         rows = list(best.values())

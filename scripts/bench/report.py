@@ -80,6 +80,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         raw, wrapped = _row(rows, "redis-py", "in-process"), _row(rows, "engine", "in-process")
         if raw and wrapped:
             target("engine_vs_redis_py", _ratio(wrapped["ops_per_s"], raw["ops_per_s"]), 0.85)
+        together = _row(rows, "engine, coalesced", "in-process")
+        if wrapped and together:
+            ratio = _ratio(together["ops_per_s"], wrapped["ops_per_s"])
+            target("engine_coalesced_vs_alone", ratio, 2)
     if "cost" in results:
         c = results["cost"]
         target("redis_cpu_full_vs_reference", c.get("redis_cpu_full_vs_reference"), 3, False)

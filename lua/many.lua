@@ -1,0 +1,53 @@
+-- many.lua: coalesced calls (engine/coalesce.py). Assembled after lib.lua, before the
+-- operations; register_many is called for each operation whose spec names its own keys
+-- (engine/specs.py ScriptSpec.own_keys): reserve and place_order.
+--
+-- `<name>_many_<VERSION>` runs N calls of one operation, in the order given, each exactly as
+-- the operation's own function would run it alone: its own KEYS and ARGV, its own per-call
+-- state (the last event, the idempotency record), its own reply. A call's refusal is its own
+-- reply; a call that raises (a Lua error) gets that error as its reply, prefixed with '!',
+-- and the calls after it still run — what it wrote before raising stays, as it would alone.
+--
+-- KEYS: the keys every call shares (the operation's keys other than its own, in its header's
+--       order), then each call's own keys in order (`own` positions, in order).
+-- ARGV[1]: N; then each call's ARGV (`nargs` values each).
+-- Returns: a list of N replies.
+
+local function register_many(name, body, own, nkeys, nargs)
+  local is_own = {}
+  for j = 1, #own do is_own[own[j]] = true end  -- at load: no ipairs (lib.lua)
+  local nshared, nown = nkeys - #own, #own
+  redis.register_function{
+    function_name = name .. '_many_' .. VERSION,
+    flags = {},
+    callback = function(keys, args)
+      local n = tonumber(args[1])
+      local out = {}
+      for r = 1, n do
+        local k, si, oi = {}, 0, nshared + (r - 1) * nown
+        for i = 1, nkeys do
+          if is_own[i] then
+            oi = oi + 1
+            k[i] = keys[oi]
+          else
+            si = si + 1
+            k[i] = keys[si]
+          end
+        end
+        local a, base = {}, 1 + (r - 1) * nargs
+        for i = 1, nargs do a[i] = args[base + i] end
+        last_event = nil
+        idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+        local ok, reply = pcall(body, k, a)
+        if ok then
+          out[r] = reply
+        elseif type(reply) == 'table' and reply.err then  -- a command's error (redis.call)
+          out[r] = '!' .. reply.err
+        else
+          out[r] = '!' .. tostring(reply)
+        end
+      end
+      return out
+    end,
+  }
+end

@@ -1,0 +1,278 @@
+"""Coalesced calls (engine/coalesce.py, lua/many.lua): concurrent reservations and direct
+orders of one process go to Redis as one function call, each answered exactly as if alone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+from typing import Any
+
+import pytest
+from redis.exceptions import ResponseError
+
+from engine import errors, specs
+from engine.coalesce import Coalescer, many
+from engine.engine import Engine
+from engine.invariants import check_partition
+from engine.keys import new_id, partition_keys
+from engine.models import CallContext, LineRequest
+from engine.scripts import Call, parse, prepare
+from engine.settings import Settings
+from tests.helpers import event_types, events
+from tests.support import add_product, levels
+
+
+def buyer(n: int, key: str | None = None) -> CallContext:
+    return CallContext(actor=f"buyer-{n}", request_id=f"req-{n}", idempotency_key=key)
+
+
+def reserve_call(
+    engine: Engine,
+    owner: str,
+    lines: list[list[Any]],
+    *,
+    key: str = "",
+    fp: str = "",
+    rid: str | None = None,
+) -> Call:
+    """The very call the engine makes for a reservation of `lines` (JSON as it sends them)."""
+    k = partition_keys(0)
+    rid = rid or new_id(0, 1)
+    return prepare(
+        specs.RESERVE,
+        stock=k.stock,
+        products=k.products,
+        live=k.live,
+        expiry=k.expiry,
+        outbox=k.outbox,
+        idem=k.idempotency(owner, "reserve", key) if key else k.unused_idempotency,
+        record=k.reservation(rid),
+        behind=k.behind,
+        reservation_id=rid,
+        lines=json.dumps(lines, separators=(",", ":")),
+        ttl=60_000,
+        allow_split="1",
+        owner=owner,
+        actor=owner,
+        request_id=f"req-{owner}",
+        fingerprint=fp,
+        idempotency_ttl=engine.settings.idempotency_ttl_ms,
+        expiry_batch=engine.settings.expire_batch,
+        retention=engine.settings.reservation_retention_ms,
+    )
+
+
+async def test_concurrent_reservations_share_calls_and_each_gets_its_own_answer(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "hot", {"main": 25})
+    assert engine.coalescer is not None
+    got = await asyncio.gather(
+        *(engine.reserve([LineRequest("hot", 1)], buyer(n)) for n in range(100)),
+        return_exceptions=True,
+    )
+    made = [r for r in got if not isinstance(r, BaseException)]
+    refused = [r for r in got if isinstance(r, errors.InsufficientStock)]
+    assert (len(made), len(refused)) == (25, 75)
+    assert len({r.id for r in made}) == 25
+    assert sorted(r.owner for r in made) == sorted({r.owner for r in made})
+    # each answer carries its own event (the consistency token)
+    assert len({r.event_id for r in made}) == 25
+    assert await levels(engine, "hot") == {"main": (0, 25)}
+    assert (await event_types(engine.redis)).count("reservation_created") == 25
+    assert (await check_partition(engine.redis, 0)).ok
+    sizes = engine.coalescer.sizes
+    assert sum(n * count for n, count in sizes.items()) == 100  # every call sent once
+    assert max(sizes) > 1  # and some of them together
+
+
+async def test_one_call_alone_goes_straight_through(engine: Engine) -> None:
+    await add_product(engine, "p", {"main": 5})
+    assert engine.coalescer is not None
+    for n in range(3):
+        await engine.reserve([LineRequest("p", 1)], buyer(n))
+    assert engine.coalescer.sizes == {1: 3}
+
+
+async def test_a_refusal_or_an_error_inside_a_batch_changes_nothing_and_the_others_go_through(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "p", {"main": 3})
+    await add_product(engine, "q", {"main": 1})
+    before = await engine.redis.xlen(partition_keys(0).outbox)
+    calls = [
+        reserve_call(engine, "a", [["p", "", 2]]),
+        reserve_call(engine, "b", [["p", "", 2], ["q", "", 1]]),  # p is short: all refused
+        reserve_call(engine, "c", [["nope", "", 1]]),  # no such product
+        reserve_call(engine, "d", []),  # its lines made unreadable below: it raises in Lua
+        reserve_call(engine, "e", [["p", "", 1], ["q", "", 1]]),
+    ]
+    calls[3] = dataclasses.replace(
+        calls[3], args=[calls[3].args[0], "not json", *calls[3].args[2:]]
+    )
+    replies = await engine.scripts.raw(many(specs.RESERVE, calls))
+    assert len(replies) == 5
+    assert parse(replies[0])["ok"] is True
+    assert parse(replies[1])["err"] == "insufficient_stock"
+    assert parse(replies[2]) == {"err": "product_not_found", "product": "nope"}
+    assert replies[3].startswith("!")
+    assert "invalid token" in replies[3]
+    assert parse(replies[4])["ok"] is True
+    assert await levels(engine, "p") == {"main": (0, 3)}
+    assert await levels(engine, "q") == {"main": (0, 1)}
+    created = (await events(engine.redis))[before:]
+    assert [e["user"] for e in created] == ["a", "e"]
+    assert parse(replies[0])["event"] != parse(replies[4])["event"]
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+async def test_a_lua_error_in_a_coalesced_call_is_that_callers_error_alone(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "p", {"main": 10})
+    assert engine.coalescer is not None
+    good = [reserve_call(engine, f"u{n}", [["p", "", 1]]) for n in range(4)]
+    bad = dataclasses.replace(good[0], args=[good[0].args[0], "{", *good[0].args[2:]])
+    got = await asyncio.gather(
+        *(engine.coalescer.run(specs.RESERVE, c) for c in [good[1], bad, good[2], good[3]]),
+        return_exceptions=True,
+    )
+    assert isinstance(got[1], ResponseError)
+    assert [parse(got[i])["ok"] for i in (0, 2, 3)] == [True, True, True]  # type: ignore[arg-type]
+    assert await levels(engine, "p") == {"main": (7, 3)}
+
+
+async def test_a_repeat_inside_one_batch_replays_the_first_and_a_mismatch_is_refused(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "p", {"main": 10})
+    first = reserve_call(engine, "a", [["p", "", 2]], key="k1", fp="f" * 32)
+    again = reserve_call(engine, "a", [["p", "", 2]], key="k1", fp="f" * 32)
+    other = reserve_call(engine, "a", [["p", "", 3]], key="k1", fp="e" * 32)
+    replies = [
+        parse(r) for r in await engine.scripts.raw(many(specs.RESERVE, [first, again, other]))
+    ]
+    assert replies[0]["ok"] is True
+    assert "replayed" not in replies[0]
+    assert replies[1]["replayed"] is True
+    assert replies[1]["reservation"] == replies[0]["reservation"]
+    assert replies[2] == {"err": "idempotency_mismatch"}
+    assert await levels(engine, "p") == {"main": (8, 2)}
+
+
+def _normal(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply without what the clock and the stream decide (times, event ids)."""
+    out = {k: v for k, v in reply.items() if k != "event"}
+    if "reservation" in out:
+        out["reservation"] = {
+            k: v for k, v in out["reservation"].items() if k not in ("created_at", "expires_at")
+        }
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_batch_answers_and_leaves_exactly_what_the_calls_one_by_one_do(
+    engine: Engine, seed: int
+) -> None:
+    """The same random calls (carts over three products and two warehouses, shortages,
+    unknown products, repeats and reuses of idempotency keys) run one by one on one set of
+    products and as one batch on a twin set: the same replies, the same counters."""
+    rng = random.Random(seed)
+    opening = {p: rng.randint(0, 4) for p in "pqr"}
+    for side in ("one", "many"):
+        for p in "pqr":
+            await add_product(engine, f"{side}-{p}", {"main": opening[p], "east": 2})
+    plan: list[tuple[str, list[list[Any]], str, str]] = []
+    for _ in range(30):
+        lines = [[p, rng.choice(["", "", "main", "east"]), rng.randint(1, 3)] for p in "pq"]
+        lines = lines[: rng.randint(1, 2)] if rng.random() > 0.1 else [["zz", "", 1]]
+        key = rng.choice(["", "", "k1", "k2"])
+        fp = str(len(lines)) * 32 if key else ""
+        plan.append((f"u{rng.randint(1, 4)}", lines, key, fp))
+    plan.append(next(call for call in plan if call[2]))  # a repeat: replayed if it was made
+
+    def calls(side: str) -> list[Call]:
+        def named(p: str) -> str:
+            return p if p == "zz" else f"{side}-{p}"
+
+        return [
+            reserve_call(
+                engine, named(owner), [[named(p), w, q] for p, w, q in lines], key=key, fp=fp
+            )
+            for owner, lines, key, fp in plan
+        ]
+
+    alone = [parse(await engine.scripts.raw(c)) for c in calls("one")]
+    together = [parse(r) for r in await engine.scripts.raw(many(specs.RESERVE, calls("many")))]
+
+    def unsided(reply: dict[str, Any]) -> str:
+        text = json.dumps(_normal(reply), sort_keys=True)
+        if "reservation" in reply:
+            text = text.replace(reply["reservation"]["id"], "ID")
+        return text.replace("one-", "").replace("many-", "")
+
+    assert [unsided(r) for r in alone] == [unsided(r) for r in together]
+    assert any("ok" in r for r in alone)
+    assert any("err" in r for r in alone)
+    for p in ("p", "q", "r"):
+        assert await levels(engine, f"one-{p}") == await levels(engine, f"many-{p}")
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+async def test_a_caller_that_gives_up_before_its_batch_is_sent_is_left_out(
+    engine: Engine,
+) -> None:
+    await add_product(engine, "p", {"main": 10})
+    assert engine.coalescer is not None
+    calls = [reserve_call(engine, f"u{n}", [["p", "", 1]]) for n in range(5)]
+    tasks = [asyncio.create_task(engine.coalescer.run(specs.RESERVE, c)) for c in calls]
+    await asyncio.sleep(0)  # each has started: the first went straight, the others wait
+    tasks[3].cancel()
+    got = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(got[3], asyncio.CancelledError)
+    assert engine.coalescer.sizes == {1: 1, 3: 1}
+    assert await levels(engine, "p") == {"main": (6, 4)}
+
+
+async def test_coalesce_off_sends_every_call_alone(settings: Settings, clean_redis: None) -> None:
+    off = dataclasses.replace(settings, coalesce=False)
+    assert Settings.from_env({"COALESCE": "0"}).coalesce is False
+    assert Settings.from_env({}).coalesce is True
+    async with Engine.from_settings(off) as engine:
+        assert engine.coalescer is None
+        await add_product(engine, "p", {"main": 3})
+        got = await asyncio.gather(
+            *(engine.reserve([LineRequest("p", 1)], buyer(n)) for n in range(6)),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(r, BaseException) for r in got) == 3
+
+
+async def test_direct_orders_are_coalesced_too(engine: Engine) -> None:
+    await add_product(engine, "p", {"main": 7})
+    assert engine.coalescer is not None
+    got = await asyncio.gather(
+        *(engine.place_order([LineRequest("p", 1)], buyer(n)) for n in range(20)),
+        return_exceptions=True,
+    )
+    orders = [o for o in got if not isinstance(o, BaseException)]
+    assert len(orders) == 7
+    assert all(isinstance(o, errors.InsufficientStock) for o in got if o not in orders)
+    assert len({o.id for o in orders}) == 7
+    assert max(engine.coalescer.sizes) > 1
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+def test_a_batch_sends_shared_keys_once_and_each_calls_own() -> None:
+    k = partition_keys(0)
+    calls = [
+        Call("reserve_x", [k.stock, "p", "l", "e", "o", f"i{n}", f"r{n}", "b"], [n, "a"])
+        for n in range(3)
+    ]
+    batch = many(specs.RESERVE, calls)
+    assert batch.keys == [k.stock, "p", "l", "e", "o", "b", "i0", "r0", "i1", "r1", "i2", "r2"]
+    assert batch.args == [3, 0, "a", 1, "a", 2, "a"]
+    assert batch.function.startswith("reserve_many_")
+    assert isinstance(Coalescer, type)
