@@ -41,6 +41,7 @@ the model predicts.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 from collections.abc import Coroutine, Sequence
@@ -699,6 +700,80 @@ class EngineMachine(RuleBasedStateMachine):
         elif second is not None:
             # a refusal stores nothing: the second call ran afresh (and succeeded)
             self.reservation_ids.append(second.id)
+
+    @rule(calls=st.lists(st.tuples(carts, users, st.booleans()), min_size=2, max_size=5))
+    def reserve_concurrently(self, calls: list[tuple[list[LineRequest], str, bool]]) -> None:
+        """Two to five reservations at once (asyncio.gather): the engine coalesces them —
+        the first goes alone, the rest as one call of reserve_many — so which ran first is
+        Redis's to say. Each must be answered as if the calls had run one by one in some
+        order: the order is found by running the model in each, and must give every answer and
+        the outbox's events exactly."""
+        coalescer = self.e.coalescer
+        sent_before = sum(coalescer.sizes.values()) if coalescer else 0
+
+        async def together() -> list[Reservation | errors.EngineError]:
+            async def one(cart: list[LineRequest], owner: str, split: bool) -> Any:
+                try:
+                    return await self.e.reserve(
+                        cart, self.ctx(owner), ttl_ms=LONG_TTL_MS, allow_split=split
+                    )
+                except errors.EngineError as exc:
+                    return exc
+
+            return list(await asyncio.gather(*(one(c, o, s) for c, o, s in calls)))
+
+        got = self.run(together())
+        if coalescer:
+            event(f"reserve_concurrently: {sum(coalescer.sizes.values()) - sent_before} calls")
+        wrote = self.run(outbox.read(self.e.redis, 0, after=self.last_event))
+        actual = [(ev.type, subject(ev.data)) for ev in wrote]
+        event_of = {(ev.type, subject(ev.data)): ev.id for ev in wrote}
+        for order in itertools.permutations(range(len(calls))):
+            trial = copy.deepcopy(self.model)
+            if self._replay_in(trial, order, calls, got) and trial.events == actual:
+                break
+        else:
+            raise AssertionError(f"no order of the calls gives these answers: {got!r}")
+        self.model = trial
+        for res in got:
+            if isinstance(res, Reservation):
+                assert res.event_id == f"p0-{event_of[('reservation_created', res.id)]}"
+                self.reservation_ids.append(res.id)
+        event(f"reserve_concurrently: {sum(isinstance(r, Reservation) for r in got)} made")
+
+    def _replay_in(
+        self,
+        model: Model,
+        order: tuple[int, ...],
+        calls: list[tuple[list[LineRequest], str, bool]],
+        got: list[Reservation | errors.EngineError],
+    ) -> bool:
+        """Whether the calls, run on `model` in `order`, give the answers `got` (the model is
+        changed as they would change it)."""
+        for i in order:
+            cart, owner, split = calls[i]
+            want = model.expire_then_allocate(merge(cart), split, self.batch)
+            res = got[i]
+            if isinstance(want, errors.EngineError):
+                if not (
+                    isinstance(res, errors.EngineError)
+                    and type(res) is type(want)
+                    and res.details() == want.details()
+                ):
+                    return False
+                continue
+            if not isinstance(res, Reservation) or res.lines != tuple(
+                ReservedLine(p, w, q) for p, w, q in want
+            ):
+                return False
+            if res.owner != owner or res.replayed:
+                return False
+            model.reservations[res.id] = ModelReservation(
+                res.id, owner, want, res.created_at_ms, res.expires_at_ms
+            )
+            model.reserve(want)
+            model.events.append(("reservation_created", res.id))
+        return True
 
     @rule(res_pick=picks, who=whos)
     def release(self, res_pick: int, who: str) -> None:
