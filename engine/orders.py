@@ -51,13 +51,8 @@ class OrderOps(EngineBase):
         }
         reply = await self._run_coalesced(
             specs.PLACE_ORDER,
-            stock=k.stock,
-            products=k.products,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.PLACE_ORDER.partition_keys(k),
             order=k.order(order_id),
-            behind=k.behind,
             order_id=order_id,
             **payload,
             owner=ctx.actor,

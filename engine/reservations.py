@@ -41,13 +41,8 @@ class ReservationOps(EngineBase):
         }
         reply = await self._run_coalesced(
             specs.RESERVE,
-            stock=k.stock,
-            products=k.products,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.RESERVE.partition_keys(k),
             record=k.reservation(reservation_id),
-            behind=k.behind,
             reservation_id=reservation_id,
             **payload,
             owner=ctx.actor,

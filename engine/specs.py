@@ -12,6 +12,13 @@ checks that its spec names the same KEYS and ARGV, in the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.keys import PartitionKeys
+
+# The keys a partition has once, which specs name alike (engine.keys.PartitionKeys).
+PARTITION_WIDE = ("stock", "products", "live", "expiry", "outbox", "behind", "applied")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,10 @@ class ScriptSpec:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
+
+    def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
+        """This operation's partition-wide keys of partition `k`, by name (for `build`)."""
+        return {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
 
     @property
     def own_positions(self) -> tuple[int, ...]:

@@ -42,14 +42,9 @@ def reserve_call(
     rid = rid or new_id(0, 1)
     return prepare(
         specs.RESERVE,
-        stock=k.stock,
-        products=k.products,
-        live=k.live,
-        expiry=k.expiry,
-        outbox=k.outbox,
+        **specs.RESERVE.partition_keys(k),
         idem=k.idempotency(owner, "reserve", key) if key else k.unused_idempotency,
         record=k.reservation(rid),
-        behind=k.behind,
         reservation_id=rid,
         lines=json.dumps(lines, separators=(",", ":")),
         ttl=60_000,

@@ -87,14 +87,9 @@ async def test_two_versions_of_the_library_run_side_by_side(
     k = partition_keys(0)
     call = prepare(
         specs.RESERVE,
-        stock=k.stock,
-        products=k.products,
-        live=k.live,
-        expiry=k.expiry,
-        outbox=k.outbox,
+        **specs.RESERVE.partition_keys(k),
         idem=k.unused_idempotency,
         record=k.reservation("r-next"),
-        behind=k.behind,
         reservation_id="r-next",
         lines='[["p1","",2]]',
         ttl=60_000,

@@ -69,14 +69,9 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             rid = new_id(0, 1)
             call = prepare(  # the very call the engine makes
                 specs.RESERVE,
-                stock=keys.stock,
-                products=keys.products,
-                live=keys.live,
-                expiry=keys.expiry,
-                outbox=keys.outbox,
+                **specs.RESERVE.partition_keys(keys),
                 idem=keys.unused_idempotency,
                 record=keys.reservation(rid),
-                behind=keys.behind,
                 reservation_id=rid,
                 lines=lines,
                 ttl=settings.reservation_ttl_ms,
