@@ -40,6 +40,12 @@ def batch_sizes(sizes: Counter[int]) -> dict[str, Any]:
     }
 
 
+async def _redis_cpu_us(engine: Engine) -> float:
+    """Redis's CPU so far (µs: INFO cpu, user + system)."""
+    cpu: dict[str, Any] = await engine.redis.info("cpu")
+    return (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6
+
+
 async def _loop(fn: Callable[[], Any], end: float, latencies: list[float]) -> None:
     while time.monotonic() < end:
         t = time.monotonic()
@@ -121,15 +127,19 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             sizes.clear()
             latencies: list[float] = []
             end = time.monotonic() + seconds
+            cpu_before = await _redis_cpu_us(engine)
             started = time.monotonic()
             await asyncio.gather(*(_loop(fn, end, latencies) for _ in range(concurrency)))
             elapsed = time.monotonic() - started
+            redis_us = await _redis_cpu_us(engine) - cpu_before
             outcomes = [Outcome("", 201, 0.0, x) for x in latencies]
             row = summarise(
                 outcomes, system=name, fsync=SYNC if name == BASELINE else None, mode="in-process"
             )
             row["ops_per_s"] = round(len(latencies) / elapsed, 1)
             row["connections"] = concurrency
+            if name != BASELINE and latencies:
+                row["redis_cpu_us"] = round(redis_us / len(latencies), 1)
             if name == COALESCED:
                 row |= batch_sizes(sizes)
             if name not in best or row["ops_per_s"] > best[name]["ops_per_s"]:
