@@ -358,7 +358,12 @@ def test_bench_runs_every_scenario_with_exact_counts(
     assert steps["reserve"]["ok"] > 0
     assert steps["delivered"]["ok"] > 0
     assert steps["commit"]["ok"] >= steps["delivered"]["ok"]
-    assert {r["system"] for r in scenarios["engine"]["rows"]} == {"redis-py", "engine", "row-lock"}
+    engine_rows = {r["system"]: r for r in scenarios["engine"]["rows"]}
+    assert set(engine_rows) == {"redis-py", "engine", "engine, coalesced", "row-lock"}
+    together = engine_rows["engine, coalesced"]  # every call sent, alone or in a batch
+    assert together["calls_per_fcall"] >= 1
+    assert sum(int(size) * n for size, n in together["batch_sizes"].items()) >= together["ok"]
+    assert engine_rows["engine"]["redis_cpu_us"] > 0
     assert scenarios["drain"]["drained"] > 0
     targets = report["targets"]
     assert targets["flash_sale_oversold"] == {
@@ -387,6 +392,7 @@ def test_bench_runs_every_scenario_with_exact_counts(
         "api_cpu_read_vs_bare",
         "drain_vs_api_events_x",
         "engine_vs_redis_py",
+        "engine_coalesced_vs_alone",
         "api_vs_bare_endpoint",
     ):
         assert targets[name]["value"] > 0, name
