@@ -46,7 +46,7 @@ class OrderOps(EngineBase):
         k = self._keys_for_lines(merged)
         order_id = self._new_id(k.partition, self.settings.partitions)
         payload: dict[str, str | int] = {
-            "lines": v.dumps(merged),
+            "lines": v.lines_json(merged),
             "allow_split": "1" if allow_split else "0",
         }
         reply = await self._run_coalesced(

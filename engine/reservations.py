@@ -35,7 +35,7 @@ class ReservationOps(EngineBase):
         k = self._keys_for_lines(merged)
         reservation_id = self._new_id(k.partition, self.settings.partitions)
         payload: dict[str, str | int] = {
-            "lines": v.dumps(merged),
+            "lines": v.lines_json(merged),
             "ttl": ttl,
             "allow_split": "1" if allow_split else "0",
         }

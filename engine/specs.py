@@ -40,20 +40,19 @@ class ScriptSpec:
     own_keys: tuple[str, ...] = ()
     # every parameter's name, to check a call's names in one comparison
     names: frozenset[str] = field(init=False, repr=False, compare=False)
+    # the 0-based positions of the own keys in KEYS
+    own_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
+        own = tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
+        object.__setattr__(self, "own_positions", own)
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
 
     def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
         """This operation's partition-wide keys of partition `k`, by name (for `build`)."""
         return {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
-
-    @property
-    def own_positions(self) -> tuple[int, ...]:
-        """The 0-based positions of the own keys in KEYS."""
-        return tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
 
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;

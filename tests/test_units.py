@@ -8,13 +8,23 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine import errors, replies
 from engine.invariants import evaluate
 from engine.keys import new_id, partition_keys, partition_of
 from engine.models import CallContext, LineRequest, Movement, ProductStock, StockLevel
 from engine.states import STOCK_RETURNING, TERMINAL, TRANSITIONS, OrderStatus, allowed, lua_prelude
-from engine.validation import MAX_LINES, MAX_QUANTITY, RECORD_ID, merge_lines
+from engine.validation import (
+    MAX_LINES,
+    MAX_QUANTITY,
+    NAME,
+    RECORD_ID,
+    dumps,
+    lines_json,
+    merge_lines,
+)
 
 # -- states -----------------------------------------------------------------------------
 
@@ -239,3 +249,23 @@ def test_every_refusal_code_becomes_its_typed_error() -> None:
     replies.raise_for({"ok": True})
     with pytest.raises(errors.EngineError, match="unknown refusal"):
         replies.raise_for({"err": "no_such_code"})
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(NAME, fullmatch=True),
+            st.one_of(st.none(), st.from_regex(NAME, fullmatch=True)),
+            st.integers(1, MAX_QUANTITY),
+        ),
+        min_size=1,
+        max_size=MAX_LINES,
+    )
+)
+def test_lines_are_written_as_the_json_encoder_writes_them(
+    lines: list[tuple[str, str | None, int]],
+) -> None:
+    """The hot path writes merged lines itself: the same text as json.dumps (so the
+    fingerprints of idempotent calls, which hash it, stay what they were)."""
+    merged = merge_lines([LineRequest(p, q, w) for p, w, q in lines])
+    assert lines_json(merged) == dumps(merged)
