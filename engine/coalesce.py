@@ -22,8 +22,8 @@ calls for different partitions never share a call):
 - A failure of the batch's round trip (a connection error) is each of its calls' error, as it
   would have been for each alone: the engine's callers see the same exceptions either way.
 
-`Coalescer.sizes` counts the batches sent by size (1 = a call sent alone) for the bench and
-the metrics.
+`Coalescer.sizes` counts the batches sent by size (1 = a call sent alone), for the bench;
+`on_send` is told of each, for the API's metrics (`inventory_coalesced_calls`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -62,6 +63,13 @@ class Coalescer:
         self._groups: dict[tuple[str, tuple[str, ...]], _Group] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self.sizes: Counter[int] = Counter()
+        # told of every Redis call sent: (operation, calls it carries) — the API's metrics
+        self.on_send: Callable[[str, int], None] | None = None
+
+    def _sent(self, spec: ScriptSpec, size: int) -> None:
+        self.sizes[size] += 1
+        if self.on_send is not None:
+            self.on_send(spec.name, size)
 
     async def run(self, spec: ScriptSpec, call: Call) -> Any:
         """The undecoded reply of `call` (an operation of `spec`, which has own keys)."""
@@ -72,7 +80,7 @@ class Coalescer:
             group = self._groups[(call.function, shared)] = _Group()
         if not group.inflight and not group.pending:
             group.inflight += 1
-            self.sizes[1] += 1
+            self._sent(spec, 1)
             try:
                 return await self._scripts.raw(call)
             finally:
@@ -99,7 +107,7 @@ class Coalescer:
         if not batch:
             return
         group.inflight += 1
-        self.sizes[len(batch)] += 1
+        self._sent(spec, len(batch))
         task = asyncio.get_running_loop().create_task(self._send(spec, group, batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

@@ -233,3 +233,24 @@ def test_metrics_are_open_by_default_only_on_the_embedded_stack() -> None:
 def test_bad_metrics_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+async def test_coalesced_calls_are_counted_by_the_calls_each_carried(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """inventory_coalesced_calls: one observation per Redis call of reserve, its value the
+    calls it carried; concurrent reservations share calls, and every one is counted."""
+    await product(app, 1, units=50)
+    me = bearer(app, "1")
+    body = {"product": 1, "quantity": 1}
+    await client.post(RESERVE, json=body, headers=me)  # alone
+    made = await asyncio.gather(*(client.post(RESERVE, json=body, headers=me) for _ in range(30)))
+    assert all(r.status_code == 201 for r in made)
+
+    samples = await scrape(client)
+
+    reserve = {"operation": "reserve"}
+    assert value(samples, "inventory_coalesced_calls_sum", **reserve) == 31  # every call, once
+    sent = value(samples, "inventory_coalesced_calls_count", **reserve)
+    assert 1 <= sent < 31  # some went together
+    assert value(samples, "inventory_coalesced_calls_bucket", le="1.0", **reserve) >= 1

@@ -92,6 +92,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = Engine.from_settings(settings)
+        if engine.coalescer is not None:
+            engine.coalescer.on_send = metrics.observe_batch
         await engine.scripts.load()
         db = database_engine(settings)
         adb = async_database_engine(settings)

@@ -54,6 +54,8 @@ from web.middleware import route_template, scope_state
 
 log = logging.getLogger("inventory.metrics")
 
+# Calls one Redis function call carries for a coalesced operation (1: sent alone).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 # Seconds: the hot path answers in about a millisecond, lists and logins take longer.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -89,11 +91,23 @@ class Metrics:
             ["operation", "outcome"],
             registry=self.registry,
         )
+        self.coalesced = Histogram(
+            "inventory_coalesced_calls",
+            "Calls carried by each Redis function call of a coalesced operation (reserve, "
+            "place_order): 1 when a call went alone (COALESCE).",
+            ["operation"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         if multiprocess_dir() is None:
             ProcessCollector(registry=self.registry)
         # The labelled children met so far, by their labels (few: the labels are bounded).
         self._timings: dict[tuple[str, str, int], Histogram] = {}
         self._outcomes: dict[tuple[str, str], Counter] = {}
+
+    def observe_batch(self, operation: str, calls: int) -> None:
+        """One Redis call of a coalesced operation, carrying `calls` calls."""
+        self.coalesced.labels(operation).observe(calls)
 
     def observe(self, scope: Scope, status: int, seconds: float, *, replayed: bool) -> None:
         method = str(scope["method"])
