@@ -46,12 +46,45 @@ def test_chaos_touches_only_its_own_products(redis_server: RedisServer, clean_re
     assert second["reserved"] == 3
 
 
-def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
+def coalesced(result: dict[str, Any]) -> tuple[int, int]:
+    """(reservations sent, the most that shared one Redis call) in a chaos run."""
+    sizes = {int(size): n for size, n in result["coalesced"].items()}
+    return sum(size * n for size, n in sizes.items()), max(sizes)
+
+
+def test_fifty_buyers_five_units_with_their_calls_coalesced(
     redis_server: RedisServer, clean_redis: None
+) -> None:
+    """Ten processes of five buyers each: each process's engine coalesces its buyers' calls
+    (the first alone, the rest in one call), and exactly five units are sold."""
+    code, result = run_chaos(
+        redis_server, "--processes", "10", "--buyers-per-process", "5", "--stock", "5"
+    )
+
+    assert code == 0, result
+    assert (result["buyers"], result["succeeded"], result["failed"]) == (50, 5, 45)
+    assert (result["crashed"], result["oversold"]) == (0, 0)
+    assert (result["available"], result["reserved"], result["total"]) == (0, 5, 5)
+    assert result["invariants_ok"] is True
+    assert result["events_ok"] is True
+    sent, most = coalesced(result)
+    assert sent == 50
+    assert most > 1
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(("--processes", "200"), id="200-processes"),
+        pytest.param(("--processes", "50", "--buyers-per-process", "4"), id="coalesced"),
+    ],
+)
+def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
+    redis_server: RedisServer, clean_redis: None, layout: tuple[str, ...]
 ) -> None:
     code, result = run_chaos(
         redis_server,
-        "--processes", "200",
+        *layout,
         "--stock", "40",
         "--products", "3",
         "--warehouses", "2",
@@ -61,6 +94,10 @@ def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
     )  # fmt: skip
 
     assert code == 0, result
+    assert result["buyers"] == 200
+    assert coalesced(result)[0] == 200
+    if "--buyers-per-process" in layout:
+        assert coalesced(result)[1] > 1
     assert result["crashed"] == 0
     assert result["succeeded"] + result["failed"] == 200
     assert result["succeeded"] > 0

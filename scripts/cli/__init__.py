@@ -115,13 +115,14 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         max_lines=args.max_lines,
         settle=args.settle,
         seed=args.seed,
+        per_process=args.buyers_per_process,
     )
     if not args.json:
         table = Table("measure", "value", title="chaos")
         for key in (
-            "processes", "stock", "succeeded", "failed", "crashed", "available", "reserved",
-            "total", "oversold", "committed", "expired", "invariants_ok", "events_ok",
-            "elapsed_s",
+            "processes", "buyers", "stock", "succeeded", "failed", "crashed", "available",
+            "reserved", "total", "oversold", "committed", "expired", "invariants_ok",
+            "events_ok", "elapsed_s",
         ):  # fmt: skip
             table.add_row(key, str(result[key]))
         console().print(table)
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--products", type=int, default=1)
     p.add_argument("--warehouses", type=int, default=1)
     p.add_argument("--max-lines", type=int, default=1, help="cart lines per buyer (1..N)")
+    p.add_argument(
+        "--buyers-per-process",
+        type=int,
+        default=1,
+        help="buyers reserving at once in each process, through its one engine (its calls "
+        "coalesced as an API process's are)",
+    )
     p.add_argument(
         "--settle", action="store_true", help="then commit half and let the other half expire"
     )

@@ -2,7 +2,9 @@
 
 Each run creates its own products (`chaos-<run>-<n>`) and touches nothing else: it never
 flushes, and it reads the outbox only from the entry that was last when it started. The
-processes connect first, wait on a barrier, then each sends one reservation. Afterwards the
+processes connect first, wait on a barrier, then each sends one reservation — or, with
+--buyers-per-process N, N reservations at once from N buyers sharing the process's engine, so
+that its calls are coalesced (engine/coalesce.py) as an API process's are. Afterwards the
 coordinator checks the counters, the invariants and the outbox: the events of this run's
 products, replayed in stream order from zero, must chain (each movement's 'before' equals
 the previous 'after') and land exactly on the counters — one event per change, none missing.
@@ -42,6 +44,11 @@ class ChaosPlan:
     max_lines: int
     settle: bool
     seed: int
+    per_process: int = 1
+
+    @property
+    def buyers(self) -> int:
+        return self.processes * self.per_process
 
     def cart(self, index: int) -> list[LineRequest]:
         """The cart of process `index`: deterministic for a seed."""
@@ -86,22 +93,39 @@ async def _prepare(settings: Settings, plan: ChaosPlan) -> str:
         return start
 
 
-def _buyer(settings: Settings, plan: ChaosPlan, index: int, barrier: Barrier, results: Any) -> None:
-    async def run() -> tuple[int, str, str | None, int]:
+Outcome = tuple[int, str, str | None, int]  # buyer, "ok" | refusal | crash, reservation, units
+
+
+def _buyers(
+    settings: Settings, plan: ChaosPlan, process: int, barrier: Barrier, results: Any
+) -> None:
+    """Process `process`: its buyers' reservations, all at once; puts (outcomes, the sizes of
+    the Redis calls they went in)."""
+    first = process * plan.per_process
+    buyers = range(first, first + plan.per_process)
+
+    async def one(engine: Engine, index: int) -> Outcome:
+        ctx = CallContext(actor=f"chaos-buyer-{index}", request_id=f"{plan.run}-{index}")
+        try:
+            r = await engine.reserve(plan.cart(index), ctx, ttl_ms=plan.ttl_ms(index))
+        except errors.InsufficientStock:
+            return index, "insufficient_stock", None, 0
+        except Exception as exc:  # a crash is reported, never hidden as a refusal
+            return index, f"crash: {exc!r}", None, 0
+        return index, "ok", r.id, r.quantity
+
+    async def run() -> tuple[list[Outcome], dict[int, int]]:
         async with Engine.from_settings(settings) as engine:
             await engine.ping()
-            ctx = CallContext(actor=f"chaos-buyer-{index}", request_id=f"{plan.run}-{index}")
             await asyncio.to_thread(barrier.wait)
-            try:
-                r = await engine.reserve(plan.cart(index), ctx, ttl_ms=plan.ttl_ms(index))
-            except errors.InsufficientStock:
-                return index, "insufficient_stock", None, 0
-            return index, "ok", r.id, r.quantity
+            got = await asyncio.gather(*(one(engine, i) for i in buyers))
+            sizes = dict(engine.coalescer.sizes) if engine.coalescer else {}
+            return list(got), sizes
 
     try:
         results.put(asyncio.run(run()))
     except Exception as exc:  # a crash is reported, never hidden as a refusal
-        results.put((index, f"crash: {exc!r}", None, 0))
+        results.put(([(i, f"crash: {exc!r}", None, 0) for i in buyers], {}))
 
 
 def _check_events(
@@ -133,7 +157,7 @@ async def _settle_and_verify(
     settings: Settings,
     plan: ChaosPlan,
     start: str,
-    outcomes: list[tuple[int, str, str | None, int]],
+    outcomes: list[Outcome],
 ) -> dict[str, Any]:
     async with Engine.from_settings(settings) as engine:
         committed = 0
@@ -196,6 +220,7 @@ async def _settle_and_verify(
         "events": counts,
         "events_ok": events_ok,
         "processes": plan.processes,
+        "buyers": plan.buyers,
         "stock": plan.stock,
         "products": list(plan.products),
         "warehouses": list(plan.warehouses),
@@ -213,9 +238,12 @@ def run(
     max_lines: int = 1,
     settle: bool = False,
     seed: int | None = None,
+    per_process: int = 1,
 ) -> dict[str, Any]:
-    if processes < 1 or stock < 0 or products < 1 or warehouses < 1 or max_lines < 1:
-        raise ValueError("processes, products, warehouses, max lines >= 1; stock >= 0")
+    if min(processes, products, warehouses, max_lines, per_process) < 1 or stock < 0:
+        raise ValueError(
+            "processes, products, warehouses, max lines, buyers per process >= 1; stock >= 0"
+        )
     if settings.partitions != 1:
         raise ValueError("chaos runs on a single partition (PARTITIONS=1)")
     settings = _chaos_settings(settings)
@@ -229,6 +257,7 @@ def run(
         max_lines=max_lines,
         settle=settle,
         seed=random.randrange(1 << 30) if seed is None else seed,
+        per_process=per_process,
     )
     start = asyncio.run(_prepare(settings, plan))
     # fork: the buyers start in milliseconds; no event loop is running at this point.
@@ -236,17 +265,24 @@ def run(
     barrier = mp.Barrier(processes)
     results = mp.Queue()
     workers = [
-        mp.Process(target=_buyer, args=(settings, plan, i, barrier, results))
+        mp.Process(target=_buyers, args=(settings, plan, i, barrier, results))
         for i in range(processes)
     ]
     started = time.monotonic()
     for w in workers:
         w.start()
-    outcomes = [cast(tuple[int, str, str | None, int], results.get(timeout=120)) for _ in workers]
+    outcomes: list[Outcome] = []
+    sizes: Counter[int] = Counter()
+    for _ in workers:
+        got, sent = cast(tuple[list[Outcome], dict[int, int]], results.get(timeout=120))
+        outcomes += got
+        sizes.update(sent)
     for w in workers:
         w.join(timeout=30)
     elapsed = time.monotonic() - started
     result = asyncio.run(_settle_and_verify(settings, plan, start, sorted(outcomes)))
+    # the Redis calls the reservations went in, by the reservations each carried (1: alone)
+    result["coalesced"] = {str(size): n for size, n in sorted(sizes.items())}
     result["elapsed_s"] = round(elapsed, 3)
     result["seed"] = plan.seed
     return result
