@@ -132,6 +132,12 @@ class Coalescer:
             return
         finally:
             group.inflight -= 1
+        if not isinstance(replies, list) or len(replies) != len(batch):  # never: but no hang
+            wrong = ResponseError(f"{spec.name}_many answered {len(batch)} calls with {replies!r}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(wrong)
+            return
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
