@@ -24,6 +24,7 @@ from scripts.bench import drain as bench_drain
 from scripts.bench import rowlock
 from scripts.bench.loadgen import Outcome
 from scripts.bench.measure import Progress, summarise
+from scripts.bench.meter import redis_cpu
 from scripts.bench.options import BASELINE, HUGE, SYNC
 from scripts.bench.stack import Stack
 
@@ -38,12 +39,6 @@ def batch_sizes(sizes: Counter[int]) -> dict[str, Any]:
         "calls_per_fcall": round(calls / sent, 2) if sent else None,
         "batch_sizes": {str(size): n for size, n in sorted(sizes.items())},
     }
-
-
-async def _redis_cpu_us(engine: Engine) -> float:
-    """Redis's CPU so far (µs: INFO cpu, user + system)."""
-    cpu: dict[str, Any] = await engine.redis.info("cpu")
-    return (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6
 
 
 async def _loop(fn: Callable[[], Any], end: float, latencies: list[float]) -> None:
@@ -117,6 +112,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
         # noise then hits each, not whichever ran at that moment
         runs = [("redis-py", raw), ("engine", wrapped), (COALESCED, coalesced)] * 3
         runs.append((BASELINE, locked))
+        meter = stack.redis_client()  # Redis's CPU (INFO cpu) around each timed run
         assert coalescing.coalescer is not None
         sizes = coalescing.coalescer.sizes
         best: dict[str, dict[str, Any]] = {}
@@ -127,11 +123,11 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             sizes.clear()
             latencies: list[float] = []
             end = time.monotonic() + seconds
-            cpu_before = await _redis_cpu_us(engine)
+            cpu_before = redis_cpu(meter)[0]
             started = time.monotonic()
             await asyncio.gather(*(_loop(fn, end, latencies) for _ in range(concurrency)))
             elapsed = time.monotonic() - started
-            redis_us = await _redis_cpu_us(engine) - cpu_before
+            redis_us = redis_cpu(meter)[0] - cpu_before
             outcomes = [Outcome("", 201, 0.0, x) for x in latencies]
             row = summarise(
                 outcomes, system=name, fsync=SYNC if name == BASELINE else None, mode="in-process"
@@ -146,6 +142,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 best[name] = row
         rows = list(best.values())
         await pool.close()
+        meter.close()
     return rows
 
 
