@@ -93,10 +93,12 @@ def flash_sale(stack: Stack, progress: Progress) -> dict[str, Any]:
         body = {"product": hot, "quantity": 1}
         calls = [reserve_call(stack, system, t, body, "reserve", fsync) for t in tokens]
         progress.step(f"flash-sale: {label}: saturation, {opts.buyers} connections")
+        stack.drain_to_end()  # each timed row starts with no backlog of the one before
         rows.append(measure(stack, system, fsync, calls, connections=opts.buyers))
         # 3. a fixed offered rate, so that queueing shows
         if system != BARE:
             progress.step(f"flash-sale: {label}: fixed rate {opts.rate:g}/s")
+            stack.drain_to_end()
             connections = min(opts.buyers, 256)
             rows.append(
                 measure(stack, system, fsync, calls, connections=connections, rate=opts.rate)
