@@ -1,0 +1,206 @@
+-- holds.lua: the helpers of reservations and orders, assembled after lib.lua (whose locals
+-- they use) and before the operations (engine/scripts.py HELPERS): ending a live reservation,
+-- the expiry of due ones, routing lines to warehouses (allocate), loading a reservation to act
+-- on it, and pricing and writing an order. The data layout is lib.lua's.
+-- Ends a live reservation: its units go from reserved back to available.
+local function release_units(stock, live_hash, expiry, id, live)
+  local movements = {}
+  for _, l in ipairs(live.lines) do
+    movements[#movements + 1] = move(stock, l[1], l[2], l[3], -l[3])
+  end
+  redis.call('HDEL', live_hash, id)
+  redis.call('ZREM', expiry, id)
+  return movements
+end
+
+-- Releases up to `limit` due reservations (expires_at <= now) and records each one.
+-- Returns how many it released.
+-- now_s: now's text (now_ms); limit: as the call's ARGV gives it.
+local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger)
+  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
+                         limit)
+  local n = 0
+  for i = 1, #ids, 2 do
+    local id = ids[i]
+    local raw = redis.call('HGET', live_hash, id)
+    if raw then
+      local live = cjson.decode(raw)
+      local movements = release_units(stock, live_hash, expiry, id, live)
+      emit(outbox, 'reservation_expired', now, 'system', '', {
+        reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
+        trigger = trigger, movements = movements})
+      n = n + 1
+    else
+      redis.call('ZREM', expiry, id)
+    end
+  end
+  return n
+end
+
+-- The counter of p x w for this allocation, read the first time it is asked for.
+local function alloc_counter(counters, stock, p, w)
+  local k = p .. '|' .. w
+  local c = counters[k]
+  if not c then
+    c = read_counter(stock, p, w)
+    counters[k] = c
+  end
+  return c
+end
+
+local function take(order, c, q)
+  if c.taken == 0 then order[#order + 1] = c end
+  c.taken = c.taken + q
+end
+
+-- Routes request lines [[product, warehouse or '', quantity], ...] to warehouses.
+-- A named warehouse serves its line alone; otherwise warehouses are taken by priority,
+-- splitting a line over several unless allow_split is false. Each counter is read once.
+-- Returns allocations [[product, warehouse, qty]] (one per product x warehouse), nil, and
+-- their counters (for move_counter); or nil, a refusal (unknown product or warehouse, or
+-- the shortage of every short line).
+local function allocate(stock, products, lines, allow_split)
+  local metas, counters, order, short = {}, {}, {}, {}
+  -- named warehouses first, so a line routed by priority can't take their units
+  for pass = 1, 2 do
+    for _, l in ipairs(lines) do
+      local p, w, q = l[1], l[2], l[3]
+      if (pass == 1) == (w ~= '') then
+        local meta = metas[p]
+        if not meta then
+          meta = product_meta(products, p)
+          if not meta then return nil, refuse('product_not_found', {product = p}) end
+          metas[p] = meta
+        end
+        local whs = meta.warehouses
+        if w ~= '' then
+          local known = false
+          for _, wh in ipairs(whs) do
+            if wh[1] == w then known = true end
+          end
+          if not known then
+            return nil, refuse('warehouse_not_found', {product = p, warehouse = w})
+          end
+          local c = alloc_counter(counters, stock, p, w)
+          local f = c.available - c.taken
+          if f >= q then take(order, c, q)
+          else short[#short + 1] = {product = p, warehouse = w, requested = q, available = f} end
+        elseif allow_split then
+          local total_free = 0
+          for _, wh in ipairs(whs) do
+            local c = alloc_counter(counters, stock, p, wh[1])
+            total_free = total_free + c.available - c.taken
+          end
+          if total_free >= q then
+            local left = q
+            for _, wh in ipairs(whs) do
+              local c = counters[p .. '|' .. wh[1]]
+              local f = c.available - c.taken
+              if left > 0 and f > 0 then
+                local n = math.min(f, left)
+                take(order, c, n)
+                left = left - n
+              end
+            end
+          else
+            short[#short + 1] = {product = p, requested = q, available = total_free}
+          end
+        else
+          local best, chosen = 0, nil
+          for _, wh in ipairs(whs) do
+            local c = alloc_counter(counters, stock, p, wh[1])
+            local f = c.available - c.taken
+            if not chosen and f >= q then chosen = c end
+            if f > best then best = f end
+          end
+          if chosen then take(order, chosen, q)
+          else short[#short + 1] = {product = p, requested = q, available = best} end
+        end
+      end
+    end
+  end
+  if #short > 0 then return nil, refuse('insufficient_stock', {lines = short}) end
+  local out = {}
+  for i, c in ipairs(order) do out[i] = {c.product, c.warehouse, c.taken} end
+  return out, nil, order
+end
+
+-- Expires due reservations, then allocates. When stock is short while more reservations
+-- are due, it keeps expiring (bounded) so a due reservation never blocks the next buyer.
+-- Returns what allocate returns.
+local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
+                                    limit, lines, allow_split)
+  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
+  local alloc, err, counters = allocate(stock, products, lines, allow_split)
+  local rounds = 0
+  while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now_s) > 0 do
+    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
+    alloc, err, counters = allocate(stock, products, lines, allow_split)
+    rounds = rounds + 1
+  end
+  return alloc, err, counters
+end
+
+-- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
+-- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
+-- live is released here (and recorded as expired) before the refusal.
+local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+  local flat = redis.call('HGETALL', record)
+  if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  if scope ~= '' and rec.owner ~= scope then
+    return nil, nil, refuse('reservation_not_found', {reservation = id})
+  end
+  if rec.status ~= 'active' then
+    return nil, nil, refuse('reservation_not_live',
+      {reservation = id, status = rec.status, order = rec.order_id or ''})
+  end
+  local expires_at = tonumber(rec.expires_at)
+  local raw = redis.call('HGET', live_hash, id)
+  if now >= expires_at or not raw then
+    if raw then
+      local live = cjson.decode(raw)
+      local movements = release_units(stock, live_hash, expiry, id, live)
+      emit(outbox, 'reservation_expired', now, 'system', '', {
+        reservation = id, user = live.owner, expires_at = expires_at,
+        trigger = 'access', movements = movements})
+    end
+    return nil, nil, refuse('reservation_expired', {reservation = id, expires_at = expires_at})
+  end
+  return rec, cjson.decode(raw), nil
+end
+
+local function reservation_view(rec, status)
+  return {id = rec.id, owner = rec.owner, status = status,
+          created_at = tonumber(rec.created_at), expires_at = tonumber(rec.expires_at),
+          lines = cjson.decode(rec.lines), order = rec.order_id or ''}
+end
+
+-- Prices order lines [[product, warehouse, qty]] from the products hash.
+-- Returns priced lines, total (minor units), currency; or nil, refusal.
+local function price_lines(products, alloc)
+  local priced, total, currency = {}, 0, nil
+  for _, l in ipairs(alloc) do
+    local meta = product_meta(products, l[1])
+    if not meta then return nil, refuse('product_not_found', {product = l[1]}) end
+    if currency and meta.currency ~= currency then
+      return nil, refuse('currency_mismatch', {currencies = {currency, meta.currency}})
+    end
+    currency = meta.currency
+    priced[#priced + 1] = {l[1], l[2], l[3], meta.price}
+    total = total + l[3] * meta.price
+  end
+  -- cjson keeps 14 significant digits; refuse rather than round money
+  if total > 99999999999999 then return nil, refuse('order_total_too_large', {}) end
+  return priced, total, currency
+end
+
+local function write_order(record, id, owner, reservation, priced, total, currency, now)
+  redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
+             'reservation_id', reservation, 'lines', cjson.encode(priced), 'total', total,
+             'currency', currency, 'created_at', now, 'updated_at', now)
+  return {id = id, owner = owner, status = 'pending', reservation = reservation,
+          lines = priced, total = total, currency = currency,
+          created_at = now, updated_at = now}
+end
