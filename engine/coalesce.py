@@ -151,9 +151,15 @@ def many(spec: ScriptSpec, calls: list[Call]) -> Call:
     """One call of `<operation>_many` running `calls` (which share every key but their own) in
     order: KEYS the shared keys then each call's own, ARGV the count then each call's."""
     own = spec.own_positions
-    keys = [k for i, k in enumerate(calls[0].keys) if i not in own]
+    shared = [k for i, k in enumerate(calls[0].keys) if i not in own]
+    keys = list(shared)
     args: list[str | int] = [len(calls)]
     for call in calls:
+        if (
+            call.function != calls[0].function
+            or [k for i, k in enumerate(call.keys) if i not in own] != shared
+        ):
+            raise ValueError("only calls of one function on the same keys share a call")
         keys += [call.keys[i] for i in own]
         args += call.args
     return Call(library().function_many(spec.name), keys, args)

@@ -271,3 +271,38 @@ def test_a_batch_sends_shared_keys_once_and_each_calls_own() -> None:
     assert batch.args == [3, 0, "a", 1, "a", 2, "a"]
     assert batch.function.startswith("reserve_many_")
     assert isinstance(Coalescer, type)
+
+
+async def test_calls_for_different_partitions_never_share_a_call(
+    settings: Settings, clean_redis: None
+) -> None:
+    """Two partitions' products reserved at once: each partition's calls are coalesced apart
+    (a batch carries one partition's keys), and every count is exact."""
+    two = dataclasses.replace(settings, partitions=2)
+    async with Engine.from_settings(two) as engine:
+        names: dict[int, list[str]] = {0: [], 1: []}
+        for n in range(40):
+            p = f"sku-{n}"
+            names[engine.partition_of_product(p)].append(p)
+        mine = {part: names[part][0] for part in (0, 1)}
+        for product in mine.values():
+            await add_product(engine, product, {"main": 10})
+        got = await asyncio.gather(
+            *(engine.reserve([LineRequest(mine[n % 2], 1)], buyer(n)) for n in range(40)),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(r, BaseException) for r in got) == 20
+        for part, product in mine.items():
+            assert await levels(engine, product) == {"main": (0, 10)}
+            assert (await check_partition(engine.redis, part)).ok
+        assert engine.coalescer is not None
+        assert max(engine.coalescer.sizes) > 1
+    k0, k1 = partition_keys(0), partition_keys(1)
+    with pytest.raises(ValueError, match="same keys"):
+        many(
+            specs.RESERVE,
+            [
+                Call("f", [k0.stock, "p", "l", "e", "o", "i0", "r0", k0.behind], [0]),
+                Call("f", [k1.stock, "p", "l", "e", "o", "i1", "r1", k1.behind], [1]),
+            ],
+        )
