@@ -60,7 +60,7 @@ class Stack:
         if self.target is None:
             self.redis = RedisServer(self.tmp / "redis", appendfsync=opts.fsync[0])
             self.pg = PostgresServer(database="bench", durable=True)
-            self.connect = ("127.0.0.1", free_port())
+            self.connect = ("127.0.0.1", 0)  # its port chosen in start()
             self.redis_url, self.database_url = self.redis.url, self.pg.url
         else:
             api = urllib.parse.urlsplit(self.target.api_url)
@@ -68,8 +68,7 @@ class Stack:
                 raise ValueError("--api-url must be http://host[:port] (the bench speaks HTTP/1.1)")
             self.connect = (api.hostname, api.port or 80)
             self.redis_url, self.database_url = self.target.redis_url, self.target.database_url
-        self.host = f"{self.connect[0]}:{self.connect[1]}"
-        self.port = self.connect[1]
+        self._use_port(self.connect[1])
         self.settings = Settings()
         self.keys: Keys | None = None
         # against running services, far from the ids real products and users have
@@ -77,6 +76,11 @@ class Stack:
         self._ids = iter(range(first, 1 << 62))
         self.user_base = 0 if self.target is None else EXTERNAL_IDS
         self.ours: set[str] = set()  # the products this run put in Redis
+
+    def _use_port(self, port: int) -> None:
+        self.connect = (self.connect[0], port)
+        self.host = f"{self.connect[0]}:{port}"
+        self.port = port
 
     def start(self) -> None:
         if self.target is not None:
@@ -86,6 +90,9 @@ class Stack:
         assert self.pg is not None
         self.redis.start()
         self.pg.start()
+        # the API's port, chosen once Redis and PostgreSQL hold theirs: a free port picked
+        # before they started could be the one either of them then took
+        self._use_port(free_port())
         migrate.upgrade(self.pg.url)
         with psycopg.connect(libpq_url(self.database_url), autocommit=True) as conn:
             rowlock.create_tables(conn)
