@@ -37,6 +37,12 @@ local last_event = nil
 -- call is about to give, into the event that ends the call.
 local idem_call = {key = '', fp = '', ttl = 0}
 
+-- Fresh per-call state, before each call (register; many.lua for each call of a batch).
+local function new_call()
+  last_event = nil
+  idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+end
+
 -- An integer as Redis and JSON write it. A Lua number given to redis.call (or concatenated)
 -- is written with printf's '%.17g', a float conversion that costs several times this one.
 local function int(n)
@@ -267,8 +273,7 @@ local function register(name, body, read_only)
     function_name = name .. '_' .. VERSION,
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
-      last_event = nil
-      idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+      new_call()
       return body(keys, args)
     end,
   }

@@ -36,8 +36,7 @@ local function register_many(name, body, own, nkeys, nargs)
         end
         local a, base = {}, 1 + (r - 1) * nargs
         for i = 1, nargs do a[i] = args[base + i] end
-        last_event = nil
-        idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+        new_call()
         local ok, reply = pcall(body, k, a)
         if ok then
           out[r] = reply

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from engine.settings import PROJECT_ROOT
+from scripts.bench.meter import family
 from scripts.cli.serve import is_loopback
 from scripts.redis_server import RedisServer, free_port
 from tests.support import run_cli, wait_until_serving
@@ -121,23 +122,7 @@ def test_serve_on_loopback_without_keys_uses_the_development_key(
 
 def _descendants(pid: int) -> set[int]:
     """The processes below `pid` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+    return set(family(pid)) - {pid}
 
 
 def _alive(pid: int) -> bool:

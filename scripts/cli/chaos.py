@@ -51,7 +51,7 @@ class ChaosPlan:
         return self.processes * self.per_process
 
     def cart(self, index: int) -> list[LineRequest]:
-        """The cart of process `index`: deterministic for a seed."""
+        """The cart of buyer `index`: deterministic for a seed."""
         if len(self.products) == 1 and len(self.warehouses) == 1 and self.max_lines == 1:
             return [LineRequest(self.products[0], 1)]
         rnd = random.Random(self.seed * 100_003 + index)
@@ -62,7 +62,7 @@ class ChaosPlan:
         return lines
 
     def ttl_ms(self, index: int) -> int | None:
-        # With --settle, odd processes hold their units briefly: those are the ones to expire.
+        # With --settle, odd buyers hold their units briefly: those are the ones to expire.
         return SHORT_TTL_MS if self.settle and index % 2 else None
 
 
