@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import TracebackType
 
-from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
 
+from engine.connection import connect_async, resolve
 from engine.keys import new_id
 from engine.orders import OrderOps
-from engine.pool import FairConnectionPool
 from engine.reads import EngineReads
 from engine.reservations import ReservationOps
 from engine.settings import Settings
@@ -25,17 +24,10 @@ from engine.stock import StockOps
 
 
 def connect(settings: Settings) -> Redis:
-    """A client over an explicit, bounded pool (engine/pool.py): callers past the limit wait,
-    first come first served, never pile up."""
-    pool = FairConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        decode_responses=True,
-        parser_class=_AsyncHiredisParser,
-        health_check_interval=30,
-    )
-    return Redis.from_pool(pool)
+    """The engine's client (engine/connection.py): over an explicit, bounded pool on one
+    server, the cluster client on a cluster; callers past the limit wait, first come first
+    served, never pile up."""
+    return connect_async(resolve(settings))
 
 
 class Engine(EngineReads, StockOps, ReservationOps, OrderOps):
@@ -46,7 +38,8 @@ class Engine(EngineReads, StockOps, ReservationOps, OrderOps):
     def from_settings(
         cls, settings: Settings, *, ids: Callable[[int, int], str] = new_id
     ) -> Engine:
-        return cls(connect(settings), settings, ids=ids)
+        settings = resolve(settings)  # one server or a cluster: asks Redis once if not told
+        return cls(connect_async(settings), settings, ids=ids)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

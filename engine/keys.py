@@ -211,17 +211,36 @@ def login_attempts(kind: str, *values: str) -> str:
     """The failed-login counter of one username, client address, or username from one address
     (`kind`: "user", "ip" or "user-ip" with the username and the address).
 
-    Outside the partitions: no script touches it. The values are hashed, so any text is safe.
+    Outside the partitions: no script touches it. Every counter shares one hash tag, so that a
+    success clears a username's counters in one MULTI on a Redis Cluster too. The values are
+    hashed, so any text is safe.
     """
     digest = hashlib.sha256("\x00".join(values).encode()).hexdigest()[:32]
-    return f"{PREFIX}:auth:login-attempts:{kind}:{digest}"
+    return f"{PREFIX}:{{auth}}:login-attempts:{kind}:{digest}"
 
 
 def rate_limit_bucket(kind: str, value: str) -> str:
     """The request token bucket of one client (`kind`: "user" or "ip").
 
-    Outside the partitions (one key per call, so any node of a cluster can hold it). The value
-    is hashed, so any text is safe.
+    Outside the partitions. Each bucket carries the hash tag of one of RATE_LIMIT_GROUPS groups
+    (by its digest), so that the settle of many buckets (web/ratelimit.py) is one call per group
+    on a Redis Cluster: the buckets spread over the nodes, and a group's sit in one slot. The
+    value is hashed, so any text is safe.
     """
     digest = hashlib.sha256(value.encode()).hexdigest()[:32]
-    return f"{PREFIX}:ratelimit:{kind}:{digest}"
+    group = int(digest[:8], 16) % RATE_LIMIT_GROUPS
+    return f"{PREFIX}:{{rl{group}}}:ratelimit:{kind}:{digest}"
+
+
+RATE_LIMIT_GROUPS = 16
+
+
+def hash_tag(key: str) -> str:
+    """The part of `key` Redis Cluster hashes: between the first '{' and the next '}' (the
+    whole key when there is no such tag)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key

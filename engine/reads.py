@@ -15,6 +15,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from engine import invariants, keys, outbox
+from engine.connection import clock, is_cluster_client
 from engine.keys import login_attempts, partition_keys, stock_counters
 from engine.outbox import OutboxEvent
 from engine.partition import PW, Pair, time_ms
@@ -109,8 +110,10 @@ class EngineReads:
     async def gauges(self) -> Gauges:
         """What GET /metrics reads from Redis, in two round trips."""
         parts = [partition_keys(p) for p in range(self.settings.partitions)]
+        cluster = is_cluster_client(self.redis)  # no TIME in a cluster's pipeline: alone
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            if not cluster:
+                pipe.time()
             for k in parts:
                 pipe.xlen(k.outbox)
                 outbox.queue_range(pipe, k.partition, count=1)
@@ -118,6 +121,8 @@ class EngineReads:
             pipe.hgetall(keys.LAST_DRAIN)
             pipe.get(keys.SWEEP_EXPIRED)
             replies = await pipe.execute()
+        if cluster:
+            replies.insert(0, await clock(self.redis))
         now = time_ms(replies[0])
         async with self.redis.pipeline(transaction=False) as pipe:
             for k in parts:
@@ -134,13 +139,17 @@ class EngineReads:
         """The Redis clock (ms) and each partition's stock counters, dead letters and behind
         flag, in one round trip."""
         parts = [partition_keys(p) for p in range(self.settings.partitions)]
+        cluster = is_cluster_client(self.redis)  # no TIME in a cluster's pipeline: alone
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            if not cluster:
+                pipe.time()
             for k in parts:
                 pipe.hgetall(k.stock)
                 pipe.xlen(k.dead_letters)
                 pipe.get(k.behind)
             replies = await pipe.execute()
+        if cluster:
+            replies.insert(0, await clock(self.redis))
         stock, dead, behind = replies[1::3], replies[2::3], replies[3::3]
         found = [
             PartitionOverview(

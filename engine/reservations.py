@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from engine import errors, replies, specs
 from engine import validation as v
 from engine.base import EngineBase
+from engine.connection import clock, is_cluster_client
 from engine.keys import partition_keys
 from engine.models import (
     CallContext,
@@ -119,10 +120,16 @@ class ReservationOps(EngineBase):
     async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:
         """A reservation as its owner (or staff) sees it; 'expired' once expires_at passed."""
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.hgetall(k.reservation(reservation_id))
-            (seconds, micros), rec = await pipe.execute()
+        key = k.reservation(reservation_id)
+        rec: dict[str, str]
+        if is_cluster_client(self.redis):  # no TIME in a cluster's MULTI: its node's, after
+            rec = await self.redis.hgetall(key)  # type: ignore[assignment]
+            seconds, micros = await clock(self.redis, key)
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.time()
+                pipe.hgetall(key)
+                (seconds, micros), rec = await pipe.execute()
         if not rec or (ctx.scope and rec["owner"] != ctx.scope):
             raise errors.ReservationNotFound(reservation_id)
         status = rec["status"]

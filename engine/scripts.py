@@ -12,11 +12,14 @@ from the spec in `engine.specs`) and its JSON reply parsed without I/O (`parse`)
 engine (`Scripts`) and the sync worker (`run_sync`) are thin shells around them. Neither
 sends source per call. A Redis that lost its functions (restarted empty, flushed, restored
 from an older copy) answers "Function not found": the shell loads the library and retries
-once, as NOSCRIPT did for EVALSHA.
+once, as NOSCRIPT did for EVALSHA. On a Redis Cluster the library is loaded on every
+primary (a replica has it by replication; a shard added later, on its first "Function not
+found").
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable
@@ -26,6 +29,8 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.asyncio.cluster
+import redis.cluster
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -128,6 +133,9 @@ class Scripts:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
+        # a Redis Cluster: a call's keys must share one slot
+        self.cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
+        self._loading = asyncio.Lock()
 
     async def run(
         self, spec: ScriptSpec, /, *more_keys: str, **values: str | int
@@ -144,19 +152,52 @@ class Scripts:
         except ResponseError as e:
             if not _missing(e):
                 raise
-        await self.load()
+        await self._load_once()
         return await send(call.function, len(call.keys), *call.keys, *call.args)
 
+    async def _load_once(self) -> None:
+        """`load`, by one caller at a time: the calls that found the library missing at once
+        wait for the first one's load, and the others find it there."""
+        async with self._loading:
+            await self.load()
+
     async def load(self) -> str:
-        """Load this version of the library unless Redis has it (e.g. at start-up); returns
-        its name."""
+        """Load this version of the library unless Redis has it (e.g. at start-up), on every
+        primary of a cluster; returns its name."""
         lib = library()
-        try:
-            await self._client.function_load(lib.source)
-        except ResponseError as e:
-            if not _loaded(e):
-                raise
+        client: Any = self._client
+        if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+            await _load_on(client, lib)
+            return lib.name
+        # Each primary over a connection of its own: loading through the cluster client's
+        # node pools while many calls fail on "Function not found" made redis-py 8.1 drop
+        # connections that other calls were using.
+        await client.initialize()
+        for node in client.get_primaries():
+            one = Redis(host=node.host, port=int(node.port), **_node_options(client))
+            try:
+                await _load_on(one, lib)
+            finally:
+                await one.aclose()
         return lib.name
+
+
+async def _load_on(client: Redis, lib: Library) -> None:
+    try:
+        await client.function_load(lib.source)
+    except ResponseError as e:
+        if not _loaded(e):
+            raise
+
+
+def _node_options(client: Any) -> dict[str, Any]:
+    """What a plain connection to one of a cluster client's nodes needs of its settings."""
+    kwargs = dict(client.get_connection_kwargs())
+    return {
+        k: kwargs[k]
+        for k in ("username", "password", "ssl", "socket_timeout", "socket_connect_timeout")
+        if k in kwargs
+    }
 
 
 def run_sync(
@@ -178,10 +219,17 @@ def call_sync(client: redis.Redis, call: Call) -> Any:
 
 
 def load_sync(client: redis.Redis) -> str:
+    """`Scripts.load` for a synchronous client."""
     lib = library()
-    try:
-        client.function_load(lib.source)
-    except ResponseError as e:
-        if not _loaded(e):
-            raise
+    any_client: Any = client
+    targets: list[Any] = [None]
+    if isinstance(client, redis.cluster.RedisCluster):
+        targets = list(any_client.get_primaries())
+    for node in targets:
+        extra = {} if node is None else {"target_nodes": node}
+        try:
+            any_client.execute_command("FUNCTION LOAD", lib.source, **extra)
+        except ResponseError as e:
+            if not _loaded(e):
+                raise
     return lib.name

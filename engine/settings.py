@@ -62,8 +62,16 @@ class Settings:
     # Max open connections per process; callers beyond it wait up to the pool timeout.
     redis_max_connections: int = 64
     redis_pool_timeout_s: float = 5.0
-    # Hash-tag partitions; 1 on a single Redis server, so any cart is one atomic script.
+    # Whether REDIS_URL names a Redis Cluster node; None: ask it (engine/connection.py).
+    redis_cluster: bool | None = None
+    # Where the RQ queue lives (RQ cannot run on a cluster). Empty: REDIS_URL, which must then
+    # be a single server.
+    queue_redis_url: str = ""
+    # Hash-tag partitions; 1 on a single Redis server, so any cart is one atomic script. On a
+    # cluster, engine.connection.CLUSTER_PARTITIONS unless PARTITIONS is set.
     partitions: int = 1
+    # Whether PARTITIONS was set (from_env), so that a cluster's default doesn't override it.
+    partitions_given: bool = False
     # Coalesced calls (engine/coalesce.py): concurrent reserve and place-order calls of one
     # process for one partition, made while such calls are already waiting on Redis, go as
     # one function call of at most `coalesce_max_batch`, each answered as if alone.
@@ -129,7 +137,10 @@ class Settings:
             redis_url=e.get("REDIS_URL") or d.redis_url,
             redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
             redis_pool_timeout_s=_seconds(e, "REDIS_POOL_TIMEOUT", d.redis_pool_timeout_s),
+            redis_cluster=_flag(e, "REDIS_CLUSTER", d.redis_cluster),
+            queue_redis_url=e.get("QUEUE_REDIS_URL") or d.queue_redis_url,
             partitions=_int(e, "PARTITIONS", d.partitions),
+            partitions_given=bool(e.get("PARTITIONS")),
             coalesce=_flag(e, "COALESCE", d.coalesce) is not False,
             coalesce_max_batch=_int(e, "COALESCE_MAX_BATCH", d.coalesce_max_batch),
             reservation_ttl_ms=_seconds_ms(e, "RESERVATION_TTL", d.reservation_ttl_ms / 1000),
@@ -196,6 +207,11 @@ class Settings:
         return self.database_url or f"sqlite:///{self.data_dir / 'inventory.db'}"
 
     @property
+    def queue_url(self) -> str:
+        """The Redis of the RQ queue: QUEUE_REDIS_URL, else REDIS_URL."""
+        return self.queue_redis_url or self.redis_url
+
+    @property
     def metrics_open(self) -> bool:
         """Whether GET /metrics answers without a token (METRICS_PUBLIC, else by stack)."""
         if self.metrics_public is not None:
@@ -211,7 +227,7 @@ class Settings:
                 value = ",".join(k.split(":", 1)[0] + ":***" for k in value.split(","))
             if f.name == "metrics_token" and value:
                 value = "***"
-            if f.name in ("redis_url", "database_url") and "@" in value:
+            if f.name in ("redis_url", "queue_redis_url", "database_url") and "@" in value:
                 scheme, _, rest = value.partition("://")
                 value = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
             out[f.name] = value

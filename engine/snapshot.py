@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import outbox, partition
+from engine.connection import clock_sync
 from engine.keys import partition_keys, record_id
 from engine.outbox import Tail
 from engine.partition import PartitionState
@@ -35,17 +36,27 @@ _TAIL_AT = _STATE_AT + partition.STATE_REPLIES
 _REST_AT = _TAIL_AT + outbox.TAIL_REPLIES
 
 
-def queue_snapshot(pipe: Any, p: int, after: str, orders: Sequence[str]) -> None:
+def queue_snapshot(
+    pipe: Any, p: int, after: str, orders: Sequence[str], *, clock: bool = True
+) -> None:
     """Queue on a MULTI pipeline; run it with `execute(raise_on_error=False)` (XINFO fails
-    when there is no stream) and hand the replies to `parse_snapshot`."""
+    when there is no stream) and hand the replies to `parse_snapshot`. `clock=False` leaves
+    TIME out (a Redis Cluster's MULTI can't carry it): the caller puts the partition node's
+    TIME, read just before, first in the replies."""
     k = partition_keys(p)
-    pipe.time()
+    if clock:
+        pipe.time()
     partition.queue_state(pipe, p)
     outbox.queue_tail(pipe, p, after)
     pipe.xlen(k.dead_letters)
     pipe.hgetall(k.products)
     for o in orders:
         pipe.hget(k.order(o), "status")
+
+
+def partition_clock(client: Any, p: int) -> Any:
+    """TIME of the node holding partition `p` (sync client)."""
+    return clock_sync(client, partition_keys(p).stock)
 
 
 def parse_snapshot(p: int, orders: Sequence[str], replies: Sequence[Any]) -> PartitionSnapshot:

@@ -17,6 +17,7 @@ from rq import Queue, Retry
 from sqlalchemy import Engine as DatabaseEngine
 
 from engine import bookkeeping, outbox
+from engine.connection import connect_sync, resolve
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence.db import database_engine
@@ -30,12 +31,13 @@ JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result
 
 @cache
 def settings() -> Settings:
-    return Settings.from_env()
+    """The environment's settings, one server or a cluster decided (engine/connection.py)."""
+    return resolve(Settings.from_env())
 
 
 @cache
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings().redis_url, decode_responses=True)
+    return connect_sync(settings())
 
 
 @cache
@@ -43,10 +45,22 @@ def database() -> DatabaseEngine:
     return database_engine(settings())
 
 
+def queue_connection(s: Settings | None = None) -> redis.Redis:
+    """A connection to the Redis of the job queue (QUEUE_REDIS_URL, else REDIS_URL), which
+    does not decode responses, as RQ wants. RQ cannot run on a Redis Cluster: there the queue
+    must have a single server of its own."""
+    s = s or settings()
+    if not s.queue_redis_url and s.redis_cluster:
+        raise ValueError(
+            "REDIS_URL names a Redis Cluster, and RQ's job queue cannot run on one: "
+            "set QUEUE_REDIS_URL to a single Redis server for the queue"
+        )
+    return redis.Redis.from_url(s.queue_url)
+
+
 def queue(connection: redis.Redis | None = None) -> Queue:
-    """The jobs' queue; RQ wants a connection that does not decode responses."""
-    conn = connection or redis.Redis.from_url(settings().redis_url)
-    return Queue(QUEUE, connection=conn)
+    """The jobs' queue."""
+    return Queue(QUEUE, connection=connection or queue_connection())
 
 
 def percentile(values: list[int], p: float) -> int | None:

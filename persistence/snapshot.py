@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import Connection, Engine, func, select
 
 from engine import partition, snapshot
+from engine.connection import is_cluster_client
 from engine.outbox import OutboxEvent
 from engine.records import product_meta
 from engine.states import TERMINAL
@@ -83,9 +84,16 @@ class Snapshot:
 
 def redis_snapshot(client: redis.Redis, p: int, after: str, orders: Sequence[str]) -> Snapshot:
     """Partition `p` in one MULTI, with the outbox after `after` and these orders' status."""
+    cluster = is_cluster_client(client)
+    # On a cluster, the clock of the partition's node, read just before the MULTI: the
+    # snapshot was taken at or after it (it only dates the oldest event waiting)
+    before = snapshot.partition_clock(client, p) if cluster else None
     with client.pipeline(transaction=True) as pipe:
-        snapshot.queue_snapshot(pipe, p, after, orders)
-        snap = snapshot.parse_snapshot(p, orders, pipe.execute(raise_on_error=False))
+        snapshot.queue_snapshot(pipe, p, after, orders, clock=not cluster)
+        replies = pipe.execute(raise_on_error=False)
+    if cluster:
+        replies.insert(0, before)
+    snap = snapshot.parse_snapshot(p, orders, replies)
     tail = snap.tail
     made = {str(e.data.get("order")) for e in tail.events if e.type == "order_created"}
     late = {o for o in sorted(made - set(orders)) if snapshot.order_exists(client, p, o)}

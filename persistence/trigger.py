@@ -33,10 +33,16 @@ PENDING_FRESH_S = 0.01
 
 class DrainTrigger:
     def __init__(
-        self, engine: EngineReads, redis_url: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: EngineReads,
+        queue: redis.Redis | str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`queue`: a connection to the job queue's Redis, or its URL."""
         self._engine = engine
-        self._queue = Queue(jobs.QUEUE, connection=redis.Redis.from_url(redis_url))
+        connection = redis.Redis.from_url(queue) if isinstance(queue, str) else queue
+        self._queue = Queue(jobs.QUEUE, connection=connection)
         self._clock = clock
         self._seen_pending: dict[int, float] = {}  # partition -> when a waiting job was seen
         self._woken: set[int] = set()  # partitions written to since the last ask

@@ -1,6 +1,11 @@
 """Fixtures: a real redis-server for the session, an engine per test on a flushed database;
 a real PostgreSQL cluster for the session with a fresh migrated database per test, and the
-same for SQLite."""
+same for SQLite.
+
+A test (or module) marked `cluster` runs twice: on the redis-server and on a real local Redis
+Cluster (3 primaries, scripts/redis_cluster.py, started once for the session), with the job
+queue on the redis-server (QUEUE_REDIS_URL) and PARTITIONS as the test sets it (1 unless it
+says otherwise), so that its exact expectations hold on both."""
 
 from __future__ import annotations
 
@@ -17,11 +22,13 @@ import redis
 from sqlalchemy import Engine as DatabaseEngine
 from starlette.applications import Starlette
 
+from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.settings import Settings
 from persistence import jobs, migrate
 from persistence.db import database_engine
 from scripts.pg_server import PostgresServer
+from scripts.redis_cluster import RedisClusterServer
 from scripts.redis_server import RedisServer
 from tests.api import running
 from web.app import create_app
@@ -35,22 +42,59 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster on 127.0.0.1: 3 primaries, no replicas, for the session."""
+    cluster = RedisClusterServer(Path(tmp_path_factory.mktemp("redis-cluster")))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    mark = metafunc.definition.get_closest_marker
+    if mark("cluster") and not mark("single_server") and "redis_kind" in metafunc.fixturenames:
+        metafunc.parametrize("redis_kind", ["server", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def settings(redis_server: RedisServer) -> Settings:
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """'server', or 'cluster' for the second run of a test marked `cluster`."""
+    return str(getattr(request, "param", "server"))
+
+
+@pytest.fixture
+def settings(
+    redis_server: RedisServer, redis_kind: str, request: pytest.FixtureRequest
+) -> Settings:
     # Short TTLs are allowed so that expiry can be watched in real time.
-    return Settings(
+    base = Settings(
         redis_url=redis_server.url,
         reservation_ttl_min_ms=50,
         reservation_max_lifetime_ms=3_600_000,
     )
+    if redis_kind != "cluster":
+        return base
+    cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+    return dataclasses.replace(
+        base,
+        redis_url=cluster.url,
+        redis_cluster=True,
+        queue_redis_url=redis_server.url,
+        partitions_given=True,
+    )
 
 
 @pytest.fixture
-def clean_redis(redis_server: RedisServer) -> None:
-    # The test server belongs to the tests alone; `inventory chaos` never flushes.
+def clean_redis(redis_server: RedisServer, settings: Settings) -> None:
+    # The test servers belong to the tests alone; `inventory chaos` never flushes.
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
+    if settings.redis_cluster:
+        cluster = connect_sync(settings)
+        cluster.flushall()  # every primary
+        cluster.close()
 
 
 @pytest.fixture
@@ -142,7 +186,7 @@ def pg(pg_url: str, settings: Settings) -> Iterator[DatabaseEngine]:
 
 @pytest.fixture
 def sync_redis(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = connect_sync(settings)
     yield client
     client.close()
 
@@ -179,6 +223,10 @@ def job_env(app_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator
     """The worker's jobs, run here against the app's Redis and database."""
     monkeypatch.setenv("REDIS_URL", app_settings.redis_url)
     monkeypatch.setenv("DATABASE_URL", app_settings.database_url)
+    if app_settings.redis_cluster:
+        monkeypatch.setenv("REDIS_CLUSTER", "1")
+        monkeypatch.setenv("QUEUE_REDIS_URL", app_settings.queue_redis_url)
+        monkeypatch.setenv("PARTITIONS", str(app_settings.partitions))
     for cached in (jobs.settings, jobs.redis_client, jobs.database):
         cached.cache_clear()
     yield

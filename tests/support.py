@@ -15,7 +15,7 @@ import httpx
 
 from engine.engine import Engine
 from engine.models import CallContext, LineRequest, Reservation
-from engine.settings import PROJECT_ROOT
+from engine.settings import PROJECT_ROOT, Settings
 from tests.helpers import events
 
 ALICE = CallContext(actor="alice", request_id="req-alice")
@@ -55,6 +55,19 @@ ORDER_PATHS: dict[str, tuple[str, ...]] = {
 def moves_from(status: str) -> list[str]:
     """The statuses an order in `status` may move to, in the table's column order."""
     return [s for s, ok in zip(ORDER_STATUSES, ORDER_MOVES[status], strict=True) if ok]
+
+
+def redis_env(settings: Settings) -> dict[str, str]:
+    """The environment that points a process of ours (the worker, the CLI) at the Redis of
+    `settings`: REDIS_URL, and on a cluster REDIS_CLUSTER, QUEUE_REDIS_URL and PARTITIONS."""
+    env = {"REDIS_URL": settings.redis_url}
+    if settings.redis_cluster:
+        env |= {
+            "REDIS_CLUSTER": "1",
+            "QUEUE_REDIS_URL": settings.queue_redis_url,
+            "PARTITIONS": str(settings.partitions),
+        }
+    return env
 
 
 async def redis_now_ms(engine: Engine) -> int:

@@ -18,11 +18,13 @@ import redis
 from sqlalchemy import select
 from starlette.applications import Starlette
 
+from engine.connection import connect_sync
 from engine.keys import partition_keys
 from engine.models import SYSTEM
 from persistence import schema
 from persistence.drain import drain_partition
 from tests.api import assert_invalid_body, bearer, data, err
+from tests.support import redis_env
 from web import consistency
 from web.consistency import WAIT_S
 from web.services.container import Services
@@ -80,7 +82,7 @@ async def state(app: Starlette, pid: int = 1) -> tuple[Any, ...]:
 async def drain(app: Starlette) -> None:
     """Apply the outbox to the database, as the worker's drain job does."""
     s = svc(app)
-    client = redis.Redis.from_url(s.settings.redis_url, decode_responses=True)
+    client = connect_sync(s.settings)
     try:
         await asyncio.to_thread(drain_partition, client, s.db, s.settings, 0)
     finally:
@@ -130,6 +132,7 @@ async def test_reserve_the_original_shape(shop: Starlette, client: httpx.AsyncCl
     assert await levels(shop, 1) == {"main": (7, 3)}
 
 
+@pytest.mark.cluster
 async def test_reserve_the_cart_shape_splits_over_warehouses(
     shop: Starlette, client: httpx.AsyncClient
 ) -> None:
@@ -315,6 +318,7 @@ async def test_malformed_json_wrong_content_type_and_no_token(
 # -- idempotency --------------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_retry_with_the_same_key_gets_the_first_answer(
     shop: Starlette, client: httpx.AsyncClient
 ) -> None:
@@ -347,6 +351,7 @@ async def test_a_retry_with_the_same_key_gets_the_first_answer(
     assert await levels(shop, 1) == {"main": (6, 4)}
 
 
+@pytest.mark.cluster
 async def test_release_extend_and_commit_replay_too(
     shop: Starlette, client: httpx.AsyncClient
 ) -> None:
@@ -383,6 +388,7 @@ async def test_read_one_fresh_and_only_ones_own(shop: Starlette, client: httpx.A
     assert (unknown.status_code, garbage.status_code) == (404, 404)
 
 
+@pytest.mark.cluster
 async def test_read_one_shows_expired_the_moment_it_lapses(
     shop: Starlette, client: httpx.AsyncClient
 ) -> None:
@@ -457,6 +463,7 @@ async def test_extend_stops_at_the_maximum_lifetime(
     assert error["message"] == f"reservation {made['id']!r} can't be held any longer"
 
 
+@pytest.mark.cluster
 async def test_commit_makes_an_order(shop: Starlette, client: httpx.AsyncClient) -> None:
     made = await reserve(client, user(shop), {"product": 1, "quantity": 3})
     path = f"/api/reservations/{made['id']}/commit/"
@@ -584,6 +591,7 @@ async def test_list_pages_by_keyset(shop: Starlette, client: httpx.AsyncClient) 
 # -- read-your-writes ---------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_list_waits_for_the_write_it_is_given(
     shop: Starlette, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -701,6 +709,7 @@ async def test_tokens_against_a_missing_outbox_stream(
     assert (beyond.status_code, err(beyond)["code"]) == (400, "invalid_consistency_token")
 
 
+@pytest.mark.cluster
 async def test_writes_ask_the_worker_to_drain(
     shop: Starlette, client: httpx.AsyncClient, app_settings: Any
 ) -> None:
@@ -711,7 +720,7 @@ async def test_writes_ask_the_worker_to_drain(
         [sys.executable, "-m", "scripts.cli", "worker", "--burst", "--log-level", "WARNING"],
         env={
             **os.environ,
-            "REDIS_URL": app_settings.redis_url,
+            **redis_env(app_settings),
             "DATABASE_URL": app_settings.database_url,
         },
         capture_output=True,

@@ -23,6 +23,8 @@ from engine.settings import Settings
 from tests.helpers import event_types, events
 from tests.support import add_product, levels
 
+pytestmark = pytest.mark.cluster  # on the redis-server and on a Redis Cluster
+
 
 def buyer(n: int, key: str | None = None) -> CallContext:
     return CallContext(actor=f"buyer-{n}", request_id=f"req-{n}", idempotency_key=key)

@@ -47,6 +47,9 @@ from tests.durable import (
     redis_counters,
     workload,
 )
+from tests.support import redis_env
+
+pytestmark = pytest.mark.cluster  # on the redis-server and on a Redis Cluster
 
 
 async def test_drain_applies_every_event_once_and_trims(
@@ -309,14 +312,14 @@ async def test_the_drain_waits_out_a_lock_held_on_the_ledger(
     await workload(engine, rounds=8)
     events = await outbox.read(engine.redis, 0)
     k = partition_keys(0)
-    raw = redis.Redis.from_url(settings.redis_url)
+    raw = jobs.queue_connection(settings)
     queue = jobs.queue(raw)
     jobs.enqueue_drain(queue, 0)
     [job_id] = queue.job_ids
     url = with_session_settings(pg_url, lock_timeout="200ms")
 
     code, out, err = burst_worker_while_the_ledger_is_locked(
-        pg, {"REDIS_URL": settings.redis_url, "DATABASE_URL": url}
+        pg, {**redis_env(settings), "DATABASE_URL": url}
     )
 
     assert code == 0, err
@@ -346,7 +349,8 @@ async def test_an_in_process_drain_gives_up_loudly_and_dead_letters_nothing(
 ) -> None:
     await workload(engine, rounds=2)
     produced = events_added(sync_redis)
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    for name, value in redis_env(settings).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("DATABASE_URL", with_session_settings(pg_url, lock_timeout="100ms"))
     for cached in (jobs.settings, jobs.redis_client, jobs.database):
         cached.cache_clear()
@@ -531,6 +535,7 @@ async def test_a_commit_the_database_refuses_leaves_the_outbox_as_it_was(
     assert projection(db) == await redis_counters(engine)
 
 
+@pytest.mark.single_server  # a server of its own, stopped and started again
 @pytest.mark.parametrize("batch", [7, 1000], ids=["events-after-the-lost-trim", "none-after"])
 async def test_a_trim_lost_after_the_commit_is_skipped_by_the_next_drain(
     tmp_path: Path, db: DatabaseEngine, settings: Settings, batch: int

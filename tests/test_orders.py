@@ -27,6 +27,8 @@ from tests.support import (
     redis_now_ms,
 )
 
+pytestmark = pytest.mark.cluster  # on the redis-server and on a Redis Cluster
+
 
 async def order_in(engine: Engine, status: OrderStatus) -> Order:
     """Alice's order of 2 x sku-1 (10 units in main at 250), walked to `status` by staff."""

@@ -28,6 +28,8 @@ from tests.durable import BUYER, workload
 from tests.helpers import snapshot
 from tests.support import last_json, redis_now_ms, run_cli, wait_until_due
 
+pytestmark = pytest.mark.cluster  # on the redis-server and on a Redis Cluster
+
 K = partition_keys(0)
 
 

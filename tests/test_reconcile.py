@@ -17,6 +17,7 @@ import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import event, func, select, text
 
+from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.keys import partition_keys
 from engine.models import SYSTEM, LineRequest
@@ -113,7 +114,7 @@ async def test_no_false_drift_while_writes_and_drains_run_alongside(
     stop = threading.Event()
 
     def drain_forever() -> None:
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        client = connect_sync(settings)
         while not stop.is_set():
             drain_partition(client, db, dataclasses.replace(settings, drain_batch=3), 0)
         client.close()

@@ -15,6 +15,8 @@ from engine.validation import MAX_LINES, MAX_QUANTITY
 from tests.helpers import event_types, events, snapshot
 from tests.support import ALICE, BOB, add_product, assert_stamped, levels, movement, redis_now_ms
 
+pytestmark = pytest.mark.cluster  # on the redis-server and on a Redis Cluster
+
 
 def placed(lines: tuple[ReservedLine, ...]) -> list[tuple[str, str, int]]:
     return [(x.product, x.warehouse, x.quantity) for x in lines]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from engine.connection import CLUSTER_PARTITIONS, resolve, with_cluster
 from engine.settings import PROJECT_ROOT, Settings
 
 
@@ -26,6 +28,8 @@ def test_settings_overrides() -> None:
             "REDIS_MAX_CONNECTIONS": "8",
             "REDIS_POOL_TIMEOUT": "0.5",
             "PARTITIONS": "4",
+            "REDIS_CLUSTER": "1",
+            "QUEUE_REDIS_URL": "redis://10.0.0.6:6379/0",
             "RESERVATION_TTL": "30",
             "RESERVATION_TTL_MIN": "0.25",
             "RESERVATION_TTL_MAX": "120",
@@ -45,6 +49,9 @@ def test_settings_overrides() -> None:
         redis_max_connections=8,
         redis_pool_timeout_s=0.5,
         partitions=4,
+        partitions_given=True,
+        redis_cluster=True,
+        queue_redis_url="redis://10.0.0.6:6379/0",
         reservation_ttl_ms=30_000,
         reservation_ttl_min_ms=250,
         reservation_ttl_max_ms=120_000,
@@ -64,6 +71,7 @@ def test_settings_overrides() -> None:
     "env",
     [
         {"PARTITIONS": "0"},
+        {"REDIS_CLUSTER": "maybe"},
         {"PARTITIONS": "two"},
         {"PARTITIONS": "1.5"},
         {"REDIS_MAX_CONNECTIONS": "0"},
@@ -131,3 +139,29 @@ def test_account_cache_and_login_delay_settings() -> None:
     assert (s.login_delay_base_ms, s.login_delay_max_ms) == (50, 2_000)
     with pytest.raises(ValueError, match="LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX"):
         Settings.from_env({"LOGIN_DELAY_BASE": "5", "LOGIN_DELAY_MAX": "1"})
+
+
+def test_a_cluster_spreads_over_partitions_unless_told_how_many() -> None:
+    # PARTITIONS unset: a cluster gets CLUSTER_PARTITIONS, a single server keeps 1; PARTITIONS
+    # set (even to 1) is kept on both. The queue lives on REDIS_URL unless QUEUE_REDIS_URL.
+    unset = Settings.from_env({"REDIS_URL": "redis://10.0.0.5:7000/0"})
+    assert with_cluster(unset, True).partitions == CLUSTER_PARTITIONS == 64
+    assert with_cluster(unset, True).redis_cluster is True
+    assert with_cluster(unset, False).partitions == 1
+    for given in ("1", "8"):
+        told = Settings.from_env({"PARTITIONS": given})
+        assert with_cluster(told, True).partitions == int(given)
+    assert Settings(partitions=8).partitions_given is False
+    assert with_cluster(Settings(partitions=8), True).partitions == 8
+    assert unset.queue_url == "redis://10.0.0.5:7000/0"
+    queued = Settings.from_env({"QUEUE_REDIS_URL": "redis://q:6379/0"})
+    assert queued.queue_url == "redis://q:6379/0"
+
+
+def test_told_it_is_a_cluster_or_not_it_asks_nobody() -> None:
+    # REDIS_CLUSTER decides without a round trip (nothing listens at this address).
+    far = Settings(redis_url="redis://127.0.0.1:1/0")
+    assert resolve(dataclasses.replace(far, redis_cluster=True)).partitions == 64
+    assert resolve(dataclasses.replace(far, redis_cluster=False)).partitions == 1
+    # Not told, and Redis away: taken for a single server (the app starts, readiness waits).
+    assert resolve(far).redis_cluster is False

@@ -6,6 +6,7 @@ the database engine and the drain trigger, and closes them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,10 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from engine import errors as engine_errors
+from engine.connection import resolve
 from engine.engine import Engine
 from engine.settings import Settings
+from persistence import jobs
 from persistence.db import database_engine
 from persistence.db_async import async_database_engine
 from persistence.trigger import DrainTrigger
@@ -91,15 +94,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = Engine.from_settings(settings)
+        # one server or a cluster (engine/connection.py): asks Redis once unless told
+        resolved = await asyncio.to_thread(resolve, settings)
+        queue = jobs.queue_connection(resolved)  # no queue on a cluster: refused here
+        engine = Engine.from_settings(resolved)
         if engine.coalescer is not None:
             engine.coalescer.on_send = metrics.observe_batch
         await engine.scripts.load()
-        db = database_engine(settings)
-        adb = async_database_engine(settings)
-        trigger = DrainTrigger(engine, settings.redis_url)
-        app.state.services = Services(settings, engine, db, trigger, adb)
-        app.state.accounts = AccountCache(db, settings)
+        db = database_engine(resolved)
+        adb = async_database_engine(resolved)
+        trigger = DrainTrigger(engine, queue)
+        app.state.services = Services(resolved, engine, db, trigger, adb)
+        app.state.accounts = AccountCache(db, resolved)
         try:
             yield
         finally:

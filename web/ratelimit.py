@@ -49,7 +49,7 @@ from functools import lru_cache
 import redis.exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine.keys import rate_limit_bucket
+from engine.keys import hash_tag, rate_limit_bucket
 from engine.scripts import Scripts
 from engine.specs import RATE_LIMIT, RATE_LIMIT_SETTLE
 from web.auth import Keys, bearer_token
@@ -94,7 +94,29 @@ async def settle(
 ) -> list[float]:
     """Count against each Redis bucket the requests admitted elsewhere — (bucket, spent, ms
     since the first of them) — whatever it holds (it may go below 0); returns the tokens each
-    has left (0 spent: reads it). One call for them all: one Redis holds every bucket."""
+    has left (0 spent: reads it). One call for them all on one server; on a Redis Cluster one
+    call per group of buckets in one slot (engine/keys.py rate_limit_bucket), at once."""
+    if not scripts.cluster:
+        return await _settle_call(scripts, per_second, burst, settles)
+    groups: dict[str, list[int]] = {}
+    for i, (bucket, _, _) in enumerate(settles):
+        groups.setdefault(hash_tag(bucket), []).append(i)
+    replies = await asyncio.gather(
+        *(
+            _settle_call(scripts, per_second, burst, [settles[i] for i in members])
+            for members in groups.values()
+        )
+    )
+    left = [0.0] * len(settles)
+    for members, tokens in zip(groups.values(), replies, strict=True):
+        for i, t in zip(members, tokens, strict=True):
+            left[i] = t
+    return left
+
+
+async def _settle_call(
+    scripts: Scripts, per_second: float, burst: int, settles: list[tuple[str, int, int]]
+) -> list[float]:
     reply = await scripts.run(
         RATE_LIMIT_SETTLE,
         *(bucket for bucket, _, _ in settles),

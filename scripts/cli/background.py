@@ -131,12 +131,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def run_worker(burst: bool, log_level: str) -> None:
     """One RQ worker on the queue, in this process, until it is told to stop (or, `burst`,
     until the queue is empty)."""
-    import redis
     from rq import Worker
 
     from persistence import jobs
 
-    connection = redis.Redis.from_url(jobs.settings().redis_url)
+    connection = jobs.queue_connection()
     worker = Worker([jobs.queue(connection)], connection=connection)
     worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
 
@@ -206,14 +205,13 @@ def _worker_pool(count: int, burst: bool, log_level: str) -> None:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import logging
 
-    import redis
     from rq_scheduler import Scheduler
 
     from persistence import jobs, periodic
 
     _environment(args)
     logging.basicConfig(level=args.log_level)
-    connection = redis.Redis.from_url(jobs.settings().redis_url)
+    connection = jobs.queue_connection()
     scheduler = Scheduler(queue_name=jobs.QUEUE, connection=connection, interval=args.interval)
     registered = periodic.register(scheduler)
     logging.getLogger("inventory").info("periodic jobs: %s", ", ".join(registered))

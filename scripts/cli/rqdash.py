@@ -94,7 +94,7 @@ def cmd_rq_dashboard(args: argparse.Namespace) -> int:
 
     username, password = credentials(os.environ)
     settings = Settings.from_env()
-    redis_url = args.redis_url or settings.redis_url
+    redis_url = args.redis_url or settings.queue_url  # RQ's queue: QUEUE_REDIS_URL if set
     app = make_app(redis_url, username, password, allow_delete=args.allow_delete)
     server = make_server(HOST, args.port, app, threaded=True)
     deleting = "on (--allow-delete)" if args.allow_delete else "off"

@@ -224,7 +224,7 @@ def _cache(app: Starlette) -> ReconcileCache:
 
 
 async def dashboard(
-    app: Starlette, engine: EngineReads, db: DatabaseEngine, redis_url: str, partitions: int
+    app: Starlette, engine: EngineReads, db: DatabaseEngine, queue_url: str, partitions: int
 ) -> DashboardOut:
     now_ms, overview = await engine.overview()
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
@@ -236,7 +236,7 @@ async def dashboard(
     reconcile = await _last_reconcile(engine, _cache(app), now_ms)
     readings, queues = await asyncio.gather(
         asyncio.to_thread(read_database, db, now, fewest_available([o.counters for o in overview])),
-        queues_panel(redis_url, now),
+        queues_panel(queue_url, now),
     )
     parts = [
         PartitionOut(

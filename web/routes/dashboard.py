@@ -59,7 +59,7 @@ async def ops_dashboard(request: Request) -> Response:
     require_staff(request)
     svc = services(request)
     data = await dashboard_data.dashboard(
-        request.app, svc.engine, svc.db, svc.settings.redis_url, svc.settings.partitions
+        request.app, svc.engine, svc.db, svc.settings.queue_url, svc.settings.partitions
     )
     response = ok(request, data)
     response.headers["Cache-Control"] = "no-store"

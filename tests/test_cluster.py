@@ -1,0 +1,283 @@
+"""On a real Redis Cluster (3 primaries, tests/conftest.py): the partitions spread over the
+shards, every primary has the library, a function call costs one round trip, and the API, the
+drain and reconcile keep every count exact with PARTITIONS at the cluster's default.
+
+The modules marked `cluster` (reserve, orders, expiry, coalescing, drain, reconcile, rebuild,
+the reservation and order API) run whole on the cluster too, with PARTITIONS=1; this module is
+about what only a cluster has."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine as DatabaseEngine
+
+from engine import errors
+from engine.connection import CLUSTER_PARTITIONS, connect_sync, resolve
+from engine.engine import Engine
+from engine.keys import partition_keys, partition_of, rate_limit_bucket
+from engine.models import SYSTEM, LineRequest
+from engine.scripts import library
+from engine.settings import Settings
+from persistence import reconcile
+from persistence.drain import drain_partition
+from scripts.redis_cluster import RedisClusterServer
+from scripts.redis_server import RedisServer
+from tests.api import bearer, data, running
+from tests.support import ALICE, add_product
+from web.app import create_app
+from web.ratelimit import settle
+
+
+@pytest.fixture
+def spread(redis_cluster: RedisClusterServer, redis_server: RedisServer) -> Settings:
+    """Settings for the cluster as a deployment has them: PARTITIONS not set, detected."""
+    own = resolve(
+        Settings(
+            redis_url=redis_cluster.url,
+            queue_redis_url=redis_server.url,
+            reservation_ttl_min_ms=50,
+        )
+    )
+    for s in (own, dataclasses.replace(own, redis_url=redis_server.url, redis_cluster=False)):
+        client = connect_sync(s)
+        client.flushall()
+        client.close()
+    return own
+
+
+@pytest.fixture
+async def cluster_engine(spread: Settings) -> AsyncIterator[Engine]:
+    e = Engine.from_settings(spread)
+    yield e
+    await e.aclose()
+
+
+def node_clients(cluster: RedisClusterServer) -> list[redis.Redis]:
+    return [
+        redis.Redis.from_url(cluster.node_url(p), decode_responses=True)
+        for p in cluster.primary_ports()
+    ]
+
+
+def libraries(node: redis.Redis) -> list[str]:
+    """The names of the function libraries a node holds (FUNCTION LIST, RESP2: flat pairs)."""
+    found = []
+    for lib in node.function_list():
+        fields = dict(zip(lib[::2], lib[1::2], strict=True)) if isinstance(lib, list) else lib
+        found.append(str(fields["library_name"]))
+    return found
+
+
+def products_on_every_partition_of_each_node(n: int) -> list[str]:
+    """`n` product names, the first ones landing in distinct partitions."""
+    seen: dict[int, str] = {}
+    i = 0
+    while len(seen) < min(n, CLUSTER_PARTITIONS):
+        name = f"sku-{i}"
+        seen.setdefault(partition_of(name, CLUSTER_PARTITIONS), name)
+        i += 1
+    return list(seen.values())[:n]
+
+
+async def test_detected_and_spread_over_every_primary(
+    cluster_engine: Engine, redis_cluster: RedisClusterServer
+) -> None:
+    assert cluster_engine.settings.redis_cluster is True
+    assert cluster_engine.settings.partitions == CLUSTER_PARTITIONS
+    products = products_on_every_partition_of_each_node(CLUSTER_PARTITIONS)
+    for name in products:
+        await add_product(cluster_engine, name, {"main": 5})
+    made = await asyncio.gather(
+        *(cluster_engine.reserve([LineRequest(p, 2)], ALICE, ttl_ms=60_000) for p in products)
+    )
+    assert len(made) == CLUSTER_PARTITIONS
+
+    # every primary holds some partitions' stock, and the library
+    nodes = node_clients(redis_cluster)
+    try:
+        holding = [sum(1 for _ in n.scan_iter(match="inv:{p*}:stock")) for n in nodes]
+        assert sum(holding) == CLUSTER_PARTITIONS
+        assert all(h > 0 for h in holding), holding
+        for n in nodes:
+            assert library().name in libraries(n)
+    finally:
+        for n in nodes:
+            n.close()
+    reports = await cluster_engine.check_invariants()
+    assert len(reports) == CLUSTER_PARTITIONS
+    assert all(r.ok for r in reports)
+
+
+async def test_a_function_call_is_one_round_trip(
+    cluster_engine: Engine, redis_cluster: RedisClusterServer
+) -> None:
+    # redis-py asks a node for an FCALL's keys (COMMAND GETKEYS) unless told: the engine
+    # computes the slot from the call's own keys, so no node ever sees that command.
+    products = products_on_every_partition_of_each_node(8)
+    for name in products:
+        await add_product(cluster_engine, name, {"main": 3})
+    nodes = node_clients(redis_cluster)
+    try:
+        for n in nodes:
+            n.config_resetstat()
+        for name in products:
+            await cluster_engine.reserve([LineRequest(name, 1)], ALICE, ttl_ms=60_000)
+        stats = [n.info("commandstats") for n in nodes]
+    finally:
+        for n in nodes:
+            n.close()
+    fcalls = sum(s.get("cmdstat_fcall", {}).get("calls", 0) for s in stats)
+    assert fcalls == len(products)
+    assert not [k for s in stats for k in s if "getkeys" in k]
+
+
+async def test_a_primary_that_lost_the_library_gets_it_again(
+    cluster_engine: Engine, redis_cluster: RedisClusterServer
+) -> None:
+    # A shard that lacks the library (added later, or flushed) answers "Function not found":
+    # the engine loads it on every primary and the call goes through.
+    products = products_on_every_partition_of_each_node(CLUSTER_PARTITIONS)
+    await add_product(cluster_engine, products[0], {"main": 3})
+    nodes = node_clients(redis_cluster)
+    try:
+        for n in nodes:
+            n.function_flush()
+        for name in products[1:]:
+            await add_product(cluster_engine, name, {"main": 3})
+        for n in nodes:
+            assert library().name in libraries(n)
+    finally:
+        for n in nodes:
+            n.close()
+    r = await cluster_engine.reserve([LineRequest(products[-1], 3)], ALICE, ttl_ms=60_000)
+    assert r.quantity == 3
+
+
+async def test_concurrent_buyers_on_every_shard_get_exact_counts(cluster_engine: Engine) -> None:
+    # 12 products over the shards, 5 units each; 30 buyers each: exactly 5 held per product.
+    products = products_on_every_partition_of_each_node(12)
+    for name in products:
+        await add_product(cluster_engine, name, {"main": 5})
+
+    async def buy(name: str) -> bool:
+        try:
+            await cluster_engine.reserve([LineRequest(name, 1)], ALICE, ttl_ms=60_000)
+        except errors.InsufficientStock:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(buy(p) for p in products for _ in range(30)))
+    assert sum(outcomes) == 5 * len(products)
+    for name in products:
+        view = await cluster_engine.get_stock(name)
+        assert (view.available, view.reserved) == (0, 5)
+    assert all(r.ok for r in await cluster_engine.check_invariants())
+
+
+async def test_the_sweep_releases_due_reservations_on_every_shard(cluster_engine: Engine) -> None:
+    products = products_on_every_partition_of_each_node(CLUSTER_PARTITIONS)
+    for name in products:
+        await add_product(cluster_engine, name, {"main": 2})
+    held = [
+        await cluster_engine.reserve([LineRequest(name, 2)], ALICE, ttl_ms=50) for name in products
+    ]
+    await asyncio.sleep(0.2)
+    result = await cluster_engine.expire()
+    assert (result.expired, result.still_due) == (len(held), 0)
+    for name in products:
+        view = await cluster_engine.get_stock(name)
+        assert (view.available, view.reserved) == (2, 0)
+    assert all(r.ok for r in await cluster_engine.check_invariants())
+    gauges = await cluster_engine.gauges()
+    assert sum(g.live for g in gauges.partitions) == 0
+
+
+async def test_a_cart_across_partitions_is_still_refused(cluster_engine: Engine) -> None:
+    a, b = products_on_every_partition_of_each_node(2)
+    for name in (a, b):
+        await add_product(cluster_engine, name, {"main": 3})
+    with pytest.raises(errors.CrossPartition):
+        await cluster_engine.reserve([LineRequest(a, 1), LineRequest(b, 1)], ALICE)
+    for name in (a, b):
+        view = await cluster_engine.get_stock(name)
+        assert (view.available, view.reserved) == (3, 0)
+
+
+async def test_rate_limits_settle_in_one_call_per_slot(cluster_engine: Engine) -> None:
+    # Buckets of many clients sit in many slots: the settle groups them, one call per group.
+    await cluster_engine.scripts.load()
+    buckets = [rate_limit_bucket("user", str(i)) for i in range(40)]
+    left = await settle(cluster_engine.scripts, 10.0, 20, [(b, 3, 0) for b in buckets])
+    assert left == pytest.approx([17.0] * len(buckets), abs=0.5)
+    again = await settle(cluster_engine.scripts, 10.0, 20, [(b, 0, 0) for b in buckets])
+    assert all(16.5 <= t <= 20 for t in again)
+
+
+async def test_without_a_queue_server_the_app_refuses_to_start(spread: Settings) -> None:
+    app = create_app(dataclasses.replace(spread, queue_redis_url="", jwt_keys="k:" + "k" * 40))
+    with pytest.raises(ValueError, match="QUEUE_REDIS_URL"):
+        async with running(app):
+            pass
+
+
+async def test_the_api_drain_and_reconcile_over_the_shards(
+    spread: Settings, db_url: str, db: DatabaseEngine
+) -> None:
+    # A shop on the cluster: products in many partitions, reservations and orders over HTTP,
+    # each partition drained, and reconcile finds the database and Redis equal.
+    own = dataclasses.replace(spread, database_url=db_url, jwt_keys="k:" + "k" * 40)
+    app = create_app(own)
+    async with running(app) as client:
+        engine: Engine = app.state.services.engine
+        for i in range(6):
+            await engine.setup_product(str(1000 + i), SYSTEM, price=500, stock={"main": 4})
+        alice = bearer(app, "1")
+        made: list[dict[str, Any]] = []
+        for i in range(6):
+            response = await client.post(
+                "/api/reservations/", json={"product": 1000 + i, "quantity": 2}, headers=alice
+            )
+            assert response.status_code == 201, response.text
+            made.append(data(response))
+        for r in made[:3]:
+            response = await client.post(f"/api/reservations/{r['id']}/commit/", headers=alice)
+            assert response.status_code == 201, response.text
+        for r in made[3:4]:
+            response = await client.delete(f"/api/reservations/{r['id']}/", headers=alice)
+            assert response.status_code in (200, 204), response.text
+        partitions = sorted({partition_of(str(1000 + i), own.partitions) for i in range(6)})
+        sync = connect_sync(own)
+        try:
+            applied = Counter[int]()
+            for p in range(own.partitions):
+                applied[p] = drain_partition(sync, db, own, p).applied
+            assert set(applied.elements()) == set(partitions)
+            report = reconcile.check(sync, db, own)
+        finally:
+            sync.close()
+        assert report.ok, report.to_json()
+        listed = await client.get("/api/reservations/", headers=alice)
+        assert listed.status_code == 200
+        assert len(data(listed)) == len(made)
+
+
+def test_the_cluster_keys_of_a_partition_share_one_slot(spread: Settings) -> None:
+    client = connect_sync(spread)
+    try:
+        for p in range(spread.partitions):
+            k = partition_keys(p)
+            slots = {
+                client.keyslot(key)  # type: ignore[attr-defined]
+                for key in (k.stock, k.products, k.live, k.expiry, k.outbox, k.dead_letters)
+            }
+            slots |= {client.keyslot(k.reservation("x")), client.keyslot(k.order("y"))}  # type: ignore[attr-defined]
+            assert len(slots) == 1
+    finally:
+        client.close()
