@@ -196,6 +196,8 @@ def partition_keys(partition: int) -> PartitionKeys:
 # applied anything (a hash: partition -> JSON), and how many reservations the periodic sweep
 # has expired (a counter).
 LAST_RECONCILE = f"{PREFIX}:reconcile:last"
+# The partition count the data is laid out in (engine/layout.py), JSON {"partitions": N}.
+LAYOUT = f"{PREFIX}:layout"
 LAST_RECONCILE_TTL_S = 86_400  # what is left of it tells when it was written
 LAST_DRAIN = f"{PREFIX}:drain:last"
 SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from engine import invariants, keys, outbox
+from engine import invariants, keys, layout, outbox
 from engine.connection import clock, is_cluster_client
 from engine.keys import login_attempts, partition_keys, stock_counters
 from engine.outbox import OutboxEvent
@@ -66,6 +66,11 @@ class EngineReads:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def check_layout(self) -> None:
+        """Record PARTITIONS as the count the data is laid out in, or raise
+        layout.PartitionsMismatch when another one is recorded (engine/layout.py)."""
+        await layout.check(self.redis, self.settings.partitions)
 
     # -- the outbox -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from engine import errors
 from engine.connection import CLUSTER_PARTITIONS, connect_sync, resolve
 from engine.engine import Engine
 from engine.keys import partition_keys, partition_of, rate_limit_bucket
+from engine.layout import PartitionsMismatch, check_sync
 from engine.models import SYSTEM, LineRequest
 from engine.scripts import library
 from engine.settings import Settings
@@ -266,6 +267,13 @@ async def test_the_api_drain_and_reconcile_over_the_shards(
         listed = await client.get("/api/reservations/", headers=alice)
         assert listed.status_code == 200
         assert len(data(listed)) == len(made)
+        # the operators' views read every partition on every shard
+        staff = bearer(app, "2", staff=True)
+        metrics = await client.get("/metrics", headers=staff)
+        assert metrics.status_code == 200, metrics.text
+        assert 'inventory_outbox_backlog{partition="63"}' in metrics.text
+        board = await client.get("/api/ops/dashboard/", headers=staff)
+        assert board.status_code == 200, board.text
 
 
 def test_the_cluster_keys_of_a_partition_share_one_slot(spread: Settings) -> None:
@@ -279,5 +287,24 @@ def test_the_cluster_keys_of_a_partition_share_one_slot(spread: Settings) -> Non
             }
             slots |= {client.keyslot(k.reservation("x")), client.keyslot(k.order("y"))}  # type: ignore[attr-defined]
             assert len(slots) == 1
+    finally:
+        client.close()
+
+
+async def test_a_process_with_another_partition_count_refuses_to_start(spread: Settings) -> None:
+    # The first process records the count the data is laid out in; one started with another
+    # PARTITIONS is refused before it serves anything (on one server the same holds).
+    own = dataclasses.replace(spread, jwt_keys="k:" + "k" * 40)
+    async with running(create_app(own)):
+        pass
+    other = dataclasses.replace(own, partitions=8, partitions_given=True)
+    with pytest.raises(PartitionsMismatch, match="laid out in 64 partitions, but PARTITIONS is 8"):
+        async with running(create_app(other)):
+            pass
+    client = connect_sync(spread)
+    try:
+        check_sync(client, 64)  # the same count passes
+        with pytest.raises(PartitionsMismatch):
+            check_sync(client, 1)
     finally:
         client.close()

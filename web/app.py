@@ -101,6 +101,7 @@ def create_app(
         if engine.coalescer is not None:
             engine.coalescer.on_send = metrics.observe_batch
         await engine.scripts.load()
+        await engine.check_layout()  # PARTITIONS as the data's, or refuse to start
         db = database_engine(resolved)
         adb = async_database_engine(resolved)
         trigger = DrainTrigger(engine, queue)

@@ -44,12 +44,13 @@ def console() -> Console:
 def _settings(args: argparse.Namespace) -> Settings:
     import dataclasses
 
+    from engine.connection import resolve
     from engine.settings import Settings
 
     settings = Settings.from_env()
     if args.redis_url:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
-    return settings
+    return resolve(settings)  # one server or a cluster
 
 
 # -- sweep --------------------------------------------------------------------------------

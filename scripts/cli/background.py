@@ -133,8 +133,10 @@ def run_worker(burst: bool, log_level: str) -> None:
     until the queue is empty)."""
     from rq import Worker
 
+    from engine import layout
     from persistence import jobs
 
+    layout.check_sync(jobs.redis_client(), jobs.settings().partitions)
     connection = jobs.queue_connection()
     worker = Worker([jobs.queue(connection)], connection=connection)
     worker.work(burst=burst, with_scheduler=True, logging_level=log_level)

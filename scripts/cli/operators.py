@@ -27,8 +27,8 @@ def console() -> Console:
 
 
 def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine, Settings]:
-    import redis
-
+    from engine import layout
+    from engine.connection import connect_sync, resolve
     from engine.settings import Settings
     from persistence.db import database_engine
 
@@ -37,7 +37,9 @@ def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine, Settings]:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
     if args.database_url:
         settings = dataclasses.replace(settings, database_url=args.database_url)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    settings = resolve(settings)  # one server or a cluster
+    client = connect_sync(settings)
+    layout.check_sync(client, settings.partitions)
     return client, database_engine(settings), settings
 
 
