@@ -29,7 +29,11 @@ class EngineBase:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(
+            redis,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
         # reserve and place-order calls, alone or coalesced (engine/coalesce.py; COALESCE)
         self.coalescer = (
             Coalescer(self.scripts, max_batch=settings.coalesce_max_batch)

@@ -31,6 +31,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis._parsers import _AsyncHiredisParser, helpers
+from redis.asyncio.cluster import PipelineCommand
 from redis.client import CaseInsensitiveDict
 from redis.exceptions import RedisClusterException
 
@@ -131,6 +132,34 @@ class AsyncCluster(redis.asyncio.cluster.RedisCluster):
             return slot
         return await super()._determine_slot(command, *args)
 
+    async def call_then_wait(
+        self, args: tuple[Any, ...], key: str, replicas: int, timeout_ms: int
+    ) -> tuple[Any, int]:
+        """`call_then_wait` on a cluster: the command and WAIT on one connection to the
+        primary of `key`'s slot (WAIT counts the writes of the connection it comes on)."""
+        for _ in range(3):
+            if self._initialize:
+                await self.initialize()
+            node = self.get_node_from_key(key)
+            if node is None:
+                raise redis.exceptions.SlotNotCoveredError(f"no node serves the slot of {key!r}")
+            commands = [PipelineCommand(0, *args), PipelineCommand(1, "WAIT", replicas, timeout_ms)]
+            try:
+                await self._gate.run(lambda: node.execute_pipeline(commands))  # noqa: B023
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self._initialize = True  # the node went away: learn the layout again next time
+                raise
+            reply, confirmed = commands[0].result, commands[1].result
+            if isinstance(reply, redis.exceptions.MovedError | redis.exceptions.AskError):
+                self._initialize = True  # not run there: the slot moved; go again
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(confirmed, Exception):
+                raise confirmed
+            return reply, int(confirmed)
+        raise redis.exceptions.ClusterError(f"the slot of {key!r} kept moving")
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         run = super().execute_command
         return await self._gate.run(lambda: run(*args, **kwargs))
@@ -228,3 +257,22 @@ def clock_sync(client: redis.Redis, key: str) -> Any:
     if isinstance(client, redis.cluster.RedisCluster):
         return any_client.execute_command("TIME", target_nodes=any_client.get_node_from_key(key))
     return client.time()
+
+
+async def call_then_wait(
+    client: AsyncClient, args: tuple[Any, ...], key: str, replicas: int, timeout_ms: int
+) -> tuple[Any, int]:
+    """Run one write command (`args`, whose keys include `key`), then WAIT for `replicas`
+    replicas (at most `timeout_ms`) on the same connection: its reply, and how many replicas
+    confirmed it."""
+    if isinstance(client, AsyncCluster):
+        return await client.call_then_wait(args, key, replicas, timeout_ms)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.execute_command(*args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        reply, confirmed = await pipe.execute(raise_on_error=False)
+    if isinstance(reply, Exception):
+        raise reply
+    if isinstance(confirmed, Exception):
+        raise confirmed
+    return reply, int(confirmed)

@@ -39,6 +39,25 @@ class RedisBehind(EngineError):
         super().__init__("the stock store is being restored after an outage; try again shortly")
 
 
+class NotReplicated(EngineError):
+    """REDIS_WAIT_REPLICAS: the change was made on the primary, but not that many replicas
+    confirmed it within REDIS_WAIT_TIMEOUT. Not acknowledged: a failover now could lose it.
+    A retry with the same Idempotency-Key gets the change's own answer once it is there."""
+
+    code = "not_replicated"
+
+    def __init__(self, confirmed: int, wanted: int) -> None:
+        super().__init__(
+            "the change was made but not confirmed by a replica in time; retry with the "
+            "same Idempotency-Key"
+        )
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+    def details(self) -> dict[str, Any]:
+        return {"replicas": self.confirmed, "wanted": self.wanted}
+
+
 class ProductNotFound(EngineError):
     code = "product_not_found"
 

@@ -34,6 +34,8 @@ import redis.cluster
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from engine import errors
+from engine.connection import call_then_wait
 from engine.specs import SPECS, ScriptSpec
 from engine.states import lua_prelude
 
@@ -131,8 +133,11 @@ def _loaded(error: ResponseError) -> bool:
 class Scripts:
     """The library on one async client: `run` calls one operation and decodes its reply."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, *, wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         self._client = client
+        # REDIS_WAIT_REPLICAS: each write waits for this many replicas (WAIT) before it counts
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         # a Redis Cluster: a call's keys must share one slot
         self.cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
         self._loading = asyncio.Lock()
@@ -146,13 +151,24 @@ class Scripts:
     async def raw(self, call: Call) -> Any:
         """The undecoded reply of one call; loads the library and retries once if Redis
         lacks it."""
-        send = self._client.fcall_ro if call.read_only else self._client.fcall
         try:
-            return await send(call.function, len(call.keys), *call.keys, *call.args)
+            return await self._send(call)
         except ResponseError as e:
             if not _missing(e):
                 raise
         await self._load_once()
+        return await self._send(call)
+
+    async def _send(self, call: Call) -> Any:
+        if self._wait_replicas and not call.read_only:
+            args = ("FCALL", call.function, len(call.keys), *call.keys, *call.args)
+            reply, confirmed = await call_then_wait(
+                self._client, args, call.keys[0], self._wait_replicas, self._wait_timeout_ms
+            )
+            if confirmed < self._wait_replicas:
+                raise errors.NotReplicated(confirmed, self._wait_replicas)
+            return reply
+        send = self._client.fcall_ro if call.read_only else self._client.fcall
         return await send(call.function, len(call.keys), *call.keys, *call.args)
 
     async def _load_once(self) -> None:

@@ -64,6 +64,10 @@ class Settings:
     redis_pool_timeout_s: float = 5.0
     # Whether REDIS_URL names a Redis Cluster node; None: ask it (engine/connection.py).
     redis_cluster: bool | None = None
+    # After each write, wait (WAIT) until this many replicas have it before answering; a write
+    # no replica confirmed within the timeout is answered 503 `not_replicated`. 0: don't wait.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
     # Where the RQ queue lives (RQ cannot run on a cluster). Empty: REDIS_URL, which must then
     # be a single server.
     queue_redis_url: str = ""
@@ -138,6 +142,10 @@ class Settings:
             redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
             redis_pool_timeout_s=_seconds(e, "REDIS_POOL_TIMEOUT", d.redis_pool_timeout_s),
             redis_cluster=_flag(e, "REDIS_CLUSTER", d.redis_cluster),
+            redis_wait_replicas=_int(e, "REDIS_WAIT_REPLICAS", d.redis_wait_replicas, minimum=0),
+            redis_wait_timeout_ms=_seconds_ms(
+                e, "REDIS_WAIT_TIMEOUT", d.redis_wait_timeout_ms / 1000
+            ),
             queue_redis_url=e.get("QUEUE_REDIS_URL") or d.queue_redis_url,
             partitions=_int(e, "PARTITIONS", d.partitions),
             partitions_given=bool(e.get("PARTITIONS")),
@@ -196,6 +204,8 @@ class Settings:
             raise ValueError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or 0.001 to 1000000")
         if self.rate_limit_per_second and not 1 <= self.rate_limit_burst <= 1_000_000:
             raise ValueError("RATE_LIMIT_BURST must be between 1 and 1000000")
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms < 1:
+            raise ValueError("REDIS_WAIT_TIMEOUT must be at least 0.001 s when waiting")
         if self.login_delay_base_ms > self.login_delay_max_ms:
             raise ValueError("LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX")
         if self.metrics_token and len(self.metrics_token.encode()) < 32:

@@ -72,7 +72,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    which = "redis" if isinstance(exc, redis.exceptions.RedisError) else "database"
+    redis_down = (redis.exceptions.RedisError, redis.exceptions.SlotNotCoveredError)
+    which = "redis" if isinstance(exc, redis_down) else "database"
     log.warning("%s unavailable: %s", which, exc)
     scope_state(request.scope)["error_code"] = "service_unavailable"
     return error(
@@ -133,6 +134,10 @@ def create_app(
         HTTPException: _http_error,
         redis.exceptions.ConnectionError: _unavailable,
         redis.exceptions.TimeoutError: _unavailable,
+        # a Redis Cluster between layouts (a failover, a resharding): the client has retried
+        redis.exceptions.ClusterError: _unavailable,
+        redis.exceptions.SlotNotCoveredError: _unavailable,
+        redis.exceptions.TryAgainError: _unavailable,
         OperationalError: _unavailable,
     }
     # One layer (web/middleware.py): the request id and access log, the timing, the refusals,

@@ -48,6 +48,7 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.OrderTotalTooLarge: 409,
     engine_errors.IdCollision: 503,
     engine_errors.RedisBehind: 503,
+    engine_errors.NotReplicated: 503,
 }
 
 
@@ -70,5 +71,11 @@ def from_engine(exc: engine_errors.EngineError) -> ApiError:
     details = _catalog_ids(exc.details())
     if isinstance(exc, engine_errors.InvalidInput):
         return ApiError(400, "invalid_input", exc.message, details)
-    headers = {"Retry-After": "5"} if isinstance(exc, engine_errors.RedisBehind) else None
+    headers = (
+        {"Retry-After": "5"}
+        if isinstance(exc, engine_errors.RedisBehind)
+        else {"Retry-After": "1"}
+        if isinstance(exc, engine_errors.NotReplicated)
+        else None
+    )
     return ApiError(status, exc.code, str(exc), details, headers)

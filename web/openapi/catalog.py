@@ -275,14 +275,14 @@ OPERATIONS: list[Operation] = [
         "PUT", "/api/products/{id}/", "put_product", "Replace the catalog fields",
         "products", "staff", ref("Product"),
         body=ProductPut, path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind",)},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
         description=PRICE_CONFLICT_TEXT,
     ),
     Operation(
         "PATCH", "/api/products/{id}/", "patch_product", "Change some catalog fields",
         "products", "staff", ref("Product"),
         body=ProductPatch, path_params=PRODUCT_PATH, body_examples={"price": {"price": "39.00"}},
-        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind",)},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
         description=PRICE_CONFLICT_TEXT,
     ),
     Operation(
@@ -290,7 +290,7 @@ OPERATIONS: list[Operation] = [
         "Delete a product (refused while units are reserved or an order is open)",
         "products", "staff", ref("DeletedProduct"),
         path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, 409: ("product_in_use",), 503: ("redis_behind",)},
+        errors={**NO_PRODUCT, 409: ("product_in_use",), 503: ("redis_behind", "not_replicated")},
     ),
     Operation(
         "POST", "/api/products/{id}/stock/", "adjust_stock",

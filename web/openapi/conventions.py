@@ -50,7 +50,7 @@ RATE_LIMIT_ERRORS: dict[int, tuple[str, ...]] = {429: ("rate_limited",)}
 IDEMPOTENCY_ERRORS: dict[int, tuple[str, ...]] = {
     400: ("invalid_input",),
     422: ("idempotency_mismatch",),
-    503: ("redis_behind",),
+    503: ("redis_behind", "not_replicated"),
 }
 
 REASONS = {
