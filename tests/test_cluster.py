@@ -31,7 +31,7 @@ from persistence.drain import drain_partition
 from scripts.redis_cluster import RedisClusterServer
 from scripts.redis_server import RedisServer
 from tests.api import bearer, data, running
-from tests.support import ALICE, add_product
+from tests.support import ALICE, add_product, last_json, run_cli
 from web.app import create_app
 from web.ratelimit import settle
 
@@ -308,3 +308,45 @@ async def test_a_process_with_another_partition_count_refuses_to_start(spread: S
             check_sync(client, 1)
     finally:
         client.close()
+
+
+def test_the_operators_commands_on_the_cluster(
+    spread: Settings, sqlite_url: str, redis_server: RedisServer
+) -> None:
+    # check, sweep, drain, worker --burst, reconcile and rebuild's refusal, as an operator runs
+    # them: a process of their own, told only REDIS_URL (the cluster is detected, PARTITIONS
+    # at its default) and where the queue lives.
+    async def shop() -> list[str]:
+        async with Engine.from_settings(spread) as engine:
+            products = products_on_every_partition_of_each_node(8)
+            for name in products:
+                await add_product(engine, name, {"main": 5})
+            for name in products:
+                await engine.reserve([LineRequest(name, 2)], ALICE, ttl_ms=50)
+            await asyncio.sleep(0.1)
+            return products
+
+    products = asyncio.run(shop())
+    env = {
+        "REDIS_URL": spread.redis_url,
+        "QUEUE_REDIS_URL": redis_server.url,
+        "DATABASE_URL": sqlite_url,
+    }
+    check = run_cli("check", "--json", env=env)
+    assert check.returncode == 0, check.stderr
+    assert last_json(check)["partitions"] == CLUSTER_PARTITIONS
+    sweep = run_cli("sweep", "--json", env=env)
+    assert sweep.returncode == 0, sweep.stderr
+    assert last_json(sweep) == {"expired": len(products), "still_due": 0}
+    drained = run_cli("drain", env=env, timeout=120)
+    assert drained.returncode == 0, drained.stderr
+    worker = run_cli("worker", "--burst", "--log-level", "WARNING", env=env, timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    reconciled = run_cli("reconcile", "--json", env=env, timeout=120)
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    assert last_json(reconciled)["ok"] is True
+    rebuilt = run_cli("rebuild", "--json", env=env, timeout=120)
+    assert rebuilt.returncode == 2  # Redis holds data: refused without --force
+    other = run_cli("check", "--json", env=env | {"PARTITIONS": "8"})
+    assert other.returncode == 2
+    assert "laid out in 64 partitions" in other.stdout + other.stderr

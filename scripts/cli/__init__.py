@@ -60,6 +60,7 @@ async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
     from engine.engine import Engine
 
     async with Engine.from_settings(settings) as engine:
+        await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
         result = await engine.expire(limit)
     return {"expired": result.expired, "still_due": result.still_due}
 
@@ -79,6 +80,7 @@ async def _check(settings: Settings) -> list[invariants.InvariantReport]:
     from engine.engine import Engine
 
     async with Engine.from_settings(settings) as engine:
+        await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
         return await engine.check_invariants()
 
 

@@ -233,7 +233,11 @@ def _drain_and_report() -> int:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
+    from engine import layout
+    from persistence import jobs
+
     _environment(args)
+    layout.check_sync(jobs.redis_client(), jobs.settings().partitions)
     return _drain_and_report()
 
 
