@@ -59,15 +59,19 @@ def is_cluster_node(url: str) -> bool:
     return bool(int(info.get("cluster_enabled", 0)))
 
 
-def resolve(settings: Settings) -> Settings:
+def resolve(settings: Settings, *, warn: bool = True) -> Settings:
     """`settings` with `redis_cluster` decided (asking Redis when REDIS_CLUSTER is unset) and,
     on a cluster, PARTITIONS at CLUSTER_PARTITIONS unless it was set (PARTITIONS in the
-    environment, or a value other than 1 given directly)."""
+    environment, or a value other than 1 given directly). A Redis that can't be reached is
+    taken for a single server (the API starts, and says it is not ready; a command fails on
+    its first use of Redis and says so in one line), with a warning if `warn`."""
     if settings.redis_cluster is not None:
         return with_cluster(settings, settings.redis_cluster)
     try:
         cluster = is_cluster_node(settings.redis_url)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        if not warn:
+            return with_cluster(settings, False)
         # Started while Redis is away (readiness says so until it is back): a single server,
         # the default, unless REDIS_CLUSTER says otherwise.
         log.warning(

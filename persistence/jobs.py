@@ -32,7 +32,7 @@ JOB_RESULT_TTL = 300  # seconds: periodic jobs would otherwise keep every result
 @cache
 def settings() -> Settings:
     """The environment's settings, one server or a cluster decided (engine/connection.py)."""
-    return resolve(Settings.from_env())
+    return resolve(Settings.from_env(), warn=False)
 
 
 @cache

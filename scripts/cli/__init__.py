@@ -50,7 +50,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
     if args.redis_url:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
-    return resolve(settings)  # one server or a cluster
+    return resolve(settings, warn=False)  # one server or a cluster
 
 
 # -- sweep --------------------------------------------------------------------------------

@@ -242,10 +242,11 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from persistence import jobs, migrate
+    from engine.settings import Settings
+    from persistence import migrate
 
     _environment(args)
-    url = jobs.settings().database_url_or_default
+    url = Settings.from_env().database_url_or_default  # the database alone: no Redis
     before = migrate.current(url)
     migrate.upgrade(url)
     after = migrate.current(url)

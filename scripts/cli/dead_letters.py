@@ -45,13 +45,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine]:
-    import redis
-
+    from engine.connection import connect_sync, resolve
     from persistence.db import database_engine
 
-    settings = _settings(args)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    return client, database_engine(settings)
+    settings = resolve(_settings(args), warn=False)  # one server or a cluster
+    return connect_sync(settings), database_engine(settings)
 
 
 def _actor(args: argparse.Namespace) -> str:

@@ -26,7 +26,12 @@ def console() -> Console:
     return Console(stderr=True)
 
 
-def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine, Settings]:
+def _clients(
+    args: argparse.Namespace, *, database_first: bool = False
+) -> tuple[redis.Redis, Engine, Settings]:
+    """Redis (one server or a cluster), the database and the settings, PARTITIONS checked
+    against the data's; `database_first`: the database is reached before Redis (reconcile
+    reads it first, and so names it first when neither answers)."""
     from engine import layout
     from engine.connection import connect_sync, resolve
     from engine.settings import Settings
@@ -37,10 +42,14 @@ def _clients(args: argparse.Namespace) -> tuple[redis.Redis, Engine, Settings]:
         settings = dataclasses.replace(settings, redis_url=args.redis_url)
     if args.database_url:
         settings = dataclasses.replace(settings, database_url=args.database_url)
-    settings = resolve(settings)  # one server or a cluster
+    settings = resolve(settings, warn=False)  # one server or a cluster
+    db = database_engine(settings)
+    if database_first:
+        with db.connect():
+            pass
     client = connect_sync(settings)
     layout.check_sync(client, settings.partitions)
-    return client, database_engine(settings), settings
+    return client, db, settings
 
 
 def _ar(pair: Pair | None) -> str:
@@ -136,7 +145,7 @@ def _print_report(report: Report) -> None:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from persistence.reconcile import reconcile
 
-    client, db, settings = _clients(args)
+    client, db, settings = _clients(args, database_first=True)
     try:
         report = reconcile(client, db, settings, fix=args.fix)
     finally:
