@@ -252,6 +252,7 @@ def inventory(
     ("args", "message"),
     [
         (["--scenario", "nope"], "unknown scenario nope"),
+        (["--scenario", ""], "name a scenario"),
         (["--fsync", "sometimes"], "--fsync takes"),
         (["--baseline-commit", "maybe"], "--baseline-commit takes"),
         (["--buyers", "0"], "--buyers must be"),
@@ -305,7 +306,7 @@ def test_bench_runs_every_scenario_with_exact_counts(
     plot, tables = tmp_path / "bench.png", tmp_path / "bench.md"
     done = inventory(
         "bench",
-        "--scenario", "all",
+        "--scenario", "flash-sale,catalog,lifecycle,engine,drain,cost",  # cluster: its own test
         "--buyers", "60", "--stock", "10", "--rounds", "2",
         "--seconds", "1", "--rate", "100", "--products", "300", "--connections", "16",
         "--fsync", ",".join(fsyncs), "--baseline-commit", ",".join(commits),
@@ -405,6 +406,76 @@ def test_bench_runs_every_scenario_with_exact_counts(
     assert "against the targets" in done.stderr
     assert "flash_sale_throughput_x [always vs sync commit]" in done.stderr
     assert "exact_counts = true" in done.stderr
+
+
+CLUSTER_ROWS = [
+    "1 shard",
+    "3 shards",
+    "3 shards + replicas, no WAIT",
+    "3 shards + replicas, REDIS_WAIT_REPLICAS=1",
+]
+
+
+def redis_servers_on(ports: set[int]) -> list[str]:
+    """The command lines of the running redis-server processes of one of `ports` (a node
+    titles itself "redis-server 127.0.0.1:PORT [cluster]")."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        words = cmdline.decode(errors="replace").replace("\0", " ").split()
+        if (
+            words
+            and Path(words[0]).name == "redis-server"
+            and any(w == str(p) or w.endswith(f":{p}") for w in words[1:] for p in ports)
+        ):
+            found.append(" ".join(words))
+    return found
+
+
+def test_bench_cluster_runs_on_clusters_of_its_own() -> None:
+    """`--cluster`: local clusters started and stopped by the run itself (no Stack), the engine
+    in-process on each layout, every row's reservations exact, each primary's CPU measured."""
+    done = inventory("bench", "--cluster", "--seconds", "0.5", timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert list(report["scenarios"]) == ["cluster"]
+    assert report["exact_counts"] is True
+    result = report["scenarios"]["cluster"]
+    rows = result["rows"]
+    assert [r["system"] for r in rows] == CLUSTER_ROWS
+    assert [r["partitions"] for r in rows] == [1, 64, 64, 64]
+    assert [r["wait_replicas"] for r in rows] == [0, 0, 0, 1]
+    assert result["invariants_ok"] is True
+    ports: set[int] = set()
+    for row in rows:
+        assert row["exact_counts"] is True, row
+        assert row["ok"] > 0
+        assert row["errors"] == row["not_replicated"], row["error_kinds"]  # nothing else failed
+        assert row["reserved_in_redis"] == row["made"] == row["ok"] + row["not_replicated"] + 64
+        assert len(row["primary_ports"]) == 3
+        assert len(row["redis_cpu_us_per_primary"]) == 3
+        assert len(row["primary_cpu_share"]) == 3
+        assert sum(row["reservations_per_primary"]) == row["made"] - 64  # the timed ones
+        assert row["redis_cpu_us"] > 0
+        assert row["calls_per_fcall"] >= 1
+        ports.update(row["primary_ports"])
+    one, spread, replicated, _ = rows
+    assert sorted(one["reservations_per_primary"])[:2] == [0, 0]  # one shard did all the work
+    assert all(n > 0 for n in spread["reservations_per_primary"])
+    assert one["replica_cpu_us"] is None
+    assert replicated["replica_cpu_us"] > 0
+    assert result["cluster_spread"] == max(spread["primary_cpu_share"])
+    assert result["wait_cost"]["throughput_x"] > 0
+    assert result["wait_cost"]["p50_x"] > 0
+    assert "cross_partition" in result["note"]
+    informative = report["targets"]["cluster_spread"]
+    assert (informative["target"], informative["met"]) == (None, None)
+    assert "bench: cluster" in done.stderr
+    assert "exact_counts = true" in done.stderr
+    assert not redis_servers_on(ports)  # every node stopped
 
 
 @pytest.fixture

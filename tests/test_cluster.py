@@ -28,6 +28,7 @@ from engine.scripts import library
 from engine.settings import Settings
 from persistence import reconcile
 from persistence.drain import drain_partition
+from scripts.bench.cluster import one_per_partition
 from scripts.redis_cluster import RedisClusterServer
 from scripts.redis_server import RedisServer
 from tests.api import bearer, data, running
@@ -77,14 +78,8 @@ def libraries(node: redis.Redis) -> list[str]:
 
 
 def products_on_every_partition_of_each_node(n: int) -> list[str]:
-    """`n` product names, the first ones landing in distinct partitions."""
-    seen: dict[int, str] = {}
-    i = 0
-    while len(seen) < min(n, CLUSTER_PARTITIONS):
-        name = f"sku-{i}"
-        seen.setdefault(partition_of(name, CLUSTER_PARTITIONS), name)
-        i += 1
-    return list(seen.values())[:n]
+    """`n` product names, each in a partition of its own."""
+    return one_per_partition("sku-", n)
 
 
 async def test_detected_and_spread_over_every_primary(

@@ -19,6 +19,11 @@ Scenarios (`--scenario`, several with commas, or `all`):
   (`/proc`) and Redis's (`INFO cpu`, `INFO commandstats`) for the full API, the bare endpoint
   and a reference script doing only a reservation's work (`reference.lua`); the drain's own
   cost per event and its events/s against the API's.
+- `cluster` (also `--cluster`): the engine in this process on local Redis Clusters it starts
+  and stops itself (none of the services below): 3 primaries with every key in one slot, then
+  spread over the 64 partitions, then 3 primaries with a replica each, without and with
+  REDIS_WAIT_REPLICAS=1; reservations/s, latency, and Redis's CPU per reservation on each
+  primary.
 
 Two PostgreSQL baselines (`--baselines`), each behind the same HTTP stack at both durabilities:
 `row-lock` (the original design's locked transaction, `rowlock.py`) and `single-statement`
@@ -43,7 +48,8 @@ Output: a table per scenario on stderr, progress while it runs, and a JSON line 
 The package: `options` (what a run is asked, the systems compared), `stack` (the services),
 `loadgen` (the load generator), `measure` (offering load, summarising it, the outbox lag),
 `scenarios` (over HTTP), `inprocess` (without: `engine`, `drain` with `drain`'s
-processes) and `cost`, `report` (targets, tables, Markdown, plot), `harness` (a run), `rowlock`
-and `statement` (the baselines) and `app` (`inventory serve --bench`: the API with the benchmark's
-endpoints plugged in from outside). The command line is `scripts/cli/bench.py`.
+processes), `cluster` (on clusters of its own) and `cost`, `report` (targets, tables, Markdown,
+plot), `harness` (a run), `rowlock` and `statement` (the baselines) and `app` (`inventory serve
+--bench`: the API with the benchmark's endpoints plugged in from outside). The command line is
+`scripts/cli/bench.py`.
 """

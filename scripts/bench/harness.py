@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from scripts.bench.cluster import cluster_scenario
 from scripts.bench.cost import cost_scenario
 from scripts.bench.inprocess import drain_scenario, engine_scenario
 from scripts.bench.measure import Progress
@@ -21,18 +22,23 @@ RUNNERS: dict[str, Callable[[Stack, Progress], dict[str, Any]]] = {
     "engine": engine_scenario,
     "drain": drain_scenario,
     "cost": cost_scenario,
+    "cluster": cluster_scenario,
 }
+# Scenarios that start services of their own: a run of only these starts no Stack.
+SELF_CONTAINED = frozenset({"cluster"})
 
 
 def run(opts: Options) -> dict[str, Any]:
     stack = Stack(opts)
     results: dict[str, dict[str, Any]] = {}
     with Progress() as progress:
-        progress.step("starting Redis, PostgreSQL (durable) and inventory serve --bench")
         try:
-            stack.start()
+            if any(s not in SELF_CONTAINED for s in opts.scenarios):
+                progress.step("starting Redis, PostgreSQL (durable) and inventory serve --bench")
+                stack.start()
             for scenario in opts.scenarios:
-                stack.settle()
+                if scenario not in SELF_CONTAINED:
+                    stack.settle()
                 results[scenario] = RUNNERS[scenario](stack, progress)
         finally:
             stack.close()

@@ -37,6 +37,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         met = value is not None and (value >= want if higher else value <= want)
         out[name] = {"value": value, "target": want, "higher_is_better": higher, "met": met}
 
+    def informative(name: str, value: float | None, higher: bool = True) -> None:
+        """A figure shown with the targets, with none to meet (target and met None)."""
+        out[name] = {"value": value, "target": None, "higher_is_better": higher, "met": None}
+
     def pairs(
         rows: list[dict[str, Any]], mode: str, baseline: str = BASELINE
     ) -> list[tuple[str, Any, Any]]:
@@ -95,6 +99,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         d = results["drain"]
         target("drain_events_per_s", d.get("drain_events_per_s"), 10_000)
         target("drain_lag_p99_ms", d.get("lag_p99_ms"), 500, False)
+    if "cluster" in results:
+        c = results["cluster"]
+        # the busiest primary's share of the Redis CPU with 3 shards: 0.33 is an even spread
+        informative("cluster_spread", c.get("cluster_spread"), False)
+        wait = c.get("wait_cost") or {}
+        informative("cluster_wait_cost_throughput_x", wait.get("throughput_x"), False)
+        informative("cluster_wait_cost_p50_x", wait.get("p50_x"), False)
     return out
 
 
@@ -105,6 +116,7 @@ COLUMNS = (
     ("fsync", "durability"),
     ("mode", "load"),
     ("connections", "conns"),
+    ("partitions", "partitions"),
     ("offered_per_s", "offered/s"),
     ("requests", "requests"),
     ("ops_per_s", "ops/s"),
@@ -119,6 +131,10 @@ COLUMNS = (
     ("exact_counts", "exact"),
     ("api_cpu_us", "API CPU µs"),
     ("redis_cpu_us", "Redis CPU µs"),
+    ("redis_cpu_us_per_primary", "µs by primary"),
+    ("primary_cpu_share", "share by primary"),
+    ("replica_cpu_us", "replicas µs"),
+    ("calls_per_fcall", "calls/FCALL"),
     ("postgres_cpu_us", "PG CPU µs"),
     ("drain_cpu_us_per_event", "drain CPU µs/event"),
     ("lag_p50_ms", "lag p50"),
@@ -130,6 +146,10 @@ COLUMNS = (
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list | tuple):
+        return "/".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
@@ -157,10 +177,9 @@ def print_tables(results: dict[str, dict[str, Any]], targets: dict[str, dict[str
         table = Table("target", "measured", "wanted", "met", title="bench: against the targets")
         for name, t in targets.items():
             sign = "≥" if t["higher_is_better"] else "≤"
+            wanted = "-" if t["target"] is None else f"{sign} {t['target']:g}"
             # escaped: a name's "[always vs sync commit]" is not a rich style
-            table.add_row(
-                escape(name), _cell(t["value"]), f"{sign} {t['target']:g}", _met(t["met"])
-            )
+            table.add_row(escape(name), _cell(t["value"]), wanted, _met(t["met"]))
         console.print(table)
 
 
@@ -187,24 +206,37 @@ def markdown(report: dict[str, Any]) -> str:
     out.append("|---|---|---|---|")
     for name, t in report["targets"].items():
         sign = ">=" if t["higher_is_better"] else "<="
-        met = "yes" if t["met"] else "no"
-        out.append(f"| {name} | {_cell(t['value'])} | {sign} {t['target']:g} | {met} |")
+        met = "-" if t["met"] is None else "yes" if t["met"] else "no"
+        wanted = "-" if t["target"] is None else f"{sign} {t['target']:g}"
+        out.append(f"| {name} | {_cell(t['value'])} | {wanted} | {met} |")
     return "\n".join(out) + "\n"
 
 
 def _breakdown(rows: list[dict[str, Any]]) -> list[str]:
     """The cost rows' Redis commands per reservation: calls x µs (a script's or function's µs
-    include the commands it runs)."""
+    include the commands it runs); the cluster rows' shards, one by one."""
     out = []
     for row in rows:
         commands = row.get("redis_commands")
         if commands:
             parts = [f"{name} {c['calls']:g}x {c['usec']:g} µs" for name, c in commands.items()]
             out.append(f"{row['system']}, Redis per reservation: " + ", ".join(parts))
+        if row.get("reservations_per_primary") is not None:
+            ports = "/".join(str(port) for port in row["primary_ports"])
+            out.append(
+                f"{row['system']}: by primary ({ports}): "
+                f"reservations {_cell(row['reservations_per_primary'])}, "
+                f"Redis CPU µs per reservation it served "
+                f"{_cell(row['redis_cpu_us_per_own_reservation'])}, projected "
+                f"{_cell(row['projected_per_shard_per_s'])} reservations/s of one core each; "
+                f"this process's CPU {_cell(row['client_cpu_us'])} µs per reservation"
+            )
     return out
 
 
-def _met(met: bool) -> str:
+def _met(met: bool | None) -> str:
+    if met is None:  # an informative figure, no target
+        return "-"
     return "[green]yes[/green]" if met else "[red]no[/red]"
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import scripts.bench
 from scripts.bench.options import ASYNC, BASELINES, SCENARIOS, SYNC, Options, Target
 
+DEFAULT_SCENARIOS = "flash-sale,catalog"
+
 
 def _bad_option(args: argparse.Namespace) -> str | None:
     at_least = {
@@ -62,7 +64,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from scripts.bench.measure import console
     from scripts.bench.report import markdown, plot, print_tables
 
-    names = list(SCENARIOS) if args.scenario == "all" else args.scenario.split(",")
+    asked = args.scenario
+    if asked is None:  # --cluster alone runs only the cluster scenario
+        asked = "" if args.cluster else DEFAULT_SCENARIOS
+    names = list(SCENARIOS) if asked == "all" else [n for n in asked.split(",") if n]
+    if args.cluster and "cluster" not in names:  # --cluster: the same as --scenario cluster
+        names.append("cluster")
+    if not names:
+        console.print(f"name a scenario: {', '.join(SCENARIOS)}, or all")
+        return 2
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         console.print(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
@@ -137,8 +147,14 @@ def add_commands(sub: Any, common: Any) -> None:
     )
     p.add_argument(
         "--scenario",
-        default="flash-sale,catalog",
-        help=f"comma-separated, of {', '.join(SCENARIOS)}; or all (default flash-sale,catalog)",
+        help=f"comma-separated, of {', '.join(SCENARIOS)}; or all (default {DEFAULT_SCENARIOS})",
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the engine on local Redis Clusters it starts itself (1 shard, 3 shards, 3 with "
+        "replicas without and with REDIS_WAIT_REPLICAS=1): the same as --scenario cluster "
+        "(added to --scenario when both are given)",
     )
     p.add_argument(
         "--api-url",
