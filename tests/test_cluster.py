@@ -21,18 +21,19 @@ from sqlalchemy import Engine as DatabaseEngine
 from engine import errors
 from engine.connection import CLUSTER_PARTITIONS, connect_sync, resolve
 from engine.engine import Engine
-from engine.keys import partition_keys, partition_of, rate_limit_bucket
+from engine.keys import login_attempts, partition_keys, partition_of, rate_limit_bucket
 from engine.layout import PartitionsMismatch, check_sync
 from engine.models import SYSTEM, LineRequest
 from engine.scripts import library
 from engine.settings import Settings
-from persistence import reconcile
+from persistence import reconcile, users
 from persistence.drain import drain_partition
 from scripts.bench.cluster import one_per_partition
 from scripts.redis_cluster import RedisClusterServer
 from scripts.redis_server import RedisServer
 from tests.api import bearer, data, running
 from tests.support import ALICE, add_product, last_json, run_cli
+from web import passwords
 from web.app import create_app
 from web.ratelimit import settle
 
@@ -262,8 +263,23 @@ async def test_the_api_drain_and_reconcile_over_the_shards(
         listed = await client.get("/api/reservations/", headers=alice)
         assert listed.status_code == 200
         assert len(data(listed)) == len(made)
+        # a failed login counts on the cluster; a success clears the counters (one MULTI)
+        users.create_user(db, "carol", passwords.hash_password("a long enough password"))
+        wrong = await client.post(
+            "/api/token/", json={"username": "carol", "password": "not the password"}
+        )
+        assert wrong.status_code == 401
+        right = await client.post(
+            "/api/token/", json={"username": "carol", "password": "a long enough password"}
+        )
+        assert right.status_code == 200, right.text
+        sync = connect_sync(own)
+        try:
+            assert sync.get(login_attempts("user", "carol")) is None  # cleared
+        finally:
+            sync.close()
         # the operators' views read every partition on every shard
-        staff = bearer(app, "2", staff=True)
+        staff = bearer(app, "99", staff=True)
         metrics = await client.get("/metrics", headers=staff)
         assert metrics.status_code == 200, metrics.text
         assert 'inventory_outbox_backlog{partition="63"}' in metrics.text
