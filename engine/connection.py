@@ -35,7 +35,7 @@ from redis.asyncio.cluster import PipelineCommand
 from redis.client import CaseInsensitiveDict
 from redis.exceptions import RedisClusterException
 
-from engine.pool import FairConnectionPool
+from engine.pool import FairConnectionPool, with_hiredis_packing
 from engine.settings import Settings
 
 log = logging.getLogger("inventory.redis")
@@ -220,6 +220,11 @@ def connect_async(settings: Settings) -> AsyncClient:
             ),
         )
         client._gate = _Gate(settings.redis_max_connections, settings.redis_pool_timeout_s)
+        # every node's connections encode commands in C, as the single server's pool does
+        packing = with_hiredis_packing(client.nodes_manager.connection_kwargs["connection_class"])
+        client.nodes_manager.connection_kwargs["connection_class"] = packing
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = packing  # type: ignore[assignment]
         return cast(AsyncClient, client)
     pool = FairConnectionPool.from_url(
         settings.redis_url,

@@ -70,12 +70,30 @@ def uuid4_str() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+# The last hex digits of an id, which new_id turns until the id's hash falls in its partition.
+_TAIL = 3
+_TAILS = [f"{v:03x}".encode() for v in range(16**_TAIL)]
+
+
 def new_id(partition: int, partitions: int) -> str:
-    """A random UUID (hex) whose hash falls in `partition`."""
+    """A random UUID (hex) whose hash falls in `partition`.
+
+    Drawing whole ids until one falls there costs PARTITIONS draws on average (64 on a
+    cluster: a quarter of a reservation's client CPU). Instead one id is drawn and its last
+    three hex digits (free bits of a version 4 UUID) are turned, from their drawn value on,
+    until it does: the CRC of the rest is computed once and continued over the three digits
+    (zlib.crc32's running value), so each try is one small C call. 116 random bits remain."""
+    if partitions == 1:
+        return uuid4_hex()
     while True:
-        candidate = uuid4_hex()
-        if partition_of(candidate, partitions) == partition:
-            return candidate
+        drawn = uuid4_hex()
+        head = drawn[:-_TAIL].encode()
+        crc = zlib.crc32(head)
+        start = int(drawn[-_TAIL:], 16)
+        for i in range(len(_TAILS)):
+            tail = _TAILS[(start + i) % len(_TAILS)]
+            if zlib.crc32(tail, crc) % partitions == partition:
+                return (head + tail).decode()
 
 
 @dataclass(frozen=True, slots=True)

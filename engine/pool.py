@@ -43,7 +43,7 @@ class _HiredisPacking:
 _packing: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def _with_hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
+def with_hiredis_packing(base: type[AbstractConnection]) -> type[AbstractConnection]:
     if base not in _packing:
         _packing[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
     return _packing[base]
@@ -56,7 +56,7 @@ class FairConnectionPool(ConnectionPool):
     def __init__(self, *, timeout: float | None = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # the URL chose the class (TCP, TLS, Unix socket): keep it, with C encoding
-        self.connection_class = _with_hiredis_packing(self.connection_class)
+        self.connection_class = with_hiredis_packing(self.connection_class)
         self.timeout = timeout
         self._waiters: deque[asyncio.Future[AbstractConnection]] = deque()
 

@@ -104,16 +104,18 @@ def test_partition_of_is_stable() -> None:
     assert partition_of("anything at all", 1) == 0
 
 
-@pytest.mark.parametrize("partitions", range(1, 9))
+@pytest.mark.parametrize("partitions", [*range(1, 9), 64, 1000, 5000])
 def test_new_id_lands_in_its_partition(partitions: int) -> None:
     drawn = set()
-    for partition in range(partitions):
+    for partition in range(min(partitions, 64)):
         for _ in range(5):
             record_id = new_id(partition, partitions)
             assert RECORD_ID.fullmatch(record_id)
             assert partition_of(record_id, partitions) == partition
             drawn.add(record_id)
-    assert len(drawn) == 5 * partitions
+    assert len(drawn) == 5 * min(partitions, 64)
+    if partitions > 64:  # the highest partitions too
+        assert partition_of(new_id(partitions - 1, partitions), partitions) == partitions - 1
 
 
 # -- invariants -------------------------------------------------------------------------
