@@ -245,7 +245,10 @@ def run(
             "processes, products, warehouses, max lines, buyers per process >= 1; stock >= 0"
         )
     if settings.partitions != 1:
-        raise ValueError("chaos runs on a single partition (PARTITIONS=1)")
+        raise ValueError(
+            "chaos runs on a single partition (PARTITIONS=1), on a Redis Cluster too: carts "
+            "across partitions are not taken yet"
+        )
     settings = _chaos_settings(settings)
     run_id = uuid.uuid4().hex[:8]
     plan = ChaosPlan(
