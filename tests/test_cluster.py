@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
@@ -25,14 +30,14 @@ from engine.keys import login_attempts, partition_keys, partition_of, rate_limit
 from engine.layout import PartitionsMismatch, check_sync
 from engine.models import SYSTEM, LineRequest
 from engine.scripts import library
-from engine.settings import Settings
+from engine.settings import PROJECT_ROOT, Settings
 from persistence import reconcile, users
 from persistence.drain import drain_partition
 from scripts.bench.cluster import one_per_partition
 from scripts.redis_cluster import RedisClusterServer
-from scripts.redis_server import RedisServer
+from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, data, running
-from tests.support import ALICE, add_product, last_json, run_cli
+from tests.support import ALICE, add_product, last_json, run_cli, wait_until_serving
 from web import passwords
 from web.app import create_app
 from web.ratelimit import settle
@@ -383,3 +388,73 @@ def test_chaos_on_the_cluster_in_one_partition(redis_cluster: RedisClusterServer
     refused = run_cli("chaos", "--processes", "2", "--json", env={"REDIS_URL": redis_cluster.url})
     assert refused.returncode == 2
     assert "on a Redis Cluster too" in refused.stdout + refused.stderr
+
+
+def test_inventory_serve_on_the_cluster_over_http(
+    redis_cluster: RedisClusterServer, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # `inventory serve` as an operator starts it: told REDIS_URL (a cluster node) and
+    # QUEUE_REDIS_URL; the README's walk: a product, a reservation, its order, the reads.
+    for client in (connect_sync(resolve(Settings(redis_url=redis_cluster.url))),):
+        client.flushall()
+        client.close()
+    env = {
+        "REDIS_URL": redis_cluster.url,
+        "QUEUE_REDIS_URL": redis_server.url,
+        "DATA_DIR": str(tmp_path),
+        "JWT_KEYS": "main:" + "m" * 40,
+    }
+    assert run_cli("migrate", env=env).returncode == 0
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(f"{base}/healthz", proc, "inventory serve")
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+        for name, staff in (("alice", "--staff"), ("bob", "")):
+            made = run_cli("createuser", name, *([staff] if staff else []), "--password",
+                           "a long enough password", env=env)  # fmt: skip
+            assert made.returncode == 0, made.stderr
+
+        def token(name: str) -> dict[str, str]:
+            got = httpx.post(
+                f"{base}/api/token/",
+                json={"username": name, "password": "a long enough password"},
+                timeout=10,
+            )
+            return {"Authorization": f"Bearer {got.json()['data']['access']}"}
+
+        staff, bob = token("alice"), token("bob")
+        for i in (1, 2):
+            product = {"name": f"Drop {i}", "sku": f"D-{i}", "price": "9.99", "total_stock": 5}
+            made = httpx.post(f"{base}/api/products/", json=product, headers=staff, timeout=10)
+            assert made.status_code == 201, made.text
+        held = httpx.post(
+            f"{base}/api/reservations/", json={"product": 2, "quantity": 2}, headers=bob, timeout=10
+        )
+        assert held.status_code == 201, held.text
+        order = httpx.post(
+            f"{base}/api/reservations/{held.json()['data']['id']}/commit/", headers=bob, timeout=10
+        )
+        assert order.status_code == 201, order.text
+        stock = httpx.get(f"{base}/api/products/2/", timeout=10).json()["data"]
+        assert (stock["total_stock"], stock["available_stock"]) == (3, 3)
+        if partition_of("1", CLUSTER_PARTITIONS) != partition_of("2", CLUSTER_PARTITIONS):
+            cart = {"lines": [{"product": 1, "quantity": 1}, {"product": 2, "quantity": 1}]}
+            refused = httpx.post(f"{base}/api/reservations/", json=cart, headers=bob, timeout=10)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                409,
+                "cross_partition",
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
