@@ -418,10 +418,10 @@ def test_inventory_serve_on_the_cluster_over_http(
     try:
         wait_until_serving(f"{base}/healthz", proc, "inventory serve")
         assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
-        for name, staff in (("alice", "--staff"), ("bob", "")):
-            made = run_cli("createuser", name, *([staff] if staff else []), "--password",
-                           "a long enough password", env=env)  # fmt: skip
-            assert made.returncode == 0, made.stderr
+        for name, flags in (("alice", ["--staff"]), ("bob", [])):
+            user = run_cli("createuser", name, *flags, "--password", "a long enough password",
+                           env=env)  # fmt: skip
+            assert user.returncode == 0, user.stderr
 
         def token(name: str) -> dict[str, str]:
             got = httpx.post(
