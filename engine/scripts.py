@@ -182,38 +182,18 @@ class Scripts:
         primary of a cluster; returns its name."""
         lib = library()
         client: Any = self._client
-        if not isinstance(client, redis.asyncio.cluster.RedisCluster):
-            await _load_on(client, lib)
-            return lib.name
-        # Each primary over a connection of its own: loading through the cluster client's
-        # node pools while many calls fail on "Function not found" made redis-py 8.1 drop
-        # connections that other calls were using.
-        await client.initialize()
-        for node in client.get_primaries():
-            one = Redis(host=node.host, port=int(node.port), **_node_options(client))
+        targets: list[Any] = [None]
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            await client.initialize()
+            targets = list(client.get_primaries())
+        for node in targets:
+            extra = {} if node is None else {"target_nodes": node}
             try:
-                await _load_on(one, lib)
-            finally:
-                await one.aclose()
+                await client.execute_command("FUNCTION LOAD", lib.source, **extra)
+            except ResponseError as e:
+                if not _loaded(e):
+                    raise
         return lib.name
-
-
-async def _load_on(client: Redis, lib: Library) -> None:
-    try:
-        await client.function_load(lib.source)
-    except ResponseError as e:
-        if not _loaded(e):
-            raise
-
-
-def _node_options(client: Any) -> dict[str, Any]:
-    """What a plain connection to one of a cluster client's nodes needs of its settings."""
-    kwargs = dict(client.get_connection_kwargs())
-    return {
-        k: kwargs[k]
-        for k in ("username", "password", "ssl", "socket_timeout", "socket_connect_timeout")
-        if k in kwargs
-    }
 
 
 def run_sync(

@@ -3,7 +3,7 @@ a real PostgreSQL cluster for the session with a fresh migrated database per tes
 same for SQLite.
 
 A test (or module) marked `cluster` runs twice: on the redis-server and on a real local Redis
-Cluster (3 primaries, scripts/redis_cluster.py, started once for the session), with the job
+Cluster (3 primaries, scripts/redis_cluster/, started once for the session), with the job
 queue on the redis-server (QUEUE_REDIS_URL) and PARTITIONS as the test sets it (1 unless it
 says otherwise), so that its exact expectations hold on both."""
 

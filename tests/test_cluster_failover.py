@@ -31,7 +31,7 @@ from web.app import create_app
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
-    """3 primaries, each with a replica (failover in ~2 s: scripts/redis_cluster.py)."""
+    """3 primaries, each with a replica (failover in ~2 s: scripts/redis_cluster/)."""
     cluster = RedisClusterServer(Path(tmp_path_factory.mktemp("replicated")), replicas=1)
     cluster.start()
     yield cluster

@@ -1,4 +1,4 @@
-"""A real local Redis Cluster (scripts/redis_cluster.py): three primaries cover every slot, hash
+"""A real local Redis Cluster (scripts/redis_cluster/): three primaries cover every slot, hash
 tags spread keys over all of them, and a primary killed with SIGKILL is replaced by its replica
 with the data it acknowledged."""
 

@@ -5,7 +5,7 @@ REDIS_WAIT_REPLICAS=1: reservations/s, latency, and Redis's CPU per reservation 
 
 Each row is `--seconds` of 64 tasks, each reserving one unit of a product picked at random from
 64 (one per partition, with stock that never runs out) through `Engine.reserve`, coalesced as
-the API does. The clusters (scripts/redis_cluster.py) run in a temporary folder and are stopped
+the API does. The clusters (scripts/redis_cluster/) run in a temporary folder and are stopped
 at the end, also on error; the bench's single Redis (stack.py) is not used. After each row the
 units reserved in Redis must be exactly the reservations made, and the invariants hold."""
 

@@ -23,171 +23,41 @@ been down). Under heavy load (the benchmark) a larger node_timeout_ms avoids fal
     python -m scripts.redis_cluster start DIR [--primaries 3] [--replicas 0]  # prints the URL
     python -m scripts.redis_cluster status DIR    # exit 0 ok, 1 unhealthy, 3 not running
     python -m scripts.redis_cluster stop DIR
+
+The nodes as processes and ports are in nodes.py; the command line in cli.py (__main__.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import redis
 
-BUS_OFFSET = 10_000  # a node's cluster bus port is its client port + 10000
+from scripts.redis_cluster.nodes import (
+    HOST,
+    ClusterNode,
+    free_cluster_ports,
+    is_node_process,
+    parse_cluster_nodes,
+    parse_info,
+    process_state,
+)
+
 SLOTS = 16_384
-HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
 PING_TIMEOUT_S = 10.0
 OK_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 3
-
-
-# --- ports -------------------------------------------------------------------------------------
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32_768, 60_999
-
-
-def free_cluster_ports(count: int, *, avoid: Collection[int] = ()) -> list[int]:
-    """`count` distinct ports P with both P and P + 10000 free on 127.0.0.1 (and neither one
-    a port, or the bus port, of `avoid`). Like free_port() it only proves that a bind works
-    now; all the candidates are held bound until every one is found, so they are distinct."""
-    low, _ = _ephemeral_range()
-    # Below the ephemeral range (no outgoing connection picks a port there) and above the
-    # well-known services (6379, 5432, 8080...), when the range leaves room; else anywhere.
-    first, last = 10_000, low - BUS_OFFSET
-    if last - first < 1_000:  # a custom ephemeral range leaves no room below it
-        first, last = 1_024, 65_536 - BUS_OFFSET
-    taken = {p for a in avoid for p in (a, a + BUS_OFFSET)}
-    rng = random.Random()  # own generator: a test seeding `random` must not make runs collide
-    held: list[socket.socket] = []
-    found: list[int] = []
-    try:
-        for _ in range(2_000):
-            if len(found) == count:
-                return found
-            port = rng.randrange(first, last)
-            if {port, port + BUS_OFFSET} & taken:
-                continue
-            pair: list[socket.socket] = []
-            try:
-                for candidate in (port, port + BUS_OFFSET):
-                    s = socket.socket()
-                    pair.append(s)
-                    s.bind((HOST, candidate))
-            except OSError:
-                for s in pair:
-                    s.close()
-                continue
-            held.extend(pair)
-            found.append(port)
-            taken.update((port, port + BUS_OFFSET))
-        if len(found) == count:
-            return found
-        raise RuntimeError(f"found only {len(found)} of {count} free port pairs (P, P+10000)")
-    finally:
-        for s in held:
-            s.close()
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def _process_state(pid: int) -> str | None:
-    """None: no such process; "Z": a zombie; else its state letter ("?" without /proc)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "?"
-    fields = stat.rpartition(")")[2].split()
-    return fields[0] if fields else "?"
-
-
-def _is_node_process(pid: int, port: int) -> bool:
-    """Whether `pid` is alive (not a zombie) and is the redis-server of `port`: its name, and
-    its command line ("redis-server 127.0.0.1:P [cluster]", or the raw `--port P`)."""
-    if _process_state(pid) in (None, "Z"):
-        return False
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    words = cmdline.replace("\0", " ").split()
-    return comm.startswith("redis-server") and any(
-        w == str(port) or w.endswith(f":{port}") for w in words
-    )
-
-
-@dataclass(frozen=True)
-class ClusterNode:
-    """One line of CLUSTER NODES."""
-
-    id: str
-    port: int
-    flags: frozenset[str]
-    master_id: str  # "-" for a primary
-    slots: int  # how many slots it serves
-
-    @property
-    def failed(self) -> bool:
-        return bool({"fail", "noaddr", "handshake"} & self.flags)
-
-
-def parse_cluster_nodes(text: str) -> list[ClusterNode]:
-    nodes: list[ClusterNode] = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 8:
-            continue
-        address = fields[1].split("@", 1)[0]  # ip:port@cport[,hostname]
-        slots = 0
-        for item in fields[8:]:
-            if item.startswith("["):  # a slot being imported or migrated
-                continue
-            start, _, end = item.partition("-")
-            slots += int(end or start) - int(start) + 1
-        nodes.append(
-            ClusterNode(
-                id=fields[0],
-                port=int(address.rpartition(":")[2]),
-                flags=frozenset(fields[2].split(",")),
-                master_id=fields[3],
-                slots=slots,
-            )
-        )
-    return nodes
-
-
-def _parse_info(text: str) -> dict[str, str]:
-    pairs = (line.partition(":") for line in text.splitlines() if ":" in line)
-    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def _text(reply: object) -> str:
@@ -318,7 +188,7 @@ class RedisClusterServer:
         for port in live:
             try:
                 with self._client(port) as client:
-                    info = _parse_info(_text(client.execute_command("CLUSTER", "INFO")))
+                    info = parse_info(_text(client.execute_command("CLUSTER", "INFO")))
                     nodes = parse_cluster_nodes(_text(client.execute_command("CLUSTER", "NODES")))
                     replication = client.info("replication")
             except redis.RedisError as error:
@@ -593,7 +463,7 @@ class RedisClusterServer:
             pid = int((self.node_dir(port) / "redis.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _is_node_process(pid, port) else None
+        return pid if is_node_process(pid, port) else None
 
     @staticmethod
     def _signal(pids: Collection[int], signum: signal.Signals) -> None:
@@ -610,7 +480,7 @@ class RedisClusterServer:
                 return False
             del self._procs[port]
             return True
-        return _process_state(pid) in (None, "Z")
+        return process_state(pid) in (None, "Z")
 
     def _wait_gone(self, port: int, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -664,123 +534,3 @@ class RedisClusterServer:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         temporary.replace(path)
-
-
-# --- command line ------------------------------------------------------------------------------
-
-
-def _cmd_start(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
-    if (folder / STATE_FILE).exists():
-        cluster = RedisClusterServer.from_dir(folder)
-        asked = {
-            "primaries": args.primaries,
-            "replicas": args.replicas,
-            "appendfsync": args.appendfsync,
-            "node_timeout_ms": args.node_timeout,
-        }
-        differ = [
-            f"{name} {value} (recorded: {getattr(cluster, name)})"
-            for name, value in asked.items()
-            if value is not None and value != getattr(cluster, name)
-        ]
-        if differ:
-            print(
-                f"redis_cluster: {folder} holds another cluster: asked {', '.join(differ)}; "
-                "stop it and use another DIR",
-                file=sys.stderr,
-            )
-            return 2
-    else:
-        cluster = RedisClusterServer(
-            folder,
-            primaries=3 if args.primaries is None else args.primaries,
-            replicas=0 if args.replicas is None else args.replicas,
-            appendfsync=args.appendfsync or "everysec",
-            node_timeout_ms=1000 if args.node_timeout is None else args.node_timeout,
-            detach=True,
-        )
-    try:
-        cluster.start()
-    except (RuntimeError, ValueError) as error:
-        print(f"redis_cluster: {error}", file=sys.stderr)
-        return 1
-    print(
-        f"redis_cluster: running, primaries {cluster.primary_ports()}, "
-        f"replicas {cluster.replica_ports()}, dir {cluster.data_dir}",
-        file=sys.stderr,
-    )
-    print(cluster.url)
-    return 0
-
-
-def _cmd_stop(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
-    if not (folder / STATE_FILE).exists():
-        print(f"redis_cluster: no cluster recorded in {folder}", file=sys.stderr)
-        return 0
-    cluster = RedisClusterServer.from_dir(folder)
-    cluster.stop()
-    print(f"redis_cluster: stopped (ports {cluster.ports})", file=sys.stderr)
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    folder = Path(args.dir)
-    if not (folder / STATE_FILE).exists():
-        print(f"not running (no cluster recorded in {folder})")
-        return 3
-    cluster = RedisClusterServer.from_dir(folder)
-    live = [p for p in cluster.ports if cluster.running(p)]
-    if not live:
-        print(f"not running (ports {cluster.ports}, dir {cluster.data_dir})")
-        return 3
-    try:
-        nodes = {n.port: n for n in cluster.nodes()}
-    except RuntimeError:
-        nodes = {}
-    by_id = {n.id: n.port for n in nodes.values()}
-    for port in cluster.ports:
-        node = nodes.get(port)
-        if not cluster.running(port):
-            state = "not running"
-        elif node is None:
-            state = f"pid {cluster._pid(port)}, not answering"
-        elif "master" in node.flags:
-            state = f"pid {cluster._pid(port)}, primary, {node.slots} slots"
-        else:
-            state = f"pid {cluster._pid(port)}, replica of {by_id.get(node.master_id, '?')}"
-        print(f"{HOST}:{port}  {state}")
-    problem = cluster.problem()
-    print(f"cluster: {problem or 'ok'}  {cluster.url}")
-    return 0 if problem is None and len(live) == len(cluster.ports) else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m scripts.redis_cluster",
-        description="A local Redis Cluster on 127.0.0.1 whose nodes live in DIR/<port>.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser(
-        "start", help="start the nodes (detached) and print the URL; resumes the cluster in DIR"
-    )
-    start.add_argument("dir")
-    start.add_argument("--primaries", type=int, help="3 by default")
-    start.add_argument("--replicas", type=int, help="replicas per primary, 0 by default")
-    start.add_argument("--appendfsync", choices=["always", "everysec", "no"])
-    start.add_argument("--node-timeout", type=int, help="cluster-node-timeout in ms (1000)")
-    start.set_defaults(run=_cmd_start)
-    stop = commands.add_parser("stop", help="stop the nodes recorded in DIR")
-    stop.add_argument("dir")
-    stop.set_defaults(run=_cmd_stop)
-    status = commands.add_parser("status", help="exit 0 if ok, 1 if unhealthy, 3 if not running")
-    status.add_argument("dir")
-    status.set_defaults(run=_cmd_status)
-    args = parser.parse_args(argv)
-    code: int = args.run(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
