@@ -59,12 +59,6 @@ class EngineBase:
     def _keys_for_product(self, product: str) -> PartitionKeys:
         return partition_keys(partition_of(product, self.settings.partitions))
 
-    def _keys_for_lines(self, lines: list[tuple[str, str, int]]) -> PartitionKeys:
-        parts = sorted({partition_of(p, self.settings.partitions) for p, _, _ in lines})
-        if len(parts) > 1:
-            raise errors.CrossPartition(parts)
-        return partition_keys(parts[0])
-
     def _keys_for_record(
         self, record_id: str, not_found: type[errors.ReservationNotFound | errors.OrderNotFound]
     ) -> PartitionKeys:

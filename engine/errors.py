@@ -239,17 +239,18 @@ class OrderTotalTooLarge(EngineError):
         super().__init__("the order total is too large")
 
 
-class CrossPartition(EngineError):
-    """A cart whose products live in different partitions (Redis Cluster only)."""
+class CartTimeout(EngineError):
+    """A cart across partitions took longer than CART_HOLD_TTL between two of its steps (a
+    stalled process, a slow shard): nothing of it was kept; a retry starts afresh."""
 
-    code = "cross_partition"
+    code = "cart_timeout"
 
-    def __init__(self, partitions: list[int]) -> None:
-        super().__init__("these products live in different partitions; reserve them apart")
-        self.partitions = partitions
+    def __init__(self, reservation: str) -> None:
+        super().__init__("the cart's partitions did not all answer in time; try again")
+        self.reservation = reservation
 
     def details(self) -> dict[str, Any]:
-        return {"partitions": self.partitions}
+        return {"reservation": self.reservation}
 
 
 class IdCollision(EngineError):

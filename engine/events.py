@@ -81,7 +81,12 @@ class StockAdjusted(EventBody):
 # -- reservations ---------------------------------------------------------------------------
 
 
-class ReservationCreated(EventBody):
+class _OfCart(TypedDict, total=False):
+    # a part of a cart across partitions (engine/carts.py): the cart's id (its home's)
+    cart: str
+
+
+class ReservationCreated(EventBody, _OfCart):
     reservation: str
     user: str
     expires_at: int  # ms
@@ -89,7 +94,7 @@ class ReservationCreated(EventBody):
     movements: list[MovementJSON]
 
 
-class ReservationEnded(EventBody):
+class ReservationEnded(EventBody, _OfCart):
     """Released by its owner, or expired: its units are available again."""
 
     reservation: str
@@ -106,11 +111,22 @@ class ReservationExpired(ReservationEnded):
     trigger: Literal["sweep", "reserve", "access"]  # what released it
 
 
-class ReservationExtended(EventBody):
+class ReservationExtended(EventBody, _OfCart):
     reservation: str
     user: str
     expires_at_before: int  # ms
     expires_at_after: int
+
+
+class ReservationCommitted(EventBody):
+    """A cart's part (not its home) whose units went into the cart's order, made in the home
+    (order_created): reserved -> gone here."""
+
+    reservation: str  # the part's id
+    order: str
+    cart: str
+    user: str
+    movements: list[MovementJSON]
 
 
 # -- orders ---------------------------------------------------------------------------------
@@ -135,6 +151,17 @@ class OrderStatusChanged(_StatusChange, EventBody):
     order: str
     user: str
     movements: list[MovementJSON]  # units back to available when cancelled, else empty
+
+
+class OrderPartReturned(EventBody):
+    """A cancelled cart order: the units of one of its other parts back to available here
+    (the home's are in its order_status_changed)."""
+
+    order: str
+    part: str  # the part's reservation id
+    cart: str
+    user: str
+    movements: list[MovementJSON]
 
 
 # -- reconcile's repairs (lua/repair.lua) ---------------------------------------------------
@@ -179,8 +206,10 @@ BODIES: dict[str, type[EventBody]] = {
     "reservation_released": ReservationReleased,
     "reservation_expired": ReservationExpired,
     "reservation_extended": ReservationExtended,
+    "reservation_committed": ReservationCommitted,
     "order_created": OrderCreated,
     "order_status_changed": OrderStatusChanged,
+    "order_part_returned": OrderPartReturned,
     "stock_reconciled": StockReconciled,
     "expiry_reconciled": ExpiryReconciled,
     "record_reconciled": RecordReconciled,

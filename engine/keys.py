@@ -96,6 +96,20 @@ def new_id(partition: int, partitions: int) -> str:
                 return (head + tail).decode()
 
 
+def part_id(cart: str, partition: int, partitions: int) -> str:
+    """The id of a cart's part in `partition` (engine/carts.py): the cart's id with its last
+    three hex digits turned, from theirs on, until the id's hash falls in `partition` — so
+    every part's id follows from the cart's, and a part is found without being recorded."""
+    head = cart[:-_TAIL].encode()
+    crc = zlib.crc32(head)
+    start = int(cart[-_TAIL:], 16)
+    for i in range(1, len(_TAILS)):
+        tail = _TAILS[(start + i) % len(_TAILS)]
+        if zlib.crc32(tail, crc) % partitions == partition:
+            return (head + tail).decode()
+    raise ValueError(f"no id of cart {cart!r} falls in partition {partition}")
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionKeys:
     """The keys of one partition. Per-record keys are built by its methods."""
@@ -113,6 +127,10 @@ class PartitionKeys:
 
     def order(self, order_id: str) -> str:
         return f"{self._tag}:order:{order_id}"
+
+    def return_mark(self, order_id: str) -> str:
+        """Set once a cancelled cart order's units of this partition are back (lua/part.lua)."""
+        return f"{self._tag}:order-returned:{order_id}"
 
     def idempotency(self, actor: str, operation: str, key: str) -> str:
         # The client's key is hashed: any text is safe, and one user's key can't collide
@@ -145,6 +163,12 @@ class PartitionKeys:
     def drain_requested(self) -> str:
         """Set while a drain job for this partition is queued, so writes enqueue one at most."""
         return f"{self._tag}:outbox:drain-requested"
+
+    @property
+    def carts(self) -> str:
+        """The carts across partitions whose home is here and whose other parts have a step to
+        follow: a sorted set, cart (or order) id -> the step's deadline (lua/cart.lua)."""
+        return f"{self._tag}:carts:pending"
 
     @property
     def unused_idempotency(self) -> str:

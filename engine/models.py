@@ -203,3 +203,4 @@ class ProductStock:
 class ExpiryResult:
     expired: int
     still_due: int
+    carts: int = 0  # steps of carts across partitions the sweep made their parts follow

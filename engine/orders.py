@@ -9,18 +9,29 @@ from typing import cast
 
 from engine import errors, replies, specs
 from engine import validation as v
-from engine.base import EngineBase
+from engine.carts import CartOps
+from engine.keys import PartitionKeys, partition_keys
 from engine.models import CallContext, LineRequest, Order
 from engine.states import OrderStatus
 
 
-class OrderOps(EngineBase):
+class OrderOps(CartOps):
     async def commit(self, reservation_id: str, ctx: CallContext) -> Order:
         """Turn a live reservation into a pending order."""
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
+        return await self._commit(
+            k, reservation_id, ctx, self._caller(k, ctx, "commit", [reservation_id])
+        )
+
+    async def _commit(
+        self,
+        k: PartitionKeys,
+        reservation_id: str,
+        ctx: CallContext,
+        caller: dict[str, str | int],
+    ) -> Order:
         order_id = self._new_id(k.partition, self.settings.partitions)
-        reply = await self.scripts.run(
-            specs.COMMIT,
+        call: dict[str, str | int] = dict(
             stock=k.stock,
             products=k.products,
             live=k.live,
@@ -32,9 +43,16 @@ class OrderOps(EngineBase):
             reservation_id=reservation_id,
             order_id=order_id,
             scope=ctx.scope,
-            **self._caller(k, ctx, "commit", [reservation_id]),
+            **caller,
             retention=self.settings.reservation_retention_ms,
+            carts=k.carts,
+            foreign_lines="",
+            deadline="",
+            hold=self.settings.cart_hold_ms,
         )
+        reply = await self.scripts.run(specs.COMMIT, **call)
+        if reply.get("err") == "cart_parts":  # a cart's home (engine/carts.py)
+            return await self._commit_cart(reservation_id, order_id, reply, ctx, call)
         replies.raise_for(reply)
         return replies.order_reply(k.partition, reply)
 
@@ -43,7 +61,10 @@ class OrderOps(EngineBase):
     ) -> Order:
         """Reserve and commit in one step: a direct order."""
         merged = v.merge_lines(lines)
-        k = self._keys_for_lines(merged)
+        parts = self._partitions_of(merged)
+        if len(parts) > 1:  # a cart across partitions (engine/carts.py)
+            return await self._place_cart_order(merged, parts, ctx, allow_split=allow_split)
+        k = partition_keys(parts[0])
         order_id = self._new_id(k.partition, self.settings.partitions)
         payload: dict[str, str | int] = {
             "lines": v.lines_json(merged),
@@ -90,9 +111,41 @@ class OrderOps(EngineBase):
             **self._caller(k, ctx, "transition", [order_id, target.value]),
             retention=self.settings.order_retention_ms,
             expected=expected.value if expected else "",
+            carts=k.carts,
+            hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
+        if "parts" in reply:  # a cart's order cancelled: every part's units back
+            await self._return_parts(reply["order"], reply, ctx)
         return replies.order_reply(k.partition, reply)
+
+    async def _place_cart_order(
+        self, merged: list[tuple[str, str, int]], parts: list[int], ctx: CallContext,
+        *, allow_split: bool,
+    ) -> Order:  # fmt: skip
+        """A direct order across partitions: the cart held for the shortest reservation
+        time, then committed; the order names it as its reservation."""
+        k = partition_keys(parts[0])
+        payload: list[str | int] = [v.lines_json(merged), "1" if allow_split else "0"]
+        caller = self._caller(k, ctx, "place_order", payload)
+        if caller["fingerprint"]:
+            first = await self._cart(k, "lookup", "", **caller)
+            replies.raise_for(first)
+            if "order" in first:
+                return replies.order_reply(k.partition, first)
+        plain = CallContext(actor=ctx.actor, request_id=ctx.request_id, staff=ctx.staff)
+        cart = await self._reserve_cart(
+            merged,
+            parts,
+            plain,
+            ttl=self.settings.reservation_ttl_min_ms,
+            allow_split=allow_split,
+        )
+        try:
+            return await self._commit(k, cart.id, plain, caller)
+        except errors.EngineError:
+            await self._each(parts, "release", cart.id, parts[0], plain)
+            raise
 
     async def get_order(self, order_id: str, ctx: CallContext) -> Order:
         k = self._keys_for_record(order_id, errors.OrderNotFound)

@@ -191,6 +191,7 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
     "order_total_too_large": lambda r: errors.OrderTotalTooLarge(),
     "reservation_exists": lambda r: errors.IdCollision(f"reservation {r['reservation']}"),
     "order_exists": lambda r: errors.IdCollision(f"order {r['order']}"),
+    "cart_timeout": lambda r: errors.CartTimeout(r["reservation"]),
 }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from engine import errors, replies, specs
 from engine import validation as v
-from engine.base import EngineBase
+from engine.carts import CartOps
 from engine.connection import clock, is_cluster_client
 from engine.keys import partition_keys
 from engine.models import (
@@ -21,7 +21,7 @@ from engine.models import (
 )
 
 
-class ReservationOps(EngineBase):
+class ReservationOps(CartOps):
     async def reserve(
         self,
         lines: Sequence[LineRequest],
@@ -33,7 +33,10 @@ class ReservationOps(EngineBase):
         """Hold units for `ttl_ms` (default RESERVATION_TTL), all lines or none."""
         ttl = self._ttl(ttl_ms)
         merged = v.merge_lines(lines)
-        k = self._keys_for_lines(merged)
+        parts = self._partitions_of(merged)
+        if len(parts) > 1:  # a cart across partitions (engine/carts.py)
+            return await self._reserve_cart(merged, parts, ctx, ttl=ttl, allow_split=allow_split)
+        k = partition_keys(parts[0])
         reservation_id = self._new_id(k.partition, self.settings.partitions)
         payload: dict[str, str | int] = {
             "lines": v.lines_json(merged),
@@ -50,6 +53,7 @@ class ReservationOps(EngineBase):
             **self._caller(k, ctx, "reserve", [*payload.values()]),
             expiry_batch=self.settings.expire_batch,
             retention=self.settings.reservation_retention_ms,
+            cart="",
         )
         replies.raise_for(reply)
         return replies.reservation_reply(k.partition, reply)
@@ -69,8 +73,12 @@ class ReservationOps(EngineBase):
             scope=ctx.scope,
             **self._caller(k, ctx, "release", [reservation_id]),
             retention=self.settings.reservation_retention_ms,
+            carts=k.carts,
+            hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
+        if "parts" in reply:  # a cart's home: its other parts follow (engine/carts.py)
+            reply = await self._follow_release(reservation_id, reply, ctx)
         return replies.reservation_reply(k.partition, reply)
 
     async def extend(
@@ -93,8 +101,12 @@ class ReservationOps(EngineBase):
             max_lifetime=self.settings.reservation_max_lifetime_ms,
             **self._caller(k, ctx, "extend", [reservation_id, ttl]),
             retention=self.settings.reservation_retention_ms,
+            carts=k.carts,
+            hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
+        if "parts" in reply:
+            reply = await self._follow_extend(reservation_id, reply, ctx)
         return replies.reservation_reply(k.partition, reply)
 
     async def expire(self, limit: int | None = None) -> ExpiryResult:
@@ -102,6 +114,9 @@ class ReservationOps(EngineBase):
         batch = self.settings.sweep_batch if limit is None else limit
         v.check_int("limit", batch, 1, 100_000)
         expired = due = 0
+        # first the carts' steps past their deadline: a part is made to follow its home before
+        # its own hold could run out
+        carts = await self.follow_carts(batch) if self.settings.partitions > 1 else 0
         for partition in range(self.settings.partitions):
             k = partition_keys(partition)
             reply = await self.scripts.run(
@@ -115,7 +130,7 @@ class ReservationOps(EngineBase):
             )
             expired += int(reply["expired"])
             due += int(reply["due"])
-        return ExpiryResult(expired=expired, still_due=due)
+        return ExpiryResult(expired=expired, still_due=due, carts=carts)
 
     async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:
         """A reservation as its owner (or staff) sees it; 'expired' once expires_at passed."""
@@ -130,8 +145,15 @@ class ReservationOps(EngineBase):
                 pipe.time()
                 pipe.hgetall(key)
                 (seconds, micros), rec = await pipe.execute()
-        if not rec or (ctx.scope and rec["owner"] != ctx.scope):
+        if (
+            not rec
+            or (ctx.scope and rec["owner"] != ctx.scope)
+            or rec.get("cart", reservation_id) != reservation_id  # a cart's part: not its own
+        ):
             raise errors.ReservationNotFound(reservation_id)
+        lines = json.loads(rec["lines"])
+        if "parts" in rec:  # a cart's home: every part's lines
+            lines.extend(await self._part_lines(reservation_id, json.loads(rec["parts"])))
         status = rec["status"]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         if status == ReservationStatus.ACTIVE and now_ms >= int(rec["expires_at"]):
@@ -142,7 +164,7 @@ class ReservationOps(EngineBase):
             status=ReservationStatus(status),
             created_at_ms=int(rec["created_at"]),
             expires_at_ms=int(rec["expires_at"]),
-            lines=tuple(ReservedLine(p, w, q) for p, w, q in json.loads(rec["lines"])),
+            lines=tuple(ReservedLine(p, w, q) for p, w, q in lines),
             order_id=rec.get("order_id") or None,
         )
 

@@ -91,6 +91,11 @@ class Settings:
     # How long a delivered or cancelled order stays in Redis (Postgres keeps it for good).
     order_retention_ms: int = 7 * 86_400_000
     idempotency_ttl_ms: int = 86_400_000
+    # A cart across partitions (engine/carts.py): each part is first held this long, and its
+    # other parts follow each step of its home within it (else the sweep makes them).
+    cart_hold_ms: int = 30_000
+    # While a cart's order is made, its other parts may not expire for this long.
+    cart_pin_ms: int = 86_400_000
     # Due reservations released by each reserve call before it checks stock.
     expire_batch: int = 100
     # Due reservations released by one sweep call.
@@ -166,6 +171,7 @@ class Settings:
             ),
             order_retention_ms=_seconds_ms(e, "ORDER_RETENTION", d.order_retention_ms / 1000),
             idempotency_ttl_ms=_seconds_ms(e, "IDEMPOTENCY_TTL", d.idempotency_ttl_ms / 1000),
+            cart_hold_ms=_seconds_ms(e, "CART_HOLD_TTL", d.cart_hold_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
             database_url=e.get("DATABASE_URL") or d.database_url,
@@ -210,6 +216,8 @@ class Settings:
             raise ValueError("LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX")
         if self.metrics_token and len(self.metrics_token.encode()) < 32:
             raise ValueError("METRICS_TOKEN must be at least 32 bytes")
+        if not 1_000 <= self.cart_hold_ms <= 600_000:
+            raise ValueError("CART_HOLD_TTL must be between 1 and 600 seconds")
         return self
 
     @property

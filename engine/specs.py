@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from engine.keys import PartitionKeys
 
 # The keys a partition has once, which specs name alike (engine.keys.PartitionKeys).
-PARTITION_WIDE = ("stock", "products", "live", "expiry", "outbox", "behind", "applied")
+PARTITION_WIDE = (
+    "stock",
+    "products",
+    "live",
+    "expiry",
+    "outbox",
+    "behind",
+    "applied",
+    "carts",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +115,19 @@ RESERVE = ScriptSpec(
         *_CALLER,
         "expiry_batch",
         "retention",
+        "cart",
     ),
     own_keys=("idem", "record"),
 )
 RELEASE = ScriptSpec(
     "release",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind"),
-    args=("reservation_id", "scope", *_CALLER, "retention"),
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts"),
+    args=("reservation_id", "scope", *_CALLER, "retention", "hold"),
 )
 EXTEND = ScriptSpec(
     "extend",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind"),
-    args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention"),
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts"),
+    args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention", "hold"),
 )
 EXPIRE = ScriptSpec(
     "expire",
@@ -136,8 +146,18 @@ COMMIT = ScriptSpec(
         "order",
         "idem",
         "behind",
+        "carts",
     ),
-    args=("reservation_id", "order_id", "scope", *_CALLER, "retention"),
+    args=(
+        "reservation_id",
+        "order_id",
+        "scope",
+        *_CALLER,
+        "retention",
+        "foreign_lines",
+        "deadline",
+        "hold",
+    ),
 )
 PLACE_ORDER = ScriptSpec(
     "place_order",
@@ -147,8 +167,42 @@ PLACE_ORDER = ScriptSpec(
 )
 TRANSITION = ScriptSpec(
     "transition",
-    keys=("stock", "outbox", "order", "idem", "behind"),
-    args=("order_id", "status", "scope", *_CALLER, "retention", "expected"),
+    keys=("stock", "outbox", "order", "idem", "behind", "carts"),
+    args=("order_id", "status", "scope", *_CALLER, "retention", "expected", "hold"),
+)
+CART = ScriptSpec(
+    "cart",
+    keys=("stock", "live", "expiry", "outbox", "record", "carts", "idem", "behind"),
+    args=(
+        "action",
+        "reservation_id",
+        "parts",
+        "lines",
+        "ttl",
+        "max_lifetime",
+        "hold",
+        "deadline",
+        "limit",
+        "retention",
+        *_CALLER,
+    ),
+)
+PART = ScriptSpec(
+    "part",
+    keys=("stock", "products", "live", "expiry", "outbox", "record", "behind"),
+    args=(
+        "action",
+        "reservation_id",
+        "cart_id",
+        "expires_at",
+        "pin",
+        "order_id",
+        "lines",
+        "owner",
+        "actor",
+        "request_id",
+        "retention",
+    ),
 )
 REPAIR = ScriptSpec(
     "repair",
@@ -186,6 +240,8 @@ SPECS: dict[str, ScriptSpec] = {
         COMMIT,
         PLACE_ORDER,
         TRANSITION,
+        CART,
+        PART,
         REPAIR,
         TRIM_OUTBOX,
         RATE_LIMIT,

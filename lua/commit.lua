@@ -6,6 +6,7 @@
 -- KEYS[7] order   the new order's hash
 -- KEYS[8] idem    idempotency record (unused when ARGV[6] is '')
 -- KEYS[9] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[10] carts  the partition's carts whose parts have a step to follow (holds.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] order id (new, chosen by the engine)
@@ -14,6 +15,11 @@
 -- ARGV[6] request fingerprint ('' = no idempotency key)
 -- ARGV[7] idempotency record ttl (ms)
 -- ARGV[8] record retention (ms) kept for the reservation after it ends
+-- ARGV[9] foreign lines: '' alone; for the home of a cart across partitions, the other
+--         parts' lines as they priced them, JSON [[product, warehouse, qty, unit_price,
+--         currency], ...] (engine/carts.py)
+-- ARGV[10] deadline (ms) of the cart's commit, as the first call answered it ('' alone)
+-- ARGV[11] hold (ms): a cart's parts are to follow within it
 --
 -- Returns JSON:
 --   {"ok": true, "order": {id, owner, status, reservation, lines [[product, warehouse, qty,
@@ -24,6 +30,12 @@
 --   {"err": "order_exists", "order"} | {"err": "idempotency_mismatch"}
 --   {"err": "redis_behind"} (KEYS[9] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+-- The home of a cart across partitions is committed in two calls. The first (no foreign
+-- lines) only answers {"err": "cart_parts", "parts", "deadline"}, and records the cart's
+-- step (holds.lua cart_pending): the engine pins the other parts (lua/part.lua) and calls
+-- again with their priced lines and that deadline; past it, or after the sweep took the step
+-- over, {"err": "cart_timeout"}. The order holds every line; "own_lines" (its record) those
+-- whose units this partition holds, "parts" the cart's partitions.
 -- Events: order_created (with the reserved -> gone movements), or reservation_expired.
 
 local stock, products, live_hash, expiry, outbox, record, order, idem =
@@ -43,6 +55,27 @@ if err then return err end
 local priced, total, currency = price_lines(products, live.lines)
 if not priced then return total end
 if taken then return refuse('order_exists', {order = order_id}) end
+local own = priced
+if rec.parts then
+  if ARGV[9] == '' then
+    return refuse('cart_parts', {parts = cjson.decode(rec.parts),
+                                 deadline = cart_pending(KEYS[10], id, now, ARGV[11])})
+  end
+  local pending = redis.call('ZSCORE', KEYS[10], id)
+  if not pending or tonumber(pending) ~= tonumber(ARGV[10]) or now >= tonumber(ARGV[10]) then
+    return refuse('cart_timeout', {reservation = id})
+  end
+  own = {}
+  for i, l in ipairs(priced) do own[i] = l end
+  for _, l in ipairs(cjson.decode(ARGV[9])) do
+    if l[5] ~= currency then
+      return refuse('currency_mismatch', {currencies = {currency, l[5]}})
+    end
+    priced[#priced + 1] = {l[1], l[2], l[3], l[4]}
+    total = total + l[3] * l[4]
+  end
+  if total > 99999999999999 then return refuse('order_total_too_large', {}) end
+end
 
 local movements = {}
 for _, l in ipairs(live.lines) do
@@ -53,6 +86,9 @@ redis.call('ZREM', expiry, id)
 redis.call('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
 redis.call('PEXPIRE', record, tonumber(ARGV[8]))
 local reply = {order = write_order(order, order_id, rec.owner, id, priced, total, currency, now)}
+if rec.parts then
+  redis.call('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
+end
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)

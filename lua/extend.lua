@@ -5,6 +5,7 @@
 -- KEYS[5] record  the reservation's hash
 -- KEYS[6] idem    idempotency record (unused when ARGV[7] is '')
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[8] carts   the partition's carts whose parts have a step to follow (holds.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -14,6 +15,7 @@
 -- ARGV[7] request fingerprint ('' = no idempotency key)
 -- ARGV[8] idempotency record ttl (ms)
 -- ARGV[9] record retention (ms) kept after the reservation ends
+-- ARGV[10] hold (ms): a cart's parts are to follow within it (engine/carts.py)
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {... new expires_at}}  (+ "replayed": true); when now + ttl
@@ -23,6 +25,7 @@
 --   and the refusals of release.lua (not_found, not_live, expired, idempotency_mismatch,
 --   redis_behind)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+--   The home of a cart across partitions also answers "parts" and "deadline" (release.lua).
 -- Events: reservation_extended (no counter moves), or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =
@@ -54,6 +57,9 @@ redis.call('HSET', record, 'expires_at', new)
 redis.call('PEXPIREAT', record, new + tonumber(ARGV[9]))
 rec.expires_at = new
 local reply = {reservation = reservation_view(rec, 'active')}
+if rec.parts then
+  reply.parts, reply.deadline = cjson.decode(rec.parts), cart_pending(KEYS[8], id, now, ARGV[10])
+end
 emit(outbox, 'reservation_extended', now, actor, request_id,
      {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new},
      reply)

@@ -149,7 +149,8 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
-  if scope ~= '' and rec.owner ~= scope then
+  if (scope ~= '' and rec.owner ~= scope) or (rec.cart and rec.cart ~= id) then
+    -- (a part of a cart is moved by its cart alone: lua/part.lua)
     return nil, nil, refuse('reservation_not_found', {reservation = id})
   end
   if rec.status ~= 'active' then
@@ -203,4 +204,14 @@ local function write_order(record, id, owner, reservation, priced, total, curren
   return {id = id, owner = owner, status = 'pending', reservation = reservation,
           lines = priced, total = total, currency = currency,
           created_at = now, updated_at = now}
+end
+
+-- A cart across partitions (lua/cart.lua): its home records that its other parts have a step
+-- to follow (`carts`: cart id -> the step's deadline, ms): the engine clears the entry once
+-- they have; past the deadline the sweep makes them follow (engine/carts.py). Returns the
+-- deadline.
+local function cart_pending(carts, id, now, hold)
+  local deadline = now + tonumber(hold)
+  redis.call('ZADD', carts, int(deadline), id)
+  return deadline
 end

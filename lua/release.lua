@@ -4,6 +4,7 @@
 -- KEYS[5] record  the reservation's hash
 -- KEYS[6] idem    idempotency record (unused when ARGV[5] is '')
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[8] carts   the partition's carts whose parts have a step to follow (holds.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -11,6 +12,7 @@
 -- ARGV[5] request fingerprint ('' = no idempotency key)
 -- ARGV[6] idempotency record ttl (ms)
 -- ARGV[7] record retention (ms) kept after the reservation ends
+-- ARGV[8] hold (ms): a cart's parts are to follow within it (engine/carts.py)
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {..., "status": "released"}}  (+ "replayed": true)
@@ -19,6 +21,8 @@
 --   {"err": "reservation_expired", "reservation", "expires_at"}  (released first if it was due)
 --   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[7] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+--   The home of a cart across partitions also answers "parts" (its partitions) and
+--   "deadline": its other parts are to be released (engine/carts.py).
 -- Events: reservation_released, or reservation_expired when it was due.
 
 local stock, live_hash, expiry, outbox, record, idem =
@@ -39,6 +43,9 @@ local movements = release_units(stock, live_hash, expiry, id, live)
 redis.call('HSET', record, 'status', 'released', 'ended_at', now)
 redis.call('PEXPIRE', record, tonumber(ARGV[7]))
 local reply = {reservation = reservation_view(rec, 'released')}
+if rec.parts then
+  reply.parts, reply.deadline = cjson.decode(rec.parts), cart_pending(KEYS[8], id, now, ARGV[8])
+end
 emit(outbox, 'reservation_released', now, actor, request_id,
      {reservation = id, user = rec.owner, movements = movements}, reply)
 return idem_store(idem, fp, ARGV[6], ok(reply))

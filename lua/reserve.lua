@@ -21,6 +21,8 @@
 -- ARGV[9]  idempotency record ttl (ms)
 -- ARGV[10] expiry batch: at most this many due reservations released per round (count)
 -- ARGV[11] record retention (ms) kept after the reservation ends
+-- ARGV[12] cart: '' alone; else the id of the cart across partitions this reservation is a
+--          part of (lua/cart.lua), kept in the record and the event
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {id, owner, status, created_at, expires_at (ms),
@@ -61,6 +63,8 @@ redis.call('ZADD', expiry, expires_at_s, id)
 redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id)
 redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
+local cart = ARGV[12]
+if cart ~= '' then redis.call('HSET', record, 'cart', cart) end
 
 -- The event and the reply are written from the pieces already encoded (lib.lua emit_encoded):
 -- cjson would format every number again. With an idempotency key the reply (without "ok" and
@@ -71,7 +75,8 @@ local reply = fp ~= '' and {'{"reservation":{"id":"', id, '","owner":', owner_js
 movements[#movements + 1] = ']'
 emit_encoded(outbox, 'reservation_created', now_s, actor, request_id,
      {reservation = '"' .. id .. '"', user = owner_json, expires_at = expires_at_s,
-      lines = lines_json, movements = movements}, reply)
+      lines = lines_json, movements = movements,
+      cart = cart ~= '' and '"' .. cart .. '"' or nil}, reply)
 return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event
   .. '","reservation":{"id":"' .. id .. '","owner":' .. owner_json
   .. ',"status":"active","created_at":' .. now_s .. ',"expires_at":' .. expires_at_s

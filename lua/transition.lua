@@ -6,6 +6,7 @@
 -- KEYS[3] order   the order's hash
 -- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
 --
 -- ARGV[1] order id
 -- ARGV[2] requested status
@@ -15,6 +16,7 @@
 -- ARGV[7] idempotency record ttl (ms)
 -- ARGV[8] retention (ms) of an order once it is terminal
 -- ARGV[9] expected current status ('' = any): refuse if the order has moved meanwhile
+-- ARGV[10] hold (ms): a cart's parts are to follow within it (engine/carts.py)
 --
 -- Returns JSON:
 --   {"ok": true, "order": {...}, "from": status}  (+ "replayed": true)
@@ -23,6 +25,9 @@
 --   {"err": "status_changed", "order", "current", "expected"}
 --   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+-- The order of a cart across partitions gives back only the units this partition holds
+-- ("own_lines"); on cancel the reply also carries "parts" and "deadline": the other parts'
+-- units are to be given back (lua/part.lua 'return').
 -- Events: order_status_changed (with movements when units return to available).
 
 local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -57,7 +62,7 @@ local now = now_ms()
 local lines = cjson.decode(o.lines)
 local movements = {}
 if to == STOCK_RETURNING then
-  for _, l in ipairs(lines) do
+  for _, l in ipairs(o.own_lines and cjson.decode(o.own_lines) or lines) do
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], 0)
   end
 end
@@ -67,6 +72,10 @@ local view = {id = order_id, owner = o.owner, status = to, reservation = o.reser
               lines = lines, total = tonumber(o.total), currency = o.currency,
               created_at = tonumber(o.created_at), updated_at = now}
 local reply = {order = view, from = o.status}
+if o.parts and to == STOCK_RETURNING then
+  reply.parts = cjson.decode(o.parts)
+  reply.deadline = cart_pending(KEYS[6], order_id, now, ARGV[10])
+end
 emit(outbox, 'order_status_changed', now, actor, request_id,
      {order = order_id, user = o.owner, from = o.status, to = to, movements = movements},
      reply)

@@ -126,7 +126,7 @@ class _Pending:
             self.extended[str(rid)] = int(d["expires_at_after"])
         elif e.type in ("reservation_released", "reservation_expired"):
             self.ended[str(rid)] = e.type.removeprefix("reservation_")
-        elif e.type == "order_created" and rid:
+        elif e.type in ("order_created", "reservation_committed") and rid:
             self.ended[str(rid)] = "committed"
         if e.type in ("order_created", "order_status_changed"):
             self.orders.setdefault(str(d["order"]), d.get("from"))

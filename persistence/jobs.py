@@ -137,15 +137,16 @@ def purge_idempotency() -> dict[str, int]:
 
 
 def expire() -> dict[str, int]:
-    """Release due reservations in every partition (the sweep)."""
+    """Release due reservations in every partition, and finish the steps of carts across
+    partitions a crashed process left (the sweep)."""
 
     async def run() -> dict[str, int]:
         async with Engine.from_settings(settings()) as engine:
             result = await engine.expire()
-        return {"expired": result.expired, "still_due": result.still_due}
+        return {"expired": result.expired, "still_due": result.still_due, "carts": result.carts}
 
     outcome = asyncio.run(run())
-    if outcome["expired"]:
+    if outcome["expired"] or outcome["carts"]:
         client = redis_client()
         bookkeeping.count_expired(client, outcome["expired"])
         q = queue()

@@ -57,12 +57,23 @@ def _reservation_status(status: str, expires_at: datetime, now: datetime) -> Res
 def _reservations(conn: Connection, rows: Sequence[Any], now: datetime) -> list[Reservation]:
     ids = [row.id for row in rows]
     lines: dict[str, list[ReservedLine]] = {i: [] for i in ids}
+    # a cart across partitions is its home's row; its lines are every part's
+    owner_of = {i: i for i in ids}
+    carts = [row.id for row in rows if row.cart_id == row.id]
+    if carts:
+        parts = select(RES.c.id, RES.c.cart_id).where(
+            RES.c.cart_id.in_(carts), RES.c.id != RES.c.cart_id
+        )
+        owner_of.update({str(part): str(cart) for part, cart in conn.execute(parts)})
     if ids:
         query = (
-            select(RES_LINES).where(RES_LINES.c.reservation_id.in_(ids)).order_by(RES_LINES.c.line)
+            select(RES_LINES)
+            .where(RES_LINES.c.reservation_id.in_(list(owner_of)))
+            .order_by(RES_LINES.c.reservation_id, RES_LINES.c.line)
         )
         for li in conn.execute(query):
-            lines[li.reservation_id].append(ReservedLine(li.product, li.warehouse, li.quantity))
+            line = ReservedLine(li.product, li.warehouse, li.quantity)
+            lines[owner_of[li.reservation_id]].append(line)
     return [
         Reservation(
             id=row.id,
@@ -90,7 +101,9 @@ def _status_filter(status: ReservationStatus, now: datetime) -> ColumnElement[bo
 def list_reservations(user: str | None, status: ReservationStatus | None) -> Listing:
     """Newest first; `user` None = everyone's (staff)."""
     now = datetime.now(UTC)
-    query = select(RES)
+    # the other parts of a cart across partitions are listed as their cart (its home's row);
+    # a cart never made live (refused, or abandoned half-way) is not listed
+    query = select(RES).where(or_(RES.c.cart_id.is_(None), RES.c.cart_id == RES.c.id))
     if user is not None:
         query = query.where(RES.c.user_id == user)
     if status is not None:
@@ -109,6 +122,8 @@ def get_reservation(db: Engine, reservation_id: str, scope: str) -> Reservation 
         row = conn.execute(select(RES).where(RES.c.id == reservation_id)).first()
         if row is None or (scope and row.user_id != scope):
             return None
+        if row.cart_id is not None and row.cart_id != row.id:
+            return None  # a cart's other part (found as its cart), or a cart never made live
         return _reservations(conn, [row], datetime.now(UTC))[0]
 
 

@@ -34,7 +34,7 @@ from engine.restore import LiveReservation, RestorePlan
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_locks
-from persistence.records import audit, order_hash, read_lines, reservation_hash
+from persistence.records import audit, cart_parts, order_hash, read_lines, reservation_hash
 from persistence.repair import restore_lost
 from persistence.snapshot import LIVE_ORDER, checkpoints, consistent_read
 
@@ -68,16 +68,19 @@ def _read(db: Engine, partitions: int) -> tuple[list[RestorePlan], dict[int, str
         lines = read_lines(
             conn, schema.reservation_lines, "reservation_id", select(rs.c.id).where(active)
         )
+        # carts across partitions: each home names its parts, each cart order its partitions
+        homes = select(rs.c.id).where(rs.c.cart_id == rs.c.id)
+        parts = cart_parts(conn, homes)
         for row in conn.execute(select(rs).where(active)):
             plan = plans[partition_of(row.id, partitions)]  # where the engine will look for it
             held = lines.get(row.id, [])
             plan.reservations[row.id] = LiveReservation(
-                row.user_id, held, reservation_hash(row, held)
+                row.user_id, held, reservation_hash(row, held, parts.get(row.id))
             )
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
             plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
-                row, lines.get(row.id, [])
+                row, lines.get(row.id, []), parts.get(row.reservation_id or ""), partitions
             )
     return plans, at, int(dead)
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, select
 
-from engine.records import order_fields, reservation_fields
+from engine.keys import partition_of
+from engine.records import compact, order_fields, reservation_fields
 from persistence import schema
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -59,9 +60,12 @@ def audit(
 # -- in Redis -------------------------------------------------------------------------------
 
 
-def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The record hash of a live reservation's database row."""
-    return reservation_fields(
+def reservation_hash(
+    row: Any, lines: list[Any], parts: list[int] | None = None
+) -> dict[str, str | int]:
+    """The record hash of a live reservation's database row; a part of a cart across
+    partitions names its cart, and the cart's home its `parts` (engine/carts.py)."""
+    record = reservation_fields(
         row.id,
         row.user_id,
         to_ms(row.created_at),
@@ -69,6 +73,11 @@ def reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
         lines,
         row.request_id or "",
     )
+    if getattr(row, "cart_id", None):
+        record["cart"] = row.cart_id
+        if row.cart_id == row.id and parts:
+            record["parts"] = compact(parts)
+    return record
 
 
 def order_from_event(oid: str, made: dict[str, Any]) -> dict[str, str | int]:
@@ -97,9 +106,12 @@ def ended_reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
     return record
 
 
-def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
-    """The record hash of a live order's database row."""
-    return order_fields(
+def order_hash(
+    row: Any, lines: list[Any], parts: list[int] | None = None, partitions: int = 1
+) -> dict[str, str | int]:
+    """The record hash of a live order's database row; the order of a cart across partitions
+    (`parts`: its partitions) keeps which lines its own partition holds."""
+    record = order_fields(
         row.id,
         owner=row.user_id,
         status=row.status,
@@ -110,9 +122,24 @@ def order_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
         created_at=to_ms(row.created_at),
         updated_at=to_ms(row.updated_at),
     )
+    if parts:
+        own = [line for line in lines if partition_of(str(line[0]), partitions) == parts[0]]
+        record["own_lines"], record["parts"] = compact(own), compact(parts)
+    return record
 
 
 # -- in the database ------------------------------------------------------------------------
+
+
+def cart_parts(conn: Connection, carts: Any) -> dict[str, list[int]]:
+    """The partitions of each of these carts across partitions (a list of cart ids, or a
+    query that selects them), from its parts' rows."""
+    rs = schema.reservations
+    out: dict[str, set[int]] = defaultdict(set)
+    query = select(rs.c.cart_id, rs.c.partition).where(rs.c.cart_id.in_(carts))
+    for cart, partition in conn.execute(query):
+        out[str(cart)].add(int(partition))
+    return {cart: sorted(ps) for cart, ps in out.items()}
 
 
 def read_lines(conn: Connection, table: Table, key: str, ids: Any) -> dict[str, list[list[Any]]]:

@@ -134,6 +134,9 @@ reservations = Table(
     Column("order_id", String(32), nullable=True),
     Column("request_id", String(128), nullable=False, default=""),
     Column("partition", Integer, nullable=False, default=0),
+    # the cart across partitions this reservation is a part of (its home's id; the home's own
+    # row has its own id here); NULL for a reservation of one partition (engine/carts.py)
+    Column("cart_id", String(32), nullable=True, index=True),
     Index(None, "user_id", "created_at"),
     Index(None, "status", "expires_at"),
 )

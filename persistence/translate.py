@@ -25,6 +25,8 @@ REASONS = {
     "reservation_expired": "expired",
     "order_created": "ordered",
     "order_status_changed": "order_cancelled",
+    "reservation_committed": "ordered",
+    "order_part_returned": "order_cancelled",
 }
 
 
@@ -180,6 +182,9 @@ def _reservation_created(e: OutboxEvent, d: events.ReservationCreated, rows: Row
             "order_id": None,
             "request_id": d.get("request_id") or "",
             "partition": e.partition,
+            # a cart's parts name it; its home names itself once the cart is live (the
+            # activation's reservation_extended): till then '' (held: listed nowhere)
+            "cart_id": None if "cart" not in d else "" if d["cart"] == rid else d["cart"],
         }
     )
     for i, (product, warehouse, quantity) in enumerate(_lines(d["lines"])):
@@ -207,7 +212,10 @@ def _reservation_ended(e: OutboxEvent, d: events.ReservationEnded, rows: Rows) -
 
 def _reservation_extended(e: OutboxEvent, d: events.ReservationExtended, rows: Rows) -> None:
     rid = d["reservation"]
-    rows.reservation_updates.append({"id": rid, "expires_at": ts(int(d["expires_at_after"]))})
+    update: dict[str, Any] = {"id": rid, "expires_at": ts(int(d["expires_at_after"]))}
+    if d.get("cart") == rid:  # a cart's home made live (lua/cart.lua 'activate')
+        update["cart_id"] = rid
+    rows.reservation_updates.append(update)
     _audit(
         e,
         rows,
@@ -216,6 +224,23 @@ def _reservation_extended(e: OutboxEvent, d: events.ReservationExtended, rows: R
         {"expires_at": d["expires_at_before"]},
         {"expires_at": d["expires_at_after"]},
     )
+
+
+def _reservation_committed(e: OutboxEvent, d: events.ReservationCommitted, rows: Rows) -> None:
+    """A cart's other part whose units went into the cart's order (made in the home)."""
+    rid, oid = d["reservation"], d["order"]
+    at = ts(e.ts_ms)
+    rows.reservation_updates.append(
+        {"id": rid, "status": "committed", "ended_at": at, "order_id": oid}
+    )
+    _movements(e, rows, REASONS[e.type], "order", oid)
+    _audit(e, rows, "reservation", rid, {"status": "active"}, {"status": "committed"})
+
+
+def _order_part_returned(e: OutboxEvent, d: events.OrderPartReturned, rows: Rows) -> None:
+    """A cancelled cart order's units of one other part, back to available."""
+    _movements(e, rows, REASONS[e.type], "order", d["order"])
+    _audit(e, rows, "order", d["order"], None, {"part": d["part"], "returned": True})
 
 
 def _order_created(e: OutboxEvent, d: events.OrderCreated, rows: Rows) -> None:
@@ -339,6 +364,8 @@ HANDLERS: dict[str, Handler] = {
     "reservation_extended": _reads(events.ReservationExtended, _reservation_extended),
     "order_created": _reads(events.OrderCreated, _order_created),
     "order_status_changed": _reads(events.OrderStatusChanged, _order_status_changed),
+    "reservation_committed": _reads(events.ReservationCommitted, _reservation_committed),
+    "order_part_returned": _reads(events.OrderPartReturned, _order_part_returned),
     "stock_reconciled": _reads(events.StockReconciled, _stock_reconciled),
     "expiry_reconciled": _reads(events.ExpiryReconciled, _expiry_reconciled),
     "record_reconciled": _reads(events.RecordReconciled, _record_reconciled),

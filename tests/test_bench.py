@@ -411,6 +411,8 @@ def test_bench_runs_every_scenario_with_exact_counts(
 CLUSTER_ROWS = [
     "1 shard",
     "3 shards",
+    "3 shards, carts of 2 lines in 1 partition",
+    "3 shards, carts of 2 lines across partitions",
     "3 shards + replicas, no WAIT",
     "3 shards + replicas, REDIS_WAIT_REPLICAS=1",
 ]
@@ -446,23 +448,29 @@ def test_bench_cluster_runs_on_clusters_of_its_own() -> None:
     result = report["scenarios"]["cluster"]
     rows = result["rows"]
     assert [r["system"] for r in rows] == CLUSTER_ROWS
-    assert [r["partitions"] for r in rows] == [1, 64, 64, 64]
-    assert [r["wait_replicas"] for r in rows] == [0, 0, 0, 1]
+    assert [r["partitions"] for r in rows] == [1, 64, 64, 64, 64, 64]
+    assert [r["wait_replicas"] for r in rows] == [0, 0, 0, 0, 0, 1]
+    assert [r["lines_per_reservation"] for r in rows] == [1, 1, 2, 2, 1, 1]
     assert result["invariants_ok"] is True
     ports: set[int] = set()
     for row in rows:
         assert row["exact_counts"] is True, row
         assert row["ok"] > 0
         assert row["errors"] == row["not_replicated"], row["error_kinds"]  # nothing else failed
-        assert row["reserved_in_redis"] == row["made"] == row["ok"] + row["not_replicated"] + 64
+        assert row["made"] == row["ok"] + row["not_replicated"] + 64
+        # the units: the timed reservations' lines, and the warm-up's one each
+        lines = row["lines_per_reservation"]
+        assert row["reserved_in_redis"] == (row["made"] - 64) * lines + 64
         assert len(row["primary_ports"]) == 3
         assert len(row["redis_cpu_us_per_primary"]) == 3
         assert len(row["primary_cpu_share"]) == 3
-        assert sum(row["reservations_per_primary"]) == row["made"] - 64  # the timed ones
+        # the timed ones' units, by the shard of their product
+        units = (row["made"] - 64) * row["lines_per_reservation"]
+        assert sum(row["reservations_per_primary"]) == units
         assert row["redis_cpu_us"] > 0
         assert row["calls_per_fcall"] >= 1
         ports.update(row["primary_ports"])
-    one, spread, replicated, _ = rows
+    one, spread, _, _, replicated, _ = rows
     assert sorted(one["reservations_per_primary"])[:2] == [0, 0]  # one shard did all the work
     assert all(n > 0 for n in spread["reservations_per_primary"])
     assert one["replica_cpu_us"] is None
@@ -470,7 +478,9 @@ def test_bench_cluster_runs_on_clusters_of_its_own() -> None:
     assert result["cluster_spread"] == max(spread["primary_cpu_share"])
     assert result["wait_cost"]["throughput_x"] > 0
     assert result["wait_cost"]["p50_x"] > 0
-    assert "cross_partition" in result["note"]
+    cost = result["cart_across_cost"]
+    assert cost["redis_cpu_x"] > 1  # a cart across partitions costs more calls than in one
+    assert cost["client_cpu_x"] > 0
     informative = report["targets"]["cluster_spread"]
     assert (informative["target"], informative["met"]) == (None, None)
     assert "bench: cluster" in done.stderr

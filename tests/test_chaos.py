@@ -12,8 +12,11 @@ from tests.support import last_json, run_cli
 pytestmark = pytest.mark.chaos
 
 
-def run_chaos(server: RedisServer, *args: str) -> tuple[int, dict[str, Any]]:
-    proc = run_cli("chaos", "--json", *args, env={"REDIS_URL": server.url}, timeout=240)
+def run_chaos(
+    server: RedisServer, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    env = {"REDIS_URL": server.url, **(env or {})}
+    proc = run_cli("chaos", "--json", *args, env=env, timeout=240)
     result: dict[str, Any] = last_json(proc)
     return proc.returncode, result
 
@@ -116,3 +119,28 @@ def test_two_hundred_buyers_carts_over_products_and_warehouses_then_settle(
     assert result["events"]["reservation_created"] == result["succeeded"]
     assert result["events"]["order_created"] == result["committed"]
     assert result["events"]["reservation_expired"] == result["expired"]
+
+
+def test_carts_across_partitions_of_one_server_settle_exactly(
+    redis_server: RedisServer, clean_redis: None
+) -> None:
+    """PARTITIONS=8 on one redis-server: the carts span partitions (engine/carts.py), each
+    held, made live, committed or expired part by part; the totals are exact all the same."""
+    code, result = run_chaos(
+        redis_server,
+        "--processes", "100",
+        "--stock", "20",
+        "--products", "8",
+        "--max-lines", "3",
+        "--settle",
+        "--seed", "11",
+        env={"PARTITIONS": "8"},
+    )  # fmt: skip
+    assert code == 0, result
+    assert (result["crashed"], result["oversold"], result["problems"]) == (0, 0, [])
+    assert result["carts_across_partitions"] > 10
+    assert result["succeeded"] + result["failed"] == 100
+    assert result["committed"] + result["expired"] == result["succeeded"]
+    assert result["reserved"] == 0
+    assert result["invariants_ok"] is True
+    assert result["events_ok"] is True

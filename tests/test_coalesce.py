@@ -58,6 +58,7 @@ def reserve_call(
         idempotency_ttl=engine.settings.idempotency_ttl_ms,
         expiry_batch=engine.settings.expire_batch,
         retention=engine.settings.reservation_retention_ms,
+        cart="",
     )
 
 

@@ -101,6 +101,7 @@ async def test_two_versions_of_the_library_run_side_by_side(
         idempotency_ttl=60_000,
         expiry_batch=10,
         retention=60_000,
+        cart="",
     )
     theirs = Call(other.function("reserve"), call.keys, call.args)
     assert '"ok":true' in await engine.scripts.raw(theirs)  # the other version's, alongside

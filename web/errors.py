@@ -42,7 +42,7 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.InvalidTransition: 409,
     engine_errors.StatusChanged: 409,
     engine_errors.CurrencyMismatch: 409,
-    engine_errors.CrossPartition: 409,
+    engine_errors.CartTimeout: 503,
     engine_errors.IdempotencyMismatch: 422,
     # The lines' prices make it so, not the request's form: a conflict with the catalog.
     engine_errors.OrderTotalTooLarge: 409,
@@ -75,7 +75,7 @@ def from_engine(exc: engine_errors.EngineError) -> ApiError:
         {"Retry-After": "5"}
         if isinstance(exc, engine_errors.RedisBehind)
         else {"Retry-After": "1"}
-        if isinstance(exc, engine_errors.NotReplicated)
+        if isinstance(exc, engine_errors.NotReplicated | engine_errors.CartTimeout)
         else None
     )
     return ApiError(status, exc.code, str(exc), details, headers)

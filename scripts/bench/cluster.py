@@ -1,7 +1,8 @@
 """`inventory bench --cluster` (`--scenario cluster`): the engine on Redis Cluster, in this
 process (no HTTP), on local clusters of its own — one shard doing all the work, the partitions
-spread over three shards, and three shards with a replica each, without and with
-REDIS_WAIT_REPLICAS=1: reservations/s, latency, and Redis's CPU per reservation on each primary.
+spread over three shards, carts of two lines in one partition against carts across two, and
+three shards with a replica each, without and with REDIS_WAIT_REPLICAS=1: reservations/s,
+latency, and Redis's CPU per reservation on each primary.
 
 Each row is `--seconds` of 64 tasks, each reserving one unit of a product picked at random from
 64 (one per partition, with stock that never runs out) through `Engine.reserve`, coalesced as
@@ -48,6 +49,8 @@ NODE_TIMEOUT_MS = 15_000
 FSYNC = "everysec"  # the clusters' appendfsync
 ONE_SHARD = "1 shard"
 SPREAD = "3 shards"
+CART_SAME = "3 shards, carts of 2 lines in 1 partition"
+CART_ACROSS = "3 shards, carts of 2 lines across partitions"
 REPLICATED = "3 shards + replicas, no WAIT"
 WAITED = "3 shards + replicas, REDIS_WAIT_REPLICAS=1"
 T = TypeVar("T")
@@ -68,6 +71,23 @@ def one_per_partition(prefix: str, count: int) -> list[str]:
 def product_names() -> list[str]:
     """PRODUCTS names, each in a partition of its own at the cluster's partition count."""
     return one_per_partition("cluster-bench-", PRODUCTS)
+
+
+def partner_names() -> list[str]:
+    """A second product in each partition of product_names(), in the same order."""
+    return one_per_partition("cluster-bench-b-", PRODUCTS)
+
+
+def _cart(kind: str, rng: random.Random, names: list[str], partners: list[str]) -> list[str]:
+    """The products of one reservation: one (`one`), two of one partition (`same`), or two of
+    two partitions (`across`: a cart across partitions, engine/carts.py)."""
+    i = rng.randrange(len(names))
+    if kind == "one":
+        return [names[i]]
+    if kind == "same":
+        return [names[i], partners[i]]
+    j = (i + rng.randrange(1, len(names))) % len(names)
+    return [names[i], names[j]]
 
 
 def _flush(cluster: RedisClusterServer) -> None:
@@ -100,7 +120,7 @@ def _per(value: float, n: int) -> float | None:
 
 
 async def _row(
-    cluster: RedisClusterServer, name: str, settings: Settings, seconds: float
+    cluster: RedisClusterServer, name: str, settings: Settings, seconds: float, kind: str = "one"
 ) -> dict[str, Any]:
     """One timed row on `cluster` (flushed before), as described in the module's docstring."""
     primaries, replicas = cluster.primary_ports(), cluster.replica_ports()
@@ -108,14 +128,18 @@ async def _row(
         port: redis.Redis.from_url(cluster.node_url(port), decode_responses=True)
         for port in (*primaries, *replicas)
     }
-    names = product_names()
+    names, partners = product_names(), partner_names()
     ctx = CallContext(actor="bench")
     try:
         async with Engine.from_settings(settings) as engine:
             partitions = engine.settings.partitions
             await engine.scripts.load()  # on every primary
+            everything = names + partners if kind != "one" else names
             await asyncio.gather(
-                *(engine.setup_product(p, SYSTEM, price=1999, stock={"main": HUGE}) for p in names)
+                *(
+                    engine.setup_product(p, SYSTEM, price=1999, stock={"main": HUGE})
+                    for p in everything
+                )
             )
             # warm: each product once, at the row's concurrency (the pools' connections open)
             await asyncio.gather(
@@ -124,23 +148,26 @@ async def _row(
             assert engine.coalescer is not None
             sizes = engine.coalescer.sizes
             sizes.clear()
-            made: Counter[str] = Counter()  # reservations made, per product
+            made: Counter[str] = Counter()  # units reserved, per product
+            carts = 0  # reservations made
             failures: Counter[str] = Counter()
             outcomes: list[Outcome] = []
             not_replicated = 0
             end = time.monotonic() + seconds
 
             async def buyer(seed: int) -> None:
-                nonlocal not_replicated
+                nonlocal not_replicated, carts
                 rng = random.Random(seed)
                 while time.monotonic() < end:
-                    product = rng.choice(names)
+                    products = _cart(kind, rng, names, partners)
+                    lines = [LineRequest(p, 1) for p in products]
                     started = time.monotonic()
                     try:
-                        await engine.reserve([LineRequest(product, 1)], ctx, ttl_ms=TTL_MS)
+                        await engine.reserve(lines, ctx, ttl_ms=TTL_MS)
                     except errors.NotReplicated:  # made on the primary, not acknowledged
                         outcomes.append(Outcome("", 503, 0.0, time.monotonic() - started))
-                        made[product] += 1
+                        made.update(products)
+                        carts += 1
                         not_replicated += 1
                     except (redis.exceptions.RedisError, errors.EngineError) as exc:
                         outcomes.append(Outcome("", 500, 0.0, time.monotonic() - started))
@@ -148,7 +175,8 @@ async def _row(
                         await asyncio.sleep(0.05)
                     else:
                         outcomes.append(Outcome("", 201, 0.0, time.monotonic() - started))
-                        made[product] += 1
+                        made.update(products)
+                        carts += 1
 
             before, me = _cpu(clients), os.times()
             started = time.monotonic()
@@ -157,9 +185,9 @@ async def _row(
             after, me_after = _cpu(clients), os.times()
 
             # exact: the units reserved in Redis are the reservations made, warm-up included
-            stocks = await engine.get_stocks(names)
+            stocks = await engine.get_stocks(everything)
             reserved = sum(s.reserved for s in stocks.values())
-            intact = len(stocks) == len(names) and all(
+            intact = len(stocks) == len(everything) and all(
                 s.available + s.reserved == HUGE for s in stocks.values()
             )
             invariants_ok = all(r.ok for r in await engine.check_invariants())
@@ -168,8 +196,8 @@ async def _row(
         for client in clients.values():
             client.close()
 
-    timed = sum(made.values())
-    shard = _shard_of(cluster, names, partitions)
+    timed, units = carts, sum(made.values())
+    shard = _shard_of(cluster, everything, partitions)
     served = Counter(dict.fromkeys(primaries, 0))
     for product, n in made.items():
         served[shard[product]] += n
@@ -194,9 +222,10 @@ async def _row(
         "seconds": round(elapsed, 2),
         "not_replicated": not_replicated,
         "error_kinds": dict(failures),
+        "lines_per_reservation": {"one": 1, "same": 2, "across": 2}[kind],
         "made": timed + len(names),
         "reserved_in_redis": reserved,
-        "exact_counts": intact and reserved == timed + len(names),
+        "exact_counts": intact and reserved == units + len(names),
         "invariants_ok": invariants_ok,
         "redis_cpu_us": _per(total, timed),
         # this process (the engine and its cluster client): the load generator too
@@ -239,8 +268,11 @@ def _note(rows: dict[str, dict[str, Any]]) -> str:
         "shard's own work: projected capacity per shard = 1e6 / (Redis CPU µs per reservation "
         f"on that shard) reservations/s of one core — {ONE_SHARD}: "
         f"{projected(rows.get(ONE_SHARD))}; {SPREAD}: {projected(rows.get(SPREAD))} per shard. "
-        f"Every node at appendfsync {FSYNC}. No cross-partition row: a cart whose lines live in "
-        "different partitions is refused on a cluster for now (cross_partition)."
+        f"Every node at appendfsync {FSYNC}. The cart rows reserve 2 units per reservation: "
+        "two products of one partition (one function call), or of two partitions (the saga of "
+        "engine/carts.py: two holds, the activation, the other part following, the step "
+        "cleared); `cart_across_cost` is the second's Redis CPU per reservation over the "
+        "first's."
     )
 
 
@@ -251,9 +283,18 @@ def cluster_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
     # (replicas per primary, its rows: (name, settings of the row)); PARTITIONS left unset
     # takes the cluster's default, 64
     layouts: list[tuple[int, list[tuple[str, dict[str, Any]]]]] = [
-        (0, [(ONE_SHARD, {"partitions": 1, "partitions_given": True}), (SPREAD, {})]),
+        (
+            0,
+            [
+                (ONE_SHARD, {"partitions": 1, "partitions_given": True}),
+                (SPREAD, {}),
+                (CART_SAME, {}),
+                (CART_ACROSS, {}),
+            ],
+        ),
         (1, [(REPLICATED, {"redis_wait_replicas": 0}), (WAITED, {"redis_wait_replicas": 1})]),
     ]
+    kinds = {CART_SAME: "same", CART_ACROSS: "across"}
     try:
         # one cluster at a time, to keep the machine quiet
         for replicas, runs in layouts:
@@ -271,7 +312,8 @@ def cluster_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
                     _flush(cluster)
                     settings = Settings(redis_url=cluster.url, redis_cluster=True, **given)
                     progress.step(f"cluster: {name}, {CONCURRENCY} tasks for {seconds:g}s")
-                    rows.append(_run(_row(cluster, name, settings, seconds)))
+                    kind = kinds.get(name, "one")
+                    rows.append(_run(_row(cluster, name, settings, seconds, kind)))
             finally:
                 cluster.stop()
     finally:
@@ -284,10 +326,16 @@ def cluster_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         "throughput_x": _ratio((without or {}).get("ops_per_s"), (waited or {}).get("ops_per_s")),
         "p50_x": _ratio((waited or {}).get("p50_ms"), (without or {}).get("p50_ms")),
     }
+    same, across = by_name.get(CART_SAME) or {}, by_name.get(CART_ACROSS) or {}
     return {
         "rows": rows,
         "invariants_ok": all(r["invariants_ok"] for r in rows),
         "cluster_spread": max(shares) if shares else None,
         "wait_cost": wait_cost,
+        "cart_across_cost": {
+            "redis_cpu_x": _ratio(across.get("redis_cpu_us"), same.get("redis_cpu_us")),
+            "client_cpu_x": _ratio(across.get("client_cpu_us"), same.get("client_cpu_us")),
+            "p50_x": _ratio(across.get("p50_ms"), same.get("p50_ms")),
+        },
         "note": _note(by_name),
     }

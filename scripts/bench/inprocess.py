@@ -84,6 +84,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 idempotency_ttl=settings.idempotency_ttl_ms,
                 expiry_batch=settings.expire_batch,
                 retention=settings.reservation_retention_ms,
+                cart="",
             )
             reply = await engine.scripts.raw(call)
             json.loads(reply)  # a caller of the script needs its answer

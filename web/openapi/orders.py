@@ -158,8 +158,8 @@ OPERATIONS: list[Operation] = [
         },
         errors={
             404: ("product_not_found", "warehouse_not_found"),
-            409: ("insufficient_stock", "cross_partition"),
-            503: ("id_collision",),
+            409: ("insufficient_stock",),
+            503: ("id_collision", "cart_timeout"),
         },
         description="201 with the warehouse each unit came from and `expires_at`. "
         "409 `insufficient_stock` lists the shortfall per line in `details.lines`. "
@@ -219,10 +219,9 @@ OPERATIONS: list[Operation] = [
                 *NOT_LIVE,
                 "insufficient_stock",
                 "currency_mismatch",
-                "cross_partition",
                 "order_total_too_large",
             ),
-            503: ("id_collision",),
+            503: ("id_collision", "cart_timeout"),
         },
     ),
     Operation(

@@ -1,0 +1,372 @@
+"""Carts across partitions: a reservation (or direct order) whose lines live in several
+partitions, on a Redis Cluster with PARTITIONS > 1. No Redis call can touch two partitions,
+so the cart is a saga over per-partition steps (docs/cluster-carts.md, README "Carts across
+partitions"):
+
+- A cart is one reservation per partition of its lines, its *parts*, each holding and giving
+  back its own units in its own partition, as any reservation. The part of the lowest
+  partition, the *home*, has the cart's id and decides for the cart: its status is the cart's.
+  The other parts' ids follow from the cart's (engine.keys.part_id); their records name the
+  cart, and no caller but the cart moves them (lua/part.lua).
+- **Create:** each part is held in ascending partition order for CART_HOLD_TTL (a refusal
+  releases what was held and answers as a one-partition cart would); then one call in the
+  home makes the cart live (lua/cart.lua 'activate': the commit point), and the other parts
+  take its expires_at. A crash before the commit point leaves holds that expire by themselves
+  (the home's after CART_HOLD_TTL, the others' after twice that: the sweep, which makes them
+  follow a live home once the step's CART_HOLD_TTL is past, must still find them held).
+- **Release, extend:** the home decides (release.lua, extend.lua), the other parts follow.
+- **Commit:** the other parts are pinned (they can't expire while the order is made) and
+  priced; the home makes the order with every line (commit.lua, within the step's deadline);
+  the other parts' units go into it. **Cancel** of the order gives each part's units back.
+- Each step the other parts are to follow is recorded in the home (`carts`) until they have;
+  past its deadline (CART_HOLD_TTL) the sweep makes them follow the home (`follow_carts`).
+
+Expiry needs no step: every part carries the cart's expires_at and expires with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+from engine import errors, replies, specs
+from engine import validation as v
+from engine.base import EngineBase
+from engine.connection import clock
+from engine.keys import PartitionKeys, part_id, partition_keys, partition_of
+from engine.models import CallContext, Order, Reservation
+
+Line = tuple[str, str, int]
+
+
+class CartOps(EngineBase):
+    def _partitions_of(self, lines: Sequence[Line]) -> list[int]:
+        return sorted({partition_of(p, self.settings.partitions) for p, _, _ in lines})
+
+    def _part_id(self, cart: str, home: int, partition: int) -> str:
+        return cart if partition == home else part_id(cart, partition, self.settings.partitions)
+
+    async def _part_lines(self, cart: str, parts: Sequence[int]) -> list[Any]:
+        """The lines of a cart's other parts, as their records hold them."""
+        home, *others = parts
+        keys = [partition_keys(p).reservation(self._part_id(cart, home, p)) for p in others]
+        found = await asyncio.gather(*(self.redis.hget(key, "lines") for key in keys))
+        return [line for raw in found if raw for line in json.loads(raw)]
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    async def _part(
+        self,
+        partition: int,
+        action: str,
+        cart: str,
+        home: int,
+        ctx: CallContext,
+        **values: str | int,
+    ) -> dict[str, Any]:
+        """One part's step (lua/part.lua); its reply, a refusal included (not raised)."""
+        k = partition_keys(partition)
+        pid = self._part_id(cart, home, partition)
+        order_id = str(values.get("order_id", ""))
+        args: dict[str, str | int] = {
+            "expires_at": "",
+            "pin": 0,
+            "order_id": "",
+            "lines": "",
+            "owner": "",
+            "retention": self.settings.reservation_retention_ms,
+            **values,
+        }
+        return await self.scripts.run(
+            specs.PART,
+            stock=k.stock,
+            products=k.products,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.return_mark(order_id) if action == "return" else k.reservation(pid),
+            behind=k.behind,
+            action=action,
+            reservation_id=pid,
+            cart_id=cart,
+            actor=ctx.actor,
+            request_id=ctx.request_id,
+            **args,
+        )
+
+    async def _cart(
+        self, k: PartitionKeys, action: str, cart: str, **values: str | int
+    ) -> dict[str, Any]:
+        """One step of the home (lua/cart.lua); its reply, a refusal included."""
+        args: dict[str, str | int] = {
+            "parts": "",
+            "lines": "",
+            "ttl": 0,
+            "max_lifetime": self.settings.reservation_max_lifetime_ms,
+            "hold": self.settings.cart_hold_ms,
+            "deadline": "",
+            "limit": 0,
+            "retention": self.settings.reservation_retention_ms,
+            "idem": k.unused_idempotency,
+            "actor": "system",
+            "request_id": "",
+            "fingerprint": "",
+            "idempotency_ttl": self.settings.idempotency_ttl_ms,
+            **values,
+        }
+        return await self.scripts.run(
+            specs.CART,
+            stock=k.stock,
+            live=k.live,
+            expiry=k.expiry,
+            outbox=k.outbox,
+            record=k.reservation(cart if cart else "-"),
+            carts=k.carts,
+            behind=k.behind,
+            action=action,
+            reservation_id=cart,
+            **args,
+        )
+
+    async def _done(self, home: int, member: str, deadline: Any) -> None:
+        """The step with this deadline is followed: its record in the home goes."""
+        await self._cart(partition_keys(home), "done", member, deadline=str(int(deadline)))
+
+    async def _each(
+        self, partitions: Sequence[int], action: str, cart: str, home: int, ctx: CallContext,
+        **values: str | int,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The same step for these parts, at once; their replies in the same order."""
+        return list(
+            await asyncio.gather(
+                *(self._part(p, action, cart, home, ctx, **values) for p in partitions)
+            )
+        )
+
+    # -- create ---------------------------------------------------------------------------------
+
+    async def _reserve_cart(
+        self,
+        merged: list[Line],
+        partitions: list[int],
+        ctx: CallContext,
+        *,
+        ttl: int,
+        allow_split: bool,
+        operation: str = "reserve",
+    ) -> Reservation:
+        home = partitions[0]
+        hk = partition_keys(home)
+        payload: list[str | int] = [v.lines_json(merged), ttl, "1" if allow_split else "0"]
+        caller = self._caller(hk, ctx, operation, payload)
+        if caller["fingerprint"]:
+            first = await self._cart(hk, "lookup", "", **caller)
+            replies.raise_for(first)
+            if "reservation" in first:
+                return replies.reservation_reply(home, first)
+        cart = self._new_id(home, self.settings.partitions)
+        held: list[int] = []
+        lines: list[Any] = []
+        quiet = CallContext(actor=ctx.actor, request_id=ctx.request_id)
+        try:
+            for p in partitions:
+                k = partition_keys(p)
+                pid = self._part_id(cart, home, p)
+                own = [
+                    line for line in merged if partition_of(line[0], self.settings.partitions) == p
+                ]
+                reply = await self._run_coalesced(
+                    specs.RESERVE,
+                    **specs.RESERVE.partition_keys(k),
+                    record=k.reservation(pid),
+                    reservation_id=pid,
+                    lines=v.lines_json(own),
+                    # the home's hold is the shortest: past the home's step deadline the
+                    # sweep still finds the other parts held, to make them follow
+                    ttl=self.settings.cart_hold_ms * (1 if p == home else 2),
+                    allow_split="1" if allow_split else "0",
+                    owner=ctx.actor,
+                    **self._caller(k, quiet, "reserve", []),
+                    expiry_batch=self.settings.expire_batch,
+                    retention=self.settings.reservation_retention_ms,
+                    cart=cart,
+                )
+                replies.raise_for(reply)
+                held.append(p)
+                lines.extend(reply["reservation"]["lines"])
+            reply = await self._cart(
+                hk,
+                "activate",
+                cart,
+                parts=json.dumps(partitions),
+                lines=json.dumps(lines, separators=(",", ":")),
+                ttl=ttl,
+                **caller,
+            )
+        except BaseException:
+            await self._each(held[::-1], "release", cart, home, ctx)
+            raise
+        if reply.get("err") or reply.get("replayed"):
+            # the holds outlived CART_HOLD_TTL, or a request with the same key made its cart
+            await self._each(held, "release", cart, home, ctx)
+            if reply.get("err") in ("reservation_expired", "reservation_not_live"):
+                raise errors.CartTimeout(cart)
+            replies.raise_for(reply)
+            return replies.reservation_reply(home, reply)
+        expires_at = int(reply["reservation"]["expires_at"])
+        followed = await self._each(partitions[1:], "align", cart, home, ctx, expires_at=expires_at)
+        if any("err" in r for r in followed):  # a part outlived its hold: the cart can't be whole
+            await self._each(partitions, "release", cart, home, ctx)
+            raise errors.CartTimeout(cart)
+        await self._done(home, cart, reply["deadline"])
+        return replies.reservation_reply(home, reply)
+
+    # -- release, extend: the home decided; the other parts follow --------------------------------
+
+    async def _follow_release(
+        self, cart: str, reply: dict[str, Any], ctx: CallContext
+    ) -> dict[str, Any]:
+        home, *others = (int(p) for p in reply["parts"])
+        followed = await self._each(others, "release", cart, home, ctx)
+        await self._done(home, cart, reply["deadline"])
+        return self._with_lines(reply, followed)
+
+    async def _follow_extend(
+        self, cart: str, reply: dict[str, Any], ctx: CallContext
+    ) -> dict[str, Any]:
+        home, *others = (int(p) for p in reply["parts"])
+        expires_at = int(reply["reservation"]["expires_at"])
+        followed = await self._each(others, "align", cart, home, ctx, expires_at=expires_at)
+        if any("err" in r for r in followed):
+            # a part is gone (its step was lost for longer than CART_HOLD_TTL): the cart can't
+            # be bought whole, so it ends whole
+            await self._each([home, *others], "release", cart, home, ctx)
+            raise errors.ReservationExpired(cart, expires_at)
+        await self._done(home, cart, reply["deadline"])
+        return self._with_lines(reply, followed)
+
+    @staticmethod
+    def _with_lines(reply: dict[str, Any], followed: list[dict[str, Any]]) -> dict[str, Any]:
+        lines = list(reply["reservation"]["lines"])
+        for r in followed:
+            lines.extend(replies.as_list(r.get("lines", [])))
+        return {**reply, "reservation": {**reply["reservation"], "lines": lines}}
+
+    # -- commit, cancel -------------------------------------------------------------------------
+
+    async def _commit_cart(
+        self,
+        cart: str,
+        order_id: str,
+        first: dict[str, Any],
+        ctx: CallContext,
+        call: dict[str, str | int],
+    ) -> Order:
+        """After commit.lua's first answer (cart_parts): pin and price the other parts, make
+        the order in the home, move the other parts' units into it. `call` is the commit's
+        call as the engine built it."""
+        home, *others = (int(p) for p in first["parts"])
+        deadline = int(first["deadline"])
+        pinned = await self._each(others, "pin", cart, home, ctx, pin=self.settings.cart_pin_ms)
+        refused = next((r for r in pinned if "err" in r), None)
+        if refused is not None:  # a part is gone: the cart can't be bought whole
+            await self._each([home, *others], "release", cart, home, ctx)
+            if refused["err"] in ("reservation_expired", "reservation_not_live"):
+                raise errors.ReservationExpired(cart, int(refused.get("expires_at", 0)))
+            replies.raise_for(refused)
+        foreign = [line for r in pinned for line in replies.as_list(r["lines"])]
+        reply = await self.scripts.run(
+            specs.COMMIT,
+            **{**call, "foreign_lines": json.dumps(foreign), "deadline": deadline},
+        )
+        if "err" in reply:
+            await self.follow_cart(home, cart, ctx)  # the pins go: the parts follow the home
+            replies.raise_for(reply)
+        await self._each(others, "commit", cart, home, ctx, order_id=order_id)
+        await self._done(home, cart, deadline)
+        return replies.order_reply(home, reply)
+
+    async def _return_parts(
+        self, order: dict[str, Any], reply: dict[str, Any], ctx: CallContext
+    ) -> None:
+        """A cancelled cart order: each other part's units go back to available."""
+        home, *others = (int(p) for p in reply["parts"])
+        await self._give_back(home, others, order, ctx)
+        await self._done(home, str(order["id"]), reply["deadline"])
+
+    async def _give_back(
+        self, home: int, others: Sequence[int], order: dict[str, Any], ctx: CallContext
+    ) -> None:
+        cart, order_id = str(order["reservation"]), str(order["id"])
+        n = self.settings.partitions
+        for p in others:
+            # its units must have gone into the order first (a step the sweep may not have
+            # made yet); a part whose record is gone went into it long ago
+            await self._part(p, "commit", cart, home, ctx, order_id=order_id)
+            lines = [[pr, w, q] for pr, w, q, *_ in order["lines"] if partition_of(pr, n) == p]
+            await self._part(
+                p,
+                "return",
+                cart,
+                home,
+                ctx,
+                order_id=order_id,
+                lines=json.dumps(lines),
+                owner=str(order["owner"]),
+                retention=self.settings.order_retention_ms,
+            )
+
+    # -- the sweep: steps past their deadline ---------------------------------------------------
+
+    async def follow_carts(self, limit: int) -> int:
+        """Make the other parts of every cart whose step is past its deadline follow its home
+        (every partition; at most `limit` steps each). Returns how many steps it finished."""
+        done = 0
+        ctx = CallContext(actor="system")
+        for p in range(self.settings.partitions):
+            reply = await self._cart(partition_keys(p), "claim", "", limit=limit)
+            for step in replies.as_list(reply.get("claimed", [])):
+                await self.follow_cart(p, str(step["id"]), ctx)
+                await self._done(p, str(step["id"]), step["deadline"])
+                done += 1
+        return done
+
+    async def follow_cart(self, home: int, member: str, ctx: CallContext) -> None:
+        """Make the other parts of the cart (or cart order) `member` follow its home, as the
+        home is now: live -> the cart's expires_at; ended -> released; committed -> into the
+        order; the order cancelled -> their units back."""
+        hk = partition_keys(home)
+        rec = cast(dict[str, str], await self.redis.hgetall(hk.reservation(member)))
+        if "parts" not in rec:
+            order = cast(dict[str, str], await self.redis.hgetall(hk.order(member)))
+            if "parts" in order and order["status"] == "cancelled":
+                await self._give_back(home, json.loads(order["parts"])[1:], _order(order), ctx)
+            return
+        cart, others = member, json.loads(rec["parts"])[1:]
+        seconds, micros = await clock(self.redis, hk.reservation(cart))
+        now = int(seconds) * 1000 + int(micros) // 1000
+        status = rec["status"]
+        if status == "committed":
+            order = cast(dict[str, str], await self.redis.hgetall(hk.order(rec["order_id"])))
+            await self._each(others, "commit", cart, home, ctx, order_id=rec["order_id"])
+            if order.get("status") == "cancelled":
+                await self._give_back(home, others, _order(order), ctx)
+        elif status == "active" and now < int(rec["expires_at"]):
+            followed = await self._each(
+                others, "align", cart, home, ctx, expires_at=int(rec["expires_at"])
+            )
+            if any("err" in r for r in followed):
+                await self._each([home, *others], "release", cart, home, ctx)
+        else:
+            await self._each(others, "release", cart, home, ctx)
+
+
+def _order(rec: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": rec["id"],
+        "reservation": rec["reservation_id"],
+        "owner": rec["owner"],
+        "lines": json.loads(rec["lines"]),
+    }
