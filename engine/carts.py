@@ -8,12 +8,12 @@ partitions"):
   partition, the *home*, has the cart's id and decides for the cart: its status is the cart's.
   The other parts' ids follow from the cart's (engine.keys.part_id); their records name the
   cart, and no caller but the cart moves them (lua/part.lua).
-- **Create:** each part is held in ascending partition order for CART_HOLD_TTL (a refusal
-  releases what was held and answers as a one-partition cart would); then one call in the
-  home makes the cart live (lua/cart.lua 'activate': the commit point), and the other parts
-  take its expires_at. A crash before the commit point leaves holds that expire by themselves
-  (the home's after CART_HOLD_TTL, the others' after twice that: the sweep, which makes them
-  follow a live home once the step's CART_HOLD_TTL is past, must still find them held).
+- **Create:** the other parts are held in ascending partition order, each for twice
+  CART_HOLD_TTL (a refusal releases what was held and answers as a one-partition cart would);
+  then the home is reserved for the cart's time, its parts and the step recorded in the same
+  call: the commit point. The other parts then take its expires_at. A crash before the commit
+  point leaves holds that expire by themselves; after it, holds the sweep (which acts once the
+  step is CART_HOLD_TTL old) still finds held, to make them follow.
 - **Release, extend:** the home decides (release.lua, extend.lua), the other parts follow.
 - **Commit:** the other parts are pinned (they can't expire while the order is made) and
   priced; the home makes the order with every line (commit.lua, within the step's deadline);
@@ -97,37 +97,20 @@ class CartOps(EngineBase):
         )
 
     async def _cart(
-        self, k: PartitionKeys, action: str, cart: str, **values: str | int
+        self, k: PartitionKeys, action: str, member: str, **values: str | int
     ) -> dict[str, Any]:
-        """One step of the home (lua/cart.lua); its reply, a refusal included."""
+        """The home's bookkeeping (lua/cart.lua); its reply, a refusal included."""
         args: dict[str, str | int] = {
-            "parts": "",
-            "lines": "",
-            "ttl": 0,
-            "max_lifetime": self.settings.reservation_max_lifetime_ms,
+            "idem": k.unused_idempotency,
             "hold": self.settings.cart_hold_ms,
             "deadline": "",
             "limit": 0,
-            "retention": self.settings.reservation_retention_ms,
-            "idem": k.unused_idempotency,
-            "actor": "system",
-            "request_id": "",
             "fingerprint": "",
             "idempotency_ttl": self.settings.idempotency_ttl_ms,
             **values,
         }
         return await self.scripts.run(
-            specs.CART,
-            stock=k.stock,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
-            record=k.reservation(cart if cart else "-"),
-            carts=k.carts,
-            behind=k.behind,
-            action=action,
-            reservation_id=cart,
-            **args,
+            specs.CART, carts=k.carts, action=action, reservation_id=member, **args
         )
 
     async def _done(self, home: int, member: str, deadline: Any) -> None:
@@ -155,72 +138,97 @@ class CartOps(EngineBase):
         *,
         ttl: int,
         allow_split: bool,
-        operation: str = "reserve",
     ) -> Reservation:
-        home = partitions[0]
+        home, *others = partitions
         hk = partition_keys(home)
         payload: list[str | int] = [v.lines_json(merged), ttl, "1" if allow_split else "0"]
-        caller = self._caller(hk, ctx, operation, payload)
+        caller = self._caller(hk, ctx, "reserve", payload)
         if caller["fingerprint"]:
-            first = await self._cart(hk, "lookup", "", **caller)
+            first = await self._cart(
+                hk,
+                "lookup",
+                "",
+                idem=caller["idem"],
+                fingerprint=caller["fingerprint"],
+            )
             replies.raise_for(first)
-            if "reservation" in first:
-                return replies.reservation_reply(home, first)
+            if "reservation" in first:  # this key's cart, made before
+                return await self._whole(home, partitions, first)
         cart = self._new_id(home, self.settings.partitions)
         held: list[int] = []
         lines: list[Any] = []
-        quiet = CallContext(actor=ctx.actor, request_id=ctx.request_id)
+        plain = CallContext(actor=ctx.actor, request_id=ctx.request_id)
         try:
-            for p in partitions:
+            # the other parts first, in ascending partition order, held for twice
+            # CART_HOLD_TTL: past a step's deadline (CART_HOLD_TTL) the sweep still finds them
+            # held, to make them follow; then the home, for the cart's time: the commit point
+            for p in [*others, home]:
                 k = partition_keys(p)
-                pid = self._part_id(cart, home, p)
-                own = [
-                    line for line in merged if partition_of(line[0], self.settings.partitions) == p
-                ]
-                reply = await self._run_coalesced(
-                    specs.RESERVE,
-                    **specs.RESERVE.partition_keys(k),
-                    record=k.reservation(pid),
-                    reservation_id=pid,
-                    lines=v.lines_json(own),
-                    # the home's hold is the shortest: past the home's step deadline the
-                    # sweep still finds the other parts held, to make them follow
-                    ttl=self.settings.cart_hold_ms * (1 if p == home else 2),
-                    allow_split="1" if allow_split else "0",
-                    owner=ctx.actor,
-                    **self._caller(k, quiet, "reserve", []),
-                    expiry_batch=self.settings.expire_batch,
-                    retention=self.settings.reservation_retention_ms,
-                    cart=cart,
-                )
+                reply = await self._hold(k, cart, home, merged, ctx, allow_split=allow_split,
+                    **(
+                        {"ttl": ttl, "parts": json.dumps(partitions), **caller}
+                        if p == home
+                        else {
+                            "ttl": self.settings.cart_hold_ms * 2,
+                            "parts": "",
+                            **self._caller(k, plain, "reserve", []),
+                        }
+                    ),
+                )  # fmt: skip
                 replies.raise_for(reply)
-                held.append(p)
-                lines.extend(reply["reservation"]["lines"])
-            reply = await self._cart(
-                hk,
-                "activate",
-                cart,
-                parts=json.dumps(partitions),
-                lines=json.dumps(lines, separators=(",", ":")),
-                ttl=ttl,
-                **caller,
-            )
+                if p != home:
+                    held.append(p)
+                    lines.extend(reply["reservation"]["lines"])
         except BaseException:
             await self._each(held[::-1], "release", cart, home, ctx)
             raise
-        if reply.get("err") or reply.get("replayed"):
-            # the holds outlived CART_HOLD_TTL, or a request with the same key made its cart
+        if reply.get("replayed"):  # a request with the same key made its cart meanwhile
             await self._each(held, "release", cart, home, ctx)
-            if reply.get("err") in ("reservation_expired", "reservation_not_live"):
-                raise errors.CartTimeout(cart)
-            replies.raise_for(reply)
-            return replies.reservation_reply(home, reply)
+            return await self._whole(home, partitions, reply)
         expires_at = int(reply["reservation"]["expires_at"])
-        followed = await self._each(partitions[1:], "align", cart, home, ctx, expires_at=expires_at)
+        followed = await self._each(others, "align", cart, home, ctx, expires_at=expires_at)
         if any("err" in r for r in followed):  # a part outlived its hold: the cart can't be whole
             await self._each(partitions, "release", cart, home, ctx)
             raise errors.CartTimeout(cart)
         await self._done(home, cart, reply["deadline"])
+        reply["reservation"]["lines"] = [*reply["reservation"]["lines"], *lines]
+        return replies.reservation_reply(home, reply)
+
+    async def _hold(
+        self,
+        k: PartitionKeys,
+        cart: str,
+        home: int,
+        merged: list[Line],
+        ctx: CallContext,
+        *,
+        allow_split: bool,
+        **values: str | int,
+    ) -> dict[str, Any]:
+        """One part's reservation (reserve.lua), of the cart's lines of its partition."""
+        n = self.settings.partitions
+        own = [line for line in merged if partition_of(line[0], n) == k.partition]
+        pid = self._part_id(cart, home, k.partition)
+        return await self._run_coalesced(
+            specs.RESERVE,
+            **specs.RESERVE.partition_keys(k),
+            record=k.reservation(pid),
+            reservation_id=pid,
+            lines=v.lines_json(own),
+            allow_split="1" if allow_split else "0",
+            owner=ctx.actor,
+            expiry_batch=self.settings.expire_batch,
+            retention=self.settings.reservation_retention_ms,
+            cart=cart,
+            hold=self.settings.cart_hold_ms,
+            **values,
+        )
+
+    async def _whole(self, home: int, partitions: list[int], reply: dict[str, Any]) -> Reservation:
+        """A cart's reply (its home's) with every part's lines, from their records."""
+        view = reply["reservation"]
+        more = await self._part_lines(str(view["id"]), partitions)
+        reply["reservation"] = {**view, "lines": [*view["lines"], *more]}
         return replies.reservation_reply(home, reply)
 
     # -- release, extend: the home decided; the other parts follow --------------------------------

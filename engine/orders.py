@@ -129,7 +129,9 @@ class OrderOps(CartOps):
         payload: list[str | int] = [v.lines_json(merged), "1" if allow_split else "0"]
         caller = self._caller(k, ctx, "place_order", payload)
         if caller["fingerprint"]:
-            first = await self._cart(k, "lookup", "", **caller)
+            first = await self._cart(
+                k, "lookup", "", idem=caller["idem"], fingerprint=caller["fingerprint"]
+            )
             replies.raise_for(first)
             if "order" in first:
                 return replies.order_reply(k.partition, first)

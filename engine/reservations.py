@@ -54,6 +54,8 @@ class ReservationOps(CartOps):
             expiry_batch=self.settings.expire_batch,
             retention=self.settings.reservation_retention_ms,
             cart="",
+            parts="",
+            hold=0,
         )
         replies.raise_for(reply)
         return replies.reservation_reply(k.partition, reply)

@@ -105,7 +105,7 @@ ADJUST_STOCK = ScriptSpec(
 )
 RESERVE = ScriptSpec(
     "reserve",
-    keys=("stock", "products", "live", "expiry", "outbox", "idem", "record", "behind"),
+    keys=("stock", "products", "live", "expiry", "outbox", "idem", "record", "behind", "carts"),
     args=(
         "reservation_id",
         "lines",
@@ -116,6 +116,8 @@ RESERVE = ScriptSpec(
         "expiry_batch",
         "retention",
         "cart",
+        "parts",
+        "hold",
     ),
     own_keys=("idem", "record"),
 )
@@ -172,19 +174,15 @@ TRANSITION = ScriptSpec(
 )
 CART = ScriptSpec(
     "cart",
-    keys=("stock", "live", "expiry", "outbox", "record", "carts", "idem", "behind"),
+    keys=("carts", "idem"),
     args=(
         "action",
         "reservation_id",
-        "parts",
-        "lines",
-        "ttl",
-        "max_lifetime",
         "hold",
         "deadline",
         "limit",
-        "retention",
-        *_CALLER,
+        "fingerprint",
+        "idempotency_ttl",
     ),
 )
 PART = ScriptSpec(

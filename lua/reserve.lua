@@ -8,6 +8,7 @@
 -- KEYS[6] idem      idempotency record (unused when ARGV[8] is '')
 -- KEYS[7] record    the new reservation's hash
 -- KEYS[8] behind    the partition's flag: while it is set, nothing is decided (lib.lua)
+-- KEYS[9] carts     the partition's carts whose parts have a step to follow (holds.lua)
 --
 -- ARGV[1]  reservation id (new, chosen by the engine)
 -- ARGV[2]  lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...],
@@ -22,7 +23,11 @@
 -- ARGV[10] expiry batch: at most this many due reservations released per round (count)
 -- ARGV[11] record retention (ms) kept after the reservation ends
 -- ARGV[12] cart: '' alone; else the id of the cart across partitions this reservation is a
---          part of (lua/cart.lua), kept in the record and the event
+--          part of (engine/carts.py), kept in the record and the event
+-- ARGV[13] parts: '' but for the home of a cart across partitions, taken last, once every
+--          other part is held: JSON [partition, ...] of the cart, kept in the record; the
+--          cart is live from here (its commit point), and its other parts are to follow
+-- ARGV[14] hold (ms): the other parts are to follow within it (with parts)
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {id, owner, status, created_at, expires_at (ms),
@@ -32,6 +37,7 @@
 --   {"err": "idempotency_mismatch"} | {"err": "reservation_exists", "reservation"}
 --   {"err": "redis_behind"} (KEYS[8] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+--   With parts, it also carries "deadline": the step recorded (holds.lua cart_pending).
 -- Events: reservation_expired (for each due reservation released first), reservation_created.
 
 local stock, products, live_hash, expiry, outbox, idem, record =
@@ -65,6 +71,11 @@ redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'create
 redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 local cart = ARGV[12]
 if cart ~= '' then redis.call('HSET', record, 'cart', cart) end
+local step = ''
+if ARGV[13] ~= '' then
+  redis.call('HSET', record, 'parts', ARGV[13])
+  step = ',"deadline":' .. int(cart_pending(KEYS[9], id, now, ARGV[14]))
+end
 
 -- The event and the reply are written from the pieces already encoded (lib.lua emit_encoded):
 -- cjson would format every number again. With an idempotency key the reply (without "ok" and
@@ -77,7 +88,7 @@ emit_encoded(outbox, 'reservation_created', now_s, actor, request_id,
      {reservation = '"' .. id .. '"', user = owner_json, expires_at = expires_at_s,
       lines = lines_json, movements = movements,
       cart = cart ~= '' and '"' .. cart .. '"' or nil}, reply)
-return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event
-  .. '","reservation":{"id":"' .. id .. '","owner":' .. owner_json
+return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event .. '"' .. step
+  .. ',"reservation":{"id":"' .. id .. '","owner":' .. owner_json
   .. ',"status":"active","created_at":' .. now_s .. ',"expires_at":' .. expires_at_s
   .. ',"lines":' .. lines_json .. '}}')

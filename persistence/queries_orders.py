@@ -101,8 +101,7 @@ def _status_filter(status: ReservationStatus, now: datetime) -> ColumnElement[bo
 def list_reservations(user: str | None, status: ReservationStatus | None) -> Listing:
     """Newest first; `user` None = everyone's (staff)."""
     now = datetime.now(UTC)
-    # the other parts of a cart across partitions are listed as their cart (its home's row);
-    # a cart never made live (refused, or abandoned half-way) is not listed
+    # the other parts of a cart across partitions are listed as their cart (its home's row)
     query = select(RES).where(or_(RES.c.cart_id.is_(None), RES.c.cart_id == RES.c.id))
     if user is not None:
         query = query.where(RES.c.user_id == user)
@@ -123,7 +122,7 @@ def get_reservation(db: Engine, reservation_id: str, scope: str) -> Reservation 
         if row is None or (scope and row.user_id != scope):
             return None
         if row.cart_id is not None and row.cart_id != row.id:
-            return None  # a cart's other part (found as its cart), or a cart never made live
+            return None  # a cart's other part: found as its cart
         return _reservations(conn, [row], datetime.now(UTC))[0]
 
 

@@ -182,9 +182,8 @@ def _reservation_created(e: OutboxEvent, d: events.ReservationCreated, rows: Row
             "order_id": None,
             "request_id": d.get("request_id") or "",
             "partition": e.partition,
-            # a cart's parts name it; its home names itself once the cart is live (the
-            # activation's reservation_extended): till then '' (held: listed nowhere)
-            "cart_id": None if "cart" not in d else "" if d["cart"] == rid else d["cart"],
+            # a cart across partitions: every part names it, its home (the cart's id) too
+            "cart_id": d.get("cart"),
         }
     )
     for i, (product, warehouse, quantity) in enumerate(_lines(d["lines"])):
@@ -212,10 +211,7 @@ def _reservation_ended(e: OutboxEvent, d: events.ReservationEnded, rows: Rows) -
 
 def _reservation_extended(e: OutboxEvent, d: events.ReservationExtended, rows: Rows) -> None:
     rid = d["reservation"]
-    update: dict[str, Any] = {"id": rid, "expires_at": ts(int(d["expires_at_after"]))}
-    if d.get("cart") == rid:  # a cart's home made live (lua/cart.lua 'activate')
-        update["cart_id"] = rid
-    rows.reservation_updates.append(update)
+    rows.reservation_updates.append({"id": rid, "expires_at": ts(int(d["expires_at_after"]))})
     _audit(
         e,
         rows,

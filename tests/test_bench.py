@@ -413,6 +413,8 @@ CLUSTER_ROWS = [
     "3 shards",
     "3 shards, carts of 2 lines in 1 partition",
     "3 shards, carts of 2 lines across partitions",
+    "catalog over HTTP, 1 shard",
+    "catalog over HTTP, 3 shards",
     "3 shards + replicas, no WAIT",
     "3 shards + replicas, REDIS_WAIT_REPLICAS=1",
 ]
@@ -440,14 +442,15 @@ def redis_servers_on(ports: set[int]) -> list[str]:
 def test_bench_cluster_runs_on_clusters_of_its_own() -> None:
     """`--cluster`: local clusters started and stopped by the run itself (no Stack), the engine
     in-process on each layout, every row's reservations exact, each primary's CPU measured."""
-    done = inventory("bench", "--cluster", "--seconds", "0.5", timeout=120)
+    done = inventory("bench", "--cluster", "--seconds", "0.5", "--products", "200", timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert list(report["scenarios"]) == ["cluster"]
     assert report["exact_counts"] is True
     result = report["scenarios"]["cluster"]
-    rows = result["rows"]
-    assert [r["system"] for r in rows] == CLUSTER_ROWS
+    assert [r["system"] for r in result["rows"]] == CLUSTER_ROWS
+    rows = [r for r in result["rows"] if r["mode"] == "in-process"]
+    over_http = [r for r in result["rows"] if r["mode"] == "http"]
     assert [r["partitions"] for r in rows] == [1, 64, 64, 64, 64, 64]
     assert [r["wait_replicas"] for r in rows] == [0, 0, 0, 0, 0, 1]
     assert [r["lines_per_reservation"] for r in rows] == [1, 1, 2, 2, 1, 1]
@@ -486,6 +489,17 @@ def test_bench_cluster_runs_on_clusters_of_its_own() -> None:
     assert "bench: cluster" in done.stderr
     assert "exact_counts = true" in done.stderr
     assert not redis_servers_on(ports)  # every node stopped
+    # the catalog over HTTP, served by `inventory serve` on the cluster: 1 shard, then 3
+    one_http, spread_http = over_http
+    assert [r["partitions"] for r in over_http] == [1, 64]
+    for row in over_http:
+        assert row["exact_counts"] is True, row
+        assert row["ok"] > 0
+        assert row["errors"] == 0
+        assert row["redis_cpu_us"] > 0
+    # (the rate limiter's buckets and the catalog's version live on every node in both)
+    assert max(one_http["primary_cpu_share"]) > 0.5
+    assert all(share > 0.15 for share in spread_http["primary_cpu_share"])
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -105,7 +106,7 @@ async def test_a_cart_across_partitions_is_one_reservation(sharded: Engine) -> N
     created2 = [e for e in e2 if e["type"] == "reservation_created"]
     assert [(e["reservation"], e["cart"]) for e in created0] == [(r.id, r.id)]
     assert [(e["reservation"], e["cart"]) for e in created2] == [(part_of(r.id, 2), r.id)]
-    assert (e0[-1]["type"], e0[-1]["cart"]) == ("reservation_extended", r.id)
+    assert (e0[-1]["type"], e0[-1]["cart"]) == ("reservation_created", r.id)
     assert e2[-1]["type"] == "reservation_extended"
     assert e2[-1]["expires_at_after"] == r.expires_at_ms
 
@@ -134,16 +135,21 @@ async def test_release_and_extend_move_every_part(sharded: Engine) -> None:
     assert await sharded.redis.zcard(partition_keys(0).carts) == 0
 
 
-async def test_a_refusal_in_a_later_partition_releases_the_holds_taken(sharded: Engine) -> None:
+async def test_a_refusal_in_the_home_releases_the_holds_taken(sharded: Engine) -> None:
     before = await all_levels(sharded)
+    # the other parts are held first, the home last: short in the home, sku-2
     with pytest.raises(errors.InsufficientStock) as info:
-        await sharded.reserve([LineRequest("sku-2", 1), LineRequest("sku-3", 9)], ALICE)
-    assert [s.product for s in info.value.lines] == ["sku-3"]
+        await sharded.reserve([LineRequest("sku-2", 9), LineRequest("sku-3", 1)], ALICE)
+    assert [s.product for s in info.value.lines] == ["sku-2"]
     assert await all_levels(sharded) == before
     await assert_invariants(sharded)
-    # the home's hold was taken and given back, on the record
-    types = [e["type"] for e in await events(sharded.redis, 0)]
+    # the other part's hold was taken and given back, on the record
+    types = [e["type"] for e in await events(sharded.redis, 2)]
     assert types[-2:] == ["reservation_created", "reservation_released"]
+    # short in another part: refused before the home is asked
+    with pytest.raises(errors.InsufficientStock):
+        await sharded.reserve([LineRequest("sku-2", 1), LineRequest("sku-3", 9)], ALICE)
+    assert await all_levels(sharded) == before
     with pytest.raises(errors.ProductNotFound):
         await sharded.reserve([LineRequest("sku-2", 1), LineRequest("nope", 1)], ALICE)
     assert await all_levels(sharded) == before
@@ -255,11 +261,14 @@ def commit_call(rid: str, oid: str) -> dict[str, str | int]:
 # -- crashes: the saga stopped after each step ---------------------------------------------------
 
 
-async def hold(engine: Engine, cart: str, partition: int, product: str, qty: int) -> None:
-    """One hold as the saga takes it (engine/carts.py)."""
+async def hold(
+    engine: Engine, cart: str, partition: int, product: str, qty: int, parts: str = ""
+) -> dict[str, Any]:
+    """One part's reservation as the saga makes it (engine/carts.py): another part's hold, or
+    with `parts` the home's (the commit point)."""
     k = partition_keys(partition)
-    home = 0
-    pid = cart if partition == home else part_of(cart, partition)
+    pid = cart if partition == 0 else part_of(cart, partition)
+    hold_ms = engine.settings.cart_hold_ms
     reply = await engine.scripts.run(
         specs.RESERVE,
         **specs.RESERVE.partition_keys(k),
@@ -267,7 +276,7 @@ async def hold(engine: Engine, cart: str, partition: int, product: str, qty: int
         record=k.reservation(pid),
         reservation_id=pid,
         lines=f'[["{product}","",{qty}]]',
-        ttl=engine.settings.cart_hold_ms * (1 if partition == home else 2),
+        ttl=60_000 if parts else hold_ms * 2,
         allow_split="1",
         owner="alice",
         actor="alice",
@@ -277,22 +286,29 @@ async def hold(engine: Engine, cart: str, partition: int, product: str, qty: int
         expiry_batch=100,
         retention=60_000,
         cart=cart,
+        parts=parts,
+        hold=hold_ms,
     )
     assert "err" not in reply, reply
+    return reply
 
 
-async def test_holds_left_by_a_crash_before_the_commit_point_expire_alone(sharded: Engine) -> None:
+async def test_holds_left_by_a_crash_before_the_commit_point_expire_alone(
+    sharded: Engine,
+) -> None:
     cart = sharded._new_id(0, 4)
-    await hold(sharded, cart, 0, "sku-2", 1)
     await hold(sharded, cart, 2, "sku-1", 2)
+    await hold(sharded, cart, 1, "sku-4", 1)
+    # ... and the process died before the home: nobody was told of this cart
     assert await levels(sharded, "sku-1") == {"main": (3, 2)}
-    with pytest.raises(errors.ReservationNotFound):  # not a cart anybody was given
+    with pytest.raises(errors.ReservationNotFound):
+        await sharded.get_reservation(cart, ALICE)
+    with pytest.raises(errors.ReservationNotFound):
         await sharded.get_reservation(part_of(cart, 2), ALICE)
-    await asyncio.sleep(1.1)  # CART_HOLD_TTL: the home's hold is gone, the other's not yet
+    await asyncio.sleep(1.1)  # CART_HOLD_TTL: still held
     await sharded.expire()
-    assert await levels(sharded, "sku-2") == {"main": (5, 0)}
     assert await levels(sharded, "sku-1") == {"main": (3, 2)}
-    await asyncio.sleep(1)  # twice CART_HOLD_TTL
+    await asyncio.sleep(1)  # twice CART_HOLD_TTL: gone
     await sharded.expire()
     assert await all_levels(sharded) == {
         p: {"main": (5, 0)} for p in ("sku-1", "sku-2", "sku-3", "sku-4")
@@ -302,12 +318,8 @@ async def test_holds_left_by_a_crash_before_the_commit_point_expire_alone(sharde
 
 async def test_a_crash_after_the_commit_point_is_finished_by_the_sweep(sharded: Engine) -> None:
     cart = sharded._new_id(0, 4)
-    await hold(sharded, cart, 0, "sku-2", 1)
     await hold(sharded, cart, 2, "sku-1", 2)
-    live = await sharded._cart(
-        partition_keys(0), "activate", cart, parts="[0,2]", lines="[]", ttl=60_000
-    )
-    assert "err" not in live
+    live = await hold(sharded, cart, 0, "sku-2", 1, parts="[0,2]")
     # ... and the process died: the other part still has its short hold
     await asyncio.sleep(1.1)
     result = await sharded.expire()

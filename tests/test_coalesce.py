@@ -59,6 +59,8 @@ def reserve_call(
         expiry_batch=engine.settings.expire_batch,
         retention=engine.settings.reservation_retention_ms,
         cart="",
+        parts="",
+        hold=0,
     )
 
 

@@ -102,6 +102,8 @@ async def test_two_versions_of_the_library_run_side_by_side(
         expiry_batch=10,
         retention=60_000,
         cart="",
+        parts="",
+        hold=0,
     )
     theirs = Call(other.function("reserve"), call.keys, call.args)
     assert '"ok":true' in await engine.scripts.raw(theirs)  # the other version's, alongside

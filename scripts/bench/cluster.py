@@ -13,6 +13,7 @@ units reserved in Redis must be exactly the reservations made, and the invariant
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
@@ -37,6 +38,7 @@ from scripts.bench.loadgen import Outcome
 from scripts.bench.measure import Progress, summarise
 from scripts.bench.meter import redis_cpu
 from scripts.bench.options import HUGE
+from scripts.bench.scenarios import catalog
 from scripts.bench.stack import Stack
 from scripts.redis_cluster import RedisClusterServer
 
@@ -51,6 +53,8 @@ ONE_SHARD = "1 shard"
 SPREAD = "3 shards"
 CART_SAME = "3 shards, carts of 2 lines in 1 partition"
 CART_ACROSS = "3 shards, carts of 2 lines across partitions"
+HTTP_ONE = "catalog over HTTP, 1 shard"
+HTTP_SPREAD = "catalog over HTTP, 3 shards"
 REPLICATED = "3 shards + replicas, no WAIT"
 WAITED = "3 shards + replicas, REDIS_WAIT_REPLICAS=1"
 T = TypeVar("T")
@@ -245,6 +249,65 @@ async def _row(
     return row
 
 
+def _http_rows(
+    cluster: RedisClusterServer, stack_opts: Any, progress: Progress
+) -> list[dict[str, Any]]:
+    """The catalog scenario over HTTP (scripts/bench/scenarios.py, ours only) with
+    `inventory serve --bench` on the cluster: its 3 primaries with PARTITIONS=1 (one shard
+    does the work), then with the cluster's 64 partitions. Each layout on services of its own
+    (PostgreSQL, the queue's Redis, the API); Redis CPU per reservation on each primary."""
+    rows: list[dict[str, Any]] = []
+    primaries = cluster.primary_ports()
+    for name, partitions in ((HTTP_ONE, 1), (HTTP_SPREAD, CLUSTER_PARTITIONS)):
+        _flush(cluster)
+        stack = Stack(stack_opts, cluster=cluster, partitions=partitions)
+        clients = {
+            port: redis.Redis.from_url(cluster.node_url(port), decode_responses=True)
+            for port in primaries
+        }
+        try:
+            progress.step(f"cluster: {name}: PostgreSQL, the queue's Redis, inventory serve")
+            stack.start()
+            before = _cpu(clients)
+            result = catalog(stack, progress)
+            after = _cpu(clients)
+        finally:
+            stack.close()
+            for client in clients.values():
+                client.close()
+        used = {port: after[port] - before[port] for port in primaries}
+        total = sum(used.values())
+        ok = sum(r["ok"] for r in result["rows"])
+        saturation = result["rows"][0]
+        rows.append(
+            {
+                "system": name,
+                "mode": "http",
+                "partitions": partitions,
+                "wait_replicas": 0,
+                "lines_per_reservation": "1-3",
+                **{
+                    k: saturation.get(k)
+                    for k in ("ops_per_s", "p50_ms", "p99_ms", "ok", "refused", "errors")
+                },
+                "fixed_rate": {
+                    k: result["rows"][1].get(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "ok")
+                },
+                "connections": stack_opts.connections,
+                "redis_cpu_us": _per(total, ok),
+                "primary_ports": primaries,
+                "redis_cpu_us_per_primary": [_per(used[port], ok) for port in primaries],
+                "primary_cpu_share": [
+                    round(used[port] / total, 2) if total else None for port in primaries
+                ],
+                "invariants_ok": result["invariants_ok"],
+                "database_copy_ok": result["database_copy_ok"],
+                "exact_counts": bool(result["invariants_ok"] and result["database_copy_ok"]),
+            }
+        )
+    return rows
+
+
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
@@ -270,9 +333,9 @@ def _note(rows: dict[str, dict[str, Any]]) -> str:
         f"{projected(rows.get(ONE_SHARD))}; {SPREAD}: {projected(rows.get(SPREAD))} per shard. "
         f"Every node at appendfsync {FSYNC}. The cart rows reserve 2 units per reservation: "
         "two products of one partition (one function call), or of two partitions (the saga of "
-        "engine/carts.py: two holds, the activation, the other part following, the step "
-        "cleared); `cart_across_cost` is the second's Redis CPU per reservation over the "
-        "first's."
+        "engine/carts.py: the other part held, the home's reservation its commit point, the "
+        "other part following, the step cleared); `cart_across_cost` is the second's Redis "
+        "CPU per reservation over the first's."
     )
 
 
@@ -314,6 +377,9 @@ def cluster_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
                     progress.step(f"cluster: {name}, {CONCURRENCY} tasks for {seconds:g}s")
                     kind = kinds.get(name, "one")
                     rows.append(_run(_row(cluster, name, settings, seconds, kind)))
+                if not replicas:
+                    http_opts = dataclasses.replace(stack.opts, baselines=(), fsync=(FSYNC,))
+                    rows.extend(_http_rows(cluster, http_opts, progress))
             finally:
                 cluster.stop()
     finally:

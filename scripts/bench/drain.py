@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from engine import outbox
+from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
@@ -66,18 +67,22 @@ def _producer(settings: Settings, product: str, n: int, rate: float, out: Any) -
 
 
 def _drainer(settings: Settings, stop: Event, out: Any) -> None:
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    """Drain every partition until told to stop and nothing is left (on a cluster too)."""
+    client = connect_sync(settings)
     db = database_engine(settings)
     lags: list[int] = []
     applied = 0
     while True:
         stopping = stop.is_set()
-        result = drain_partition(client, db, settings, 0)
-        lags.extend(result.lag_ms)
-        applied += result.applied
-        if stopping and result.applied == 0:
+        this_round = 0
+        for p in range(settings.partitions):
+            result = drain_partition(client, db, settings, p)
+            lags.extend(result.lag_ms)
+            this_round += result.applied
+        applied += this_round
+        if stopping and this_round == 0:
             break
-        if result.applied == 0:
+        if this_round == 0:
             time.sleep(0.005)
     cpu = os.times()
     out.put((applied, lags, cpu.user + cpu.system))

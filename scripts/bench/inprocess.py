@@ -85,6 +85,8 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 expiry_batch=settings.expire_batch,
                 retention=settings.reservation_retention_ms,
                 cart="",
+                parts="",
+                hold=0,
             )
             reply = await engine.scripts.raw(call)
             json.loads(reply)  # a caller of the script needs its answer

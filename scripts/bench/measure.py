@@ -39,7 +39,9 @@ def drainer(stack: Stack) -> Iterator[dict[str, Any]]:
         yield found
     finally:
         client = stack.redis_client()
-        found["outbox_backlog"] = outbox.length(client, 0)
+        found["outbox_backlog"] = sum(
+            outbox.length(client, p) for p in range(stack.settings.partitions)
+        )
         client.close()
         stop.set()
         applied, lags, cpu = out.get(timeout=600)

@@ -1,5 +1,6 @@
 """The services a run measures: Redis, PostgreSQL and `inventory serve --bench`, started
-here or already running."""
+here or already running. With `cluster`, the data lives on that Redis Cluster (started by the
+caller, scripts/bench/cluster.py) and the Redis started here holds only the job queue."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import psycopg
 import redis
 from sqlalchemy import select
 
-from engine import invariants, outbox
+from engine import outbox
+from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.models import SYSTEM
 from engine.settings import Settings
@@ -42,6 +44,7 @@ from scripts.bench.options import (
     Target,
 )
 from scripts.pg_server import PostgresServer
+from scripts.redis_cluster import RedisClusterServer
 from scripts.redis_server import RedisServer, free_port
 from web.auth import Keys, Principal
 
@@ -50,8 +53,11 @@ class Stack:
     """Redis, PostgreSQL and the API server (`inventory serve --bench`), on 127.0.0.1 — started
     here, or already running (`Options.target`)."""
 
-    def __init__(self, opts: Options) -> None:
+    def __init__(
+        self, opts: Options, *, cluster: RedisClusterServer | None = None, partitions: int = 1
+    ) -> None:
         self.opts = opts
+        self.cluster, self.partitions = cluster, partitions
         self.target = opts.target
         self.tmp = Path(tempfile.mkdtemp(prefix="ire-bench-"))
         self.redis: RedisServer | None = None
@@ -62,6 +68,8 @@ class Stack:
             self.pg = PostgresServer(database="bench", durable=True)
             self.connect = ("127.0.0.1", 0)  # its port chosen in start()
             self.redis_url, self.database_url = self.redis.url, self.pg.url
+            if cluster is not None:
+                self.redis_url = cluster.url
         else:
             api = urllib.parse.urlsplit(self.target.api_url)
             if api.scheme != "http" or not api.hostname:
@@ -98,15 +106,21 @@ class Stack:
             rowlock.create_tables(conn)
             statement.create_tables(conn)
         self.settings = Settings(
-            redis_url=self.redis.url,
+            redis_url=self.redis_url,
             database_url=self.pg.url,
             jwt_keys=JWT_KEYS,
             reservation_ttl_min_ms=1000,
+            redis_cluster=self.cluster is not None,
+            queue_redis_url=self.redis.url,
+            partitions=self.partitions,
+            partitions_given=True,
         )
         self.keys = Keys(self.settings)
         env = {
             **os.environ,
-            "REDIS_URL": self.redis.url,
+            "REDIS_URL": self.redis_url,
+            "QUEUE_REDIS_URL": self.redis.url,
+            "PARTITIONS": str(self.partitions),
             "DATABASE_URL": self.pg.url,
             "JWT_KEYS": JWT_KEYS,
             # on, as in production, but roomy: each buyer is a user of their own
@@ -202,11 +216,12 @@ class Stack:
             conn.execute("CHECKPOINT")
 
     def redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        """A client of the data's Redis (the cluster client on a cluster)."""
+        return connect_sync(self.settings)
 
     def set_fsync(self, mode: str) -> None:
-        if self.target is not None:
-            return  # someone else's Redis: measured as it is
+        if self.target is not None or self.cluster is not None:
+            return  # someone else's Redis, or a cluster started at its own: measured as it is
         client = self.redis_client()
         client.config_set("appendfsync", mode)
         client.close()
@@ -267,11 +282,8 @@ class Stack:
 
     def check_invariants(self) -> bool:
         async def check() -> bool:
-            client = redis.asyncio.Redis.from_url(self.redis_url, decode_responses=True)
-            try:
-                reports = await invariants.check(client, self.settings.partitions)
-            finally:
-                await client.aclose()
+            async with Engine.from_settings(self.settings) as engine:
+                reports = await engine.check_invariants()
             return all(r.ok for r in reports)
 
         return asyncio.run(check())

@@ -372,6 +372,31 @@ class RedisClusterServer:
         if not self._wait_gone(port, pid, STOP_TIMEOUT_S):
             raise RuntimeError(f"node {port} (pid {pid}) survived SIGKILL")
 
+    def pause(self, port: int) -> None:
+        """SIGSTOP one node: it neither answers nor replicates until resume(), as a node stalled
+        by its machine would (a replica paused falls behind its primary)."""
+        self._check_port(port)
+        pid = self._pid(port)
+        if pid is None:
+            raise RuntimeError(f"node {port} is not running")
+        self._signal([pid], signal.SIGSTOP)
+
+    def resume(self, port: int) -> None:
+        """SIGCONT a node pause() stopped."""
+        self._check_port(port)
+        pid = self._pid(port)
+        if pid is not None:
+            self._signal([pid], signal.SIGCONT)
+
+    def replica_of(self, primary: int) -> int:
+        """The port of a replica of the primary at `primary`."""
+        nodes = self.nodes()
+        ids = {n.port: n.id for n in nodes}
+        for n in nodes:
+            if "slave" in n.flags and n.master_id == ids.get(primary):
+                return n.port
+        raise RuntimeError(f"node {primary} has no replica")
+
     def restart(self, port: int) -> None:
         """Start a stopped or killed node again in its folder (same port, nodes.conf, AOF) and
         wait until it answers PING; it rejoins the cluster by itself (wait_ok() waits for
