@@ -164,15 +164,26 @@ class AsyncCluster(redis.asyncio.cluster.RedisCluster):
             return reply, int(confirmed)
         raise redis.exceptions.ClusterError(f"the slot of {key!r} kept moving")
 
+    async def _known(self) -> None:
+        """Learn the cluster's layout before the first command. redis-py 8.1 sends a command
+        made before its client knows any node to whichever node it starts from (no slot is
+        computed without a default node), so the first calls of a new client, made at once,
+        mostly come back MOVED; after 5 MOVED it closes every connection, those other calls
+        are using too (AttributeError on a connection being set up)."""
+        if self.get_default_node() is None:
+            await self.initialize()
+
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self._known()
         run = super().execute_command
         return await self._gate.run(lambda: run(*args, **kwargs))
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)
-        execute, gate = pipe.execute, self._gate
+        execute, gate, known = pipe.execute, self._gate, self._known
 
         async def gated(*args: Any, **kwargs: Any) -> Any:
+            await known()
             return await gate.run(lambda: execute(*args, **kwargs))
 
         pipe.execute = gated  # type: ignore[method-assign]

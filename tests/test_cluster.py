@@ -147,6 +147,30 @@ async def test_a_function_call_is_one_round_trip(
     assert not [k for s in stats for k in s if "getkeys" in k]
 
 
+async def test_a_new_clients_first_calls_at_once_go_straight_to_their_nodes(
+    spread: Settings, redis_cluster: RedisClusterServer
+) -> None:
+    # redis-py sends a command made before its client knows the layout to the node it starts
+    # from; a burst of first calls came back MOVED, and after 5 the client closed every
+    # connection under the others (engine/connection.py AsyncCluster._known).
+    nodes = node_clients(redis_cluster)
+    try:
+        for n in nodes:
+            n.config_resetstat()
+        async with Engine.from_settings(spread) as fresh:
+            await asyncio.gather(
+                *(
+                    fresh.setup_product(f"burst-{i}", SYSTEM, price=100, stock={"main": 1})
+                    for i in range(600)
+                )
+            )
+        moved = [n.info("errorstats").get("errorstat_MOVED", {}).get("count", 0) for n in nodes]
+    finally:
+        for n in nodes:
+            n.close()
+    assert moved == [0] * len(nodes)
+
+
 async def test_a_primary_that_lost_the_library_gets_it_again(
     cluster_engine: Engine, redis_cluster: RedisClusterServer
 ) -> None:
