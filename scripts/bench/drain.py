@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -75,7 +76,13 @@ def _drainer(settings: Settings, stop: Event, out: Any) -> None:
     while True:
         stopping = stop.is_set()
         this_round = 0
-        for p in range(settings.partitions):
+        waiting: Sequence[int] = range(settings.partitions)
+        if settings.partitions > 1:  # only those with events: one XLEN each, pipelined
+            with client.pipeline(transaction=False) as pipe:
+                for p in waiting:
+                    outbox.length(pipe, p)
+                waiting = [p for p, n in zip(waiting, pipe.execute(), strict=True) if n]
+        for p in waiting:
             result = drain_partition(client, db, settings, p)
             lags.extend(result.lag_ms)
             this_round += result.applied
