@@ -37,6 +37,7 @@ from engine.base import EngineBase
 from engine.connection import clock
 from engine.keys import PartitionKeys, part_id, partition_keys, partition_of
 from engine.models import CallContext, Order, Reservation
+from engine.states import OrderStatus
 
 Line = tuple[str, str, int]
 
@@ -325,6 +326,65 @@ class CartOps(EngineBase):
                 owner=str(order["owner"]),
                 retention=self.settings.order_retention_ms,
             )
+
+    async def _move_order(
+        self,
+        k: PartitionKeys,
+        order_id: str,
+        target: OrderStatus,
+        ctx: CallContext,
+        *,
+        expected: OrderStatus | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """One order transition (lua/transition.lua); a cart's order cancelled gives every
+        other part's units back. Its reply, a refusal included."""
+        reply = await self.scripts.run(
+            specs.TRANSITION,
+            stock=k.stock,
+            outbox=k.outbox,
+            order=k.order(order_id),
+            behind=k.behind,
+            carts=k.carts,
+            pending=k.pending,
+            order_id=order_id,
+            status=target.value,
+            scope=ctx.scope,
+            **self._caller(k, ctx, "transition", [order_id, target.value]),
+            retention=self.settings.order_retention_ms,
+            expected=expected.value if expected else "",
+            hold=self.settings.cart_hold_ms,
+            reason=reason,
+        )
+        if "parts" in reply:  # a cart's order cancelled: every part's units back
+            await self._return_parts(reply["order"], reply, ctx)
+        return reply
+
+    async def time_out_orders(self, limit: int) -> int:
+        """Cancel the direct orders still pending past ORDER_PENDING_TTL (reason 'timeout'),
+        in every partition, at most `limit` each; their units go back. Returns how many."""
+        done = 0
+        ctx = CallContext(actor="system", staff=True)
+        for p in range(self.settings.partitions):
+            k = partition_keys(p)
+            seconds, micros = await clock(self.redis, k.pending)
+            now = int(seconds) * 1000 + int(micros) // 1000
+            due = await self.redis.zrangebyscore(k.pending, "-inf", now, start=0, num=limit)
+            for order_id in due:
+                reply = await self._move_order(
+                    k,
+                    str(order_id),
+                    OrderStatus.CANCELLED,
+                    ctx,
+                    expected=OrderStatus.PENDING,
+                    reason="timeout",
+                )
+                if "err" in reply and reply["err"] != "redis_behind":
+                    # moved on meanwhile, or gone: nothing to time out
+                    await self.redis.zrem(k.pending, str(order_id))
+                elif "err" not in reply:
+                    done += 1
+        return done
 
     # -- the sweep: steps past their deadline ---------------------------------------------------
 

@@ -147,7 +147,11 @@ class OrderCreated(EventBody):
 _StatusChange = TypedDict("_StatusChange", {"from": str, "to": str})
 
 
-class OrderStatusChanged(_StatusChange, EventBody):
+class _Reason(TypedDict, total=False):
+    reason: str  # 'timeout': the sweep cancelled a direct order still pending (ORDER_PENDING_TTL)
+
+
+class OrderStatusChanged(_StatusChange, EventBody, _Reason):
     order: str
     user: str
     movements: list[MovementJSON]  # units back to available when cancelled, else empty

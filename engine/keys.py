@@ -171,6 +171,12 @@ class PartitionKeys:
         return f"{self._tag}:carts:pending"
 
     @property
+    def pending(self) -> str:
+        """The direct orders still pending, by when they time out: a sorted set, order id ->
+        ms (ORDER_PENDING_TTL; lua/holds.lua pending_until)."""
+        return f"{self._tag}:orders:pending"
+
+    @property
     def unused_idempotency(self) -> str:
         """Placeholder passed in KEYS when a call carries no idempotency key."""
         return f"{self._tag}:idem:-"

@@ -204,3 +204,4 @@ class ExpiryResult:
     expired: int
     still_due: int
     carts: int = 0  # steps of carts across partitions the sweep made their parts follow
+    timed_out: int = 0  # direct orders still pending past ORDER_PENDING_TTL, cancelled

@@ -29,6 +29,8 @@ class OrderOps(CartOps):
         reservation_id: str,
         ctx: CallContext,
         caller: dict[str, str | int],
+        *,
+        pending_ttl: int = 0,
     ) -> Order:
         order_id = self._new_id(k.partition, self.settings.partitions)
         call: dict[str, str | int] = dict(
@@ -49,6 +51,8 @@ class OrderOps(CartOps):
             foreign_lines="",
             deadline="",
             hold=self.settings.cart_hold_ms,
+            pending=k.pending,
+            pending_ttl=pending_ttl,
         )
         reply = await self.scripts.run(specs.COMMIT, **call)
         if reply.get("err") == "cart_parts":  # a cart's home (engine/carts.py)
@@ -79,6 +83,7 @@ class OrderOps(CartOps):
             owner=ctx.actor,
             **self._caller(k, ctx, "place_order", [*payload.values()]),
             expiry_batch=self.settings.expire_batch,
+            pending_ttl=self.settings.order_pending_ttl_ms,
         )
         replies.raise_for(reply)
         return replies.order_reply(k.partition, reply)
@@ -99,24 +104,8 @@ class OrderOps(CartOps):
             allowed = ", ".join(s.value for s in OrderStatus)
             raise errors.InvalidInput("status", f"must be one of: {allowed}") from None
         k = self._keys_for_record(order_id, errors.OrderNotFound)
-        reply = await self.scripts.run(
-            specs.TRANSITION,
-            stock=k.stock,
-            outbox=k.outbox,
-            order=k.order(order_id),
-            behind=k.behind,
-            order_id=order_id,
-            status=target.value,
-            scope=ctx.scope,
-            **self._caller(k, ctx, "transition", [order_id, target.value]),
-            retention=self.settings.order_retention_ms,
-            expected=expected.value if expected else "",
-            carts=k.carts,
-            hold=self.settings.cart_hold_ms,
-        )
+        reply = await self._move_order(k, order_id, target, ctx, expected=expected)
         replies.raise_for(reply)
-        if "parts" in reply:  # a cart's order cancelled: every part's units back
-            await self._return_parts(reply["order"], reply, ctx)
         return replies.order_reply(k.partition, reply)
 
     async def _place_cart_order(
@@ -144,7 +133,9 @@ class OrderOps(CartOps):
             allow_split=allow_split,
         )
         try:
-            return await self._commit(k, cart.id, plain, caller)
+            return await self._commit(
+                k, cart.id, plain, caller, pending_ttl=self.settings.order_pending_ttl_ms
+            )
         except errors.EngineError:
             await self._each(parts, "release", cart.id, parts[0], plain)
             raise

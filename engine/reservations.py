@@ -132,7 +132,8 @@ class ReservationOps(CartOps):
             )
             expired += int(reply["expired"])
             due += int(reply["due"])
-        return ExpiryResult(expired=expired, still_due=due, carts=carts)
+        timed_out = await self.time_out_orders(batch) if self.settings.order_pending_ttl_ms else 0
+        return ExpiryResult(expired=expired, still_due=due, carts=carts, timed_out=timed_out)
 
     async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:
         """A reservation as its owner (or staff) sees it; 'expired' once expires_at passed."""

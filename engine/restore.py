@@ -38,6 +38,8 @@ class RestorePlan:
     counters: dict[PW, Pair] = field(default_factory=dict)  # (available, reserved)
     reservations: dict[str, LiveReservation] = field(default_factory=dict)
     orders: dict[str, dict[str, str | int]] = field(default_factory=dict)  # record hashes
+    # direct orders still pending -> when they time out (ms; ORDER_PENDING_TTL)
+    pending: dict[str, int] = field(default_factory=dict)
 
     def add_product(self, product: str, meta: dict[str, Any]) -> None:
         """A product's settings (engine/records.py product_meta); as setup_product.lua does,
@@ -100,7 +102,7 @@ def queue_restore(
     lift the behind flag. `position` is what `read_position` returned."""
     k = partition_keys(p)
     last, applied = position
-    pipe.delete(k.stock, k.products, k.live, k.expiry)
+    pipe.delete(k.stock, k.products, k.live, k.expiry, k.pending)
     products = {product: records.compact(meta) for product, meta in plan.products.items()}
     stock: dict[str, int] = {}
     for (product, warehouse), (a, r) in plan.counters.items():
@@ -119,6 +121,8 @@ def queue_restore(
     for oid, record in plan.orders.items():
         pipe.delete(k.order(oid))
         _hset(pipe, k.order(oid), record)
+    if plan.pending:
+        pipe.zadd(k.pending, plan.pending)
     if sid(last) < sid(checkpoint):
         # New events must sort after the checkpoint, or the drain would skip them: an
         # entry trimmed as it is added (MAXLEN 0) moves the stream's last id there.

@@ -96,6 +96,9 @@ class Settings:
     cart_hold_ms: int = 30_000
     # While a cart's order is made, its other parts may not expire for this long.
     cart_pin_ms: int = 86_400_000
+    # A direct order still pending this long after it was placed is cancelled by the sweep
+    # (reason 'timeout'), its units back; 0: never.
+    order_pending_ttl_ms: int = 1_800_000
     # Due reservations released by each reserve call before it checks stock.
     expire_batch: int = 100
     # Due reservations released by one sweep call.
@@ -172,6 +175,7 @@ class Settings:
             order_retention_ms=_seconds_ms(e, "ORDER_RETENTION", d.order_retention_ms / 1000),
             idempotency_ttl_ms=_seconds_ms(e, "IDEMPOTENCY_TTL", d.idempotency_ttl_ms / 1000),
             cart_hold_ms=_seconds_ms(e, "CART_HOLD_TTL", d.cart_hold_ms / 1000),
+            order_pending_ttl_ms=_seconds_ms(e, "ORDER_PENDING_TTL", d.order_pending_ttl_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
             database_url=e.get("DATABASE_URL") or d.database_url,
@@ -216,6 +220,8 @@ class Settings:
             raise ValueError("LOGIN_DELAY_BASE must be <= LOGIN_DELAY_MAX")
         if self.metrics_token and len(self.metrics_token.encode()) < 32:
             raise ValueError("METRICS_TOKEN must be at least 32 bytes")
+        if self.order_pending_ttl_ms < 0:
+            raise ValueError("ORDER_PENDING_TTL must be 0 (never) or more")
         if not 1_000 <= self.cart_hold_ms <= 600_000:
             raise ValueError("CART_HOLD_TTL must be between 1 and 600 seconds")
         return self

@@ -27,6 +27,7 @@ PARTITION_WIDE = (
     "behind",
     "applied",
     "carts",
+    "pending",
 )
 
 
@@ -149,6 +150,7 @@ COMMIT = ScriptSpec(
         "idem",
         "behind",
         "carts",
+        "pending",
     ),
     args=(
         "reservation_id",
@@ -159,18 +161,28 @@ COMMIT = ScriptSpec(
         "foreign_lines",
         "deadline",
         "hold",
+        "pending_ttl",
     ),
 )
 PLACE_ORDER = ScriptSpec(
     "place_order",
-    keys=("stock", "products", "live", "expiry", "outbox", "order", "idem", "behind"),
-    args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch"),
+    keys=("stock", "products", "live", "expiry", "outbox", "order", "idem", "behind", "pending"),
+    args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
     own_keys=("order", "idem"),
 )
 TRANSITION = ScriptSpec(
     "transition",
-    keys=("stock", "outbox", "order", "idem", "behind", "carts"),
-    args=("order_id", "status", "scope", *_CALLER, "retention", "expected", "hold"),
+    keys=("stock", "outbox", "order", "idem", "behind", "carts", "pending"),
+    args=(
+        "order_id",
+        "status",
+        "scope",
+        *_CALLER,
+        "retention",
+        "expected",
+        "hold",
+        "reason",
+    ),
 )
 CART = ScriptSpec(
     "cart",

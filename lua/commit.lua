@@ -7,6 +7,7 @@
 -- KEYS[8] idem    idempotency record (unused when ARGV[6] is '')
 -- KEYS[9] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[10] carts  the partition's carts whose parts have a step to follow (holds.lua)
+-- KEYS[11] pending the partition's pending direct orders by when they time out (holds.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] order id (new, chosen by the engine)
@@ -20,6 +21,8 @@
 --         currency], ...] (engine/carts.py)
 -- ARGV[10] deadline (ms) of the cart's commit, as the first call answered it ('' alone)
 -- ARGV[11] hold (ms): a cart's parts are to follow within it
+-- ARGV[12] pending ttl (ms): a direct order across partitions (made through its cart) is
+--          cancelled if still pending after it; '' or 0 for the order of a reservation
 --
 -- Returns JSON:
 --   {"ok": true, "order": {id, owner, status, reservation, lines [[product, warehouse, qty,
@@ -89,6 +92,7 @@ local reply = {order = write_order(order, order_id, rec.owner, id, priced, total
 if rec.parts then
   redis.call('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
 end
+pending_until(KEYS[11], order_id, now, ARGV[12])
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)

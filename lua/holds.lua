@@ -206,6 +206,14 @@ local function write_order(record, id, owner, reservation, priced, total, curren
           created_at = now, updated_at = now}
 end
 
+-- A direct order waits in `pending` (an index: order id -> the time it times out, ms) until it
+-- leaves 'pending'; the sweep cancels it past that time (engine/orders.py, ORDER_PENDING_TTL).
+-- ttl_ms: as the call's ARGV gives it; 0: never.
+local function pending_until(pending, order_id, now, ttl_ms)
+  local ttl = tonumber(ttl_ms)
+  if ttl and ttl > 0 then redis.call('ZADD', pending, int(now + ttl), order_id) end
+end
+
 -- A cart across partitions (lua/cart.lua): its home records that its other parts have a step
 -- to follow (`carts`: cart id -> the step's deadline, ms): the engine clears the entry once
 -- they have; past the deadline the sweep makes them follow (engine/carts.py). Returns the

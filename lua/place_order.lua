@@ -5,6 +5,7 @@
 -- KEYS[6] order   the new order's hash
 -- KEYS[7] idem    idempotency record (unused when ARGV[7] is '')
 -- KEYS[8] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[9] pending the partition's pending direct orders by when they time out (holds.lua)
 --
 -- ARGV[1] order id (new, chosen by the engine)
 -- ARGV[2] lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...]
@@ -14,6 +15,7 @@
 -- ARGV[7] request fingerprint ('' = no idempotency key)
 -- ARGV[8] idempotency record ttl (ms)
 -- ARGV[9] expiry batch: due reservations released per round (count)
+-- ARGV[10] pending ttl (ms): the order is cancelled if still pending after it (0: never)
 --
 -- Returns JSON: {"ok": true, "order": {...as commit.lua}}, or the refusals of reserve.lua
 --   plus currency_mismatch, order_total_too_large, order_exists.
@@ -43,6 +45,7 @@ for i, l in ipairs(alloc) do
   movements[i] = move_counter(stock, counters[i], -l[3], 0)
 end
 local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
+pending_until(KEYS[9], order_id, now, ARGV[10])
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)

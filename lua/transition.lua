@@ -7,6 +7,7 @@
 -- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
+-- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
 --
 -- ARGV[1] order id
 -- ARGV[2] requested status
@@ -17,6 +18,8 @@
 -- ARGV[8] retention (ms) of an order once it is terminal
 -- ARGV[9] expected current status ('' = any): refuse if the order has moved meanwhile
 -- ARGV[10] hold (ms): a cart's parts are to follow within it (engine/carts.py)
+-- ARGV[11] reason: '' by a caller; 'timeout' when the sweep cancels a pending direct order
+--          (kept in the record and the event)
 --
 -- Returns JSON:
 --   {"ok": true, "order": {...}, "from": status}  (+ "replayed": true)
@@ -67,6 +70,9 @@ if to == STOCK_RETURNING then
   end
 end
 redis.call('HSET', order, 'status', to, 'updated_at', now)
+redis.call('ZREM', KEYS[7], order_id)  -- no longer pending: it can't time out
+local reason = ARGV[11] ~= '' and ARGV[11] or nil
+if reason then redis.call('HSET', order, 'reason', reason) end
 if TERMINAL[to] then redis.call('PEXPIRE', order, tonumber(ARGV[8])) end
 local view = {id = order_id, owner = o.owner, status = to, reservation = o.reservation_id,
               lines = lines, total = tonumber(o.total), currency = o.currency,
@@ -77,6 +83,6 @@ if o.parts and to == STOCK_RETURNING then
   reply.deadline = cart_pending(KEYS[6], order_id, now, ARGV[10])
 end
 emit(outbox, 'order_status_changed', now, actor, request_id,
-     {order = order_id, user = o.owner, from = o.status, to = to, movements = movements},
-     reply)
+     {order = order_id, user = o.owner, from = o.status, to = to, movements = movements,
+      reason = reason}, reply)
 return idem_store(idem, fp, ARGV[7], ok(reply))

@@ -143,10 +143,15 @@ def expire() -> dict[str, int]:
     async def run() -> dict[str, int]:
         async with Engine.from_settings(settings()) as engine:
             result = await engine.expire()
-        return {"expired": result.expired, "still_due": result.still_due, "carts": result.carts}
+        return {
+            "expired": result.expired,
+            "still_due": result.still_due,
+            "carts": result.carts,
+            "timed_out": result.timed_out,
+        }
 
     outcome = asyncio.run(run())
-    if outcome["expired"] or outcome["carts"]:
+    if outcome["expired"] or outcome["carts"] or outcome["timed_out"]:
         client = redis_client()
         bookkeeping.count_expired(client, outcome["expired"])
         q = queue()

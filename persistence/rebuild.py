@@ -51,7 +51,9 @@ class RebuildResult:
     problems: list[str] = field(default_factory=list)  # invariants the restored data breaks
 
 
-def _read(db: Engine, partitions: int) -> tuple[list[RestorePlan], dict[int, str], int]:
+def _read(
+    db: Engine, partitions: int, pending_ttl_ms: int = 0
+) -> tuple[list[RestorePlan], dict[int, str], int]:
     """What each partition gets, the checkpoints and the unresolved dead letters."""
     plans = [RestorePlan() for _ in range(partitions)]
     rs, o, dl = schema.reservations, schema.orders, schema.dead_letters
@@ -79,9 +81,13 @@ def _read(db: Engine, partitions: int) -> tuple[list[RestorePlan], dict[int, str
             )
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
-            plans[partition_of(row.id, partitions)].orders[row.id] = order_hash(
+            plan = plans[partition_of(row.id, partitions)]
+            plan.orders[row.id] = order_hash(
                 row, lines.get(row.id, []), parts.get(row.reservation_id or ""), partitions
             )
+            if pending_ttl_ms and row.status == "pending" and not row.reservation_id:
+                # a direct order times out as it would have (ORDER_PENDING_TTL)
+                plan.pending[row.id] = int(plan.orders[row.id]["created_at"]) + pending_ttl_ms
     return plans, at, int(dead)
 
 
@@ -128,7 +134,7 @@ def rebuild(
 
 
 def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -> RebuildResult:
-    plans, checkpoints, dead = _read(db, settings.partitions)
+    plans, checkpoints, dead = _read(db, settings.partitions, settings.order_pending_ttl_ms)
     for p in range(settings.partitions):
         refused = _refusal(client, p, checkpoints.get(p, "0-0"), force)
         if refused:

@@ -303,7 +303,8 @@ def _order_status_changed(e: OutboxEvent, d: events.OrderStatusChanged, rows: Ro
         }
     )
     _movements(e, rows, REASONS[e.type], "order", oid)
-    _audit(e, rows, "order", oid, {"status": d["from"]}, {"status": d["to"]})
+    new = {"status": d["to"], **({"reason": d["reason"]} if d.get("reason") else {})}
+    _audit(e, rows, "order", oid, {"status": d["from"]}, new)
 
 
 def _stock_reconciled(e: OutboxEvent, d: events.StockReconciled, rows: Rows) -> None:

@@ -255,6 +255,7 @@ def commit_call(rid: str, oid: str) -> dict[str, str | int]:
         "foreign_lines": "",
         "deadline": "",
         "hold": 1_000,
+        "pending_ttl": 0,
     }
 
 

@@ -128,7 +128,12 @@ async def test_the_numbers_follow_known_operations(
     await reserve(plenty, 1, ttl_seconds=0.05)
     await asyncio.sleep(0.1)
     due = await board(client, app)
-    assert await asyncio.to_thread(jobs.expire) == {"expired": 1, "still_due": 0, "carts": 0}
+    assert await asyncio.to_thread(jobs.expire) == {
+        "expired": 1,
+        "still_due": 0,
+        "carts": 0,
+        "timed_out": 0,
+    }
 
     before = await board(client, app)
     assert await asyncio.to_thread(jobs.drain, 0)
