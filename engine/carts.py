@@ -103,9 +103,7 @@ class CartOps(EngineBase):
         """The home's bookkeeping (lua/cart.lua); its reply, a refusal included."""
         args: dict[str, str | int] = {
             "idem": k.unused_idempotency,
-            "hold": self.settings.cart_hold_ms,
             "deadline": "",
-            "limit": 0,
             "fingerprint": "",
             "idempotency_ttl": self.settings.idempotency_ttl_ms,
             **values,
@@ -360,46 +358,33 @@ class CartOps(EngineBase):
             await self._return_parts(reply["order"], reply, ctx)
         return reply
 
-    async def time_out_orders(self, limit: int) -> int:
-        """Cancel the direct orders still pending past ORDER_PENDING_TTL (reason 'timeout'),
-        in every partition, at most `limit` each; their units go back. Returns how many."""
+    async def time_out_orders(self, k: PartitionKeys, due: Sequence[str]) -> int:
+        """Cancel these direct orders of partition `k`, pending past ORDER_PENDING_TTL as the
+        sweep found them (lua/expire.lua), reason 'timeout'; their units go back. Returns how
+        many it cancelled (one that moved on meanwhile is left as it is)."""
         done = 0
         ctx = CallContext(actor="system", staff=True)
-        for p in range(self.settings.partitions):
-            k = partition_keys(p)
-            seconds, micros = await clock(self.redis, k.pending)
-            now = int(seconds) * 1000 + int(micros) // 1000
-            due = await self.redis.zrangebyscore(k.pending, "-inf", now, start=0, num=limit)
-            for order_id in due:
-                reply = await self._move_order(
-                    k,
-                    str(order_id),
-                    OrderStatus.CANCELLED,
-                    ctx,
-                    expected=OrderStatus.PENDING,
-                    reason="timeout",
-                )
-                if "err" in reply and reply["err"] != "redis_behind":
-                    # moved on meanwhile, or gone: nothing to time out
-                    await self.redis.zrem(k.pending, str(order_id))
-                elif "err" not in reply:
-                    done += 1
+        for order_id in due:
+            reply = await self._move_order(
+                k, str(order_id), OrderStatus.CANCELLED, ctx,
+                expected=OrderStatus.PENDING, reason="timeout",
+            )  # fmt: skip
+            if "err" not in reply:
+                done += 1
+            elif reply["err"] in ("order_not_found", "status_changed", "invalid_transition"):
+                await self.redis.zrem(k.pending, str(order_id))  # nothing left to time out
         return done
 
     # -- the sweep: steps past their deadline ---------------------------------------------------
 
-    async def follow_carts(self, limit: int) -> int:
-        """Make the other parts of every cart whose step is past its deadline follow its home
-        (every partition; at most `limit` steps each). Returns how many steps it finished."""
-        done = 0
+    async def follow_carts(self, home: int, claimed: Sequence[dict[str, Any]]) -> int:
+        """Make the other parts of each cart whose step the sweep claimed in partition `home`
+        (lua/expire.lua) follow its home. Returns how many steps it finished."""
         ctx = CallContext(actor="system")
-        for p in range(self.settings.partitions):
-            reply = await self._cart(partition_keys(p), "claim", "", limit=limit)
-            for step in replies.as_list(reply.get("claimed", [])):
-                await self.follow_cart(p, str(step["id"]), ctx)
-                await self._done(p, str(step["id"]), step["deadline"])
-                done += 1
-        return done
+        for step in claimed:
+            await self.follow_cart(home, str(step["id"]), ctx)
+            await self._done(home, str(step["id"]), step["deadline"])
+        return len(claimed)
 
     async def follow_cart(self, home: int, member: str, ctx: CallContext) -> None:
         """Make the other parts of the cart (or cart order) `member` follow its home, as the

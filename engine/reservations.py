@@ -112,27 +112,27 @@ class ReservationOps(CartOps):
         return replies.reservation_reply(k.partition, reply)
 
     async def expire(self, limit: int | None = None) -> ExpiryResult:
-        """The sweep: release due reservations in every partition, up to `limit` each."""
+        """The sweep: release due reservations in every partition, up to `limit` each; finish
+        the steps of carts across partitions past their deadline; cancel the direct orders
+        pending past ORDER_PENDING_TTL."""
         batch = self.settings.sweep_batch if limit is None else limit
         v.check_int("limit", batch, 1, 100_000)
-        expired = due = 0
-        # first the carts' steps past their deadline: a part is made to follow its home before
-        # its own hold could run out
-        carts = await self.follow_carts(batch) if self.settings.partitions > 1 else 0
+        expired = due = carts = timed_out = 0
+        # in ascending partition order: a cart's home is its lowest partition, so its other
+        # parts follow (below) before the sweep reaches their own partitions' holds
         for partition in range(self.settings.partitions):
             k = partition_keys(partition)
             reply = await self.scripts.run(
                 specs.EXPIRE,
-                stock=k.stock,
-                live=k.live,
-                expiry=k.expiry,
-                outbox=k.outbox,
-                behind=k.behind,
+                **specs.EXPIRE.partition_keys(k),
                 limit=batch,
+                hold=self.settings.cart_hold_ms,
             )
             expired += int(reply["expired"])
             due += int(reply["due"])
-        timed_out = await self.time_out_orders(batch) if self.settings.order_pending_ttl_ms else 0
+            carts += await self.follow_carts(partition, replies.as_list(reply.get("claimed", [])))
+            orders = replies.as_list(reply.get("orders_due", []))
+            timed_out += await self.time_out_orders(k, orders) if orders else 0
         return ExpiryResult(expired=expired, still_due=due, carts=carts, timed_out=timed_out)
 
     async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:

@@ -134,8 +134,8 @@ EXTEND = ScriptSpec(
 )
 EXPIRE = ScriptSpec(
     "expire",
-    keys=("stock", "live", "expiry", "outbox", "behind"),
-    args=("limit",),
+    keys=("stock", "live", "expiry", "outbox", "behind", "carts", "pending"),
+    args=("limit", "hold"),
 )
 COMMIT = ScriptSpec(
     "commit",
@@ -187,15 +187,7 @@ TRANSITION = ScriptSpec(
 CART = ScriptSpec(
     "cart",
     keys=("carts", "idem"),
-    args=(
-        "action",
-        "reservation_id",
-        "hold",
-        "deadline",
-        "limit",
-        "fingerprint",
-        "idempotency_ttl",
-    ),
+    args=("action", "reservation_id", "deadline", "fingerprint", "idempotency_ttl"),
 )
 PART = ScriptSpec(
     "part",

@@ -1,12 +1,19 @@
--- expire.lua: the sweep. Releases due reservations (expires_at <= now) up to a limit.
+-- expire.lua: the sweep. Releases due reservations (expires_at <= now) up to a limit, and
+-- hands the engine what else is due in the partition: the steps of carts across partitions
+-- past their deadline (claimed: holds.lua claim_steps) and the direct orders pending past
+-- ORDER_PENDING_TTL (engine/carts.py follow_cart, time_out_orders).
 --
 -- KEYS[1] stock   KEYS[2] live   KEYS[3] expiry   KEYS[4] outbox
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is released
+-- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
+-- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
 --
--- ARGV[1] limit: at most this many reservations released (count)
+-- ARGV[1] limit: at most this many reservations released, steps claimed, orders listed (each)
+-- ARGV[2] hold (ms): a claimed step's new deadline is now + hold
 --
--- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call}
---   (+ "fenced": true, nothing released, while KEYS[5] is set)
+-- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call,
+--   "claimed": [{"id", "deadline"}, ...], "orders_due": [order id, ...]}
+--   (+ "fenced": true, nothing done, while KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired, one per released reservation.
 
@@ -15,5 +22,9 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   return ok({expired = 0, due = 0, fenced = true})
 end
 local now, now_s = now_ms()
+-- the steps first: a part is made to follow before its own hold (in its partition) runs out
+local claimed = claim_steps(KEYS[6], now, now_s, ARGV[1], ARGV[2])
 local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep')
-return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now_s)})
+return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
+           orders_due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_s, 'LIMIT', '0',
+                                   ARGV[1])})

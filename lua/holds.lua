@@ -214,6 +214,20 @@ local function pending_until(pending, order_id, now, ttl_ms)
   if ttl and ttl > 0 then redis.call('ZADD', pending, int(now + ttl), order_id) end
 end
 
+-- The sweep (lua/expire.lua): the carts' steps past their deadline, each given a new one (so a
+-- caller still at it is refused: commit.lua cart_timeout), for the engine to make their parts
+-- follow (engine/carts.py). Returns [{id, deadline}, ...]. now_s: now's text (now_ms).
+local function claim_steps(carts, now, now_s, limit, hold)
+  local due = redis.call('ZRANGEBYSCORE', carts, '-inf', now_s, 'LIMIT', '0', limit)
+  local claimed = {}
+  for i, cart in ipairs(due) do
+    local deadline = now + tonumber(hold)
+    redis.call('ZADD', carts, int(deadline), cart)
+    claimed[i] = {id = cart, deadline = deadline}
+  end
+  return claimed
+end
+
 -- A cart across partitions (lua/cart.lua): its home records that its other parts have a step
 -- to follow (`carts`: cart id -> the step's deadline, ms): the engine clears the entry once
 -- they have; past the deadline the sweep makes them follow (engine/carts.py). Returns the
