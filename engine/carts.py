@@ -37,7 +37,6 @@ from engine.base import EngineBase
 from engine.connection import clock
 from engine.keys import PartitionKeys, part_id, partition_keys, partition_of
 from engine.models import CallContext, Order, Reservation
-from engine.states import OrderStatus
 
 Line = tuple[str, str, int]
 
@@ -82,13 +81,8 @@ class CartOps(EngineBase):
         }
         return await self.scripts.run(
             specs.PART,
-            stock=k.stock,
-            products=k.products,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.PART.partition_keys(k),
             record=k.return_mark(order_id) if action == "return" else k.reservation(pid),
-            behind=k.behind,
             action=action,
             reservation_id=pid,
             cart_id=cart,
@@ -111,6 +105,20 @@ class CartOps(EngineBase):
         return await self.scripts.run(
             specs.CART, carts=k.carts, action=action, reservation_id=member, **args
         )
+
+    async def _first_answer(
+        self, k: PartitionKeys, caller: dict[str, str | int]
+    ) -> dict[str, Any] | None:
+        """The first answer of a keyed request for a cart whose home is `k`'s, if it got one
+        (lua/cart.lua lookup): asked before any hold, so that a retry replays rather than
+        competes for units. None without a key or an answer; a mismatch is raised."""
+        if not caller["fingerprint"]:
+            return None
+        first = await self._cart(
+            k, "lookup", "", idem=caller["idem"], fingerprint=caller["fingerprint"]
+        )
+        replies.raise_for(first)
+        return first if "replayed" in first else None
 
     async def _done(self, home: int, member: str, deadline: Any) -> None:
         """The step with this deadline is followed: its record in the home goes."""
@@ -142,17 +150,9 @@ class CartOps(EngineBase):
         hk = partition_keys(home)
         payload: list[str | int] = [v.lines_json(merged), ttl, "1" if allow_split else "0"]
         caller = self._caller(hk, ctx, "reserve", payload)
-        if caller["fingerprint"]:
-            first = await self._cart(
-                hk,
-                "lookup",
-                "",
-                idem=caller["idem"],
-                fingerprint=caller["fingerprint"],
-            )
-            replies.raise_for(first)
-            if "reservation" in first:  # this key's cart, made before
-                return await self._whole(home, partitions, first)
+        first = await self._first_answer(hk, caller)
+        if first is not None:  # this key's cart, made before
+            return await self._whole(home, partitions, first)
         cart = self._new_id(home, self.settings.partitions)
         held: list[int] = []
         lines: list[Any] = []
@@ -324,56 +324,6 @@ class CartOps(EngineBase):
                 owner=str(order["owner"]),
                 retention=self.settings.order_retention_ms,
             )
-
-    async def _move_order(
-        self,
-        k: PartitionKeys,
-        order_id: str,
-        target: OrderStatus,
-        ctx: CallContext,
-        *,
-        expected: OrderStatus | None = None,
-        reason: str = "",
-    ) -> dict[str, Any]:
-        """One order transition (lua/transition.lua); a cart's order cancelled gives every
-        other part's units back. Its reply, a refusal included."""
-        reply = await self.scripts.run(
-            specs.TRANSITION,
-            stock=k.stock,
-            outbox=k.outbox,
-            order=k.order(order_id),
-            behind=k.behind,
-            carts=k.carts,
-            pending=k.pending,
-            order_id=order_id,
-            status=target.value,
-            scope=ctx.scope,
-            **self._caller(k, ctx, "transition", [order_id, target.value]),
-            retention=self.settings.order_retention_ms,
-            expected=expected.value if expected else "",
-            hold=self.settings.cart_hold_ms,
-            reason=reason,
-        )
-        if "parts" in reply:  # a cart's order cancelled: every part's units back
-            await self._return_parts(reply["order"], reply, ctx)
-        return reply
-
-    async def time_out_orders(self, k: PartitionKeys, due: Sequence[str]) -> int:
-        """Cancel these direct orders of partition `k`, pending past ORDER_PENDING_TTL as the
-        sweep found them (lua/expire.lua), reason 'timeout'; their units go back. Returns how
-        many it cancelled (one that moved on meanwhile is left as it is)."""
-        done = 0
-        ctx = CallContext(actor="system", staff=True)
-        for order_id in due:
-            reply = await self._move_order(
-                k, str(order_id), OrderStatus.CANCELLED, ctx,
-                expected=OrderStatus.PENDING, reason="timeout",
-            )  # fmt: skip
-            if "err" not in reply:
-                done += 1
-            elif reply["err"] in ("order_not_found", "status_changed", "invalid_transition"):
-                await self.redis.zrem(k.pending, str(order_id))  # nothing left to time out
-        return done
 
     # -- the sweep: steps past their deadline ---------------------------------------------------
 

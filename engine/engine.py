@@ -3,7 +3,8 @@
 Each write is one FCALL. The engine validates its inputs, picks the partition, builds
 the call from the script's spec (engine/specs.py), runs it and turns its reply into a
 result or a typed error (engine/replies.py). The calls live by area — products and stock
-(engine/stock.py), reservations (engine/reservations.py), orders (engine/orders.py) — on
+(engine/stock.py), reservations (engine/reservations.py), orders (engine/orders.py), carts
+across partitions (engine/carts.py), the sweep (engine/sweep.py) — on
 what they share (engine/base.py); this module puts them together and opens the client.
 """
 
@@ -16,11 +17,10 @@ from redis.asyncio import Redis
 
 from engine.connection import connect_async, resolve
 from engine.keys import new_id
-from engine.orders import OrderOps
 from engine.reads import EngineReads
-from engine.reservations import ReservationOps
 from engine.settings import Settings
 from engine.stock import StockOps
+from engine.sweep import SweepOps
 
 
 def connect(settings: Settings) -> Redis:
@@ -30,7 +30,7 @@ def connect(settings: Settings) -> Redis:
     return connect_async(resolve(settings))
 
 
-class Engine(EngineReads, StockOps, ReservationOps, OrderOps):
+class Engine(EngineReads, StockOps, SweepOps):
     """`Engine(redis, settings, ids=...)`: `ids` is where new reservation and order ids come
     from, (partition, partitions) -> id."""
 

@@ -75,39 +75,44 @@ _TAIL = 3
 _TAILS = [f"{v:03x}".encode() for v in range(16**_TAIL)]
 
 
+def _turned(drawn: str, partition: int, partitions: int, skip: int = 0) -> str | None:
+    """`drawn` (hex) with its last three hex digits turned, from theirs on (the first `skip`
+    turns left out), until its hash falls in `partition`: the CRC of the rest is computed once
+    and continued over the three digits (zlib.crc32's running value), so each try is one small
+    C call. None if no turn lands there."""
+    head = drawn[:-_TAIL].encode()
+    crc = zlib.crc32(head)
+    start = int(drawn[-_TAIL:], 16)
+    for i in range(skip, len(_TAILS)):
+        tail = _TAILS[(start + i) % len(_TAILS)]
+        if zlib.crc32(tail, crc) % partitions == partition:
+            return (head + tail).decode()
+    return None
+
+
 def new_id(partition: int, partitions: int) -> str:
     """A random UUID (hex) whose hash falls in `partition`.
 
     Drawing whole ids until one falls there costs PARTITIONS draws on average (64 on a
     cluster: a quarter of a reservation's client CPU). Instead one id is drawn and its last
-    three hex digits (free bits of a version 4 UUID) are turned, from their drawn value on,
-    until it does: the CRC of the rest is computed once and continued over the three digits
-    (zlib.crc32's running value), so each try is one small C call. 116 random bits remain."""
+    three hex digits (free bits of a version 4 UUID) are turned until it does (`_turned`).
+    116 random bits remain."""
     if partitions == 1:
         return uuid4_hex()
     while True:
-        drawn = uuid4_hex()
-        head = drawn[:-_TAIL].encode()
-        crc = zlib.crc32(head)
-        start = int(drawn[-_TAIL:], 16)
-        for i in range(len(_TAILS)):
-            tail = _TAILS[(start + i) % len(_TAILS)]
-            if zlib.crc32(tail, crc) % partitions == partition:
-                return (head + tail).decode()
+        found = _turned(uuid4_hex(), partition, partitions)
+        if found is not None:
+            return found
 
 
 def part_id(cart: str, partition: int, partitions: int) -> str:
-    """The id of a cart's part in `partition` (engine/carts.py): the cart's id with its last
-    three hex digits turned, from theirs on, until the id's hash falls in `partition` — so
-    every part's id follows from the cart's, and a part is found without being recorded."""
-    head = cart[:-_TAIL].encode()
-    crc = zlib.crc32(head)
-    start = int(cart[-_TAIL:], 16)
-    for i in range(1, len(_TAILS)):
-        tail = _TAILS[(start + i) % len(_TAILS)]
-        if zlib.crc32(tail, crc) % partitions == partition:
-            return (head + tail).decode()
-    raise ValueError(f"no id of cart {cart!r} falls in partition {partition}")
+    """The id of a cart's part in `partition` (engine/carts.py): the cart's id turned
+    (`_turned`, its own digits left out) until its hash falls in `partition` — so every part's
+    id follows from the cart's, and a part is found without being recorded."""
+    found = _turned(cart, partition, partitions, skip=1)
+    if found is None:
+        raise ValueError(f"no id of cart {cart!r} falls in partition {partition}")
+    return found
 
 
 @dataclass(frozen=True, slots=True)

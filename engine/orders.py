@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from engine import errors, replies, specs
 from engine import validation as v
@@ -34,24 +34,17 @@ class OrderOps(CartOps):
     ) -> Order:
         order_id = self._new_id(k.partition, self.settings.partitions)
         call: dict[str, str | int] = dict(
-            stock=k.stock,
-            products=k.products,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.COMMIT.partition_keys(k),
             record=k.reservation(reservation_id),
             order=k.order(order_id),
-            behind=k.behind,
             reservation_id=reservation_id,
             order_id=order_id,
             scope=ctx.scope,
             **caller,
             retention=self.settings.reservation_retention_ms,
-            carts=k.carts,
             foreign_lines="",
             deadline="",
             hold=self.settings.cart_hold_ms,
-            pending=k.pending,
             pending_ttl=pending_ttl,
         )
         reply = await self.scripts.run(specs.COMMIT, **call)
@@ -117,13 +110,9 @@ class OrderOps(CartOps):
         k = partition_keys(parts[0])
         payload: list[str | int] = [v.lines_json(merged), "1" if allow_split else "0"]
         caller = self._caller(k, ctx, "place_order", payload)
-        if caller["fingerprint"]:
-            first = await self._cart(
-                k, "lookup", "", idem=caller["idem"], fingerprint=caller["fingerprint"]
-            )
-            replies.raise_for(first)
-            if "order" in first:
-                return replies.order_reply(k.partition, first)
+        first = await self._first_answer(k, caller)
+        if first is not None:  # this key's order, made before
+            return replies.order_reply(k.partition, first)
         plain = CallContext(actor=ctx.actor, request_id=ctx.request_id, staff=ctx.staff)
         cart = await self._reserve_cart(
             merged,
@@ -139,6 +128,52 @@ class OrderOps(CartOps):
         except errors.EngineError:
             await self._each(parts, "release", cart.id, parts[0], plain)
             raise
+
+    async def _move_order(
+        self,
+        k: PartitionKeys,
+        order_id: str,
+        target: OrderStatus,
+        ctx: CallContext,
+        *,
+        expected: OrderStatus | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """One order transition (lua/transition.lua); a cart's order cancelled gives every
+        other part's units back. Its reply, a refusal included."""
+        reply = await self.scripts.run(
+            specs.TRANSITION,
+            **specs.TRANSITION.partition_keys(k),
+            order=k.order(order_id),
+            order_id=order_id,
+            status=target.value,
+            scope=ctx.scope,
+            **self._caller(k, ctx, "transition", [order_id, target.value]),
+            retention=self.settings.order_retention_ms,
+            expected=expected.value if expected else "",
+            hold=self.settings.cart_hold_ms,
+            reason=reason,
+        )
+        if "parts" in reply:  # a cart's order cancelled: every part's units back
+            await self._return_parts(reply["order"], reply, ctx)
+        return reply
+
+    async def time_out_orders(self, k: PartitionKeys, due: Sequence[str]) -> int:
+        """Cancel these direct orders of partition `k`, pending past ORDER_PENDING_TTL as the
+        sweep found them (lua/expire.lua), reason 'timeout'; their units go back. Returns how
+        many it cancelled (one that moved on meanwhile is left as it is)."""
+        done = 0
+        ctx = CallContext(actor="system", staff=True)
+        for order_id in due:
+            reply = await self._move_order(
+                k, str(order_id), OrderStatus.CANCELLED, ctx,
+                expected=OrderStatus.PENDING, reason="timeout",
+            )  # fmt: skip
+            if "err" not in reply:
+                done += 1
+            elif reply["err"] in ("order_not_found", "status_changed", "invalid_transition"):
+                await self.redis.zrem(k.pending, str(order_id))  # nothing left to time out
+        return done
 
     async def get_order(self, order_id: str, ctx: CallContext) -> Order:
         k = self._keys_for_record(order_id, errors.OrderNotFound)

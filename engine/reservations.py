@@ -13,7 +13,6 @@ from engine.connection import clock, is_cluster_client
 from engine.keys import partition_keys
 from engine.models import (
     CallContext,
-    ExpiryResult,
     LineRequest,
     Reservation,
     ReservationStatus,
@@ -110,30 +109,6 @@ class ReservationOps(CartOps):
         if "parts" in reply:
             reply = await self._follow_extend(reservation_id, reply, ctx)
         return replies.reservation_reply(k.partition, reply)
-
-    async def expire(self, limit: int | None = None) -> ExpiryResult:
-        """The sweep: release due reservations in every partition, up to `limit` each; finish
-        the steps of carts across partitions past their deadline; cancel the direct orders
-        pending past ORDER_PENDING_TTL."""
-        batch = self.settings.sweep_batch if limit is None else limit
-        v.check_int("limit", batch, 1, 100_000)
-        expired = due = carts = timed_out = 0
-        # in ascending partition order: a cart's home is its lowest partition, so its other
-        # parts follow (below) before the sweep reaches their own partitions' holds
-        for partition in range(self.settings.partitions):
-            k = partition_keys(partition)
-            reply = await self.scripts.run(
-                specs.EXPIRE,
-                **specs.EXPIRE.partition_keys(k),
-                limit=batch,
-                hold=self.settings.cart_hold_ms,
-            )
-            expired += int(reply["expired"])
-            due += int(reply["due"])
-            carts += await self.follow_carts(partition, replies.as_list(reply.get("claimed", [])))
-            orders = replies.as_list(reply.get("orders_due", []))
-            timed_out += await self.time_out_orders(k, orders) if orders else 0
-        return ExpiryResult(expired=expired, still_due=due, carts=carts, timed_out=timed_out)
 
     async def get_reservation(self, reservation_id: str, ctx: CallContext) -> Reservation:
         """A reservation as its owner (or staff) sees it; 'expired' once expires_at passed."""

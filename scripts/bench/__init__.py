@@ -48,8 +48,9 @@ Output: a table per scenario on stderr, progress while it runs, and a JSON line 
 The package: `options` (what a run is asked, the systems compared), `stack` (the services),
 `loadgen` (the load generator), `measure` (offering load, summarising it, the outbox lag),
 `scenarios` (over HTTP), `inprocess` (without: `engine`, `drain` with `drain`'s
-processes), `cluster` (on clusters of its own) and `cost`, `report` (targets, tables, Markdown,
-plot), `harness` (a run), `rowlock` and `statement` (the baselines) and `app` (`inventory serve
+processes), `cluster` and `cluster_http` (on clusters of its own: in-process, and the catalog
+over HTTP) and `cost`, `report` (targets, tables, Markdown, plot), `harness` (a run),
+`rowlock` and `statement` (the baselines) and `app` (`inventory serve
 --bench`: the API with the benchmark's endpoints plugged in from outside). The command line is
 `scripts/cli/bench.py`.
 """

@@ -33,12 +33,11 @@ from engine.engine import Engine
 from engine.keys import partition_keys, partition_of
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
+from scripts.bench.cluster_http import flush_primaries, http_rows, nodes_cpu, per
 from scripts.bench.inprocess import batch_sizes
 from scripts.bench.loadgen import Outcome
 from scripts.bench.measure import Progress, summarise
-from scripts.bench.meter import redis_cpu
 from scripts.bench.options import HUGE
-from scripts.bench.scenarios import catalog
 from scripts.bench.stack import Stack
 from scripts.redis_cluster import RedisClusterServer
 
@@ -53,8 +52,6 @@ ONE_SHARD = "1 shard"
 SPREAD = "3 shards"
 CART_SAME = "3 shards, carts of 2 lines in 1 partition"
 CART_ACROSS = "3 shards, carts of 2 lines across partitions"
-HTTP_ONE = "catalog over HTTP, 1 shard"
-HTTP_SPREAD = "catalog over HTTP, 3 shards"
 REPLICATED = "3 shards + replicas, no WAIT"
 WAITED = "3 shards + replicas, REDIS_WAIT_REPLICAS=1"
 T = TypeVar("T")
@@ -94,18 +91,6 @@ def _cart(kind: str, rng: random.Random, names: list[str], partners: list[str]) 
     return [names[i], names[j]]
 
 
-def _flush(cluster: RedisClusterServer) -> None:
-    """FLUSHALL on every primary (their replicas follow); the function library stays."""
-    for port in cluster.primary_ports():
-        with redis.Redis.from_url(cluster.node_url(port)) as client:
-            client.flushall()
-
-
-def _cpu(clients: dict[int, redis.Redis]) -> dict[int, float]:
-    """Each node's CPU so far (µs, INFO cpu: used_cpu_user + used_cpu_sys)."""
-    return {port: redis_cpu(client)[0] for port, client in clients.items()}
-
-
 def _shard_of(cluster: RedisClusterServer, names: list[str], partitions: int) -> dict[str, int]:
     """The port of the primary serving each product's partition."""
     client: Any = redis.cluster.RedisCluster.from_url(cluster.url)
@@ -117,10 +102,6 @@ def _shard_of(cluster: RedisClusterServer, names: list[str], partitions: int) ->
     finally:
         client.close()
     return {name: found[partition_of(name, partitions)] for name in names}
-
-
-def _per(value: float, n: int) -> float | None:
-    return round(value / n, 1) if n else None
 
 
 async def _row(
@@ -182,11 +163,11 @@ async def _row(
                         made.update(products)
                         carts += 1
 
-            before, me = _cpu(clients), os.times()
+            before, me = nodes_cpu(clients), os.times()
             started = time.monotonic()
             await asyncio.gather(*(buyer(i) for i in range(CONCURRENCY)))
             elapsed = time.monotonic() - started
-            after, me_after = _cpu(clients), os.times()
+            after, me_after = nodes_cpu(clients), os.times()
 
             # exact: the units reserved in Redis are the reservations made, warm-up included
             stocks = await engine.get_stocks(everything)
@@ -207,7 +188,7 @@ async def _row(
         served[shard[product]] += n
     used = {port: after[port] - before[port] for port in clients}
     total = sum(used[port] for port in primaries)
-    own = [_per(used[port], served[port]) for port in primaries]
+    own = [per(used[port], served[port]) for port in primaries]
     client_us = (me_after.user + me_after.system - me.user - me.system) * 1e6
     # summarise's, less what says little here (the table is wide): no call can be refused
     # (the stock never runs out), `requests` is ok + errors, p50 and p99 tell the latency, and
@@ -231,11 +212,11 @@ async def _row(
         "reserved_in_redis": reserved,
         "exact_counts": intact and reserved == units + len(names),
         "invariants_ok": invariants_ok,
-        "redis_cpu_us": _per(total, timed),
+        "redis_cpu_us": per(total, timed),
         # this process (the engine and its cluster client): the load generator too
-        "client_cpu_us": _per(client_us, timed),
+        "client_cpu_us": per(client_us, timed),
         "primary_ports": primaries,
-        "redis_cpu_us_per_primary": [_per(used[port], timed) for port in primaries],
+        "redis_cpu_us_per_primary": [per(used[port], timed) for port in primaries],
         "primary_cpu_share": [
             round(used[port] / total, 2) if total else None for port in primaries
         ],
@@ -243,69 +224,10 @@ async def _row(
         # a shard's own cost: its CPU over the reservations it served (none: idle)
         "redis_cpu_us_per_own_reservation": own,
         "projected_per_shard_per_s": [round(1e6 / us) if us else None for us in own],
-        "replica_cpu_us": _per(sum(used[port] for port in replicas), timed) if replicas else None,
+        "replica_cpu_us": per(sum(used[port] for port in replicas), timed) if replicas else None,
         **batches,
     }
     return row
-
-
-def _http_rows(
-    cluster: RedisClusterServer, stack_opts: Any, progress: Progress
-) -> list[dict[str, Any]]:
-    """The catalog scenario over HTTP (scripts/bench/scenarios.py, ours only) with
-    `inventory serve --bench` on the cluster: its 3 primaries with PARTITIONS=1 (one shard
-    does the work), then with the cluster's 64 partitions. Each layout on services of its own
-    (PostgreSQL, the queue's Redis, the API); Redis CPU per reservation on each primary."""
-    rows: list[dict[str, Any]] = []
-    primaries = cluster.primary_ports()
-    for name, partitions in ((HTTP_ONE, 1), (HTTP_SPREAD, CLUSTER_PARTITIONS)):
-        _flush(cluster)
-        stack = Stack(stack_opts, cluster=cluster, partitions=partitions)
-        clients = {
-            port: redis.Redis.from_url(cluster.node_url(port), decode_responses=True)
-            for port in primaries
-        }
-        try:
-            progress.step(f"cluster: {name}: PostgreSQL, the queue's Redis, inventory serve")
-            stack.start()
-            before = _cpu(clients)
-            result = catalog(stack, progress)
-            after = _cpu(clients)
-        finally:
-            stack.close()
-            for client in clients.values():
-                client.close()
-        used = {port: after[port] - before[port] for port in primaries}
-        total = sum(used.values())
-        ok = sum(r["ok"] for r in result["rows"])
-        saturation = result["rows"][0]
-        rows.append(
-            {
-                "system": name,
-                "mode": "http",
-                "partitions": partitions,
-                "wait_replicas": 0,
-                "lines_per_reservation": "1-3",
-                **{
-                    k: saturation.get(k)
-                    for k in ("ops_per_s", "p50_ms", "p99_ms", "ok", "refused", "errors")
-                },
-                "fixed_rate": {
-                    k: result["rows"][1].get(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "ok")
-                },
-                "connections": stack_opts.connections,
-                "redis_cpu_us": _per(total, ok),
-                "primary_ports": primaries,
-                "redis_cpu_us_per_primary": [_per(used[port], ok) for port in primaries],
-                "primary_cpu_share": [
-                    round(used[port] / total, 2) if total else None for port in primaries
-                ],
-                "invariants_ok": result["invariants_ok"],
-                "database_copy_ok": result["database_copy_ok"],
-                "exact_counts": bool(result["invariants_ok"] and result["database_copy_ok"]),
-            }
-        )
-    return rows
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -372,14 +294,14 @@ def cluster_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
             try:
                 cluster.start()
                 for name, given in runs:
-                    _flush(cluster)
+                    flush_primaries(cluster)
                     settings = Settings(redis_url=cluster.url, redis_cluster=True, **given)
                     progress.step(f"cluster: {name}, {CONCURRENCY} tasks for {seconds:g}s")
                     kind = kinds.get(name, "one")
                     rows.append(_run(_row(cluster, name, settings, seconds, kind)))
                 if not replicas:
                     http_opts = dataclasses.replace(stack.opts, baselines=(), fsync=(FSYNC,))
-                    rows.extend(_http_rows(cluster, http_opts, progress))
+                    rows.extend(http_rows(cluster, http_opts, progress))
             finally:
                 cluster.stop()
     finally:
