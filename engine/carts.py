@@ -77,6 +77,7 @@ class CartOps(EngineBase):
             "lines": "",
             "owner": "",
             "retention": self.settings.reservation_retention_ms,
+            "counted": "",
             **values,
         }
         return await self.scripts.run(
@@ -145,6 +146,7 @@ class CartOps(EngineBase):
         *,
         ttl: int,
         allow_split: bool,
+        max_live: int,
     ) -> Reservation:
         home, *others = partitions
         hk = partition_keys(home)
@@ -165,12 +167,14 @@ class CartOps(EngineBase):
                 k = partition_keys(p)
                 reply = await self._hold(k, cart, home, merged, ctx, allow_split=allow_split,
                     **(
-                        {"ttl": ttl, "parts": json.dumps(partitions), **caller}
+                        {"ttl": ttl, "parts": json.dumps(partitions), **caller,
+                         "max_live": max_live}
                         if p == home
                         else {
                             "ttl": self.settings.cart_hold_ms * 2,
                             "parts": "",
                             **self._caller(k, plain, "reserve", []),
+                            "max_live": 0,  # a cart counts once, in its home
                         }
                     ),
                 )  # fmt: skip
@@ -284,9 +288,15 @@ class CartOps(EngineBase):
                 raise errors.ReservationExpired(cart, int(refused.get("expires_at", 0)))
             replies.raise_for(refused)
         foreign = [line for r in pinned for line in replies.as_list(r["lines"])]
+        counted = [p for r in pinned for p in replies.as_list(r.get("held", []))]
         reply = await self.scripts.run(
             specs.COMMIT,
-            **{**call, "foreign_lines": json.dumps(foreign), "deadline": deadline},
+            **{
+                **call,
+                "foreign_lines": json.dumps(foreign),
+                "deadline": deadline,
+                "foreign_held": json.dumps(counted),
+            },
         )
         if "err" in reply:
             await self.follow_cart(home, cart, ctx)  # the pins go: the parts follow the home
@@ -300,7 +310,8 @@ class CartOps(EngineBase):
     ) -> None:
         """A cancelled cart order: each other part's units go back to available."""
         home, *others = (int(p) for p in reply["parts"])
-        await self._give_back(home, others, order, ctx)
+        held = replies.as_list(reply.get("held", []))
+        await self._give_back(home, others, {**order, "held": held}, ctx)
         await self._done(home, str(order["id"]), reply["deadline"])
 
     async def _give_back(
@@ -313,6 +324,7 @@ class CartOps(EngineBase):
             # made yet); a part whose record is gone went into it long ago
             await self._part(p, "commit", cart, home, ctx, order_id=order_id)
             lines = [[pr, w, q] for pr, w, q, *_ in order["lines"] if partition_of(pr, n) == p]
+            counted = [pr for pr in order.get("held", []) if partition_of(pr, n) == p]
             await self._part(
                 p,
                 "return",
@@ -323,6 +335,7 @@ class CartOps(EngineBase):
                 lines=json.dumps(lines),
                 owner=str(order["owner"]),
                 retention=self.settings.order_retention_ms,
+                counted=json.dumps(counted) if counted else "",
             )
 
     # -- the sweep: steps past their deadline ---------------------------------------------------
@@ -372,4 +385,5 @@ def _order(rec: dict[str, str]) -> dict[str, Any]:
         "reservation": rec["reservation_id"],
         "owner": rec["owner"],
         "lines": json.loads(rec["lines"]),
+        "held": json.loads(rec.get("held") or "[]"),
     }

@@ -253,6 +253,68 @@ class CartTimeout(EngineError):
         return {"reservation": self.reservation}
 
 
+class LimitExceeded(EngineError):
+    """The request would take a customer past a product's limit (lua/limits.lua): its
+    max_per_order, or its max_per_customer counting what they hold already."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, product: str, rule: str, limit: int, held: int, requested: int) -> None:
+        super().__init__(
+            f"product {product!r} allows {limit} per {rule.removeprefix('max_per_')}: "
+            f"{held} held, {requested} requested"
+        )
+        self.product = product
+        self.rule = rule
+        self.limit = limit
+        self.held = held
+        self.requested = requested
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "product": self.product,
+            "rule": self.rule,
+            "limit": self.limit,
+            "held": self.held,
+            "requested": self.requested,
+        }
+
+
+class InvalidQuantity(EngineError):
+    """A product's quantity rule refuses the request's units of it: fewer than its
+    min_quantity, or not a multiple of its quantity_increment."""
+
+    code = "invalid_quantity"
+
+    def __init__(self, product: str, rule: str, value: int, requested: int) -> None:
+        said = "at least" if rule == "min_quantity" else "a multiple of"
+        super().__init__(f"product {product!r} is sold in {said} {value} units, not {requested}")
+        self.product = product
+        self.rule = rule
+        self.value = value
+        self.requested = requested
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product, "rule": self.rule, self.rule: self.value,
+                "requested": self.requested}  # fmt: skip
+
+
+class TooManyReservations(EngineError):
+    """The customer holds MAX_LIVE_RESERVATIONS_PER_CUSTOMER live reservations already."""
+
+    code = "too_many_reservations"
+
+    def __init__(self, limit: int, live: int) -> None:
+        super().__init__(
+            f"at most {limit} live reservations per customer; release or commit one first"
+        )
+        self.limit = limit
+        self.live = live
+
+    def details(self) -> dict[str, Any]:
+        return {"limit": self.limit, "live": self.live}
+
+
 class IdCollision(EngineError):
     """A freshly drawn id already exists: a bug or a broken random source, never a user error."""
 

@@ -32,7 +32,12 @@ class MovementJSON(TypedDict):
     reserved_after: int
 
 
-class ProductMeta(TypedDict):
+class _Limited(TypedDict, total=False):
+    # (total=False, not NotRequired[...]: see _Idempotent)
+    limits: dict[str, int]  # the purchase limits set (lua/limits.lua), when any
+
+
+class ProductMeta(_Limited):
     """A product's settings, as the products hash holds them."""
 
     price: int  # minor units

@@ -182,6 +182,13 @@ class PartitionKeys:
         return f"{self._tag}:orders:pending"
 
     @property
+    def held(self) -> str:
+        """What each customer holds, counted for their limits: a hash, 'u|<product>|<owner>' ->
+        units of a product with a max_per_customer, 'n|<owner>' -> live reservations
+        (lua/limits.lua)."""
+        return f"{self._tag}:held"
+
+    @property
     def unused_idempotency(self) -> str:
         """Placeholder passed in KEYS when a call carries no idempotency key."""
         return f"{self._tag}:idem:-"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from engine.states import OrderStatus
 
@@ -158,11 +159,46 @@ class Movements(list[Movement]):
 
 
 @dataclass(frozen=True, slots=True)
+class ProductLimits:
+    """What one customer may buy of a product (lua/limits.lua); None: no such limit.
+    max_per_customer: units held in live reservations and orders not cancelled, all of them
+    together; min_quantity, quantity_increment, max_per_order: one reservation's or order's
+    units of the product."""
+
+    max_per_customer: int | None = None
+    min_quantity: int | None = None
+    quantity_increment: int | None = None
+    max_per_order: int | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = (
+        "max_per_customer",
+        "min_quantity",
+        "quantity_increment",
+        "max_per_order",
+    )
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ProductLimits:
+        """From the meta's "limits" (an object; cjson writes an empty one as {} or [])."""
+        if not isinstance(raw, dict):
+            return NO_LIMITS
+        return cls(**{n: int(raw[n]) for n in cls.NAMES if raw.get(n) is not None})
+
+    def as_json(self) -> dict[str, int]:
+        """The limits that are set, as the meta holds them."""
+        return {n: value for n in self.NAMES if (value := getattr(self, n)) is not None}
+
+
+NO_LIMITS = ProductLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class Product:
     id: str
     price: int
     currency: str
     warehouses: tuple[tuple[str, int], ...]
+    limits: ProductLimits = NO_LIMITS
     created: bool = False
     replayed: bool = field(default=False, compare=False)  # the first answer, given again
 
@@ -185,6 +221,7 @@ class ProductStock:
     price: int
     currency: str
     levels: tuple[StockLevel, ...] = field(default_factory=tuple)
+    limits: ProductLimits = NO_LIMITS
 
     @property
     def available(self) -> int:

@@ -46,6 +46,7 @@ class OrderOps(CartOps):
             deadline="",
             hold=self.settings.cart_hold_ms,
             pending_ttl=pending_ttl,
+            foreign_held="",
         )
         reply = await self.scripts.run(specs.COMMIT, **call)
         if reply.get("err") == "cart_parts":  # a cart's home (engine/carts.py)
@@ -120,6 +121,7 @@ class OrderOps(CartOps):
             plain,
             ttl=self.settings.reservation_ttl_min_ms,
             allow_split=allow_split,
+            max_live=0,  # a direct order is no live reservation of its customer's
         )
         try:
             return await self._commit(

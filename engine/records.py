@@ -8,7 +8,7 @@ JSON, as cjson writes them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -16,16 +16,26 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def product_meta(price: int, currency: str, warehouses: Iterable[Any]) -> dict[str, Any]:
+def product_meta(
+    price: int, currency: str, warehouses: Iterable[Any], limits: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """A product's settings as the products hash holds them (setup_product.lua): warehouses
-    as [name, priority], lower priority first."""
+    as [name, priority], lower priority first; its purchase limits, when it has any."""
     ordered = sorted(([str(w), int(n)] for w, n in warehouses), key=lambda x: (x[1], x[0]))
-    return {"price": int(price), "currency": str(currency), "warehouses": ordered}
+    meta: dict[str, Any] = {"price": int(price), "currency": str(currency), "warehouses": ordered}
+    set_limits = {n: int(v) for n, v in (limits or {}).items() if v is not None}
+    if set_limits:
+        meta["limits"] = set_limits
+    return meta
 
 
-def live_entry(owner: str, lines: list[Any]) -> str:
-    """The live hash's value, as reserve.lua writes it."""
-    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + "}"
+def live_entry(
+    owner: str, lines: list[Any], counted: Sequence[str] = (), capped: bool = False
+) -> str:
+    """The live hash's value, as reserve.lua writes it: with what the reservation counted
+    against its customer's limits (lua/limits.lua counted_json)."""
+    extra = (',"held":' + compact(list(counted)) if counted else "") + (',"n":1' if capped else "")
+    return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + extra + "}"
 
 
 def reservation_fields(

@@ -18,6 +18,7 @@ from engine.models import (
     Order,
     OrderLine,
     Product,
+    ProductLimits,
     Reservation,
     ReservationStatus,
     ReservedLine,
@@ -148,6 +149,7 @@ def product_reply(reply: dict[str, Any]) -> Product:
         price=p["price"],
         currency=p["currency"],
         warehouses=tuple((w[0], w[1]) for w in p["warehouses"]),
+        limits=ProductLimits.from_json(p.get("limits")),
         created=bool(reply["created"]),
         replayed=bool(reply.get("replayed")),
     )
@@ -192,6 +194,13 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
     "reservation_exists": lambda r: errors.IdCollision(f"reservation {r['reservation']}"),
     "order_exists": lambda r: errors.IdCollision(f"order {r['order']}"),
     "cart_timeout": lambda r: errors.CartTimeout(r["reservation"]),
+    "limit_exceeded": lambda r: errors.LimitExceeded(
+        r["product"], r["rule"], int(r["limit"]), int(r["held"]), int(r["requested"])
+    ),
+    "invalid_quantity": lambda r: errors.InvalidQuantity(
+        r["product"], r["rule"], int(r[r["rule"]]), int(r["requested"])
+    ),
+    "too_many_reservations": lambda r: errors.TooManyReservations(int(r["limit"]), int(r["live"])),
 }
 
 

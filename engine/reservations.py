@@ -34,7 +34,14 @@ class ReservationOps(CartOps):
         merged = v.merge_lines(lines)
         parts = self._partitions_of(merged)
         if len(parts) > 1:  # a cart across partitions (engine/carts.py)
-            return await self._reserve_cart(merged, parts, ctx, ttl=ttl, allow_split=allow_split)
+            return await self._reserve_cart(
+                merged,
+                parts,
+                ctx,
+                ttl=ttl,
+                allow_split=allow_split,
+                max_live=self.settings.max_live_reservations_per_customer,
+            )
         k = partition_keys(parts[0])
         reservation_id = self._new_id(k.partition, self.settings.partitions)
         payload: dict[str, str | int] = {
@@ -55,6 +62,7 @@ class ReservationOps(CartOps):
             cart="",
             parts="",
             hold=0,
+            max_live=self.settings.max_live_reservations_per_customer,
         )
         replies.raise_for(reply)
         return replies.reservation_reply(k.partition, reply)
@@ -75,6 +83,7 @@ class ReservationOps(CartOps):
             **self._caller(k, ctx, "release", [reservation_id]),
             retention=self.settings.reservation_retention_ms,
             carts=k.carts,
+            held=k.held,
             hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
@@ -103,6 +112,7 @@ class ReservationOps(CartOps):
             **self._caller(k, ctx, "extend", [reservation_id, ttl]),
             retention=self.settings.reservation_retention_ms,
             carts=k.carts,
+            held=k.held,
             hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)

@@ -24,6 +24,9 @@ class LiveReservation:
     owner: str
     lines: list[Any]  # [[product, warehouse, quantity], ...]
     record: dict[str, str | int]  # the record hash (engine/records.py reservation_fields)
+    # what it counts against its customer's limits (lua/limits.lua): products, live count
+    counted: tuple[str, ...] = ()
+    capped: bool = False
 
     @property
     def expires_at(self) -> int:
@@ -40,6 +43,8 @@ class RestorePlan:
     orders: dict[str, dict[str, str | int]] = field(default_factory=dict)  # record hashes
     # direct orders still pending -> when they time out (ms; ORDER_PENDING_TTL)
     pending: dict[str, int] = field(default_factory=dict)
+    # what each customer holds, counted for their limits (lua/limits.lua `held`)
+    held: dict[str, int] = field(default_factory=dict)
 
     def add_product(self, product: str, meta: dict[str, Any]) -> None:
         """A product's settings (engine/records.py product_meta); as setup_product.lua does,
@@ -102,14 +107,23 @@ def queue_restore(
     lift the behind flag. `position` is what `read_position` returned."""
     k = partition_keys(p)
     last, applied = position
-    pipe.delete(k.stock, k.products, k.live, k.expiry, k.pending)
+    pipe.delete(k.stock, k.products, k.live, k.expiry, k.pending, k.held)
     products = {product: records.compact(meta) for product, meta in plan.products.items()}
     stock: dict[str, int] = {}
     for (product, warehouse), (a, r) in plan.counters.items():
         available, reserved = stock_fields(product, warehouse)
         stock[available], stock[reserved] = a, r
-    live = {rid: records.live_entry(x.owner, x.lines) for rid, x in plan.reservations.items()}
-    for key, fields in ((k.products, products), (k.stock, stock), (k.live, live)):
+    live = {
+        rid: records.live_entry(x.owner, x.lines, x.counted, x.capped)
+        for rid, x in plan.reservations.items()
+    }
+    held = {f: n for f, n in plan.held.items() if n > 0}
+    for key, fields in (
+        (k.products, products),
+        (k.stock, stock),
+        (k.live, live),
+        (k.held, held),
+    ):
         if fields:
             _hset(pipe, key, fields)
     if plan.reservations:

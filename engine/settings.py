@@ -99,6 +99,8 @@ class Settings:
     # A direct order still pending this long after it was placed is cancelled by the sweep
     # (reason 'timeout'), its units back; 0: never.
     order_pending_ttl_ms: int = 1_800_000
+    # A customer may hold at most this many live reservations (a cart counts once); 0: no cap.
+    max_live_reservations_per_customer: int = 20
     # Due reservations released by each reserve call before it checks stock.
     expire_batch: int = 100
     # Due reservations released by one sweep call.
@@ -176,6 +178,9 @@ class Settings:
             idempotency_ttl_ms=_seconds_ms(e, "IDEMPOTENCY_TTL", d.idempotency_ttl_ms / 1000),
             cart_hold_ms=_seconds_ms(e, "CART_HOLD_TTL", d.cart_hold_ms / 1000),
             order_pending_ttl_ms=_seconds_ms(e, "ORDER_PENDING_TTL", d.order_pending_ttl_ms / 1000),
+            max_live_reservations_per_customer=_int(
+                e, "MAX_LIVE_RESERVATIONS_PER_CUSTOMER", d.max_live_reservations_per_customer, 0
+            ),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
             database_url=e.get("DATABASE_URL") or d.database_url,
@@ -222,6 +227,8 @@ class Settings:
             raise ValueError("METRICS_TOKEN must be at least 32 bytes")
         if self.order_pending_ttl_ms < 0:
             raise ValueError("ORDER_PENDING_TTL must be 0 (never) or more")
+        if not 0 <= self.max_live_reservations_per_customer <= 1_000_000:
+            raise ValueError("MAX_LIVE_RESERVATIONS_PER_CUSTOMER must be 0 (no cap) to 1000000")
         if not 1_000 <= self.cart_hold_ms <= 600_000:
             raise ValueError("CART_HOLD_TTL must be between 1 and 600 seconds")
         return self

@@ -28,6 +28,7 @@ PARTITION_WIDE = (
     "applied",
     "carts",
     "pending",
+    "held",
 )
 
 
@@ -97,6 +98,7 @@ SETUP_PRODUCT = ScriptSpec(
         *_CALLER,
         "default_warehouse",
         "create_only",
+        "limits",
     ),
 )
 ADJUST_STOCK = ScriptSpec(
@@ -106,7 +108,18 @@ ADJUST_STOCK = ScriptSpec(
 )
 RESERVE = ScriptSpec(
     "reserve",
-    keys=("stock", "products", "live", "expiry", "outbox", "idem", "record", "behind", "carts"),
+    keys=(
+        "stock",
+        "products",
+        "live",
+        "expiry",
+        "outbox",
+        "idem",
+        "record",
+        "behind",
+        "carts",
+        "held",
+    ),
     args=(
         "reservation_id",
         "lines",
@@ -119,22 +132,23 @@ RESERVE = ScriptSpec(
         "cart",
         "parts",
         "hold",
+        "max_live",
     ),
     own_keys=("idem", "record"),
 )
 RELEASE = ScriptSpec(
     "release",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts"),
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts", "held"),
     args=("reservation_id", "scope", *_CALLER, "retention", "hold"),
 )
 EXTEND = ScriptSpec(
     "extend",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts"),
+    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts", "held"),
     args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention", "hold"),
 )
 EXPIRE = ScriptSpec(
     "expire",
-    keys=("stock", "live", "expiry", "outbox", "behind", "carts", "pending"),
+    keys=("stock", "live", "expiry", "outbox", "behind", "carts", "pending", "held"),
     args=("limit", "hold"),
 )
 COMMIT = ScriptSpec(
@@ -151,6 +165,7 @@ COMMIT = ScriptSpec(
         "behind",
         "carts",
         "pending",
+        "held",
     ),
     args=(
         "reservation_id",
@@ -162,17 +177,29 @@ COMMIT = ScriptSpec(
         "deadline",
         "hold",
         "pending_ttl",
+        "foreign_held",
     ),
 )
 PLACE_ORDER = ScriptSpec(
     "place_order",
-    keys=("stock", "products", "live", "expiry", "outbox", "order", "idem", "behind", "pending"),
+    keys=(
+        "stock",
+        "products",
+        "live",
+        "expiry",
+        "outbox",
+        "order",
+        "idem",
+        "behind",
+        "pending",
+        "held",
+    ),
     args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
     own_keys=("order", "idem"),
 )
 TRANSITION = ScriptSpec(
     "transition",
-    keys=("stock", "outbox", "order", "idem", "behind", "carts", "pending"),
+    keys=("stock", "outbox", "order", "idem", "behind", "carts", "pending", "held"),
     args=(
         "order_id",
         "status",
@@ -191,7 +218,7 @@ CART = ScriptSpec(
 )
 PART = ScriptSpec(
     "part",
-    keys=("stock", "products", "live", "expiry", "outbox", "record", "behind"),
+    keys=("stock", "products", "live", "expiry", "outbox", "record", "behind", "held"),
     args=(
         "action",
         "reservation_id",
@@ -204,6 +231,7 @@ PART = ScriptSpec(
         "actor",
         "request_id",
         "retention",
+        "counted",
     ),
 )
 REPAIR = ScriptSpec(

@@ -15,6 +15,7 @@ from engine.models import (
     CallContext,
     Movements,
     Product,
+    ProductLimits,
     ProductStock,
     StockLevel,
     StockReason,
@@ -37,11 +38,13 @@ class StockOps(EngineBase):
         warehouses: Mapping[str, int] | None = None,
         stock: Mapping[str, int] | None = None,
         create_only: bool = False,
+        limits: ProductLimits | None = None,
     ) -> Product:
         """Create or update a product: price (minor units), currency, warehouses with their
-        priority (lower first), and opening stock per warehouse. `create_only`: refuse with
-        ProductExists unless the product is new, so that of many creates racing for one
-        product exactly one sets it up and adds its opening stock."""
+        priority (lower first), opening stock per warehouse, and what one customer may buy of
+        it (`limits`; None keeps the product's). `create_only`: refuse with ProductExists
+        unless the product is new, so that of many creates racing for one product exactly one
+        sets it up and adds its opening stock."""
         v.check_name("product", product)
         v.check_int("price", price, 0, v.MAX_PRICE)
         currency = currency or self.settings.default_currency
@@ -59,6 +62,8 @@ class StockOps(EngineBase):
             v.check_name("warehouse", name)
             v.check_int("stock", quantity, 0, v.MAX_STOCK_DELTA)
         opening = {w: q for w, q in opening.items() if q > 0}
+        if limits is not None:
+            check_limits(limits)
         k = self._keys_for_product(product)
         payload: dict[str, str | int] = {
             "product": product,
@@ -66,6 +71,7 @@ class StockOps(EngineBase):
             "currency": currency,
             "warehouses": v.dumps(sorted(warehouses.items())),
             "opening_stock": v.dumps(sorted(opening.items())),
+            "limits": "" if limits is None else v.dumps(limits.as_json()),
         }
         # (a create's fingerprint differs from an update's with the same fields)
         fingerprinted = [*payload.values(), "create"] if create_only else [*payload.values()]
@@ -217,7 +223,8 @@ class StockOps(EngineBase):
         meta = json.loads(raw)
         warehouses = tuple((str(w), int(prio)) for w, prio in meta["warehouses"])
         fields = tuple(f for w, _ in warehouses for f in stock_fields(product, w))
-        found = _Meta(raw, int(meta["price"]), str(meta["currency"]), warehouses, fields)
+        limits = ProductLimits.from_json(meta.get("limits"))
+        found = _Meta(raw, int(meta["price"]), str(meta["currency"]), warehouses, fields, limits)
         self._metas[product] = found
         return found
 
@@ -235,10 +242,19 @@ class _Meta:
     currency: str
     warehouses: tuple[tuple[str, int], ...]
     fields: tuple[str, ...]  # the stock hash's fields of its warehouses, in order
+    limits: ProductLimits
 
     def stock(self, product: str, values: list[str | None]) -> ProductStock:
         levels = tuple(
             StockLevel(w, prio, int(values[2 * i] or 0), int(values[2 * i + 1] or 0))
             for i, (w, prio) in enumerate(self.warehouses)
         )
-        return ProductStock(product, self.price, self.currency, levels)
+        return ProductStock(product, self.price, self.currency, levels, self.limits)
+
+
+def check_limits(limits: ProductLimits) -> None:
+    """Each limit a whole number of units from 1. (Limits that contradict each other, a
+    minimum over a maximum, are kept as given: the product then can't be bought in those
+    quantities, which its refusals say.)"""
+    for name, value in limits.as_json().items():
+        v.check_int(name, value, 1, v.MAX_STOCK_DELTA)

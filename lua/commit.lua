@@ -8,6 +8,7 @@
 -- KEYS[9] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[10] carts  the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[11] pending the partition's pending direct orders by when they time out (holds.lua)
+-- KEYS[12] held   the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] order id (new, chosen by the engine)
@@ -23,6 +24,8 @@
 -- ARGV[11] hold (ms): a cart's parts are to follow within it
 -- ARGV[12] pending ttl (ms): a direct order across partitions (made through its cart) is
 --          cancelled if still pending after it; '' or 0 for the order of a reservation
+-- ARGV[13] foreign held: JSON [product, ...] of the foreign lines' products that their parts
+--          counted against the customer's limits (part.lua pin; '' or [] alone)
 --
 -- Returns JSON:
 --   {"ok": true, "order": {id, owner, status, reservation, lines [[product, warehouse, qty,
@@ -33,6 +36,9 @@
 --   {"err": "order_exists", "order"} | {"err": "idempotency_mismatch"}
 --   {"err": "redis_behind"} (KEYS[9] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
+-- What the reservation counted against its customer's limits (limits.lua) goes into the
+-- order (its record's 'held': the products, JSON, with the foreign held), but for its count
+-- of live reservations, which goes.
 -- The home of a cart across partitions is committed in two calls. The first (no foreign
 -- lines) only answers {"err": "cart_parts", "parts", "deadline"}, and records the cart's
 -- step (holds.lua cart_pending): the engine pins the other parts (lua/part.lua) and calls
@@ -53,7 +59,8 @@ local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
 
 local now = now_ms()
-local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
+  KEYS[12])
 if err then return err end
 local priced, total, currency = price_lines(products, live.lines)
 if not priced then return total end
@@ -93,6 +100,12 @@ if rec.parts then
   redis.call('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
 end
 pending_until(KEYS[11], order_id, now, ARGV[12])
+uncount_live(KEYS[12], live, false)
+local counted = live.held or {}
+if ARGV[13] ~= '' then
+  for _, p in ipairs(cjson.decode(ARGV[13])) do counted[#counted + 1] = p end
+end
+if #counted > 0 then redis.call('HSET', order, 'held', cjson.encode(counted)) end
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)

@@ -7,6 +7,7 @@
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is released
 -- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
+-- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] limit: at most this many reservations released, steps claimed, orders listed (each)
 -- ARGV[2] hold (ms): a claimed step's new deadline is now + hold
@@ -24,7 +25,7 @@ end
 local now, now_s = now_ms()
 -- the steps first: a part is made to follow before its own hold (in its partition) runs out
 local claimed = claim_steps(KEYS[6], now, now_s, ARGV[1], ARGV[2])
-local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep')
+local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep', KEYS[8])
 return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
            orders_due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_s, 'LIMIT', '0',
                                    ARGV[1])})

@@ -2,12 +2,14 @@
 -- they use) and before the operations (engine/scripts.py HELPERS): ending a live reservation,
 -- the expiry of due ones, routing lines to warehouses (allocate), loading a reservation to act
 -- on it, and pricing and writing an order. The data layout is lib.lua's.
--- Ends a live reservation: its units go from reserved back to available.
-local function release_units(stock, live_hash, expiry, id, live)
+-- Ends a live reservation: its units go from reserved back to available, and what it counted
+-- against its customer's limits goes (limits.lua, `held`).
+local function release_units(stock, live_hash, expiry, id, live, held)
   local movements = {}
   for _, l in ipairs(live.lines) do
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], -l[3])
   end
+  uncount_live(held, live, true)
   redis.call('HDEL', live_hash, id)
   redis.call('ZREM', expiry, id)
   return movements
@@ -16,7 +18,7 @@ end
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
 -- now_s: now's text (now_ms); limit: as the call's ARGV gives it.
-local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger)
+local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held)
   local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
   local n = 0
@@ -25,7 +27,7 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
     local raw = redis.call('HGET', live_hash, id)
     if raw then
       local live = cjson.decode(raw)
-      local movements = release_units(stock, live_hash, expiry, id, live)
+      local movements = release_units(stock, live_hash, expiry, id, live, held)
       emit(outbox, 'reservation_expired', now, 'system', '', {
         reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
         trigger = trigger, movements = movements})
@@ -125,16 +127,21 @@ local function allocate(stock, products, lines, allow_split)
   return out, nil, order
 end
 
--- Expires due reservations, then allocates. When stock is short while more reservations
--- are due, it keeps expiring (bounded) so a due reservation never blocks the next buyer.
--- Returns what allocate returns.
+-- Expires due reservations, then checks the request against its customer's limits (`check`,
+-- nil or a function that returns nil or a refusal: limits.lua), then allocates. When stock is
+-- short while more reservations are due, it keeps expiring (bounded) so a due reservation
+-- never blocks the next buyer. Returns what allocate returns.
 local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
-                                    limit, lines, allow_split)
-  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
+                                    limit, lines, allow_split, held, check)
+  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
+  if check then
+    local refusal = check()
+    if refusal then return nil, refusal end
+  end
   local alloc, err, counters = allocate(stock, products, lines, allow_split)
   local rounds = 0
   while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now_s) > 0 do
-    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve')
+    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
     alloc, err, counters = allocate(stock, products, lines, allow_split)
     rounds = rounds + 1
   end
@@ -144,7 +151,7 @@ end
 -- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
 -- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
 -- live is released here (and recorded as expired) before the refusal.
-local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held)
   local flat = redis.call('HGETALL', record)
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
   local rec = {}
@@ -162,7 +169,7 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
   if now >= expires_at or not raw then
     if raw then
       local live = cjson.decode(raw)
-      local movements = release_units(stock, live_hash, expiry, id, live)
+      local movements = release_units(stock, live_hash, expiry, id, live, held)
       emit(outbox, 'reservation_expired', now, 'system', '', {
         reservation = id, user = live.owner, expires_at = expires_at,
         trigger = 'access', movements = movements})

@@ -5,6 +5,7 @@
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] live   KEYS[4] expiry   KEYS[5] outbox
 -- KEYS[6] record  the part's hash; for 'return', the order's return mark in this partition
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] action: 'align' | 'pin' | 'release' | 'commit' | 'return'
 -- ARGV[2] reservation id: the part's
@@ -16,15 +17,19 @@
 -- ARGV[8] owner (user id) of the order (return)
 -- ARGV[9] actor (user id)         ARGV[10] request id
 -- ARGV[11] record retention (ms) kept after the part ends; for 'return', the order's
+-- ARGV[12] counted: JSON [product, ...], the products of `lines` the part counted against
+--          the customer's limits (return; limits.lua); '' none
 --
 -- align: a live part takes the home's expires_at. {"ok", "status": "active", "lines"}.
 -- pin: a live part that is not due is kept from expiring for `pin` ms while the cart is
 --   committed; {"ok", "status", "lines": [[product, warehouse, qty, unit_price, currency]]}
---   priced from this partition's products.
+--   priced from this partition's products, and "held": the products it counted against the
+--   customer's limits (limits.lua), which go into the order with its lines.
 -- release: a live part gives its units back; an ended one is left: {"ok", "status", "lines"}.
 -- commit: a live part's units go into the home's order (reserved -> gone); a part committed
 --   to that order already is left: {"ok", "status": "committed", "lines"}.
--- return: the part's units of a cancelled order go back to available, once (the mark).
+-- return: the part's units of a cancelled order go back to available, once (the mark), and
+--   what it counted of them against the customer's limits goes.
 -- Refusals: {"err": "reservation_not_found"} (no such part of this cart),
 --   {"err": "reservation_not_live", "status"}, {"err": "reservation_expired"} (align, pin: a
 --   due part is expired first), pricing's (pin), {"err": "redis_behind"}.
@@ -46,6 +51,9 @@ if action == 'return' then
   local movements = {}
   for _, l in ipairs(cjson.decode(ARGV[7])) do
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], 0)
+  end
+  if ARGV[12] ~= '' then
+    uncount(KEYS[8], ARGV[8], cjson.decode(ARGV[7]), cjson.decode(ARGV[12]))
   end
   redis.call('SET', record, '1', 'PX', retention)
   emit(outbox, 'order_part_returned', now, actor, request_id,
@@ -81,7 +89,7 @@ end
 
 if action == 'release' then
   if not raw then return ok({status = rec.status, lines = lines}) end
-  local movements = release_units(stock, live_hash, expiry, id, cjson.decode(raw))
+  local movements = release_units(stock, live_hash, expiry, id, cjson.decode(raw), KEYS[8])
   redis.call('HSET', record, 'status', 'released', 'ended_at', now)
   redis.call('PEXPIRE', record, retention)
   emit(outbox, 'reservation_released', now, actor, request_id,
@@ -93,7 +101,7 @@ end
 if not raw then return refuse('reservation_not_live', {reservation = id, status = rec.status}) end
 local old = tonumber(rec.expires_at)
 if now >= old then
-  local movements = release_units(stock, live_hash, expiry, id, cjson.decode(raw))
+  local movements = release_units(stock, live_hash, expiry, id, cjson.decode(raw), KEYS[8])
   emit(outbox, 'reservation_expired', now, 'system', '', {
     reservation = id, user = rec.owner, expires_at = old, trigger = 'access',
     movements = movements, cart = cart})
@@ -115,4 +123,4 @@ if action == 'align' then return ok({status = 'active', lines = lines}) end
 local priced, refusal, currency = price_lines(products, lines)
 if not priced then return refusal end
 for _, l in ipairs(priced) do l[5] = currency end
-return ok({status = 'active', lines = priced})
+return ok({status = 'active', lines = priced, held = cjson.decode(raw).held or {}})

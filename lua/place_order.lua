@@ -6,6 +6,7 @@
 -- KEYS[7] idem    idempotency record (unused when ARGV[7] is '')
 -- KEYS[8] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[9] pending the partition's pending direct orders by when they time out (holds.lua)
+-- KEYS[10] held   the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] order id (new, chosen by the engine)
 -- ARGV[2] lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...]
@@ -18,7 +19,9 @@
 -- ARGV[10] pending ttl (ms): the order is cancelled if still pending after it (0: never)
 --
 -- Returns JSON: {"ok": true, "order": {...as commit.lua}}, or the refusals of reserve.lua
---   plus currency_mismatch, order_total_too_large, order_exists.
+--   plus currency_mismatch, order_total_too_large, order_exists; and the limits' refusals
+--   (limits.lua): invalid_quantity, limit_exceeded. The order's record keeps what it counted
+--   ('held': the products, JSON), which its cancel gives back.
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired (due ones released first), order_created.
 
@@ -32,9 +35,17 @@ if blocked then return blocked end
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
 
+local held, lines = KEYS[10], cjson.decode(ARGV[2])
+local counted, want
+local function check()
+  local refusal
+  refusal, counted, want = check_limits(products, held, owner, lines)
+  return refusal
+end
+
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[9], cjson.decode(ARGV[2]), ARGV[3] == '1')
+  now, now_s, ARGV[9], lines, ARGV[3] == '1', held, check)
 if err then return err end
 local priced, total, currency = price_lines(products, alloc)
 if not priced then return total end
@@ -45,6 +56,8 @@ for i, l in ipairs(alloc) do
   movements[i] = move_counter(stock, counters[i], -l[3], 0)
 end
 local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
+count_held(held, owner, counted, want)
+if counted then redis.call('HSET', order, 'held', cjson.encode(counted)) end
 pending_until(KEYS[9], order_id, now, ARGV[10])
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',

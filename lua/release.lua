@@ -5,6 +5,7 @@
 -- KEYS[6] idem    idempotency record (unused when ARGV[5] is '')
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[8] carts   the partition's carts whose parts have a step to follow (holds.lua)
+-- KEYS[9] held    the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -36,10 +37,11 @@ local replay = idem_lookup(idem, fp, tonumber(ARGV[6]))
 if replay then return replay end
 
 local now = now_ms()
-local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now)
+local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
+  KEYS[9])
 if err then return err end
 
-local movements = release_units(stock, live_hash, expiry, id, live)
+local movements = release_units(stock, live_hash, expiry, id, live, KEYS[9])
 redis.call('HSET', record, 'status', 'released', 'ended_at', now)
 redis.call('PEXPIRE', record, tonumber(ARGV[7]))
 local reply = {reservation = reservation_view(rec, 'released')}

@@ -9,6 +9,7 @@
 -- KEYS[7] record    the new reservation's hash
 -- KEYS[8] behind    the partition's flag: while it is set, nothing is decided (lib.lua)
 -- KEYS[9] carts     the partition's carts whose parts have a step to follow (holds.lua)
+-- KEYS[10] held     the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1]  reservation id (new, chosen by the engine)
 -- ARGV[2]  lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...],
@@ -28,6 +29,8 @@
 --          other part is held: JSON [partition, ...] of the cart, kept in the record; the
 --          cart is live from here (its commit point), and its other parts are to follow
 -- ARGV[14] hold (ms): the other parts are to follow within it (with parts)
+-- ARGV[15] max live: the owner may hold at most this many live reservations (a cart counts
+--          once, in its home); 0 = no cap (limits.lua)
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {id, owner, status, created_at, expires_at (ms),
@@ -36,6 +39,9 @@
 --   {"err": "product_not_found", "product"} | {"err": "warehouse_not_found", "product", "warehouse"}
 --   {"err": "idempotency_mismatch"} | {"err": "reservation_exists", "reservation"}
 --   {"err": "redis_behind"} (KEYS[8] is set)
+--   the limits' refusals (limits.lua): {"err": "invalid_quantity" | "limit_exceeded" |
+--     "too_many_reservations", ...}, checked after due reservations are released and before
+--     the stock
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 --   With parts, it also carries "deadline": the step recorded (holds.lua cart_pending).
 -- Events: reservation_expired (for each due reservation released first), reservation_created.
@@ -51,11 +57,24 @@ if blocked then return blocked end
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
 
+local held, lines = KEYS[10], cjson.decode(ARGV[2])
+-- a cart's parts count once, in its home (the part that carries the parts)
+local capped = (ARGV[12] == '' or ARGV[13] ~= '') and tonumber(ARGV[15]) > 0
+local counted, want
+local function check()
+  local refusal = capped and check_live(held, owner, ARGV[15]) or nil
+  if refusal then return refusal end
+  refusal, counted, want = check_limits(products, held, owner, lines)
+  return refusal
+end
+
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[10], cjson.decode(ARGV[2]), ARGV[4] == '1')
+  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check)
 if err then return err end
 if taken then return refuse('reservation_exists', {reservation = id}) end
+count_held(held, owner, counted, want)
+if capped then count_live(held, owner, 1) end
 
 local movements = {'['}
 for i, l in ipairs(alloc) do
@@ -64,7 +83,8 @@ end
 local expires_at = now + ttl
 local expires_at_s = int(expires_at)
 local lines_json, owner_json = cjson.encode(alloc), cjson.encode(owner)
-redis.call('HSET', live_hash, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json .. '}')
+redis.call('HSET', live_hash, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json
+  .. counted_json(counted, capped) .. '}')
 redis.call('ZADD', expiry, expires_at_s, id)
 redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id)

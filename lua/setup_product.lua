@@ -18,14 +18,17 @@
 -- ARGV[10] default warehouse: stocks a new product for which ARGV[4] names none
 -- ARGV[11] '1' = a create: only a new product is set up (so its opening stock is added
 --          once however many creates race); '' = create or update
+-- ARGV[12] limits: '' keeps the product's (a new one has none); else JSON {"max_per_customer",
+--          "min_quantity", "quantity_increment", "max_per_order"}, each an integer or left
+--          out (no such limit): the product's limits from now on (limits.lua)
 --
--- Returns JSON {"ok": true, "product": {id, price, currency, warehouses [[name, priority]]},
---   "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
+-- Returns JSON {"ok": true, "product": {id, price, currency, warehouses [[name, priority]],
+--   limits {...} (when it has any)}, "created": bool}  or {"err": "warehouse_not_found", "product", "warehouse"}
 --   (opening stock for a warehouse the product doesn't have)
 --   | {"err": "product_exists", "product"} (ARGV[11] is '1' and the product exists)
 --   | {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
--- Events: product_updated when price, currency or warehouses changed;
+-- Events: product_updated when price, currency, warehouses or limits changed;
 --         stock_adjusted (reason 'initial') when opening stock was given.
 
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -40,6 +43,12 @@ if replay then return replay end
 local old = product_meta(products, product)
 if old and ARGV[11] == '1' then return refuse('product_exists', {product = product}) end
 local meta = {price = tonumber(ARGV[2]), currency = ARGV[3], warehouses = {}}
+if ARGV[12] == '' then
+  meta.limits = old and old.limits or nil
+else
+  meta.limits = cjson.decode(ARGV[12])
+  if next(meta.limits) == nil then meta.limits = nil end
+end
 local priority = {}
 if old then
   for _, wh in ipairs(old.warehouses) do priority[wh[1]] = wh[2] end
@@ -62,9 +71,14 @@ end
 local now = now_ms()
 local reply = {created = old == nil,
                product = {id = product, price = meta.price, currency = meta.currency,
-                          warehouses = meta.warehouses}}
+                          warehouses = meta.warehouses, limits = meta.limits}}
 local changed = not old or old.price ~= meta.price or old.currency ~= meta.currency
   or #old.warehouses ~= #meta.warehouses
+local was, now_limits = old and old.limits or {}, meta.limits or {}
+for _, name in ipairs({'max_per_customer', 'min_quantity', 'quantity_increment',
+                       'max_per_order'}) do
+  if was[name] ~= now_limits[name] then changed = true end
+end
 if not changed then
   for i, wh in ipairs(meta.warehouses) do
     if old.warehouses[i][1] ~= wh[1] or old.warehouses[i][2] ~= wh[2] then changed = true end

@@ -8,6 +8,7 @@
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
+-- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
 --
 -- ARGV[1] order id
 -- ARGV[2] requested status
@@ -29,8 +30,10 @@
 --   {"err": "idempotency_mismatch"} | {"err": "redis_behind"} (KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- The order of a cart across partitions gives back only the units this partition holds
--- ("own_lines"); on cancel the reply also carries "parts" and "deadline": the other parts'
+-- ("own_lines"); on cancel the reply also carries "parts", "deadline" and "held" (the
+-- products the order counted against its customer's limits, limits.lua): the other parts'
 -- units are to be given back (lua/part.lua 'return').
+-- A cancel gives back what the order counted of this partition's lines (its record's 'held').
 -- Events: order_status_changed (with movements when units return to available).
 
 local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -64,10 +67,13 @@ end
 local now = now_ms()
 local lines = cjson.decode(o.lines)
 local movements = {}
+local counted = o.held and cjson.decode(o.held) or nil
 if to == STOCK_RETURNING then
-  for _, l in ipairs(o.own_lines and cjson.decode(o.own_lines) or lines) do
+  local own = o.own_lines and cjson.decode(o.own_lines) or lines
+  for _, l in ipairs(own) do
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], 0)
   end
+  uncount(KEYS[8], o.owner, own, counted)
 end
 redis.call('HSET', order, 'status', to, 'updated_at', now)
 redis.call('ZREM', KEYS[7], order_id)  -- no longer pending: it can't time out
@@ -81,6 +87,7 @@ local reply = {order = view, from = o.status}
 if o.parts and to == STOCK_RETURNING then
   reply.parts = cjson.decode(o.parts)
   reply.deadline = cart_pending(KEYS[6], order_id, now, ARGV[10])
+  reply.held = counted or {}
 end
 emit(outbox, 'order_status_changed', now, actor, request_id,
      {order = order_id, user = o.owner, from = o.status, to = to, movements = movements,

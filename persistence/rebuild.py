@@ -29,7 +29,7 @@ from sqlalchemy import Engine, func, select
 from engine import invariants, restore
 from engine.keys import partition_of
 from engine.partition import time_ms
-from engine.records import product_meta
+from engine.records import compact, product_meta
 from engine.restore import LiveReservation, RestorePlan
 from engine.settings import Settings
 from persistence import schema
@@ -52,17 +52,32 @@ class RebuildResult:
 
 
 def _read(
-    db: Engine, partitions: int, pending_ttl_ms: int = 0
+    db: Engine, partitions: int, pending_ttl_ms: int = 0, max_live: int = 0
 ) -> tuple[list[RestorePlan], dict[int, str], int]:
-    """What each partition gets, the checkpoints and the unresolved dead letters."""
+    """What each partition gets, the checkpoints and the unresolved dead letters.
+
+    What each customer holds is counted again (lua/limits.lua): the units of every product
+    with a max_per_customer in their live reservations and orders not cancelled, and (with
+    `max_live`, MAX_LIVE_RESERVATIONS_PER_CUSTOMER) their live reservations; each live
+    reservation and live order is marked as counting them. (A limit set after some of those
+    were made counts them too, where the engine counted from when it was set.)"""
     plans = [RestorePlan() for _ in range(partitions)]
     rs, o, dl = schema.reservations, schema.orders, schema.dead_letters
+    limited: set[str] = set()
+
+    def count(product: str, owner: str, units: int) -> None:
+        held = plans[partition_of(product, partitions)].held
+        held[f"u|{product}|{owner}"] = held.get(f"u|{product}|{owner}", 0) + units
+
     with consistent_read(db) as conn:
         at = checkpoints(conn)
         dead = conn.scalar(select(func.count()).where(dl.c.resolved_at.is_(None))) or 0
         for row in conn.execute(select(schema.product_settings)):
             plan = plans[partition_of(row.product, partitions)]
-            plan.add_product(row.product, product_meta(row.price, row.currency, row.warehouses))
+            meta = product_meta(row.price, row.currency, row.warehouses, row.limits)
+            plan.add_product(row.product, meta)
+            if meta.get("limits", {}).get("max_per_customer") is not None:
+                limited.add(row.product)
         for row in conn.execute(select(schema.stock_levels)):
             plan = plans[partition_of(row.product, partitions)]
             plan.counters[(row.product, row.warehouse)] = (int(row.available), int(row.reserved))
@@ -76,8 +91,15 @@ def _read(
         for row in conn.execute(select(rs).where(active)):
             plan = plans[partition_of(row.id, partitions)]  # where the engine will look for it
             held = lines.get(row.id, [])
+            counted = tuple(dict.fromkeys(str(p) for p, *_ in held if p in limited))
+            for p, _, qty in held:
+                if p in limited:
+                    count(str(p), row.user_id, int(qty))
+            capped = max_live > 0 and row.cart_id in (None, row.id)  # a cart counts in its home
+            if capped:
+                plan.held[f"n|{row.user_id}"] = plan.held.get(f"n|{row.user_id}", 0) + 1
             plan.reservations[row.id] = LiveReservation(
-                row.user_id, held, reservation_hash(row, held, parts.get(row.id))
+                row.user_id, held, reservation_hash(row, held, parts.get(row.id)), counted, capped
             )
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
@@ -85,9 +107,22 @@ def _read(
             plan.orders[row.id] = order_hash(
                 row, lines.get(row.id, []), parts.get(row.reservation_id or ""), partitions
             )
+            products = dict.fromkeys(str(p) for p, *_ in lines.get(row.id, []) if p in limited)
+            if products:
+                plan.orders[row.id]["held"] = compact(list(products))
             if pending_ttl_ms and row.status == "pending" and not row.reservation_id:
                 # a direct order times out as it would have (ORDER_PENDING_TTL)
                 plan.pending[row.id] = int(plan.orders[row.id]["created_at"]) + pending_ttl_ms
+        if limited:  # every order not cancelled counts, delivered ones too
+            ol = schema.order_lines
+            units = (
+                select(o.c.user_id, ol.c.product, func.sum(ol.c.quantity))
+                .join(o, o.c.id == ol.c.order_id)
+                .where(o.c.status != "cancelled", ol.c.product.in_(sorted(limited)))
+                .group_by(o.c.user_id, ol.c.product)
+            )
+            for user, product, qty in conn.execute(units):
+                count(str(product), str(user), int(qty))
     return plans, at, int(dead)
 
 
@@ -134,7 +169,12 @@ def rebuild(
 
 
 def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -> RebuildResult:
-    plans, checkpoints, dead = _read(db, settings.partitions, settings.order_pending_ttl_ms)
+    plans, checkpoints, dead = _read(
+        db,
+        settings.partitions,
+        settings.order_pending_ttl_ms,
+        settings.max_live_reservations_per_customer,
+    )
     for p in range(settings.partitions):
         refused = _refusal(client, p, checkpoints.get(p, "0-0"), force)
         if refused:

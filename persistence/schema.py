@@ -106,6 +106,8 @@ product_settings = Table(
     Column("price", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("warehouses", JSON, nullable=False),  # [[name, priority], ...] by priority
+    # {"max_per_customer", "min_quantity", "quantity_increment", "max_per_order"}: those set
+    Column("limits", JSON, nullable=True),
     Column("last_event_id", String(64), nullable=False),
     _ts("updated_at"),
 )

@@ -150,6 +150,7 @@ def _product_updated(e: OutboxEvent, d: events.ProductUpdated, rows: Rows) -> No
             "price": int(after["price"]),
             "currency": after["currency"],
             "warehouses": [[w, int(p)] for w, p in _lines(after["warehouses"])],
+            "limits": after.get("limits") or None,
             "last_event_id": e.event_id,
             "updated_at": ts(e.ts_ms),
         }

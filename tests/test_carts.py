@@ -256,6 +256,7 @@ def commit_call(rid: str, oid: str) -> dict[str, str | int]:
         "deadline": "",
         "hold": 1_000,
         "pending_ttl": 0,
+        "foreign_held": "",
     }
 
 
@@ -289,6 +290,7 @@ async def hold(
         cart=cart,
         parts=parts,
         hold=hold_ms,
+        max_live=0,
     )
     assert "err" not in reply, reply
     return reply

@@ -61,6 +61,7 @@ def reserve_call(
         cart="",
         parts="",
         hold=0,
+        max_live=0,
     )
 
 

@@ -101,6 +101,7 @@ async def test_two_versions_of_the_library_run_side_by_side(
         cart="",
         parts="",
         hold=0,
+        max_live=0,
     )
     theirs = Call(other.function("reserve"), call.keys, call.args)
     assert '"ok":true' in await engine.scripts.raw(theirs)  # the other version's, alongside

@@ -243,9 +243,13 @@ def test_every_refusal_code_becomes_its_typed_error() -> None:
         "allowed": {},
         "currencies": ["USD", "EUR"],
     }
+    # the limits' refusals (lua/limits.lua) count what was requested
+    counted: dict[str, Any] = {"rule": "min_quantity", "min_quantity": 3, "limit": 2,
+                               "held": 1, "live": 20, "requested": 1}  # fmt: skip
+    limits = ("limit_exceeded", "invalid_quantity", "too_many_reservations")
     for code in replies.REFUSALS:
         with pytest.raises(errors.EngineError) as info:
-            replies.raise_for({"err": code, **sample})
+            replies.raise_for({"err": code, **sample, **(counted if code in limits else {})})
         expected = "id_collision" if code in ("reservation_exists", "order_exists") else code
         assert info.value.code == expected
     replies.raise_for({"ok": True})

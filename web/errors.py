@@ -43,6 +43,9 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.StatusChanged: 409,
     engine_errors.CurrencyMismatch: 409,
     engine_errors.CartTimeout: 503,
+    engine_errors.LimitExceeded: 409,
+    engine_errors.TooManyReservations: 409,
+    engine_errors.InvalidQuantity: 422,
     engine_errors.IdempotencyMismatch: 422,
     # The lines' prices make it so, not the request's form: a conflict with the catalog.
     engine_errors.OrderTotalTooLarge: 409,

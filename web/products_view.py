@@ -67,6 +67,10 @@ def product_json(p: CatalogProduct, stock: ProductStock) -> dict[str, Any]:
             }
             for level in stock.levels
         ],
+        "max_per_customer": stock.limits.max_per_customer,
+        "min_quantity": stock.limits.min_quantity,
+        "quantity_increment": stock.limits.quantity_increment,
+        "max_per_order": stock.limits.max_per_order,
         "created_at": created,
         "updated_at": updated,
     }
@@ -84,6 +88,8 @@ def etag(products: Iterable[tuple[CatalogProduct, ProductStock]], *cursors: str 
     parts = [repr(cursors)]
     for row, stock in products:
         parts.append(_rendered(row)[3])
+        if stock.limits.as_json():
+            parts.append(repr(stock.limits))
         parts.extend(
             f"{lv.warehouse}|{lv.priority}|{lv.available}|{lv.reserved}" for lv in stock.levels
         )

@@ -87,6 +87,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 cart="",
                 parts="",
                 hold=0,
+                max_live=settings.max_live_reservations_per_customer,
             )
             reply = await engine.scripts.raw(call)
             json.loads(reply)  # a caller of the script needs its answer

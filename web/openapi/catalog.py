@@ -17,6 +17,7 @@ from web.openapi.document import Operation
 from web.pagination import cursor_pattern
 from web.schemas.auth import LoginBody, RefreshBody
 from web.schemas.catalog import (
+    LIMITS,
     REASON_SIGN,
     AuditQuery,
     ProductCreate,
@@ -34,6 +35,11 @@ COUNT: Schema = {"type": "integer", "minimum": 0}
 TIME: Schema = {"type": "string", "format": "date-time", "description": "ISO 8601, UTC"}
 MONEY: Schema = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["19.99"]}
 PRODUCT_ID: Schema = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+LIMIT: Schema = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "description": "units; null: no limit (see create_product)",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Health": closed({"status": {"const": "ok"}}),
@@ -69,6 +75,7 @@ SCHEMAS: dict[str, Schema] = {
             "available_stock": COUNT,
             "reserved_stock": COUNT,
             "warehouses": {"type": "array", "items": ref("StockLevel")},
+            **dict.fromkeys(LIMITS, LIMIT),
             "created_at": TIME,
             "updated_at": TIME,
         }
@@ -264,7 +271,12 @@ OPERATIONS: list[Operation] = [
         idempotent=True,
         errors={404: ("warehouse_not_found",), 409: ("sku_exists",)},
         description="Opening stock is `total_stock` (into the default warehouse) or `stock`: "
-        '`[{"warehouse", "quantity"}]`, not both.',
+        '`[{"warehouse", "quantity"}]`, not both. Purchase limits (each null or left out for '
+        "none): `max_per_customer`, the units one customer may hold in live reservations and "
+        "orders not cancelled, all together; `max_per_order`, per reservation or order; "
+        "`min_quantity` and `quantity_increment`, the units of one reservation or order. "
+        "Reserving past a maximum is 409 `limit_exceeded`; against the minimum or the "
+        "increment, 422 `invalid_quantity`.",
     ),
     Operation(
         "GET", "/api/products/{id}/", "get_product", "One product with live stock",
@@ -276,14 +288,15 @@ OPERATIONS: list[Operation] = [
         "products", "staff", ref("Product"),
         body=ProductPut, path_params=PRODUCT_PATH,
         errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
-        description=PRICE_CONFLICT_TEXT,
+        description=f"{PRICE_CONFLICT_TEXT} A purchase limit left out is kept; null removes it.",
     ),
     Operation(
         "PATCH", "/api/products/{id}/", "patch_product", "Change some catalog fields",
         "products", "staff", ref("Product"),
-        body=ProductPatch, path_params=PRODUCT_PATH, body_examples={"price": {"price": "39.00"}},
+        body=ProductPatch, path_params=PRODUCT_PATH,
+        body_examples={"price": {"price": "39.00"}, "limit": {"max_per_customer": 2}},
         errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
-        description=PRICE_CONFLICT_TEXT,
+        description=f"{PRICE_CONFLICT_TEXT} A purchase limit set to null is removed.",
     ),
     Operation(
         "DELETE", "/api/products/{id}/", "delete_product",

@@ -158,11 +158,16 @@ OPERATIONS: list[Operation] = [
         },
         errors={
             404: ("product_not_found", "warehouse_not_found"),
-            409: ("insufficient_stock",),
+            409: ("insufficient_stock", "limit_exceeded", "too_many_reservations"),
+            422: ("invalid_quantity",),
             503: ("id_collision", "cart_timeout"),
         },
         description="201 with the warehouse each unit came from and `expires_at`. "
         "409 `insufficient_stock` lists the shortfall per line in `details.lines`. "
+        "A product's purchase limits are checked first: 409 `limit_exceeded` (`details`: "
+        "`product`, `rule`, `limit`, `held`, `requested`), 422 `invalid_quantity`; and a "
+        "customer holds at most MAX_LIVE_RESERVATIONS_PER_CUSTOMER live reservations "
+        "(409 `too_many_reservations`). "
         "With `allow_split` (the default) a line may draw from several warehouses.",
     ),
     Operation(
@@ -220,7 +225,9 @@ OPERATIONS: list[Operation] = [
                 "insufficient_stock",
                 "currency_mismatch",
                 "order_total_too_large",
+                "limit_exceeded",
             ),
+            422: ("invalid_quantity",),
             503: ("id_collision", "cart_timeout"),
         },
     ),

@@ -53,6 +53,9 @@ WarehouseName = Annotated[
 WarehouseSlug = Annotated[str, StringConstraints(max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 Units = Annotated[StrictInt, Field(ge=0, le=MAX_STOCK_DELTA), INTEGRAL]
 Short = Annotated[str, StringConstraints(max_length=200)]
+# A purchase limit: units of one product (lua/limits.lua); null is no limit.
+Limit = Annotated[StrictInt, Field(ge=1, le=MAX_STOCK_DELTA), INTEGRAL]
+LIMITS = ("max_per_customer", "min_quantity", "quantity_increment", "max_per_order")
 
 # Which way each reason moves stock; correction goes either way.
 REASON_SIGN: dict[str, int] = {"received": 1, "returned": 1, "damaged": -1, "lost": -1}
@@ -76,6 +79,11 @@ class ProductCreate(Strict):
     description: Description = ""
     total_stock: Units | None = None
     stock: Annotated[list[OpeningStock], Field(min_length=1, max_length=100)] | None = None
+    # what one customer may buy (lua/limits.lua): null or left out, no limit
+    max_per_customer: Limit | None = None
+    min_quantity: Limit | None = None
+    quantity_increment: Limit | None = None
+    max_per_order: Limit | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_stock(self) -> ProductCreate:
@@ -96,16 +104,21 @@ class ProductCreate(Strict):
 
 
 class ProductPut(Strict):
-    """Replace every catalog field (the currency and the stock are not catalog fields here)."""
+    """Replace every catalog field (the currency and the stock are not catalog fields here).
+    A purchase limit left out is kept; null removes it."""
 
     name: Name
     sku: Sku
     price: Price
     description: Description
+    max_per_customer: Limit | None = None
+    min_quantity: Limit | None = None
+    quantity_increment: Limit | None = None
+    max_per_order: Limit | None = None
 
 
 def _some_fields(schema: dict[str, Any]) -> None:
-    # A patch names at least one field, and none of them as null (no default to show).
+    # A patch names at least one field, and none but a limit as null (no default to show).
     schema["minProperties"] = 1
     for field in schema["properties"].values():
         field.pop("default", None)
@@ -118,12 +131,18 @@ class ProductPatch(Strict):
     sku: Sku | SkipJsonSchema[None] = None
     price: Price | SkipJsonSchema[None] = None
     description: Description | SkipJsonSchema[None] = None
+    # null removes the limit
+    max_per_customer: Limit | None = None
+    min_quantity: Limit | None = None
+    quantity_increment: Limit | None = None
+    max_per_order: Limit | None = None
 
     @model_validator(mode="after")
     def _some_field(self) -> ProductPatch:
         if not self.model_fields_set:
-            raise ValueError("name at least one of: name, sku, price, description")
-        nulls = sorted(f for f in self.model_fields_set if getattr(self, f) is None)
+            named = ", ".join(("name", "sku", "price", "description", *LIMITS))
+            raise ValueError(f"name at least one of: {named}")
+        nulls = sorted(f for f in self.model_fields_set - set(LIMITS) if getattr(self, f) is None)
         if nulls:
             raise ValueError(f"must not be null: {', '.join(nulls)}")
         return self
@@ -201,5 +220,11 @@ class AuditQuery(Paging):
 
 
 def as_dict(model: BaseModel) -> dict[str, Any]:
-    """The fields a client actually sent."""
-    return {f: getattr(model, f) for f in model.model_fields_set}
+    """The catalog fields a client actually sent (the purchase limits are the engine's:
+    `limits_sent`)."""
+    return {f: getattr(model, f) for f in model.model_fields_set if f not in LIMITS}
+
+
+def limits_sent(model: BaseModel) -> dict[str, int | None]:
+    """The purchase limits a client actually sent (None: remove the limit)."""
+    return {f: getattr(model, f) for f in LIMITS if f in model.model_fields_set}

@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any
 
 from engine import errors, outbox
-from engine.models import CallContext, ProductStock, StockReason
+from engine.models import CallContext, ProductLimits, ProductStock, StockReason
 from engine.states import TERMINAL
 from engine.validation import MAX_STOCK_DELTA
 from persistence import catalog
@@ -45,7 +45,14 @@ from persistence.catalog import CatalogProduct, SkuTaken
 from persistence.translate import BadEvent, translate
 from web.errors import ApiError
 from web.money import reprice, to_minor
-from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, as_dict
+from web.schemas.catalog import (
+    LIMITS,
+    ProductCreate,
+    ProductPatch,
+    ProductPut,
+    as_dict,
+    limits_sent,
+)
 from web.services.catalog import live_product
 from web.services.container import Services
 from web.services.stock import warehouse_priorities
@@ -137,6 +144,7 @@ async def create_product(svc: Services, body: ProductCreate, ctx: CallContext) -
             warehouses=warehouses,
             stock=opening,
             create_only=True,
+            limits=ProductLimits(**{name: getattr(body, name) for name in LIMITS}),
         )
     except errors.ProductExists:
         raise _sku_taken(body.sku, row.id) from None  # another create set it up first
@@ -158,9 +166,11 @@ async def create_product(svc: Services, body: ProductCreate, ctx: CallContext) -
 async def update_product(
     svc: Services, pid: int, body: ProductPut | ProductPatch, ctx: CallContext
 ) -> Product:
-    """Replace or change name, sku, price and description. A new price reaches the engine."""
+    """Replace or change name, sku, price and description, and the purchase limits sent. A new
+    price and new limits reach the engine."""
     row, live = await live_product(svc, pid)
     values = as_dict(body)
+    limits = dataclasses.replace(live.limits, **limits_sent(body))
     if "price" in values:
         values["price"] = reprice(values["price"], row.currency)
     try:
@@ -173,14 +183,16 @@ async def update_product(
     # Compared with Redis, not with the old row: a retry after a failed engine call still
     # brings the engine's price up to the catalog's. (No idempotency key: the catalog has
     # changed already, and a key used before must not refuse the engine's half of it.)
-    if updated.price != live.price:
-        await svc.engine.setup_product(
+    if updated.price != live.price or limits != live.limits:
+        made = await svc.engine.setup_product(
             updated.engine_id,
             dataclasses.replace(ctx, idempotency_key=None),
             price=updated.price,
             currency=updated.currency,
+            limits=limits,
         )
         await svc.trigger.request(svc.engine.partition_of_product(updated.engine_id))
+        live = dataclasses.replace(live, price=made.price, limits=made.limits)
     return Product(updated, live)
 
 
