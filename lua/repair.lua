@@ -100,11 +100,16 @@ local restored = {}
 for _, r in ipairs(plan.restore or {}) do
   local id, record = r[1], key(r[2])
   if redis.call('HEXISTS', live_hash, id) == 0 then
-    local found = redis.call('HGET', record, 'status') or cjson.null
-    redis.call('HSET', live_hash, id, r[3])
+    local kept = redis.call('HMGET', record, 'status', 'counted')
+    local found, entry = kept[1] or cjson.null, r[3]
+    -- a live record's counts (lua/limits.lua) still count it: its entry counts them again
+    local counted = found == 'active' and kept[2] or nil
+    if counted then entry = string.sub(entry, 1, -2) .. ',' .. string.sub(counted, 2) end
+    redis.call('HSET', live_hash, id, entry)
     redis.call('ZADD', expiry, r[4], id)
     redis.call('DEL', record)
     redis.call('HSET', record, unpack(r[5]))
+    if counted then redis.call('HSET', record, 'counted', counted) end
     redis.call('PEXPIREAT', record, r[6])
     restored[#restored + 1] = id
     record_event('reservation', id, {live = false, status = found},

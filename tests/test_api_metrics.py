@@ -241,10 +241,10 @@ async def test_coalesced_calls_are_counted_by_the_calls_each_carried(
     """inventory_coalesced_calls: one observation per Redis call of reserve, its value the
     calls it carried; concurrent reservations share calls, and every one is counted."""
     await product(app, 1, units=50)
-    me = bearer(app, "1")
     body = {"product": 1, "quantity": 1}
-    await client.post(RESERVE, json=body, headers=me)  # alone
-    made = await asyncio.gather(*(client.post(RESERVE, json=body, headers=me) for _ in range(30)))
+    await client.post(RESERVE, json=body, headers=bearer(app, "1"))  # alone
+    buyers = [bearer(app, str(n)) for n in range(2, 32)]  # (a buyer holds at most 20)
+    made = await asyncio.gather(*(client.post(RESERVE, json=body, headers=b) for b in buyers))
     assert all(r.status_code == 201 for r in made)
 
     samples = await scrape(client)

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from engine.engine import Engine
 from engine.keys import partition_keys, partition_of
-from engine.models import SYSTEM, LineRequest
+from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
 from persistence import jobs, migrate, periodic, schema
 from persistence.db import database_engine
@@ -115,11 +115,11 @@ async def test_a_burst_of_writes_asks_for_one_drain(
     trigger = DrainTrigger(engine, settings.redis_url)
     await engine.setup_product("sku-1", SYSTEM, price=100, stock={"main": 500})
 
-    async def write() -> bool:
-        await engine.reserve([LineRequest("sku-1", 1)], BUYER)
+    async def write(n: int) -> bool:  # a buyer each (MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
+        await engine.reserve([LineRequest("sku-1", 1)], CallContext(f"buyer-{n}"))
         return await trigger.request(0)
 
-    asked = await asyncio.gather(*(write() for _ in range(200)))
+    asked = await asyncio.gather(*(write(n) for n in range(200)))
 
     assert asked.count(True) == 1
     assert jobs.queue(raw).count == 1

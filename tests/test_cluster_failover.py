@@ -50,6 +50,8 @@ def waiting(url: str, **more: int) -> Settings:
             redis_wait_replicas=1,
             redis_wait_timeout_ms=more.pop("timeout_ms", 2_000),
             reservation_ttl_min_ms=50,
+            # one buyer holds many reservations here: no cap (tests/test_limits.py has it)
+            max_live_reservations_per_customer=0,
         )
     )
 
@@ -273,7 +275,10 @@ def test_without_wait_a_failover_can_lose_writes_and_reconcile_restores_them(
     is killed (SIGKILL) and the replica, resumed, takes over without them. The drain finds this
     Redis behind the database and stops; `reconcile --fix` puts back what the database
     recorded."""
-    s = dataclasses.replace(resolve(Settings(redis_url=replicated.url)), database_url=sqlite_url)
+    s = dataclasses.replace(
+        resolve(Settings(redis_url=replicated.url, max_live_reservations_per_customer=0)),
+        database_url=sqlite_url,
+    )
     migrate.upgrade(sqlite_url)
     db = database_engine(s)
     client = connect_sync(s)

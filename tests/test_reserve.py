@@ -47,12 +47,13 @@ async def test_reserve_moves_units_and_writes_record_live_expiry_and_event(
         "expires_at": str(r.expires_at_ms),
         "lines": '[["sku-1","main",3]]',
         "request_id": "req-alice",
+        "counted": '{"n":1}',  # one of alice's live reservations (lua/limits.lua)
     }
     pttl = await engine.redis.pttl(k.reservation(r.id))
     assert 60_000 < pttl <= 60_000 + engine.settings.reservation_retention_ms
     live = await engine.redis.hget(k.live, r.id)
     assert live is not None
-    assert json.loads(live) == {"owner": "alice", "lines": [["sku-1", "main", 3]]}
+    assert json.loads(live) == {"owner": "alice", "lines": [["sku-1", "main", 3]], "n": 1}
     assert await engine.redis.zscore(k.expiry, r.id) == r.expires_at_ms
 
     created = (await events(engine.redis))[-1]

@@ -57,7 +57,6 @@ from web.schemas.orders import ReserveIn
 from web.services.container import Services
 
 BARE_PATH = "/bench/bare/reserve"
-BARE_ACTOR = CallContext(actor="bench-bare")
 
 
 async def rowlock_reserve(request: Request) -> Response:
@@ -147,7 +146,7 @@ async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> N
     request = Request(scope, receive)
     try:
         await look_up(scope, app.state.keys)  # the account check the middleware would make
-        require_staff(request)
+        who = require_staff(request)
         raw = await _bare_body(request, svc.settings.max_body_bytes)
     except ApiError as exc:
         await _refuse(exc, scope, receive, send)
@@ -160,7 +159,8 @@ async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> N
         pass
     else:
         try:
-            held = await svc.engine.reserve([line], BARE_ACTOR)
+            # the token's user holds it, as in the full API (MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
+            held = await svc.engine.reserve([line], CallContext(actor=who.user_id))
         except EngineError as exc:  # the API's status and code, without its envelope
             refused = from_engine(exc)
             status, payload = refused.status, json.dumps({"code": refused.code}).encode()

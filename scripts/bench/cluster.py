@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import random
 import shutil
@@ -114,7 +115,7 @@ async def _row(
         for port in (*primaries, *replicas)
     }
     names, partners = product_names(), partner_names()
-    ctx = CallContext(actor="bench")
+    buyers = itertools.count()  # one buyer per reservation (MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
     try:
         async with Engine.from_settings(settings) as engine:
             partitions = engine.settings.partitions
@@ -128,7 +129,10 @@ async def _row(
             )
             # warm: each product once, at the row's concurrency (the pools' connections open)
             await asyncio.gather(
-                *(engine.reserve([LineRequest(p, 1)], ctx, ttl_ms=TTL_MS) for p in names)
+                *(
+                    engine.reserve([LineRequest(p, 1)], CallContext(f"bench-{i}"), ttl_ms=TTL_MS)
+                    for i, p in enumerate(names)
+                )
             )
             assert engine.coalescer is not None
             sizes = engine.coalescer.sizes
@@ -148,6 +152,7 @@ async def _row(
                     lines = [LineRequest(p, 1) for p in products]
                     started = time.monotonic()
                     try:
+                        ctx = CallContext(f"bench-{next(buyers)}")
                         await engine.reserve(lines, ctx, ttl_ms=TTL_MS)
                     except errors.NotReplicated:  # made on the primary, not acknowledged
                         outcomes.append(Outcome("", 503, 0.0, time.monotonic() - started))

@@ -12,6 +12,7 @@ The products it creates are its own (`bench-<run>`); it never flushes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import time
@@ -31,7 +32,8 @@ from persistence.db import database_engine
 from persistence.drain import drain_partition
 from persistence.jobs import percentile
 
-BUYER = CallContext(actor="bench")
+# one buyer per reservation (a buyer holds at most MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
+BUYERS = itertools.count()
 
 
 async def _produce(
@@ -44,9 +46,10 @@ async def _produce(
         done = 0
 
         async def one() -> None:
-            r = await engine.reserve([LineRequest(product, 1)], BUYER)
+            buyer = CallContext(f"bench-{next(BUYERS)}")
+            r = await engine.reserve([LineRequest(product, 1)], buyer)
             if release:
-                await engine.release(r.id, BUYER)
+                await engine.release(r.id, buyer)
 
         while done < pairs:
             n = min(concurrency, pairs - done)

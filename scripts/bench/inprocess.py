@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import time
 from collections import Counter
@@ -62,7 +63,9 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
     ):
         await engine.setup_product(hot, SYSTEM, price=1999, stock={"main": HUGE})
         keys = partition_keys(0)
-        ctx = CallContext(actor="bench")
+        # one buyer per reservation: none reaches MAX_LIVE_RESERVATIONS_PER_CUSTOMER, and each
+        # reservation pays its count of live reservations as a buyer's would
+        buyers = itertools.count()
         settings = stack.settings
         lines = json.dumps([[hot, "", 1]], separators=(",", ":"))  # as the engine sends them
 
@@ -77,7 +80,7 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
                 lines=lines,
                 ttl=settings.reservation_ttl_ms,
                 allow_split="1",
-                owner="bench",
+                owner=f"bench-{next(buyers)}",
                 actor="bench",
                 request_id="",
                 fingerprint="",
@@ -93,10 +96,10 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
             json.loads(reply)  # a caller of the script needs its answer
 
         async def wrapped() -> None:
-            await engine.reserve([LineRequest(hot, 1)], ctx)
+            await engine.reserve([LineRequest(hot, 1)], CallContext(f"bench-{next(buyers)}"))
 
         async def coalesced() -> None:
-            await coalescing.reserve([LineRequest(hot, 1)], ctx)
+            await coalescing.reserve([LineRequest(hot, 1)], CallContext(f"bench-{next(buyers)}"))
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             libpq_url(stack.database_url),
