@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import zlib
 from collections.abc import Mapping
@@ -227,6 +228,17 @@ def event_id(partition: int, stream_id: str) -> str:
     """An outbox event's global id: its partition and its stream id (`p<N>-<ms>-<seq>`),
     unique across partitions. The consistency token a write hands out is one."""
     return f"p{partition}-{stream_id}"
+
+
+_EVENT_ID = re.compile(r"p(\d{1,6})-(\d{1,20})-(\d{1,20})")
+
+
+def parse_event_id(text: str) -> tuple[int, str]:
+    """The partition and stream id of an `event_id`; ValueError for any other text."""
+    m = _EVENT_ID.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not an event id: {text[:64]!r}")
+    return int(m[1]), f"{m[2]}-{m[3]}"
 
 
 def idempotency_hash(key: str) -> str:

@@ -101,6 +101,10 @@ class Settings:
     order_pending_ttl_ms: int = 1_800_000
     # A customer may hold at most this many live reservations (a cart counts once); 0: no cap.
     max_live_reservations_per_customer: int = 20
+    # Live stock over Server-Sent Events (web/live_stock.py): streams one API process serves
+    # at most (one more is 503), and the heartbeat's interval.
+    stream_max_listeners: int = 1000
+    stream_heartbeat_ms: int = 15_000
     # Due reservations released by each reserve call before it checks stock.
     expire_batch: int = 100
     # Due reservations released by one sweep call.
@@ -181,6 +185,8 @@ class Settings:
             max_live_reservations_per_customer=_int(
                 e, "MAX_LIVE_RESERVATIONS_PER_CUSTOMER", d.max_live_reservations_per_customer, 0
             ),
+            stream_max_listeners=_int(e, "STREAM_MAX_LISTENERS", d.stream_max_listeners),
+            stream_heartbeat_ms=_seconds_ms(e, "STREAM_HEARTBEAT", d.stream_heartbeat_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),
             database_url=e.get("DATABASE_URL") or d.database_url,

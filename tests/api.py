@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 from starlette.applications import Starlette
 
+from engine.settings import Settings
 from persistence import users
 from persistence.db import database_engine
+from scripts.redis_server import free_port
+from web.app import create_app
 from web.auth import Principal
 
 
@@ -61,3 +67,30 @@ def assert_invalid_body(response: httpx.Response, field: str, problem: str) -> N
     assert any(
         e["field"] == field and problem in e["problem"] for e in error["details"]["errors"]
     ), error
+
+
+class Server:
+    """uvicorn serving the app in a thread of this process, lifespan and all (a real socket:
+    for what the in-process transport can't do, a stream that never ends)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.port = free_port()
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)

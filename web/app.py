@@ -33,6 +33,7 @@ from web import routes as all_routes
 from web.accounts import AccountCache, look_up_token
 from web.auth import Keys
 from web.errors import ApiError, from_engine
+from web.live_stock import StockFeed
 from web.metrics import Metrics
 from web.middleware import ApiMiddleware, allowed_methods, scope_state
 from web.ratelimit import EXEMPT, Limiter, limit_check
@@ -106,11 +107,13 @@ def create_app(
         db = database_engine(resolved)
         adb = async_database_engine(resolved)
         trigger = DrainTrigger(engine, queue)
-        app.state.services = Services(resolved, engine, db, trigger, adb)
+        feed = StockFeed(engine, max_listeners=resolved.stream_max_listeners)
+        app.state.services = Services(resolved, engine, db, trigger, adb, feed=feed)
         app.state.accounts = AccountCache(db, resolved)
         try:
             yield
         finally:
+            await feed.aclose()
             trigger.close()
             db.dispose()
             if adb is not None:

@@ -26,6 +26,7 @@ from web.schemas.catalog import (
     ProductQuery,
     Reason,
     StockAdjust,
+    StreamQuery,
     WarehouseCreate,
 )
 
@@ -189,6 +190,18 @@ def _cursor(*kinds: type) -> Schema:
 
 
 PRODUCT_PATH = {"id": PRODUCT_ID}
+STREAM: Schema = {
+    "type": "string",
+    "description": "`event: stock`, `id: p<N>-<ms>-<seq>`, `data:` a JSON object: `product`, "
+    "`total_stock`, `available_stock`, `reserved_stock`, `warehouses` (as on the product)",
+}
+STREAM_TEXT = (
+    "The stream opens with each product's stock now, then sends an event whenever it "
+    "changes (within about 50 ms of the change), and a comment line as a heartbeat every "
+    "STREAM_HEARTBEAT seconds. Reconnecting with `Last-Event-ID` gets the current state at "
+    "once unless the server knows it has not changed since. One server process serves at "
+    "most STREAM_MAX_LISTENERS streams: one more is 503 `too_many_listeners` (`Retry-After`)."
+)
 NO_PRODUCT = {404: ("product_not_found",)}
 # A price that fits some currency but not the product's own.
 PRICE_CONFLICT = {409: ("sku_exists", "price_currency_mismatch")}
@@ -277,6 +290,20 @@ OPERATIONS: list[Operation] = [
         "`min_quantity` and `quantity_increment`, the units of one reservation or order. "
         "Reserving past a maximum is 409 `limit_exceeded`; against the minimum or the "
         "increment, 422 `invalid_quantity`.",
+    ),
+    Operation(
+        "GET", "/api/products/{id}/stream/", "stream_product",
+        "One product's live stock, as Server-Sent Events", "products", "open", STREAM,
+        raw="text/event-stream", path_params=PRODUCT_PATH,
+        errors={**NO_PRODUCT, 503: ("too_many_listeners",)}, description=STREAM_TEXT,
+    ),
+    Operation(
+        "GET", "/api/stock/stream/", "stream_products",
+        "Several products' live stock, as Server-Sent Events", "products", "open", STREAM,
+        raw="text/event-stream", query=StreamQuery,
+        errors={**NO_PRODUCT, 503: ("too_many_listeners",)},
+        description="`ids`: up to 100 product ids, comma-separated; each must exist (else "
+        "404). " + STREAM_TEXT,
     ),
     Operation(
         "GET", "/api/products/{id}/", "get_product", "One product with live stock",

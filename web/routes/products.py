@@ -5,17 +5,21 @@ adjustments and warehouses are in web/routes/stock.py.
 
 from __future__ import annotations
 
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from web import live_stock
 from web.auth import require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
+from web.errors import ApiError
+from web.live_stock import TooManyListeners
 from web.products_view import etag, product_id, product_json, read_answer
 from web.responses import iso, ok
 from web.routes import stock
-from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, ProductQuery
+from web.schemas.catalog import ProductCreate, ProductPatch, ProductPut, ProductQuery, StreamQuery
 from web.services import catalog, products
 from web.services.container import services
 
@@ -35,6 +39,49 @@ async def get_product(request: Request) -> Response:
     pid = product_id(request.path_params["id"])
     row, live = await catalog.live_product(services(request), pid)
     return read_answer(request, etag([(row, live)]), product_json(row, live))
+
+
+async def stream_product(request: Request) -> Response:
+    """One product's live stock as Server-Sent Events. Open to all."""
+    pid = product_id(request.path_params["id"])
+    return await _stream(request, [pid])
+
+
+async def stream_products(request: Request) -> Response:
+    """Several products' live stock as Server-Sent Events (`ids=1,2,3`). Open to all."""
+    query = parse_query(request, StreamQuery)
+    return await _stream(request, query.product_ids())
+
+
+async def _stream(request: Request, pids: list[int]) -> Response:
+    svc = services(request)
+    for pid in pids:  # each in the catalog, not deleted (404 before the stream starts)
+        await catalog.live_product(svc, pid)
+    feed = svc.feed
+    if feed is None:  # (an app without its lifespan)
+        raise ApiError(503, "service_unavailable", "live stock is not running")
+    try:
+        listener = await feed.subscribe(str(pid) for pid in pids)
+    except TooManyListeners:
+        raise ApiError(
+            503,
+            "too_many_listeners",
+            "this server follows as many live streams as it may; try again shortly",
+            {"limit": feed.max_listeners},
+            {"Retry-After": "5"},
+        ) from None
+    try:  # the state now, read after subscribing: no change falls in between
+        first = await feed.stocks(str(pid) for pid in pids)
+    except BaseException:
+        feed.unsubscribe(listener)
+        raise
+    last = request.headers.get("last-event-id")
+    return EventSourceResponse(
+        live_stock.stream(feed, listener, first, last),
+        ping=svc.settings.stream_heartbeat_ms / 1000,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        send_timeout=30,
+    )
 
 
 async def create_product(request: Request) -> Response:
@@ -78,6 +125,8 @@ async def delete_product(request: Request) -> Response:
 
 routes: list[BaseRoute] = [
     Route("/api/products/", list_products, methods=["GET"]),
+    Route("/api/stock/stream/", stream_products, methods=["GET"]),
+    Route("/api/products/{id}/stream/", stream_product, methods=["GET"]),
     Route("/api/products/", create_product, methods=["POST"]),
     Route("/api/products/{id}/", get_product, methods=["GET"]),
     Route("/api/products/{id}/", put_product, methods=["PUT"]),

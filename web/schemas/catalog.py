@@ -148,6 +148,26 @@ class ProductPatch(Strict):
         return self
 
 
+# How many products one live stream may follow.
+MAX_STREAMED = 100
+
+
+class StreamQuery(Strict):
+    """`GET /api/stock/stream/?ids=1,2,3`: the products to follow, by id, comma-separated."""
+
+    ids: Annotated[
+        str,
+        StringConstraints(
+            pattern=rf"^[1-9][0-9]{{0,18}}(,[1-9][0-9]{{0,18}}){{0,{MAX_STREAMED - 1}}}$"
+        ),
+    ]
+
+    def product_ids(self) -> list[int]:
+        """The ids, each once, in order; an id past the largest one a product can have is
+        one that does not exist (404)."""
+        return list(dict.fromkeys(int(i) for i in self.ids.split(",")))
+
+
 class StockAdjust(Strict):
     quantity: Annotated[StrictInt, Field(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA), INTEGRAL]
     reason: Reason

@@ -16,6 +16,7 @@ from engine.engine import Engine
 from engine.settings import Settings
 from persistence.trigger import DrainTrigger
 from web.catalog_cache import CatalogCache
+from web.live_stock import StockFeed
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Services:
     # this process's cached catalog rows (web/services/catalog.py).
     adb: AsyncEngine | None = None
     catalog: CatalogCache = field(default_factory=CatalogCache)
+    # live stock over Server-Sent Events: the process's one reader of the outboxes
+    feed: StockFeed | None = None
 
 
 def services(request: Request) -> Services:
