@@ -21,6 +21,7 @@ from engine.reads import EngineReads
 from engine.settings import Settings
 from engine.stock import StockOps
 from engine.sweep import SweepOps
+from engine.waitlist import WaitlistOps
 
 
 def connect(settings: Settings) -> Redis:
@@ -30,7 +31,7 @@ def connect(settings: Settings) -> Redis:
     return connect_async(resolve(settings))
 
 
-class Engine(EngineReads, StockOps, SweepOps):
+class Engine(EngineReads, StockOps, SweepOps, WaitlistOps):
     """`Engine(redis, settings, ids=...)`: `ids` is where new reservation and order ids come
     from, (partition, partitions) -> id."""
 

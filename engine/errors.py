@@ -315,6 +315,42 @@ class TooManyReservations(EngineError):
         return {"limit": self.limit, "live": self.live}
 
 
+class InStock(EngineError):
+    """A waitlist join for units that are there and that nobody waits for: reserve them."""
+
+    code = "in_stock"
+
+    def __init__(self, product: str, available: int) -> None:
+        super().__init__(f"product {product!r} has {available} units available: reserve them")
+        self.product = product
+        self.available = available
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product, "available": self.available}
+
+
+class AlreadyWaiting(EngineError):
+    code = "already_waiting"
+
+    def __init__(self, entry: str) -> None:
+        super().__init__("you are on this product's waitlist already")
+        self.entry = entry
+
+    def details(self) -> dict[str, Any]:
+        return {"entry": self.entry}
+
+
+class NotWaiting(EngineError):
+    code = "not_waiting"
+
+    def __init__(self, product: str) -> None:
+        super().__init__(f"you are not on the waitlist of product {product!r}")
+        self.product = product
+
+    def details(self) -> dict[str, Any]:
+        return {"product": self.product}
+
+
 class IdCollision(EngineError):
     """A freshly drawn id already exists: a bug or a broken random source, never a user error."""
 

@@ -91,12 +91,40 @@ class _OfCart(TypedDict, total=False):
     cart: str
 
 
-class ReservationCreated(EventBody, _OfCart):
+class _Handed(TypedDict, total=False):
+    # a reservation a waitlist handed over (lua/wait.lua): 'waitlist', and the entry's id
+    source: Literal["waitlist"]
+    entry: str
+
+
+class ReservationCreated(EventBody, _OfCart, _Handed):
     reservation: str
     user: str
     expires_at: int  # ms
     lines: list[ReservedLineJSON]
     movements: list[MovementJSON]
+
+
+class WaitlistJoined(EventBody):
+    """A customer waits for units of a product (lua/waitlist.lua)."""
+
+    entry: str
+    product: str
+    user: str
+    quantity: int
+    partial: bool
+    expires_at: int  # ms: it leaves unserved then
+
+
+class WaitlistLeft(EventBody):
+    """An entry left a waitlist unserved: its customer left, its time ran out, or its customer
+    could hold no more of the product (lua/wait.lua)."""
+
+    entry: str
+    product: str
+    user: str
+    quantity: int
+    reason: Literal["left", "expired", "limit_exceeded"]
 
 
 class ReservationEnded(EventBody, _OfCart):
@@ -223,4 +251,6 @@ BODIES: dict[str, type[EventBody]] = {
     "expiry_reconciled": ExpiryReconciled,
     "record_reconciled": RecordReconciled,
     "redis_restored": RedisRestored,
+    "waitlist_joined": WaitlistJoined,
+    "waitlist_left": WaitlistLeft,
 }

@@ -190,6 +190,23 @@ class PartitionKeys:
         return f"{self._tag}:held"
 
     @property
+    def waitlist(self) -> str:
+        """Every product's waitlist of the partition, in order of joining: a sorted set of
+        '<product>|<joined µs>|<entry id>' (lua/wait.lua)."""
+        return f"{self._tag}:waitlist"
+
+    @property
+    def wait_due(self) -> str:
+        """The waitlist entries by when they leave unserved: entry id -> ms (lua/wait.lua)."""
+        return f"{self._tag}:waitlist:due"
+
+    @property
+    def wait_data(self) -> str:
+        """The waitlist entries, each customer's entry per product, and the records of handed-
+        off reservations not used yet: a hash (lua/wait.lua)."""
+        return f"{self._tag}:waitlist:data"
+
+    @property
     def unused_idempotency(self) -> str:
         """Placeholder passed in KEYS when a call carries no idempotency key."""
         return f"{self._tag}:idem:-"

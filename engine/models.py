@@ -77,6 +77,8 @@ class Reservation:
     lines: tuple[ReservedLine, ...]
     order_id: str | None = None
     replayed: bool = False
+    # 'request': a customer reserved it; 'waitlist': a waitlist handed it over (lua/wait.lua)
+    source: str = "request"
     # The outbox event of the call that returned this ("p<partition>-<stream id>"), if it
     # wrote one: where the durable record must have drained to for the change to show.
     event_id: str | None = field(default=None, compare=False)

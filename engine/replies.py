@@ -201,6 +201,9 @@ REFUSALS: dict[str, Callable[[dict[str, Any]], errors.EngineError]] = {
         r["product"], r["rule"], int(r[r["rule"]]), int(r["requested"])
     ),
     "too_many_reservations": lambda r: errors.TooManyReservations(int(r["limit"]), int(r["live"])),
+    "in_stock": lambda r: errors.InStock(r["product"], int(r["available"])),
+    "already_waiting": lambda r: errors.AlreadyWaiting(r["entry"]),
+    "not_waiting": lambda r: errors.NotWaiting(r["product"]),
 }
 
 

@@ -10,7 +10,7 @@ from engine import errors, replies, specs
 from engine import validation as v
 from engine.carts import CartOps
 from engine.connection import clock, is_cluster_client
-from engine.keys import partition_keys
+from engine.keys import PartitionKeys, partition_keys
 from engine.models import (
     CallContext,
     LineRequest,
@@ -72,18 +72,12 @@ class ReservationOps(CartOps):
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
         reply = await self.scripts.run(
             specs.RELEASE,
-            stock=k.stock,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.RELEASE.partition_keys(k),
             record=k.reservation(reservation_id),
-            behind=k.behind,
             reservation_id=reservation_id,
             scope=ctx.scope,
             **self._caller(k, ctx, "release", [reservation_id]),
             retention=self.settings.reservation_retention_ms,
-            carts=k.carts,
-            held=k.held,
             hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
@@ -99,20 +93,14 @@ class ReservationOps(CartOps):
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
         reply = await self.scripts.run(
             specs.EXTEND,
-            stock=k.stock,
-            live=k.live,
-            expiry=k.expiry,
-            outbox=k.outbox,
+            **specs.EXTEND.partition_keys(k),
             record=k.reservation(reservation_id),
-            behind=k.behind,
             reservation_id=reservation_id,
             scope=ctx.scope,
             ttl=ttl,
             max_lifetime=self.settings.reservation_max_lifetime_ms,
             **self._caller(k, ctx, "extend", [reservation_id, ttl]),
             retention=self.settings.reservation_retention_ms,
-            carts=k.carts,
-            held=k.held,
             hold=self.settings.cart_hold_ms,
         )
         replies.raise_for(reply)
@@ -133,6 +121,8 @@ class ReservationOps(CartOps):
                 pipe.time()
                 pipe.hgetall(key)
                 (seconds, micros), rec = await pipe.execute()
+        if not rec:  # a waitlist's hand-off not used yet has no record (lua/wait.lua)
+            rec = await self._handed(k, reservation_id)
         if (
             not rec
             or (ctx.scope and rec["owner"] != ctx.scope)
@@ -154,7 +144,28 @@ class ReservationOps(CartOps):
             expires_at_ms=int(rec["expires_at"]),
             lines=tuple(ReservedLine(p, w, q) for p, w, q in lines),
             order_id=rec.get("order_id") or None,
+            source=rec.get("source") or "request",
         )
+
+    async def _handed(self, k: PartitionKeys, reservation_id: str) -> dict[str, str]:
+        """The record fields of a reservation a waitlist handed over and nobody has used yet
+        (lua/wait.lua handed_record), read from its hand-off and its live entry; {} if none."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(k.wait_data, f"h|{reservation_id}")
+            pipe.hget(k.live, reservation_id)
+            handed, live = await pipe.execute()
+        if not handed or not live:
+            return {}
+        h, entry = json.loads(handed), json.loads(live)
+        return {
+            "id": reservation_id,
+            "owner": str(entry["owner"]),
+            "status": "active",
+            "created_at": str(int(h["created_at"])),
+            "expires_at": str(int(h["expires_at"])),
+            "lines": json.dumps(entry["lines"]),
+            "source": "waitlist",
+        }
 
     def _ttl(self, ttl_ms: int | None) -> int:
         """A reservation's time to live: `ttl_ms` within the settings' bounds, or the default."""

@@ -103,6 +103,8 @@ class Settings:
     max_live_reservations_per_customer: int = 20
     # Live stock over Server-Sent Events (web/live_stock.py): streams one API process serves
     # at most (one more is 503), and the heartbeat's interval.
+    # A waitlist entry not served this long after it joined leaves the waitlist.
+    waitlist_ttl_ms: int = 3_600_000
     stream_max_listeners: int = 1000
     stream_heartbeat_ms: int = 15_000
     # Due reservations released by each reserve call before it checks stock.
@@ -185,6 +187,7 @@ class Settings:
             max_live_reservations_per_customer=_int(
                 e, "MAX_LIVE_RESERVATIONS_PER_CUSTOMER", d.max_live_reservations_per_customer, 0
             ),
+            waitlist_ttl_ms=_seconds_ms(e, "WAITLIST_TTL", d.waitlist_ttl_ms / 1000),
             stream_max_listeners=_int(e, "STREAM_MAX_LISTENERS", d.stream_max_listeners),
             stream_heartbeat_ms=_seconds_ms(e, "STREAM_HEARTBEAT", d.stream_heartbeat_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),

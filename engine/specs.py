@@ -29,6 +29,9 @@ PARTITION_WIDE = (
     "carts",
     "pending",
     "held",
+    "waitlist",
+    "wait_due",
+    "wait_data",
 )
 
 
@@ -103,7 +106,19 @@ SETUP_PRODUCT = ScriptSpec(
 )
 ADJUST_STOCK = ScriptSpec(
     "adjust_stock",
-    keys=("stock", "products", "outbox", "idem", "behind"),
+    keys=(
+        "stock",
+        "products",
+        "outbox",
+        "idem",
+        "behind",
+        "live",
+        "expiry",
+        "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=("product", "changes", "reason", *_CALLER),
 )
 RESERVE = ScriptSpec(
@@ -119,6 +134,9 @@ RESERVE = ScriptSpec(
         "behind",
         "carts",
         "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
     ),
     args=(
         "reservation_id",
@@ -138,17 +156,58 @@ RESERVE = ScriptSpec(
 )
 RELEASE = ScriptSpec(
     "release",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts", "held"),
+    keys=(
+        "stock",
+        "live",
+        "expiry",
+        "outbox",
+        "record",
+        "idem",
+        "behind",
+        "carts",
+        "held",
+        "products",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=("reservation_id", "scope", *_CALLER, "retention", "hold"),
 )
 EXTEND = ScriptSpec(
     "extend",
-    keys=("stock", "live", "expiry", "outbox", "record", "idem", "behind", "carts", "held"),
+    keys=(
+        "stock",
+        "live",
+        "expiry",
+        "outbox",
+        "record",
+        "idem",
+        "behind",
+        "carts",
+        "held",
+        "products",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention", "hold"),
 )
 EXPIRE = ScriptSpec(
     "expire",
-    keys=("stock", "live", "expiry", "outbox", "behind", "carts", "pending", "held"),
+    keys=(
+        "stock",
+        "live",
+        "expiry",
+        "outbox",
+        "behind",
+        "carts",
+        "pending",
+        "held",
+        "products",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=("limit", "hold"),
 )
 COMMIT = ScriptSpec(
@@ -166,6 +225,9 @@ COMMIT = ScriptSpec(
         "carts",
         "pending",
         "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
     ),
     args=(
         "reservation_id",
@@ -193,13 +255,31 @@ PLACE_ORDER = ScriptSpec(
         "behind",
         "pending",
         "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
     ),
     args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
     own_keys=("order", "idem"),
 )
 TRANSITION = ScriptSpec(
     "transition",
-    keys=("stock", "outbox", "order", "idem", "behind", "carts", "pending", "held"),
+    keys=(
+        "stock",
+        "outbox",
+        "order",
+        "idem",
+        "behind",
+        "carts",
+        "pending",
+        "held",
+        "products",
+        "live",
+        "expiry",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=(
         "order_id",
         "status",
@@ -218,7 +298,19 @@ CART = ScriptSpec(
 )
 PART = ScriptSpec(
     "part",
-    keys=("stock", "products", "live", "expiry", "outbox", "record", "behind", "held"),
+    keys=(
+        "stock",
+        "products",
+        "live",
+        "expiry",
+        "outbox",
+        "record",
+        "behind",
+        "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+    ),
     args=(
         "action",
         "reservation_id",
@@ -232,6 +324,33 @@ PART = ScriptSpec(
         "request_id",
         "retention",
         "counted",
+    ),
+)
+WAITLIST = ScriptSpec(
+    "waitlist",
+    keys=(
+        "stock",
+        "products",
+        "live",
+        "expiry",
+        "outbox",
+        "held",
+        "waitlist",
+        "wait_due",
+        "wait_data",
+        "behind",
+    ),
+    args=(
+        "action",
+        "entry_id",
+        "product",
+        "quantity",
+        "partial",
+        "owner",
+        "ttl",
+        "wait_ttl",
+        "actor",
+        "request_id",
     ),
 )
 REPAIR = ScriptSpec(
@@ -272,6 +391,7 @@ SPECS: dict[str, ScriptSpec] = {
         TRANSITION,
         CART,
         PART,
+        WAITLIST,
         REPAIR,
         TRIM_OUTBOX,
         RATE_LIMIT,

@@ -118,10 +118,7 @@ class StockOps(EngineBase):
         }
         reply = await self.scripts.run(
             specs.ADJUST_STOCK,
-            stock=k.stock,
-            products=k.products,
-            outbox=k.outbox,
-            behind=k.behind,
+            **specs.ADJUST_STOCK.partition_keys(k),
             **payload,
             **self._caller(k, ctx, "adjust_stock", [*payload.values()]),
         )

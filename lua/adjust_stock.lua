@@ -5,6 +5,12 @@
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] outbox
 -- KEYS[4] idem    idempotency record (unused when ARGV[6] is '')
 -- KEYS[5] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
+-- KEYS[6] live      the partition's live reservations
+-- KEYS[7] expiry    the partition's live reservations by expires_at
+-- KEYS[8] held      the partition's count of what each customer holds (limits.lua)
+-- KEYS[9] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[10] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[11] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] product id
 -- ARGV[2] changes, JSON [[warehouse, delta (units, non-zero; < 0 removes)], ...],
@@ -31,6 +37,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[2], KEYS[6], KEYS[7], KEYS[3], KEYS[8], KEYS[9],
+  KEYS[10], KEYS[11])
 
 local meta = product_meta(products, product)
 if not meta then return refuse('product_not_found', {product = product}) end

@@ -9,6 +9,9 @@
 -- KEYS[10] carts  the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[11] pending the partition's pending direct orders by when they time out (holds.lua)
 -- KEYS[12] held   the partition's count of what each customer holds (limits.lua)
+-- KEYS[13] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[14] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[15] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] order id (new, chosen by the engine)
@@ -57,6 +60,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[12], KEYS[13],
+  KEYS[14], KEYS[15])
 
 local now = now_ms()
 local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,

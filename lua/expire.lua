@@ -8,24 +8,43 @@
 -- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
 -- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
+-- KEYS[9] products  the partition's products hash
+-- KEYS[10] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[11] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[12] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] limit: at most this many reservations released, steps claimed, orders listed (each)
 -- ARGV[2] hold (ms): a claimed step's new deadline is now + hold
 --
 -- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call,
---   "claimed": [{"id", "deadline"}, ...], "orders_due": [order id, ...]}
+--   "claimed": [{"id", "deadline"}, ...], "orders_due": [order id, ...], "left_waitlist": n}
+--   (waitlist entries past their time, recorded as waitlist_left, reason 'expired')
 --   (+ "fenced": true, nothing done, while KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
--- Events: reservation_expired, one per released reservation.
+-- Events: reservation_expired, one per released reservation; waitlist_left; the hand-offs of
+--   the units that came back (wait.lua).
 
 local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return ok({expired = 0, due = 0, fenced = true})
 end
+use_waitlists(KEYS[1], KEYS[9], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10],
+  KEYS[11], KEYS[12])
 local now, now_s = now_ms()
 -- the steps first: a part is made to follow before its own hold (in its partition) runs out
 local claimed = claim_steps(KEYS[6], now, now_s, ARGV[1], ARGV[2])
 local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep', KEYS[8])
-return ok({expired = n, due = redis.call('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
+-- waitlist entries past their time leave it (wait.lua): what they held back is served again
+local gone = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now_s, 'LIMIT', '0', ARGV[1])
+for _, id in ipairs(gone) do
+  local raw = redis.call('HGET', KEYS[12], 'e|' .. id)
+  if raw then
+    leave_waitlist(wait, cjson.decode(raw), 'expired', now, 'system', '')
+  else
+    redis.call('ZREM', KEYS[11], id)
+  end
+end
+return ok({expired = n, left_waitlist = #gone,
+           due = redis.call('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
            orders_due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_s, 'LIMIT', '0',
                                    ARGV[1])})

@@ -27,6 +27,7 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
     local raw = redis.call('HGET', live_hash, id)
     if raw then
       local live = cjson.decode(raw)
+      if wait then redis.call('HDEL', wait.data, 'h|' .. id) end  -- (a hand-off never used)
       local movements = release_units(stock, live_hash, expiry, id, live, held)
       emit(outbox, 'reservation_expired', now, 'system', '', {
         reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
@@ -55,6 +56,13 @@ local function take(order, c, q)
   c.taken = c.taken + q
 end
 
+-- Whether product p's available units are held back for its waitlist (wait.lua): someone
+-- waits for it, and this call is not the hand-off. Such units are no caller's to take.
+local function held_back(p)
+  if not wait or serving then return false end
+  return (tonumber(redis.call('HGET', wait.held, 'w|' .. p)) or 0) > 0
+end
+
 -- Routes request lines [[product, warehouse or '', quantity], ...] to warehouses.
 -- A named warehouse serves its line alone; otherwise warehouses are taken by priority,
 -- splitting a line over several unless allow_split is false. Each counter is read once.
@@ -62,7 +70,7 @@ end
 -- their counters (for move_counter); or nil, a refusal (unknown product or warehouse, or
 -- the shortage of every short line).
 local function allocate(stock, products, lines, allow_split)
-  local metas, counters, order, short = {}, {}, {}, {}
+  local metas, counters, order, short, back = {}, {}, {}, {}, {}
   -- named warehouses first, so a line routed by priority can't take their units
   for pass = 1, 2 do
     for _, l in ipairs(lines) do
@@ -73,6 +81,7 @@ local function allocate(stock, products, lines, allow_split)
           meta = product_meta(products, p)
           if not meta then return nil, refuse('product_not_found', {product = p}) end
           metas[p] = meta
+          back[p] = held_back(p)
         end
         local whs = meta.warehouses
         if w ~= '' then
@@ -84,20 +93,20 @@ local function allocate(stock, products, lines, allow_split)
             return nil, refuse('warehouse_not_found', {product = p, warehouse = w})
           end
           local c = alloc_counter(counters, stock, p, w)
-          local f = c.available - c.taken
+          local f = back[p] and 0 or c.available - c.taken
           if f >= q then take(order, c, q)
           else short[#short + 1] = {product = p, warehouse = w, requested = q, available = f} end
         elseif allow_split then
           local total_free = 0
           for _, wh in ipairs(whs) do
             local c = alloc_counter(counters, stock, p, wh[1])
-            total_free = total_free + c.available - c.taken
+            total_free = total_free + (back[p] and 0 or c.available - c.taken)
           end
           if total_free >= q then
             local left = q
             for _, wh in ipairs(whs) do
               local c = counters[p .. '|' .. wh[1]]
-              local f = c.available - c.taken
+              local f = back[p] and 0 or c.available - c.taken
               if left > 0 and f > 0 then
                 local n = math.min(f, left)
                 take(order, c, n)
@@ -111,7 +120,7 @@ local function allocate(stock, products, lines, allow_split)
           local best, chosen = 0, nil
           for _, wh in ipairs(whs) do
             local c = alloc_counter(counters, stock, p, wh[1])
-            local f = c.available - c.taken
+            local f = back[p] and 0 or c.available - c.taken
             if not chosen and f >= q then chosen = c end
             if f > best then best = f end
           end
@@ -153,6 +162,7 @@ end
 -- live is released here (and recorded as expired) before the refusal.
 local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held)
   local flat = redis.call('HGETALL', record)
+  if #flat == 0 then flat = handed_record(record, id) end  -- (a waitlist's hand-off: wait.lua)
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end

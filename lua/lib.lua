@@ -36,11 +36,24 @@ local last_event = nil
 -- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
 -- call is about to give, into the event that ends the call.
 local idem_call = {key = '', fp = '', ttl = 0}
+-- The waitlists (wait.lua): this call's keys of them (use_waitlists; nil: a call that hands
+-- nothing off), the products whose available units grew in this call (move_counter), and
+-- whether the call is handing units off now (allocate then sees what the waitlist holds).
+local wait = nil
+local returned = {}
+local serving = false
+-- Hands returned units to the waitlists' heads (wait.lua sets it at load): run after each call
+-- that registered its waitlist keys and gave units back (register, many.lua).
+local serve_waitlists = nil
+-- A handed-off reservation's record, made on its first use (wait.lua sets it at load).
+local handed_record = nil
 
 -- Fresh per-call state, before each call (register; many.lua for each call of a batch).
 local function new_call()
   last_event = nil
   idem_call.key, idem_call.fp, idem_call.ttl = '', '', 0
+  wait, serving = nil, false
+  if next(returned) then returned = {} end
 end
 
 -- An integer as Redis and JSON write it. A Lua number given to redis.call (or concatenated)
@@ -165,6 +178,7 @@ local function move_counter(stock, c, d_available, d_reserved)
   end
   local as_, rs_ = int(a2), int(r2)
   redis.call('HSET', stock, c.a, as_, c.r, rs_)
+  if d_available > 0 and wait then returned[c.product] = true end
   c.available, c.reserved, c.as_, c.rs_ = a2, r2, as_, rs_
   return {product = c.product, warehouse = c.warehouse,
           available_before = a, available_after = a2,
@@ -274,7 +288,9 @@ local function register(name, body, read_only)
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
       new_call()
-      return body(keys, args)
+      local reply = body(keys, args)
+      if wait and next(returned) then serve_waitlists() end
+      return reply
     end,
   }
 end

@@ -38,6 +38,10 @@ local function register_many(name, body, own, nkeys, nargs)
         for i = 1, nargs do a[i] = args[base + i] end
         new_call()
         local ok, reply = pcall(body, k, a)
+        if ok and wait and next(returned) then
+          local served, problem = pcall(serve_waitlists)
+          if not served then ok, reply = false, problem end
+        end
         if ok then
           out[r] = reply
         elseif type(reply) == 'table' and reply.err then  -- a command's error (redis.call)

@@ -6,6 +6,9 @@
 -- KEYS[6] record  the part's hash; for 'return', the order's return mark in this partition
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
+-- KEYS[9] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[10] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[11] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] action: 'align' | 'pin' | 'release' | 'commit' | 'return'
 -- ARGV[2] reservation id: the part's
@@ -44,6 +47,8 @@ local retention = tonumber(ARGV[11])
 
 local blocked = fenced(KEYS[7])
 if blocked then return blocked end
+use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9],
+  KEYS[10], KEYS[11])
 local now = now_ms()
 
 if action == 'return' then

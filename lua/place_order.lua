@@ -7,6 +7,9 @@
 -- KEYS[8] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[9] pending the partition's pending direct orders by when they time out (holds.lua)
 -- KEYS[10] held   the partition's count of what each customer holds (limits.lua)
+-- KEYS[11] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[12] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[13] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] order id (new, chosen by the engine)
 -- ARGV[2] lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...]
@@ -34,6 +37,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
+  KEYS[12], KEYS[13])
 
 local held, lines = KEYS[10], cjson.decode(ARGV[2])
 local counted, want

@@ -6,6 +6,10 @@
 -- KEYS[7] behind  the partition's flag: while it is set, nothing is decided (lib.lua fenced)
 -- KEYS[8] carts   the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[9] held    the partition's count of what each customer holds (limits.lua)
+-- KEYS[10] products  the partition's products hash
+-- KEYS[11] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[12] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[13] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] reservation id
 -- ARGV[2] owner scope: '' = anyone (staff), else only this user's reservation is seen
@@ -35,6 +39,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[6]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
+  KEYS[12], KEYS[13])
 
 local now = now_ms()
 local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,

@@ -10,6 +10,9 @@
 -- KEYS[8] behind    the partition's flag: while it is set, nothing is decided (lib.lua)
 -- KEYS[9] carts     the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[10] held     the partition's count of what each customer holds (limits.lua)
+-- KEYS[11] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[12] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[13] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1]  reservation id (new, chosen by the engine)
 -- ARGV[2]  lines, JSON [[product, warehouse or '', quantity (units, > 0)], ...],
@@ -56,6 +59,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
+  KEYS[12], KEYS[13])
 
 local held, lines = KEYS[10], cjson.decode(ARGV[2])
 -- a cart's parts count once, in its home (the part that carries the parts)

@@ -9,6 +9,12 @@
 -- KEYS[6] carts   the partition's carts whose parts have a step to follow (holds.lua)
 -- KEYS[7] pending the partition's pending direct orders by when they time out (holds.lua)
 -- KEYS[8] held    the partition's count of what each customer holds (limits.lua)
+-- KEYS[9] products  the partition's products hash
+-- KEYS[10] live      the partition's live reservations
+-- KEYS[11] expiry    the partition's live reservations by expires_at
+-- KEYS[12] waitlist  the partition's queues: returned units go to their heads (wait.lua)
+-- KEYS[13] wait_due  the waitlist entries by when they leave unserved (wait.lua)
+-- KEYS[14] wait_data the waitlist entries, and the hand-offs' records (wait.lua)
 --
 -- ARGV[1] order id
 -- ARGV[2] requested status
@@ -45,6 +51,8 @@ if blocked then return blocked end
 
 local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
 if replay then return replay end
+use_waitlists(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[2], KEYS[8], KEYS[12],
+  KEYS[13], KEYS[14])
 
 local flat = redis.call('HGETALL', order)
 if #flat == 0 then return refuse('order_not_found', {order = order_id}) end

@@ -83,6 +83,7 @@ def _reservations(conn: Connection, rows: Sequence[Any], now: datetime) -> list[
             expires_at_ms=_ms(row.expires_at),
             lines=tuple(lines[row.id]),
             order_id=row.order_id,
+            source=row.source or "request",
         )
         for row in rows
     ]

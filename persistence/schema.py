@@ -139,6 +139,8 @@ reservations = Table(
     # the cart across partitions this reservation is a part of (its home's id; the home's own
     # row has its own id here); NULL for a reservation of one partition (engine/carts.py)
     Column("cart_id", String(32), nullable=True, index=True),
+    # 'waitlist': handed over by a product's waitlist (lua/wait.lua); NULL: a customer's own
+    Column("source", String(16), nullable=True),
     Index(None, "user_id", "created_at"),
     Index(None, "status", "expires_at"),
 )

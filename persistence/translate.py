@@ -185,6 +185,7 @@ def _reservation_created(e: OutboxEvent, d: events.ReservationCreated, rows: Row
             "partition": e.partition,
             # a cart across partitions: every part names it, its home (the cart's id) too
             "cart_id": d.get("cart"),
+            "source": d.get("source"),  # 'waitlist': a waitlist's hand-off (lua/wait.lua)
         }
     )
     for i, (product, warehouse, quantity) in enumerate(_lines(d["lines"])):
@@ -199,6 +200,8 @@ def _reservation_created(e: OutboxEvent, d: events.ReservationCreated, rows: Row
         )
     _movements(e, rows, REASONS[e.type], "reservation", rid)
     new = {"status": "active", "expires_at": d["expires_at"], "lines": _lines(d["lines"])}
+    if d.get("source"):  # a hand-off: the audit row says which entry it served
+        new |= {"source": d["source"], "entry": d.get("entry")}
     _audit(e, rows, "reservation", rid, None, new)
 
 
@@ -238,6 +241,16 @@ def _order_part_returned(e: OutboxEvent, d: events.OrderPartReturned, rows: Rows
     """A cancelled cart order's units of one other part, back to available."""
     _movements(e, rows, REASONS[e.type], "order", d["order"])
     _audit(e, rows, "order", d["order"], None, {"part": d["part"], "returned": True})
+
+
+def _waitlist_joined(e: OutboxEvent, d: events.WaitlistJoined, rows: Rows) -> None:
+    new = {"product": d["product"], "user": d["user"], "quantity": int(d["quantity"]),
+           "partial": bool(d["partial"]), "expires_at": int(d["expires_at"])}  # fmt: skip
+    _audit(e, rows, "waitlist_entry", d["entry"], None, new)
+
+
+def _waitlist_left(e: OutboxEvent, d: events.WaitlistLeft, rows: Rows) -> None:
+    _audit(e, rows, "waitlist_entry", d["entry"], None, {"left": d["reason"]})
 
 
 def _order_created(e: OutboxEvent, d: events.OrderCreated, rows: Rows) -> None:
@@ -364,6 +377,8 @@ HANDLERS: dict[str, Handler] = {
     "order_status_changed": _reads(events.OrderStatusChanged, _order_status_changed),
     "reservation_committed": _reads(events.ReservationCommitted, _reservation_committed),
     "order_part_returned": _reads(events.OrderPartReturned, _order_part_returned),
+    "waitlist_joined": _reads(events.WaitlistJoined, _waitlist_joined),
+    "waitlist_left": _reads(events.WaitlistLeft, _waitlist_left),
     "stock_reconciled": _reads(events.StockReconciled, _stock_reconciled),
     "expiry_reconciled": _reads(events.ExpiryReconciled, _expiry_reconciled),
     "record_reconciled": _reads(events.RecordReconciled, _record_reconciled),

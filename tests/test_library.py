@@ -138,6 +138,13 @@ async def test_no_call_inherits_the_state_of_the_one_before(engine: Engine) -> N
     assert swept["expired"] == 1
     assert "event" in swept
     # wrote nothing: no "event" (and nothing else due: cjson writes an empty list as {})
-    assert idle == {"ok": True, "expired": 0, "due": 0, "claimed": {}, "orders_due": {}}
+    assert idle == {
+        "ok": True,
+        "expired": 0,
+        "left_waitlist": 0,
+        "due": 0,
+        "claimed": {},
+        "orders_due": {},
+    }
     (expired,) = [e for e in await events(engine.redis) if e["type"] == "reservation_expired"]
     assert "idempotency" not in expired

@@ -245,8 +245,10 @@ def test_every_refusal_code_becomes_its_typed_error() -> None:
     }
     # the limits' refusals (lua/limits.lua) count what was requested
     counted: dict[str, Any] = {"rule": "min_quantity", "min_quantity": 3, "limit": 2,
-                               "held": 1, "live": 20, "requested": 1}  # fmt: skip
-    limits = ("limit_exceeded", "invalid_quantity", "too_many_reservations")
+                               "held": 1, "live": 20, "requested": 1, "available": 0,
+                               "entry": "e"}  # fmt: skip
+    limits = ("limit_exceeded", "invalid_quantity", "too_many_reservations", "in_stock",
+              "already_waiting")  # fmt: skip
     for code in replies.REFUSALS:
         with pytest.raises(errors.EngineError) as info:
             replies.raise_for({"err": code, **sample, **(counted if code in limits else {})})

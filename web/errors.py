@@ -46,6 +46,9 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.LimitExceeded: 409,
     engine_errors.TooManyReservations: 409,
     engine_errors.InvalidQuantity: 422,
+    engine_errors.InStock: 409,
+    engine_errors.AlreadyWaiting: 409,
+    engine_errors.NotWaiting: 404,
     engine_errors.IdempotencyMismatch: 422,
     # The lines' prices make it so, not the request's form: a conflict with the catalog.
     engine_errors.OrderTotalTooLarge: 409,

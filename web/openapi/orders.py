@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from engine.settings import Settings
-from web.openapi.conventions import REF, Schema, ref
+from web.openapi.conventions import REF, Schema, closed, ref
 from web.openapi.document import Operation, without_null
 from web.pagination import cursor_pattern
 from web.schemas.orders import (
@@ -22,6 +22,7 @@ from web.schemas.orders import (
     ReservationQuery,
     ReserveIn,
     TransitionIn,
+    WaitlistJoin,
     ttl_bounds,
 )
 
@@ -147,6 +148,29 @@ ORDER_PATH = {"order_id": RECORD_ID}
 NO_RESERVATION = ("reservation_not_found",)
 NOT_LIVE = ("reservation_expired", "reservation_not_live")
 
+WAITLIST_ENTRY = {
+    "id": {**RECORD_ID, "description": "the id of the reservation it is handed"},
+    "product": {"type": "integer"},
+    "quantity": {"type": "integer", "minimum": 1},
+    "allow_partial": {"type": "boolean"},
+    "joined_at": {"type": "string", "format": "date-time"},
+    "expires_at": {
+        "type": "string",
+        "format": "date-time",
+        "description": "it leaves the waitlist unserved then (WAITLIST_TTL)",
+    },
+}
+POSITION = {"type": "integer", "minimum": 1, "description": "1: first in line"}
+PRODUCT_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+WAITLIST_TEXT = (
+    "While anyone waits for a product, its available units are held back for the waitlist: "
+    "a reservation of it by anyone else is 409 `insufficient_stock`. When units come back (a "
+    "release, an expiry, a cancellation, a stock adjustment up), the call that gives them "
+    "back hands them to the head of the queue as a reservation with the entry's `id` "
+    '(`"source": "waitlist"`, held for RESERVATION_TTL), first come first served; an entry '
+    "is never handed fewer units than it asks for unless `allow_partial`."
+)
+
 OPERATIONS: list[Operation] = [
     Operation(
         "POST", "/api/reservations/", "create_reservation", "Reserve units, all lines or none",
@@ -263,5 +287,33 @@ OPERATIONS: list[Operation] = [
         "processing → shipped → delivered. Staff make any move; a customer may only cancel "
         "their own pending order (else 403); 409 `status_changed` if it moved meanwhile. "
         "409 `invalid_transition` lists the allowed moves.",
+    ),
+    Operation(
+        "POST", "/api/products/{id}/waitlist/", "join_waitlist",
+        "Wait for units of a sold-out product", "waitlist", "user",
+        closed({"entry": closed(WAITLIST_ENTRY), "position": POSITION}),
+        status=202, body=WaitlistJoin, path_params={"id": PRODUCT_ID},
+        body_examples={"one unit": {"quantity": 1}},
+        errors={
+            404: ("product_not_found",),
+            409: ("in_stock", "already_waiting", "limit_exceeded"),
+            422: ("invalid_quantity",),
+            503: ("redis_behind", "not_replicated"),
+        },
+        description="202 with the entry and its `position`. 409 `in_stock` when the units "
+        "are there and nobody waits: reserve them. " + WAITLIST_TEXT,
+    ),
+    Operation(
+        "DELETE", "/api/products/{id}/waitlist/", "leave_waitlist",
+        "Leave a product's waitlist", "waitlist", "user",
+        closed({"entry": closed(WAITLIST_ENTRY)}),
+        path_params={"id": PRODUCT_ID},
+        errors={404: ("not_waiting",), 503: ("redis_behind", "not_replicated")},
+    ),
+    Operation(
+        "GET", "/api/waitlist/", "list_waitlist", "Your waitlist entries, oldest first",
+        "waitlist", "user",
+        {"type": "array", "items": closed({**WAITLIST_ENTRY, "position": POSITION})},
+        description="Read fresh from Redis. " + WAITLIST_TEXT,
     ),
 ]  # fmt: skip

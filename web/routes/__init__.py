@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from web.routes import audit, auth, dashboard, docs, metrics, ops, orders, products, reservations
+from web.routes import (
+    audit,
+    auth,
+    dashboard,
+    docs,
+    metrics,
+    ops,
+    orders,
+    products,
+    reservations,
+    waitlist,
+)
 
 # The router tries routes in order: the hot path (reservations) first. No two areas' paths
 # overlap, so the order changes nothing else.
@@ -14,6 +25,7 @@ ROUTES: list[BaseRoute] = [
     *metrics.routes,
     *auth.routes,
     *products.routes,
+    *waitlist.routes,
     *audit.routes,
     *orders.routes,
     *docs.routes,

@@ -129,6 +129,14 @@ class ExtendIn(Body):
     ttl_seconds: TtlSeconds | None = None
 
 
+class WaitlistJoin(Body):
+    """Wait for `quantity` units of a sold-out product; `allow_partial`: take fewer units when
+    fewer come back, rather than wait for all of them."""
+
+    quantity: Quantity
+    allow_partial: StrictBool = False
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -226,6 +234,8 @@ class ReservationOut(BaseModel):
     expires_at: UtcTime
     created_at: UtcTime
     order: str | None
+    # 'waitlist': handed over by the product's waitlist when units came back
+    source: Literal["request", "waitlist"] = "request"
 
 
 class OrderLineOut(LineOut):
@@ -256,6 +266,7 @@ def reservation_out(r: Reservation) -> ReservationOut:
         expires_at=r.expires_at,
         created_at=r.created_at,
         order=r.order_id,
+        source="waitlist" if r.source == "waitlist" else "request",
     )
 
 
@@ -273,6 +284,7 @@ def reservation_data(r: Reservation) -> dict[str, Any]:
         "expires_at": iso(r.expires_at),
         "created_at": iso(r.created_at),
         "order": r.order_id,
+        "source": r.source,
     }
 
 
