@@ -244,3 +244,4 @@ class ExpiryResult:
     still_due: int
     carts: int = 0  # steps of carts across partitions the sweep made their parts follow
     timed_out: int = 0  # direct orders still pending past ORDER_PENDING_TTL, cancelled
+    waitlist_left: int = 0  # waitlist entries past WAITLIST_TTL, gone unserved

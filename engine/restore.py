@@ -108,6 +108,7 @@ def queue_restore(
     k = partition_keys(p)
     last, applied = position
     pipe.delete(k.stock, k.products, k.live, k.expiry, k.pending, k.held)
+    pipe.delete(k.waitlist, k.wait_due, k.wait_data)  # waitlists are not restored
     products = {product: records.compact(meta) for product, meta in plan.products.items()}
     stock: dict[str, int] = {}
     for (product, warehouse), (a, r) in plan.counters.items():

@@ -20,7 +20,7 @@ class SweepOps(ReservationOps, OrderOps):
         pending past ORDER_PENDING_TTL."""
         batch = self.settings.sweep_batch if limit is None else limit
         v.check_int("limit", batch, 1, 100_000)
-        expired = due = carts = timed_out = 0
+        expired = due = carts = timed_out = left = 0
         # in ascending partition order: a cart's home is its lowest partition, so its other
         # parts follow (below) before the sweep reaches their own partitions' holds
         for partition in range(self.settings.partitions):
@@ -32,8 +32,11 @@ class SweepOps(ReservationOps, OrderOps):
                 hold=self.settings.cart_hold_ms,
             )
             expired += int(reply["expired"])
+            left += int(reply.get("left_waitlist", 0))
             due += int(reply["due"])
             carts += await self.follow_carts(partition, replies.as_list(reply.get("claimed", [])))
             orders = replies.as_list(reply.get("orders_due", []))
             timed_out += await self.time_out_orders(k, orders) if orders else 0
-        return ExpiryResult(expired=expired, still_due=due, carts=carts, timed_out=timed_out)
+        return ExpiryResult(
+            expired=expired, still_due=due, carts=carts, timed_out=timed_out, waitlist_left=left
+        )

@@ -148,10 +148,11 @@ def expire() -> dict[str, int]:
             "still_due": result.still_due,
             "carts": result.carts,
             "timed_out": result.timed_out,
+            "waitlist_left": result.waitlist_left,
         }
 
     outcome = asyncio.run(run())
-    if outcome["expired"] or outcome["carts"] or outcome["timed_out"]:
+    if any(outcome[k] for k in ("expired", "carts", "timed_out", "waitlist_left")):
         client = redis_client()
         bookkeeping.count_expired(client, outcome["expired"])
         q = queue()

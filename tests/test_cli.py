@@ -37,7 +37,13 @@ async def test_sweep_releases_due_reservations(engine: Engine, redis_server: Red
     proc = inventory(redis_server, "sweep", "--json")
 
     assert proc.returncode == 0, proc.stderr
-    assert last_json(proc) == {"expired": 1, "still_due": 0, "carts": 0, "timed_out": 0}
+    assert last_json(proc) == {
+        "expired": 1,
+        "still_due": 0,
+        "carts": 0,
+        "timed_out": 0,
+        "waitlist_left": 0,
+    }
     stock = await engine.get_stock("p1")
     assert (stock.available, stock.reserved) == (3, 0)
     assert (await event_types(engine.redis)).count("reservation_expired") == 1

@@ -404,6 +404,7 @@ def test_the_operators_commands_on_the_cluster(
         "still_due": 0,
         "carts": 0,
         "timed_out": 0,
+        "waitlist_left": 0,
     }
     drained = run_cli("drain", env=env, timeout=120)
     assert drained.returncode == 0, drained.stderr

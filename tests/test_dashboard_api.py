@@ -133,6 +133,7 @@ async def test_the_numbers_follow_known_operations(
         "still_due": 0,
         "carts": 0,
         "timed_out": 0,
+        "waitlist_left": 0,
     }
 
     before = await board(client, app)

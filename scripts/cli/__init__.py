@@ -67,6 +67,7 @@ async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
         "still_due": result.still_due,
         "carts": result.carts,
         "timed_out": result.timed_out,
+        "waitlist_left": result.waitlist_left,
     }
 
 
