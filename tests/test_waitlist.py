@@ -26,6 +26,7 @@ from engine.settings import Settings
 from engine.states import OrderStatus
 from persistence import schema
 from persistence.drain import drain_partition
+from persistence.reconcile import reconcile
 from tests.api import bearer, data, err
 from tests.catalog_support import create
 from tests.helpers import events
@@ -236,3 +237,33 @@ async def test_the_waitlist_over_http(
     bad = await client.post(url, json={"quantity": 0}, headers=second)
     assert bad.status_code == 400
     assert (await client.post(url, json={"quantity": 1})).status_code == 401
+
+
+async def test_reconcile_finds_nothing_to_mend_after_hand_offs(
+    one: Engine, db: DatabaseEngine, sync_redis: redis.Redis
+) -> None:
+    held = await one.reserve([LineRequest("drop", 1)], A)
+    b = await one.join_waitlist("drop", 1, B)
+    await one.release(held.id, A)
+    drain_partition(sync_redis, db, one.settings, 0)
+    report = reconcile(sync_redis, db, one.settings)
+    assert report.ok, report.drift
+    await one.extend(b.id, B)  # the hand-off's first use makes its record
+    drain_partition(sync_redis, db, one.settings, 0)
+    assert reconcile(sync_redis, db, one.settings).ok
+
+
+async def test_a_cart_part_given_back_serves_its_partitions_waitlist(
+    settings: Settings, clean_redis: None
+) -> None:
+    s = dataclasses.replace(settings, partitions=4)
+    async with Engine.from_settings(s) as engine:
+        for product in ("sku-1", "sku-2"):  # partitions 2 and 0 of 4
+            await add_product(engine, product, {"main": 1})
+        cart = await engine.reserve([LineRequest("sku-1", 1), LineRequest("sku-2", 1)], A)
+        waiting = await engine.join_waitlist("sku-1", 1, B)  # sku-1 lives in partition 2
+        await engine.release(cart.id, A)  # the home decides, the part in partition 2 follows
+        handed = await engine.get_reservation(waiting.id, B)
+        assert (handed.source, handed.lines[0].product) == ("waitlist", "sku-1")
+        assert await levels(engine, "sku-2") == {"main": (1, 0)}
+        assert all(r.ok for r in await check(engine.redis, 4))
