@@ -26,6 +26,27 @@ def keep_last_reconcile(client: Any, report: str) -> Any:
     return client.set(keys.LAST_RECONCILE, report, ex=keys.LAST_RECONCILE_TTL_S)
 
 
+def keep_series(client: Any, partition: int, at_ms: int, applied: int, lag_p99_ms: int) -> None:
+    """One drain in the operations page's trends: its events, and its partition's lag (the
+    bucket keeps the highest). `client`: a sync client (the worker)."""
+    key = keys.series_bucket(at_ms)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(key, "events", applied)
+    pipe.hget(key, f"lag|{partition}")
+    pipe.expire(key, keys.SERIES_KEEP_S)
+    _, lag, _ = pipe.execute()
+    if lag is None or int(lag) < lag_p99_ms:
+        client.hset(key, f"lag|{partition}", lag_p99_ms)
+
+
+def count_refusal(client: Any, product: str, at_ms: int) -> None:
+    """A request refused by a product's purchase limits, in the minute's counts (a sync
+    client or an async pipeline: what it queues is executed by the caller)."""
+    key = keys.refusals_minute(at_ms)
+    client.hincrby(key, product, 1)
+    client.expire(key, keys.REFUSALS_KEEP_S)
+
+
 def count_expired(client: Any, expired: int) -> Any:
     """Add to the count of reservations the sweep has expired."""
     return client.incrby(keys.SWEEP_EXPIRED, expired)

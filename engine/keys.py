@@ -290,6 +290,26 @@ LAYOUT = f"{PREFIX}:layout"
 LAST_RECONCILE_TTL_S = 86_400  # what is left of it tells when it was written
 LAST_DRAIN = f"{PREFIX}:drain:last"
 SWEEP_EXPIRED = f"{PREFIX}:sweep:expired"
+# The operations page's trends (engine/bookkeeping.py): per SERIES_BUCKET_S seconds, a hash of
+# the events the drains applied and each partition's drain lag (p99, ms), kept SERIES_KEEP_S.
+SERIES_BUCKET_S = 10
+SERIES_KEEP_S = 16 * 60
+# The refusals of a product's purchase limits, per minute (a hash: product -> count), kept
+# REFUSALS_KEEP_S.
+REFUSALS_KEEP_S = 180
+
+
+def series_bucket(at_ms: int) -> str:
+    """The trend bucket holding the moment `at_ms`."""
+    start = at_ms // 1000 // SERIES_BUCKET_S * SERIES_BUCKET_S
+    return f"{PREFIX}:ops:series:{start}"
+
+
+def refusals_minute(at_ms: int) -> str:
+    """The refusal counts of the minute holding `at_ms`."""
+    return f"{PREFIX}:ops:refused:{at_ms // 60_000}"
+
+
 # The catalog's version: a random token that every catalog write through the API replaces
 # (web/services/products.py), read in the same round trip as the stock
 # (StockOps.catalog_stocks) by the API processes, whose cached catalog rows belong to the

@@ -9,14 +9,15 @@ engine/outbox.py and engine/partition.py: one definition of each command and its
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from engine import invariants, keys, layout, outbox
+from engine import bookkeeping, invariants, keys, layout, outbox
 from engine.connection import clock, is_cluster_client
-from engine.keys import login_attempts, partition_keys, stock_counters
+from engine.keys import login_attempts, partition_keys, partition_of, stock_counters
 from engine.outbox import OutboxEvent
 from engine.partition import PW, Pair, time_ms
 from engine.settings import Settings
@@ -166,6 +167,56 @@ class EngineReads:
             for p in range(len(parts))
         ]
         return time_ms(replies[0]), found
+
+    async def product_activity(
+        self, products: list[str], now_ms: int
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """For the operations page: how many customers wait for each product (its waitlist:
+        lua/wait.lua), and how many requests its purchase limits refused in the last minute
+        (engine/bookkeeping.py count_refusal), in one round trip."""
+        if not products:
+            return {}, {}
+        minutes = [keys.refusals_minute(now_ms), keys.refusals_minute(now_ms - 60_000)]
+        n = self.settings.partitions
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in products:
+                pipe.zlexcount(partition_keys(partition_of(p, n)).waitlist, f"[{p}|", f"[{p}|~")
+            for minute in minutes:
+                pipe.hmget(minute, products)
+            replies = await pipe.execute()
+        waiting = {p: int(count) for p, count in zip(products, replies, strict=False)}
+        # the minute so far, and the one before in proportion to what is left of it
+        share = 1 - (now_ms % 60_000) / 60_000
+        current, before = replies[len(products)], replies[len(products) + 1]
+        refused = {
+            p: int(a or 0) + round(int(b or 0) * share)
+            for p, a, b in zip(products, current, before, strict=True)
+        }
+        return waiting, refused
+
+    async def trends(self, now_ms: int, minutes: int = 15) -> list[tuple[int, int, int | None]]:
+        """The operations page's trend: per SERIES_BUCKET_S seconds over the last `minutes`,
+        (bucket start, s), events the drains applied, the highest drain lag p99 (ms) of any
+        partition (None: no drain then)), oldest first."""
+        step = keys.SERIES_BUCKET_S
+        last = now_ms // 1000 // step * step
+        starts = [last - i * step for i in range(minutes * 60 // step - 1, -1, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in starts:
+                pipe.hgetall(keys.series_bucket(start * 1000))
+            found: list[dict[str, str]] = await pipe.execute()
+        out: list[tuple[int, int, int | None]] = []
+        for start, bucket in zip(starts, found, strict=True):
+            lags = [int(v) for f, v in bucket.items() if f.startswith("lag|")]
+            out.append((start, int(bucket.get("events", 0)), max(lags) if lags else None))
+        return out
+
+    async def count_refusal(self, product: str) -> None:
+        """A request a product's purchase limits refused (for the operations page)."""
+        at_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            bookkeeping.count_refusal(pipe, product, at_ms)
+            await pipe.execute()
 
     # -- the worker's records ---------------------------------------------------------------
 

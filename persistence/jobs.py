@@ -85,6 +85,9 @@ def _keep_last_drain(client: redis.Redis, partition: int, result: dict[str, Any]
     fields = ("applied", "lag_p50_ms", "lag_p99_ms", "lag_max_ms")
     record = {"at_ms": int(time.time() * 1000), **{f: result[f] for f in fields}}
     bookkeeping.keep_last_drain(client, partition, record)
+    bookkeeping.keep_series(
+        client, partition, record["at_ms"], result["applied"], result["lag_p99_ms"]
+    )
 
 
 def drain(partition: int) -> dict[str, Any]:

@@ -34,7 +34,14 @@ from engine.restore import LiveReservation, RestorePlan
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_locks
-from persistence.records import audit, cart_parts, order_hash, read_lines, reservation_hash
+from persistence.records import (
+    audit,
+    cart_parts,
+    counted_text,
+    order_hash,
+    read_lines,
+    reservation_hash,
+)
 from persistence.repair import restore_lost
 from persistence.snapshot import LIVE_ORDER, checkpoints, consistent_read
 
@@ -95,12 +102,14 @@ def _read(
             for p, _, qty in held:
                 if p in limited:
                     count(str(p), row.user_id, int(qty))
-            capped = max_live > 0 and row.cart_id in (None, row.id)  # a cart counts in its home
+            # a cart counts in its home; a waitlist's hand-off does not count (lua/wait.lua)
+            capped = max_live > 0 and row.cart_id in (None, row.id) and row.source is None
             if capped:
                 plan.held[f"n|{row.user_id}"] = plan.held.get(f"n|{row.user_id}", 0) + 1
-            plan.reservations[row.id] = LiveReservation(
-                row.user_id, held, reservation_hash(row, held, parts.get(row.id)), counted, capped
+            record = reservation_hash(
+                row, held, parts.get(row.id), counted_text(row, held, limited, max_live)
             )
+            plan.reservations[row.id] = LiveReservation(row.user_id, held, record, counted, capped)
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):
             plan = plans[partition_of(row.id, partitions)]

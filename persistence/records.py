@@ -60,11 +60,35 @@ def audit(
 # -- in Redis -------------------------------------------------------------------------------
 
 
+def limited_products(conn: Connection) -> set[str]:
+    """The products with a max_per_customer (product_settings.limits; lua/limits.lua)."""
+    ps = schema.product_settings
+    rows = conn.execute(select(ps.c.product, ps.c.limits).where(ps.c.limits.is_not(None)))
+    return {
+        str(product)
+        for product, limits in rows
+        if isinstance(limits, dict) and limits.get("max_per_customer") is not None
+    }
+
+
+def counted_text(row: Any, lines: list[Any], limited: set[str], max_live: int) -> str:
+    """What a reservation counts against its customer's limits, as reserve.lua records it
+    ('counted': {"held": [products], "n": 1}): its lines of products with a max_per_customer,
+    and (MAX_LIVE_RESERVATIONS_PER_CUSTOMER set) one live reservation, but for a cart's part
+    (its home counts) and a waitlist's hand-off (lua/wait.lua)."""
+    held = list(dict.fromkeys(str(line[0]) for line in lines if str(line[0]) in limited))
+    cart = getattr(row, "cart_id", None)
+    capped = max_live > 0 and cart in (None, row.id) and getattr(row, "source", None) is None
+    fields = (['"held":' + compact(held)] if held else []) + (['"n":1'] if capped else [])
+    return "{" + ",".join(fields) + "}"
+
+
 def reservation_hash(
-    row: Any, lines: list[Any], parts: list[int] | None = None
+    row: Any, lines: list[Any], parts: list[int] | None = None, counted: str = "{}"
 ) -> dict[str, str | int]:
     """The record hash of a live reservation's database row; a part of a cart across
-    partitions names its cart, and the cart's home its `parts` (engine/carts.py)."""
+    partitions names its cart, and the cart's home its `parts` (engine/carts.py). `counted`:
+    what it counts against its customer's limits (counted_text; '{}': nothing)."""
     record = reservation_fields(
         row.id,
         row.user_id,
@@ -77,6 +101,9 @@ def reservation_hash(
         record["cart"] = row.cart_id
         if row.cart_id == row.id and parts:
             record["parts"] = compact(parts)
+    if getattr(row, "source", None):
+        record["source"] = row.source
+    record["counted"] = counted
     return record
 
 
@@ -95,9 +122,9 @@ def order_from_event(oid: str, made: dict[str, Any]) -> dict[str, str | int]:
     )
 
 
-def ended_reservation_hash(row: Any, lines: list[Any]) -> dict[str, str | int]:
+def ended_reservation_hash(row: Any, lines: list[Any], counted: str) -> dict[str, str | int]:
     """An ended reservation's record hash, as release.lua or commit.lua leave it."""
-    record = reservation_hash(row, lines)
+    record = reservation_hash(row, lines, counted=counted)
     record["status"] = row.status
     if row.ended_at is not None:
         record["ended_at"] = to_ms(row.ended_at)

@@ -38,8 +38,10 @@ from persistence.apply import upsert
 from persistence.drift import Drift, StockRow
 from persistence.records import (
     audit,
+    counted_text,
     ended_reservation_hash,
     from_ms,
+    limited_products,
     order_from_event,
     order_hash,
     order_rows,
@@ -177,9 +179,13 @@ def _restorable(conn: Connection, p: int, settings: Settings, now_ms: int) -> li
     ended = select(rs).where(rs.c.partition == p, rs.c.status != "active", rs.c.ended_at > since)
     found = list(conn.execute(ended))
     lines = read_lines(conn, schema.reservation_lines, "reservation_id", [r.id for r in found])
+    limited, max_live = limited_products(conn), settings.max_live_reservations_per_customer
     for row in found:
         until = to_ms(row.ended_at) + settings.reservation_retention_ms
-        record = _flat(ended_reservation_hash(row, lines.get(row.id, [])))
+        held = lines.get(row.id, [])
+        record = _flat(
+            ended_reservation_hash(row, held, counted_text(row, held, limited, max_live))
+        )
         items.append(("records", k.reservation(row.id), [record, until]))
     since = from_ms(now_ms - settings.order_retention_ms, datetime.now(UTC))
     terminal = o.c.status.in_(sorted(s.value for s in TERMINAL))

@@ -168,6 +168,9 @@ async def test_the_numbers_follow_known_operations(
             "available": 2,
             "reserved": 0,
             "total": 2,
+            "waiting": 0,
+            "handed_off_last_minute": 0,
+            "limits_refused_last_minute": 0,
         },
         {
             "product": plenty,
@@ -176,8 +179,15 @@ async def test_the_numbers_follow_known_operations(
             "available": 8,
             "reserved": 2,
             "total": 10,
+            "waiting": 0,
+            "handed_off_last_minute": 0,
+            "limits_refused_last_minute": 0,
         },
     ]
+    # the drain's events are in the trends: 90 points of 10 s, the newest last
+    trend = after["trends"]["points"]
+    assert (after["trends"]["bucket_seconds"], len(trend)) == (10, 90)
+    assert sum(p["events_per_second"] for p in trend[-2:]) > 0
 
 
 async def test_sold_out_comes_first_and_the_reconcile_result_is_shown(

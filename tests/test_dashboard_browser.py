@@ -150,6 +150,27 @@ def test_staff_watch_a_reservation_arrive_on_the_page(service: str, tmp_path: Pa
             row = page.locator("#low-stock tr", has_text="SNK-1")
             expect(row).to_contain_text("Drop sneaker")
             expect(row.locator("td").nth(3)).to_have_text("4")  # available after the hold
+            # a product's limits refused, and a sold-out product's waitlist (issue 14)
+            customer = token(http, CUSTOMER)
+            limited = {"max_per_customer": 1}
+            assert http.patch(f"/api/products/{product}/", json=limited, headers=staff).is_success
+            one = {"product": product, "quantity": 1}  # a limit counts from when it is set
+            assert http.post("/api/reservations/", json=one, headers=customer).is_success
+            refused = http.post("/api/reservations/", json=one, headers=customer)
+            assert refused.status_code == 409, refused.text
+            expect(row.locator("td").nth(8)).to_have_text("1", timeout=10_000)
+            last = {"name": "Last pair", "sku": "SNK-2", "price": "99.00", "total_stock": 1}
+            other = http.post("/api/products/", json=last, headers=staff).json()["data"]["id"]
+            held = {"product": other, "quantity": 1}
+            assert http.post("/api/reservations/", json=held, headers=customer).is_success
+            waits = http.post(f"/api/products/{other}/waitlist/", json={"quantity": 1},
+                              headers=staff)  # fmt: skip
+            assert waits.status_code == 202, waits.text
+            sold_out = page.locator("#low-stock tr", has_text="SNK-2")
+            expect(sold_out.locator("td").nth(6)).to_have_text("1", timeout=10_000)
+            # the trends: the worker's drains draw the throughput
+            expect(page.locator("#trend-events polyline").first).to_be_attached(timeout=20_000)
+            expect(page.locator("#trend-lag polyline").first).to_be_attached()
             expect(page.locator("#reconcile")).to_have_attribute("data-ok", "true", timeout=20_000)
             expect(page.locator("#workers")).to_contain_text("inventory")
             page.screenshot(path=str(artifacts() / "dashboard.png"), full_page=True)

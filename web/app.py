@@ -55,7 +55,30 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _engine_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, engine_errors.EngineError)
+    if isinstance(exc, engine_errors.LimitExceeded | engine_errors.InvalidQuantity):
+        _count_refusal(request, exc.product)
     return await _api_error(request, from_engine(exc))
+
+
+# The refusals being counted for the operations page (a reference each, until done).
+_counting: set[asyncio.Task[None]] = set()
+
+
+def _count_refusal(request: Request, product: str) -> None:
+    """Count a purchase-limit refusal for the operations page, off the answer's path."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return
+
+    async def count() -> None:
+        try:
+            await services.engine.count_refusal(product)
+        except Exception as exc:  # only a figure on a page: never the answer's problem
+            log.debug("counting a refusal failed: %s", exc)
+
+    task = asyncio.create_task(count())
+    _counting.add(task)
+    task.add_done_callback(_counting.discard)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

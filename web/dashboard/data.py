@@ -49,6 +49,8 @@ from web.schemas.dashboard import (
     ReconcileOut,
     RedisBehind,
     ReservationsOut,
+    TrendPoint,
+    TrendsOut,
 )
 
 log = logging.getLogger("inventory.dashboard")
@@ -76,6 +78,7 @@ class DatabaseReadings:
     dead_letters: DeadLettersOut | None = None
     applied: dict[int, int] = field(default_factory=dict)
     low_stock: list[LowStockOut] = field(default_factory=list)
+    handed_off: dict[int, int] = field(default_factory=dict)  # product -> in the last minute
     problem: str | None = None
 
 
@@ -183,11 +186,32 @@ def _low_stock(conn: Connection, candidates: list[tuple[int, int, int]]) -> list
             available=available,
             reserved=reserved,
             total=available + reserved,
+            waiting=0,
+            handed_off_last_minute=None,
+            limits_refused_last_minute=0,
         )
         for product, available, reserved in candidates
         if product in catalog
     ]
     return found[:LOW_STOCK]
+
+
+def _handed_off(conn: Connection, products: list[int], since: datetime) -> dict[int, int]:
+    """Reservations the products' waitlists handed over since `since` (lua/wait.lua)."""
+    if not products:
+        return {}
+    rs, lines = schema.reservations, schema.reservation_lines
+    query = (
+        select(lines.c.product, func.count(func.distinct(rs.c.id)))
+        .join(rs, rs.c.id == lines.c.reservation_id)
+        .where(
+            rs.c.source == "waitlist",
+            rs.c.created_at >= since,
+            lines.c.product.in_([str(p) for p in products]),
+        )
+        .group_by(lines.c.product)
+    )
+    return {int(product): int(n) for product, n in conn.execute(query)}
 
 
 def read_database(
@@ -204,12 +228,14 @@ def read_database(
             committed = conn.scalar(
                 recent.where(rs.c.status == "committed", rs.c.ended_at >= since)
             )
+            low_stock = _low_stock(conn, candidates)
             return DatabaseReadings(
                 expired=int(expired),
                 committed=int(committed or 0),
                 dead_letters=_dead_letters(conn),
                 applied={int(r.partition): int(r.applied) for r in conn.execute(select(cp))},
-                low_stock=_low_stock(conn, candidates),
+                low_stock=low_stock,
+                handed_off=_handed_off(conn, [s.product for s in low_stock], since),
             )
     except SQLAlchemyError as exc:
         log.warning("dashboard: database unavailable: %s", exc)
@@ -237,6 +263,34 @@ async def dashboard(
     readings, queues = await asyncio.gather(
         asyncio.to_thread(read_database, db, now, fewest_available([o.counters for o in overview])),
         queues_panel(queue_url, now),
+    )
+    listed = [str(s.product) for s in readings.low_stock]
+    (waiting, refused), trend = await asyncio.gather(
+        engine.product_activity(listed, now_ms), engine.trends(now_ms)
+    )
+    low_stock = [
+        s.model_copy(
+            update={
+                "waiting": waiting.get(str(s.product), 0),
+                "limits_refused_last_minute": refused.get(str(s.product), 0),
+                "handed_off_last_minute": None
+                if readings.problem
+                else readings.handed_off.get(s.product, 0),
+            }
+        )
+        for s in readings.low_stock
+    ]
+    step = keys.SERIES_BUCKET_S
+    trends = TrendsOut(
+        bucket_seconds=step,
+        points=[
+            TrendPoint(
+                at=iso(datetime.fromtimestamp(start, UTC)),
+                events_per_second=round(events / step, 1),
+                drain_lag_p99_ms=lag,
+            )
+            for start, events, lag in trend
+        ],
     )
     parts = [
         PartitionOut(
@@ -272,7 +326,8 @@ async def dashboard(
         ),
         dead_letters=readings.dead_letters,
         queues=queues if isinstance(queues, QueuesOut) else None,
-        low_stock=readings.low_stock,
+        low_stock=low_stock,
+        trends=trends,
         reconcile=reconcile,
         problems=Problems(
             database=readings.problem, queues=queues if isinstance(queues, str) else None

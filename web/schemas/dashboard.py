@@ -127,6 +127,27 @@ class LowStockOut(Out):
     available: int
     reserved: int
     total: int
+    waiting: int = Field(description="customers on its waitlist now (Redis)")
+    handed_off_last_minute: int | None = Field(
+        description="reservations its waitlist handed over in the last minute (database); "
+        "null while the database is down"
+    )
+    limits_refused_last_minute: int = Field(
+        description="requests its purchase limits refused in about the last minute"
+    )
+
+
+class TrendPoint(Out):
+    at: str = Field(description="the start of the 10 s the point covers (UTC)")
+    events_per_second: float = Field(description="changes the drains applied, per second")
+    drain_lag_p99_ms: int | None = Field(
+        description="the highest drain lag p99 of any partition; null: no drain then"
+    )
+
+
+class TrendsOut(Out):
+    bucket_seconds: int = Field(description="what each point covers")
+    points: list[TrendPoint] = Field(description="the last 15 minutes, oldest first")
 
 
 class ReconcileOut(Out):
@@ -153,6 +174,7 @@ class DashboardOut(Out):
         description="catalog products with the fewest available units (sold out first), "
         "at most 10; empty while the database is down"
     )
+    trends: TrendsOut = Field(description="throughput and drain lag, the last 15 minutes")
     reconcile: ReconcileOut | None = Field(
         description="the last periodic reconcile check (kept a day); null before the first"
     )

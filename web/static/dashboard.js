@@ -67,6 +67,37 @@
     });
   }
 
+  // Draw a sparkline into an <svg viewBox="0 0 300 60">: one polyline per run of values
+  // (null: a gap), scaled to the largest value, and that value as a label.
+  function spark(id, values) {
+    var svg = $(id);
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    var ns = svg.namespaceURI;
+    var top = Math.max.apply(null, values.map(function (v) { return v || 0; }).concat([1]));
+    var step = values.length > 1 ? 300 / (values.length - 1) : 300;
+    var run = [];
+    function flush() {
+      if (run.length) {
+        var line = document.createElementNS(ns, "polyline");
+        line.setAttribute("points", run.join(" "));
+        line.setAttribute("class", "line");
+        svg.appendChild(line);
+      }
+      run = [];
+    }
+    values.forEach(function (v, i) {
+      if (v === null || v === undefined) { flush(); return; }
+      run.push((i * step).toFixed(1) + "," + (58 - (v / top) * 54).toFixed(1));
+    });
+    flush();
+    var label = document.createElementNS(ns, "text");
+    label.setAttribute("x", "2");
+    label.setAttribute("y", "10");
+    label.setAttribute("class", "top");
+    label.textContent = "max " + top;
+    svg.appendChild(label);
+  }
+
   function render(d) {
     var r = d.reservations;
     setText("reservations-live", r.live);
@@ -143,7 +174,18 @@
       function (x) { return x.available === 0 ? { text: "0 (sold out)", cls: "sold-out" } : x.available; },
       function (x) { return x.reserved; },
       function (x) { return x.total; },
+      function (x) { return x.waiting; },
+      function (x) { return x.handed_off_last_minute; },
+      function (x) { return x.limits_refused_last_minute; },
     ], d.problems.database ? "unknown: the database did not answer" : "no products in the catalog");
+
+    var points = d.trends.points;
+    spark("trend-events", points.map(function (p) { return p.events_per_second; }));
+    spark("trend-lag", points.map(function (p) { return p.drain_lag_p99_ms; }));
+    var latest = points.length ? points[points.length - 1] : null;
+    setText("trend-events-now", latest ? "now " + latest.events_per_second + "/s" : null);
+    var lags = points.filter(function (p) { return p.drain_lag_p99_ms !== null; });
+    setText("trend-lag-now", lags.length ? "last " + ms(lags[lags.length - 1].drain_lag_p99_ms) : "no drain yet");
 
     var rec = $("reconcile");
     var c = d.reconcile;
