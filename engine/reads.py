@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -167,6 +168,26 @@ class EngineReads:
             for p in range(len(parts))
         ]
         return time_ms(replies[0]), found
+
+    async def outbox_after(
+        self, positions: Mapping[int, str], count: int
+    ) -> dict[int, tuple[list[OutboxEvent], str | None]]:
+        """Each partition's events after its position (at most `count`, oldest first) and its
+        applied marker (the drain trims the outbox up to it), in one round trip: the live
+        stock feed's read (web/live_stock.py)."""
+        parts = list(positions)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in parts:
+                outbox.queue_range(pipe, p, positions[p], count=count)
+                pipe.get(partition_keys(p).applied)
+            replies = await pipe.execute()
+        return {
+            p: (
+                outbox.decode_all(p, replies[2 * i]),
+                None if replies[2 * i + 1] is None else str(replies[2 * i + 1]),
+            )
+            for i, p in enumerate(parts)
+        }
 
     async def product_activity(
         self, products: list[str], now_ms: int

@@ -30,7 +30,7 @@ from typing import Any
 
 from engine import outbox
 from engine.engine import Engine
-from engine.keys import event_id, parse_event_id, partition_keys, partition_of
+from engine.keys import event_id, parse_event_id, partition_of
 from engine.models import ProductStock
 from engine.outbox import sid
 
@@ -187,17 +187,10 @@ class StockFeed:
 
     async def _poll(self) -> bool:
         """One read of every partition's new events; True when some partition had more."""
-        parts = list(range(self.partitions))
-        async with self.engine.redis.pipeline(transaction=False) as pipe:
-            for p in parts:
-                outbox.queue_range(pipe, p, self._positions[p], count=READ_COUNT)
-                pipe.get(partition_keys(p).applied)
-            replies = await pipe.execute()
+        read = await self.engine.outbox_after(self._positions, READ_COUNT)
         dirty: dict[str, str] = {}
         full = False
-        for i, p in enumerate(parts):
-            events = outbox.decode_all(p, replies[2 * i])
-            applied = replies[2 * i + 1]
+        for p, (events, applied) in read.items():
             before = self._positions[p]
             if applied is not None and sid(str(applied)) > sid(before):
                 first = events[0].id if events else None
