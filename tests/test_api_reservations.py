@@ -120,7 +120,10 @@ async def test_reserve_the_original_shape(shop: Starlette, client: httpx.AsyncCl
 
     assert response.status_code == 201
     made = data(response)
-    assert set(made) == {"id", "user", "status", "lines", "expires_at", "created_at", "order"}
+    assert set(made) == {
+        "id", "user", "status", "lines", "expires_at", "created_at", "order", "source"
+    }  # fmt: skip
+    assert made["source"] == "request"  # (not handed over by a waitlist)
     assert (made["user"], made["status"], made["order"]) == ("1", "active", None)
     assert made["lines"] == [{"product": 1, "warehouse": "main", "quantity": 3}]
     assert ISO_UTC.fullmatch(made["expires_at"])

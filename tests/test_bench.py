@@ -308,7 +308,8 @@ def test_bench_runs_every_scenario_with_exact_counts(
     plot, tables = tmp_path / "bench.png", tmp_path / "bench.md"
     done = inventory(
         "bench",
-        "--scenario", "flash-sale,catalog,lifecycle,engine,drain,cost",  # cluster: its own test
+        # cluster: its own test
+        "--scenario", "flash-sale,catalog,lifecycle,engine,drain,cost,fair-sale",
         "--buyers", "60", "--stock", "10", "--rounds", "2",
         "--seconds", "0.5", "--rate", "100", "--products", "300", "--connections", "16",
         "--cost-rounds", "1",
@@ -319,7 +320,14 @@ def test_bench_runs_every_scenario_with_exact_counts(
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     scenarios = report["scenarios"]
-    assert set(scenarios) == {"flash-sale", "catalog", "lifecycle", "engine", "drain", "cost"}
+    assert set(scenarios) == {
+        "flash-sale", "catalog", "lifecycle", "engine", "drain", "cost", "fair-sale"
+    }  # fmt: skip
+    (fair,) = scenarios["fair-sale"]["rows"]  # every unit once, the line served in order
+    assert (fair["sold"], fair["held_first"], fair["refused_by_limit"]) == (10, 10, 10)
+    assert (fair["waitlisted"], fair["walked_away"], fair["handed_off"]) == (50, 5, 5)
+    assert fair["handed_in_join_order"] is True
+    assert fair["exact_counts"] is True
     assert report["exact_counts"] is True
     for scenario in scenarios.values():  # Redis's invariants, and the database copy drained
         assert scenario["invariants_ok"] is True

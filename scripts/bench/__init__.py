@@ -19,6 +19,11 @@ Scenarios (`--scenario`, several with commas, or `all`):
   (`/proc`) and Redis's (`INFO cpu`, `INFO commandstats`) for the full API, the bare endpoint
   and a reference script doing only a reservation's work (`reference.lua`); the drain's own
   cost per event and its events/s against the API's.
+- `fair-sale`: a drop with `max_per_customer: 1` and a waitlist, in this process: `--buyers`
+  (at least twice `--stock`) each press "buy" twice at once; those without a unit join the
+  waitlist; half the holders walk away while the rest buy, each walk-away's unit handed to the
+  head of the line in the release's own step; checked: every unit sold once, one per customer,
+  hand-offs in joining order; measured: the hand-off (the walk-away's release) latency.
 - `cluster` (also `--cluster`): the engine in this process on local Redis Clusters it starts
   and stops itself (none of the services below): 3 primaries with every key in one slot, then
   spread over the 64 partitions, then 3 primaries with a replica each, without and with

@@ -8,6 +8,7 @@ from typing import Any
 
 from scripts.bench.cluster import cluster_scenario
 from scripts.bench.cost import cost_scenario
+from scripts.bench.fair import fair_sale_scenario
 from scripts.bench.inprocess import drain_scenario, engine_scenario
 from scripts.bench.measure import Progress
 from scripts.bench.options import Options
@@ -23,6 +24,7 @@ RUNNERS: dict[str, Callable[[Stack, Progress], dict[str, Any]]] = {
     "drain": drain_scenario,
     "cost": cost_scenario,
     "cluster": cluster_scenario,
+    "fair-sale": fair_sale_scenario,
 }
 # Scenarios that start services of their own: a run of only these starts no Stack.
 SELF_CONTAINED = frozenset({"cluster"})

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 
-SCENARIOS = ("flash-sale", "catalog", "lifecycle", "engine", "drain", "cost", "cluster")
+SCENARIOS = (
+    "flash-sale",
+    "catalog",
+    "lifecycle",
+    "engine",
+    "drain",
+    "cost",
+    "cluster",
+    "fair-sale",
+)
 JWT_KEYS = "bench:" + "b" * 40
 OURS, BASELINE, BARE = "ours", "row-lock", "bare"
 STATEMENT = "single-statement"  # the second baseline: one SQL statement per reservation

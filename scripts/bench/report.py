@@ -140,6 +140,16 @@ COLUMNS = (
     ("lag_p50_ms", "lag p50"),
     ("lag_p99_ms", "lag p99"),
     ("outbox_backlog", "backlog"),
+    ("buyers", "buyers"),
+    ("stock", "units"),
+    ("refused_by_limit", "limit 409s"),
+    ("waitlisted", "waitlisted"),
+    ("walked_away", "walked away"),
+    ("handed_off", "handed off"),
+    ("handed_in_join_order", "in line order"),
+    ("sold", "sold"),
+    ("handoff_p50_ms", "hand-off p50 ms"),
+    ("handoff_p99_ms", "hand-off p99 ms"),
 )
 
 

@@ -308,7 +308,7 @@ OPERATIONS: list[Operation] = [
         "Leave a product's waitlist", "waitlist", "user",
         closed({"entry": closed(WAITLIST_ENTRY)}),
         path_params={"id": PRODUCT_ID},
-        errors={404: ("not_waiting",), 503: ("redis_behind", "not_replicated")},
+        errors={404: ("not_waiting", "product_not_found"), 503: ("redis_behind", "not_replicated")},
     ),
     Operation(
         "GET", "/api/waitlist/", "list_waitlist", "Your waitlist entries, oldest first",
