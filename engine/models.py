@@ -3,6 +3,7 @@ money is integer minor units."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -245,3 +246,7 @@ class ExpiryResult:
     carts: int = 0  # steps of carts across partitions the sweep made their parts follow
     timed_out: int = 0  # direct orders still pending past ORDER_PENDING_TTL, cancelled
     waitlist_left: int = 0  # waitlist entries past WAITLIST_TTL, gone unserved
+
+    def as_json(self) -> dict[str, int]:
+        """What `inventory sweep --json` and the periodic job report."""
+        return dataclasses.asdict(self)

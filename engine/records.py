@@ -29,12 +29,24 @@ def product_meta(
     return meta
 
 
+def counted_json(counted: Sequence[str], capped: bool) -> str:
+    """What a reservation counts against its customer's limits, as lua/limits.lua counted_json
+    writes it after the live entry's lines: its products with a max_per_customer (`counted`),
+    and whether it is one of the customer's live reservations (`capped`); '' for nothing."""
+    return (',"held":' + compact(list(counted)) if counted else "") + (',"n":1' if capped else "")
+
+
+def counted_record(counted: Sequence[str], capped: bool) -> str:
+    """The same as the record's 'counted' field (reserve.lua): a JSON object."""
+    return "{" + counted_json(counted, capped)[1:] + "}"
+
+
 def live_entry(
     owner: str, lines: list[Any], counted: Sequence[str] = (), capped: bool = False
 ) -> str:
     """The live hash's value, as reserve.lua writes it: with what the reservation counted
-    against its customer's limits (lua/limits.lua counted_json)."""
-    extra = (',"held":' + compact(list(counted)) if counted else "") + (',"n":1' if capped else "")
+    against its customer's limits."""
+    extra = counted_json(counted, capped)
     return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + extra + "}"
 
 

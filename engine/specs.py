@@ -33,6 +33,9 @@ PARTITION_WIDE = (
     "wait_due",
     "wait_data",
 )
+# The waitlists' keys, which every call that may give units back names last but for the
+# waitlist function's `behind` (lua/wait.lua use_waitlists).
+_WAITLISTS = ("waitlist", "wait_due", "wait_data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +118,7 @@ ADJUST_STOCK = ScriptSpec(
         "live",
         "expiry",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=("product", "changes", "reason", *_CALLER),
 )
@@ -134,9 +135,7 @@ RESERVE = ScriptSpec(
         "behind",
         "carts",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=(
         "reservation_id",
@@ -167,9 +166,7 @@ RELEASE = ScriptSpec(
         "carts",
         "held",
         "products",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=("reservation_id", "scope", *_CALLER, "retention", "hold"),
 )
@@ -186,9 +183,7 @@ EXTEND = ScriptSpec(
         "carts",
         "held",
         "products",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=("reservation_id", "scope", "ttl", "max_lifetime", *_CALLER, "retention", "hold"),
 )
@@ -204,9 +199,7 @@ EXPIRE = ScriptSpec(
         "pending",
         "held",
         "products",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=("limit", "hold"),
 )
@@ -225,9 +218,7 @@ COMMIT = ScriptSpec(
         "carts",
         "pending",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=(
         "reservation_id",
@@ -255,9 +246,7 @@ PLACE_ORDER = ScriptSpec(
         "behind",
         "pending",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
     own_keys=("order", "idem"),
@@ -276,9 +265,7 @@ TRANSITION = ScriptSpec(
         "products",
         "live",
         "expiry",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=(
         "order_id",
@@ -307,9 +294,7 @@ PART = ScriptSpec(
         "record",
         "behind",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
     ),
     args=(
         "action",
@@ -335,9 +320,7 @@ WAITLIST = ScriptSpec(
         "expiry",
         "outbox",
         "held",
-        "waitlist",
-        "wait_due",
-        "wait_data",
+        *_WAITLISTS,
         "behind",
     ),
     args=(

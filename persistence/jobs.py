@@ -146,13 +146,7 @@ def expire() -> dict[str, int]:
     async def run() -> dict[str, int]:
         async with Engine.from_settings(settings()) as engine:
             result = await engine.expire()
-        return {
-            "expired": result.expired,
-            "still_due": result.still_due,
-            "carts": result.carts,
-            "timed_out": result.timed_out,
-            "waitlist_left": result.waitlist_left,
-        }
+        return result.as_json()
 
     outcome = asyncio.run(run())
     if any(outcome[k] for k in ("expired", "carts", "timed_out", "waitlist_left")):

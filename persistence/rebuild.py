@@ -29,7 +29,7 @@ from sqlalchemy import Engine, func, select
 from engine import invariants, restore
 from engine.keys import partition_of
 from engine.partition import time_ms
-from engine.records import compact, product_meta
+from engine.records import compact, counted_record, product_meta
 from engine.restore import LiveReservation, RestorePlan
 from engine.settings import Settings
 from persistence import schema
@@ -37,7 +37,7 @@ from persistence.drain import drain_locks
 from persistence.records import (
     audit,
     cart_parts,
-    counted_text,
+    counts_of,
     order_hash,
     read_lines,
     reservation_hash,
@@ -98,17 +98,13 @@ def _read(
         for row in conn.execute(select(rs).where(active)):
             plan = plans[partition_of(row.id, partitions)]  # where the engine will look for it
             held = lines.get(row.id, [])
-            counted = tuple(dict.fromkeys(str(p) for p, *_ in held if p in limited))
+            counted, capped = counts_of(row, held, limited, max_live)
             for p, _, qty in held:
                 if p in limited:
                     count(str(p), row.user_id, int(qty))
-            # a cart counts in its home; a waitlist's hand-off does not count (lua/wait.lua)
-            capped = max_live > 0 and row.cart_id in (None, row.id) and row.source is None
             if capped:
                 plan.held[f"n|{row.user_id}"] = plan.held.get(f"n|{row.user_id}", 0) + 1
-            record = reservation_hash(
-                row, held, parts.get(row.id), counted_text(row, held, limited, max_live)
-            )
+            record = reservation_hash(row, held, parts.get(row.id), counted_record(counted, capped))
             plan.reservations[row.id] = LiveReservation(row.user_id, held, record, counted, capped)
         lines = read_lines(conn, schema.order_lines, "order_id", select(o.c.id).where(LIVE_ORDER))
         for row in conn.execute(select(o).where(LIVE_ORDER)):

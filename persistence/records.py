@@ -71,16 +71,17 @@ def limited_products(conn: Connection) -> set[str]:
     }
 
 
-def counted_text(row: Any, lines: list[Any], limited: set[str], max_live: int) -> str:
-    """What a reservation counts against its customer's limits, as reserve.lua records it
-    ('counted': {"held": [products], "n": 1}): its lines of products with a max_per_customer,
-    and (MAX_LIVE_RESERVATIONS_PER_CUSTOMER set) one live reservation, but for a cart's part
-    (its home counts) and a waitlist's hand-off (lua/wait.lua)."""
-    held = list(dict.fromkeys(str(line[0]) for line in lines if str(line[0]) in limited))
+def counts_of(
+    row: Any, lines: list[Any], limited: set[str], max_live: int
+) -> tuple[tuple[str, ...], bool]:
+    """What a reservation counts against its customer's limits, as reserve.lua counts it: its
+    products with a max_per_customer (`limited`), and whether it is one of the customer's live
+    reservations (MAX_LIVE_RESERVATIONS_PER_CUSTOMER set; not a cart's part, whose home
+    counts, nor a waitlist's hand-off: lua/wait.lua)."""
+    held = tuple(dict.fromkeys(str(line[0]) for line in lines if str(line[0]) in limited))
     cart = getattr(row, "cart_id", None)
     capped = max_live > 0 and cart in (None, row.id) and getattr(row, "source", None) is None
-    fields = (['"held":' + compact(held)] if held else []) + (['"n":1'] if capped else [])
-    return "{" + ",".join(fields) + "}"
+    return held, capped
 
 
 def reservation_hash(
@@ -88,7 +89,7 @@ def reservation_hash(
 ) -> dict[str, str | int]:
     """The record hash of a live reservation's database row; a part of a cart across
     partitions names its cart, and the cart's home its `parts` (engine/carts.py). `counted`:
-    what it counts against its customer's limits (counted_text; '{}': nothing)."""
+    what it counts against its customer's limits (engine/records.py counted_record)."""
     record = reservation_fields(
         row.id,
         row.user_id,

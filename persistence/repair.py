@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, select
 
 from engine import snapshot, specs
 from engine.keys import partition_keys
-from engine.records import compact, live_entry, reservation_fields
+from engine.records import compact, counted_record, live_entry, reservation_fields
 from engine.scripts import run_sync
 from engine.settings import Settings
 from engine.states import TERMINAL
@@ -38,7 +38,7 @@ from persistence.apply import upsert
 from persistence.drift import Drift, StockRow
 from persistence.records import (
     audit,
-    counted_text,
+    counts_of,
     ended_reservation_hash,
     from_ms,
     limited_products,
@@ -183,9 +183,8 @@ def _restorable(conn: Connection, p: int, settings: Settings, now_ms: int) -> li
     for row in found:
         until = to_ms(row.ended_at) + settings.reservation_retention_ms
         held = lines.get(row.id, [])
-        record = _flat(
-            ended_reservation_hash(row, held, counted_text(row, held, limited, max_live))
-        )
+        counted = counted_record(*counts_of(row, held, limited, max_live))
+        record = _flat(ended_reservation_hash(row, held, counted))
         items.append(("records", k.reservation(row.id), [record, until]))
     since = from_ms(now_ms - settings.order_retention_ms, datetime.now(UTC))
     terminal = o.c.status.in_(sorted(s.value for s in TERMINAL))

@@ -33,6 +33,7 @@ from engine.engine import Engine
 from engine.keys import event_id, parse_event_id, partition_of
 from engine.models import ProductStock
 from engine.outbox import sid
+from web.products_view import stock_json as product_stock
 
 log = logging.getLogger("inventory.web.live")
 
@@ -46,22 +47,7 @@ class TooManyListeners(Exception):
 
 def stock_json(product: str, stock: ProductStock) -> dict[str, Any]:
     """What one event says: the product's stock, in the product's own fields."""
-    return {
-        "product": int(product) if product.isdigit() else product,
-        "total_stock": stock.total,
-        "available_stock": stock.available,
-        "reserved_stock": stock.reserved,
-        "warehouses": [
-            {
-                "warehouse": level.warehouse,
-                "priority": level.priority,
-                "available": level.available,
-                "reserved": level.reserved,
-                "total": level.total,
-            }
-            for level in stock.levels
-        ],
-    }
+    return {"product": int(product) if product.isdigit() else product, **product_stock(stock)}
 
 
 @dataclass(eq=False)

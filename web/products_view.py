@@ -45,15 +45,9 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-def product_json(p: CatalogProduct, stock: ProductStock) -> dict[str, Any]:
-    price, created, updated, _ = _rendered(p)
+def stock_json(stock: ProductStock) -> dict[str, Any]:
+    """A product's live stock as the API shows it (on the product, and in its live stream)."""
     return {
-        "id": p.id,
-        "sku": p.sku,
-        "name": p.name,
-        "description": p.description,
-        "price": price,
-        "currency": p.currency,
         "total_stock": stock.total,
         "available_stock": stock.available,
         "reserved_stock": stock.reserved,
@@ -67,6 +61,19 @@ def product_json(p: CatalogProduct, stock: ProductStock) -> dict[str, Any]:
             }
             for level in stock.levels
         ],
+    }
+
+
+def product_json(p: CatalogProduct, stock: ProductStock) -> dict[str, Any]:
+    price, created, updated, _ = _rendered(p)
+    return {
+        "id": p.id,
+        "sku": p.sku,
+        "name": p.name,
+        "description": p.description,
+        "price": price,
+        "currency": p.currency,
+        **stock_json(stock),
         "max_per_customer": stock.limits.max_per_customer,
         "min_quantity": stock.limits.min_quantity,
         "quantity_increment": stock.limits.quantity_increment,

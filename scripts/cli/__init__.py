@@ -62,13 +62,7 @@ async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
     async with Engine.from_settings(settings) as engine:
         await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
         result = await engine.expire(limit)
-    return {
-        "expired": result.expired,
-        "still_due": result.still_due,
-        "carts": result.carts,
-        "timed_out": result.timed_out,
-        "waitlist_left": result.waitlist_left,
-    }
+    return result.as_json()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
