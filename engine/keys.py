@@ -218,7 +218,7 @@ class PartitionKeys:
 
     @property
     def _tag(self) -> str:
-        return f"{PREFIX}:{{p{self.partition}}}"
+        return _tags[self.partition]
 
 
 def stock_fields(product: str, warehouse: str) -> tuple[str, str]:
@@ -264,6 +264,17 @@ def idempotency_hash(key: str) -> str:
     if not prefix or not digest or digest == "-":
         raise ValueError(f"not an idempotency key: {key!r}")
     return digest
+
+
+class _Tags(dict[int, str]):
+    """The hash tag that puts a partition's keys in one slot, by partition: `inv:{p<N>}`."""
+
+    def __missing__(self, partition: int) -> str:
+        tag = self[partition] = f"{PREFIX}:{{p{partition}}}"
+        return tag
+
+
+_tags = _Tags()
 
 
 @lru_cache(maxsize=1024)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -52,7 +53,7 @@ class OutboxEvent:
 
 
 def decode(partition: int, entry_id: str, fields: dict[str, str]) -> OutboxEvent:
-    return OutboxEvent(partition, entry_id, fields["type"], json.loads(fields["data"]))
+    return OutboxEvent(partition, entry_id, fields["type"], orjson.loads(fields["data"]))
 
 
 def decode_all(partition: int, entries: Any) -> list[OutboxEvent]:

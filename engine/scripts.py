@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio.cluster
 import redis.cluster
@@ -118,7 +118,7 @@ def prepare(spec: ScriptSpec, /, *more_keys: str, **values: str | int) -> Call:
 
 def parse(raw: str | bytes) -> dict[str, Any]:
     """A function's reply: one JSON object ({"ok": true, ...} or {"err": code, ...})."""
-    reply: dict[str, Any] = json.loads(raw)
+    reply: dict[str, Any] = orjson.loads(raw)
     return reply
 
 

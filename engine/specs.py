@@ -11,8 +11,10 @@ checks that its spec names the same KEYS and ARGV, in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from operator import itemgetter
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from engine.keys import PartitionKeys
@@ -38,6 +40,16 @@ PARTITION_WIDE = (
 _WAITLISTS = ("waitlist", "wait_due", "wait_data")
 
 
+def _picker(positions: Sequence[int]) -> Callable[[Sequence[str]], tuple[str, ...]]:
+    """The items of a sequence at `positions`, as a tuple (operator.itemgetter's, in C)."""
+    if not positions:
+        return lambda _: ()
+    if len(positions) == 1:
+        one = itemgetter(positions[0])
+        return lambda keys: (one(keys),)
+    return cast(Callable[[Sequence[str]], tuple[str, ...]], itemgetter(*positions))
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptSpec:
     """One script's parameters. `keys` and `args` name KEYS[1..] and ARGV[1..] in header
@@ -59,17 +71,32 @@ class ScriptSpec:
     names: frozenset[str] = field(init=False, repr=False, compare=False)
     # the 0-based positions of the own keys in KEYS
     own_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # a call's shared keys (KEYS but its own), as a tuple: what groups coalesced calls
+    shared_of: Callable[[Sequence[str]], tuple[str, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    # partition_keys' answers, by partition
+    by_partition: dict[int, dict[str, str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
         own = tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
         object.__setattr__(self, "own_positions", own)
+        shared = [i for i in range(len(self.keys)) if i not in own]
+        object.__setattr__(self, "shared_of", _picker(shared))
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
 
     def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
-        """This operation's partition-wide keys of partition `k`, by name (for `build`)."""
-        return {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
+        """This operation's partition-wide keys of partition `k`, by name (for `build`), made
+        once per partition (callers unpack it, never change it: it is on the hot path)."""
+        found = self.by_partition.get(k.partition)
+        if found is None:
+            found = {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
+            self.by_partition[k.partition] = found
+        return found
 
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;

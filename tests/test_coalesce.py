@@ -16,7 +16,7 @@ from engine import coalesce, errors, specs
 from engine.coalesce import Coalescer, many
 from engine.engine import Engine
 from engine.invariants import check_partition
-from engine.keys import new_id, partition_keys
+from engine.keys import PartitionKeys, new_id, partition_keys
 from engine.models import CallContext, LineRequest
 from engine.scripts import Call, parse, prepare
 from engine.settings import Settings
@@ -240,6 +240,46 @@ async def test_a_caller_that_gives_up_before_its_batch_is_sent_is_left_out(
     assert await levels(engine, "p") == {"main": (6, 4)}
 
 
+# Keeps Redis busy for ARGV[1] µs: every call sent meanwhile waits on the wire.
+BUSY = """local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1"""
+
+
+async def test_while_two_batches_are_on_the_wire_the_next_gathers_until_one_is_answered(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: a batch isn't sent while `max_inflight` (2) of its group's calls are
+    waiting on Redis (it would only queue behind them); it gathers every call that comes
+    meanwhile, over any number of the loop's passes, and goes as soon as one is answered."""
+    monkeypatch.setattr(coalesce, "WINDOW_S", 10.0)  # (the time bound is not what this is about)
+    await add_product(engine, "p", {"main": 20})
+    coalescer = engine.coalescer
+    assert coalescer is not None
+    calls = [reserve_call(engine, f"u{n}", [["p", "", 1]]) for n in range(16)]
+
+    def run(batch: list[Call]) -> list[asyncio.Task[Any]]:
+        return [asyncio.create_task(coalescer.run(specs.RESERVE, c)) for c in batch]
+
+    k = partition_keys(0)
+    busy: asyncio.Future[Any] = asyncio.ensure_future(engine.redis.eval(BUSY, 1, k.stock, 300_000))
+    await asyncio.sleep(0.05)  # Redis is in the script now
+    tasks = run(calls[:1])  # nothing waiting: straight through (1 on the wire)
+    await asyncio.sleep(0)
+    tasks += run(calls[1:4])  # sent together at the end of this pass (2 on the wire)
+    await asyncio.sleep(0.01)
+    for start in (4, 8, 12):  # in three later passes: all wait, together
+        tasks += run(calls[start : start + 4])
+        await asyncio.sleep(0.01)
+    assert coalescer.sizes == {1: 1, 3: 1}  # nothing more sent while Redis is busy
+    got = await asyncio.gather(*tasks)
+    assert await busy == 1
+    assert coalescer.sizes == {1: 1, 3: 1, 12: 1}
+    assert all(parse(r)["ok"] for r in got)
+    assert await levels(engine, "p") == {"main": (4, 16)}
+
+
 async def test_coalesce_off_sends_every_call_alone(settings: Settings, clean_redis: None) -> None:
     off = dataclasses.replace(settings, coalesce=False)
     assert Settings.from_env({"COALESCE": "0"}).coalesce is False
@@ -271,12 +311,14 @@ async def test_direct_orders_are_coalesced_too(engine: Engine) -> None:
 
 def test_a_batch_sends_shared_keys_once_and_each_calls_own() -> None:
     k = partition_keys(0)
+    names = specs.RESERVE.keys  # ... idem, record (its own), behind, ...
     calls = [
-        Call("reserve_x", [k.stock, "p", "l", "e", "o", f"i{n}", f"r{n}", "b"], [n, "a"])
+        Call("reserve_x", [k.stock, *names[1:5], f"i{n}", f"r{n}", *names[7:]], [n, "a"])
         for n in range(3)
     ]
     batch = many(specs.RESERVE, calls)
-    assert batch.keys == [k.stock, "p", "l", "e", "o", "b", "i0", "r0", "i1", "r1", "i2", "r2"]
+    shared = [k.stock, *names[1:5], *names[7:]]
+    assert batch.keys == [*shared, "i0", "r0", "i1", "r1", "i2", "r2"]
     assert batch.args == [3, 0, "a", 1, "a", 2, "a"]
     assert batch.function.startswith("reserve_many_")
     assert isinstance(Coalescer, type)
@@ -307,11 +349,10 @@ async def test_calls_for_different_partitions_never_share_a_call(
         assert engine.coalescer is not None
         assert max(engine.coalescer.sizes) > 1
     k0, k1 = partition_keys(0), partition_keys(1)
+
+    def call(k: PartitionKeys, n: int) -> Call:
+        keys = {**specs.RESERVE.partition_keys(k), "idem": f"i{n}", "record": f"r{n}"}
+        return Call("f", [keys[name] for name in specs.RESERVE.keys], [n])
+
     with pytest.raises(ValueError, match="same keys"):
-        many(
-            specs.RESERVE,
-            [
-                Call("f", [k0.stock, "p", "l", "e", "o", "i0", "r0", k0.behind], [0]),
-                Call("f", [k1.stock, "p", "l", "e", "o", "i1", "r1", k1.behind], [1]),
-            ],
-        )
+        many(specs.RESERVE, [call(k0, 0), call(k1, 1)])
