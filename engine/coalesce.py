@@ -64,7 +64,7 @@ class _Group:
 class Coalescer:
     """Sends an operation's calls alone or in batches, by the rule above."""
 
-    def __init__(self, scripts: Scripts, *, max_batch: int = 32, max_inflight: int = 2) -> None:
+    def __init__(self, scripts: Scripts, *, max_batch: int = 16, max_inflight: int = 2) -> None:
         self._scripts = scripts
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)

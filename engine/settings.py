@@ -80,7 +80,7 @@ class Settings:
     # process for one partition, made while such calls are already waiting on Redis, go as
     # one function call of at most `coalesce_max_batch`, each answered as if alone.
     coalesce: bool = True
-    coalesce_max_batch: int = 32
+    coalesce_max_batch: int = 16
     reservation_ttl_ms: int = 600_000
     reservation_ttl_min_ms: int = 10_000
     reservation_ttl_max_ms: int = 3_600_000
