@@ -26,9 +26,10 @@ from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
 from persistence.db import libpq_url
 from scripts.bench import rowlock, statement
-from scripts.bench.app import BARE_PATH, create_bench_app
+from scripts.bench.app import BARE_PATH, REFERENCE_PATH, create_bench_app
 from scripts.bench.cost import median_ratio, pool
 from scripts.bench.harness import exact_counts
+from scripts.bench.options import reference_fields, reference_keys
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
@@ -185,6 +186,32 @@ async def test_the_bare_endpoint_serves_staff_within_the_body_limit(
     assert held.status_code == 201
     assert set(held.json()) == {"id"}
     assert (await engine.get_stock("5")).reserved == 1
+
+
+async def test_the_reference_endpoint_runs_the_reference_script_on_keys_of_its_own(
+    bench_client: tuple[httpx.AsyncClient, Any],
+) -> None:
+    client, app = bench_client
+    engine = app.state.services.engine
+    stock = reference_keys("")[0]
+    available, reserved = reference_fields(9)
+    await engine.redis.hset(stock, mapping={available: 1, reserved: 0})
+    events = await engine.redis.xlen(partition_keys(0).outbox)
+    one = {"product": 9, "quantity": 1}
+    staff = bearer(app, "1", staff=True)
+    customer = await client.post(REFERENCE_PATH, json=one, headers=bearer(app, "2"))
+    assert (customer.status_code, err(customer)["code"]) == (403, "forbidden")
+    held = await client.post(REFERENCE_PATH, json=one, headers=staff)
+    short = await client.post(REFERENCE_PATH, json=one, headers=staff)
+    assert held.status_code == 201
+    assert (short.status_code, short.json()) == (409, {"code": "insufficient_stock"})
+    rid = held.json()["id"]
+    assert await engine.redis.hmget(stock, available, reserved) == ["0", "1"]
+    record = json.loads(await engine.redis.get(reference_keys(rid)[1]))
+    assert record == {"id": rid, "owner": "1", "lines": [["9", "main", 1]]}
+    assert await engine.redis.xlen(reference_keys(rid)[3]) == 1
+    # the engine's own keys are untouched
+    assert await engine.redis.xlen(partition_keys(0).outbox) == events
 
 
 async def test_row_lock_endpoint_reserves(bench_client: tuple[httpx.AsyncClient, Any]) -> None:
@@ -346,16 +373,21 @@ def test_bench_runs_every_scenario_with_exact_counts(
         for row in scenarios[scenario]["rows"]:
             assert row.get("errors", 0) == 0, (scenario, row)
     cost = scenarios["cost"]
-    full, bare, reference, read, *statements = cost["rows"]
+    full, bare, reference, reference_http, read, *statements = cost["rows"]
     systems = [r["system"] for r in cost["rows"]]
-    assert systems[:4] == ["full API", "bare endpoint", "reference", "product read"]
-    assert systems[4:] == ["single-statement"] * len(commits)  # at each durability
-    for row in (full, bare, read, *statements):  # per request, from /proc and INFO cpu
+    assert systems[:5] == [
+        "full API", "bare endpoint", "reference", "reference over HTTP", "product read"
+    ]  # fmt: skip
+    assert systems[5:] == ["single-statement"] * len(commits)  # at each durability
+    for row in (full, bare, reference_http, read, *statements):  # per request: /proc, INFO cpu
         assert row["ok"] > 0
         assert row["api_cpu_us"] > 0
         assert row["redis_cpu_us"] > 0
-    assert reference["redis_cpu_us"] > 0
-    assert reference["redis_commands"]["xadd"]["calls"] == 1  # one event per call
+    for row in (reference, reference_http):
+        assert row["redis_cpu_us"] > 0
+        assert row["redis_commands"]["xadd"]["calls"] == 1  # one event per call
+    assert reference_http["redis_commands"]["evalsha"]["calls"] == 1  # each call alone
+    assert cost["redis_cpu_full_vs_reference_http"] > 0
     assert cost["api_cpu_full_vs_bare"] > 0
     assert cost["redis_cpu_full_vs_reference"] > 0
     assert cost["drained"] == cost["backlog_events"] > 0
@@ -400,6 +432,7 @@ def test_bench_runs_every_scenario_with_exact_counts(
             )
         ),
         "redis_cpu_full_vs_reference",
+        "redis_cpu_full_vs_reference_http",
         "api_cpu_full_vs_bare",
         "api_cpu_read_vs_bare",
         "drain_vs_api_events_x",

@@ -20,6 +20,12 @@ with `create_app` and plugs these in from outside):
   201 `{"id"}`, or the API's status with `{"code"}` alone (409 `insufficient_stock`, 404
   `product_not_found`, 400 `invalid_input`).
 
+- `POST /bench/bare/reference` — the bare endpoint calling `scripts/bench/reference.lua` (a
+  reservation's minimum work in Redis) instead of the engine, on keys of its own
+  (`bench:ref:*`; `reference_keys`): the reference under the same HTTP load as ours, since what
+  a command costs Redis grows with the load on the machine's cores. 201 `{"id"}`, or 409
+  `{"code": "insufficient_stock"}`.
+
 Every one of them needs a staff token (401 without, 403 for a customer) and keeps the body
 limit (413 over MAX_BODY_BYTES), in the API's envelope: `serve --bench` on a reachable address
 must not hand strangers a way round the API's checks. The bare endpoint does both itself, at
@@ -32,8 +38,10 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,11 +50,12 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from engine.errors import EngineError
-from engine.keys import uuid4_str
+from engine.keys import uuid4_hex, uuid4_str
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence.db import libpq_url
 from scripts.bench import rowlock, statement
+from scripts.bench.options import reference_fields, reference_keys
 from web.accounts import look_up
 from web.app import create_app
 from web.auth import require_staff
@@ -57,6 +66,9 @@ from web.schemas.orders import ReserveIn
 from web.services.container import Services
 
 BARE_PATH = "/bench/bare/reserve"
+REFERENCE_PATH = "/bench/bare/reference"
+REFERENCE_SCRIPT = Path(__file__).with_name("reference.lua")
+REFERENCE_TTL_MS = 600_000
 
 
 async def rowlock_reserve(request: Request) -> Response:
@@ -158,17 +170,35 @@ async def _bare(app: Starlette, scope: Scope, receive: Receive, send: Send) -> N
     except (ValueError, KeyError, TypeError):
         pass
     else:
-        try:
-            # the token's user holds it, as in the full API (MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
-            held = await svc.engine.reserve([line], CallContext(actor=who.user_id))
-        except EngineError as exc:  # the API's status and code, without its envelope
-            refused = from_engine(exc)
-            status, payload = refused.status, json.dumps({"code": refused.code}).encode()
+        if scope["path"] == REFERENCE_PATH:
+            status, payload = await _reference(app, line, who.user_id)
         else:
-            status, payload = 201, b'{"id":"' + held.id.encode() + b'"}'
+            status, payload = await _reserve(svc, line, who.user_id)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _reserve(svc: Services, line: LineRequest, user: str) -> tuple[int, bytes]:
+    try:
+        # the token's user holds it, as in the full API (MAX_LIVE_RESERVATIONS_PER_CUSTOMER)
+        held = await svc.engine.reserve([line], CallContext(actor=user))
+    except EngineError as exc:  # the API's status and code, without its envelope
+        refused = from_engine(exc)
+        return refused.status, json.dumps({"code": refused.code}).encode()
+    return 201, b'{"id":"' + held.id.encode() + b'"}'
+
+
+async def _reference(app: Starlette, line: LineRequest, user: str) -> tuple[int, bytes]:
+    rid = uuid4_hex()
+    record = json.dumps(
+        {"id": rid, "owner": user, "lines": [[line.product, "main", line.quantity]]}
+    )
+    args = [*reference_fields(line.product), line.quantity, rid, REFERENCE_TTL_MS, record]
+    held = await app.state.reference(keys=reference_keys(rid), args=args)
+    if int(held) <= 0:
+        return 409, b'{"code":"insufficient_stock"}'
+    return 201, b'{"id":"' + rid.encode() + b'"}'
 
 
 def services_of(app: Starlette) -> Services:
@@ -183,7 +213,11 @@ class BenchApp:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == BARE_PATH and scope["method"] == "POST":
+        if (
+            scope["type"] == "http"
+            and scope["path"] in (BARE_PATH, REFERENCE_PATH)
+            and scope["method"] == "POST"
+        ):
             await _bare(self.app, scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -212,7 +246,13 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with api_lifespan(app), _rowlock_pools(app, conninfo, pool_size):
-            yield
+            # the reference script, over connections of its own (EVALSHA)
+            client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+            app.state.reference = client.register_script(REFERENCE_SCRIPT.read_text())
+            try:
+                yield
+            finally:
+                await client.aclose()
 
     app.router.lifespan_context = lifespan
     return BenchApp(app)

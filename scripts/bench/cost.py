@@ -11,7 +11,12 @@ At one concurrency (`--cost-connections`, 64), 1,000 buyers making 4 requests ea
   drainer);
 - `reference`: `scripts/bench/reference.lua` — only a reservation's real work (read the
   counter, move the units, the record with its expiry, its index entry, one event: five
-  writes) — called with EVALSHA straight from a redis-py client in this process.
+  writes) — called with EVALSHA straight from a redis-py client in this process;
+- `reference over HTTP`: the same script behind the bare endpoint's stack
+  (`POST /bench/bare/reference`), each call alone, under the same HTTP load as `full` and
+  `bare`: what a command costs Redis grows with what else runs on the machine's two cores
+  (the same HSET costs ~3x as much under the API's load as called alone), so the full API is
+  set against the reference under like load too (`redis_cpu_full_vs_reference_http`).
 
 Per reservation: the API server's CPU (µs; utime + stime of the uvicorn processes from
 `/proc/<pid>/stat`), Redis's CPU (µs; `INFO cpu` used_cpu_user + used_cpu_sys) and where it
@@ -54,7 +59,17 @@ from scripts.bench.measure import (
     summarise,
 )
 from scripts.bench.meter import Meter
-from scripts.bench.options import BARE, BASELINES, HUGE, OURS, STATEMENT
+from scripts.bench.options import (
+    BARE,
+    BASELINES,
+    HUGE,
+    OURS,
+    REFERENCE_HTTP,
+    REFERENCE_PREFIX,
+    STATEMENT,
+    reference_fields,
+    reference_keys,
+)
 from scripts.bench.stack import Stack
 
 REFERENCE = Path(__file__).with_name("reference.lua")
@@ -91,7 +106,13 @@ def _http_row(
     opts = stack.opts
     conns = opts.cost_connections
     hot = stack.product_id()
-    stack.stock(system, {hot: HUGE})
+    reference = system == REFERENCE_HTTP
+    if reference:  # its keys of its own (scripts/bench/app.py)
+        with stack.redis_client() as client:
+            available, reserved = reference_fields(hot)
+            client.hset(reference_keys("")[0], mapping={available: HUGE, reserved: 0})
+    else:
+        stack.stock(system, {hot: HUGE})
     tokens = buyer_tokens(stack, system, first, 1000)
     body = {"product": hot, "quantity": 1}
     calls = [reserve_call(stack, system, t, body, "reserve", durability) for t in tokens]
@@ -100,10 +121,13 @@ def _http_row(
     progress.step(f"cost: {system}{also}, {conns} connections for {opts.seconds:g}s")
     stack.drain_to_end()
     before = meter.read()
-    with nothing() if baseline else drainer(stack) as lag:
+    with nothing() if baseline or reference else drainer(stack) as lag:
         got = _offer(stack, calls)
     # after the drainer has drained every event the run made: their drain counts too
     after = meter.read()
+    if reference:
+        with stack.redis_client() as client:
+            client.unlink(*client.scan_iter(f"{REFERENCE_PREFIX}*", count=1000))
     fsync = durability or opts.fsync[0]
     row = summarise(got, system=system, fsync=fsync, mode="cost", connections=conns)
     row.update(meter.delta(before, after, row["ok"]))
@@ -349,10 +373,14 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
                     "bare": _http_row(stack, meter, BARE, progress, first=40_000 + offset),
                     "read": _read_row(stack, meter, progress, first=42_000 + offset),
                     "reference": _reference_row(stack, meter, progress),
+                    "reference_http": _http_row(
+                        stack, meter, REFERENCE_HTTP, progress, first=40_000 + offset
+                    ),
                 }
             )
-        full, bare, read, reference = (
-            pool([one[name] for one in rounds]) for name in ("full", "bare", "read", "reference")
+        full, bare, read, reference, reference_http = (
+            pool([one[name] for one in rounds])
+            for name in ("full", "bare", "read", "reference", "reference_http")
         )
         statements = [
             _http_row(stack, meter, STATEMENT, progress, durability)
@@ -372,6 +400,8 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
     for name, (a, b, field) in {
         "redis_cpu_full_vs_reference": ("full", "reference", "redis_cpu_us"),
         "redis_cpu_bare_vs_reference": ("bare", "reference", "redis_cpu_us"),
+        "redis_cpu_full_vs_reference_http": ("full", "reference_http", "redis_cpu_us"),
+        "redis_cpu_bare_vs_reference_http": ("bare", "reference_http", "redis_cpu_us"),
         "api_cpu_full_vs_bare": ("full", "bare", "api_cpu_us"),
         "api_cpu_read_vs_bare": ("read", "bare", "api_cpu_us"),
     }.items():
@@ -379,7 +409,7 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
         if len(rounds) > 1:
             ratios[f"{name}_rounds"] = each
     return {
-        "rows": [full, bare, reference, read, *statements],
+        "rows": [full, bare, reference, reference_http, read, *statements],
         "cost_rounds": len(rounds),
         **ratios,
         **drain,

@@ -122,7 +122,7 @@ class Meter:
             "self_cpu_us": round((b["self"] - a["self"]) / n, 1),
             "pg_rows": round((b["pg"][0] - a["pg"][0]) / n, 2),
             "pg_transactions": round((b["pg"][1] - a["pg"][1]) / n, 3),
-            "redis_commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:8]),
+            "redis_commands": dict(sorted(commands.items(), key=lambda kv: -kv[1]["usec"])[:16]),
         }
 
     def close(self) -> None:

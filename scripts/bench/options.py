@@ -17,6 +17,11 @@ SCENARIOS = (
 )
 JWT_KEYS = "bench:" + "b" * 40
 OURS, BASELINE, BARE = "ours", "row-lock", "bare"
+# the reference script behind the bare endpoint's stack (cost scenario; scripts/bench/app.py)
+REFERENCE_HTTP = "reference over HTTP"
+REFERENCE_PREFIX = "bench:ref:"  # its keys
+
+
 STATEMENT = "single-statement"  # the second baseline: one SQL statement per reservation
 BASELINES = (BASELINE, STATEMENT)  # the PostgreSQL designs, each behind the same HTTP stack
 SYNC, ASYNC = "sync commit", "async commit"  # the baselines' durability settings
@@ -25,6 +30,7 @@ PATHS = {
     BASELINE: "/bench/rowlock/reservations/",
     STATEMENT: "/bench/statement/reservations/",
     BARE: "/bench/bare/reserve",
+    REFERENCE_HTTP: "/bench/bare/reference",
 }
 BASELINE_PATHS = {SYNC: PATHS[BASELINE], ASYNC: "/bench/rowlock-async/reservations/"}
 STATEMENT_PATHS = {SYNC: PATHS[STATEMENT], ASYNC: "/bench/statement-async/reservations/"}
@@ -73,3 +79,15 @@ class Target:
 
 
 EXTERNAL_IDS = 1_000_000_000  # products and buyers of a run against running services
+
+
+def reference_keys(rid: str) -> list[str]:
+    """The reference endpoint's KEYS for reservation `rid`: the stock hash (`reference_fields`),
+    the record, the expiry index, the stream (scripts/bench/reference.lua)."""
+    p = REFERENCE_PREFIX
+    return [f"{p}stock", f"{p}r:{rid}", f"{p}expiry", f"{p}outbox"]
+
+
+def reference_fields(product: int | str) -> tuple[str, str]:
+    """A product's fields in the reference endpoint's stock hash: available, reserved."""
+    return f"available:{product}", f"reserved:{product}"

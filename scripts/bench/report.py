@@ -91,6 +91,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if "cost" in results:
         c = results["cost"]
         target("redis_cpu_full_vs_reference", c.get("redis_cpu_full_vs_reference"), 3, False)
+        # issue 12's: against the reference under the same HTTP load (cost.py)
+        full_vs_http = c.get("redis_cpu_full_vs_reference_http")
+        target("redis_cpu_full_vs_reference_http", full_vs_http, 1.5, False)
         target("api_cpu_full_vs_bare", c.get("api_cpu_full_vs_bare"), 1.33, False)
         target("api_cpu_read_vs_bare", c.get("api_cpu_read_vs_bare"), 1, False)
         if c.get("drain_vs_api_events_x") is not None:
