@@ -17,10 +17,10 @@ calls for different partitions never share a call):
   the next forms) are on the wire: then it keeps gathering until one of them is answered (or
   it is full), and is sent at once. A call sent earlier would only queue in Redis behind them
   — Redis runs one call at a time and a batch whole — so the wait adds no latency of its own,
-  while the batches grow with the load (group commit): under a flash sale's burst a batch
-  carries ~20-30 calls instead of 3-4, and each call's share of the round trip, its system
-  calls and its encoding in both processes falls with it. A batch of one is sent as the plain
-  call.
+  while the batches grow with the load (group commit): with 64 callers a batch carries ~15
+  calls (`max_batch` 16, COALESCE_MAX_BATCH) instead of 3-4, and each call's share of the
+  round trip, its system calls and its encoding in both processes falls with it. A batch of
+  one is sent as the plain call.
 - A batch runs as `<operation>_many` (lua/many.lua): each call in arrival order, with its own
   keys, arguments, idempotency record, event and reply — exactly what the calls would have
   done one after another. A call that raises in Redis gets its own error; the others their

@@ -279,7 +279,7 @@ _tags = _Tags()
 
 @lru_cache(maxsize=1024)
 def partition_keys(partition: int) -> PartitionKeys:
-    tag = f"{PREFIX}:{{p{partition}}}"
+    tag = _tags[partition]
     return PartitionKeys(
         partition=partition,
         stock=f"{tag}:stock",
