@@ -91,9 +91,7 @@ class Coalescer:
             try:
                 return await self._scripts.raw(call)
             finally:
-                group.inflight -= 1
-                if group.pending and not group.flush_scheduled:  # it waited for this one
-                    self._flush(spec, group)
+                self._answered(spec, group)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         group.pending.append((call, future))
         now = time.monotonic()
@@ -113,6 +111,13 @@ class Coalescer:
         if group.inflight < self._max_inflight:
             self._flush(spec, group)
         # else: sent when one of the group's batches is answered (_send)
+
+    def _answered(self, spec: ScriptSpec, group: _Group) -> None:
+        """One of the group's calls or batches is answered: a batch that waited for its slot
+        on the wire goes now."""
+        group.inflight -= 1
+        if group.pending and not group.flush_scheduled:
+            self._flush(spec, group)
 
     def _flush(self, spec: ScriptSpec, group: _Group) -> None:
         batch = [(c, f) for c, f in group.pending if not f.done()]
@@ -144,9 +149,7 @@ class Coalescer:
                     future.set_exception(exc)
             return
         finally:
-            group.inflight -= 1
-            if group.pending and not group.flush_scheduled:  # it waited for this one
-                self._flush(spec, group)
+            self._answered(spec, group)
         if not isinstance(replies, list) or len(replies) != len(batch):  # never: but no hang
             wrong = ResponseError(f"{spec.name}_many answered {len(batch)} calls with {replies!r}")
             for _, future in batch:

@@ -14,7 +14,7 @@ import re
 import threading
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 PREFIX = "inv"
@@ -127,6 +127,8 @@ class PartitionKeys:
     expiry: str
     outbox: str
     dead_letters: str
+    # the hash tag that puts the partition's keys in one slot: `inv:{p<N>}`
+    _tag: str = field(repr=False)
 
     def reservation(self, reservation_id: str) -> str:
         return f"{self._tag}:reservation:{reservation_id}"
@@ -216,10 +218,6 @@ class PartitionKeys:
         """A SCAN pattern matching every order record of the partition (see `record_id`)."""
         return self.order("*")
 
-    @property
-    def _tag(self) -> str:
-        return _tags[self.partition]
-
 
 def stock_fields(product: str, warehouse: str) -> tuple[str, str]:
     """The fields of one product x warehouse in a partition's stock hash: available, reserved
@@ -266,22 +264,12 @@ def idempotency_hash(key: str) -> str:
     return digest
 
 
-class _Tags(dict[int, str]):
-    """The hash tag that puts a partition's keys in one slot, by partition: `inv:{p<N>}`."""
-
-    def __missing__(self, partition: int) -> str:
-        tag = self[partition] = f"{PREFIX}:{{p{partition}}}"
-        return tag
-
-
-_tags = _Tags()
-
-
 @lru_cache(maxsize=1024)
 def partition_keys(partition: int) -> PartitionKeys:
-    tag = _tags[partition]
+    tag = f"{PREFIX}:{{p{partition}}}"
     return PartitionKeys(
         partition=partition,
+        _tag=tag,
         stock=f"{tag}:stock",
         products=f"{tag}:products",
         live=f"{tag}:reservations:live",

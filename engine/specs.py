@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine.keys import PartitionKeys
@@ -38,16 +38,6 @@ PARTITION_WIDE = (
 # The waitlists' keys, which every call that may give units back names last but for the
 # waitlist function's `behind` (lua/wait.lua use_waitlists).
 _WAITLISTS = ("waitlist", "wait_due", "wait_data")
-
-
-def _picker(positions: Sequence[int]) -> Callable[[Sequence[str]], tuple[str, ...]]:
-    """The items of a sequence at `positions`, as a tuple (operator.itemgetter's, in C)."""
-    if not positions:
-        return lambda _: ()
-    if len(positions) == 1:
-        one = itemgetter(positions[0])
-        return lambda keys: (one(keys),)
-    return cast(Callable[[Sequence[str]], tuple[str, ...]], itemgetter(*positions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +74,11 @@ class ScriptSpec:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
         own = tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
         object.__setattr__(self, "own_positions", own)
+        # (operator.itemgetter, in C: of two or more positions it gives a tuple, and every
+        # operation that has own keys shares more than one)
         shared = [i for i in range(len(self.keys)) if i not in own]
-        object.__setattr__(self, "shared_of", _picker(shared))
+        picker = itemgetter(*shared) if len(shared) > 1 else lambda keys: (keys[shared[0]],)
+        object.__setattr__(self, "shared_of", picker)
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
 

@@ -25,11 +25,10 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM
 from engine.settings import PROJECT_ROOT, Settings
 from persistence.db import libpq_url
-from scripts.bench import rowlock, statement
+from scripts.bench import reference, rowlock, statement
 from scripts.bench.app import BARE_PATH, REFERENCE_PATH, create_bench_app
 from scripts.bench.cost import median_ratio, pool
 from scripts.bench.harness import exact_counts
-from scripts.bench.options import reference_fields, reference_keys
 from scripts.redis_server import RedisServer, free_port
 from tests.api import bearer, err
 from tests.support import run_cli, wait_until_serving
@@ -193,8 +192,8 @@ async def test_the_reference_endpoint_runs_the_reference_script_on_keys_of_its_o
 ) -> None:
     client, app = bench_client
     engine = app.state.services.engine
-    stock = reference_keys("")[0]
-    available, reserved = reference_fields(9)
+    stock = reference.keys("")[0]
+    available, reserved = reference.fields(9)
     await engine.redis.hset(stock, mapping={available: 1, reserved: 0})
     events = await engine.redis.xlen(partition_keys(0).outbox)
     one = {"product": 9, "quantity": 1}
@@ -207,9 +206,9 @@ async def test_the_reference_endpoint_runs_the_reference_script_on_keys_of_its_o
     assert (short.status_code, short.json()) == (409, {"code": "insufficient_stock"})
     rid = held.json()["id"]
     assert await engine.redis.hmget(stock, available, reserved) == ["0", "1"]
-    record = json.loads(await engine.redis.get(reference_keys(rid)[1]))
+    record = json.loads(await engine.redis.get(reference.keys(rid)[1]))
     assert record == {"id": rid, "owner": "1", "lines": [["9", "main", 1]]}
-    assert await engine.redis.xlen(reference_keys(rid)[3]) == 1
+    assert await engine.redis.xlen(reference.keys(rid)[3]) == 1
     # the engine's own keys are untouched
     assert await engine.redis.xlen(partition_keys(0).outbox) == events
 

@@ -38,7 +38,6 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio
@@ -54,8 +53,7 @@ from engine.keys import uuid4_hex, uuid4_str
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence.db import libpq_url
-from scripts.bench import rowlock, statement
-from scripts.bench.options import reference_fields, reference_keys
+from scripts.bench import reference, rowlock, statement
 from web.accounts import look_up
 from web.app import create_app
 from web.auth import require_staff
@@ -67,7 +65,6 @@ from web.services.container import Services
 
 BARE_PATH = "/bench/bare/reserve"
 REFERENCE_PATH = "/bench/bare/reference"
-REFERENCE_SCRIPT = Path(__file__).with_name("reference.lua")
 REFERENCE_TTL_MS = 600_000
 
 
@@ -194,8 +191,8 @@ async def _reference(app: Starlette, line: LineRequest, user: str) -> tuple[int,
     record = json.dumps(
         {"id": rid, "owner": user, "lines": [[line.product, "main", line.quantity]]}
     )
-    args = [*reference_fields(line.product), line.quantity, rid, REFERENCE_TTL_MS, record]
-    held = await app.state.reference(keys=reference_keys(rid), args=args)
+    args = [*reference.fields(line.product), line.quantity, rid, REFERENCE_TTL_MS, record]
+    held = await app.state.reference(keys=reference.keys(rid), args=args)
     if int(held) <= 0:
         return 409, b'{"code":"insufficient_stock"}'
     return 201, b'{"id":"' + rid.encode() + b'"}'
@@ -248,7 +245,7 @@ def create_bench_app(settings: Settings | None = None) -> BenchApp:
         async with api_lifespan(app), _rowlock_pools(app, conninfo, pool_size):
             # the reference script, over connections of its own (EVALSHA)
             client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
-            app.state.reference = client.register_script(REFERENCE_SCRIPT.read_text())
+            app.state.reference = client.register_script(reference.SCRIPT.read_text())
             try:
                 yield
             finally:

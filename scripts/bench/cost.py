@@ -32,17 +32,11 @@ against the single statement's: on 2 shared cores, what bounds each one's rate.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import redis
-import redis.asyncio
 
 from engine import outbox
 from persistence import schema
@@ -65,14 +59,11 @@ from scripts.bench.options import (
     HUGE,
     OURS,
     REFERENCE_HTTP,
-    REFERENCE_PREFIX,
     STATEMENT,
-    reference_fields,
-    reference_keys,
 )
+from scripts.bench.reference import reference_row, stocked
 from scripts.bench.stack import Stack
 
-REFERENCE = Path(__file__).with_name("reference.lua")
 PER_BUYER = 4  # requests per buyer in each row (1,000 buyers)
 
 
@@ -107,11 +98,7 @@ def _http_row(
     conns = opts.cost_connections
     hot = stack.product_id()
     reference = system == REFERENCE_HTTP
-    if reference:  # its keys of its own (scripts/bench/app.py)
-        with stack.redis_client() as client:
-            available, reserved = reference_fields(hot)
-            client.hset(reference_keys("")[0], mapping={available: HUGE, reserved: 0})
-    else:
+    if not reference:  # (the reference's units are on keys of its own: reference.stocked)
         stack.stock(system, {hot: HUGE})
     tokens = buyer_tokens(stack, system, first, 1000)
     body = {"product": hot, "quantity": 1}
@@ -120,14 +107,12 @@ def _http_row(
     also = f" ({durability})" if durability else ", drainer on"
     progress.step(f"cost: {system}{also}, {conns} connections for {opts.seconds:g}s")
     stack.drain_to_end()
-    before = meter.read()
-    with nothing() if baseline or reference else drainer(stack) as lag:
-        got = _offer(stack, calls)
-    # after the drainer has drained every event the run made: their drain counts too
-    after = meter.read()
-    if reference:
-        with stack.redis_client() as client:
-            client.unlink(*client.scan_iter(f"{REFERENCE_PREFIX}*", count=1000))
+    with stocked(stack, hot) if reference else nothing():
+        before = meter.read()
+        with nothing() if baseline or reference else drainer(stack) as lag:
+            got = _offer(stack, calls)
+        # after the drainer has drained every event the run made: their drain counts too
+        after = meter.read()
     fsync = durability or opts.fsync[0]
     row = summarise(got, system=system, fsync=fsync, mode="cost", connections=conns)
     row.update(meter.delta(before, after, row["ok"]))
@@ -176,75 +161,6 @@ def _read_row(
     for name in ("self_cpu_us", "pg_rows", "pg_transactions"):
         row.pop(name)
     return row
-
-
-async def _reference_calls(
-    stack: Stack, seconds: float, concurrency: int, meter: Meter
-) -> tuple[int, float, dict[str, Any], dict[str, Any]]:
-    """(calls, seconds, the meter before, after): read around the timed calls alone, the
-    set-up and the clean-up left out."""
-    client = redis.asyncio.Redis.from_url(stack.redis_url, max_connections=concurrency)
-    tag = f"bench-ref-{uuid.uuid4().hex[:8]}"
-    stock, expiry, events = f"{{{tag}}}:stock", f"{{{tag}}}:expiry", f"{{{tag}}}:outbox"
-    script = client.register_script(REFERENCE.read_text())
-    await client.hset(stock, mapping={"available": HUGE, "reserved": 0})
-    made: list[str] = []
-    try:
-
-        async def one() -> None:
-            rid = uuid.uuid4().hex
-            record = json.dumps({"id": rid, "owner": "bench", "lines": [["ref", "main", 1]]})
-            keys = [stock, f"{{{tag}}}:r:{rid}", expiry, events]
-            await script(keys=keys, args=["available", "reserved", 1, rid, 600_000, record])
-            made.append(rid)
-
-        await asyncio.gather(*(one() for _ in range(concurrency)))  # cached, connected
-        made.clear()
-        before = meter.read()
-        end = time.monotonic() + seconds
-
-        async def loop() -> None:
-            while time.monotonic() < end:
-                await one()
-
-        started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.monotonic() - started
-        after = meter.read()
-        return len(made), elapsed, before, after
-    finally:
-        for i in range(0, len(made), 1000):
-            await client.delete(*(f"{{{tag}}}:r:{rid}" for rid in made[i : i + 1000]))
-        await client.delete(stock, expiry, events)
-        await client.aclose()
-
-
-def _reference_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
-    opts = stack.opts
-    conns = opts.cost_connections
-    progress.step(f"cost: reference script, {conns} concurrent calls for {opts.seconds:g}s")
-    try:
-        import uvloop
-
-        calls, elapsed, before, after = uvloop.run(
-            _reference_calls(stack, opts.seconds, conns, meter)
-        )
-    except ImportError:  # pragma: no cover
-        calls, elapsed, before, after = asyncio.run(
-            _reference_calls(stack, opts.seconds, conns, meter)
-        )
-    delta = meter.delta(before, after, calls)
-    return {
-        "system": "reference",
-        "fsync": opts.fsync[0],
-        "mode": "cost",
-        "connections": conns,
-        "requests": calls,
-        "ops_per_s": round(calls / elapsed, 1) if elapsed else None,
-        "ok": calls,
-        "redis_cpu_us": delta["redis_cpu_us"],
-        "redis_commands": delta["redis_commands"],
-    }
 
 
 def _drain_row(stack: Stack, meter: Meter, progress: Progress) -> dict[str, Any]:
@@ -372,7 +288,7 @@ def cost_scenario(stack: Stack, progress: Progress) -> dict[str, Any]:
                     "full": _http_row(stack, meter, OURS, progress, first=40_000 + offset),
                     "bare": _http_row(stack, meter, BARE, progress, first=40_000 + offset),
                     "read": _read_row(stack, meter, progress, first=42_000 + offset),
-                    "reference": _reference_row(stack, meter, progress),
+                    "reference": reference_row(stack, meter, progress),
                     "reference_http": _http_row(
                         stack, meter, REFERENCE_HTTP, progress, first=40_000 + offset
                     ),

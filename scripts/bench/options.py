@@ -19,7 +19,6 @@ JWT_KEYS = "bench:" + "b" * 40
 OURS, BASELINE, BARE = "ours", "row-lock", "bare"
 # the reference script behind the bare endpoint's stack (cost scenario; scripts/bench/app.py)
 REFERENCE_HTTP = "reference over HTTP"
-REFERENCE_PREFIX = "bench:ref:"  # its keys
 
 
 STATEMENT = "single-statement"  # the second baseline: one SQL statement per reservation
@@ -79,15 +78,3 @@ class Target:
 
 
 EXTERNAL_IDS = 1_000_000_000  # products and buyers of a run against running services
-
-
-def reference_keys(rid: str) -> list[str]:
-    """The reference endpoint's KEYS for reservation `rid`: the stock hash (`reference_fields`),
-    the record, the expiry index, the stream (scripts/bench/reference.lua)."""
-    p = REFERENCE_PREFIX
-    return [f"{p}stock", f"{p}r:{rid}", f"{p}expiry", f"{p}outbox"]
-
-
-def reference_fields(product: int | str) -> tuple[str, str]:
-    """A product's fields in the reference endpoint's stock hash: available, reserved."""
-    return f"available:{product}", f"reserved:{product}"
