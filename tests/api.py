@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -47,6 +48,13 @@ def data(response: httpx.Response) -> Any:
     body = response.json()
     assert "error" not in body, body
     return body["data"]
+
+
+def newest_first(*items: dict[str, Any]) -> list[str]:
+    """The ids in a list's order: newest first, and by id between records made in the same
+    millisecond (the order a list promises; calls made one after another can share one)."""
+    at = {item["id"]: datetime.fromisoformat(item["created_at"]) for item in items}
+    return sorted(at, key=lambda id_: (at[id_], id_), reverse=True)
 
 
 def err(response: httpx.Response) -> dict[str, Any]:

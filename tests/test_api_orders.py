@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from engine.keys import partition_keys
 from engine.settings import Settings
 from persistence import schema
-from tests.api import assert_invalid_body, data, err, running
+from tests.api import assert_invalid_body, data, err, newest_first, running
 from tests.support import ORDER_MOVES, ORDER_PATHS, ORDER_STATUSES, moves_from
 from tests.test_api_reservations import drain, ids, levels, product, reserve, state, svc, user
 from web import consistency
@@ -563,7 +563,7 @@ async def test_newest_first_pages_never_repeat_or_skip_while_orders_arrive(
 
     seen = await page_through(store, client, "", arriving)
 
-    assert ids(seen) == ids(existing)[::-1]
+    assert ids(seen) == newest_first(*existing)
 
 
 async def test_highest_value_pages_never_repeat_or_skip_while_orders_arrive(
@@ -596,8 +596,9 @@ async def test_previous_pages_lead_back(store: Starlette, client: httpx.AsyncCli
         f"/api/orders/?limit=2&cursor={second.json()['previous']}", headers=user(store)
     )
 
-    assert ids(data(second)) == ids(made)[::-1][2:4]
-    assert ids(data(back)) == ids(data(first)) == ids(made)[::-1][:2]
+    in_order = newest_first(*made)
+    assert ids(data(second)) == in_order[2:4]
+    assert ids(data(back)) == ids(data(first)) == in_order[:2]
     assert back.json()["previous"] is None
 
 

@@ -23,7 +23,7 @@ from engine.keys import partition_keys
 from engine.models import SYSTEM
 from persistence import schema
 from persistence.drain import drain_partition
-from tests.api import assert_invalid_body, bearer, data, err
+from tests.api import assert_invalid_body, bearer, data, err, newest_first
 from tests.support import redis_env
 from web import consistency
 from web.consistency import WAIT_S
@@ -517,17 +517,18 @@ async def test_list_own_newest_first_filtered_by_status(
     await asyncio.sleep(0.1)
     await drain(shop)
 
-    newest_first = [lapsed["id"], active["id"], committed["id"], released["id"]]
-    assert ids(await listed(client, alice)) == newest_first
+    alices = newest_first(lapsed, active, committed, released)
+    assert ids(await listed(client, alice)) == alices
     assert ids(await listed(client, alice, "status=ACTIVE")) == [active["id"]]
     assert ids(await listed(client, alice, "status=released")) == [released["id"]]
     assert ids(await listed(client, alice, "status=committed")) == [committed["id"]]
     # past expires_at it is expired, whether the sweep has recorded it yet or not
     expired = await listed(client, alice, "status=expired")
     assert (ids(expired), expired[0]["status"]) == ([lapsed["id"]], "expired")
-    assert ids(await listed(client, alice, "user=1")) == newest_first
+    assert ids(await listed(client, alice, "user=1")) == alices
     assert ids(await listed(client, bob)) == [bobs["id"]]
-    assert ids(await listed(client, staff)) == [bobs["id"], *newest_first]
+    everyone = newest_first(bobs, lapsed, active, committed, released)
+    assert ids(await listed(client, staff)) == everyone
     assert ids(await listed(client, staff, "user=2")) == [bobs["id"]]
     one = (await listed(client, alice, "status=committed"))[0]
     assert one == {**committed, "status": "committed", "order": one["order"]}
@@ -565,7 +566,7 @@ async def test_list_pages_by_keyset(shop: Starlette, client: httpx.AsyncClient) 
     alice = user(shop)
     made = [await reserve(client, alice) for _ in range(5)]
     await drain(shop)
-    newest_first = ids(made)[::-1]
+    in_order = newest_first(*made)
 
     first = await client.get("/api/reservations/?limit=2", headers=alice)
     second = await client.get(
@@ -579,12 +580,12 @@ async def test_list_pages_by_keyset(shop: Starlette, client: httpx.AsyncClient) 
     )
 
     assert [ids(data(page)) for page in (first, second, third)] == [
-        newest_first[:2],
-        newest_first[2:4],
-        newest_first[4:],
+        in_order[:2],
+        in_order[2:4],
+        in_order[4:],
     ]
     assert (first.json()["previous"], third.json()["next"]) == (None, None)
-    assert ids(data(back)) == newest_first[:2]
+    assert ids(data(back)) == in_order[:2]
     # a cursor of another list's form (the audit log's: a time and a number) does not fit
     alien = "n" + "0" * 32
     refused = await client.get(f"/api/reservations/?cursor={alien}", headers=alice)
