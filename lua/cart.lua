@@ -30,6 +30,6 @@ if action == 'done' then
 end
 
 if action ~= 'lookup' then error('cart.lua: unknown action ' .. action) end
-local replay = idem_lookup(KEYS[2], ARGV[4], tonumber(ARGV[5]))
+local replay = idem_lookup(KEYS[2], ARGV[4], ARGV[5])
 if replay then return replay end
 return ok({})

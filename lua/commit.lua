@@ -58,7 +58,7 @@ local id, order_id, scope, actor, request_id, fp =
 local blocked, taken = fenced_or_exists(KEYS[9], order)
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
+local replay = idem_lookup(idem, fp, ARGV[7])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[12], KEYS[13],
   KEYS[14], KEYS[15])

@@ -40,7 +40,7 @@ local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARG
 local blocked = fenced(KEYS[7])
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
+local replay = idem_lookup(idem, fp, ARGV[8])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
   KEYS[12], KEYS[13])

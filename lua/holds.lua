@@ -68,21 +68,19 @@ end
 -- splitting a line over several unless allow_split is false. Each counter is read once.
 -- Returns allocations [[product, warehouse, qty]] (one per product x warehouse), nil, and
 -- their counters (for move_counter); or nil, a refusal (unknown product or warehouse, or
--- the shortage of every short line).
-local function allocate(stock, products, lines, allow_split)
-  local metas, counters, order, short, back = {}, {}, {}, {}, {}
+-- the shortage of every short line). metas: the call's products read so far (lib.lua
+-- meta_of), or nil.
+local function allocate(stock, products, lines, allow_split, metas)
+  local counters, order, short, back = {}, {}, {}, {}
+  metas = metas or {}
   -- named warehouses first, so a line routed by priority can't take their units
   for pass = 1, 2 do
     for _, l in ipairs(lines) do
       local p, w, q = l[1], l[2], l[3]
       if (pass == 1) == (w ~= '') then
-        local meta = metas[p]
-        if not meta then
-          meta = product_meta(products, p)
-          if not meta then return nil, refuse('product_not_found', {product = p}) end
-          metas[p] = meta
-          back[p] = held_back(p)
-        end
+        local meta = meta_of(metas, products, p)
+        if not meta then return nil, refuse('product_not_found', {product = p}) end
+        if back[p] == nil then back[p] = held_back(p) end
         local whs = meta.warehouses
         if w ~= '' then
           local known = false
@@ -139,19 +137,19 @@ end
 -- Expires due reservations, then checks the request against its customer's limits (`check`,
 -- nil or a function that returns nil or a refusal: limits.lua), then allocates. When stock is
 -- short while more reservations are due, it keeps expiring (bounded) so a due reservation
--- never blocks the next buyer. Returns what allocate returns.
+-- never blocks the next buyer. Returns what allocate returns. metas: as allocate's.
 local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
-                                    limit, lines, allow_split, held, check)
+                                    limit, lines, allow_split, held, check, metas)
   expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
   if check then
     local refusal = check()
     if refusal then return nil, refusal end
   end
-  local alloc, err, counters = allocate(stock, products, lines, allow_split)
+  local alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
   local rounds = 0
   while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now_s) > 0 do
     expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
-    alloc, err, counters = allocate(stock, products, lines, allow_split)
+    alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
     rounds = rounds + 1
   end
   return alloc, err, counters
@@ -196,11 +194,12 @@ local function reservation_view(rec, status)
 end
 
 -- Prices order lines [[product, warehouse, qty]] from the products hash.
--- Returns priced lines, total (minor units), currency; or nil, refusal.
-local function price_lines(products, alloc)
+-- Returns priced lines, total (minor units), currency; or nil, refusal. metas: as allocate's.
+local function price_lines(products, alloc, metas)
   local priced, total, currency = {}, 0, nil
+  metas = metas or {}
   for _, l in ipairs(alloc) do
-    local meta = product_meta(products, l[1])
+    local meta = meta_of(metas, products, l[1])
     if not meta then return nil, refuse('product_not_found', {product = l[1]}) end
     if currency and meta.currency ~= currency then
       return nil, refuse('currency_mismatch', {currencies = {currency, meta.currency}})

@@ -108,10 +108,11 @@ end
 
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
--- ttl_ms is how long the first reply is kept (idem_store).
+-- ttl_ms is how long the first reply is kept (idem_store), as the call's ARGV gives it. Without
+-- a key the call's record stays as new_call left it (none).
 local function idem_lookup(key, fp, ttl_ms)
-  idem_call.key, idem_call.fp, idem_call.ttl = key, fp, ttl_ms
   if fp == '' then return nil end
+  idem_call.key, idem_call.fp, idem_call.ttl = key, fp, tonumber(ttl_ms)
   local stored = redis.pcall('GET', key)
   if not stored then return nil end
   local stored_fp, reply
@@ -167,12 +168,10 @@ local function read_counter(stock, product, warehouse)
           available = tonumber(as_), reserved = tonumber(rs_), taken = 0}
 end
 
--- Moves one product x warehouse's counters (read in this call, nothing moved them since) and
--- returns the movement for the event. Callers check before they write; this refuses to
--- write a negative counter all the same.
-local function move_counter(stock, c, d_available, d_reserved)
-  local a, r = c.available, c.reserved
-  local a2, r2 = a + d_available, r + d_reserved
+-- Moves one product x warehouse's counters (read in this call, nothing moved them since).
+-- Callers check before they write; this refuses to write a negative counter all the same.
+local function write_counter(stock, c, d_available, d_reserved)
+  local a2, r2 = c.available + d_available, c.reserved + d_reserved
   if a2 < 0 or r2 < 0 then
     error('invariant: negative counter for ' .. c.product .. '|' .. c.warehouse)
   end
@@ -180,25 +179,29 @@ local function move_counter(stock, c, d_available, d_reserved)
   redis.call('HSET', stock, c.a, as_, c.r, rs_)
   if d_available > 0 and wait then returned[c.product] = true end
   c.available, c.reserved, c.as_, c.rs_ = a2, r2, as_, rs_
-  return {product = c.product, warehouse = c.warehouse,
-          available_before = a, available_after = a2,
-          reserved_before = r, reserved_after = r2}
 end
 
--- move_counter for an event written as text (emit_encoded): appends the movement's JSON
--- pieces to `parts` (a list that starts '[': after a ',' unless it is the first there), the
--- same fields and values as move_counter's. Product and warehouse names need no escaping
--- (engine/validation.py NAME).
+-- write_counter, and the movement for the event.
+local function move_counter(stock, c, d_available, d_reserved)
+  local a, r = c.available, c.reserved
+  write_counter(stock, c, d_available, d_reserved)
+  return {product = c.product, warehouse = c.warehouse,
+          available_before = a, available_after = c.available,
+          reserved_before = r, reserved_after = c.reserved}
+end
+
+-- write_counter for an event written as text (emit_encoded): appends the movement's JSON to
+-- `parts` (a list that starts '[': after a ',' unless it is the first there), the same fields
+-- and values as move_counter's, as one piece (one concatenation makes one string). Product
+-- and warehouse names need no escaping (engine/validation.py NAME).
 local function movement_json(parts, stock, c, d_available, d_reserved)
   local as_, rs_ = c.as_, c.rs_
-  move_counter(stock, c, d_available, d_reserved)
+  write_counter(stock, c, d_available, d_reserved)
   local n = #parts
-  parts[n + 1] = parts[n] == '[' and '{"product":"' or ',{"product":"'
-  parts[n + 2], parts[n + 3], parts[n + 4] = c.product, '","warehouse":"', c.warehouse
-  parts[n + 5], parts[n + 6] = '","available_before":', as_
-  parts[n + 7], parts[n + 8] = ',"available_after":', c.as_
-  parts[n + 9], parts[n + 10] = ',"reserved_before":', rs_
-  parts[n + 11], parts[n + 12], parts[n + 13] = ',"reserved_after":', c.rs_, '}'
+  parts[n + 1] = (parts[n] == '[' and '{"product":"' or ',{"product":"') .. c.product
+    .. '","warehouse":"' .. c.warehouse .. '","available_before":' .. as_
+    .. ',"available_after":' .. c.as_ .. ',"reserved_before":' .. rs_
+    .. ',"reserved_after":' .. c.rs_ .. '}'
 end
 
 local function move(stock, product, warehouse, d_available, d_reserved)
@@ -229,9 +232,17 @@ end
 -- fields, "type", "ts", "actor", "request_id", and "idempotency" on the call's last event.
 -- The idempotency record's key and fingerprint are the engine's (hex, braces, colons) and are
 -- written as they are.
+-- The pieces go into one table the library keeps (`event_parts`), which keeps its size from
+-- call to call: a table grown piece by piece would be resized several times in every call.
+-- Redis runs one call at a time and this function runs to its end, so nothing else uses it
+-- meanwhile; pieces past this event's last are left from an earlier one and not joined.
+local event_parts = {}
+
 local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
-  local parts = {'{"type":"', etype, '","ts":', ts, ',"actor":', cjson.encode(actor),
-                 ',"request_id":', cjson.encode(request_id)}
+  local parts = event_parts
+  parts[1], parts[2], parts[3], parts[4] = '{"type":"', etype, '","ts":', ts
+  parts[5], parts[6] = ',"actor":', cjson.encode(actor)
+  parts[7], parts[8] = ',"request_id":', cjson.encode(request_id)
   local n = 8
   for name, value in pairs(body) do
     parts[n + 1], parts[n + 2], parts[n + 3] = ',"', name, '":'
@@ -255,7 +266,8 @@ local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
     parts[n] = '}'
   end
   parts[n + 1] = '}'
-  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', table.concat(parts))
+  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data',
+                          table.concat(parts, '', 1, n + 1))
   return last_event
 end
 
@@ -276,6 +288,17 @@ local function product_meta(products, product)
     metas_by_text[raw], metas_cached = meta, metas_cached + 1
   end
   return meta
+end
+
+-- product_meta, read once per call: `metas` is the call's table of what it has read so far
+-- (false: no such product). A call that writes a product's settings does not use it.
+local function meta_of(metas, products, product)
+  local meta = metas[product]
+  if meta == nil then
+    meta = product_meta(products, product) or false
+    metas[product] = meta
+  end
+  return meta or nil
 end
 
 -- Registers one operation, `body(KEYS, ARGV)`, as the library's function `name`_<VERSION>

@@ -34,8 +34,10 @@ end
 --     "quantity_increment", "min_quantity" | "quantity_increment"}
 --   {"err": "limit_exceeded", "product", "rule": "max_per_order" | "max_per_customer",
 --     "limit", "held", "requested"}
--- An unknown product is left for allocate to refuse.
-local function check_limits(products, held, owner, lines)
+-- An unknown product is left for allocate to refuse. metas: the call's products read so far
+-- (lib.lua meta_of), or nil.
+local function check_limits(products, held, owner, lines, metas)
+  metas = metas or {}
   local want, names = {}, {}
   for _, l in ipairs(lines) do
     local p = l[1]
@@ -47,7 +49,7 @@ local function check_limits(products, held, owner, lines)
   end
   local counted = nil
   for _, p in ipairs(names) do
-    local meta = product_meta(products, p)
+    local meta = meta_of(metas, products, p)
     local lim = meta and meta.limits
     if lim then
       local q = want[p]
@@ -98,7 +100,7 @@ local function uncount(held, owner, lines, counted)
 end
 
 -- MAX_LIVE_RESERVATIONS_PER_CUSTOMER: nil when the customer may hold another live reservation
--- (max: as the call's ARGV gives it; 0 = no cap), else the refusal
+-- (max: a number, or as the call's ARGV gives it; 0 = no cap), else the refusal
 --   {"err": "too_many_reservations", "limit", "live"}.
 local function check_live(held, owner, max)
   local cap = tonumber(max)

@@ -14,30 +14,26 @@
 -- Returns: a list of N replies.
 
 local function register_many(name, body, own, nkeys, nargs)
-  local is_own = {}
+  -- where each of a call's keys comes from: the shared ones are set once per batch, a call's
+  -- own ones per call, in one table the calls share (no operation keeps its KEYS table)
+  local is_own, shared_at = {}, {}
   for j = 1, #own do is_own[own[j]] = true end  -- at load: no ipairs (lib.lua)
-  local nshared, nown = nkeys - #own, #own
+  for i = 1, nkeys do
+    if not is_own[i] then shared_at[#shared_at + 1] = i end
+  end
+  local nshared, nown = #shared_at, #own
   redis.register_function{
     function_name = name .. '_many_' .. VERSION,
     flags = {},
     callback = function(keys, args)
       local n = tonumber(args[1])
-      local out = {}
+      local out, k = {}, {}
+      for j = 1, nshared do k[shared_at[j]] = keys[j] end
       for r = 1, n do
-        local k, si, oi = {}, 0, nshared + (r - 1) * nown
-        for i = 1, nkeys do
-          if is_own[i] then
-            oi = oi + 1
-            k[i] = keys[oi]
-          else
-            si = si + 1
-            k[i] = keys[si]
-          end
-        end
-        local a, base = {}, 1 + (r - 1) * nargs
-        for i = 1, nargs do a[i] = args[base + i] end
+        local oi, base = nshared + (r - 1) * nown, 1 + (r - 1) * nargs
+        for j = 1, nown do k[own[j]] = keys[oi + j] end
         new_call()
-        local ok, reply = pcall(body, k, a)
+        local ok, reply = pcall(body, k, {unpack(args, base + 1, base + nargs)})
         if ok and wait and next(returned) then
           local served, problem = pcall(serve_waitlists)
           if not served then ok, reply = false, problem end

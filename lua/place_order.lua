@@ -35,24 +35,24 @@ local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6
 local blocked, taken = fenced_or_exists(KEYS[8], order)
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[8]))
+local replay = idem_lookup(idem, fp, ARGV[8])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
   KEYS[12], KEYS[13])
 
-local held, lines = KEYS[10], cjson.decode(ARGV[2])
+local held, lines, metas = KEYS[10], cjson.decode(ARGV[2]), {}
 local counted, want
 local function check()
   local refusal
-  refusal, counted, want = check_limits(products, held, owner, lines)
+  refusal, counted, want = check_limits(products, held, owner, lines, metas)
   return refusal
 end
 
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[9], lines, ARGV[3] == '1', held, check)
+  now, now_s, ARGV[9], lines, ARGV[3] == '1', held, check, metas)
 if err then return err end
-local priced, total, currency = price_lines(products, alloc)
+local priced, total, currency = price_lines(products, alloc, metas)
 if not priced then return total end
 if taken then return refuse('order_exists', {order = order_id}) end
 

@@ -37,7 +37,7 @@ local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARG
 local blocked = fenced(KEYS[7])
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[6]))
+local replay = idem_lookup(idem, fp, ARGV[6])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
   KEYS[12], KEYS[13])

@@ -57,25 +57,26 @@ local ttl = tonumber(ARGV[3])
 local blocked, taken = fenced_or_exists(KEYS[8], record)
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
+local replay = idem_lookup(idem, fp, ARGV[9])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
   KEYS[12], KEYS[13])
 
-local held, lines = KEYS[10], cjson.decode(ARGV[2])
+local held, lines, metas = KEYS[10], cjson.decode(ARGV[2]), {}
 -- a cart's parts count once, in its home (the part that carries the parts)
-local capped = (ARGV[12] == '' or ARGV[13] ~= '') and tonumber(ARGV[15]) > 0
+local max_live = tonumber(ARGV[15])
+local capped = (ARGV[12] == '' or ARGV[13] ~= '') and max_live > 0
 local counted, want
 local function check()
-  local refusal = capped and check_live(held, owner, ARGV[15]) or nil
+  local refusal = capped and check_live(held, owner, max_live) or nil
   if refusal then return refusal end
-  refusal, counted, want = check_limits(products, held, owner, lines)
+  refusal, counted, want = check_limits(products, held, owner, lines, metas)
   return refusal
 end
 
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check)
+  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check, metas)
 if err then return err end
 if taken then return refuse('reservation_exists', {reservation = id}) end
 count_held(held, owner, counted, want)

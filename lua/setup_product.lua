@@ -37,7 +37,7 @@ local product, actor, request_id, fp = ARGV[1], ARGV[6], ARGV[7], ARGV[8]
 local blocked = fenced(KEYS[5])
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[9]))
+local replay = idem_lookup(idem, fp, ARGV[9])
 if replay then return replay end
 
 local old = product_meta(products, product)

@@ -49,7 +49,7 @@ local order_id, to, scope, actor, request_id, fp =
 local blocked = fenced(KEYS[5])
 if blocked then return blocked end
 
-local replay = idem_lookup(idem, fp, tonumber(ARGV[7]))
+local replay = idem_lookup(idem, fp, ARGV[7])
 if replay then return replay end
 use_waitlists(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[2], KEYS[8], KEYS[12],
   KEYS[13], KEYS[14])
