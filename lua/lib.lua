@@ -29,8 +29,9 @@
 -- (left out when it wrote none); a replay returns the first reply, and so its event.
 
 -- The per-call state. A library's locals live as long as the library, across calls: every
--- function call starts by resetting these (register, at the end of this file), and nothing
--- else in the library is written after load.
+-- function call starts by resetting these (register, at the end of this file). Written after
+-- load besides: two caches that no call's outcome depends on (the products' decoded settings,
+-- product_meta; the event's scratch table, emit_encoded).
 -- Set by emit(), read by ok().
 local last_event = nil
 -- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
