@@ -22,6 +22,8 @@ port="$3"
 
 log() { printf 'redis.sh: %s\n' "$*" >&2; }
 
+CONF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/redis.conf"
+
 if [[ -d $dir ]]; then
     dir="$(cd "$dir" && pwd)"
 fi
@@ -97,7 +99,8 @@ do_start() {
     logfile="$dir/redis.log"
     rm -f "$pidfile"
 
-    if ! redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" \
+    # the project's settings (scripts/redis.conf) first, then these
+    if ! redis-server "$CONF" --bind 127.0.0.1 --port "$port" --dir "$dir" \
             --appendonly yes --appendfsync "${REDIS_APPENDFSYNC:-everysec}" --save '' \
             --pidfile "$pidfile" --logfile "$logfile" --daemonize yes --protected-mode yes; then
         log "redis-server failed to start; last lines of $logfile:"

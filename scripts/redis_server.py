@@ -10,6 +10,9 @@ from pathlib import Path
 
 import redis
 
+# The Redis settings every redis-server the project starts reads first.
+CONF = Path(__file__).resolve().with_name("redis.conf")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,6 +39,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 "redis-server",
+                str(CONF),  # the project's settings (scripts/redis.conf), then these
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", str(self.data_dir),

@@ -14,6 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from scripts.redis_cluster import SLOTS, RedisClusterServer
+from scripts.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,22 @@ def test_three_primaries_cover_every_slot(cluster: RedisClusterServer) -> None:
                 served[int(owner[1])] += end - start + 1
         assert sum(served.values()) == SLOTS
         assert sorted(served) == primaries
+
+
+def test_every_node_and_the_server_read_the_projects_settings(
+    cluster: RedisClusterServer, redis_server: RedisServer
+) -> None:
+    """scripts/redis.conf: a partition's hashes and sorted sets are tables past 64 entries
+    (redis-server's built-in 512 would keep them lists, read from the start by every command)."""
+    urls = [cluster.node_url(port) for port in cluster.ports] + [redis_server.url]
+    for url in urls:
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            assert client.config_get("hash-max-listpack-entries") == {
+                "hash-max-listpack-entries": "64"
+            }
+            assert client.config_get("zset-max-listpack-entries") == {
+                "zset-max-listpack-entries": "64"
+            }
 
 
 def test_hash_tags_spread_keys_over_every_primary(cluster: RedisClusterServer) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from engine.settings import PROJECT_ROOT
 from scripts.bench.meter import family
@@ -142,6 +143,8 @@ def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
     for name in ("serve.sh", "redis.sh"):
         (root / "scripts" / name).write_bytes((PROJECT_ROOT / "scripts" / name).read_bytes())
         (root / "scripts" / name).chmod(0o755)
+    settings = (PROJECT_ROOT / "scripts" / "redis.conf").read_text()
+    (root / "scripts" / "redis.conf").write_text(settings)
     (root / "scripts" / "setup.sh").write_text("#!/bin/sh\nexit 0\n")
     (root / "scripts" / "setup.sh").chmod(0o755)
     (root / ".venv" / "bin").mkdir(parents=True)
@@ -171,6 +174,10 @@ def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
         started = _descendants(proc.pid)
         assert len(started) >= 3  # the worker, the scheduler and the API at least
         assert _listening(redis_port)
+        with redis.Redis(port=redis_port, decode_responses=True) as client:  # scripts/redis.conf
+            assert client.config_get("hash-max-listpack-entries") == {
+                "hash-max-listpack-entries": "64"
+            }
 
         proc.terminate()
         proc.wait(timeout=20)

@@ -51,6 +51,7 @@ from scripts.redis_cluster.nodes import (
     parse_info,
     process_state,
 )
+from scripts.redis_server import CONF
 
 SLOTS = 16_384
 STATE_FILE = "cluster.json"
@@ -446,6 +447,7 @@ class RedisClusterServer:
         folder = self.node_dir(port)
         return [
             "redis-server",
+            str(CONF),  # the project's settings (scripts/redis.conf), then these
             "--bind", HOST,
             "--port", str(port),
             "--dir", str(folder),
