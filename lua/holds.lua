@@ -18,9 +18,16 @@ end
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
 -- now_s: now's text (now_ms); limit: as the call's ARGV gives it.
+-- In a batch (lib.lua `batch`), once a call has found fewer than `limit` due in `expiry`, none
+-- is due there for the batch's later calls: they run at the same instant, and nothing they
+-- make is due at once (a TTL is at least 1 ms).
 local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held)
+  if batch.swept == expiry and batch.now_s == now_s then return 0 end
   local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
+  if batch.on and batch.now_s == now_s and #ids < 2 * tonumber(limit) then
+    batch.swept = expiry
+  end
   local n = 0
   for i = 1, #ids, 2 do
     local id = ids[i]

@@ -48,6 +48,11 @@ local serving = false
 local serve_waitlists = nil
 -- A handed-off reservation's record, made on its first use (wait.lua sets it at load).
 local handed_record = nil
+-- The per-batch state of a coalesced call (many.lua), reset before each batch and off
+-- outside one: the batch's calls run at one instant (its clock is read once, `now`, `now_s`),
+-- and `swept` names the expiry index whose due reservations an earlier call of the batch has
+-- all released at that instant (holds.lua expire_due), so the later calls need not look again.
+local batch = {on = false, now = nil, now_s = nil, swept = nil}
 
 -- Fresh per-call state, before each call (register; many.lua for each call of a batch).
 local function new_call()
@@ -64,11 +69,16 @@ local function int(n)
 end
 
 -- Redis's clock in ms: the number, and its text written from TIME's own digits (seconds, then
--- the microseconds' first three of six), which costs no number formatting.
+-- the microseconds' first three of six), which costs no number formatting. The calls of one
+-- batch (many.lua) read it once: they run at one instant, as calls made one after another
+-- within the same millisecond would (a batch takes well under one).
 local function now_ms()
+  if batch.now then return batch.now, batch.now_s end
   local t = redis.call('TIME')
   local text = t[1] .. string.sub('00000' .. t[2], -6, -4)
-  return tonumber(text), text
+  local now = tonumber(text)
+  if batch.on then batch.now, batch.now_s = now, text end
+  return now, text
 end
 
 -- Stream ids 'ms-seq' in order (exact: ms fits a double's 53 bits).
@@ -311,6 +321,7 @@ local function register(name, body, read_only)
     function_name = name .. '_' .. VERSION,
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
+      batch.on, batch.now, batch.now_s, batch.swept = false, nil, nil, nil
       new_call()
       local reply = body(keys, args)
       if wait and next(returned) then serve_waitlists() end

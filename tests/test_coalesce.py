@@ -38,6 +38,7 @@ def reserve_call(
     key: str = "",
     fp: str = "",
     rid: str | None = None,
+    ttl: int = 60_000,
 ) -> Call:
     """The very call the engine makes for a reservation of `lines` (JSON as it sends them)."""
     k = partition_keys(0)
@@ -49,7 +50,7 @@ def reserve_call(
         record=k.reservation(rid),
         reservation_id=rid,
         lines=json.dumps(lines, separators=(",", ":")),
-        ttl=60_000,
+        ttl=ttl,
         allow_split="1",
         owner=owner,
         actor=owner,
@@ -219,6 +220,41 @@ async def test_a_batch_answers_and_leaves_exactly_what_the_calls_one_by_one_do(
     assert any("err" in r for r in alone)
     for p in ("p", "q", "r"):
         assert await levels(engine, f"one-{p}") == await levels(engine, f"many-{p}")
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+@pytest.mark.single_server  # Redis's command counts: one server's
+async def test_a_batch_runs_at_one_instant_and_releases_what_is_due_once(engine: Engine) -> None:
+    """A batch's calls read Redis's clock once (TIME) and look for due reservations once
+    (ZRANGEBYSCORE), in the first call, which releases them all; the calls after it, at the
+    same instant, have none to find. A call alone afterwards reads the clock again."""
+    await add_product(engine, "p", {"main": 10})
+    for n in range(3):  # due a millisecond after they are made
+        assert "ok" in parse(
+            await engine.scripts.raw(reserve_call(engine, f"d{n}", [["p", "", 1]], ttl=1))
+        )
+    await asyncio.sleep(0.01)
+
+    async def counts() -> dict[str, int]:
+        stats = await engine.redis.info("commandstats")
+        return {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("time", "zrangebyscore")}
+
+    before = await counts()
+    batch = [reserve_call(engine, f"b{n}", [["p", "", 1]]) for n in range(4)]
+    replies = [parse(r) for r in await engine.scripts.raw(many(specs.RESERVE, batch))]
+    after_batch = await counts()
+    alone = parse(await engine.scripts.raw(reserve_call(engine, "a", [["p", "", 1]])))
+    after_alone = await counts()
+
+    assert all("ok" in r for r in replies)
+    assert len({r["reservation"]["created_at"] for r in replies}) == 1
+    assert {c: after_batch[c] - before[c] for c in before} == {"time": 1, "zrangebyscore": 1}
+    assert {c: after_alone[c] - after_batch[c] for c in before} == {"time": 1, "zrangebyscore": 1}
+    assert alone["reservation"]["created_at"] >= replies[0]["reservation"]["created_at"]
+    types = [t for t in await event_types(engine.redis) if t.startswith("reservation_")]
+    made, expired = ["reservation_created"] * 3, ["reservation_expired"] * 3
+    assert types == made + expired + ["reservation_created"] * 5  # the due ones, then the batch
+    assert await levels(engine, "p") == {"main": (5, 5)}
     assert (await check_partition(engine.redis, 0)).ok
 
 
