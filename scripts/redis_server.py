@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -22,11 +23,22 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path, *, appendfsync: str = "everysec") -> None:
+    """`under`: a command that runs the server (e.g. valgrind and its options); `more`: options
+    after the launcher's own."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        appendfsync: str = "everysec",
+        under: Sequence[str] = (),
+        more: Sequence[str] = (),
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup.sh")
         self.data_dir = data_dir
         self.appendfsync = appendfsync
+        self.under, self.more = list(under), list(more)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -38,6 +50,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
+                *self.under,
                 "redis-server",
                 str(CONF),  # the project's settings (scripts/redis.conf), then these
                 "--bind", "127.0.0.1",
@@ -48,12 +61,13 @@ class RedisServer:
                 "--save", "",
                 "--protected-mode", "yes",
                 "--logfile", str(self.data_dir / "redis.log"),
+                *self.more,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self.under else 10)
         while True:
             try:
                 client.ping()

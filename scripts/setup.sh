@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent developer/CI set-up for a Debian 12 machine with Python 3.11:
 #   - system packages (redis-server, redis-cli; the PostgreSQL server binaries for the test
-#     suite's throwaway clusters; chromium for the dashboard's browser test; python3.X-venv if
-#     venv can't bootstrap pip). No packaged service is left running or enabled: the project
+#     suite's throwaway clusters; chromium for the dashboard's browser test; valgrind for
+#     scripts/bench/instructions.py; python3.X-venv if venv can't bootstrap pip). No packaged service is left running or enabled: the project
 #     starts its own servers.
 #   - .venv in the project root (python3.11, or python3 when it is 3.11+; $PYTHON overrides)
 #   - pip install -c constraints.txt -e '.[dev]', skipped while a stamp in .venv shows that
@@ -114,6 +114,12 @@ fi
 if [[ $EUID -eq 0 ]] && ! getent passwd postgres >/dev/null 2>&1; then
     log "warning: no postgres OS user: the tests (run as root) can't start PostgreSQL as it;" \
         "reinstall Debian's postgresql-common or create the user"
+fi
+
+# --- valgrind ---------------------------------------------------------------------------------
+# scripts/bench/instructions.py counts Redis's instructions per reservation with callgrind.
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v callgrind_control >/dev/null 2>&1; then
+    apt_install valgrind || die "installing valgrind failed"
 fi
 
 # --- Chromium ---------------------------------------------------------------------------------

@@ -293,6 +293,38 @@ def test_bench_refuses_bad_options(args: list[str], message: str) -> None:
     assert message in done.stderr
 
 
+def test_instructions_counts_what_redis_executes_per_reservation() -> None:
+    """scripts/bench/instructions.py: Redis under callgrind, counting only the reservations
+    made after the warm-up, alone or coalesced; the same calls count the same."""
+
+    def counted(*args: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.bench.instructions", *args],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-4000:]
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    batched = counted("--batch", "16", "--reservations", "64", "--warm", "16")
+    again = counted("--batch", "16", "--reservations", "64", "--warm", "16")
+    alone = counted("--batch", "1", "--reservations", "64", "--warm", "16", "--idempotency")
+    assert (batched["batch"], batched["reservations"], batched["warm"]) == (16, 64, 16)
+    assert (alone["batch"], alone["idempotency"]) == (1, True)
+    for result in (batched, alone):  # a reservation is tens of Redis commands' worth of work
+        assert 50_000 < result["instructions_per_reservation"] < 5_000_000
+        assert result["instructions_per_reservation"] == round(result["instructions"] / 64)
+    # the count hardly moves from run to run (the new ids and the clock's digits differ)
+    assert abs(again["instructions"] - batched["instructions"]) < batched["instructions"] / 50
+    refused = subprocess.run(
+        [sys.executable, "-m", "scripts.bench.instructions", "--batch", "16",
+         "--reservations", "40"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "multiple of --batch" in refused.stderr
+
+
 def test_exact_counts_is_false_on_any_miscount() -> None:
     """What makes `inventory bench` exit 1: a sale that sold a wrong count, a broken invariant,
     or a database copy that differs from Redis after a scenario."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import json
 import time
@@ -19,7 +20,8 @@ from engine import specs
 from engine.engine import Engine
 from engine.keys import new_id, partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
-from engine.scripts import prepare
+from engine.scripts import Call, prepare
+from engine.settings import Settings
 from persistence.db import libpq_url
 from scripts.bench import drain as bench_drain
 from scripts.bench import rowlock
@@ -30,6 +32,34 @@ from scripts.bench.options import BASELINE, HUGE, SYNC
 from scripts.bench.stack import Stack
 
 COALESCED = "engine, coalesced"
+
+
+def reserve_call(settings: Settings, product: str, owner: str, *, key: str = "") -> Call:
+    """The very call the engine makes to reserve one unit of `product` (in partition 0) for
+    `owner`, with the idempotency key `key` if one is given (its fingerprint made up)."""
+    keys = partition_keys(0)
+    rid = new_id(0, 1)
+    return prepare(
+        specs.RESERVE,
+        **specs.RESERVE.partition_keys(keys),
+        idem=keys.idempotency(owner, "reserve", key) if key else keys.unused_idempotency,
+        record=keys.reservation(rid),
+        reservation_id=rid,
+        lines=json.dumps([[product, "", 1]], separators=(",", ":")),  # as the engine sends them
+        ttl=settings.reservation_ttl_ms,
+        allow_split="1",
+        owner=owner,
+        actor=owner,
+        request_id="",
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
+        idempotency_ttl=settings.idempotency_ttl_ms,
+        expiry_batch=settings.expire_batch,
+        retention=settings.reservation_retention_ms,
+        cart="",
+        parts="",
+        hold=0,
+        max_live=settings.max_live_reservations_per_customer,
+    )
 
 
 def batch_sizes(sizes: Counter[int]) -> dict[str, Any]:
@@ -62,37 +92,13 @@ async def _engine_runs(stack: Stack, progress: Progress) -> list[dict[str, Any]]
         Engine.from_settings(together_settings) as coalescing,
     ):
         await engine.setup_product(hot, SYSTEM, price=1999, stock={"main": HUGE})
-        keys = partition_keys(0)
         # one buyer per reservation: none reaches MAX_LIVE_RESERVATIONS_PER_CUSTOMER, and each
         # reservation pays its count of live reservations as a buyer's would
         buyers = itertools.count()
         settings = stack.settings
-        lines = json.dumps([[hot, "", 1]], separators=(",", ":"))  # as the engine sends them
 
         async def raw() -> None:
-            rid = new_id(0, 1)
-            call = prepare(  # the very call the engine makes
-                specs.RESERVE,
-                **specs.RESERVE.partition_keys(keys),
-                idem=keys.unused_idempotency,
-                record=keys.reservation(rid),
-                reservation_id=rid,
-                lines=lines,
-                ttl=settings.reservation_ttl_ms,
-                allow_split="1",
-                owner=f"bench-{next(buyers)}",
-                actor="bench",
-                request_id="",
-                fingerprint="",
-                idempotency_ttl=settings.idempotency_ttl_ms,
-                expiry_batch=settings.expire_batch,
-                retention=settings.reservation_retention_ms,
-                cart="",
-                parts="",
-                hold=0,
-                max_live=settings.max_live_reservations_per_customer,
-            )
-            reply = await engine.scripts.raw(call)
+            reply = await engine.scripts.raw(reserve_call(settings, hot, f"bench-{next(buyers)}"))
             json.loads(reply)  # a caller of the script needs its answer
 
         async def wrapped() -> None:

@@ -1,0 +1,161 @@
+"""Redis's instructions per reservation, counted by valgrind's callgrind: the same count for the
+same code and the same calls whether the machine is busy or quiet, so a change of a few percent
+in the Lua shows (a reading of CPU time moves more than that from one run to the next on a
+shared machine).
+
+    python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
+                                         [--idempotency] [--redis-arg=--name --redis-arg=value]
+
+A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
+with counting off. One product gets a billion units; `--warm` reservations are made first (by
+then a partition's hashes of what its customers hold are tables, as they are under load), then
+counting is turned on (`callgrind_control`) for `--reservations` more, made as the engine makes
+them: each alone (`--batch 1`: FCALL reserve) or `--batch` at a time (FCALL reserve_many), 50
+calls to a pipeline, every reservation a buyer's of its own, with an idempotency key each with
+`--idempotency`. Prints one JSON line: what redis-server executed while counting (reading the
+calls, the functions, their commands, the append-only file), per reservation.
+
+Needs valgrind (scripts/setup.sh installs it). Takes a few seconds: under callgrind Redis runs
+some 50 times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from engine import specs
+from engine.coalesce import many
+from engine.engine import Engine
+from engine.models import SYSTEM
+from engine.scripts import Call, parse
+from engine.settings import Settings
+from scripts.bench.inprocess import reserve_call
+from scripts.redis_server import RedisServer
+
+PRODUCT = "1"
+PIPELINE = 50  # calls to a pipeline
+
+
+def _totals(path: Path) -> int:
+    """The instructions a callgrind output file counted (its 'totals:' line)."""
+    found = re.search(r"^totals: (\d+)", path.read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no totals in {path}")
+    return int(found.group(1))
+
+
+class Counter:
+    """The reservations, made through one client in pipelines."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, batch: int, key: bool) -> None:
+        self.client, self.settings, self.batch, self.key = client, settings, batch, key
+        self.made = 0
+
+    def calls(self, n: int) -> list[Call]:
+        one = []
+        for _ in range(n):
+            self.made += 1
+            owner = f"buyer-{self.made}"
+            one.append(reserve_call(self.settings, PRODUCT, owner, key=owner if self.key else ""))
+        if self.batch == 1:
+            return one
+        return [many(specs.RESERVE, one[i : i + self.batch]) for i in range(0, n, self.batch)]
+
+    def reserve(self, n: int) -> None:
+        calls = self.calls(n)
+        for start in range(0, len(calls), PIPELINE):
+            pipe = self.client.pipeline(transaction=False)
+            for call in calls[start : start + PIPELINE]:
+                pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            for reply in pipe.execute():
+                for one in reply if self.batch > 1 else [reply]:
+                    if "ok" not in parse(one):
+                        raise RuntimeError(f"a reservation was refused: {one!r}")
+
+
+def measure(
+    *, batch: int, reservations: int, warm: int, idempotency: bool, redis_args: list[str]
+) -> dict[str, Any]:
+    if batch < 1 or reservations < batch or reservations % batch:
+        raise ValueError("--reservations must be a positive multiple of --batch")
+    with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
+        out = Path(folder) / "callgrind.out"
+        under = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                 f"--callgrind-out-file={out}"]  # fmt: skip
+        server = RedisServer(Path(folder) / "redis", under=under, more=redis_args)
+        server.start()
+        assert server.process is not None
+        pid = str(server.process.pid)  # valgrind runs Redis in its own process
+        try:
+            settings = Settings(redis_url=server.url)
+
+            async def product() -> None:
+                async with Engine.from_settings(settings) as engine:  # the library, loaded
+                    await engine.setup_product(PRODUCT, SYSTEM, price=1999, stock={"main": 10**9})
+
+            asyncio.run(product())
+            client = redis.Redis.from_url(server.url)
+            counter = Counter(client, settings, batch, idempotency)
+            counter.reserve(warm - warm % batch)
+            subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+            counter.reserve(reservations)
+            subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+            client.close()
+        finally:
+            server.process.send_signal(signal.SIGTERM)  # callgrind writes its file on exit
+            server.process.wait(timeout=120)
+        total = _totals(out)
+    return {
+        "batch": batch,
+        "reservations": reservations,
+        "warm": warm,
+        "idempotency": idempotency,
+        "redis_args": redis_args,
+        "instructions": total,
+        "instructions_per_reservation": round(total / reservations),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench.instructions", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--batch", type=int, default=16, help="calls per FCALL (1: each alone)")
+    parser.add_argument(
+        "--reservations", type=int, default=1600, help="counted (a multiple of --batch)"
+    )
+    parser.add_argument("--warm", type=int, default=640, help="made before counting")
+    parser.add_argument("--idempotency", action="store_true", help="an idempotency key each")
+    parser.add_argument(
+        "--redis-arg",
+        action="append",
+        default=[],
+        help="a redis-server option after the project's (repeat)",
+    )
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.reservations < args.batch or args.reservations % args.batch:
+        parser.error("--reservations must be a positive multiple of --batch")
+    if args.warm < 0:
+        parser.error("--warm must be 0 or more")
+    result = measure(
+        batch=args.batch,
+        reservations=args.reservations,
+        warm=args.warm,
+        idempotency=args.idempotency,
+        redis_args=args.redis_arg,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
