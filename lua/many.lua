@@ -15,7 +15,7 @@
 
 local function register_many(name, body, own, nkeys, nargs)
   -- where each of a call's keys comes from: the shared ones are set once per batch, a call's
-  -- own ones per call, in one table the calls share (no operation keeps its KEYS table)
+  -- own ones per call, in one table the calls share (no operation keeps or writes its KEYS)
   local is_own, shared_at = {}, {}
   for j = 1, #own do is_own[own[j]] = true end  -- at load: no ipairs (lib.lua)
   for i = 1, nkeys do
