@@ -229,10 +229,10 @@ async def test_a_batch_runs_at_one_instant_and_releases_what_is_due_once(engine:
     (ZRANGEBYSCORE), in the first call, which releases them all; the calls after it, at the
     same instant, have none to find. A call alone afterwards reads the clock again."""
     await add_product(engine, "p", {"main": 10})
-    for n in range(3):  # due a millisecond after they are made
-        assert "ok" in parse(
-            await engine.scripts.raw(reserve_call(engine, f"d{n}", [["p", "", 1]], ttl=1))
-        )
+    # due a millisecond after they are made: made at one instant (a batch), so that none of
+    # them is due yet when the next is made
+    due = [reserve_call(engine, f"d{n}", [["p", "", 1]], ttl=1) for n in range(3)]
+    assert all("ok" in parse(r) for r in await engine.scripts.raw(many(specs.RESERVE, due)))
     await asyncio.sleep(0.01)
 
     async def counts() -> dict[str, int]:
