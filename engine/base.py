@@ -18,9 +18,9 @@ from engine import validation as v
 from engine.coalesce import Coalescer
 from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
 from engine.models import CallContext
+from engine.script_spec import ScriptSpec
 from engine.scripts import Scripts, parse, prepare
 from engine.settings import Settings
-from engine.specs import ScriptSpec
 
 
 class EngineBase:

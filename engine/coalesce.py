@@ -43,8 +43,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from engine.script_spec import ScriptSpec
 from engine.scripts import Call, Scripts, library
-from engine.specs import ScriptSpec
 
 WINDOW_S = 0.0002  # a batch stays open at most this long once another call arrives
 

@@ -37,7 +37,8 @@ from redis.exceptions import ResponseError
 
 from engine import errors
 from engine.connection import call_then_wait
-from engine.specs import SPECS, ScriptSpec
+from engine.script_spec import ScriptSpec
+from engine.specs import SPECS
 from engine.states import lua_prelude
 
 NAMES: tuple[str, ...] = tuple(SPECS)

@@ -25,7 +25,7 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
   if batch.swept == expiry and batch.now_s == now_s then return 0 end
   local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
-  if batch.on and batch.now_s == now_s and #ids < 2 * tonumber(limit) then
+  if batch.now_s == now_s and #ids < 2 * tonumber(limit) then  -- (set in a batch only)
     batch.swept = expiry
   end
   local n = 0

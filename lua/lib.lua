@@ -54,6 +54,11 @@ local handed_record = nil
 -- all released at that instant (holds.lua expire_due), so the later calls need not look again.
 local batch = {on = false, now = nil, now_s = nil, swept = nil}
 
+-- A batch starts (on) or ends (off); a call alone runs with it off.
+local function new_batch(on)
+  batch.on, batch.now, batch.now_s, batch.swept = on, nil, nil, nil
+end
+
 -- Fresh per-call state, before each call (register; many.lua for each call of a batch).
 local function new_call()
   last_event = nil
@@ -321,7 +326,7 @@ local function register(name, body, read_only)
     function_name = name .. '_' .. VERSION,
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
-      batch.on, batch.now, batch.now_s, batch.swept = false, nil, nil, nil
+      new_batch(false)
       new_call()
       local reply = body(keys, args)
       if wait and next(returned) then serve_waitlists() end

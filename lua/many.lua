@@ -28,7 +28,7 @@ local function register_many(name, body, own, nkeys, nargs)
     callback = function(keys, args)
       local n = tonumber(args[1])
       local out, k = {}, {}
-      batch.on, batch.now, batch.now_s, batch.swept = true, nil, nil, nil
+      new_batch(true)
       for j = 1, nshared do k[shared_at[j]] = keys[j] end
       for r = 1, n do
         local oi, base = nshared + (r - 1) * nown, 1 + (r - 1) * nargs
@@ -47,7 +47,7 @@ local function register_many(name, body, own, nkeys, nargs)
           out[r] = '!' .. tostring(reply)
         end
       end
-      batch.on, batch.now, batch.now_s, batch.swept = false, nil, nil, nil
+      new_batch(false)
       return out
     end,
   }

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from engine import specs
+from engine.script_spec import ScriptSpec
 from engine.scripts import NAMES, library, prepare
 
 
@@ -49,5 +50,5 @@ def test_a_call_is_built_without_io() -> None:
     assert call.function == library().function("trim_outbox")
     assert (call.keys, call.args) == (["o", "a"], ["1-0"])
     assert not call.read_only  # FCALL
-    read = specs.ScriptSpec("trim_outbox", ("outbox", "applied"), ("last_event",), read_only=True)
+    read = ScriptSpec("trim_outbox", ("outbox", "applied"), ("last_event",), read_only=True)
     assert prepare(read, outbox="o", applied="a", last_event="1-0").read_only  # FCALL_RO

@@ -10,8 +10,8 @@ from importlib import resources
 import pytest
 
 from engine import specs
+from engine.script_spec import ScriptSpec
 from engine.scripts import HELPERS, NAMES
-from engine.specs import ScriptSpec
 
 # A definition opens its header line ("-- KEYS[2] products ..."), or follows another on the
 # same line after a gap of two spaces or more; "(unused when ARGV[6] is '')" is a mention.

@@ -54,7 +54,7 @@ def _totals(path: Path) -> int:
     return int(found.group(1))
 
 
-class Counter:
+class Reservations:
     """The reservations, made through one client in pipelines."""
 
     def __init__(self, client: redis.Redis, settings: Settings, batch: int, key: bool) -> None:
@@ -86,8 +86,7 @@ class Counter:
 def measure(
     *, batch: int, reservations: int, warm: int, idempotency: bool, redis_args: list[str]
 ) -> dict[str, Any]:
-    if batch < 1 or reservations < batch or reservations % batch:
-        raise ValueError("--reservations must be a positive multiple of --batch")
+    """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
         out = Path(folder) / "callgrind.out"
         under = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -105,10 +104,10 @@ def measure(
 
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
-            counter = Counter(client, settings, batch, idempotency)
-            counter.reserve(warm - warm % batch)
+            buyers = Reservations(client, settings, batch, idempotency)
+            buyers.reserve(warm - warm % batch)
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-            counter.reserve(reservations)
+            buyers.reserve(reservations)
             subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
             client.close()
         finally:

@@ -1,0 +1,107 @@
+"""A script's parameters, `ScriptSpec`: its KEYS and ARGV by name, in the order of its header,
+and the building of one call's two lists from named values (engine/specs.py is the catalogue of
+every operation's).
+
+Each lua/<name>.lua is one function of the library (engine/scripts.py). It reads its
+arguments by position (`KEYS[3]`, `ARGV[7]`); its header (the comment that opens the file)
+says what each position holds. A `ScriptSpec` says the same once in Python, and `build`
+turns named values into the two lists, so no caller counts positions. Building is sans-I/O:
+the async engine and the sync worker run the same `build` (through engine.scripts.prepare),
+then call the function their own way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.keys import PartitionKeys
+
+# The keys a partition has once, which specs name alike (engine.keys.PartitionKeys).
+PARTITION_WIDE = (
+    "stock",
+    "products",
+    "live",
+    "expiry",
+    "outbox",
+    "behind",
+    "applied",
+    "carts",
+    "pending",
+    "held",
+    "waitlist",
+    "wait_due",
+    "wait_data",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptSpec:
+    """One script's parameters. `keys` and `args` name KEYS[1..] and ARGV[1..] in header
+    order, each in words of its header line (e.g. 'idempotency_ttl' for "idempotency record
+    ttl (ms)"). `more_keys` names the keys that follow the fixed ones, when the script takes
+    a variable number (KEYS[n + i]). `read_only` registers the function with the 'no-writes'
+    flag and calls it with FCALL_RO (so it may run on a replica)."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    more_keys: str = ""
+    read_only: bool = False
+    # the keys that are each call's own (its record, its idempotency record): an operation
+    # that names them may be coalesced (engine/coalesce.py) — many calls that share the other
+    # keys run as one `<name>_many` function call (lua/many.lua)
+    own_keys: tuple[str, ...] = ()
+    # every parameter's name, to check a call's names in one comparison
+    names: frozenset[str] = field(init=False, repr=False, compare=False)
+    # the 0-based positions of the own keys in KEYS
+    own_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # a call's shared keys (KEYS but its own), as a tuple: what groups coalesced calls
+    shared_of: Callable[[Sequence[str]], tuple[str, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    # partition_keys' answers, by partition
+    by_partition: dict[int, dict[str, str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
+        own = tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
+        object.__setattr__(self, "own_positions", own)
+        # (operator.itemgetter, in C: of two or more positions it gives a tuple, and every
+        # operation that has own keys shares more than one)
+        shared = [i for i in range(len(self.keys)) if i not in own]
+        picker = itemgetter(*shared) if len(shared) > 1 else lambda keys: (keys[shared[0]],)
+        object.__setattr__(self, "shared_of", picker)
+        if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
+            raise TypeError(f"{self.name}: own keys must be among its fixed keys")
+
+    def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
+        """This operation's partition-wide keys of partition `k`, by name (for `build`), made
+        once per partition (callers unpack it, never change it: it is on the hot path)."""
+        found = self.by_partition.get(k.partition)
+        if found is None:
+            found = {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
+            self.by_partition[k.partition] = found
+        return found
+
+    def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
+        """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
+        `more` are the variable keys, after the fixed ones."""
+        if values.keys() != self.names:
+            missing = [n for n in (*self.keys, *self.args) if n not in values]
+            unknown = sorted(set(values) - self.names)
+            raise TypeError(f"{self.name}: missing {missing}, unknown {unknown}")
+        if more and not self.more_keys:
+            raise TypeError(f"{self.name} takes no keys beyond {len(self.keys)}")
+        keys: list[str] = []
+        for name in self.keys:
+            key = values[name]
+            if not isinstance(key, str):
+                raise TypeError(f"{self.name}: key {name} must be a str, not {key!r}")
+            keys.append(key)
+        return [*keys, *more], [values[name] for name in self.args]
