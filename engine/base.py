@@ -8,7 +8,7 @@ scripts, and the routing of a call to its partition's keys.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,7 +19,7 @@ from engine.coalesce import Coalescer
 from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
 from engine.models import CallContext
 from engine.script_spec import ScriptSpec
-from engine.scripts import Scripts, parse, prepare
+from engine.scripts import Scripts, parse, prepare_from
 from engine.settings import Settings
 
 
@@ -43,9 +43,12 @@ class EngineBase:
         # where new reservation and order ids come from: (partition, partitions) -> id
         self._new_id = ids
 
-    async def _run_coalesced(self, spec: ScriptSpec, **values: str | int) -> dict[str, Any]:
-        """`Scripts.run` for an operation that may be coalesced with concurrent calls of it."""
-        call = prepare(spec, **values)
+    async def _run_coalesced(
+        self, spec: ScriptSpec, values: Mapping[str, str | int]
+    ) -> dict[str, Any]:
+        """`Scripts.run` for an operation that may be coalesced with concurrent calls of it,
+        its parameters in one mapping (made once, on the hot path)."""
+        call = prepare_from(spec, values)
         if self.coalescer is None:
             return parse(await self.scripts.raw(call))
         return parse(await self.coalescer.run(spec, call))
@@ -90,5 +93,6 @@ class EngineBase:
         key = ctx.idempotency_key
         if not 1 <= len(key) <= 255:
             raise errors.InvalidInput("idempotency_key", "must be 1 to 255 characters")
-        fp = hashlib.sha256(v.dumps([operation, list(payload)]).encode()).hexdigest()[:32]
+        text = v.fingerprint_text([operation, list(payload)])
+        fp = hashlib.sha256(text.encode()).hexdigest()[:32]
         return k.idempotency(ctx.actor, operation, key), fp

@@ -214,17 +214,19 @@ class CartOps(EngineBase):
         pid = self._part_id(cart, home, k.partition)
         return await self._run_coalesced(
             specs.RESERVE,
-            **specs.RESERVE.partition_keys(k),
-            record=k.reservation(pid),
-            reservation_id=pid,
-            lines=v.lines_json(own),
-            allow_split="1" if allow_split else "0",
-            owner=ctx.actor,
-            expiry_batch=self.settings.expire_batch,
-            retention=self.settings.reservation_retention_ms,
-            cart=cart,
-            hold=self.settings.cart_hold_ms,
-            **values,
+            {
+                **specs.RESERVE.partition_keys(k),
+                "record": k.reservation(pid),
+                "reservation_id": pid,
+                "lines": v.lines_json(own),
+                "allow_split": "1" if allow_split else "0",
+                "owner": ctx.actor,
+                "expiry_batch": self.settings.expire_batch,
+                "retention": self.settings.reservation_retention_ms,
+                "cart": cart,
+                "hold": self.settings.cart_hold_ms,
+                **values,
+            },
         )
 
     async def _whole(self, home: int, partitions: list[int], reply: dict[str, Any]) -> Reservation:

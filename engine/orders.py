@@ -68,17 +68,17 @@ class OrderOps(CartOps):
             "lines": v.lines_json(merged),
             "allow_split": "1" if allow_split else "0",
         }
-        reply = await self._run_coalesced(
-            specs.PLACE_ORDER,
+        values: dict[str, str | int] = {
             **specs.PLACE_ORDER.partition_keys(k),
-            order=k.order(order_id),
-            order_id=order_id,
+            "order": k.order(order_id),
+            "order_id": order_id,
             **payload,
-            owner=ctx.actor,
+            "owner": ctx.actor,
             **self._caller(k, ctx, "place_order", [*payload.values()]),
-            expiry_batch=self.settings.expire_batch,
-            pending_ttl=self.settings.order_pending_ttl_ms,
-        )
+            "expiry_batch": self.settings.expire_batch,
+            "pending_ttl": self.settings.order_pending_ttl_ms,
+        }
+        reply = await self._run_coalesced(specs.PLACE_ORDER, values)
         replies.raise_for(reply)
         return replies.order_reply(k.partition, reply)
 

@@ -49,21 +49,21 @@ class ReservationOps(CartOps):
             "ttl": ttl,
             "allow_split": "1" if allow_split else "0",
         }
-        reply = await self._run_coalesced(
-            specs.RESERVE,
+        values: dict[str, str | int] = {
             **specs.RESERVE.partition_keys(k),
-            record=k.reservation(reservation_id),
-            reservation_id=reservation_id,
+            "record": k.reservation(reservation_id),
+            "reservation_id": reservation_id,
             **payload,
-            owner=ctx.actor,
+            "owner": ctx.actor,
             **self._caller(k, ctx, "reserve", [*payload.values()]),
-            expiry_batch=self.settings.expire_batch,
-            retention=self.settings.reservation_retention_ms,
-            cart="",
-            parts="",
-            hold=0,
-            max_live=self.settings.max_live_reservations_per_customer,
-        )
+            "expiry_batch": self.settings.expire_batch,
+            "retention": self.settings.reservation_retention_ms,
+            "cart": "",
+            "parts": "",
+            "hold": 0,
+            "max_live": self.settings.max_live_reservations_per_customer,
+        }
+        reply = await self._run_coalesced(specs.RESERVE, values)
         replies.raise_for(reply)
         return replies.reservation_reply(k.partition, reply)
 

@@ -12,10 +12,10 @@ then call the function their own way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.keys import PartitionKeys
@@ -63,6 +63,13 @@ class ScriptSpec:
     shared_of: Callable[[Sequence[str]], tuple[str, ...]] = field(
         init=False, repr=False, compare=False
     )
+    # a call's fixed keys and its args from its values by name, as tuples (`_getter`)
+    keys_of: Callable[[Mapping[str, str | int]], tuple[str | int, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    args_of: Callable[[Mapping[str, str | int]], tuple[str | int, ...]] = field(
+        init=False, repr=False, compare=False
+    )
     # partition_keys' answers, by partition
     by_partition: dict[int, dict[str, str]] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -77,6 +84,8 @@ class ScriptSpec:
         shared = [i for i in range(len(self.keys)) if i not in own]
         picker = itemgetter(*shared) if len(shared) > 1 else lambda keys: (keys[shared[0]],)
         object.__setattr__(self, "shared_of", picker)
+        object.__setattr__(self, "keys_of", _getter(self.keys))
+        object.__setattr__(self, "args_of", _getter(self.args))
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
 
@@ -92,16 +101,34 @@ class ScriptSpec:
     def build(self, /, *more: str, **values: str | int) -> tuple[list[str], list[str | int]]:
         """(KEYS, ARGV) for one call: every named parameter exactly once, keys as strings;
         `more` are the variable keys, after the fixed ones."""
+        return self.build_from(values, more)
+
+    def build_from(
+        self, values: Mapping[str, str | int], more: Sequence[str] = ()
+    ) -> tuple[list[str], list[str | int]]:
+        """`build` of values in a mapping: what the hot path calls with the one dict it made
+        (no copy of it per layer); each list picked in one C call."""
         if values.keys() != self.names:
             missing = [n for n in (*self.keys, *self.args) if n not in values]
             unknown = sorted(set(values) - self.names)
             raise TypeError(f"{self.name}: missing {missing}, unknown {unknown}")
         if more and not self.more_keys:
             raise TypeError(f"{self.name} takes no keys beyond {len(self.keys)}")
-        keys: list[str] = []
-        for name in self.keys:
-            key = values[name]
-            if not isinstance(key, str):
-                raise TypeError(f"{self.name}: key {name} must be a str, not {key!r}")
-            keys.append(key)
-        return [*keys, *more], [values[name] for name in self.args]
+        fixed: tuple[Any, ...] = self.keys_of(values)
+        try:
+            "".join(fixed)  # every key a str, checked in C
+        except TypeError:
+            name, key = next((n, values[n]) for n in self.keys if not isinstance(values[n], str))
+            raise TypeError(f"{self.name}: key {name} must be a str, not {key!r}") from None
+        return [*fixed, *more], list(self.args_of(values))
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, str | int]], tuple[str | int, ...]]:
+    """The values of `names` from a mapping, as a tuple (operator.itemgetter, in C, gives a
+    tuple only of two or more)."""
+    if len(names) > 1:
+        return itemgetter(*names)
+    if names:
+        name = names[0]
+        return lambda values: (values[name],)
+    return lambda values: ()

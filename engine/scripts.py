@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -113,7 +113,14 @@ class Call:
 
 def prepare(spec: ScriptSpec, /, *more_keys: str, **values: str | int) -> Call:
     """The call of `spec`'s function with its parameters by name (ScriptSpec.build)."""
-    keys, args = spec.build(*more_keys, **values)
+    return prepare_from(spec, values, more_keys)
+
+
+def prepare_from(
+    spec: ScriptSpec, values: Mapping[str, str | int], more_keys: Sequence[str] = ()
+) -> Call:
+    """`prepare` of values in a mapping (ScriptSpec.build_from)."""
+    keys, args = spec.build_from(values, more_keys)
     return Call(library().function(spec.name), keys, args, spec.read_only)
 
 

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from engine import errors
 from engine.models import LineRequest
 
@@ -53,8 +55,22 @@ def merge_lines(lines: Sequence[LineRequest]) -> list[tuple[str, str, int]]:
     return [(p, w, q) for (p, w), q in merged.items()]
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+# json.dumps(value, separators=(",", ":"), sort_keys=True), without building the encoder per call
+dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def fingerprint_text(value: Sequence[Any]) -> str:
+    """`dumps(value)` for a list of strs, ints and lists of them (an idempotent call's
+    operation and arguments), by orjson where that gives the same text: when what it wrote is
+    ASCII without DEL, which json.dumps would have escaped (`\\u007f`), as it does every
+    character past it. Otherwise (or for an int past 64 bits) json.dumps's own text."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: an int past 64 bits
+        return dumps(value)
+    if text.isascii() and b"\x7f" not in text:
+        return text.decode()
+    return dumps(value)
 
 
 def lines_json(merged: Sequence[tuple[str, str, int]]) -> str:

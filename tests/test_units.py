@@ -22,6 +22,7 @@ from engine.validation import (
     NAME,
     RECORD_ID,
     dumps,
+    fingerprint_text,
     lines_json,
     merge_lines,
 )
@@ -277,3 +278,26 @@ def test_lines_are_written_as_the_json_encoder_writes_them(
     fingerprints of idempotent calls, which hash it, stay what they were)."""
     merged = merge_lines([LineRequest(p, q, w) for p, w, q in lines])
     assert lines_json(merged) == dumps(merged)
+
+
+_FINGERPRINTED = st.recursive(
+    st.one_of(st.text(), st.integers(min_value=-(2**80), max_value=2**80)),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(operation=st.text(max_size=12), payload=st.lists(_FINGERPRINTED, max_size=5))
+def test_the_fingerprint_text_is_json_dumps_text_whatever_it_holds(
+    operation: str, payload: list[Any]
+) -> None:
+    # an idempotency record made before orjson wrote the text must still match its retry
+    value = [operation, payload]
+    assert fingerprint_text(value) == json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def test_the_fingerprint_text_of_a_reservation_is_orjson_s_where_it_agrees() -> None:
+    value = ["reserve", ['[["p1","",1]]', 900000, "1"]]
+    assert fingerprint_text(value) == '["reserve",["[[\\"p1\\",\\"\\",1]]",900000,"1"]]'
+    for odd in ("caf\u00e9", "del\x7f", "nul\x00", 2**64):
+        assert fingerprint_text(["x", [odd]]) == json.dumps(["x", [odd]], separators=(",", ":"))

@@ -4,6 +4,8 @@ called from the middleware is the one the router picks, and request ids are UUID
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ from starlette.routing import Match
 from engine.models import Reservation, ReservationStatus, ReservedLine
 from web.bodies import product_quantity
 from web.middleware import direct_routes
+from web.responses import Envelope
 from web.routes import ROUTES
 from web.schemas.orders import reservation_data, reservation_out
 
@@ -98,3 +101,17 @@ def test_a_route_called_directly_is_the_one_the_router_picks() -> None:
         first = next(r for r in ROUTES if r.matches(probe)[0] is Match.FULL)
         assert first is route
         assert not route.param_convertors
+
+
+def test_the_envelope_is_the_json_document_json_dumps_would_write() -> None:
+    body = {
+        "request_id": "r",
+        "data": {"name": "caf\u00e9", "at": datetime.datetime(2026, 1, 1), "n": None},
+        "price": decimal.Decimal("1.50"),
+    }
+    sent = bytes(Envelope(body).body)
+    assert json.loads(sent) == json.loads(json.dumps(body, default=str))
+    assert "caf\u00e9".encode() in sent  # UTF-8, not escaped
+    # what orjson refuses, json writes: a key that is not a str, an int past 64 bits
+    odd = {"request_id": "r", "data": {1: 2**70}}
+    assert json.loads(bytes(Envelope(odd).body)) == {"request_id": "r", "data": {"1": 2**70}}
