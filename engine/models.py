@@ -13,7 +13,9 @@ from engine.states import OrderStatus
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """Exact to the ms: `ms / 1000` as a float loses the last ms of some times past 2100."""
+    seconds, milli = divmod(ms, 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=milli * 1000)
 
 
 class ReservationStatus(StrEnum):

@@ -10,12 +10,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.routing import Match
 
-from engine.models import Reservation, ReservationStatus, ReservedLine
+from engine.models import Reservation, ReservationStatus, ReservedLine, ms_to_datetime
 from web.bodies import product_quantity
 from web.middleware import direct_routes
-from web.responses import Envelope
+from web.responses import Envelope, iso, iso_ms
 from web.routes import ROUTES
 from web.schemas.orders import reservation_data, reservation_out
 
@@ -115,3 +117,10 @@ def test_the_envelope_is_the_json_document_json_dumps_would_write() -> None:
     # what orjson refuses, json writes: a key that is not a str, an int past 64 bits
     odd = {"request_id": "r", "data": {1: 2**70}}
     assert json.loads(bytes(Envelope(odd).body)) == {"request_id": "r", "data": {"1": 2**70}}
+
+
+@given(st.integers(min_value=0, max_value=253_402_300_799_999))  # to 9999-12-31T23:59:59.999
+def test_a_time_in_ms_is_written_to_the_millisecond(ms: int) -> None:
+    exact = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(milliseconds=ms)
+    assert ms_to_datetime(ms) == exact
+    assert iso_ms(ms) == iso(exact)

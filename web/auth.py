@@ -28,7 +28,7 @@ from engine.models import CallContext
 from engine.settings import Settings
 from persistence.users import TokenState
 from web.errors import ApiError
-from web.middleware import scope_state
+from web.middleware import header, scope_state
 
 log = logging.getLogger("inventory.auth")
 
@@ -49,7 +49,7 @@ class Principal:
 
     def context(self, request: Request) -> CallContext:
         """The engine call context: actor, request id, idempotency key, staff scope."""
-        key = request.headers.get("idempotency-key")
+        key = header(request, b"idempotency-key")
         return CallContext(
             actor=self.user_id,
             request_id=str(request.scope.get("state", {}).get("request_id", "")),
@@ -189,10 +189,10 @@ def bearer_token(header: str | None) -> str | None:
 
 def authenticate(request: Request) -> Principal | None:
     """The caller from `Authorization: Bearer <access token>`, or None if there is none."""
-    header = request.headers.get("authorization")
-    if not header:
+    given = header(request, b"authorization")
+    if not given:
         return None
-    token = bearer_token(header)
+    token = bearer_token(given)
     if token is None:
         raise ApiError(401, "invalid_token", "use Authorization: Bearer <access token>")
     claims = request_keys(request).verify(token, "access")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from web.errors import ApiError
+from web.middleware import header
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -104,7 +105,7 @@ async def read_body(request: Request) -> bytes:
 async def parse_body(request: Request, model: type[M], *, shortcut: Shortcut | None = None) -> M:
     """The body as `model`, or the 4xx. `shortcut` may decode the body's common form instead
     of json.loads: it must give what json.loads would, or None (then json.loads does)."""
-    content_type = request.headers.get("content-type", "")
+    content_type = header(request, b"content-type") or ""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = await read_body(request)

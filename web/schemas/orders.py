@@ -33,7 +33,7 @@ from engine.validation import MAX_LINES, MAX_QUANTITY, NAME
 from web.bodies import INTEGRAL
 from web.money import to_decimal_string
 from web.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from web.responses import iso
+from web.responses import iso, iso_ms
 
 # -- requests ---------------------------------------------------------------------------------
 
@@ -281,8 +281,8 @@ def reservation_data(r: Reservation) -> dict[str, Any]:
             {"product": api_product(li.product), "warehouse": li.warehouse, "quantity": li.quantity}
             for li in r.lines
         ],
-        "expires_at": iso(r.expires_at),
-        "created_at": iso(r.created_at),
+        "expires_at": iso_ms(r.expires_at_ms),
+        "created_at": iso_ms(r.created_at_ms),
         "order": r.order_id,
         "source": r.source,
     }
