@@ -141,6 +141,11 @@ class Settings:
     # has a bucket. 0 = off.
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
+    # `inventory serve`'s workers, once started: Python's garbage collector runs its youngest
+    # generation after this many more container objects are made than freed (Python's default
+    # is 700), and what start-up made is frozen out of its scans (web/app.py tune_gc). 0 =
+    # Python's own settings.
+    gc_threshold: int = 10_000
     # GET /metrics without a token. None: open on the embedded stack, closed otherwise (then
     # a staff token or METRICS_TOKEN, a static bearer secret for the scraper, opens it).
     metrics_public: bool | None = None
@@ -205,6 +210,7 @@ class Settings:
             login_delay_max_ms=_seconds_ms(e, "LOGIN_DELAY_MAX", d.login_delay_max_ms / 1000),
             rate_limit_per_second=_rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second),
             rate_limit_burst=_int(e, "RATE_LIMIT_BURST", d.rate_limit_burst),
+            gc_threshold=_int(e, "GC_THRESHOLD", d.gc_threshold),
             metrics_public=_flag(e, "METRICS_PUBLIC", d.metrics_public),
             metrics_token=e.get("METRICS_TOKEN") or d.metrics_token,
             default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,
@@ -228,6 +234,8 @@ class Settings:
             raise ValueError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or 0.001 to 1000000")
         if self.rate_limit_per_second and not 1 <= self.rate_limit_burst <= 1_000_000:
             raise ValueError("RATE_LIMIT_BURST must be between 1 and 1000000")
+        if not 0 <= self.gc_threshold <= 10_000_000:
+            raise ValueError("GC_THRESHOLD must be 0 (Python's own) to 10000000")
         if self.redis_wait_replicas and self.redis_wait_timeout_ms < 1:
             raise ValueError("REDIS_WAIT_TIMEOUT must be at least 0.001 s when waiting")
         if self.login_delay_base_ms > self.login_delay_max_ms:

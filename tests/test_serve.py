@@ -3,6 +3,9 @@ address; on any other address without JWT_KEYS the command refuses to start, bef
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import gc
 import os
 import signal
 import socket
@@ -14,12 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from starlette.applications import Starlette
 
-from engine.settings import PROJECT_ROOT
+from engine.settings import PROJECT_ROOT, Settings
 from scripts.bench.meter import family
 from scripts.cli.serve import is_loopback
 from scripts.redis_server import RedisServer, free_port
+from tests.api import running
 from tests.support import run_cli, wait_until_serving
+from web.app import create_app
 
 
 @pytest.mark.parametrize(
@@ -201,3 +207,40 @@ def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
             check=False, capture_output=True,
         )  # fmt: skip
         log.close()
+
+
+def test_a_served_worker_tunes_the_garbage_collector_once_started(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    before = gc.get_threshold()
+    app = create_app(dataclasses.replace(app_settings, gc_threshold=12_345))
+    app.state.tune_gc = True  # as served_app, the factory `inventory serve` runs, sets it
+
+    async def started() -> tuple[tuple[int, int, int], int]:
+        async with running(app):
+            return gc.get_threshold(), gc.get_freeze_count()
+
+    try:
+        threshold, frozen = asyncio.run(started())
+        assert threshold == (12_345, *before[1:])
+        assert frozen > 10_000  # what start-up made: the modules, the app, its routes
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_an_app_not_served_leaves_the_garbage_collector_alone(
+    app_settings: Settings, clean_redis: None
+) -> None:
+    # create_app alone (the tests, a program that embeds the app): the process's collector is
+    # not the app's to set; nor is it when served with GC_THRESHOLD=0
+    before = gc.get_threshold()
+    off = create_app(dataclasses.replace(app_settings, gc_threshold=0))
+    off.state.tune_gc = True
+
+    async def started(app: Starlette) -> tuple[tuple[int, int, int], int]:
+        async with running(app):
+            return gc.get_threshold(), gc.get_freeze_count()
+
+    assert asyncio.run(started(create_app(app_settings))) == (before, 0)
+    assert asyncio.run(started(off)) == (before, 0)

@@ -87,6 +87,8 @@ def test_settings_overrides() -> None:
         {"RESERVATION_TTL": "7200"},
         {"RESERVATION_TTL_MAX": "300", "RESERVATION_TTL": "600"},
         {"RESERVATION_MAX_LIFETIME": "1800"},
+        {"GC_THRESHOLD": "-1"},
+        {"GC_THRESHOLD": "often"},
     ],
 )
 def test_bad_settings_raise_value_error(env: dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """The API with two extra endpoints for `inventory bench` — never served in production
-(`inventory serve --bench` runs this factory instead of `web.app:create_app`; it builds the API
-with `create_app` and plugs these in from outside):
+(`inventory serve --bench` runs this module's `served_bench_app` instead of
+`web.app:served_app`; it builds the API with `create_app` and plugs these in from outside):
 
 - `POST /bench/rowlock/reservations/` — the baseline: the same HTTP stack as
   `POST /api/reservations/` (middleware: request id, access log, metrics, rate limit, body
@@ -218,6 +218,14 @@ class BenchApp:
             await _bare(self.app, scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def served_bench_app() -> BenchApp:
+    """The bench's app as `inventory serve --bench` runs it: the garbage collector tuned as
+    for the API (web.app.served_app), for ours and the baselines alike."""
+    bench = create_bench_app()
+    bench.app.state.tune_gc = True
+    return bench
 
 
 def create_bench_app(settings: Settings | None = None) -> BenchApp:

@@ -62,7 +62,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         # the single-statement design: what a user choosing PostgreSQL would write
         for suffix, ours, base in pairs(rows, "saturation", STATEMENT):
             throughput = _ratio(ours["ops_per_s"], base["ops_per_s"])
-            target("flash_sale_vs_statement_throughput_x" + suffix, throughput, 3)
+            # issue 12's target (issue 11's was 3)
+            target("flash_sale_vs_statement_throughput_x" + suffix, throughput, 5)
             p99 = _ratio(ours["p99_ms"], base["p99_ms"])
             target("flash_sale_vs_statement_p99_fraction" + suffix, p99, 0.2, False)
         for suffix, ours, base in pairs(rows, "sale"):  # every buyer at once, then sold out

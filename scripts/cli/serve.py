@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     uvicorn.run(
-        "scripts.bench.app:create_bench_app" if args.bench else "web.app:create_app",
+        "scripts.bench.app:served_bench_app" if args.bench else "web.app:served_app",
         factory=True,
         host=args.host,
         port=args.port,
