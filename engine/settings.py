@@ -210,7 +210,7 @@ class Settings:
             login_delay_max_ms=_seconds_ms(e, "LOGIN_DELAY_MAX", d.login_delay_max_ms / 1000),
             rate_limit_per_second=_rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second),
             rate_limit_burst=_int(e, "RATE_LIMIT_BURST", d.rate_limit_burst),
-            gc_threshold=_int(e, "GC_THRESHOLD", d.gc_threshold),
+            gc_threshold=_int(e, "GC_THRESHOLD", d.gc_threshold, 0),
             metrics_public=_flag(e, "METRICS_PUBLIC", d.metrics_public),
             metrics_token=e.get("METRICS_TOKEN") or d.metrics_token,
             default_warehouse=e.get("DEFAULT_WAREHOUSE") or d.default_warehouse,

@@ -167,3 +167,8 @@ def test_told_it_is_a_cluster_or_not_it_asks_nobody() -> None:
     assert resolve(dataclasses.replace(far, redis_cluster=False)).partitions == 1
     # Not told, and Redis away: taken for a single server (the app starts, readiness waits).
     assert resolve(far).redis_cluster is False
+
+
+def test_gc_threshold_zero_leaves_python_s_own_settings() -> None:
+    assert Settings.from_env({"GC_THRESHOLD": "0"}).gc_threshold == 0
+    assert Settings.from_env({}).gc_threshold == 10_000
