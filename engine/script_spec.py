@@ -63,7 +63,7 @@ class ScriptSpec:
     shared_of: Callable[[Sequence[str]], tuple[str, ...]] = field(
         init=False, repr=False, compare=False
     )
-    # a call's fixed keys and its args from its values by name, as tuples (`_getter`)
+    # a call's fixed keys and its args from its values by name, as tuples
     keys_of: Callable[[Mapping[str, str | int]], tuple[str | int, ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -79,11 +79,8 @@ class ScriptSpec:
         object.__setattr__(self, "names", frozenset((*self.keys, *self.args)))
         own = tuple(i for i, name in enumerate(self.keys) if name in self.own_keys)
         object.__setattr__(self, "own_positions", own)
-        # (operator.itemgetter, in C: of two or more positions it gives a tuple, and every
-        # operation that has own keys shares more than one)
-        shared = [i for i in range(len(self.keys)) if i not in own]
-        picker = itemgetter(*shared) if len(shared) > 1 else lambda keys: (keys[shared[0]],)
-        object.__setattr__(self, "shared_of", picker)
+        shared = tuple(i for i in range(len(self.keys)) if i not in own)
+        object.__setattr__(self, "shared_of", _getter(shared))
         object.__setattr__(self, "keys_of", _getter(self.keys))
         object.__setattr__(self, "args_of", _getter(self.args))
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
@@ -123,12 +120,12 @@ class ScriptSpec:
         return [*fixed, *more], list(self.args_of(values))
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, str | int]], tuple[str | int, ...]]:
-    """The values of `names` from a mapping, as a tuple (operator.itemgetter, in C, gives a
-    tuple only of two or more)."""
-    if len(names) > 1:
-        return itemgetter(*names)
-    if names:
-        name = names[0]
-        return lambda values: (values[name],)
+def _getter(items: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values at `items` (names of a mapping, positions of a sequence), always as a tuple
+    (operator.itemgetter, in C, gives a tuple only of two or more)."""
+    if len(items) > 1:
+        return itemgetter(*items)
+    if items:
+        item = items[0]
+        return lambda values: (values[item],)
     return lambda values: ()

@@ -24,40 +24,37 @@ been down). Under heavy load (the benchmark) a larger node_timeout_ms avoids fal
     python -m scripts.redis_cluster status DIR    # exit 0 ok, 1 unhealthy, 3 not running
     python -m scripts.redis_cluster stop DIR
 
-The nodes as processes and ports are in nodes.py; the command line in cli.py (__main__.py).
+The nodes' ports and replies parsed are in nodes.py, their processes in processes.py, what
+healthy is in health.py; the command
+line in cli.py (__main__.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Collection, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import redis
 
+from scripts.redis_cluster.health import SLOTS, Roles, agreement_problem, node_problem
 from scripts.redis_cluster.nodes import (
     HOST,
     ClusterNode,
     free_cluster_ports,
-    is_node_process,
     parse_cluster_nodes,
     parse_info,
-    process_state,
 )
-from scripts.redis_server import CONF
+from scripts.redis_cluster.processes import STOP_TIMEOUT_S, NodeProcesses
 
-SLOTS = 16_384
+__all__ = ["SLOTS", "STATE_FILE", "RedisClusterServer"]
+
 STATE_FILE = "cluster.json"
-PING_TIMEOUT_S = 10.0
 OK_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 3
 
 
@@ -95,7 +92,9 @@ class RedisClusterServer:
         self.detach = detach
         self._ports: list[int] = []
         self._first_primary: int | None = None
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.processes = NodeProcesses(
+            self.data_dir, appendfsync=appendfsync, node_timeout_ms=node_timeout_ms, detach=detach
+        )
 
     @classmethod
     def from_dir(cls, data_dir: Path, *, detach: bool = True) -> RedisClusterServer:
@@ -138,13 +137,17 @@ class RedisClusterServer:
         return self.node_url(candidates[0] if candidates else self._ports[0])
 
     def node_dir(self, port: int) -> Path:
-        return self.data_dir / str(port)
+        return self.processes.node_dir(port)
 
     # --- views of the cluster --------------------------------------------------------------
 
     def running(self, port: int) -> bool:
         """Whether the node's process is alive (it may not answer yet)."""
-        return self._pid(port) is not None
+        return self.processes.running(port)
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last `lines` of each node's log."""
+        return self.processes.log_tails(self._ports, lines)
 
     def nodes(self) -> list[ClusterNode]:
         """CLUSTER NODES, as the first running node that answers sees it."""
@@ -153,7 +156,7 @@ class RedisClusterServer:
             if not self.running(port):
                 continue
             try:
-                with self._client(port) as client:
+                with self.processes.client(port) as client:
                     return parse_cluster_nodes(_text(client.execute_command("CLUSTER", "NODES")))
             except redis.RedisError as error:
                 errors.append(f"{port}: {error}")
@@ -177,63 +180,32 @@ class RedisClusterServer:
         )
 
     def problem(self) -> str | None:
-        """None when the cluster is healthy, else what is wrong. Healthy: every running node
-        answers, reports cluster_state:ok with all 16384 slots ok and knows every node, flags
-        no running node as failing; all of them agree on which `primaries` running nodes serve
-        the slots and which running node replicates which; every replica's link to its
-        primary is up and in sync."""
+        """None when the cluster is healthy, else what is wrong (health.py says what healthy
+        is), asking each running node in turn."""
         live = [p for p in self._ports if self.running(p)]
         if not live:
             return "no node is running"
-        views: dict[int, tuple[frozenset[int], frozenset[tuple[int, int]]]] = {}
+        views: dict[int, Roles] = {}
         for port in live:
             try:
-                with self._client(port) as client:
+                with self.processes.client(port) as client:
                     info = parse_info(_text(client.execute_command("CLUSTER", "INFO")))
                     nodes = parse_cluster_nodes(_text(client.execute_command("CLUSTER", "NODES")))
                     replication = client.info("replication")
             except redis.RedisError as error:
                 return f"node {port}: {error}"
-            if info.get("cluster_state") != "ok":
-                return f"node {port}: cluster_state:{info.get('cluster_state')}"
-            if info.get("cluster_slots_ok") != str(SLOTS):
-                return f"node {port}: cluster_slots_ok:{info.get('cluster_slots_ok')}"
-            if info.get("cluster_known_nodes") != str(len(self._ports)):
-                return f"node {port}: cluster_known_nodes:{info.get('cluster_known_nodes')}"
-            flagged = sorted(n.port for n in nodes if n.port in live and n.failed)
-            if flagged:
-                return f"node {port} flags the running node(s) {flagged} as failing"
-            owners = {n.port: n.slots for n in nodes if "master" in n.flags and n.slots}
-            if sum(owners.values()) != SLOTS:
-                return f"node {port} sees {sum(owners.values())} slots served"
-            stopped = sorted(set(owners) - set(live))
-            if stopped:
-                return f"node {port} sees slots served by the stopped node(s) {stopped}"
-            if len(owners) != self.primaries:
-                return f"node {port} sees {len(owners)} primaries, not {self.primaries}"
-            port_of = {n.id: n.port for n in nodes}
-            links = frozenset(
-                (n.port, port_of.get(n.master_id, 0))
-                for n in nodes
-                if n.port in live and "slave" in n.flags
+            wrong, views[port] = node_problem(
+                port,
+                info,
+                nodes,
+                replication,
+                live=live,
+                known=len(self._ports),
+                primaries=self.primaries,
             )
-            views[port] = (frozenset(owners), links)
-            role = replication.get("role")
-            if role == "slave":
-                if replication.get("master_link_status") != "up":
-                    return f"node {port}: replica link {replication.get('master_link_status')}"
-                if replication.get("master_sync_in_progress") not in (0, "0", None):
-                    return f"node {port}: replica still syncing"
-            elif port not in owners:
-                return f"node {port} is a {role} without slots"
-        if len(set(views.values())) > 1:
-            seen = {p: (sorted(o), sorted(r)) for p, (o, r) in views.items()}
-            return f"the nodes disagree on the roles (primaries, replica->primary): {seen}"
-        primaries, links = next(iter(views.values()))
-        unaccounted = sorted(set(live) - primaries - {replica for replica, _ in links})
-        if unaccounted:
-            return f"the node(s) {unaccounted} are neither primaries nor replicas"
-        return None
+            if wrong is not None:
+                return wrong
+        return agreement_problem(views, live)
 
     def wait_ok(self, timeout: float = OK_TIMEOUT_S) -> None:
         """Wait until problem() is None; RuntimeError (with the nodes' logs) after `timeout`."""
@@ -248,17 +220,6 @@ class RedisClusterServer:
                 )
             time.sleep(0.05)
 
-    def log_tails(self, lines: int = 15) -> str:
-        parts: list[str] = []
-        for port in sorted(set(self._ports) | set(self._procs)):
-            log = self.node_dir(port) / "redis.log"
-            try:
-                tail = log.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
-                continue
-            parts.append(f"--- {log} ---\n" + "\n".join(tail))
-        return "\n".join(parts)
-
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -271,10 +232,10 @@ class RedisClusterServer:
             if not fresh:
                 stopped = [p for p in self._ports if not self.running(p)]
                 for port in stopped:
-                    self._launch(port)
-                failed = self._wait_ping(stopped)
+                    self.processes.launch(port)
+                failed = self.processes.wait_ping(stopped)
                 if failed:
-                    raise RuntimeError(self._failed_message(failed))
+                    raise RuntimeError(self.processes.failed_message(failed))
             else:
                 self._create()
             self.wait_ok(OK_TIMEOUT_S)
@@ -293,22 +254,22 @@ class RedisClusterServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = free_cluster_ports(self.primaries * (1 + self.replicas))
         for port in ports:
-            self._launch(port)
+            self.processes.launch(port)
         for attempt in range(BIND_ATTEMPTS):
-            failed = self._wait_ping(ports)
+            failed = self.processes.wait_ping(ports)
             if not failed:
                 break
             # Another process took a port between the pick and the bind: pick others.
-            clash = all("Address already in use" in self._log(p) for p in failed)
+            clash = all("Address already in use" in self.processes.log(p) for p in failed)
             if not clash or attempt + 1 == BIND_ATTEMPTS:
                 self._ports = ports
-                raise RuntimeError(self._failed_message(failed))
+                raise RuntimeError(self.processes.failed_message(failed))
             for old in failed:
                 (new,) = free_cluster_ports(1, avoid=ports)
                 ports[ports.index(old)] = new
-                self._procs.pop(old, None)
+                self.processes.procs.pop(old, None)
                 shutil.rmtree(self.node_dir(old), ignore_errors=True)
-                self._launch(new)
+                self.processes.launch(new)
         self._ports = ports
         self._save_state()  # from here on `stop DIR` finds the nodes, even if create fails
         command = [
@@ -338,56 +299,34 @@ class RedisClusterServer:
     def stop(self) -> None:
         """SIGTERM every running node (each flushes its AOF and nodes.conf) and wait for them
         to exit; SIGKILL after 10 s. Idempotent."""
-        pending: dict[int, int] = {}
-        for port in sorted(set(self._ports) | set(self._procs)):
-            pid = self._pid(port)
-            if pid is not None:
-                pending[port] = pid
-        self._signal(pending.values(), signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        again = time.monotonic() + 0.5
-        while pending:
-            pending = {port: pid for port, pid in pending.items() if not self._gone(port, pid)}
-            now = time.monotonic()
-            if pending and now > deadline:
-                self._signal(pending.values(), signal.SIGKILL)
-                for port, pid in pending.items():
-                    self._wait_gone(port, pid, STOP_TIMEOUT_S)
-                break
-            if pending and now > again:
-                # A node refuses a SIGTERM that comes while it writes its first AOF (a replica
-                # just after its initial sync: "Writing initial AOF, can't exit"): ask again.
-                self._signal(pending.values(), signal.SIGTERM)
-                again = now + 0.5
-            time.sleep(0.02)
-        self._procs.clear()
+        self.processes.stop_all(self._ports)
 
     def kill(self, port: int) -> None:
         """SIGKILL one node (no AOF flush, no goodbye to the cluster) and wait until it is gone.
         A no-op when it is not running."""
         self._check_port(port)
-        pid = self._pid(port)
+        pid = self.processes.pid(port)
         if pid is None:
             return
-        self._signal([pid], signal.SIGKILL)
-        if not self._wait_gone(port, pid, STOP_TIMEOUT_S):
+        self.processes.signal([pid], signal.SIGKILL)
+        if not self.processes.wait_gone(port, pid, STOP_TIMEOUT_S):
             raise RuntimeError(f"node {port} (pid {pid}) survived SIGKILL")
 
     def pause(self, port: int) -> None:
         """SIGSTOP one node: it neither answers nor replicates until resume(), as a node stalled
         by its machine would (a replica paused falls behind its primary)."""
         self._check_port(port)
-        pid = self._pid(port)
+        pid = self.processes.pid(port)
         if pid is None:
             raise RuntimeError(f"node {port} is not running")
-        self._signal([pid], signal.SIGSTOP)
+        self.processes.signal([pid], signal.SIGSTOP)
 
     def resume(self, port: int) -> None:
         """SIGCONT a node pause() stopped."""
         self._check_port(port)
-        pid = self._pid(port)
+        pid = self.processes.pid(port)
         if pid is not None:
-            self._signal([pid], signal.SIGCONT)
+            self.processes.signal([pid], signal.SIGCONT)
 
     def replica_of(self, primary: int) -> int:
         """The port of a replica of the primary at `primary`."""
@@ -405,9 +344,9 @@ class RedisClusterServer:
         self._check_port(port)
         if self.running(port):
             return
-        self._launch(port)
-        if self._wait_ping([port]):
-            raise RuntimeError(self._failed_message([port]))
+        self.processes.launch(port)
+        if self.processes.wait_ping([port]):
+            raise RuntimeError(self.processes.failed_message([port]))
 
     def __enter__(self) -> RedisClusterServer:
         self.start()
@@ -426,127 +365,6 @@ class RedisClusterServer:
     def _check_port(self, port: int) -> None:
         if port not in self._ports:
             raise ValueError(f"{port} is not a node of this cluster (ports {self._ports})")
-
-    def _client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            host=HOST,
-            port=port,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            decode_responses=True,
-        )
-
-    def _ping(self, port: int) -> bool:
-        try:
-            with self._client(port) as client:
-                return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    def _args(self, port: int) -> list[str]:
-        folder = self.node_dir(port)
-        return [
-            "redis-server",
-            str(CONF),  # the project's settings (scripts/redis.conf), then these
-            "--bind", HOST,
-            "--port", str(port),
-            "--dir", str(folder),
-            "--protected-mode", "yes",
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(self.node_timeout_ms),
-            # a replica may always take over, however long its link has been down
-            "--cluster-replica-validity-factor", "0",
-            # a replica's first sync starts at once (the default waits 5 s for more replicas)
-            "--repl-diskless-sync-delay", "0",
-            "--appendonly", "yes",
-            "--appendfsync", self.appendfsync,
-            "--save", "",
-            "--pidfile", str(folder / "redis.pid"),
-            "--logfile", str(folder / "redis.log"),
-        ]  # fmt: skip
-
-    def _launch(self, port: int) -> None:
-        folder = self.node_dir(port)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._procs[port] = subprocess.Popen(
-            self._args(port),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=self.detach,
-        )
-
-    def _pid(self, port: int) -> int | None:
-        """The node's live process: our child if we started it, else the one its pidfile
-        names (checked to be the redis-server of that port). Never found by name."""
-        proc = self._procs.get(port)
-        if proc is not None:
-            if proc.poll() is None:
-                return proc.pid
-            del self._procs[port]
-            return None
-        try:
-            pid = int((self.node_dir(port) / "redis.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if is_node_process(pid, port) else None
-
-    @staticmethod
-    def _signal(pids: Collection[int], signum: signal.Signals) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def _gone(self, port: int, pid: int) -> bool:
-        """Whether the process has exited (reaped if it is our child; a zombie left to init
-        counts as gone)."""
-        proc = self._procs.get(port)
-        if proc is not None and proc.pid == pid:
-            if proc.poll() is None:
-                return False
-            del self._procs[port]
-            return True
-        return process_state(pid) in (None, "Z")
-
-    def _wait_gone(self, port: int, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self._gone(port, pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    def _wait_ping(self, ports: Sequence[int]) -> list[int]:
-        """Wait until each node answers PING; the ones whose process exited instead, or that
-        still do not answer after 10 s."""
-        pending = list(ports)
-        failed: list[int] = []
-        deadline = time.monotonic() + PING_TIMEOUT_S
-        while pending:
-            for port in list(pending):
-                if not self.running(port):
-                    failed.append(port)
-                    pending.remove(port)
-                elif self._ping(port):
-                    pending.remove(port)
-            if pending and time.monotonic() > deadline:
-                return failed + pending
-            if pending:
-                time.sleep(0.02)
-        return failed
-
-    def _log(self, port: int) -> str:
-        try:
-            return (self.node_dir(port) / "redis.log").read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def _failed_message(self, ports: Sequence[int]) -> str:
-        tails = "\n".join(
-            f"--- {self.node_dir(p) / 'redis.log'} ---\n{self._log(p)[-2000:]}" for p in ports
-        )
-        return f"redis-server did not start on port(s) {list(ports)}:\n{tails}"
 
     def _save_state(self) -> None:
         state = {

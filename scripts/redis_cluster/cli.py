@@ -88,11 +88,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if not cluster.running(port):
             state = "not running"
         elif node is None:
-            state = f"pid {cluster._pid(port)}, not answering"
+            state = f"pid {cluster.processes.pid(port)}, not answering"
         elif "master" in node.flags:
-            state = f"pid {cluster._pid(port)}, primary, {node.slots} slots"
+            state = f"pid {cluster.processes.pid(port)}, primary, {node.slots} slots"
         else:
-            state = f"pid {cluster._pid(port)}, replica of {by_id.get(node.master_id, '?')}"
+            state = (
+                f"pid {cluster.processes.pid(port)}, replica of {by_id.get(node.master_id, '?')}"
+            )
         print(f"{HOST}:{port}  {state}")
     problem = cluster.problem()
     print(f"cluster: {problem or 'ok'}  {cluster.url}")
