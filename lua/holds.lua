@@ -67,7 +67,12 @@ end
 -- waits for it, and this call is not the hand-off. Such units are no caller's to take.
 local function held_back(p)
   if not wait or serving then return false end
-  return (tonumber(redis.call('HGET', wait.held, 'w|' .. p)) or 0) > 0
+  local n = batch.on and batch.waiting[p]  -- (read once a batch: lib.lua `batch`)
+  if not n then
+    n = tonumber(redis.call('HGET', wait.held, 'w|' .. p)) or 0
+    if batch.on then batch.waiting[p] = n end
+  end
+  return n > 0
 end
 
 -- Routes request lines [[product, warehouse or '', quantity], ...] to warehouses.

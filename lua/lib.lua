@@ -52,11 +52,62 @@ local handed_record = nil
 -- outside one: the batch's calls run at one instant (its clock is read once, `now`, `now_s`),
 -- and `swept` names the expiry index whose due reservations an earlier call of the batch has
 -- all released at that instant (holds.lua expire_due), so the later calls need not look again.
-local batch = {on = false, now = nil, now_s = nil, swept = nil}
+--
+-- A batch also writes back what every call of it writes again and again (what one call writes
+-- there, the next reads or overwrites), once at its end (flush_batch) rather than once a call:
+-- `stock` names the stock hash whose counters it keeps (`counters`: field -> its value's text,
+-- as read or as written since; `moved`: available field -> reserved field of the counters
+-- written), `products` the products hash whose settings it has read (`raws`: product -> its
+-- JSON text, false: none), and `live` the reservations it has made (add_live: their live
+-- entries and index entries, to be written). Every read of those counters and settings in a
+-- batch goes through these helpers (read_counter, counts, product_meta), so a call sees what
+-- the calls before it wrote, as alone; the entries made wait, as no call of the batch reads
+-- them (add_live). `waiting`: product -> how many wait for it (holds.lua held_back; wait.lua
+-- forgets a product's count when it changes it). Kept at most for one batch, which runs to its end with nothing between.
+local batch = {on = false, now = nil, now_s = nil, swept = nil,
+               stock = nil, counters = {}, moved = {}, products = nil, raws = {}, waiting = {},
+               live = {hash = nil, expiry = nil, entries = {}, index = {}}}
 
 -- A batch starts (on) or ends (off); a call alone runs with it off.
 local function new_batch(on)
   batch.on, batch.now, batch.now_s, batch.swept = on, nil, nil, nil
+  batch.stock, batch.products = nil, nil
+  if next(batch.counters) then batch.counters, batch.moved = {}, {} end
+  if next(batch.raws) then batch.raws = {} end
+  if next(batch.waiting) then batch.waiting = {} end
+  local live = batch.live
+  live.hash, live.expiry = nil, nil
+  if #live.entries > 0 then live.entries, live.index = {}, {} end
+end
+
+-- at most this many values go into one command when a batch writes back (unpack's bound)
+local FLUSH_CHUNK = 500
+
+local function write_all(command, key, values)
+  for i = 1, #values, FLUSH_CHUNK do
+    redis.call(command, key, unpack(values, i, math.min(i + FLUSH_CHUNK - 1, #values)))
+  end
+end
+
+-- Writes what the batch kept (the counters moved, the reservations made): at its end, and
+-- before anything that would read or write them behind the helpers' back (set_counts).
+local function flush_batch()
+  if batch.stock and next(batch.moved) then
+    local values, counters = {}, batch.counters
+    for a, r in pairs(batch.moved) do
+      local n = #values
+      values[n + 1], values[n + 2], values[n + 3], values[n + 4] = a, counters[a], r, counters[r]
+    end
+    batch.moved = {}
+    write_all('HSET', batch.stock, values)
+  end
+  local live = batch.live
+  if #live.entries > 0 then
+    local entries, index = live.entries, live.index
+    live.entries, live.index = {}, {}
+    write_all('HSET', live.hash, entries)
+    write_all('ZADD', live.expiry, index)
+  end
 end
 
 -- Fresh per-call state, before each call (register; many.lua for each call of a batch).
@@ -155,18 +206,59 @@ local function stock_fields(product, warehouse)
   return 'a|' .. product .. '|' .. warehouse, 'r|' .. product .. '|' .. warehouse
 end
 
-local function counts(stock, product, warehouse)
-  local v = redis.call('HMGET', stock, stock_fields(product, warehouse))
-  return tonumber(v[1]) or 0, tonumber(v[2]) or 0
+-- A new reservation's live entry (`entry`, JSON) and its place in the expiry index (`score`,
+-- its expires_at's text). In a batch they are written at its end (flush_batch): its later calls
+-- read neither — they run at the same instant, at which the new reservation is not due (a TTL is
+-- at least 1 ms), and read the live entries and the index only for the due ones
+-- (holds.lua expire_due, expire_then_allocate); each call's own record tells if it exists.
+local function add_live(live_hash, expiry, id, entry, score)
+  local live = batch.live
+  if batch.on and (live.hash == nil or (live.hash == live_hash and live.expiry == expiry)) then
+    live.hash, live.expiry = live_hash, expiry
+    local entries, index = live.entries, live.index
+    local n = #entries
+    entries[n + 1], entries[n + 2] = id, entry
+    index[n + 1], index[n + 2] = score, id
+  else
+    redis.call('HSET', live_hash, id, entry)
+    redis.call('ZADD', expiry, score, id)
+  end
 end
 
+-- The texts of a product x warehouse's counters (available, reserved; '0' when none): from
+-- what the batch keeps of `stock` (keeping what it reads), else from Redis.
+local function counter_texts(stock, a, r)
+  local kept = batch.on and (batch.stock == nil or batch.stock == stock)
+  if kept then
+    batch.stock = stock
+    local counters = batch.counters
+    local as_, rs_ = counters[a], counters[r]
+    if as_ and rs_ then return as_, rs_ end
+    local v = redis.call('HMGET', stock, a, r)
+    as_, rs_ = v[1] or '0', v[2] or '0'
+    counters[a], counters[r] = as_, rs_
+    return as_, rs_
+  end
+  local v = redis.call('HMGET', stock, a, r)
+  return v[1] or '0', v[2] or '0'
+end
+
+local function counts(stock, product, warehouse)
+  local as_, rs_ = counter_texts(stock, stock_fields(product, warehouse))
+  return tonumber(as_), tonumber(rs_)
+end
+
+-- (no batch runs these: a batch's calls make reservations and orders, and change no stock
+-- levels; were one to, what it kept is written first and forgotten)
 local function set_counts(stock, product, warehouse, available, reserved)
+  if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
   local a, r = stock_fields(product, warehouse)
   redis.call('HSET', stock, a, available, r, reserved)
 end
 
 -- Gives a product's warehouse its counters, at 0, unless it has them already.
 local function add_counters(stock, product, warehouse)
+  if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
   local a, r = stock_fields(product, warehouse)
   redis.call('HSETNX', stock, a, 0)
   redis.call('HSETNX', stock, r, 0)
@@ -178,8 +270,7 @@ end
 -- them) serve an event written as text (movement_json).
 local function read_counter(stock, product, warehouse)
   local a, r = stock_fields(product, warehouse)
-  local v = redis.call('HMGET', stock, a, r)
-  local as_, rs_ = v[1] or '0', v[2] or '0'
+  local as_, rs_ = counter_texts(stock, a, r)
   return {product = product, warehouse = warehouse, a = a, r = r, as_ = as_, rs_ = rs_,
           available = tonumber(as_), reserved = tonumber(rs_), taken = 0}
 end
@@ -192,7 +283,12 @@ local function write_counter(stock, c, d_available, d_reserved)
     error('invariant: negative counter for ' .. c.product .. '|' .. c.warehouse)
   end
   local as_, rs_ = int(a2), int(r2)
-  redis.call('HSET', stock, c.a, as_, c.r, rs_)
+  if batch.on and batch.stock == stock then  -- (written at the batch's end: flush_batch)
+    batch.counters[c.a], batch.counters[c.r] = as_, rs_
+    batch.moved[c.a] = c.r
+  else
+    redis.call('HSET', stock, c.a, as_, c.r, rs_)
+  end
   if d_available > 0 and wait then returned[c.product] = true end
   c.available, c.reserved, c.as_, c.rs_ = a2, r2, as_, rs_
 end
@@ -295,7 +391,18 @@ local META_CACHE = 1024
 local metas_by_text, metas_cached = {}, 0
 
 local function product_meta(products, product)
-  local raw = redis.call('HGET', products, product)
+  local raw
+  if batch.on and (batch.products == nil or batch.products == products) then
+    -- (read once a batch: no call of a batch writes a product's settings)
+    batch.products = products
+    raw = batch.raws[product]
+    if raw == nil then
+      raw = redis.call('HGET', products, product)
+      batch.raws[product] = raw
+    end
+  else
+    raw = redis.call('HGET', products, product)
+  end
   if not raw then return nil end
   local meta = metas_by_text[raw]
   if not meta then

@@ -8,6 +8,10 @@
 -- reply; a call that raises (a Lua error) gets that error as its reply, prefixed with '!',
 -- and the calls after it still run — what it wrote before raising stays, as it would alone.
 --
+-- What every call of the batch writes again and again (the stock counters, the new live
+-- entries) is written once, at the batch's end, and the products' settings are read once
+-- (lib.lua `batch`, flush_batch).
+--
 -- KEYS: the keys every call shares (the operation's keys other than its own, in its header's
 --       order), then each call's own keys in order (`own` positions, in order).
 -- ARGV[1]: N; then each call's ARGV (`nargs` values each).
@@ -47,6 +51,7 @@ local function register_many(name, body, own, nkeys, nargs)
           out[r] = '!' .. tostring(reply)
         end
       end
+      flush_batch()
       new_batch(false)
       return out
     end,

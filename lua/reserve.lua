@@ -90,9 +90,8 @@ local expires_at = now + ttl
 local expires_at_s = int(expires_at)
 local lines_json, owner_json = cjson.encode(alloc), cjson.encode(owner)
 local counts = counted_json(counted, capped)
-redis.call('HSET', live_hash, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json
-  .. counts .. '}')
-redis.call('ZADD', expiry, expires_at_s, id)
+add_live(live_hash, expiry, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json
+  .. counts .. '}', expires_at_s)
 -- (the record keeps what the live entry counted, so that reconcile can put an entry back whole)
 redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id,

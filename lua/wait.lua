@@ -39,6 +39,7 @@ local function leave_waitlist(w, entry, reason, now, actor, request_id)
   redis.call('ZREM', w.due, entry.id)
   redis.call('HDEL', w.data, 'e|' .. entry.id, 'o|' .. entry.product .. '|' .. entry.owner)
   adds(w.held, 'w|' .. entry.product, -1)
+  batch.waiting[entry.product] = nil
   returned[entry.product] = true
   if reason ~= 'served' then
     emit(w.outbox, 'waitlist_left', now, actor, request_id,
@@ -121,6 +122,7 @@ serve_waitlists = function()
       local entry = waitlist_head(w, product)
       if not entry then
         redis.call('HDEL', w.held, 'w|' .. product)  -- (the count without its queue: mended)
+        batch.waiting[product] = nil
         break
       end
       if not hand_off(w, entry, now, now_s) then break end

@@ -223,6 +223,79 @@ async def test_a_batch_answers_and_leaves_exactly_what_the_calls_one_by_one_do(
     assert (await check_partition(engine.redis, 0)).ok
 
 
+async def test_units_a_batch_releases_go_to_the_waitlist_and_its_later_calls_see_what_is_left(
+    engine: Engine,
+) -> None:
+    """Due reservations released by a batch's first call hand their units to the waitlist's
+    heads; the batch's later calls see the counters and the waitlist as they stand after each
+    call before them (what the batch keeps to write once at its end, lib.lua `batch`): the same
+    replies, counters and hand-offs as the same calls one by one on a twin product."""
+    replies: dict[str, list[str]] = {}
+    for side in ("one", "many"):
+        product = f"{side}-w"
+        await add_product(engine, product, {"main": 3})
+        due = [reserve_call(engine, f"{side}-d{n}", [[product, "", 1]], ttl=300) for n in range(3)]
+        for c in due:
+            assert "ok" in parse(await engine.scripts.raw(c))
+        for n in range(2):
+            await engine.join_waitlist(product, 1, buyer(100 + n))
+        await asyncio.sleep(0.35)  # the three are due: the first call releases them
+        calls = [reserve_call(engine, f"u{n}", [[product, "", 1]]) for n in range(4)]
+        if side == "one":
+            got = [await engine.scripts.raw(c) for c in calls]
+        else:
+            got = await engine.scripts.raw(many(specs.RESERVE, calls))
+        replies[side] = []
+        for raw in got:
+            reply = parse(raw)
+            text = json.dumps(_normal(reply), sort_keys=True).replace(f"{side}-", "")
+            if "reservation" in reply:
+                text = text.replace(reply["reservation"]["id"], "ID")
+            replies[side].append(text)
+        # two units to the two who wait, the third to the next caller; nothing for the rest
+        assert await levels(engine, product) == {"main": (0, 3)}
+
+    assert replies["one"] == replies["many"]
+    # the first call finds the units it released held back for those who wait (they are
+    # handed off after it); the second takes the one left over (the count of those who wait,
+    # read once a batch, is read again once the hand-offs changed it)
+    assert ['"ok"' in r for r in replies["many"]] == [False, True, False, False]
+    handed = [e for e in await events(engine.redis) if e.get("source") == "waitlist"]
+    assert len(handed) == 4  # two on each side
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+@pytest.mark.single_server  # Redis's command counts: one server's
+async def test_a_batch_reads_and_writes_what_its_calls_share_once(engine: Engine) -> None:
+    """A batch of reservations of one product reads its counters, its settings and its
+    waitlist's count once, and writes the counters, the live entries and the expiry index once
+    (lib.lua `batch`, flush_batch): each reservation's own writes are its record, its event."""
+    await add_product(engine, "p", {"main": 100})
+    names = ("hmget", "hget", "hset", "zadd", "hincrby", "xadd")
+
+    async def counts() -> dict[str, int]:
+        stats = await engine.redis.info("commandstats")
+        return {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in names}
+
+    before = await counts()
+    batch = [reserve_call(engine, f"b{n}", [["p", "", 1]]) for n in range(8)]
+    replies = [parse(r) for r in await engine.scripts.raw(many(specs.RESERVE, batch))]
+    after = await counts()
+    assert all("ok" in r for r in replies)
+    assert {c: after[c] - before[c] for c in names} == {
+        "hmget": 1,  # the counters
+        "hget": 2,  # the product's settings, how many wait for it
+        "hset": 8 + 2,  # each record; the counters and the live entries, once
+        "zadd": 1,  # the expiry index, once
+        "hincrby": 0,
+        "xadd": 8,
+    }
+    assert await levels(engine, "p") == {"main": (92, 8)}
+    live = await engine.redis.hlen(partition_keys(0).live)
+    assert live == 8
+    assert (await check_partition(engine.redis, 0)).ok
+
+
 @pytest.mark.single_server  # Redis's command counts: one server's
 async def test_a_batch_runs_at_one_instant_and_releases_what_is_due_once(engine: Engine) -> None:
     """A batch's calls read Redis's clock once (TIME) and look for due reservations once

@@ -5,6 +5,7 @@ shared machine).
 
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
+                                         [--reference --batch 1] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -12,8 +13,13 @@ then a partition's hashes of what its customers hold are tables, as they are und
 counting is turned on (`callgrind_control`) for `--reservations` more, made as the engine makes
 them: each alone (`--batch 1`: FCALL reserve) or `--batch` at a time (FCALL reserve_many), 50
 calls to a pipeline, every reservation a buyer's of its own, with an idempotency key each with
-`--idempotency`. Prints one JSON line: what redis-server executed while counting (reading the
+`--idempotency`; or, with `--reference`, the cost bench's reference script (a reservation's
+minimum work, each call alone: scripts/bench/reference.lua), the same number of times. Prints
+one JSON line: what redis-server executed while counting (reading the
 calls, the functions, their commands, the append-only file), per reservation.
+
+`--keep FILE` keeps callgrind's output for `callgrind_annotate` (a redis-server built from source,
+first on PATH, names its Lua VM's functions; Debian's is stripped).
 
 Needs valgrind (scripts/setup.sh installs it). Takes a few seconds: under callgrind Redis runs
 some 50 times slower.
@@ -39,6 +45,7 @@ from engine.engine import Engine
 from engine.models import SYSTEM
 from engine.scripts import Call, parse
 from engine.settings import Settings
+from scripts.bench import reference
 from scripts.bench.inprocess import reserve_call
 from scripts.redis_server import RedisServer
 
@@ -57,9 +64,17 @@ def _totals(path: Path) -> int:
 class Reservations:
     """The reservations, made through one client in pipelines."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, batch: int, key: bool) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, batch: int, key: bool, ref: bool = False
+    ) -> None:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
         self.made = 0
+        # the reference script instead (each call alone): its SHA, and its stock's units
+        self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
+        if ref:
+            client.hset(
+                reference.keys("")[0], mapping=dict.fromkeys(reference.fields(PRODUCT), 10**9)
+            )
 
     def calls(self, n: int) -> list[Call]:
         one = []
@@ -72,6 +87,9 @@ class Reservations:
         return [many(specs.RESERVE, one[i : i + self.batch]) for i in range(0, n, self.batch)]
 
     def reserve(self, n: int) -> None:
+        if self.ref:
+            self.reference(n)
+            return
         calls = self.calls(n)
         for start in range(0, len(calls), PIPELINE):
             pipe = self.client.pipeline(transaction=False)
@@ -82,13 +100,35 @@ class Reservations:
                     if "ok" not in parse(one):
                         raise RuntimeError(f"a reservation was refused: {one!r}")
 
+    def reference(self, n: int) -> None:
+        """`n` calls of the reference script (scripts/bench/reference.py), as the bench's row
+        makes them: a record of the reservation made by the caller, each call alone."""
+        for start in range(0, n, PIPELINE):
+            pipe = self.client.pipeline(transaction=False)
+            for _ in range(min(PIPELINE, n - start)):
+                self.made += 1
+                rid = f"{self.made:032x}"
+                record = json.dumps({"id": rid, "owner": "bench", "lines": [["ref", "main", 1]]})
+                args: list[str | int] = [*reference.fields(PRODUCT), 1, rid, 600_000, record]
+                pipe.evalsha(self.ref, 4, *reference.keys(rid), *args)
+            for reply in pipe.execute():
+                if int(reply) <= 0:
+                    raise RuntimeError(f"the reference was refused: {reply!r}")
+
 
 def measure(
-    *, batch: int, reservations: int, warm: int, idempotency: bool, redis_args: list[str]
+    *,
+    batch: int,
+    reservations: int,
+    warm: int,
+    idempotency: bool,
+    redis_args: list[str],
+    ref: bool = False,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
-        out = Path(folder) / "callgrind.out"
+        out = keep or Path(folder) / "callgrind.out"
         under = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                  f"--callgrind-out-file={out}"]  # fmt: skip
         server = RedisServer(Path(folder) / "redis", under=under, more=redis_args)
@@ -104,7 +144,7 @@ def measure(
 
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
-            buyers = Reservations(client, settings, batch, idempotency)
+            buyers = Reservations(client, settings, batch, idempotency, ref)
             buyers.reserve(warm - warm % batch)
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
             buyers.reserve(reservations)
@@ -115,6 +155,7 @@ def measure(
             server.process.wait(timeout=120)
         total = _totals(out)
     return {
+        "reference": ref,
         "batch": batch,
         "reservations": reservations,
         "warm": warm,
@@ -136,6 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", type=int, default=640, help="made before counting")
     parser.add_argument("--idempotency", action="store_true", help="an idempotency key each")
     parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the cost bench's reference script instead, each call alone (no --batch)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="keep callgrind's output in this file (callgrind_annotate)"
+    )
+    parser.add_argument(
         "--redis-arg",
         action="append",
         default=[],
@@ -144,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch < 1 or args.reservations < args.batch or args.reservations % args.batch:
         parser.error("--reservations must be a positive multiple of --batch")
+    if args.reference and args.batch != 1:
+        parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
         parser.error("--warm must be 0 or more")
     result = measure(
@@ -152,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         warm=args.warm,
         idempotency=args.idempotency,
         redis_args=args.redis_arg,
+        ref=args.reference,
+        keep=args.keep,
     )
     print(json.dumps(result))
 
