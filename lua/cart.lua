@@ -24,8 +24,8 @@
 local carts, action, id = KEYS[1], ARGV[1], ARGV[2]
 
 if action == 'done' then
-  local score = redis.call('ZSCORE', carts, id)
-  if score and tonumber(score) == tonumber(ARGV[3]) then redis.call('ZREM', carts, id) end
+  local score = rcall('ZSCORE', carts, id)
+  if score and tonumber(score) == tonumber(ARGV[3]) then rcall('ZREM', carts, id) end
   return ok({})
 end
 

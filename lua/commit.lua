@@ -76,7 +76,7 @@ if rec.parts then
     return refuse('cart_parts', {parts = cjson.decode(rec.parts),
                                  deadline = cart_pending(KEYS[10], id, now, ARGV[11])})
   end
-  local pending = redis.call('ZSCORE', KEYS[10], id)
+  local pending = rcall('ZSCORE', KEYS[10], id)
   if not pending or tonumber(pending) ~= tonumber(ARGV[10]) or now >= tonumber(ARGV[10]) then
     return refuse('cart_timeout', {reservation = id})
   end
@@ -96,13 +96,13 @@ local movements = {}
 for _, l in ipairs(live.lines) do
   movements[#movements + 1] = move(stock, l[1], l[2], 0, -l[3])
 end
-redis.call('HDEL', live_hash, id)
-redis.call('ZREM', expiry, id)
-redis.call('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
-redis.call('PEXPIRE', record, tonumber(ARGV[8]))
+rcall('HDEL', live_hash, id)
+rcall('ZREM', expiry, id)
+rcall('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
+rcall('PEXPIRE', record, tonumber(ARGV[8]))
 local reply = {order = write_order(order, order_id, rec.owner, id, priced, total, currency, now)}
 if rec.parts then
-  redis.call('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
+  rcall('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
 end
 pending_until(KEYS[11], order_id, now, ARGV[12])
 uncount_live(KEYS[12], live, false)
@@ -110,7 +110,7 @@ local counted = live.held or {}
 if ARGV[13] ~= '' then
   for _, p in ipairs(cjson.decode(ARGV[13])) do counted[#counted + 1] = p end
 end
-if #counted > 0 then redis.call('HSET', order, 'held', cjson.encode(counted)) end
+if #counted > 0 then rcall('HSET', order, 'held', cjson.encode(counted)) end
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = id, user = rec.owner, status = 'pending',
       lines = priced, total = total, currency = currency, movements = movements}, reply)

@@ -25,7 +25,7 @@
 --   the units that came back (wait.lua).
 
 local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if redis.call('EXISTS', KEYS[5]) == 1 then
+if rcall('EXISTS', KEYS[5]) == 1 then
   return ok({expired = 0, due = 0, fenced = true})
 end
 use_waitlists(KEYS[1], KEYS[9], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10],
@@ -35,16 +35,16 @@ local now, now_s = now_ms()
 local claimed = claim_steps(KEYS[6], now, now_s, ARGV[1], ARGV[2])
 local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep', KEYS[8])
 -- waitlist entries past their time leave it (wait.lua): what they held back is served again
-local gone = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now_s, 'LIMIT', '0', ARGV[1])
+local gone = rcall('ZRANGEBYSCORE', KEYS[11], '-inf', now_s, 'LIMIT', '0', ARGV[1])
 for _, id in ipairs(gone) do
-  local raw = redis.call('HGET', KEYS[12], 'e|' .. id)
+  local raw = rcall('HGET', KEYS[12], 'e|' .. id)
   if raw then
     leave_waitlist(wait, cjson.decode(raw), 'expired', now, 'system', '')
   else
-    redis.call('ZREM', KEYS[11], id)
+    rcall('ZREM', KEYS[11], id)
   end
 end
 return ok({expired = n, left_waitlist = #gone,
-           due = redis.call('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
-           orders_due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_s, 'LIMIT', '0',
+           due = rcall('ZCOUNT', expiry, '-inf', now_s), claimed = claimed,
+           orders_due = rcall('ZRANGEBYSCORE', KEYS[7], '-inf', now_s, 'LIMIT', '0',
                                    ARGV[1])})

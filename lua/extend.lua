@@ -60,9 +60,9 @@ local new = math.min(now + tonumber(ARGV[3]), cap)
 if new <= old then
   return idem_store(idem, fp, ARGV[8], ok({reservation = reservation_view(rec, 'active')}))
 end
-redis.call('ZADD', expiry, new, id)
-redis.call('HSET', record, 'expires_at', new)
-redis.call('PEXPIREAT', record, new + tonumber(ARGV[9]))
+rcall('ZADD', expiry, new, id)
+rcall('HSET', record, 'expires_at', new)
+rcall('PEXPIREAT', record, new + tonumber(ARGV[9]))
 rec.expires_at = new
 local reply = {reservation = reservation_view(rec, 'active')}
 if rec.parts then

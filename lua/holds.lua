@@ -10,8 +10,8 @@ local function release_units(stock, live_hash, expiry, id, live, held)
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], -l[3])
   end
   uncount_live(held, live, true)
-  redis.call('HDEL', live_hash, id)
-  redis.call('ZREM', expiry, id)
+  rcall('HDEL', live_hash, id)
+  rcall('ZREM', expiry, id)
   return movements
 end
 
@@ -23,7 +23,7 @@ end
 -- make is due at once (a TTL is at least 1 ms).
 local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held)
   if batch.swept == expiry and batch.now_s == now_s then return 0 end
-  local ids = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
+  local ids = rcall('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
   if batch.now_s == now_s and #ids < 2 * tonumber(limit) then  -- (set in a batch only)
     batch.swept = expiry
@@ -31,17 +31,17 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
   local n = 0
   for i = 1, #ids, 2 do
     local id = ids[i]
-    local raw = redis.call('HGET', live_hash, id)
+    local raw = rcall('HGET', live_hash, id)
     if raw then
       local live = cjson.decode(raw)
-      if wait then redis.call('HDEL', wait.data, 'h|' .. id) end  -- (a hand-off never used)
+      if wait then rcall('HDEL', wait.data, 'h|' .. id) end  -- (a hand-off never used)
       local movements = release_units(stock, live_hash, expiry, id, live, held)
       emit(outbox, 'reservation_expired', now, 'system', '', {
         reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
         trigger = trigger, movements = movements})
       n = n + 1
     else
-      redis.call('ZREM', expiry, id)
+      rcall('ZREM', expiry, id)
     end
   end
   return n
@@ -69,7 +69,7 @@ local function held_back(p)
   if not wait or serving then return false end
   local n = batch.on and batch.waiting[p]  -- (read once a batch: lib.lua `batch`)
   if not n then
-    n = tonumber(redis.call('HGET', wait.held, 'w|' .. p)) or 0
+    n = tonumber(rcall('HGET', wait.held, 'w|' .. p)) or 0
     if batch.on then batch.waiting[p] = n end
   end
   return n > 0
@@ -159,7 +159,7 @@ local function expire_then_allocate(stock, products, live_hash, expiry, outbox, 
   end
   local alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
   local rounds = 0
-  while err and rounds < 10 and redis.call('ZCOUNT', expiry, '-inf', now_s) > 0 do
+  while err and rounds < 10 and rcall('ZCOUNT', expiry, '-inf', now_s) > 0 do
     expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
     alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
     rounds = rounds + 1
@@ -171,7 +171,7 @@ end
 -- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
 -- live is released here (and recorded as expired) before the refusal.
 local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held)
-  local flat = redis.call('HGETALL', record)
+  local flat = rcall('HGETALL', record)
   if #flat == 0 then flat = handed_record(record, id) end  -- (a waitlist's hand-off: wait.lua)
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
   local rec = {}
@@ -185,7 +185,7 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
       {reservation = id, status = rec.status, order = rec.order_id or ''})
   end
   local expires_at = tonumber(rec.expires_at)
-  local raw = redis.call('HGET', live_hash, id)
+  local raw = rcall('HGET', live_hash, id)
   if now >= expires_at or not raw then
     if raw then
       local live = cjson.decode(raw)
@@ -226,7 +226,7 @@ local function price_lines(products, alloc, metas)
 end
 
 local function write_order(record, id, owner, reservation, priced, total, currency, now)
-  redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
+  rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
              'reservation_id', reservation, 'lines', cjson.encode(priced), 'total', total,
              'currency', currency, 'created_at', now, 'updated_at', now)
   return {id = id, owner = owner, status = 'pending', reservation = reservation,
@@ -239,18 +239,18 @@ end
 -- ttl_ms: as the call's ARGV gives it; 0: never.
 local function pending_until(pending, order_id, now, ttl_ms)
   local ttl = tonumber(ttl_ms)
-  if ttl and ttl > 0 then redis.call('ZADD', pending, int(now + ttl), order_id) end
+  if ttl and ttl > 0 then rcall('ZADD', pending, int(now + ttl), order_id) end
 end
 
 -- The sweep (lua/expire.lua): the carts' steps past their deadline, each given a new one (so a
 -- caller still at it is refused: commit.lua cart_timeout), for the engine to make their parts
 -- follow (engine/carts.py). Returns [{id, deadline}, ...]. now_s: now's text (now_ms).
 local function claim_steps(carts, now, now_s, limit, hold)
-  local due = redis.call('ZRANGEBYSCORE', carts, '-inf', now_s, 'LIMIT', '0', limit)
+  local due = rcall('ZRANGEBYSCORE', carts, '-inf', now_s, 'LIMIT', '0', limit)
   local claimed = {}
   for i, cart in ipairs(due) do
     local deadline = now + tonumber(hold)
-    redis.call('ZADD', carts, int(deadline), cart)
+    rcall('ZADD', carts, int(deadline), cart)
     claimed[i] = {id = cart, deadline = deadline}
   end
   return claimed
@@ -262,6 +262,6 @@ end
 -- deadline.
 local function cart_pending(carts, id, now, hold)
   local deadline = now + tonumber(hold)
-  redis.call('ZADD', carts, int(deadline), id)
+  rcall('ZADD', carts, int(deadline), id)
   return deadline
 end

@@ -28,6 +28,27 @@
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
 -- (left out when it wrote none); a replay returns the first reply, and so its event.
 
+-- The globals the library uses, as its own locals. A function library's global table is an
+-- empty one whose metatable's __index is the real globals (Redis 7 function_lua.c), so every
+-- global read (tonumber, ipairs, redis, cjson, ...) costs a missed lookup and a metamethod's
+-- before it finds the value; a local (an upvalue) costs one read. They are bound on the
+-- library's first call (bind, from register and register_many): at FUNCTION LOAD the code has
+-- no globals. `rcall`, `rpcall`: redis.call and redis.pcall (`redis` itself stays global: the
+-- code that registers the functions runs at load).
+local function globals()
+  return tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
+    string, table, math, redis.call, redis.pcall
+end
+local tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
+  string, table, math, rcall, rpcall
+local bound = false
+
+local function bind()
+  tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
+    string, table, math, rcall, rpcall = globals()
+  bound = true
+end
+
 -- The per-call state. A library's locals live as long as the library, across calls: every
 -- function call starts by resetting these (register, at the end of this file). Written after
 -- load besides: two caches that no call's outcome depends on (the products' decoded settings,
@@ -85,7 +106,7 @@ local FLUSH_CHUNK = 500
 
 local function write_all(command, key, values)
   for i = 1, #values, FLUSH_CHUNK do
-    redis.call(command, key, unpack(values, i, math.min(i + FLUSH_CHUNK - 1, #values)))
+    rcall(command, key, unpack(values, i, math.min(i + FLUSH_CHUNK - 1, #values)))
   end
 end
 
@@ -130,7 +151,7 @@ end
 -- within the same millisecond would (a batch takes well under one).
 local function now_ms()
   if batch.now then return batch.now, batch.now_s end
-  local t = redis.call('TIME')
+  local t = rcall('TIME')
   local text = t[1] .. string.sub('00000' .. t[2], -6, -4)
   local now = tonumber(text)
   if batch.on then batch.now, batch.now_s = now, text end
@@ -162,14 +183,14 @@ end
 -- `inventory reconcile --fix` has restored it: the drain raises this flag when it finds it.
 -- Returns the refusal, or nil when the partition may change.
 local function fenced(flag)
-  if redis.call('EXISTS', flag) == 1 then return refuse('redis_behind', {}) end
+  if rcall('EXISTS', flag) == 1 then return refuse('redis_behind', {}) end
   return nil
 end
 
 -- fenced(), and whether `key` (the record the call is to create) exists already, in one
 -- command. Returns the refusal or nil, then whether the key exists.
 local function fenced_or_exists(flag, key)
-  if redis.call('EXISTS', flag, key) == 0 then return nil, false end
+  if rcall('EXISTS', flag, key) == 0 then return nil, false end
   return fenced(flag), true
 end
 
@@ -180,11 +201,11 @@ end
 local function idem_lookup(key, fp, ttl_ms)
   if fp == '' then return nil end
   idem_call.key, idem_call.fp, idem_call.ttl = key, fp, tonumber(ttl_ms)
-  local stored = redis.pcall('GET', key)
+  local stored = rpcall('GET', key)
   if not stored then return nil end
   local stored_fp, reply
   if type(stored) == 'table' then  -- WRONGTYPE: a record kept as a hash before
-    stored = redis.call('HMGET', key, 'fp', 'reply')
+    stored = rcall('HMGET', key, 'fp', 'reply')
     stored_fp, reply = stored[1], stored[2]
   else
     local i = string.find(stored, '{', 1, true)
@@ -196,7 +217,7 @@ end
 
 -- ttl_ms: as the call's ARGV gives it (text: Redis reads it as written).
 local function idem_store(key, fp, ttl_ms, reply)
-  if fp ~= '' then redis.call('SET', key, fp .. reply, 'PX', ttl_ms) end
+  if fp ~= '' then rcall('SET', key, fp .. reply, 'PX', ttl_ms) end
   return reply
 end
 
@@ -220,8 +241,8 @@ local function add_live(live_hash, expiry, id, entry, score)
     entries[n + 1], entries[n + 2] = id, entry
     index[n + 1], index[n + 2] = score, id
   else
-    redis.call('HSET', live_hash, id, entry)
-    redis.call('ZADD', expiry, score, id)
+    rcall('HSET', live_hash, id, entry)
+    rcall('ZADD', expiry, score, id)
   end
 end
 
@@ -234,12 +255,12 @@ local function counter_texts(stock, a, r)
     local counters = batch.counters
     local as_, rs_ = counters[a], counters[r]
     if as_ and rs_ then return as_, rs_ end
-    local v = redis.call('HMGET', stock, a, r)
+    local v = rcall('HMGET', stock, a, r)
     as_, rs_ = v[1] or '0', v[2] or '0'
     counters[a], counters[r] = as_, rs_
     return as_, rs_
   end
-  local v = redis.call('HMGET', stock, a, r)
+  local v = rcall('HMGET', stock, a, r)
   return v[1] or '0', v[2] or '0'
 end
 
@@ -253,15 +274,15 @@ end
 local function set_counts(stock, product, warehouse, available, reserved)
   if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
   local a, r = stock_fields(product, warehouse)
-  redis.call('HSET', stock, a, available, r, reserved)
+  rcall('HSET', stock, a, available, r, reserved)
 end
 
 -- Gives a product's warehouse its counters, at 0, unless it has them already.
 local function add_counters(stock, product, warehouse)
   if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
   local a, r = stock_fields(product, warehouse)
-  redis.call('HSETNX', stock, a, 0)
-  redis.call('HSETNX', stock, r, 0)
+  rcall('HSETNX', stock, a, 0)
+  rcall('HSETNX', stock, r, 0)
 end
 
 -- One product x warehouse's counters as read in this call: its field names, the values, and
@@ -287,7 +308,7 @@ local function write_counter(stock, c, d_available, d_reserved)
     batch.counters[c.a], batch.counters[c.r] = as_, rs_
     batch.moved[c.a] = c.r
   else
-    redis.call('HSET', stock, c.a, as_, c.r, rs_)
+    rcall('HSET', stock, c.a, as_, c.r, rs_)
   end
   if d_available > 0 and wait then returned[c.product] = true end
   c.available, c.reserved, c.as_, c.rs_ = a2, r2, as_, rs_
@@ -332,7 +353,7 @@ local function emit(outbox, etype, ts, actor, request_id, body, reply)
     body.idempotency = {key = idem_call.key, fp = idem_call.fp,
                         expires_at = ts + idem_call.ttl, reply = reply}
   end
-  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
+  last_event = rcall('XADD', outbox, '*', 'type', etype, 'data', cjson.encode(body))
   return last_event
 end
 
@@ -378,7 +399,7 @@ local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
     parts[n] = '}'
   end
   parts[n + 1] = '}'
-  last_event = redis.call('XADD', outbox, '*', 'type', etype, 'data',
+  last_event = rcall('XADD', outbox, '*', 'type', etype, 'data',
                           table.concat(parts, '', 1, n + 1))
   return last_event
 end
@@ -397,11 +418,11 @@ local function product_meta(products, product)
     batch.products = products
     raw = batch.raws[product]
     if raw == nil then
-      raw = redis.call('HGET', products, product)
+      raw = rcall('HGET', products, product)
       batch.raws[product] = raw
     end
   else
-    raw = redis.call('HGET', products, product)
+    raw = rcall('HGET', products, product)
   end
   if not raw then return nil end
   local meta = metas_by_text[raw]
@@ -433,6 +454,7 @@ local function register(name, body, read_only)
     function_name = name .. '_' .. VERSION,
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
+      if not bound then bind() end
       new_batch(false)
       new_call()
       local reply = body(keys, args)

@@ -24,7 +24,7 @@ local function held_field(product, owner)
 end
 
 local function adds(held, field, delta)
-  if redis.call('HINCRBY', held, field, delta) <= 0 then redis.call('HDEL', held, field) end
+  if rcall('HINCRBY', held, field, delta) <= 0 then rcall('HDEL', held, field) end
 end
 
 -- The request's lines [[product, warehouse, qty], ...] against their products' limits (the
@@ -66,7 +66,7 @@ local function check_limits(products, held, owner, lines, metas)
                                          limit = lim.max_per_order, held = 0, requested = q})
       end
       if lim.max_per_customer then
-        local h = tonumber(redis.call('HGET', held, held_field(p, owner))) or 0
+        local h = tonumber(rcall('HGET', held, held_field(p, owner))) or 0
         if h + q > lim.max_per_customer then
           return refuse('limit_exceeded', {product = p, rule = 'max_per_customer',
                                            limit = lim.max_per_customer, held = h,
@@ -84,7 +84,7 @@ end
 local function count_held(held, owner, counted, want)
   if not counted then return end
   for _, p in ipairs(counted) do
-    redis.call('HINCRBY', held, held_field(p, owner), want[p])
+    rcall('HINCRBY', held, held_field(p, owner), want[p])
   end
 end
 
@@ -105,7 +105,7 @@ end
 local function check_live(held, owner, max)
   local cap = tonumber(max)
   if not cap or cap <= 0 then return nil end
-  local n = tonumber(redis.call('HGET', held, 'n|' .. owner)) or 0
+  local n = tonumber(rcall('HGET', held, 'n|' .. owner)) or 0
   if n >= cap then return refuse('too_many_reservations', {limit = cap, live = n}) end
   return nil
 end

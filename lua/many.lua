@@ -30,6 +30,7 @@ local function register_many(name, body, own, nkeys, nargs)
     function_name = name .. '_many_' .. VERSION,
     flags = {},
     callback = function(keys, args)
+      if not bound then bind() end
       local n = tonumber(args[1])
       local out, k = {}, {}
       new_batch(true)

@@ -52,7 +52,7 @@ use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9],
 local now = now_ms()
 
 if action == 'return' then
-  if redis.call('EXISTS', record) == 1 then return ok({status = 'returned'}) end
+  if rcall('EXISTS', record) == 1 then return ok({status = 'returned'}) end
   local movements = {}
   for _, l in ipairs(cjson.decode(ARGV[7])) do
     movements[#movements + 1] = move(stock, l[1], l[2], l[3], 0)
@@ -60,20 +60,20 @@ if action == 'return' then
   if ARGV[12] ~= '' then
     uncount(KEYS[8], ARGV[8], cjson.decode(ARGV[7]), cjson.decode(ARGV[12]))
   end
-  redis.call('SET', record, '1', 'PX', retention)
+  rcall('SET', record, '1', 'PX', retention)
   emit(outbox, 'order_part_returned', now, actor, request_id,
        {order = order_id, part = id, cart = cart, user = ARGV[8], movements = movements})
   return ok({status = 'returned'})
 end
 
-local flat = redis.call('HGETALL', record)
+local flat = rcall('HGETALL', record)
 local rec = {}
 for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
 if #flat == 0 or rec.cart ~= cart then
   return refuse('reservation_not_found', {reservation = id})
 end
 local lines = cjson.decode(rec.lines)
-local raw = rec.status == 'active' and redis.call('HGET', live_hash, id) or nil
+local raw = rec.status == 'active' and rcall('HGET', live_hash, id) or nil
 
 if action == 'commit' then
   if rec.status == 'committed' and rec.order_id == order_id then
@@ -82,10 +82,10 @@ if action == 'commit' then
   if not raw then return refuse('reservation_not_live', {reservation = id, status = rec.status}) end
   local movements = {}
   for _, l in ipairs(lines) do movements[#movements + 1] = move(stock, l[1], l[2], 0, -l[3]) end
-  redis.call('HDEL', live_hash, id)
-  redis.call('ZREM', expiry, id)
-  redis.call('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
-  redis.call('PEXPIRE', record, retention)
+  rcall('HDEL', live_hash, id)
+  rcall('ZREM', expiry, id)
+  rcall('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
+  rcall('PEXPIRE', record, retention)
   emit(outbox, 'reservation_committed', now, actor, request_id,
        {reservation = id, order = order_id, cart = cart, user = rec.owner,
         movements = movements})
@@ -95,8 +95,8 @@ end
 if action == 'release' then
   if not raw then return ok({status = rec.status, lines = lines}) end
   local movements = release_units(stock, live_hash, expiry, id, cjson.decode(raw), KEYS[8])
-  redis.call('HSET', record, 'status', 'released', 'ended_at', now)
-  redis.call('PEXPIRE', record, retention)
+  rcall('HSET', record, 'status', 'released', 'ended_at', now)
+  rcall('PEXPIRE', record, retention)
   emit(outbox, 'reservation_released', now, actor, request_id,
        {reservation = id, user = rec.owner, movements = movements, cart = cart})
   return ok({status = 'released', lines = lines})
@@ -117,9 +117,9 @@ if action == 'align' then new = tonumber(ARGV[4])
 elseif action == 'pin' then new = math.max(old, now + tonumber(ARGV[5]))
 else error('part.lua: unknown action ' .. action) end
 if new ~= old then
-  redis.call('ZADD', expiry, int(new), id)
-  redis.call('HSET', record, 'expires_at', int(new))
-  redis.call('PEXPIREAT', record, int(new + retention))
+  rcall('ZADD', expiry, int(new), id)
+  rcall('HSET', record, 'expires_at', int(new))
+  rcall('PEXPIREAT', record, int(new + retention))
   emit(outbox, 'reservation_extended', now, actor, request_id,
        {reservation = id, user = rec.owner, expires_at_before = old, expires_at_after = new,
         cart = cart})

@@ -62,7 +62,7 @@ for i, l in ipairs(alloc) do
 end
 local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
 count_held(held, owner, counted, want)
-if counted then redis.call('HSET', order, 'held', cjson.encode(counted)) end
+if counted then rcall('HSET', order, 'held', cjson.encode(counted)) end
 pending_until(KEYS[9], order_id, now, ARGV[10])
 emit(outbox, 'order_created', now, actor, request_id,
      {order = order_id, reservation = '', user = owner, status = 'pending',

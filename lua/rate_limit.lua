@@ -16,7 +16,7 @@ local bucket = KEYS[1]
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 local now = now_ms()
-local stored = redis.call('HMGET', bucket, 'tokens', 'at')
+local stored = rcall('HMGET', bucket, 'tokens', 'at')
 local tokens, at = tonumber(stored[1]), tonumber(stored[2])
 if not tokens or not at then
   tokens, at = burst, now
@@ -30,7 +30,7 @@ if tokens < 1 then
 end
 tokens = tokens - 1
 -- Numbers go out through string.format: Lua would write a large one in exponent notation.
-redis.call('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
+rcall('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
 -- Once it would be full again the bucket is the same as no bucket: let it go.
-redis.call('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
+rcall('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
 return ok({remaining = math.floor(tokens)})

@@ -25,7 +25,7 @@ local left = {}
 for i, bucket in ipairs(KEYS) do
   local spent, age = settles[i][1], math.max(0, settles[i][2])
   local since = now - age
-  local stored = redis.call('HMGET', bucket, 'tokens', 'at')
+  local stored = rcall('HMGET', bucket, 'tokens', 'at')
   local tokens, at = tonumber(stored[1]), tonumber(stored[2])
   if not tokens or not at then
     tokens, at = burst, since
@@ -36,9 +36,9 @@ for i, bucket in ipairs(KEYS) do
   tokens = math.min(burst, tokens + math.max(0, now - taken_at) * rate / 1000)
   if spent > 0 then
     -- Numbers go out through string.format: Lua would write a large one in exponent notation.
-    redis.call('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
+    rcall('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
     -- Once it would be full again the bucket is the same as no bucket: let it go.
-    redis.call('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
+    rcall('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
   end
   left[i] = tokens
 end

@@ -48,8 +48,8 @@ local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record
 if err then return err end
 
 local movements = release_units(stock, live_hash, expiry, id, live, KEYS[9])
-redis.call('HSET', record, 'status', 'released', 'ended_at', now)
-redis.call('PEXPIRE', record, tonumber(ARGV[7]))
+rcall('HSET', record, 'status', 'released', 'ended_at', now)
+rcall('PEXPIRE', record, tonumber(ARGV[7]))
 local reply = {reservation = reservation_view(rec, 'released')}
 if rec.parts then
   reply.parts, reply.deadline = cjson.decode(rec.parts), cart_pending(KEYS[8], id, now, ARGV[8])

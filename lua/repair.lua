@@ -56,7 +56,7 @@ local actor, request_id = ARGV[2], ARGV[3]
 local now = now_ms()
 local function key(i) return KEYS[7 + i] end
 local function stream_last_id(stream)
-  local info = redis.call('XINFO', 'STREAM', stream)
+  local info = rcall('XINFO', 'STREAM', stream)
   for i = 1, #info, 2 do
     if info[i] == 'last-generated-id' then return info[i + 1] end
   end
@@ -69,24 +69,24 @@ end
 local moved_to = cjson.null
 local checkpoint = plan.checkpoint or ''
 if checkpoint ~= '' then
-  if redis.call('EXISTS', outbox) == 0 then
+  if rcall('EXISTS', outbox) == 0 then
     -- an entry trimmed as it is added (MAXLEN 0) creates the stream with that last id
-    redis.call('XADD', outbox, 'MAXLEN', 0, checkpoint, 'type', 'restore')
+    rcall('XADD', outbox, 'MAXLEN', 0, checkpoint, 'type', 'restore')
     moved_to = checkpoint
   elseif id_less(stream_last_id(outbox), checkpoint) then
-    redis.call('XSETID', outbox, checkpoint)
+    rcall('XSETID', outbox, checkpoint)
     moved_to = checkpoint
   end
-  local marker = redis.call('GET', applied)
-  if not marker or id_less(marker, checkpoint) then redis.call('SET', applied, checkpoint) end
-  redis.call('DEL', behind)
+  local marker = rcall('GET', applied)
+  if not marker or id_less(marker, checkpoint) then rcall('SET', applied, checkpoint) end
+  rcall('DEL', behind)
 end
 
 local fixed_products = {}
 for _, pm in ipairs(plan.products or {}) do
-  local found = redis.call('HGET', products, pm[1])
+  local found = rcall('HGET', products, pm[1])
   if found ~= pm[2] then
-    redis.call('HSET', products, pm[1], pm[2])
+    rcall('HSET', products, pm[1], pm[2])
     for _, wh in ipairs(cjson.decode(pm[2]).warehouses) do
       add_counters(stock, pm[1], wh[1])
     end
@@ -99,18 +99,18 @@ end
 local restored = {}
 for _, r in ipairs(plan.restore or {}) do
   local id, record = r[1], key(r[2])
-  if redis.call('HEXISTS', live_hash, id) == 0 then
-    local kept = redis.call('HMGET', record, 'status', 'counted')
+  if rcall('HEXISTS', live_hash, id) == 0 then
+    local kept = rcall('HMGET', record, 'status', 'counted')
     local found, entry = kept[1] or cjson.null, r[3]
     -- a live record's counts (lua/limits.lua) still count it: its entry counts them again
     local counted = found == 'active' and kept[2] or nil
     if counted then entry = string.sub(entry, 1, -2) .. ',' .. string.sub(counted, 2) end
-    redis.call('HSET', live_hash, id, entry)
-    redis.call('ZADD', expiry, r[4], id)
-    redis.call('DEL', record)
-    redis.call('HSET', record, unpack(r[5]))
-    if counted then redis.call('HSET', record, 'counted', counted) end
-    redis.call('PEXPIREAT', record, r[6])
+    rcall('HSET', live_hash, id, entry)
+    rcall('ZADD', expiry, r[4], id)
+    rcall('DEL', record)
+    rcall('HSET', record, unpack(r[5]))
+    if counted then rcall('HSET', record, 'counted', counted) end
+    rcall('PEXPIREAT', record, r[6])
     restored[#restored + 1] = id
     record_event('reservation', id, {live = false, status = found},
                  {live = true, status = 'active', expires_at = r[4]})
@@ -120,15 +120,15 @@ end
 local ended = {}
 for _, e in ipairs(plan['end'] or {}) do
   local id, record = e[1], key(e[2])
-  local raw = redis.call('HGET', live_hash, id)
+  local raw = rcall('HGET', live_hash, id)
   if raw then
-    redis.call('HDEL', live_hash, id)
-    redis.call('ZREM', expiry, id)
+    rcall('HDEL', live_hash, id)
+    rcall('ZREM', expiry, id)
     if e[3] == '' then
-      redis.call('DEL', record)
-    elseif redis.call('EXISTS', record) == 1 then
-      redis.call('HSET', record, 'status', e[3], 'ended_at', e[4], 'order_id', e[5])
-      redis.call('PEXPIRE', record, e[6])
+      rcall('DEL', record)
+    elseif rcall('EXISTS', record) == 1 then
+      rcall('HSET', record, 'status', e[3], 'ended_at', e[4], 'order_id', e[5])
+      rcall('PEXPIRE', record, e[6])
     end
     ended[#ended + 1] = id
     record_event('reservation', id, {live = true, entry = cjson.decode(raw)},
@@ -139,21 +139,21 @@ end
 local orders = {}
 for _, o in ipairs(plan.orders or {}) do
   local id, record = o[1], key(o[2])
-  local status = redis.call('HGET', record, 'status') or ''
+  local status = rcall('HGET', record, 'status') or ''
   if status == o[3] then
-    if status == '' then redis.call('DEL', record) end
-    redis.call('HSET', record, unpack(o[4]))
-    if o[5] > 0 then redis.call('PEXPIRE', record, o[5]) end
+    if status == '' then rcall('DEL', record) end
+    rcall('HSET', record, unpack(o[4]))
+    if o[5] > 0 then rcall('PEXPIRE', record, o[5]) end
     orders[#orders + 1] = id
     record_event('order', id, {status = status ~= '' and status or cjson.null},
-                 {status = redis.call('HGET', record, 'status')})
+                 {status = rcall('HGET', record, 'status')})
   end
 end
 
 local movements, conflicts = {}, {}
 local held = {}
 if #(plan.counters or {}) > 0 then
-  for _, raw in ipairs(redis.call('HVALS', live_hash)) do
+  for _, raw in ipairs(rcall('HVALS', live_hash)) do
     for _, l in ipairs(cjson.decode(raw).lines) do
       local k = l[1] .. '|' .. l[2]
       held[k] = (held[k] or 0) + l[3]
@@ -181,15 +181,15 @@ end
 local reindexed = {}
 for _, x in ipairs(plan.reindex or {}) do
   local id = x[1]
-  local is_live = redis.call('HEXISTS', live_hash, id) == 1
-  local score = redis.call('ZSCORE', expiry, id)
+  local is_live = rcall('HEXISTS', live_hash, id) == 1
+  local score = rcall('ZSCORE', expiry, id)
   local fix = nil
   if is_live and not score then
-    local at = tonumber(redis.call('HGET', key(x[2]), 'expires_at')) or now
-    redis.call('ZADD', expiry, at, id)
+    local at = tonumber(rcall('HGET', key(x[2]), 'expires_at')) or now
+    rcall('ZADD', expiry, at, id)
     fix = {reservation = id, expires_at_before = cjson.null, expires_at_after = at}
   elseif score and not is_live then
-    redis.call('ZREM', expiry, id)
+    rcall('ZREM', expiry, id)
     fix = {reservation = id, expires_at_before = tonumber(score), expires_at_after = cjson.null}
   end
   if fix then
@@ -202,15 +202,15 @@ end
 
 local records, idempotency = 0, 0
 for _, r in ipairs(plan.records or {}) do
-  if r[3] > now and redis.call('EXISTS', key(r[1])) == 0 then
-    redis.call('HSET', key(r[1]), unpack(r[2]))
-    redis.call('PEXPIREAT', key(r[1]), r[3])
+  if r[3] > now and rcall('EXISTS', key(r[1])) == 0 then
+    rcall('HSET', key(r[1]), unpack(r[2]))
+    rcall('PEXPIREAT', key(r[1]), r[3])
     records = records + 1
   end
 end
 for _, r in ipairs(plan.idempotency or {}) do
-  if r[4] > now and redis.call('EXISTS', key(r[1])) == 0 then
-    redis.call('SET', key(r[1]), r[2] .. r[3], 'PXAT', int(r[4]))
+  if r[4] > now and rcall('EXISTS', key(r[1])) == 0 then
+    rcall('SET', key(r[1]), r[2] .. r[3], 'PXAT', int(r[4]))
     idempotency = idempotency + 1
   end
 end

@@ -93,15 +93,15 @@ local counts = counted_json(counted, capped)
 add_live(live_hash, expiry, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json
   .. counts .. '}', expires_at_s)
 -- (the record keeps what the live entry counted, so that reconcile can put an entry back whole)
-redis.call('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
+rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id,
            'counted', '{' .. string.sub(counts, 2) .. '}')
-redis.call('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
+rcall('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 local cart = ARGV[12]
-if cart ~= '' then redis.call('HSET', record, 'cart', cart) end
+if cart ~= '' then rcall('HSET', record, 'cart', cart) end
 local step = ''
 if ARGV[13] ~= '' then
-  redis.call('HSET', record, 'parts', ARGV[13])
+  rcall('HSET', record, 'parts', ARGV[13])
   step = ',"deadline":' .. int(cart_pending(KEYS[9], id, now, ARGV[14]))
 end
 

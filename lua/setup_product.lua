@@ -85,7 +85,7 @@ if not changed then
   end
 end
 if changed then
-  redis.call('HSET', products, product, cjson.encode(meta))
+  rcall('HSET', products, product, cjson.encode(meta))
   for _, wh in ipairs(meta.warehouses) do
     add_counters(stock, product, wh[1])
   end

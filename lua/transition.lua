@@ -54,7 +54,7 @@ if replay then return replay end
 use_waitlists(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[2], KEYS[8], KEYS[12],
   KEYS[13], KEYS[14])
 
-local flat = redis.call('HGETALL', order)
+local flat = rcall('HGETALL', order)
 if #flat == 0 then return refuse('order_not_found', {order = order_id}) end
 local o = {}
 for i = 1, #flat, 2 do o[flat[i]] = flat[i + 1] end
@@ -83,11 +83,11 @@ if to == STOCK_RETURNING then
   end
   uncount(KEYS[8], o.owner, own, counted)
 end
-redis.call('HSET', order, 'status', to, 'updated_at', now)
-redis.call('ZREM', KEYS[7], order_id)  -- no longer pending: it can't time out
+rcall('HSET', order, 'status', to, 'updated_at', now)
+rcall('ZREM', KEYS[7], order_id)  -- no longer pending: it can't time out
 local reason = ARGV[11] ~= '' and ARGV[11] or nil
-if reason then redis.call('HSET', order, 'reason', reason) end
-if TERMINAL[to] then redis.call('PEXPIRE', order, tonumber(ARGV[8])) end
+if reason then rcall('HSET', order, 'reason', reason) end
+if TERMINAL[to] then rcall('PEXPIRE', order, tonumber(ARGV[8])) end
 local view = {id = order_id, owner = o.owner, status = to, reservation = o.reservation_id,
               lines = lines, total = tonumber(o.total), currency = o.currency,
               created_at = tonumber(o.created_at), updated_at = now}

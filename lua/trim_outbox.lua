@@ -18,10 +18,10 @@ local last = ARGV[1]
 
 local ms, seq = string.match(last, '^(%d+)-(%d+)$')
 if not ms then return refuse('bad_id', {id = last}) end
-local trimmed = redis.call('XTRIM', outbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
-local marker = redis.call('GET', applied)
+local trimmed = rcall('XTRIM', outbox, 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+local marker = rcall('GET', applied)
 if not marker or id_less(marker, last) then
-  redis.call('SET', applied, last)
+  rcall('SET', applied, last)
   marker = last
 end
 return ok({trimmed = trimmed, applied = marker})

@@ -35,9 +35,9 @@ end
 -- reason other than 'served' it is recorded (waitlist_left). What it held back may now serve
 -- the next in line, or anyone: the product is served again after the call.
 local function leave_waitlist(w, entry, reason, now, actor, request_id)
-  redis.call('ZREM', w.queue, entry.member)
-  redis.call('ZREM', w.due, entry.id)
-  redis.call('HDEL', w.data, 'e|' .. entry.id, 'o|' .. entry.product .. '|' .. entry.owner)
+  rcall('ZREM', w.queue, entry.member)
+  rcall('ZREM', w.due, entry.id)
+  rcall('HDEL', w.data, 'e|' .. entry.id, 'o|' .. entry.product .. '|' .. entry.owner)
   adds(w.held, 'w|' .. entry.product, -1)
   batch.waiting[entry.product] = nil
   returned[entry.product] = true
@@ -50,12 +50,12 @@ end
 
 -- The entry at the head of product's queue, or nil.
 local function waitlist_head(w, product)
-  local head = redis.call('ZRANGEBYLEX', w.queue, '[' .. product .. '|', '[' .. product .. '|~',
+  local head = rcall('ZRANGEBYLEX', w.queue, '[' .. product .. '|', '[' .. product .. '|~',
                           'LIMIT', '0', '1')[1]
   if not head then return nil end
-  local raw = redis.call('HGET', w.data, 'e|' .. string.match(head, '|([^|]+)$'))
+  local raw = rcall('HGET', w.data, 'e|' .. string.match(head, '|([^|]+)$'))
   if not raw then  -- (an entry without its data: never written so; dropped)
-    redis.call('ZREM', w.queue, head)
+    rcall('ZREM', w.queue, head)
     return nil
   end
   return cjson.decode(raw)
@@ -82,7 +82,7 @@ local function hand_off(w, entry, now, now_s)
   local lim = meta.limits
   local counted = nil
   if lim and lim.max_per_customer then
-    local h = tonumber(redis.call('HGET', w.held, held_field(entry.product, entry.owner))) or 0
+    local h = tonumber(rcall('HGET', w.held, held_field(entry.product, entry.owner))) or 0
     if h + q > lim.max_per_customer then
       leave_waitlist(w, entry, 'limit_exceeded', now, 'system', '')
       return true
@@ -99,10 +99,10 @@ local function hand_off(w, entry, now, now_s)
   end
   if counted then count_held(w.held, entry.owner, counted, {[entry.product] = q}) end
   local id, expires_at = entry.id, now + entry.ttl
-  redis.call('HSET', w.live, id, cjson.encode({owner = entry.owner, lines = alloc,
+  rcall('HSET', w.live, id, cjson.encode({owner = entry.owner, lines = alloc,
                                                 held = counted}))
-  redis.call('ZADD', w.expiry, int(expires_at), id)
-  redis.call('HSET', w.data, 'h|' .. id, cjson.encode({created_at = now, expires_at = expires_at,
+  rcall('ZADD', w.expiry, int(expires_at), id)
+  rcall('HSET', w.data, 'h|' .. id, cjson.encode({created_at = now, expires_at = expires_at,
                                                        counted = counted}))
   leave_waitlist(w, entry, 'served', now, 'system', '')
   emit(w.outbox, 'reservation_created', now, 'system', '',
@@ -117,11 +117,11 @@ serve_waitlists = function()
   local products = returned
   returned = {}
   for product in pairs(products) do
-    local n = tonumber(redis.call('HGET', w.held, 'w|' .. product)) or 0
+    local n = tonumber(rcall('HGET', w.held, 'w|' .. product)) or 0
     while n > 0 do
       local entry = waitlist_head(w, product)
       if not entry then
-        redis.call('HDEL', w.held, 'w|' .. product)  -- (the count without its queue: mended)
+        rcall('HDEL', w.held, 'w|' .. product)  -- (the count without its queue: mended)
         batch.waiting[product] = nil
         break
       end
@@ -137,17 +137,17 @@ end
 -- Returns the record's fields as HGETALL would ({} when there is no such hand-off).
 handed_record = function(record, id)
   if not wait then return {} end
-  local raw = redis.call('HGET', wait.data, 'h|' .. id)
+  local raw = rcall('HGET', wait.data, 'h|' .. id)
   if not raw then return {} end
-  redis.call('HDEL', wait.data, 'h|' .. id)
-  local live = redis.call('HGET', wait.live, id)
+  rcall('HDEL', wait.data, 'h|' .. id)
+  local live = rcall('HGET', wait.live, id)
   if not live then return {} end
   local h, entry = cjson.decode(raw), cjson.decode(live)
   local flat = {'id', id, 'owner', entry.owner, 'status', 'active', 'created_at',
                 int(h.created_at), 'expires_at', int(h.expires_at), 'lines',
                 cjson.encode(entry.lines), 'request_id', '', 'source', 'waitlist',
                 'counted', entry.held and cjson.encode({held = entry.held}) or '{}'}
-  redis.call('HSET', record, unpack(flat))
-  redis.call('PEXPIREAT', record, int(h.expires_at + 86400000))
+  rcall('HSET', record, unpack(flat))
+  rcall('PEXPIREAT', record, int(h.expires_at + 86400000))
   return flat
 end

@@ -34,7 +34,7 @@ local action, id, product, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local actor, request_id = ARGV[9], ARGV[10]
 
 local function position(entry)
-  return redis.call('ZLEXCOUNT', queue, '[' .. entry.product .. '|', '[' .. entry.member)
+  return rcall('ZLEXCOUNT', queue, '[' .. entry.product .. '|', '[' .. entry.member)
 end
 
 local function view(entry)
@@ -45,7 +45,7 @@ end
 
 if action == 'list' then
   local entries = {}
-  local flat = redis.call('HGETALL', data)
+  local flat = rcall('HGETALL', data)
   for i = 1, #flat, 2 do
     if string.sub(flat[i], 1, 2) == 'e|' then
       local entry = cjson.decode(flat[i + 1])
@@ -66,8 +66,8 @@ use_waitlists(stock, products, KEYS[3], KEYS[4], outbox, held, queue, due, data)
 local now = now_ms()
 
 if action == 'leave' then
-  local mine = redis.call('HGET', data, 'o|' .. product .. '|' .. owner)
-  local raw = mine and redis.call('HGET', data, 'e|' .. mine)
+  local mine = rcall('HGET', data, 'o|' .. product .. '|' .. owner)
+  local raw = mine and rcall('HGET', data, 'e|' .. mine)
   if not raw then return refuse('not_waiting', {product = product}) end
   local entry = cjson.decode(raw)
   leave_waitlist(wait, entry, 'left', now, actor, request_id)
@@ -77,12 +77,12 @@ end
 if action ~= 'join' then error('waitlist.lua: unknown action ' .. action) end
 local meta = product_meta(products, product)
 if not meta then return refuse('product_not_found', {product = product}) end
-local mine = redis.call('HGET', data, 'o|' .. product .. '|' .. owner)
+local mine = rcall('HGET', data, 'o|' .. product .. '|' .. owner)
 if mine then return refuse('already_waiting', {entry = mine}) end
 local q = tonumber(ARGV[4])
 local refusal = check_limits(products, held, owner, {{product, '', q}})
 if refusal then return refusal end
-local waiting = tonumber(redis.call('HGET', held, 'w|' .. product)) or 0
+local waiting = tonumber(rcall('HGET', held, 'w|' .. product)) or 0
 if waiting == 0 then  -- nobody waits: what is there is anyone's to reserve
   local free = 0
   for _, wh in ipairs(meta.warehouses) do free = free + counts(stock, product, wh[1]) end
@@ -91,15 +91,15 @@ if waiting == 0 then  -- nobody waits: what is there is anyone's to reserve
   end
 end
 
-local t = redis.call('TIME')
+local t = rcall('TIME')
 local member = product .. '|' .. t[1] .. string.sub('00000' .. t[2], -6) .. '|' .. id
 local entry = {id = id, product = product, owner = owner, quantity = q,
                partial = ARGV[5] == '1', ttl = tonumber(ARGV[7]), joined_at = now,
                expires_at = now + tonumber(ARGV[8]), member = member}
-redis.call('HSET', data, 'e|' .. id, cjson.encode(entry), 'o|' .. product .. '|' .. owner, id)
-redis.call('ZADD', queue, 0, member)
-redis.call('ZADD', due, int(entry.expires_at), id)
-redis.call('HINCRBY', held, 'w|' .. product, 1)
+rcall('HSET', data, 'e|' .. id, cjson.encode(entry), 'o|' .. product .. '|' .. owner, id)
+rcall('ZADD', queue, 0, member)
+rcall('ZADD', due, int(entry.expires_at), id)
+rcall('HINCRBY', held, 'w|' .. product, 1)
 emit(outbox, 'waitlist_joined', now, actor, request_id,
      {entry = id, product = product, user = owner, quantity = q, partial = entry.partial,
       expires_at = entry.expires_at})

@@ -135,6 +135,7 @@ COLUMNS = (
     ("exact_counts", "exact"),
     ("api_cpu_us", "API CPU µs"),
     ("redis_cpu_us", "Redis CPU µs"),
+    ("client_cpu_us", "client CPU µs"),
     ("redis_cpu_us_per_primary", "µs by primary"),
     ("primary_cpu_share", "share by primary"),
     ("replica_cpu_us", "replicas µs"),
