@@ -83,8 +83,28 @@ end
 -- the shortage of every short line). metas: the call's products read so far (lib.lua
 -- meta_of), or nil.
 local function allocate(stock, products, lines, allow_split, metas)
-  local counters, order, short, back = {}, {}, {}, {}
   metas = metas or {}
+  -- The common request, one line of a product kept in one warehouse, none named: the same
+  -- answer as the general way below (where, with one warehouse, splitting or not takes the
+  -- same units), without its tables and passes.
+  local first = lines[1]
+  if #lines == 1 and first[2] == '' and first[3] > 0 then
+    local p, q = first[1], first[3]
+    local meta = meta_of(metas, products, p)
+    if not meta then return nil, refuse('product_not_found', {product = p}) end
+    local whs = meta.warehouses
+    if #whs == 1 then
+      local c = read_counter(stock, p, whs[1][1])
+      local f = held_back(p) and 0 or c.available
+      if f < q then
+        return nil, refuse('insufficient_stock', {lines = {{product = p, requested = q,
+                                                             available = f}}})
+      end
+      c.taken = q
+      return {{p, c.warehouse, q}}, nil, {c}
+    end
+  end
+  local counters, order, short, back = {}, {}, {}, {}
   -- named warehouses first, so a line routed by priority can't take their units
   for pass = 1, 2 do
     for _, l in ipairs(lines) do

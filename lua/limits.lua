@@ -38,6 +38,10 @@ end
 -- (lib.lua meta_of), or nil.
 local function check_limits(products, held, owner, lines, metas)
   metas = metas or {}
+  if #lines == 1 then  -- (the common request: one line, of a product without limits)
+    local meta = meta_of(metas, products, lines[1][1])
+    if not (meta and meta.limits) then return nil end
+  end
   local want, names = {}, {}
   for _, l in ipairs(lines) do
     local p = l[1]
