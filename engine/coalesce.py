@@ -138,7 +138,8 @@ class Coalescer:
                 call, future = batch[0]
                 replies: list[Any] = [await self._scripts.raw(call)]
             else:
-                replies = await self._scripts.raw(many(spec, [c for c, _ in batch]))
+                batched = many(spec, [c for c, _ in batch], grouped=True)  # (run grouped them)
+                replies = await self._scripts.raw(batched)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
@@ -165,16 +166,21 @@ class Coalescer:
                 future.set_result(reply)
 
 
-def many(spec: ScriptSpec, calls: list[Call]) -> Call:
+def many(spec: ScriptSpec, calls: list[Call], *, grouped: bool = False) -> Call:
     """One call of `<operation>_many` running `calls` (which share every key but their own) in
-    order: KEYS the shared keys then each call's own, ARGV the count then each call's."""
+    order: KEYS the shared keys then each call's own, ARGV the count then each call's.
+    `grouped`: the caller grouped the calls by function and shared keys (Coalescer.run), so
+    they need no check here."""
     own = spec.own_positions
-    shared = spec.shared_of(calls[0].keys)
+    first = calls[0]
+    shared = spec.shared_of(first.keys)
+    if not grouped:
+        for call in calls:
+            if call.function != first.function or spec.shared_of(call.keys) != shared:
+                raise ValueError("only calls of one function on the same keys share a call")
     keys = list(shared)
     args: list[str | int] = [len(calls)]
     for call in calls:
-        if call.function != calls[0].function or spec.shared_of(call.keys) != shared:
-            raise ValueError("only calls of one function on the same keys share a call")
         keys += [call.keys[i] for i in own]
         args += call.args
     return Call(library().function_many(spec.name), keys, args)
