@@ -6,8 +6,9 @@ one by one, each pays a round trip and a function call of its own: the request's
 write system calls in Redis, the client's encoding and the event loop's wake-ups. Databases
 solved this with group commit; this is the same for the hot path.
 
-The rule, per group (one operation's function and the keys its calls share — one partition's:
-calls for different partitions never share a call):
+The rule, per group (one operation's function, the keys its calls share — one partition's:
+calls for different partitions never share a call — and the values of its batch args, the
+engine's settings a batch sends once: ScriptSpec.batch_args):
 - **Nothing waiting on Redis**: the call goes straight through, alone (no added latency at
   low load).
 - **Calls already waiting**: the call joins the group's open batch. The batch is sent when the
@@ -50,7 +51,7 @@ WINDOW_S = 0.0002  # a batch stays open at most this long once another call arri
 
 
 class _Group:
-    """One function's calls for one set of shared keys."""
+    """One function's calls for one set of shared keys and batch args."""
 
     __slots__ = ("flush_scheduled", "inflight", "opened", "pending")
 
@@ -68,7 +69,7 @@ class Coalescer:
         self._scripts = scripts
         self._max_batch = max(1, max_batch)
         self._max_inflight = max(1, max_inflight)
-        self._groups: dict[tuple[str, tuple[str, ...]], _Group] = {}
+        self._groups: dict[tuple[str, tuple[str, ...], tuple[str | int, ...]], _Group] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self.sizes: Counter[int] = Counter()
         # told of every Redis call sent: (operation, calls it carries) — the API's metrics
@@ -81,10 +82,10 @@ class Coalescer:
 
     async def run(self, spec: ScriptSpec, call: Call) -> Any:
         """The undecoded reply of `call` (an operation of `spec`, which has own keys)."""
-        shared = spec.shared_of(call.keys)
-        group = self._groups.get((call.function, shared))
+        key = (call.function, spec.shared_of(call.keys), spec.batch_args_of(call.args))
+        group = self._groups.get(key)
         if group is None:
-            group = self._groups[(call.function, shared)] = _Group()
+            group = self._groups[key] = _Group()
         if not group.inflight and not group.pending:
             group.inflight += 1
             self._sent(spec, 1)
@@ -167,22 +168,31 @@ class Coalescer:
 
 
 def many(spec: ScriptSpec, calls: list[Call], *, grouped: bool = False) -> Call:
-    """One call of `<operation>_many` running `calls` (which share every key but their own) in
-    order: KEYS the shared keys then each call's own, ARGV the count then each call's.
-    `grouped`: the caller grouped the calls by function and shared keys (Coalescer.run), so
-    they need no check here."""
+    """One call of `<operation>_many` running `calls` (which share every key but their own, and
+    the values of the spec's batch args) in order: KEYS the shared keys then each call's own,
+    ARGV the count, the batch args' values, then each call's other args. `grouped`: the caller
+    grouped the calls by function, shared keys and batch args (Coalescer.run), so they need no
+    check here."""
     own = spec.own_positions
     first = calls[0]
     shared = spec.shared_of(first.keys)
+    settings = spec.batch_args_of(first.args)
     if not grouped:
         for call in calls:
-            if call.function != first.function or spec.shared_of(call.keys) != shared:
-                raise ValueError("only calls of one function on the same keys share a call")
+            if (
+                call.function != first.function
+                or spec.shared_of(call.keys) != shared
+                or spec.batch_args_of(call.args) != settings
+            ):
+                raise ValueError(
+                    "only calls of one function on the same keys and batch args share a call"
+                )
     keys = list(shared)
-    args: list[str | int] = [len(calls)]
+    args: list[str | int] = [len(calls), *settings]
+    rest = spec.call_args_of
     for call in calls:
         keys += [call.keys[i] for i in own]
-        args += call.args
+        args += rest(call.args)
     return Call(library().function_many(spec.name), keys, args)
 
 

@@ -55,6 +55,10 @@ class ScriptSpec:
     # that names them may be coalesced (engine/coalesce.py) — many calls that share the other
     # keys run as one `<name>_many` function call (lua/many.lua)
     own_keys: tuple[str, ...] = ()
+    # of the args, those that coalesced calls share when equal (the engine's settings, as the
+    # retention and the live cap, not what a request chooses): the coalescer groups calls by
+    # them too, and a batch sends them once (lua/many.lua)
+    batch_args: tuple[str, ...] = ()
     # every parameter's name, to check a call's names in one comparison
     names: frozenset[str] = field(init=False, repr=False, compare=False)
     # the 0-based positions of the own keys in KEYS
@@ -63,6 +67,15 @@ class ScriptSpec:
     shared_of: Callable[[Sequence[str]], tuple[str, ...]] = field(
         init=False, repr=False, compare=False
     )
+    # a call's batch args, and its other args (lists of positions of ARGV: 0-based), by value
+    batch_args_of: Callable[[Sequence[str | int]], tuple[str | int, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    call_args_of: Callable[[Sequence[str | int]], tuple[str | int, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    batch_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    call_positions: tuple[int, ...] = field(init=False, repr=False, compare=False)
     # a call's fixed keys and its args from its values by name, as tuples
     keys_of: Callable[[Mapping[str, str | int]], tuple[str | int, ...]] = field(
         init=False, repr=False, compare=False
@@ -85,6 +98,14 @@ class ScriptSpec:
         object.__setattr__(self, "args_of", _getter(self.args))
         if not set(self.own_keys) <= set(self.keys) or (self.own_keys and self.more_keys):
             raise TypeError(f"{self.name}: own keys must be among its fixed keys")
+        if not set(self.batch_args) <= set(self.args) or (self.batch_args and not self.own_keys):
+            raise TypeError(f"{self.name}: batch args must be among the args of a coalesced call")
+        batch = tuple(i for i, name in enumerate(self.args) if name in self.batch_args)
+        rest = tuple(i for i in range(len(self.args)) if i not in batch)
+        object.__setattr__(self, "batch_positions", batch)
+        object.__setattr__(self, "call_positions", rest)
+        object.__setattr__(self, "batch_args_of", _getter(batch))
+        object.__setattr__(self, "call_args_of", _getter(rest))
 
     def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
         """This operation's partition-wide keys of partition `k`, by name (for `build`), made

@@ -92,7 +92,10 @@ def assemble(read: Callable[[str], str]) -> Library:
         parts.append(f"register('{name}', op_{name}, {read_only})")
         if spec.own_keys:
             own = ", ".join(str(i + 1) for i in spec.own_positions)
-            many = f"'{name}', op_{name}, {{{own}}}, {len(spec.keys)}, {len(spec.args)}"
+            batch = ", ".join(str(i + 1) for i in spec.batch_positions)
+            many = (
+                f"'{name}', op_{name}, {{{own}}}, {len(spec.keys)}, {len(spec.args)}, {{{batch}}}"
+            )
             parts.append(f"register_many({many})")
     code = "\n".join(parts) + "\n"
     version = hashlib.sha1(code.encode()).hexdigest()[:12]

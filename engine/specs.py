@@ -76,6 +76,15 @@ RESERVE = ScriptSpec(
         "max_live",
     ),
     own_keys=("idem", "record"),
+    batch_args=(
+        "idempotency_ttl",
+        "expiry_batch",
+        "retention",
+        "cart",
+        "parts",
+        "hold",
+        "max_live",
+    ),
 )
 RELEASE = ScriptSpec(
     "release",
@@ -174,6 +183,7 @@ PLACE_ORDER = ScriptSpec(
     ),
     args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
     own_keys=("order", "idem"),
+    batch_args=("idempotency_ttl", "expiry_batch", "pending_ttl"),
 )
 TRANSITION = ScriptSpec(
     "transition",

@@ -14,32 +14,43 @@
 --
 -- KEYS: the keys every call shares (the operation's keys other than its own, in its header's
 --       order), then each call's own keys in order (`own` positions, in order).
--- ARGV[1]: N; then each call's ARGV (`nargs` values each).
+-- ARGV[1]: N; then the values of the batch args (the spec's batch_args: the settings every
+--          call of the batch has alike, `batch` positions of the operation's ARGV, in order);
+--          then each call's other args (`nargs` minus the batch args' values each, in order).
 -- Returns: a list of N replies.
 
-local function register_many(name, body, own, nkeys, nargs)
-  -- where each of a call's keys comes from: the shared ones are set once per batch, a call's
-  -- own ones per call, in one table the calls share (no operation keeps or writes its KEYS)
+local function register_many(name, body, own, nkeys, nargs, batch)
+  -- where each of a call's keys and args comes from: the shared ones are set once per batch,
+  -- a call's own ones per call, in one KEYS table and one ARGV table the calls share (no
+  -- operation keeps or writes its KEYS or its ARGV)
   local is_own, shared_at = {}, {}
   for j = 1, #own do is_own[own[j]] = true end  -- at load: no ipairs (lib.lua)
   for i = 1, nkeys do
     if not is_own[i] then shared_at[#shared_at + 1] = i end
   end
   local nshared, nown = #shared_at, #own
+  local is_batch, call_at = {}, {}
+  for j = 1, #batch do is_batch[batch[j]] = true end
+  for i = 1, nargs do
+    if not is_batch[i] then call_at[#call_at + 1] = i end
+  end
+  local nbatch, ncall = #batch, #call_at
   redis.register_function{
     function_name = name .. '_many_' .. VERSION,
     flags = {},
     callback = function(keys, args)
       if not bound then bind() end
       local n = tonumber(args[1])
-      local out, k = {}, {}
+      local out, k, a = {}, {}, {}
       new_batch(true)
       for j = 1, nshared do k[shared_at[j]] = keys[j] end
+      for j = 1, nbatch do a[batch[j]] = args[1 + j] end
       for r = 1, n do
-        local oi, base = nshared + (r - 1) * nown, 1 + (r - 1) * nargs
+        local oi, base = nshared + (r - 1) * nown, 1 + nbatch + (r - 1) * ncall
         for j = 1, nown do k[own[j]] = keys[oi + j] end
+        for j = 1, ncall do a[call_at[j]] = args[base + j] end
         new_call()
-        local ok, reply = pcall(body, k, {unpack(args, base + 1, base + nargs)})
+        local ok, reply = pcall(body, k, a)
         if ok and wait and next(returned) then
           local served, problem = pcall(serve_waitlists)
           if not served then ok, reply = false, problem end

@@ -418,19 +418,80 @@ async def test_direct_orders_are_coalesced_too(engine: Engine) -> None:
     assert (await check_partition(engine.redis, 0)).ok
 
 
-def test_a_batch_sends_shared_keys_once_and_each_calls_own() -> None:
+def test_a_batch_sends_shared_keys_and_batch_args_once_and_each_calls_own() -> None:
     k = partition_keys(0)
     names = specs.RESERVE.keys  # ... idem, record (its own), behind, ...
+    settings = specs.RESERVE.batch_args  # idempotency_ttl, ... max_live
+
+    def args(n: int, retention: str = "retention") -> list[str | int]:
+        out: list[str | int] = []
+        for a in specs.RESERVE.args:
+            if a not in settings:
+                out.append(f"{a}-{n}")
+            else:
+                out.append(retention if a == "retention" else a)
+        return out
+
     calls = [
-        Call("reserve_x", [k.stock, *names[1:5], f"i{n}", f"r{n}", *names[7:]], [n, "a"])
+        Call("reserve_x", [k.stock, *names[1:5], f"i{n}", f"r{n}", *names[7:]], args(n))
         for n in range(3)
     ]
     batch = many(specs.RESERVE, calls)
     shared = [k.stock, *names[1:5], *names[7:]]
     assert batch.keys == [*shared, "i0", "r0", "i1", "r1", "i2", "r2"]
-    assert batch.args == [3, 0, "a", 1, "a", 2, "a"]
+    own_args = [a for a in specs.RESERVE.args if a not in settings]
+    assert own_args == [
+        "reservation_id", "lines", "ttl", "allow_split", "owner", "actor", "request_id",
+        "fingerprint",
+    ]  # fmt: skip
+    assert batch.args == [
+        3,
+        *[a for a in specs.RESERVE.args if a in settings],  # once, in ARGV's order
+        *[f"{a}-{n}" for n in range(3) for a in own_args],
+    ]
     assert batch.function.startswith("reserve_many_")
+    other = Call("reserve_x", calls[0].keys, args(3, retention="other"))
+    with pytest.raises(ValueError, match="batch args"):
+        many(specs.RESERVE, [*calls, other])
     assert isinstance(Coalescer, type)
+
+
+async def test_calls_with_other_ttls_share_a_call_and_other_settings_do_not(
+    engine: Engine,
+) -> None:
+    """Concurrent reservations with two TTLs (a request's choice) share calls, each with its
+    own TTL; calls under another retention (an engine's setting, sent once per batch) are
+    coalesced apart, each keeping its own."""
+    await add_product(engine, "p", {"main": 20})
+    coalescer = engine.coalescer
+    assert coalescer is not None
+
+    def ttl_of(n: int) -> int:
+        return 60_000 if n % 2 else 120_000
+
+    def call(n: int, retention: int | None = None) -> Call:
+        made = reserve_call(engine, f"u{n}", [["p", "", 1]], ttl=ttl_of(n))
+        if retention is None:
+            return made
+        names = specs.RESERVE.args
+        values = [
+            retention if a == "retention" else v for a, v in zip(names, made.args, strict=True)
+        ]
+        return dataclasses.replace(made, args=values)
+
+    calls = [call(n) for n in range(10)] + [call(n, retention=5_000) for n in range(10, 14)]
+    coalescer.sizes.clear()
+    replies = [
+        parse(r) for r in await asyncio.gather(*(coalescer.run(specs.RESERVE, c) for c in calls))
+    ]
+    # each group's first alone (nothing of its group waits yet), then the other nine of the
+    # first retention in one call, the other three of the second in another
+    assert sorted(coalescer.sizes.elements()) == [1, 1, 3, 9]
+    for n, reply in enumerate(replies):
+        made = reply["reservation"]
+        assert made["expires_at"] - made["created_at"] == ttl_of(n)
+    assert await levels(engine, "p") == {"main": (6, 14)}
+    assert (await check_partition(engine.redis, 0)).ok
 
 
 async def test_calls_for_different_partitions_never_share_a_call(
@@ -461,7 +522,7 @@ async def test_calls_for_different_partitions_never_share_a_call(
 
     def call(k: PartitionKeys, n: int) -> Call:
         keys = {**specs.RESERVE.partition_keys(k), "idem": f"i{n}", "record": f"r{n}"}
-        return Call("f", [keys[name] for name in specs.RESERVE.keys], [n])
+        return Call("f", [keys[name] for name in specs.RESERVE.keys], [n] * len(specs.RESERVE.args))
 
     with pytest.raises(ValueError, match="same keys"):
         many(specs.RESERVE, [call(k0, 0), call(k1, 1)])
