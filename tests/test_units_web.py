@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from starlette.routing import Match
 
 from engine.models import Reservation, ReservationStatus, ReservedLine, ms_to_datetime
+from web import responses
 from web.bodies import product_quantity
 from web.middleware import direct_routes
 from web.responses import Envelope, iso, iso_ms
@@ -117,6 +118,19 @@ def test_the_envelope_is_the_json_document_json_dumps_would_write() -> None:
     # what orjson refuses, json writes: a key that is not a str, an int past 64 bits
     odd = {"request_id": "r", "data": {1: 2**70}}
     assert json.loads(bytes(Envelope(odd).body)) == {"request_id": "r", "data": {"1": 2**70}}
+
+
+def test_a_time_in_ms_is_written_the_same_once_its_seconds_are_kept_and_after() -> None:
+    """iso_ms keeps each second's text (web/responses.py); past the kept count it starts
+    afresh: every time is written as `iso` writes it, before, during and after."""
+    start = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    for n in range(2 * responses._SECONDS_KEPT + 10):
+        ms = start + n * 1_001
+        exact = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+            milliseconds=ms
+        )
+        assert iso_ms(ms) == iso(exact)
+    assert len(responses._seconds_text) <= responses._SECONDS_KEPT
 
 
 @given(st.integers(min_value=0, max_value=253_402_300_799_999))  # to 9999-12-31T23:59:59.999

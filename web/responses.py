@@ -28,11 +28,22 @@ def iso(value: datetime) -> str:
     return aware.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# a second's text by the second: the times a busy process writes fall in a few seconds (now,
+# now + a TTL), so each is formatted once; at most _SECONDS_KEPT, then it starts afresh
+_seconds_text: dict[int, str] = {}
+_SECONDS_KEPT = 4096
+
+
 def iso_ms(ms: int) -> str:
     """`iso` of a time in ms since the epoch (as Redis's records hold them), written without a
     datetime: the hot path's answer writes two."""
     seconds, milli = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{milli:03d}Z"
+    text = _seconds_text.get(seconds)
+    if text is None:
+        if len(_seconds_text) >= _SECONDS_KEPT:
+            _seconds_text.clear()
+        text = _seconds_text[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{milli:03d}Z"
 
 
 def request_id(request: Request) -> str:
