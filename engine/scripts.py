@@ -1,8 +1,8 @@
 """The Lua operations as one Redis Functions library: its source, its version, and the call.
 
 The library is assembled once per process: the constants rendered from `engine.states`, then
-`lua/lib.lua`, `lua/limits.lua`, `lua/holds.lua`, `lua/wait.lua` and `lua/many.lua` (the
-helpers, defined once
+`lua/lib.lua`, `lua/stock.lua`, `lua/limits.lua`, `lua/holds.lua`, `lua/wait.lua` and
+`lua/many.lua` (the helpers, defined once
 at FUNCTION LOAD), then each `lua/<name>.lua` as the body of a local function of (KEYS, ARGV),
 registered as `<name>_<version>`. The version is a
 short hash of that text, and names the library too (`inventory_<version>`): function names
@@ -42,10 +42,10 @@ from engine.specs import SPECS
 from engine.states import lua_prelude
 
 NAMES: tuple[str, ...] = tuple(SPECS)
-# The files of helpers, before the operations: lib.lua, limits.lua (what a customer may
-# hold), holds.lua (reservations and orders), wait.lua (the waitlists) and many.lua (coalesced
-# calls).
-HELPERS: tuple[str, ...] = ("lib", "limits", "holds", "wait", "many")
+# The files of helpers, before the operations: lib.lua, stock.lua (a product's counters and
+# settings), limits.lua (what a customer may hold), holds.lua (reservations and orders),
+# wait.lua (the waitlists) and many.lua (coalesced calls).
+HELPERS: tuple[str, ...] = ("lib", "stock", "limits", "holds", "wait", "many")
 LIBRARY_PREFIX = "inventory"
 
 

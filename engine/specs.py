@@ -46,6 +46,10 @@ ADJUST_STOCK = ScriptSpec(
     ),
     args=("product", "changes", "reason", *_CALLER),
 )
+# A reservation's last args: the engine's settings (and a cart's, '' alone), the same for every
+# call of a batch, which sends them once (ScriptSpec.batch_args).
+_RESERVE_SETTINGS = ("expiry_batch", "retention", "cart", "parts", "hold", "max_live")
+
 RESERVE = ScriptSpec(
     "reserve",
     keys=(
@@ -68,23 +72,10 @@ RESERVE = ScriptSpec(
         "allow_split",
         "owner",
         *_CALLER,
-        "expiry_batch",
-        "retention",
-        "cart",
-        "parts",
-        "hold",
-        "max_live",
+        *_RESERVE_SETTINGS,
     ),
     own_keys=("idem", "record"),
-    batch_args=(
-        "idempotency_ttl",
-        "expiry_batch",
-        "retention",
-        "cart",
-        "parts",
-        "hold",
-        "max_live",
-    ),
+    batch_args=("idempotency_ttl", *_RESERVE_SETTINGS),
 )
 RELEASE = ScriptSpec(
     "release",
