@@ -19,22 +19,22 @@
 --          then each call's other args (`nargs` minus the batch args' values each, in order).
 -- Returns: a list of N replies.
 
+-- The positions 1..n but those in `taken`, in order (run at load: no ipairs, lib.lua).
+local function positions_but(n, taken)
+  local is, rest = {}, {}
+  for j = 1, #taken do is[taken[j]] = true end
+  for i = 1, n do
+    if not is[i] then rest[#rest + 1] = i end
+  end
+  return rest
+end
+
 local function register_many(name, body, own, nkeys, nargs, batch)
   -- where each of a call's keys and args comes from: the shared ones are set once per batch,
   -- a call's own ones per call, in one KEYS table and one ARGV table the calls share (no
   -- operation keeps or writes its KEYS or its ARGV)
-  local is_own, shared_at = {}, {}
-  for j = 1, #own do is_own[own[j]] = true end  -- at load: no ipairs (lib.lua)
-  for i = 1, nkeys do
-    if not is_own[i] then shared_at[#shared_at + 1] = i end
-  end
-  local nshared, nown = #shared_at, #own
-  local is_batch, call_at = {}, {}
-  for j = 1, #batch do is_batch[batch[j]] = true end
-  for i = 1, nargs do
-    if not is_batch[i] then call_at[#call_at + 1] = i end
-  end
-  local nbatch, ncall = #batch, #call_at
+  local shared_at, call_at = positions_but(nkeys, own), positions_but(nargs, batch)
+  local nshared, nown, nbatch, ncall = #shared_at, #own, #batch, #call_at
   redis.register_function{
     function_name = name .. '_many_' .. VERSION,
     flags = {},
