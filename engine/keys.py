@@ -131,7 +131,14 @@ class PartitionKeys:
     _tag: str = field(repr=False)
 
     def reservation(self, reservation_id: str) -> str:
-        return f"{self._tag}:reservation:{reservation_id}"
+        return f"{self._tag}:reservation:{reservation_id}"  # (== records + id: on the hot path)
+
+    @property
+    def records(self) -> str:
+        """What every reservation record's key of the partition starts with: the record of
+        `id` is this + id (`reservation`). Passed to the scripts that end reservations they
+        are not named (lua/holds.lua expire_due: an expired one's record gets its TTL)."""
+        return f"{self._tag}:reservation:"
 
     def order(self, order_id: str) -> str:
         return f"{self._tag}:order:{order_id}"

@@ -77,6 +77,7 @@ class OrderOps(CartOps):
             **self._caller(k, ctx, "place_order", [*payload.values()]),
             "expiry_batch": self.settings.expire_batch,
             "pending_ttl": self.settings.order_pending_ttl_ms,
+            "retention": self.settings.reservation_retention_ms,
         }
         reply = await self._run_coalesced(specs.PLACE_ORDER, values)
         replies.raise_for(reply)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.keys import PartitionKeys
 
-# The keys a partition has once, which specs name alike (engine.keys.PartitionKeys).
+# The keys a partition has once, which specs name alike (engine.keys.PartitionKeys), and the
+# one such arg.
 PARTITION_WIDE = (
     "stock",
     "products",
@@ -35,6 +36,7 @@ PARTITION_WIDE = (
     "waitlist",
     "wait_due",
     "wait_data",
+    "records",  # (not a key: an arg, the prefix of the partition's reservation records)
 )
 
 
@@ -108,11 +110,16 @@ class ScriptSpec:
         object.__setattr__(self, "call_args_of", _getter(rest))
 
     def partition_keys(self, k: PartitionKeys) -> dict[str, str]:
-        """This operation's partition-wide keys of partition `k`, by name (for `build`), made
-        once per partition (callers unpack it, never change it: it is on the hot path)."""
+        """This operation's partition-wide keys of partition `k` (and its `records` arg), by
+        name (for `build`), made once per partition (callers unpack it, never change it: it is
+        on the hot path)."""
         found = self.by_partition.get(k.partition)
         if found is None:
-            found = {name: getattr(k, name) for name in self.keys if name in PARTITION_WIDE}
+            found = {
+                name: getattr(k, name)
+                for name in (*self.keys, *self.args)
+                if name in PARTITION_WIDE
+            }
             self.by_partition[k.partition] = found
         return found
 

@@ -48,7 +48,7 @@ ADJUST_STOCK = ScriptSpec(
 )
 # A reservation's last args: the engine's settings (and a cart's, '' alone), the same for every
 # call of a batch, which sends them once (ScriptSpec.batch_args).
-_RESERVE_SETTINGS = ("expiry_batch", "retention", "cart", "parts", "hold", "max_live")
+_RESERVE_SETTINGS = ("expiry_batch", "retention", "cart", "parts", "hold", "max_live", "records")
 
 RESERVE = ScriptSpec(
     "reserve",
@@ -125,7 +125,7 @@ EXPIRE = ScriptSpec(
         "products",
         *_WAITLISTS,
     ),
-    args=("limit", "hold"),
+    args=("limit", "hold", "retention", "records"),
 )
 COMMIT = ScriptSpec(
     "commit",
@@ -172,9 +172,19 @@ PLACE_ORDER = ScriptSpec(
         "held",
         *_WAITLISTS,
     ),
-    args=("order_id", "lines", "allow_split", "owner", *_CALLER, "expiry_batch", "pending_ttl"),
+    args=(
+        "order_id",
+        "lines",
+        "allow_split",
+        "owner",
+        *_CALLER,
+        "expiry_batch",
+        "pending_ttl",
+        "retention",
+        "records",
+    ),
     own_keys=("order", "idem"),
-    batch_args=("idempotency_ttl", "expiry_batch", "pending_ttl"),
+    batch_args=("idempotency_ttl", "expiry_batch", "pending_ttl", "retention", "records"),
 )
 TRANSITION = ScriptSpec(
     "transition",

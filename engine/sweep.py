@@ -30,6 +30,7 @@ class SweepOps(ReservationOps, OrderOps):
                 **specs.EXPIRE.partition_keys(k),
                 limit=batch,
                 hold=self.settings.cart_hold_ms,
+                retention=self.settings.reservation_retention_ms,
             )
             expired += int(reply["expired"])
             left += int(reply.get("left_waitlist", 0))

@@ -65,7 +65,7 @@ use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[12], KEYS[13],
 
 local now = now_ms()
 local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
-  KEYS[12])
+  KEYS[12], tonumber(ARGV[8]))
 if err then return err end
 local priced, total, currency = price_lines(products, live.lines)
 if not priced then return total end

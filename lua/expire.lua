@@ -15,6 +15,8 @@
 --
 -- ARGV[1] limit: at most this many reservations released, steps claimed, orders listed (each)
 -- ARGV[2] hold (ms): a claimed step's new deadline is now + hold
+-- ARGV[3] record retention (ms) kept after an expired reservation's expires_at
+-- ARGV[4] records: the prefix of the partition's reservation records (holds.lua expire_due)
 --
 -- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call,
 --   "claimed": [{"id", "deadline"}, ...], "orders_due": [order id, ...], "left_waitlist": n}
@@ -33,7 +35,8 @@ use_waitlists(KEYS[1], KEYS[9], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10],
 local now, now_s = now_ms()
 -- the steps first: a part is made to follow before its own hold (in its partition) runs out
 local claimed = claim_steps(KEYS[6], now, now_s, ARGV[1], ARGV[2])
-local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep', KEYS[8])
+local n = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[1], 'sweep', KEYS[8],
+  ARGV[4], tonumber(ARGV[3]))
 -- waitlist entries past their time leave it (wait.lua): what they held back is served again
 local gone = rcall('ZRANGEBYSCORE', KEYS[11], '-inf', now_s, 'LIMIT', '0', ARGV[1])
 for _, id in ipairs(gone) do

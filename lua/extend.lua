@@ -47,7 +47,7 @@ use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
 
 local now = now_ms()
 local rec, _, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
-  KEYS[9])
+  KEYS[9], tonumber(ARGV[9]))
 if err then return err end
 
 local old = tonumber(rec.expires_at)

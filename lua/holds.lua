@@ -17,11 +17,15 @@ end
 
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
--- now_s: now's text (now_ms); limit: as the call's ARGV gives it.
+-- now_s: now's text (now_ms); limit: as the call's ARGV gives it. records: the prefix of the
+-- partition's reservation records (engine/keys.py PartitionKeys.records; a record's key is it
+-- .. id): each expired one's record is kept `retention` ms (a number) after its expires_at,
+-- as lib.lua's layout says (a record has no TTL while its reservation is live).
 -- In a batch (lib.lua `batch`), once a call has found fewer than `limit` due in `expiry`, none
 -- is due there for the batch's later calls: they run at the same instant, and nothing they
 -- make is due at once (a TTL is at least 1 ms).
-local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held)
+local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held,
+                          records, retention)
   if batch.swept == expiry and batch.now_s == now_s then return 0 end
   local ids = rcall('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
@@ -36,8 +40,11 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
       local live = cjson.decode(raw)
       if wait then rcall('HDEL', wait.data, 'h|' .. id) end  -- (a hand-off never used)
       local movements = release_units(stock, live_hash, expiry, id, live, held)
+      local expires_at = tonumber(ids[i + 1])
+      -- (a hand-off never used has no record: PEXPIREAT then does nothing)
+      rcall('PEXPIREAT', records .. id, int(expires_at + retention))
       emit(outbox, 'reservation_expired', now, 'system', '', {
-        reservation = id, user = live.owner, expires_at = tonumber(ids[i + 1]),
+        reservation = id, user = live.owner, expires_at = expires_at,
         trigger = trigger, movements = movements})
       n = n + 1
     else
@@ -169,10 +176,13 @@ end
 -- Expires due reservations, then checks the request against its customer's limits (`check`,
 -- nil or a function that returns nil or a refusal: limits.lua), then allocates. When stock is
 -- short while more reservations are due, it keeps expiring (bounded) so a due reservation
--- never blocks the next buyer. Returns what allocate returns. metas: as allocate's.
+-- never blocks the next buyer. Returns what allocate returns. metas: as allocate's; records,
+-- retention: as expire_due's.
 local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
-                                    limit, lines, allow_split, held, check, metas)
-  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
+                                    limit, lines, allow_split, held, check, metas, records,
+                                    retention)
+  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held, records,
+    retention)
   if check then
     local refusal = check()
     if refusal then return nil, refusal end
@@ -180,7 +190,8 @@ local function expire_then_allocate(stock, products, live_hash, expiry, outbox, 
   local alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
   local rounds = 0
   while err and rounds < 10 and rcall('ZCOUNT', expiry, '-inf', now_s) > 0 do
-    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held)
+    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held, records,
+      retention)
     alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
     rounds = rounds + 1
   end
@@ -189,8 +200,10 @@ end
 
 -- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
 -- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
--- live is released here (and recorded as expired) before the refusal.
-local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held)
+-- live is released here (and recorded as expired) before the refusal; its record is then kept
+-- `retention` ms (a number) after its expires_at (as expire_due keeps one).
+local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held,
+                                retention)
   local flat = rcall('HGETALL', record)
   if #flat == 0 then flat = handed_record(record, id) end  -- (a waitlist's hand-off: wait.lua)
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
@@ -214,6 +227,7 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
         reservation = id, user = live.owner, expires_at = expires_at,
         trigger = 'access', movements = movements})
     end
+    rcall('PEXPIREAT', record, int(expires_at + retention))
     return nil, nil, refuse('reservation_expired', {reservation = id, expires_at = expires_at})
   end
   return rec, cjson.decode(raw), nil

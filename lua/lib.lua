@@ -8,7 +8,9 @@
 -- helpers are defined once, at FUNCTION LOAD. Load time runs nothing but definitions: Redis
 -- gives the loading code no globals (no redis.call, no cjson, not even ipairs).
 --
--- Data layout (all keys arrive in KEYS; this file never builds a key name):
+-- Data layout (all keys arrive in KEYS, but the records of the reservations a call expires
+-- without being named them: holds.lua expire_due names them from the partition's `records`
+-- prefix, an ARGV from engine/keys.py, in the same slot; no helper builds another key name):
 --   stock     hash  'a|<product>|<warehouse>' -> available units
 --                   'r|<product>|<warehouse>' -> reserved units
 --                   (total = available + reserved; it is never stored, so it can't drift)
@@ -18,7 +20,11 @@
 --                   exactly the live reservations; 'reserved' is the sum of their lines
 --   expiry    zset  <reservation id> scored by expires_at (ms, Redis clock)
 --   outbox    stream, one entry per change: fields 'type' and 'data' (JSON)
---   record    hash  one reservation or order; key TTLs reclaim memory, never stock
+--   record    hash  one reservation or order; key TTLs reclaim memory, never stock. A
+--                   reservation's record has none while it is live (one write less on the hot
+--                   path): it gets one as it ends — retention after it was committed or
+--                   released, retention after its expires_at once it expired (expire_due,
+--                   live_reservation) — and an extend sets one past the new expires_at
 --   idem      string <request fingerprint><first reply> (the fingerprint is hex, the reply a
 --                   JSON object: it starts at the first '{'), with a TTL; the call's last event
 --                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the

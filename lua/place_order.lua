@@ -20,6 +20,8 @@
 -- ARGV[8] idempotency record ttl (ms)
 -- ARGV[9] expiry batch: due reservations released per round (count)
 -- ARGV[10] pending ttl (ms): the order is cancelled if still pending after it (0: never)
+-- ARGV[11] record retention (ms) kept after a due reservation released first expired
+-- ARGV[12] records: the prefix of the partition's reservation records (holds.lua expire_due)
 --
 -- Returns JSON: {"ok": true, "order": {...as commit.lua}}, or the refusals of reserve.lua
 --   plus currency_mismatch, order_total_too_large, order_exists; and the limits' refusals
@@ -50,7 +52,7 @@ end
 
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[9], lines, ARGV[3] == '1', held, check, metas)
+  now, now_s, ARGV[9], lines, ARGV[3] == '1', held, check, metas, ARGV[12], tonumber(ARGV[11]))
 if err then return err end
 local priced, total, currency = price_lines(products, alloc, metas)
 if not priced then return total end

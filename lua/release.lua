@@ -44,7 +44,7 @@ use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
 
 local now = now_ms()
 local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
-  KEYS[9])
+  KEYS[9], tonumber(ARGV[7]))
 if err then return err end
 
 local movements = release_units(stock, live_hash, expiry, id, live, KEYS[9])

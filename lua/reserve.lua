@@ -34,6 +34,8 @@
 -- ARGV[14] hold (ms): the other parts are to follow within it (with parts)
 -- ARGV[15] max live: the owner may hold at most this many live reservations (a cart counts
 --          once, in its home); 0 = no cap (limits.lua)
+-- ARGV[16] records: the prefix of the partition's reservation records (holds.lua expire_due:
+--          the due ones released first get their record's TTL)
 --
 -- Returns JSON:
 --   {"ok": true, "reservation": {id, owner, status, created_at, expires_at (ms),
@@ -76,7 +78,7 @@ end
 
 local now, now_s = now_ms()
 local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check, metas)
+  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check, metas, ARGV[16], tonumber(ARGV[11]))
 if err then return err end
 if taken then return refuse('reservation_exists', {reservation = id}) end
 count_held(held, owner, counted, want)
@@ -92,11 +94,11 @@ local lines_json, owner_json = cjson.encode(alloc), cjson.encode(owner)
 local counts = counted_json(counted, capped)
 add_live(live_hash, expiry, id, '{"owner":' .. owner_json .. ',"lines":' .. lines_json
   .. counts .. '}', expires_at_s)
--- (the record keeps what the live entry counted, so that reconcile can put an entry back whole)
+-- (the record keeps what the live entry counted, so that reconcile can put an entry back whole;
+-- it has no TTL while the reservation is live: its end gives it one, lib.lua's layout)
 rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
            'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id,
            'counted', '{' .. string.sub(counts, 2) .. '}')
-rcall('PEXPIREAT', record, int(expires_at + tonumber(ARGV[11])))
 local cart = ARGV[12]
 if cart ~= '' then rcall('HSET', record, 'cart', cart) end
 local step = ''

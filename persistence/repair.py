@@ -247,7 +247,7 @@ def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
     )
 
 
-def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
+def _expire_due(client: redis.Redis, p: int, batch: int, retention: int) -> int:
     """Release the due reservations now, the normal way (with reservation_expired events)."""
     k, expired = partition_keys(p), 0
     while True:
@@ -258,6 +258,7 @@ def _expire_due(client: redis.Redis, p: int, batch: int) -> int:
             limit=batch,
             # (a cart step it claims is finished by the sweep, its deadline this much later)
             hold=0,
+            retention=retention,
         )
         expired += int(reply["expired"])
         if not int(reply["expired"]) or not int(reply["due"]):
@@ -311,7 +312,7 @@ def repair_redis(
                 out.done.append({**side, "kind": f"{kind}_restored", "count": reply[kind]})
         out.conflicts += [{"partition": p, **c} for c in reply["conflicts"]]
     if any(fix["kind"] == "reservation_restored" for fix in out.done):
-        expired = _expire_due(client, p, settings.sweep_batch)
+        expired = _expire_due(client, p, settings.sweep_batch, settings.reservation_retention_ms)
         if expired:
             out.done.append(
                 {"side": "redis", "partition": p, "kind": "due_expired", "count": expired}

@@ -300,8 +300,9 @@ async def test_holds_left_by_a_crash_before_the_commit_point_expire_alone(
     sharded: Engine,
 ) -> None:
     cart = sharded._new_id(0, 4)
-    await hold(sharded, cart, 2, "sku-1", 2)
-    await hold(sharded, cart, 1, "sku-4", 1)
+    held = {
+        p: await hold(sharded, cart, p, sku, n) for p, sku, n in ((2, "sku-1", 2), (1, "sku-4", 1))
+    }
     # ... and the process died before the home: nobody was told of this cart
     assert await levels(sharded, "sku-1") == {"main": (3, 2)}
     with pytest.raises(errors.ReservationNotFound):
@@ -317,6 +318,13 @@ async def test_holds_left_by_a_crash_before_the_commit_point_expire_alone(
         p: {"main": (5, 0)} for p in ("sku-1", "sku-2", "sku-3", "sku-4")
     }
     await assert_invariants(sharded)
+    # each part's record is kept the engine's retention after its expires_at, from the sweep
+    # of its own partition (lua/holds.lua expire_due): none while it was live
+    retention = sharded.settings.reservation_retention_ms
+    for p, reply in held.items():
+        record = partition_keys(p).reservation(part_of(cart, p))
+        until = await sharded.redis.pexpiretime(record)
+        assert until == reply["reservation"]["expires_at"] + retention
 
 
 async def test_a_crash_after_the_commit_point_is_finished_by_the_sweep(sharded: Engine) -> None:

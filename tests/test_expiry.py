@@ -169,9 +169,52 @@ async def test_ended_records_keep_a_ttl(engine: Engine) -> None:
     for r in (released, committed):
         ends = await engine.redis.pexpiretime(k.reservation(r.id))
         assert t0 + retention <= ends <= t1 + retention
-    assert 0 < await engine.redis.pttl(k.reservation(expired.id)) <= retention
+    # an expired one's record is kept retention after its expires_at, as before it had a TTL
+    # from its start (lua/lib.lua's layout: none while live)
+    assert await engine.redis.pexpiretime(k.reservation(expired.id)) == (
+        expired.expires_at_ms + retention
+    )
     seen = await engine.get_reservation(committed.id, ALICE)
     assert (seen.status, seen.order_id) == (ReservationStatus.COMMITTED, order.id)
+
+
+async def _expire_by_commit(engine: Engine, r: Reservation) -> None:
+    with pytest.raises(errors.ReservationExpired):
+        await engine.commit(r.id, ALICE)
+
+
+async def _expire_by_reserve(engine: Engine, r: Reservation) -> None:
+    await engine.reserve([LineRequest("sku-1", 10)], BOB)
+
+
+async def _expire_by_order(engine: Engine, r: Reservation) -> None:
+    await engine.place_order([LineRequest("sku-1", 10)], BOB)
+
+
+async def _expire_by_sweep(engine: Engine, r: Reservation) -> None:
+    assert (await engine.expire()).expired == 1
+
+
+@pytest.mark.parametrize(
+    "end", [_expire_by_commit, _expire_by_reserve, _expire_by_order, _expire_by_sweep]
+)
+async def test_a_live_record_has_no_ttl_and_every_way_of_expiring_gives_it_one(
+    engine: Engine, end: Callable[[Engine, Reservation], Awaitable[None]]
+) -> None:
+    # the record's TTL is written as the reservation ends (one write less per reservation):
+    # whichever call finds it due — a call on it, another buyer's reserve or direct order (their
+    # sweep first), the periodic sweep — leaves the record retention after its expires_at
+    k = engine.keys(0)
+    r = await hold(engine, 10, ttl_ms=SHORT_TTL_MS)
+    assert await engine.redis.pttl(k.reservation(r.id)) == -1
+    await wait_until_due(engine, r)
+    await end(engine, r)
+    assert await engine.redis.pexpiretime(k.reservation(r.id)) == (
+        r.expires_at_ms + engine.settings.reservation_retention_ms
+    )
+    seen = await engine.get_reservation(r.id, ALICE)
+    assert seen.status == ReservationStatus.EXPIRED
+    assert (await check_partition(engine.redis, 0)).ok
 
 
 # -- exactly at expires_at ---------------------------------------------------------------

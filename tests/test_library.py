@@ -63,6 +63,7 @@ async def test_the_worker_recovers_too(engine: Engine, sync_redis: redis.Redis) 
         **specs.EXPIRE.partition_keys(k),
         limit=10,
         hold=1000,
+        retention=60_000,
     )
 
     assert reply["expired"] == 1
@@ -130,6 +131,7 @@ async def test_no_call_inherits_the_state_of_the_one_before(engine: Engine) -> N
         **specs.EXPIRE.partition_keys(k),
         "limit": 10,
         "hold": 1000,
+        "retention": 60_000,
     }
 
     swept = await engine.scripts.run(specs.EXPIRE, **params)

@@ -82,6 +82,9 @@ def test_every_key_carries_its_partitions_hash_tag(partition: int) -> None:
         assert hash_tag(name) == f"p{partition}"
         assert name.count("{") == 1, name
     assert len(set(names)) == len(names)
+    # the scripts name an expired reservation's record from this prefix (lua/holds.lua)
+    assert k.reservation("ab" * 16) == k.records + "ab" * 16
+    assert hash_tag(k.records + "x") == f"p{partition}"
 
 
 def test_idempotency_keys_are_per_actor_operation_and_key() -> None:

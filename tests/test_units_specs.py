@@ -89,7 +89,7 @@ def test_every_script_has_a_spec_and_every_header_is_read() -> None:
         args=["id of the last event of the committed batch (stream id 'ms-seq')"],
         more_keys=None,
     )
-    assert len(header("reserve").args) == 15
+    assert len(header("reserve").args) == 16
     repair = header("repair").more_keys
     assert repair == (7, "the record or idempotency keys the plan names by their index i (1-based)")
 
