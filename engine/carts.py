@@ -52,8 +52,14 @@ class CartOps(EngineBase):
         """The lines of a cart's other parts, as their records hold them."""
         home, *others = parts
         keys = [partition_keys(p).reservation(self._part_id(cart, home, p)) for p in others]
-        found = await asyncio.gather(*(self.redis.hget(key, "lines") for key in keys))
-        return [line for raw in found if raw for line in json.loads(raw)]
+        found = await asyncio.gather(*(self.redis.hmget(key, ["lines", "data"]) for key in keys))
+        out: list[Any] = []
+        for lines, data in found:  # (a record written before 'data' kept its lines apart)
+            if data:
+                out.extend(json.loads(data)["lines"])
+            elif lines:
+                out.extend(json.loads(lines))
+        return out
 
     # -- the calls ------------------------------------------------------------------------------
 

@@ -50,19 +50,52 @@ def live_entry(
     return '{"owner":' + compact(owner) + ',"lines":' + compact(lines) + extra + "}"
 
 
+def record_data(created_at: int, lines: list[Any], request_id: str, counted: str = "{}") -> str:
+    """A reservation record's 'data' field: what never changes after its start, packed in one
+    field (reserve.lua and lua/holds.lua record_data write the same text). `counted`: a JSON
+    object's text (`counted_record`)."""
+    return (
+        f'{{"created_at":{int(created_at)},"lines":{compact(lines)},'
+        f'"request_id":{compact(request_id)},"counted":{counted}}}'
+    )
+
+
 def reservation_fields(
-    rid: str, owner: str, created_at: int, expires_at: int, lines: list[Any], request_id: str
+    rid: str,
+    owner: str,
+    created_at: int,
+    expires_at: int,
+    lines: list[Any],
+    request_id: str,
+    counted: str = "{}",
 ) -> dict[str, str | int]:
-    """A live reservation's record hash, with the fields reserve.lua writes (times in ms)."""
+    """A live reservation's record hash, with the fields reserve.lua writes (times in ms): its
+    owner, status and expires_at (which its calls read or change) as fields, the rest in
+    'data' (`record_data`). Its key names its id (`rid`, unused here)."""
     return {
-        "id": rid,
         "owner": owner,
         "status": "active",
-        "created_at": int(created_at),
         "expires_at": int(expires_at),
-        "lines": compact(lines),
-        "request_id": request_id,
+        "data": record_data(created_at, lines, request_id, counted),
     }
+
+
+def reservation_record(rid: str, fields: Mapping[str, str]) -> dict[str, str]:
+    """A reservation's record hash as read (HGETALL), with its 'data' unpacked into the fields
+    a record written before it kept them in: id, created_at, lines and counted (JSON text),
+    request_id; its other fields as they are. {} stays {}."""
+    if not fields:
+        return {}
+    record = dict(fields)
+    record["id"] = rid
+    packed = record.pop("data", None)
+    if packed is not None:
+        data = json.loads(packed)
+        record["created_at"] = str(int(data["created_at"]))
+        record["lines"] = compact(data["lines"])
+        record["request_id"] = str(data.get("request_id") or "")
+        record["counted"] = compact(data.get("counted") or {})
+    return record
 
 
 def order_fields(

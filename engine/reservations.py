@@ -18,6 +18,7 @@ from engine.models import (
     ReservationStatus,
     ReservedLine,
 )
+from engine.records import reservation_record
 
 
 class ReservationOps(CartOps):
@@ -121,6 +122,7 @@ class ReservationOps(CartOps):
                 pipe.time()
                 pipe.hgetall(key)
                 (seconds, micros), rec = await pipe.execute()
+        rec = reservation_record(reservation_id, rec)  # ('data' unpacked)
         if not rec:  # a waitlist's hand-off not used yet has no record (lua/wait.lua)
             rec = await self._handed(k, reservation_id)
         if (

@@ -19,6 +19,7 @@ from engine.connection import clock_sync
 from engine.keys import partition_keys, record_id
 from engine.outbox import Tail
 from engine.partition import PartitionState
+from engine.records import reservation_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +100,13 @@ def queue_reservation(pipe: Any, p: int, reservation: str) -> None:
     pipe.hgetall(k.reservation(reservation))
 
 
-def parse_reservation(replies: Sequence[Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """(the record hash, the live entry {"owner", "lines"}); each empty when absent."""
+def parse_reservation(
+    reservation: str, replies: Sequence[Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(the record hash, its 'data' unpacked: engine/records.py reservation_record; the live
+    entry {"owner", "lines"}); each empty when absent."""
     live, record = replies
-    return dict(record or {}), (json.loads(live) if live else {})
+    return reservation_record(reservation, record or {}), (json.loads(live) if live else {})
 
 
 def order_record(client: Any, p: int, order: str) -> Any:

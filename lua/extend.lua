@@ -51,7 +51,7 @@ local rec, _, err = live_reservation(stock, live_hash, expiry, outbox, record, i
 if err then return err end
 
 local old = tonumber(rec.expires_at)
-local cap = tonumber(rec.created_at) + tonumber(ARGV[4])
+local cap = rec.created_at + tonumber(ARGV[4])
 if old >= cap then
   return refuse('extension_limit_reached',
     {reservation = id, expires_at = old, max_expires_at = cap})

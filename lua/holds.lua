@@ -198,6 +198,32 @@ local function expire_then_allocate(stock, products, live_hash, expiry, outbox, 
   return alloc, err, counters
 end
 
+-- A reservation's record as HGETALL gives it (`flat`), as a table of its fields: what never
+-- changes after its start is packed in one field, 'data' (JSON {created_at, lines,
+-- request_id, counted}: reserve.lua, one field rather than five on the hot path), unpacked
+-- here; a record written before kept them as fields of their own ('lines' as JSON text).
+-- Either way rec.lines is a table, rec.created_at a number, rec.id the id.
+local function record_of(flat, id)
+  local rec = {}
+  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  rec.id = id
+  local data = rec.data
+  if data then
+    local d = cjson.decode(data)
+    rec.created_at, rec.lines, rec.request_id = d.created_at, d.lines, d.request_id
+  elseif rec.lines then
+    rec.created_at, rec.lines = tonumber(rec.created_at), cjson.decode(rec.lines)
+  end
+  return rec
+end
+
+-- A live reservation's record data ('data', record_of), as reserve.lua writes it: the texts
+-- given are JSON already (lines, counted: an object's members, without its braces).
+local function record_data(now_s, lines_json, request_id, counted_members)
+  return '{"created_at":' .. now_s .. ',"lines":' .. lines_json .. ',"request_id":'
+    .. cjson.encode(request_id) .. ',"counted":{' .. counted_members .. '}}'
+end
+
 -- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
 -- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
 -- live is released here (and recorded as expired) before the refusal; its record is then kept
@@ -207,8 +233,7 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
   local flat = rcall('HGETALL', record)
   if #flat == 0 then flat = handed_record(record, id) end  -- (a waitlist's hand-off: wait.lua)
   if #flat == 0 then return nil, nil, refuse('reservation_not_found', {reservation = id}) end
-  local rec = {}
-  for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+  local rec = record_of(flat, id)
   if (scope ~= '' and rec.owner ~= scope) or (rec.cart and rec.cart ~= id) then
     -- (a part of a cart is moved by its cart alone: lua/part.lua)
     return nil, nil, refuse('reservation_not_found', {reservation = id})
@@ -235,8 +260,8 @@ end
 
 local function reservation_view(rec, status)
   return {id = rec.id, owner = rec.owner, status = status,
-          created_at = tonumber(rec.created_at), expires_at = tonumber(rec.expires_at),
-          lines = cjson.decode(rec.lines), order = rec.order_id or ''}
+          created_at = rec.created_at, expires_at = tonumber(rec.expires_at),
+          lines = rec.lines, order = rec.order_id or ''}
 end
 
 -- Prices order lines [[product, warehouse, qty]] from the products hash.

@@ -24,7 +24,12 @@
 --                   reservation's record has none while it is live (one write less on the hot
 --                   path): it gets one as it ends — retention after it was committed or
 --                   released, retention after its expires_at once it expired (expire_due,
---                   live_reservation) — and an extend sets one past the new expires_at
+--                   live_reservation) — and an extend sets one past the new expires_at.
+--                   A reservation's: 'owner', 'status', 'expires_at' (what its calls read
+--                   or change), 'data' (JSON {created_at, lines, request_id, counted}: what
+--                   never changes, in one field: holds.lua record_of, record_data), later
+--                   'order_id', 'ended_at', and a cart's 'cart', 'parts'; one written before
+--                   kept 'id', 'created_at', 'lines', 'request_id', 'counted' as fields
 --   idem      string <request fingerprint><first reply> (the fingerprint is hex, the reply a
 --                   JSON object: it starts at the first '{'), with a TTL; the call's last event
 --                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the

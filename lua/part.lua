@@ -67,12 +67,11 @@ if action == 'return' then
 end
 
 local flat = rcall('HGETALL', record)
-local rec = {}
-for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
+local rec = record_of(flat, id)
 if #flat == 0 or rec.cart ~= cart then
   return refuse('reservation_not_found', {reservation = id})
 end
-local lines = cjson.decode(rec.lines)
+local lines = rec.lines
 local raw = rec.status == 'active' and rcall('HGET', live_hash, id) or nil
 
 if action == 'commit' then

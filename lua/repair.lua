@@ -100,16 +100,25 @@ local restored = {}
 for _, r in ipairs(plan.restore or {}) do
   local id, record = r[1], key(r[2])
   if rcall('HEXISTS', live_hash, id) == 0 then
-    local kept = rcall('HMGET', record, 'status', 'counted')
+    local kept = rcall('HMGET', record, 'status', 'counted', 'data')
     local found, entry = kept[1] or cjson.null, r[3]
     -- a live record's counts (lua/limits.lua) still count it: its entry counts them again
-    local counted = found == 'active' and kept[2] or nil
+    -- (JSON text of an object; a record kept them in 'data' or, written before, in 'counted')
+    local counted = nil
+    if found == 'active' then
+      counted = kept[2] or (kept[3] and cjson.encode(cjson.decode(kept[3]).counted)) or nil
+      if counted == '{}' then counted = nil end  -- (nothing counted: nothing to add)
+    end
     if counted then entry = string.sub(entry, 1, -2) .. ',' .. string.sub(counted, 2) end
     rcall('HSET', live_hash, id, entry)
     rcall('ZADD', expiry, r[4], id)
     rcall('DEL', record)
     rcall('HSET', record, unpack(r[5]))
-    if counted then rcall('HSET', record, 'counted', counted) end
+    if counted then  -- the record keeps what its entry counts (holds.lua record_of)
+      local d = cjson.decode(rcall('HGET', record, 'data'))
+      rcall('HSET', record, 'data', record_data(int(d.created_at), cjson.encode(d.lines),
+        d.request_id, string.sub(counted, 2, -2)))
+    end
     rcall('PEXPIREAT', record, r[6])
     restored[#restored + 1] = id
     record_event('reservation', id, {live = false, status = found},

@@ -96,9 +96,8 @@ add_live(live_hash, expiry, id, '{"owner":' .. owner_json .. ',"lines":' .. line
   .. counts .. '}', expires_at_s)
 -- (the record keeps what the live entry counted, so that reconcile can put an entry back whole;
 -- it has no TTL while the reservation is live: its end gives it one, lib.lua's layout)
-rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'active', 'created_at', now_s,
-           'expires_at', expires_at_s, 'lines', lines_json, 'request_id', request_id,
-           'counted', '{' .. string.sub(counts, 2) .. '}')
+rcall('HSET', record, 'owner', owner, 'status', 'active', 'expires_at', expires_at_s, 'data',
+  record_data(now_s, lines_json, request_id, string.sub(counts, 2)))
 local cart = ARGV[12]
 if cart ~= '' then rcall('HSET', record, 'cart', cart) end
 local step = ''

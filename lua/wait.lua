@@ -143,10 +143,10 @@ handed_record = function(record, id)
   local live = rcall('HGET', wait.live, id)
   if not live then return {} end
   local h, entry = cjson.decode(raw), cjson.decode(live)
-  local flat = {'id', id, 'owner', entry.owner, 'status', 'active', 'created_at',
-                int(h.created_at), 'expires_at', int(h.expires_at), 'lines',
-                cjson.encode(entry.lines), 'request_id', '', 'source', 'waitlist',
-                'counted', entry.held and cjson.encode({held = entry.held}) or '{}'}
+  local counted = entry.held and string.sub(cjson.encode({held = entry.held}), 2, -2) or ''
+  local flat = {'owner', entry.owner, 'status', 'active', 'expires_at', int(h.expires_at),
+                'data', record_data(int(h.created_at), cjson.encode(entry.lines), '', counted),
+                'source', 'waitlist'}
   rcall('HSET', record, unpack(flat))
   rcall('PEXPIREAT', record, int(h.expires_at + 86400000))
   return flat

@@ -97,6 +97,7 @@ def reservation_hash(
         to_ms(row.expires_at),
         lines,
         row.request_id or "",
+        counted,
     )
     if getattr(row, "cart_id", None):
         record["cart"] = row.cart_id
@@ -104,7 +105,6 @@ def reservation_hash(
             record["parts"] = compact(parts)
     if getattr(row, "source", None):
         record["source"] = row.source
-    record["counted"] = counted
     return record
 
 

@@ -29,7 +29,13 @@ from sqlalchemy import Connection, Engine, select
 
 from engine import snapshot, specs
 from engine.keys import partition_keys
-from engine.records import compact, counted_record, live_entry, reservation_fields
+from engine.records import (
+    compact,
+    counted_record,
+    live_entry,
+    reservation_fields,
+    reservation_record,
+)
 from engine.scripts import run_sync
 from engine.settings import Settings
 from engine.states import TERMINAL
@@ -114,12 +120,13 @@ def _plan(
             records[rid]["expires_at"] = int(info["expires_at"])  # extended since
     for rid, record in sorted(records.items()):
         expires_at = int(record["expires_at"])
+        view = reservation_record(rid, {name: str(value) for name, value in record.items()})
         plan.add(
             "restore",
             [
                 rid,
                 plan.key(k.reservation(rid)),
-                live_entry(str(record["owner"]), json.loads(str(record["lines"]))),
+                live_entry(view["owner"], json.loads(view["lines"])),
                 expires_at,
                 _flat(record),
                 expires_at + settings.reservation_retention_ms,
@@ -334,7 +341,7 @@ def _fix(conn: Connection, client: redis.Redis, p: int, d: Drift, event_id: str)
     if d.kind == "reservation_missing_in_database":
         with client.pipeline(transaction=False) as pipe:
             snapshot.queue_reservation(pipe, p, rid)
-            rec, live = snapshot.parse_reservation(pipe.execute())
+            rec, live = snapshot.parse_reservation(rid, pipe.execute())
         rows = reservation_rows(rid, rec, live, p, now)
         if rows is None:
             return None

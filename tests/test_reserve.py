@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any, cast
 
 import pytest
 
-from engine import errors
+from engine import errors, records
 from engine.engine import Engine
 from engine.invariants import check_partition
 from engine.models import LineRequest, ReservationStatus, ReservedLine
@@ -38,8 +39,23 @@ async def test_reserve_moves_units_and_writes_record_live_expiry_and_event(
     assert r.expires_at_ms == r.created_at_ms + 60_000
     assert await levels(engine, "sku-1") == {"main": (7, 3)}
 
-    record = await engine.redis.hgetall(k.reservation(r.id))
+    record = cast(dict[str, str], await engine.redis.hgetall(k.reservation(r.id)))
+    # what its calls read or change as fields; what never changes after its start in 'data'
     assert record == {
+        "owner": "alice",
+        "status": "active",
+        "expires_at": str(r.expires_at_ms),
+        "data": records.record_data(
+            r.created_at_ms, [["sku-1", "main", 3]], "req-alice", '{"n":1}'
+        ),  # counted: one of alice's live reservations (lua/limits.lua)
+    }
+    assert json.loads(record["data"]) == {
+        "created_at": r.created_at_ms,
+        "lines": [["sku-1", "main", 3]],
+        "request_id": "req-alice",
+        "counted": {"n": 1},
+    }
+    assert records.reservation_record(r.id, record) == {
         "id": r.id,
         "owner": "alice",
         "status": "active",
@@ -47,7 +63,7 @@ async def test_reserve_moves_units_and_writes_record_live_expiry_and_event(
         "expires_at": str(r.expires_at_ms),
         "lines": '[["sku-1","main",3]]',
         "request_id": "req-alice",
-        "counted": '{"n":1}',  # one of alice's live reservations (lua/limits.lua)
+        "counted": '{"n":1}',
     }
     # no TTL while live: its end gives it one (tests/test_expiry.py)
     assert await engine.redis.pttl(k.reservation(r.id)) == -1
@@ -68,6 +84,36 @@ async def test_reserve_moves_units_and_writes_record_live_expiry_and_event(
 
     seen = await engine.get_reservation(r.id, ALICE)
     assert dataclasses.replace(seen, replayed=False) == r
+
+
+async def test_a_record_written_before_its_data_was_packed_reads_alike(engine: Engine) -> None:
+    # a record the previous version wrote keeps each field of its own (id, created_at, lines,
+    # request_id, counted); it lives on for its retention after an upgrade, and every reader
+    # of a record — the read, an extend (created_at), a commit, the repair's — takes it alike
+    await add_product(engine, "sku-1", {"main": 10})
+    k = engine.keys(0)
+    r = await engine.reserve([LineRequest("sku-1", 2)], ALICE, ttl_ms=60_000)
+    key = k.reservation(r.id)
+    before: dict[Any, Any] = records.reservation_record(
+        r.id, cast(dict[str, str], await engine.redis.hgetall(key))
+    )
+    await engine.redis.delete(key)
+    await engine.redis.hset(key, mapping=before)  # the fields as the previous version wrote them
+    assert "data" not in await engine.redis.hgetall(key)
+
+    seen = await engine.get_reservation(r.id, ALICE)
+    assert (seen.created_at_ms, seen.expires_at_ms, seen.lines) == (
+        r.created_at_ms,
+        r.expires_at_ms,
+        r.lines,
+    )
+    extended = await engine.extend(r.id, ALICE, ttl_ms=120_000)
+    assert (extended.created_at_ms, extended.lines) == (r.created_at_ms, r.lines)
+    assert extended.expires_at_ms > r.expires_at_ms
+    order = await engine.commit(r.id, ALICE)
+    assert [(x.product, x.quantity) for x in order.lines] == [("sku-1", 2)]
+    assert await levels(engine, "sku-1") == {"main": (8, 0)}
+    assert (await check_partition(engine.redis, 0)).ok
 
 
 async def test_reserve_uses_default_ttl(engine: Engine) -> None:
