@@ -288,6 +288,27 @@ async def test_a_deleted_live_entry_is_put_back_from_the_record(
     assert audit["new_value"]["live"] is True
 
 
+async def test_a_deleted_live_entry_that_counted_nothing_is_put_back_as_it_was(
+    engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    # with no cap on live reservations, one of a product without limits counts nothing: its
+    # record's counts are an empty object, and the entry put back is the one deleted (it once
+    # came back with ',}' appended: not JSON)
+    uncapped = dataclasses.replace(settings, max_live_reservations_per_customer=0)
+    async with Engine.from_settings(uncapped) as free:
+        rid = await drained_with_live(free, sync_redis, db)
+        entry = await free.redis.hget(K.live, rid)
+        await free.redis.hdel(K.live, rid)
+
+        fixed = reconcile(sync_redis, db, uncapped, fix=True)
+
+        assert fixed.ok, fixed.drift
+        assert json.loads(str(await free.redis.hget(K.live, rid))) == json.loads(str(entry))
+        order = await free.commit(rid, BUYER)
+        assert order.lines[0].quantity == 3
+        assert_clean_after_drain(sync_redis, db, uncapped)
+
+
 async def test_orphan_records_on_either_side(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
