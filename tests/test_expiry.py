@@ -195,6 +195,7 @@ async def _expire_by_sweep(engine: Engine, r: Reservation) -> None:
     assert (await engine.expire()).expired == 1
 
 
+@pytest.mark.cluster  # (the sweep names the records from a prefix: the same slot, no KEYS)
 @pytest.mark.parametrize(
     "end", [_expire_by_commit, _expire_by_reserve, _expire_by_order, _expire_by_sweep]
 )
