@@ -233,6 +233,31 @@ local function idem_store(key, fp, ttl_ms, reply)
   return reply
 end
 
+-- A client's token bucket (rate_limit.lua, rate_limit_settle.lua): one string, '<tokens> <at>'
+-- (tokens left, fractional, may be < 0; when counted, ms), whose TTL lets it go once it would
+-- be full again (it is then the same as no bucket). One write with its TTL, where a hash took
+-- two fields and a PEXPIRE. Returns tokens, at (numbers), or nil when there is none. A bucket
+-- kept as a hash {tokens, at} before is read as it was; the next write replaces it.
+local function read_bucket(bucket)
+  local stored = rpcall('GET', bucket)
+  local tokens, at
+  if type(stored) == 'string' then
+    tokens, at = string.match(stored, '^(%S+) (%d+)$')
+  elseif type(stored) == 'table' then  -- WRONGTYPE: a hash, from before
+    stored = rcall('HMGET', bucket, 'tokens', 'at')
+    tokens, at = stored[1], stored[2]
+  end
+  tokens, at = tonumber(tokens), tonumber(at)
+  if not tokens or not at then return nil end
+  return tokens, at
+end
+
+-- text: the tokens as string.format('%.17g') writes them (exact); now_s: now_ms's text.
+local function write_bucket(bucket, text, now_s, tokens, burst, rate)
+  rcall('SET', bucket, text .. ' ' .. now_s, 'PX',
+    string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
+end
+
 -- Appends one event. `reply` is given to the last event of a call that answers with a
 -- success: when the call carries an idempotency key, the event takes the reply along (its
 -- 'event' field is this event's id), and the drain writes the durable idempotency record.

@@ -2,7 +2,8 @@
 -- The bucket refills continuously at `rate` per second up to `burst`; a missing bucket is
 -- full, so the key can expire once it would have refilled. One round trip per request.
 --
--- KEYS[1] bucket  hash {tokens = tokens left (may be fractional), at = when counted (ms)}
+-- KEYS[1] bucket  string '<tokens> <at>': tokens left (may be fractional), when counted (ms),
+--                 with a TTL (read_bucket, write_bucket below)
 --
 -- ARGV[1] rate (requests per second, > 0, may be fractional)
 -- ARGV[2] burst (requests, >= 1): the bucket's size
@@ -15,10 +16,9 @@
 local bucket = KEYS[1]
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 
-local now = now_ms()
-local stored = rcall('HMGET', bucket, 'tokens', 'at')
-local tokens, at = tonumber(stored[1]), tonumber(stored[2])
-if not tokens or not at then
+local now, now_s = now_ms()
+local tokens, at = read_bucket(bucket)
+if not tokens then
   tokens, at = burst, now
 end
 -- Redis TIME can step back after a failover: count no refill then, never a negative one.
@@ -30,7 +30,5 @@ if tokens < 1 then
 end
 tokens = tokens - 1
 -- Numbers go out through string.format: Lua would write a large one in exponent notation.
-rcall('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
--- Once it would be full again the bucket is the same as no bucket: let it go.
-rcall('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
+write_bucket(bucket, string.format('%.17g', tokens), now_s, tokens, burst, rate)
 return ok({remaining = math.floor(tokens)})

@@ -5,7 +5,8 @@
 -- are taken whatever a bucket holds: it may go below 0, a debt the refill pays back before the
 -- next request is admitted.
 --
--- KEYS[0 + i] bucket i  hash {tokens = tokens left (fractional, may be < 0), at = when counted (ms)}
+-- KEYS[0 + i] bucket i  string '<tokens> <at>': tokens left (fractional, may be < 0), when
+--              counted (ms) (rate_limit.lua read_bucket)
 --
 -- ARGV[1] rate (requests per second, > 0, may be fractional)
 -- ARGV[2] burst (requests, >= 1): the bucket's size
@@ -20,26 +21,24 @@
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local settles = cjson.decode(ARGV[3])
 
-local now = now_ms()
+local now, now_s = now_ms()
 local left = {}
 for i, bucket in ipairs(KEYS) do
   local spent, age = settles[i][1], math.max(0, settles[i][2])
   local since = now - age
-  local stored = rcall('HMGET', bucket, 'tokens', 'at')
-  local tokens, at = tonumber(stored[1]), tonumber(stored[2])
-  if not tokens or not at then
+  local tokens, at = read_bucket(bucket)
+  if not tokens then
     tokens, at = burst, since
   end
   -- Redis TIME can step back after a failover: count no refill then, never a negative one.
   local taken_at = math.max(at, since)
   tokens = math.min(burst, tokens + math.max(0, taken_at - at) * rate / 1000) - spent
   tokens = math.min(burst, tokens + math.max(0, now - taken_at) * rate / 1000)
-  if spent > 0 then
-    -- Numbers go out through string.format: Lua would write a large one in exponent notation.
-    rcall('HSET', bucket, 'tokens', string.format('%.17g', tokens), 'at', string.format('%d', now))
-    -- Once it would be full again the bucket is the same as no bucket: let it go.
-    rcall('PEXPIRE', bucket, string.format('%d', math.ceil((burst - tokens) * 1000 / rate) + 1))
-  end
-  left[i] = tokens
+  -- (a number goes out through string.format: Lua would write a large one in exponent
+  -- notation; '%.17g' gives it back exactly, and is JSON as it is: it is never inf or nan)
+  local text = string.format('%.17g', tokens)
+  if spent > 0 then write_bucket(bucket, text, now_s, tokens, burst, rate) end
+  left[i] = text
 end
-return ok({tokens = left})
+-- (written by hand: cjson would format each number again)
+return '{"ok":true,"tokens":[' .. table.concat(left, ',') .. ']}'

@@ -374,3 +374,25 @@ async def test_one_settle_counts_many_buckets_and_may_overdraw(engine: Engine) -
     assert owed == [pytest.approx(-2, abs=0.01)]  # a debt the refill pays back first
     assert await engine.redis.exists(b) == 0  # reading a bucket writes nothing
     assert 0 < await engine.redis.pttl(a) <= 7_000_001  # gone once it would be full again
+
+
+async def test_a_bucket_kept_as_a_hash_before_is_read_as_it_was(engine: Engine) -> None:
+    # a bucket is one string '<tokens> <at>' with a TTL (lua/lib.lua read_bucket); one the
+    # previous version kept as a hash {tokens, at} still counts: read as it was, then replaced
+    await engine.scripts.load()
+    bucket = rate_limit_bucket("user", "from-before")
+    seconds, micros = await engine.redis.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    await engine.redis.hset(bucket, mapping={"tokens": "1.5", "at": str(now)})
+    await engine.redis.pexpire(bucket, 60_000)
+
+    assert await settle(engine.scripts, 0.001, 5, [(bucket, 0, 0)]) == [
+        pytest.approx(1.5, abs=0.01)
+    ]
+    assert await take(engine.scripts, bucket, 0.001, 5) == 0  # 1.5 - 1 left: 0 whole
+    assert await engine.redis.type(bucket) == "string"
+    tokens, at = str(await engine.redis.get(bucket)).split(" ")
+    assert float(tokens) == pytest.approx(0.5, abs=0.01)
+    assert int(at) >= now
+    with pytest.raises(ApiError):  # under one token now
+        await take(engine.scripts, bucket, 0.001, 5)

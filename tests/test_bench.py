@@ -316,6 +316,10 @@ def test_instructions_counts_what_redis_executes_per_reservation() -> None:
         assert result["instructions_per_reservation"] == round(result["instructions"] / 64)
     # the count hardly moves from run to run (the new ids and the clock's digits differ)
     assert abs(again["instructions"] - batched["instructions"]) < batched["instructions"] / 50
+    # the rate limiter's settles instead: per bucket settled (one request each)
+    settled = counted("--settle", "--batch", "16", "--reservations", "64", "--warm", "16")
+    assert (settled["settle"], settled["batch"]) == (True, 16)
+    assert 5_000 < settled["instructions_per_reservation"] < batched["instructions_per_reservation"]
     refused = subprocess.run(
         [sys.executable, "-m", "scripts.bench.instructions", "--batch", "16",
          "--reservations", "40"],

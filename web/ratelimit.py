@@ -13,12 +13,12 @@ envelope; the refused request takes nothing from the bucket. The operations endp
 limited: a load balancer or a scraper polls them from one address.
 
 Where the count lives. The bucket of record is in Redis, shared by every API process
-(lua/rate_limit.lua's hash). Each process keeps a copy of the buckets it has seen and decides
-alone, from its copy: a request pays no Redis call for the limit. A client the process does not
-know starts from a full bucket (`burst`); every SETTLE_S the process settles what it admitted
-(lua/rate_limit_settle.lua: one call for every bucket that admitted anything, off every
-request's path) and adopts what the Redis bucket says is left, which counts the other processes'
-requests too. So:
+(lua/lib.lua read_bucket: one string with a TTL). Each process keeps a copy of the buckets it
+has seen and decides alone, from its copy: a request pays no Redis call for the limit. A client
+the process does not know starts from a full bucket (`burst`); every SETTLE_S the process
+settles what it admitted (lua/rate_limit_settle.lua: one call for every bucket that admitted
+anything, off every request's path) and adopts what the Redis bucket says is left, which
+counts the other processes' requests too. So:
 
 - one process (or one client's requests all reaching one process) is exact: its copy is the
   bucket, a settle never gives back what the process spent, and a bucket is forgotten only once

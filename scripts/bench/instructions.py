@@ -5,7 +5,7 @@ shared machine).
 
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
-                                         [--reference --batch 1] [--keep FILE]
+                                         [--reference --batch 1] [--settle] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -14,7 +14,9 @@ counting is turned on (`callgrind_control`) for `--reservations` more, made as t
 them: each alone (`--batch 1`: FCALL reserve) or `--batch` at a time (FCALL reserve_many), 50
 calls to a pipeline, every reservation a buyer's of its own, with an idempotency key each with
 `--idempotency`; or, with `--reference`, the cost bench's reference script (a reservation's
-minimum work, each call alone: scripts/bench/reference.lua), the same number of times. Prints
+minimum work, each call alone: scripts/bench/reference.lua), the same number of times; or, with
+`--settle`, the rate limiter's settles (lua/rate_limit_settle.lua, `--batch` buckets a call,
+one request admitted each: per reservation read per bucket settled, as one a request). Prints
 one JSON line: what redis-server executed while counting (reading the
 calls, the functions, their commands, the append-only file), per reservation.
 
@@ -42,8 +44,9 @@ import redis
 from engine import specs
 from engine.coalesce import many
 from engine.engine import Engine
+from engine.keys import rate_limit_bucket
 from engine.models import SYSTEM
-from engine.scripts import Call, parse
+from engine.scripts import Call, parse, prepare
 from engine.settings import Settings
 from scripts.bench import reference
 from scripts.bench.inprocess import reserve_call
@@ -51,6 +54,7 @@ from scripts.redis_server import RedisServer
 
 PRODUCT = "1"
 PIPELINE = 50  # calls to a pipeline
+SETTLE_BUYERS = 1000  # the clients whose buckets `--settle` settles, in turn
 
 
 def _totals(path: Path) -> int:
@@ -65,10 +69,17 @@ class Reservations:
     """The reservations, made through one client in pipelines."""
 
     def __init__(
-        self, client: redis.Redis, settings: Settings, batch: int, key: bool, ref: bool = False
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        batch: int,
+        key: bool,
+        ref: bool = False,
+        settles: bool = False,
     ) -> None:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
         self.made = 0
+        self.settles = settles  # the rate limiter's settles instead (`settle`)
         # the reference script instead (each call alone): its SHA, and its stock's units
         self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
         if ref:
@@ -90,6 +101,9 @@ class Reservations:
         if self.ref:
             self.reference(n)
             return
+        if self.settles:
+            self.settle(n)
+            return
         calls = self.calls(n)
         for start in range(0, len(calls), PIPELINE):
             pipe = self.client.pipeline(transaction=False)
@@ -99,6 +113,31 @@ class Reservations:
                 for one in reply if self.batch > 1 else [reply]:
                     if "ok" not in parse(one):
                         raise RuntimeError(f"a reservation was refused: {one!r}")
+
+    def settle(self, n: int) -> None:
+        """`n` buckets settled (lua/rate_limit_settle.lua), as the API's processes settle them
+        (web/ratelimit.py): `--batch` buckets a call, each with one request admitted since its
+        last settle — one a request, as in the cost scenario — over SETTLE_BUYERS clients'
+        buckets in turn (each settled again and again, as each buyer comes back)."""
+        for start in range(0, n, PIPELINE * self.batch):
+            pipe = self.client.pipeline(transaction=False)
+            for first in range(start, min(n, start + PIPELINE * self.batch), self.batch):
+                buckets = [
+                    rate_limit_bucket("user", str((self.made + i) % SETTLE_BUYERS))
+                    for i in range(min(self.batch, n - first))
+                ]
+                self.made += len(buckets)
+                call = prepare(
+                    specs.RATE_LIMIT_SETTLE,
+                    *buckets,
+                    rate=repr(float(self.settings.rate_limit_per_second)),
+                    burst=self.settings.rate_limit_burst,
+                    settles=json.dumps([[1, 0]] * len(buckets)),
+                )
+                pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            for reply in pipe.execute():
+                if "ok" not in parse(reply):
+                    raise RuntimeError(f"a settle failed: {reply!r}")
 
     def reference(self, n: int) -> None:
         """`n` calls of the reference script (scripts/bench/reference.py), as the bench's row
@@ -125,6 +164,7 @@ def measure(
     redis_args: list[str],
     ref: bool = False,
     keep: Path | None = None,
+    settles: bool = False,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
@@ -144,7 +184,7 @@ def measure(
 
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
-            buyers = Reservations(client, settings, batch, idempotency, ref)
+            buyers = Reservations(client, settings, batch, idempotency, ref, settles)
             buyers.reserve(warm - warm % batch)
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
             buyers.reserve(reservations)
@@ -156,6 +196,7 @@ def measure(
         total = _totals(out)
     return {
         "reference": ref,
+        "settle": settles,
         "batch": batch,
         "reservations": reservations,
         "warm": warm,
@@ -182,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the cost bench's reference script instead, each call alone (no --batch)",
     )
     parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="the rate limiter's settles instead: --batch buckets a call, one request each "
+        "(per reservation: per bucket settled)",
+    )
+    parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output in this file (callgrind_annotate)"
     )
     parser.add_argument(
@@ -193,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch < 1 or args.reservations < args.batch or args.reservations % args.batch:
         parser.error("--reservations must be a positive multiple of --batch")
+    if args.reference and args.settle:
+        parser.error("--reference and --settle: one or the other")
     if args.reference and args.batch != 1:
         parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
@@ -205,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         redis_args=args.redis_arg,
         ref=args.reference,
         keep=args.keep,
+        settles=args.settle,
     )
     print(json.dumps(result))
 
