@@ -372,8 +372,22 @@ async def test_while_two_batches_are_on_the_wire_the_next_gathers_until_one_is_a
         return [asyncio.create_task(coalescer.run(specs.RESERVE, c)) for c in batch]
 
     k = partition_keys(0)
-    busy: asyncio.Future[Any] = asyncio.ensure_future(engine.redis.eval(BUSY, 1, k.stock, 300_000))
-    await asyncio.sleep(0.05)  # Redis is in the script now
+    busy: asyncio.Future[Any] = asyncio.ensure_future(engine.redis.eval(BUSY, 1, k.stock, 600_000))
+
+    async def in_the_script() -> bool:  # a command then waits: no answer within 50 ms
+        try:
+            await asyncio.wait_for(engine.redis.exists(k.stock), 0.05)
+        except TimeoutError:
+            return True
+        return False
+
+    # Redis is in the script now: waited for, not slept for (on a busy machine the script
+    # may reach Redis late, and the calls answered meanwhile would go alone)
+    for _ in range(40):
+        if await in_the_script():
+            break
+    else:
+        raise AssertionError("Redis never ran the busy script")
     tasks = run(calls[:1])  # nothing waiting: straight through (1 on the wire)
     await asyncio.sleep(0)
     tasks += run(calls[1:4])  # sent together at the end of this pass (2 on the wire)
