@@ -37,6 +37,7 @@ from engine.base import EngineBase
 from engine.connection import clock
 from engine.keys import PartitionKeys, part_id, partition_keys, partition_of
 from engine.models import CallContext, Order, Reservation
+from engine.records import record_lines
 
 Line = tuple[str, str, int]
 
@@ -53,13 +54,7 @@ class CartOps(EngineBase):
         home, *others = parts
         keys = [partition_keys(p).reservation(self._part_id(cart, home, p)) for p in others]
         found = await asyncio.gather(*(self.redis.hmget(key, ["lines", "data"]) for key in keys))
-        out: list[Any] = []
-        for lines, data in found:  # (a record written before 'data' kept its lines apart)
-            if data:
-                out.extend(json.loads(data)["lines"])
-            elif lines:
-                out.extend(json.loads(lines))
-        return out
+        return [line for lines, data in found for line in record_lines(lines, data)]
 
     # -- the calls ------------------------------------------------------------------------------
 

@@ -127,18 +127,15 @@ class PartitionKeys:
     expiry: str
     outbox: str
     dead_letters: str
+    # What every reservation record's key of the partition starts with: the record of `id` is
+    # this + id (`reservation`). Passed to the scripts that end reservations they are not named
+    # (lua/holds.lua expire_due: an expired one's record gets its TTL).
+    records: str
     # the hash tag that puts the partition's keys in one slot: `inv:{p<N>}`
     _tag: str = field(repr=False)
 
     def reservation(self, reservation_id: str) -> str:
-        return f"{self._tag}:reservation:{reservation_id}"  # (== records + id: on the hot path)
-
-    @property
-    def records(self) -> str:
-        """What every reservation record's key of the partition starts with: the record of
-        `id` is this + id (`reservation`). Passed to the scripts that end reservations they
-        are not named (lua/holds.lua expire_due: an expired one's record gets its TTL)."""
-        return f"{self._tag}:reservation:"
+        return self.records + reservation_id
 
     def order(self, order_id: str) -> str:
         return f"{self._tag}:order:{order_id}"
@@ -283,6 +280,7 @@ def partition_keys(partition: int) -> PartitionKeys:
         expiry=f"{tag}:reservations:expiry",
         outbox=f"{tag}:outbox",
         dead_letters=f"{tag}:outbox:dead",
+        records=f"{tag}:reservation:",
     )
 
 

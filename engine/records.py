@@ -61,7 +61,6 @@ def record_data(created_at: int, lines: list[Any], request_id: str, counted: str
 
 
 def reservation_fields(
-    rid: str,
     owner: str,
     created_at: int,
     expires_at: int,
@@ -71,13 +70,22 @@ def reservation_fields(
 ) -> dict[str, str | int]:
     """A live reservation's record hash, with the fields reserve.lua writes (times in ms): its
     owner, status and expires_at (which its calls read or change) as fields, the rest in
-    'data' (`record_data`). Its key names its id (`rid`, unused here)."""
+    'data' (`record_data`). Its key names its id."""
     return {
         "owner": owner,
         "status": "active",
         "expires_at": int(expires_at),
         "data": record_data(created_at, lines, request_id, counted),
     }
+
+
+def record_lines(lines: str | bytes | None, data: str | bytes | None) -> list[Any]:
+    """A reservation record's lines from its 'lines' and 'data' fields (HMGET: either form,
+    `reservation_record`); [] for none."""
+    if data:
+        found: list[Any] = json.loads(data)["lines"]
+        return found
+    return json.loads(lines) if lines else []
 
 
 def reservation_record(rid: str, fields: Mapping[str, str]) -> dict[str, str]:

@@ -15,12 +15,18 @@ local function release_units(stock, live_hash, expiry, id, live, held)
   return movements
 end
 
+-- An expired reservation's record is kept `retention` ms (a number) after its expires_at, as
+-- lib.lua's layout says (a record has no TTL while its reservation is live). A hand-off never
+-- used has no record: PEXPIREAT then does nothing.
+local function keep_expired(record, expires_at, retention)
+  rcall('PEXPIREAT', record, int(expires_at + retention))
+end
+
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
 -- Returns how many it released.
 -- now_s: now's text (now_ms); limit: as the call's ARGV gives it. records: the prefix of the
 -- partition's reservation records (engine/keys.py PartitionKeys.records; a record's key is it
--- .. id): each expired one's record is kept `retention` ms (a number) after its expires_at,
--- as lib.lua's layout says (a record has no TTL while its reservation is live).
+-- .. id), for keep_expired.
 -- In a batch (lib.lua `batch`), once a call has found fewer than `limit` due in `expiry`, none
 -- is due there for the batch's later calls: they run at the same instant, and nothing they
 -- make is due at once (a TTL is at least 1 ms).
@@ -41,8 +47,7 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
       if wait then rcall('HDEL', wait.data, 'h|' .. id) end  -- (a hand-off never used)
       local movements = release_units(stock, live_hash, expiry, id, live, held)
       local expires_at = tonumber(ids[i + 1])
-      -- (a hand-off never used has no record: PEXPIREAT then does nothing)
-      rcall('PEXPIREAT', records .. id, int(expires_at + retention))
+      keep_expired(records .. id, expires_at, retention)
       emit(outbox, 'reservation_expired', now, 'system', '', {
         reservation = id, user = live.owner, expires_at = expires_at,
         trigger = trigger, movements = movements})
@@ -227,7 +232,7 @@ end
 -- Loads a reservation record and checks it can be acted on by `scope` ('' = anyone).
 -- Returns rec, live (decoded), nil; or nil, nil, refusal. A due reservation that is still
 -- live is released here (and recorded as expired) before the refusal; its record is then kept
--- `retention` ms (a number) after its expires_at (as expire_due keeps one).
+-- (keep_expired).
 local function live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now, held,
                                 retention)
   local flat = rcall('HGETALL', record)
@@ -252,7 +257,7 @@ local function live_reservation(stock, live_hash, expiry, outbox, record, id, sc
         reservation = id, user = live.owner, expires_at = expires_at,
         trigger = 'access', movements = movements})
     end
-    rcall('PEXPIREAT', record, int(expires_at + retention))
+    keep_expired(record, expires_at, retention)
     return nil, nil, refuse('reservation_expired', {reservation = id, expires_at = expires_at})
   end
   return rec, cjson.decode(raw), nil

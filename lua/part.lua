@@ -109,7 +109,7 @@ if now >= old then
   emit(outbox, 'reservation_expired', now, 'system', '', {
     reservation = id, user = rec.owner, expires_at = old, trigger = 'access',
     movements = movements, cart = cart})
-  rcall('PEXPIREAT', record, int(old + retention))
+  keep_expired(record, old, retention)
   return refuse('reservation_expired', {reservation = id, expires_at = old})
 end
 local new = old

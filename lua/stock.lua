@@ -51,17 +51,21 @@ local function counts(stock, product, warehouse)
   return tonumber(as_), tonumber(rs_)
 end
 
--- (no batch runs these: a batch's calls make reservations and orders, and change no stock
--- levels; were one to, what it kept is written first and forgotten)
-local function set_counts(stock, product, warehouse, available, reserved)
+-- (no batch runs set_counts or add_counters: a batch's calls make reservations and orders,
+-- and change no stock levels; were one to, what it kept is written first and forgotten)
+local function unkeep_stock()
   if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
+end
+
+local function set_counts(stock, product, warehouse, available, reserved)
+  unkeep_stock()
   local a, r = stock_fields(product, warehouse)
   rcall('HSET', stock, a, available, r, reserved)
 end
 
 -- Gives a product's warehouse its counters, at 0, unless it has them already.
 local function add_counters(stock, product, warehouse)
-  if batch.stock then flush_batch() batch.stock, batch.counters = nil, {} end
+  unkeep_stock()
   local a, r = stock_fields(product, warehouse)
   rcall('HSETNX', stock, a, 0)
   rcall('HSETNX', stock, r, 0)

@@ -91,7 +91,6 @@ def reservation_hash(
     partitions names its cart, and the cart's home its `parts` (engine/carts.py). `counted`:
     what it counts against its customer's limits (engine/records.py counted_record)."""
     record = reservation_fields(
-        row.id,
         row.user_id,
         to_ms(row.created_at),
         to_ms(row.expires_at),

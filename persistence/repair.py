@@ -33,8 +33,8 @@ from engine.records import (
     compact,
     counted_record,
     live_entry,
+    record_lines,
     reservation_fields,
-    reservation_record,
 )
 from engine.scripts import run_sync
 from engine.settings import Settings
@@ -113,20 +113,19 @@ def _plan(
     for rid, info in made.items():
         if info.get("source") == "outbox":  # made by an event the database has yet to apply
             records[rid] = reservation_fields(
-                rid, info["user"], info["created_at"], info["expires_at"], info["lines"],
+                info["user"], info["created_at"], info["expires_at"], info["lines"],
                 info.get("request_id") or "",
             )  # fmt: skip
         if rid in records and info.get("expires_at") is not None:
             records[rid]["expires_at"] = int(info["expires_at"])  # extended since
     for rid, record in sorted(records.items()):
         expires_at = int(record["expires_at"])
-        view = reservation_record(rid, {name: str(value) for name, value in record.items()})
         plan.add(
             "restore",
             [
                 rid,
                 plan.key(k.reservation(rid)),
-                live_entry(view["owner"], json.loads(view["lines"])),
+                live_entry(str(record["owner"]), record_lines(None, str(record["data"]))),
                 expires_at,
                 _flat(record),
                 expires_at + settings.reservation_retention_ms,

@@ -271,7 +271,7 @@ def test_a_restore_plan_becomes_the_values_the_scripts_write() -> None:
     plan = restore.RestorePlan()
     plan.add_product("p1", records.product_meta(100, "EUR", [("w1", 0), ("w2", 1)]))
     plan.counters[("p1", "w1")] = (3, 2)
-    record = records.reservation_fields("r1", "alice", 1, 1000, [["p1", "w1", 2]], "req")
+    record = records.reservation_fields("alice", 1, 1000, [["p1", "w1", 2]], "req")
     plan.reservations["r1"] = restore.LiveReservation("alice", [["p1", "w1", 2]], record)
     assert invariants.judge(0, plan.state()).ok
     pipe = Recorder()
