@@ -45,13 +45,19 @@ class ProductMeta(_Limited):
     warehouses: list[tuple[str, int]]  # [name, priority], by priority
 
 
-class IdempotencyCopy(TypedDict):
+class _Replied(TypedDict, total=False):
+    # the first reply, as the script stored it (without "ok" and "event"); left out where the
+    # event holds it whole — a reservation_created event's reply is its reservation
+    # (persistence/translate.py created_reply)
+    reply: dict[str, Any]
+
+
+class IdempotencyCopy(_Replied):
     """The call's idempotency record, carried by its last event for the drain to keep."""
 
     key: str  # the record's Redis key
     fp: str  # the request's fingerprint
     expires_at: int  # ms
-    reply: dict[str, Any]  # the first reply, as the script stored it
 
 
 class _Idempotent(TypedDict, total=False):

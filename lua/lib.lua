@@ -277,18 +277,21 @@ end
 -- emit() for a body written as JSON text: each value is a JSON text, or a list of pieces of
 -- one (joined as they are). cjson's number formatting (printf's '%.14g', ~3k instructions a
 -- number) is left out, and the text is put together once (every string a function makes costs
--- in proportion to its length). ts: the time's text (now_ms); reply: the pieces of the reply
--- without "ok" and "event". The event decodes to what emit() would write: it has the same
--- fields, "type", "ts", "actor", "request_id", and "idempotency" on the call's last event.
--- The idempotency record's key and fingerprint are the engine's (hex, braces, colons) and are
--- written as they are.
+-- in proportion to its length). ts: the time's text (now_ms). `answers`: this is the call's
+-- last event and the call answers with a success that the event itself holds whole (a
+-- reservation made: its reply is the event's reservation, persistence/translate.py
+-- created_reply): with an idempotency key, its copy (key, fingerprint, expiry) goes along
+-- without the reply, which the drain rebuilds from the event — the same reply, not written
+-- twice. The event decodes to what emit() would write: it has the same fields, "type", "ts",
+-- "actor", "request_id", and "idempotency" on the call's last event. The idempotency record's
+-- key and fingerprint are the engine's (hex, braces, colons) and are written as they are.
 -- The pieces go into one table the library keeps (`event_parts`), which keeps its size from
 -- call to call: a table grown piece by piece would be resized several times in every call.
 -- Redis runs one call at a time and this function runs to its end, so nothing else uses it
 -- meanwhile; pieces past this event's last are left from an earlier one and not joined.
 local event_parts = {}
 
-local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
+local function emit_encoded(outbox, etype, ts, actor, request_id, body, answers)
   local parts = event_parts
   parts[1], parts[2], parts[3], parts[4] = '{"type":"', etype, '","ts":', ts
   parts[5], parts[6] = ',"actor":', cjson.encode(actor)
@@ -305,15 +308,12 @@ local function emit_encoded(outbox, etype, ts, actor, request_id, body, reply)
       parts[n] = value
     end
   end
-  if reply and idem_call.fp ~= '' then
+  if answers and idem_call.fp ~= '' then
     parts[n + 1], parts[n + 2] = ',"idempotency":{"key":"', idem_call.key
     parts[n + 3], parts[n + 4] = '","fp":"', idem_call.fp
     parts[n + 5] = '","expires_at":'
-    parts[n + 6], parts[n + 7] = int(tonumber(ts) + idem_call.ttl), ',"reply":'
+    parts[n + 6], parts[n + 7] = int(tonumber(ts) + idem_call.ttl), '}'
     n = n + 7
-    for i = 1, #reply do parts[n + i] = reply[i] end
-    n = n + #reply + 1
-    parts[n] = '}'
   end
   parts[n + 1] = '}'
   last_event = rcall('XADD', outbox, '*', 'type', etype, 'data',

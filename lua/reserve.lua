@@ -107,16 +107,14 @@ if ARGV[13] ~= '' then
 end
 
 -- The event and the reply are written from the pieces already encoded (lib.lua emit_encoded):
--- cjson would format every number again. With an idempotency key the reply (without "ok" and
--- "event") also goes into the event. The id is the engine's (hex): written as it is.
-local reply = fp ~= '' and {'{"reservation":{"id":"', id, '","owner":', owner_json,
-  ',"status":"active","created_at":', now_s, ',"expires_at":', expires_at_s, ',"lines":',
-  lines_json, '}}'} or nil
+-- cjson would format every number again. The event holds the reply whole: with an idempotency
+-- key its copy leaves the reply out (the drain rebuilds it). The id is the engine's (hex):
+-- written as it is.
 movements[#movements + 1] = ']'
 emit_encoded(outbox, 'reservation_created', now_s, actor, request_id,
      {reservation = '"' .. id .. '"', user = owner_json, expires_at = expires_at_s,
       lines = lines_json, movements = movements,
-      cart = cart ~= '' and '"' .. cart .. '"' or nil}, reply)
+      cart = cart ~= '' and '"' .. cart .. '"' or nil}, true)
 return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event .. '"' .. step
   .. ',"reservation":{"id":"' .. id .. '","owner":' .. owner_json
   .. ',"status":"active","created_at":' .. now_s .. ',"expires_at":' .. expires_at_s

@@ -126,10 +126,29 @@ def translate(event: OutboxEvent) -> Rows:
     return rows
 
 
+def created_reply(e: OutboxEvent) -> dict[str, Any]:
+    """The reply of the reserve call that wrote reservation_created event `e` (lua/reserve.lua),
+    without "ok" and "event": the event's reservation, as the call answered it."""
+    if e.type != "reservation_created":
+        raise ValueError(f"an idempotency copy without its reply on a {e.type} event")
+    d = cast(events.ReservationCreated, e.data)
+    return {
+        "reservation": {
+            "id": d["reservation"],
+            "owner": d["user"],
+            "status": "active",
+            "created_at": int(d["ts"]),
+            "expires_at": int(d["expires_at"]),
+            "lines": d["lines"],
+        }
+    }
+
+
 def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:
     """The first answer of a write made with an Idempotency-Key, carried by the call's last
-    event: the reply as the script stored it in Redis, whose 'event' is this event."""
-    reply = {**d["reply"], "ok": True, "event": e.id}
+    event: the reply as the script stored it in Redis, whose 'event' is this event (a
+    reservation made: its event holds it whole, created_reply)."""
+    reply = {**(d["reply"] if "reply" in d else created_reply(e)), "ok": True, "event": e.id}
     rows.idempotency.append(
         {
             "partition": e.partition,

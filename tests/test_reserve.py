@@ -8,11 +8,12 @@ from typing import Any, cast
 
 import pytest
 
-from engine import errors, records
+from engine import errors, outbox, records
 from engine.engine import Engine
 from engine.invariants import check_partition
 from engine.models import LineRequest, ReservationStatus, ReservedLine
 from engine.validation import MAX_LINES, MAX_QUANTITY
+from persistence.translate import created_reply, translate
 from tests.helpers import event_types, events, snapshot
 from tests.support import ALICE, BOB, add_product, assert_stamped, levels, movement, redis_now_ms
 
@@ -346,7 +347,8 @@ async def test_partitions_route_by_product_and_id(engine: Engine) -> None:
 async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: Engine) -> None:
     """reserve.lua writes its event as text (lib.lua emit_encoded): it decodes to the fields
     and the values (whole numbers) a cjson-encoded event has, text that needs escaping
-    included, and a keyed call's copy of its reply."""
+    included, and a keyed call's idempotency copy — without the reply, which the event holds
+    whole: the drain's rebuild of it (translate.created_reply) is the reply Redis keeps."""
     await add_product(engine, "sku-1", {"east": 2, "west": 5})
     ctx = dataclasses.replace(ALICE, actor='al"ice\\/é', request_id="req\n1", idempotency_key="k")
     r = await engine.reserve([LineRequest("sku-1", 4)], ctx, ttl_ms=60_000)
@@ -385,9 +387,12 @@ async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: E
         "key": k.idempotency('al"ice\\/é', "reserve", "k"),
         "fp": copy["fp"],
         "expires_at": r.created_at_ms + engine.settings.idempotency_ttl_ms,
-        "reply": reply,
     }
     assert len(copy["fp"]) == 32
     stored = str(await engine.redis.get(copy["key"]))
     assert stored.startswith(copy["fp"] + "{")
     assert json.loads(stored[32:]) == {"ok": True, "event": event_id, **reply}
+    (last,) = [e for e in await outbox.read(engine.redis, 0) if e.id == event_id]
+    assert created_reply(last) == reply
+    (row,) = translate(last).idempotency
+    assert json.loads(row["reply"]) == json.loads(stored[32:])
