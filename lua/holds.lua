@@ -178,20 +178,13 @@ local function allocate(stock, products, lines, allow_split, metas)
   return out, nil, order
 end
 
--- Expires due reservations, then checks the request against its customer's limits (`check`,
--- nil or a function that returns nil or a refusal: limits.lua), then allocates. When stock is
--- short while more reservations are due, it keeps expiring (bounded) so a due reservation
--- never blocks the next buyer. Returns what allocate returns. metas: as allocate's; records,
--- retention: as expire_due's.
-local function expire_then_allocate(stock, products, live_hash, expiry, outbox, now, now_s,
-                                    limit, lines, allow_split, held, check, metas, records,
-                                    retention)
-  expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held, records,
-    retention)
-  if check then
-    local refusal = check()
-    if refusal then return nil, refusal end
-  end
+-- Allocates (allocate) after the call has released the due reservations (expire_due) and
+-- checked the request against its customer's limits (limits.lua): when stock is short while
+-- more reservations are due, it keeps expiring (bounded) so a due reservation never blocks
+-- the next buyer. Returns what allocate returns. metas: as allocate's; the rest as
+-- expire_due's.
+local function allocate_expiring(stock, products, live_hash, expiry, outbox, now, now_s,
+                                 limit, lines, allow_split, held, metas, records, retention)
   local alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
   local rounds = 0
   while err and rounds < 10 and rcall('ZCOUNT', expiry, '-inf', now_s) > 0 do

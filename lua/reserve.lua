@@ -68,17 +68,16 @@ local held, lines, metas = KEYS[10], cjson.decode(ARGV[2]), {}
 -- a cart's parts count once, in its home (the part that carries the parts)
 local max_live = tonumber(ARGV[15])
 local capped = (ARGV[12] == '' or ARGV[13] ~= '') and max_live > 0
-local counted, want
-local function check()
-  local refusal = capped and check_live(held, owner, max_live) or nil
-  if refusal then return refusal end
-  refusal, counted, want = check_limits(products, held, owner, lines, metas)
-  return refusal
-end
-
 local now, now_s = now_ms()
-local alloc, err, counters = expire_then_allocate(stock, products, live_hash, expiry, outbox,
-  now, now_s, ARGV[10], lines, ARGV[4] == '1', held, check, metas, ARGV[16], tonumber(ARGV[11]))
+local retention = tonumber(ARGV[11])
+expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[10], 'reserve',
+  held, ARGV[16], retention)
+-- the customer's limits, once the due reservations are released, before the stock
+local refusal, counted, want = capped and check_live(held, owner, max_live) or nil, nil, nil
+if not refusal then refusal, counted, want = check_limits(products, held, owner, lines, metas) end
+if refusal then return refusal end
+local alloc, err, counters = allocate_expiring(stock, products, live_hash, expiry, outbox, now,
+  now_s, ARGV[10], lines, ARGV[4] == '1', held, metas, ARGV[16], retention)
 if err then return err end
 if taken then return refuse('reservation_exists', {reservation = id}) end
 count_held(held, owner, counted, want)

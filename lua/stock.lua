@@ -13,7 +13,7 @@ end
 -- its expires_at's text). In a batch they are written at its end (flush_batch): its later calls
 -- read neither — they run at the same instant, at which the new reservation is not due (a TTL is
 -- at least 1 ms), and read the live entries and the index only for the due ones
--- (holds.lua expire_due, expire_then_allocate); each call's own record tells if it exists.
+-- (holds.lua expire_due, allocate_expiring); each call's own record tells if it exists.
 local function add_live(live_hash, expiry, id, entry, score)
   local live = batch.live
   if batch.on and (live.hash == nil or (live.hash == live_hash and live.expiry == expiry)) then
