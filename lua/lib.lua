@@ -64,7 +64,7 @@ end
 -- The per-call state. A library's locals live as long as the library, across calls: every
 -- function call starts by resetting these (register, at the end of this file). Written after
 -- load besides: two caches that no call's outcome depends on (the products' decoded settings,
--- product_meta; the event's scratch table, emit_encoded).
+-- product_meta).
 -- Set by emit(), read by ok().
 local last_event = nil
 -- This call's idempotency record, set by idem_lookup: emit() copies it, with the reply the
@@ -274,51 +274,27 @@ local function emit(outbox, etype, ts, actor, request_id, body, reply)
   return last_event
 end
 
--- emit() for a body written as JSON text: each value is a JSON text, or a list of pieces of
--- one (joined as they are). cjson's number formatting (printf's '%.14g', ~3k instructions a
--- number) is left out, and the text is put together once (every string a function makes costs
--- in proportion to its length). ts: the time's text (now_ms). `answers`: this is the call's
--- last event and the call answers with a success that the event itself holds whole (a
--- reservation made: its reply is the event's reservation, persistence/translate.py
--- created_reply): with an idempotency key, its copy (key, fingerprint, expiry) goes along
--- without the reply, which the drain rebuilds from the event — the same reply, not written
--- twice. The event decodes to what emit() would write: it has the same fields, "type", "ts",
--- "actor", "request_id", and "idempotency" on the call's last event. The idempotency record's
--- key and fingerprint are the engine's (hex, braces, colons) and are written as they are.
--- The pieces go into one table the library keeps (`event_parts`), which keeps its size from
--- call to call: a table grown piece by piece would be resized several times in every call.
--- Redis runs one call at a time and this function runs to its end, so nothing else uses it
--- meanwhile; pieces past this event's last are left from an earlier one and not joined.
-local event_parts = {}
-
-local function emit_encoded(outbox, etype, ts, actor, request_id, body, answers)
-  local parts = event_parts
-  parts[1], parts[2], parts[3], parts[4] = '{"type":"', etype, '","ts":', ts
-  parts[5], parts[6] = ',"actor":', cjson.encode(actor)
-  parts[7], parts[8] = ',"request_id":', cjson.encode(request_id)
-  local n = 8
-  for name, value in pairs(body) do
-    parts[n + 1], parts[n + 2], parts[n + 3] = ',"', name, '":'
-    n = n + 3
-    if type(value) == 'table' then
-      for i = 1, #value do parts[n + i] = value[i] end
-      n = n + #value
-    else
-      n = n + 1
-      parts[n] = value
-    end
-  end
-  if answers and idem_call.fp ~= '' then
-    parts[n + 1], parts[n + 2] = ',"idempotency":{"key":"', idem_call.key
-    parts[n + 3], parts[n + 4] = '","fp":"', idem_call.fp
-    parts[n + 5] = '","expires_at":'
-    parts[n + 6], parts[n + 7] = int(tonumber(ts) + idem_call.ttl), '}'
-    n = n + 7
-  end
-  parts[n + 1] = '}'
-  last_event = rcall('XADD', outbox, '*', 'type', etype, 'data',
-                          table.concat(parts, '', 1, n + 1))
+-- emit() for an event written as JSON text by its caller (reserve.lua, on the hot path): the
+-- text is made by one concatenation of pieces already encoded — cjson would format every
+-- number again (printf's '%.14g', ~3k instructions a number), and a table of pieces, joined,
+-- costs several times one concatenation. It must decode to what emit() would write: the same
+-- fields, "type", "ts", "actor", "request_id", and the idempotency copy (idempotency_json) on
+-- the call's last event (tests/test_units_events.py reads the fields off the call).
+local function emit_text(outbox, etype, text)
+  last_event = rcall('XADD', outbox, '*', 'type', etype, 'data', text)
   return last_event
+end
+
+-- The idempotency copy of emit_text's event, as JSON text to append to its members ('' when
+-- the call has no key), for a call whose last event holds its success whole (a reservation
+-- made: its reply is the event's reservation, persistence/translate.py created_reply): key,
+-- fingerprint and expiry go along without the reply, which the drain rebuilds from the event
+-- — the same reply, not written twice. ts: the time's text (now_ms). The key and fingerprint
+-- are the engine's (hex, braces, colons) and are written as they are.
+local function idempotency_json(ts)
+  if idem_call.fp == '' then return '' end
+  return ',"idempotency":{"key":"' .. idem_call.key .. '","fp":"' .. idem_call.fp
+    .. '","expires_at":' .. int(tonumber(ts) + idem_call.ttl) .. '}'
 end
 
 -- Registers one operation, `body(KEYS, ARGV)`, as the library's function `name`_<VERSION>

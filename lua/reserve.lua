@@ -83,9 +83,9 @@ if taken then return refuse('reservation_exists', {reservation = id}) end
 count_held(held, owner, counted, want)
 if capped then count_live(held, owner, 1) end
 
-local movements = {'['}
-for i, l in ipairs(alloc) do
-  movement_json(movements, stock, counters[i], -l[3], l[3])
+local moved = movement_json(stock, counters[1], -alloc[1][3], alloc[1][3])
+for i = 2, #alloc do
+  moved = moved .. ',' .. movement_json(stock, counters[i], -alloc[i][3], alloc[i][3])
 end
 local expires_at = now + ttl
 local expires_at_s = int(expires_at)
@@ -105,15 +105,16 @@ if ARGV[13] ~= '' then
   step = ',"deadline":' .. int(cart_pending(KEYS[9], id, now, ARGV[14]))
 end
 
--- The event and the reply are written from the pieces already encoded (lib.lua emit_encoded):
--- cjson would format every number again. The event holds the reply whole: with an idempotency
--- key its copy leaves the reply out (the drain rebuilds it). The id is the engine's (hex):
--- written as it is.
-movements[#movements + 1] = ']'
-emit_encoded(outbox, 'reservation_created', now_s, actor, request_id,
-     {reservation = '"' .. id .. '"', user = owner_json, expires_at = expires_at_s,
-      lines = lines_json, movements = movements,
-      cart = cart ~= '' and '"' .. cart .. '"' or nil}, true)
+-- The event and the reply are written from the pieces already encoded (lib.lua emit_text),
+-- each by one concatenation. The event holds the reply whole: with an idempotency key its
+-- copy leaves the reply out (the drain rebuilds it). The id is the engine's (hex): written as
+-- it is.
+emit_text(outbox, 'reservation_created', '{"type":"reservation_created","ts":' .. now_s
+  .. ',"actor":' .. (actor == owner and owner_json or cjson.encode(actor))
+  .. ',"request_id":' .. cjson.encode(request_id) .. ',"reservation":"' .. id .. '","user":'
+  .. owner_json .. ',"expires_at":' .. expires_at_s .. ',"lines":' .. lines_json
+  .. ',"movements":[' .. moved .. ']' .. (cart ~= '' and ',"cart":"' .. cart .. '"' or '')
+  .. idempotency_json(now_s) .. '}')
 return idem_store(idem, fp, ARGV[9], '{"ok":true,"event":"' .. last_event .. '"' .. step
   .. ',"reservation":{"id":"' .. id .. '","owner":' .. owner_json
   .. ',"status":"active","created_at":' .. now_s .. ',"expires_at":' .. expires_at_s

@@ -109,18 +109,15 @@ local function move_counter(stock, c, d_available, d_reserved)
           reserved_before = r, reserved_after = c.reserved}
 end
 
--- write_counter for an event written as text (emit_encoded): appends the movement's JSON to
--- `parts` (a list that starts '[': after a ',' unless it is the first there), the same fields
--- and values as move_counter's, as one piece (one concatenation makes one string). Product
--- and warehouse names need no escaping (engine/validation.py NAME).
-local function movement_json(parts, stock, c, d_available, d_reserved)
+-- write_counter for an event written as text (lib.lua emit_text): the movement's JSON, the
+-- same fields and values as move_counter's, made by one concatenation. Product and warehouse
+-- names need no escaping (engine/validation.py NAME).
+local function movement_json(stock, c, d_available, d_reserved)
   local as_, rs_ = c.as_, c.rs_
   write_counter(stock, c, d_available, d_reserved)
-  local n = #parts
-  parts[n + 1] = (parts[n] == '[' and '{"product":"' or ',{"product":"') .. c.product
-    .. '","warehouse":"' .. c.warehouse .. '","available_before":' .. as_
-    .. ',"available_after":' .. c.as_ .. ',"reserved_before":' .. rs_
-    .. ',"reserved_after":' .. c.rs_ .. '}'
+  return '{"product":"' .. c.product .. '","warehouse":"' .. c.warehouse
+    .. '","available_before":' .. as_ .. ',"available_after":' .. c.as_
+    .. ',"reserved_before":' .. rs_ .. ',"reserved_after":' .. c.rs_ .. '}'
 end
 
 local function move(stock, product, warehouse, d_available, d_reserved)

@@ -345,7 +345,7 @@ async def test_partitions_route_by_product_and_id(engine: Engine) -> None:
 
 
 async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: Engine) -> None:
-    """reserve.lua writes its event as text (lib.lua emit_encoded): it decodes to the fields
+    """reserve.lua writes its event as text (lib.lua emit_text): it decodes to the fields
     and the values (whole numbers) a cjson-encoded event has, text that needs escaping
     included, and a keyed call's idempotency copy — without the reply, which the event holds
     whole: the drain's rebuild of it (translate.created_reply) is the reply Redis keeps."""

@@ -70,17 +70,24 @@ def emitted() -> dict[str, list[tuple[str, set[str]]]]:
         if not path.name.endswith(".lua"):
             continue
         text = _lua(path.name)
-        for m in re.finditer(r"(?<!function )\bemit(?:_encoded)?\(", text):
+        for m in re.finditer(r"(?<!function )\bemit(_text)?\(", text):
             args = _top_level(text[m.end() : _close(text, m.end() - 1) - 1])
-            assert len(args) in (6, 7), f"{path.name}: emit({args})"
             etype = re.fullmatch(r"'(\w+)'", args[1])
             assert etype, f"{path.name}: the event type must be a literal: {args[1]}"
-            body = args[5]
-            assert body.startswith("{"), body
-            assert _close(body, 0) == len(body), body
-            fields = {item.split("=", 1)[0].strip() for item in _top_level(body[1:-1])}
+            if m[1]:  # emit_text: the event written as JSON text, its members' names quoted
+                assert len(args) == 3, f"{path.name}: emit_text({args})"
+                fields = set(re.findall(r'"(\w+)":', args[2])) - COMMON
+            else:
+                assert len(args) in (6, 7), f"{path.name}: emit({args})"
+                body = args[5]
+                assert body.startswith("{"), body
+                assert _close(body, 0) == len(body), body
+                fields = {item.split("=", 1)[0].strip() for item in _top_level(body[1:-1])}
             found[etype[1]].append((path.name, fields))
     return found
+
+
+COMMON = events.EventBody.__required_keys__  # what emit() adds to every body
 
 
 def test_emit_adds_the_fields_every_body_has() -> None:
@@ -90,10 +97,18 @@ def test_emit_adds_the_fields_every_body_has() -> None:
     body = lib[start : lib.index("\nend\n", start)]
     assert set(re.findall(r"\bbody\.(\w+) =", body)) == common
     assert events.EventBody.__optional_keys__ == {"idempotency"}
-    # emit_encoded writes the same fields (and the idempotency copy's) as JSON text
-    start = lib.index("local function emit_encoded(")
+    # an event written as text has the same fields, and its idempotency copy the copy's
+    start = lib.index("local function idempotency_json(")
     body = lib[start : lib.index("\nend\n", start)]
-    assert set(re.findall(r'"(\w+)":', body)) == common | events.IdempotencyCopy.__required_keys__
+    copy = {"idempotency"} | events.IdempotencyCopy.__required_keys__
+    assert set(re.findall(r'"(\w+)":', body)) == copy
+    for path in resources.files("lua").iterdir():
+        if path.name.endswith(".lua"):
+            text = _lua(path.name)
+            for m in re.finditer(r"(?<!function )\bemit_text\(", text):
+                call = text[m.end() : _close(text, m.end() - 1) - 1]
+                assert set(re.findall(r'"(\w+)":', call)) >= COMMON, path.name
+                assert "idempotency_json(" in call, path.name
 
 
 def test_every_emitted_event_has_exactly_the_fields_of_its_body() -> None:
