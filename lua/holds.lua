@@ -23,7 +23,7 @@ local function keep_expired(record, expires_at, retention)
 end
 
 -- Releases up to `limit` due reservations (expires_at <= now) and records each one.
--- Returns how many it released.
+-- Returns how many it released, and whether none is left due (it found fewer than `limit`).
 -- now_s: now's text (now_ms); limit: as the call's ARGV gives it. records: the prefix of the
 -- partition's reservation records (engine/keys.py PartitionKeys.records; a record's key is it
 -- .. id), for keep_expired.
@@ -32,12 +32,11 @@ end
 -- make is due at once (a TTL is at least 1 ms).
 local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, trigger, held,
                           records, retention)
-  if batch.swept == expiry and batch.now_s == now_s then return 0 end
+  if batch.swept == expiry and batch.now_s == now_s then return 0, true end
   local ids = rcall('ZRANGEBYSCORE', expiry, '-inf', now_s, 'WITHSCORES', 'LIMIT', '0',
                          limit)
-  if batch.now_s == now_s and #ids < 2 * tonumber(limit) then  -- (set in a batch only)
-    batch.swept = expiry
-  end
+  local drained = #ids < 2 * tonumber(limit)
+  if drained and batch.now_s == now_s then batch.swept = expiry end  -- (set in a batch only)
   local n = 0
   for i = 1, #ids, 2 do
     local id = ids[i]
@@ -56,7 +55,7 @@ local function expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, t
       rcall('ZREM', expiry, id)
     end
   end
-  return n
+  return n, drained
 end
 
 -- The counter of p x w for this allocation, read the first time it is asked for.
@@ -107,10 +106,12 @@ local function allocate(stock, products, lines, allow_split, metas)
     local whs = meta.warehouses
     if #whs == 1 then
       local c = read_counter(stock, p, whs[1][1])
-      local f = held_back(p) and 0 or c.available
-      if f < q then
-        return nil, refuse('insufficient_stock', {lines = {{product = p, requested = q,
-                                                             available = f}}})
+      local back = held_back(p)
+      if (back and 0 or c.available) < q then
+        -- (the refusal of a sold-out product, the common one in a sale, written as text as
+        -- refuse would write it: product names need no escaping, engine/validation.py NAME)
+        return nil, '{"err":"insufficient_stock","lines":[{"product":"' .. p
+          .. '","requested":' .. int(q) .. ',"available":' .. (back and '0' or c.as_) .. '}]}'
       end
       c.taken = q
       return {{p, c.warehouse, q}}, nil, {c}
@@ -178,18 +179,21 @@ local function allocate(stock, products, lines, allow_split, metas)
   return out, nil, order
 end
 
--- Allocates (allocate) after the call has released the due reservations (expire_due) and
--- checked the request against its customer's limits (limits.lua): when stock is short while
--- more reservations are due, it keeps expiring (bounded) so a due reservation never blocks
--- the next buyer. Returns what allocate returns. metas: as allocate's; the rest as
--- expire_due's.
+-- Allocates (allocate) after the call has released the due reservations (expire_due, which
+-- said whether it left none due: `drained`) and checked the request against its customer's
+-- limits (limits.lua): when stock is short while more reservations are due, it keeps
+-- expiring (bounded) so a due reservation never blocks the next buyer. A refusal costs no
+-- look at the index once none is due: no call of this instant makes one (a TTL is at least
+-- 1 ms). Returns what allocate returns. metas: as allocate's; the rest as expire_due's.
 local function allocate_expiring(stock, products, live_hash, expiry, outbox, now, now_s,
-                                 limit, lines, allow_split, held, metas, records, retention)
+                                 limit, lines, allow_split, held, metas, records, retention,
+                                 drained)
   local alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
   local rounds = 0
-  while err and rounds < 10 and rcall('ZCOUNT', expiry, '-inf', now_s) > 0 do
-    expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve', held, records,
-      retention)
+  while err and not drained and rounds < 10 do
+    local _
+    _, drained = expire_due(stock, live_hash, expiry, outbox, now, now_s, limit, 'reserve',
+      held, records, retention)
     alloc, err, counters = allocate(stock, products, lines, allow_split, metas)
     rounds = rounds + 1
   end

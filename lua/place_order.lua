@@ -45,13 +45,13 @@ use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
 local held, lines, metas = KEYS[10], cjson.decode(ARGV[2]), {}
 local now, now_s = now_ms()
 local retention = tonumber(ARGV[11])
-expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[9], 'reserve', held, ARGV[12],
-  retention)
+local _, drained = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[9],
+  'reserve', held, ARGV[12], retention)
 -- the customer's limits, once the due reservations are released, before the stock
 local refusal, counted, want = check_limits(products, held, owner, lines, metas)
 if refusal then return refusal end
 local alloc, err, counters = allocate_expiring(stock, products, live_hash, expiry, outbox, now,
-  now_s, ARGV[9], lines, ARGV[3] == '1', held, metas, ARGV[12], retention)
+  now_s, ARGV[9], lines, ARGV[3] == '1', held, metas, ARGV[12], retention, drained)
 if err then return err end
 local priced, total, currency = price_lines(products, alloc, metas)
 if not priced then return total end

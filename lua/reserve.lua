@@ -70,14 +70,14 @@ local max_live = tonumber(ARGV[15])
 local capped = (ARGV[12] == '' or ARGV[13] ~= '') and max_live > 0
 local now, now_s = now_ms()
 local retention = tonumber(ARGV[11])
-expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[10], 'reserve',
-  held, ARGV[16], retention)
+local _, drained = expire_due(stock, live_hash, expiry, outbox, now, now_s, ARGV[10],
+  'reserve', held, ARGV[16], retention)
 -- the customer's limits, once the due reservations are released, before the stock
 local refusal, counted, want = capped and check_live(held, owner, max_live) or nil, nil, nil
 if not refusal then refusal, counted, want = check_limits(products, held, owner, lines, metas) end
 if refusal then return refusal end
 local alloc, err, counters = allocate_expiring(stock, products, live_hash, expiry, outbox, now,
-  now_s, ARGV[10], lines, ARGV[4] == '1', held, metas, ARGV[16], retention)
+  now_s, ARGV[10], lines, ARGV[4] == '1', held, metas, ARGV[16], retention, drained)
 if err then return err end
 if taken then return refuse('reservation_exists', {reservation = id}) end
 count_held(held, owner, counted, want)
