@@ -5,7 +5,8 @@ shared machine).
 
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
-                                         [--reference --batch 1] [--settle] [--keep FILE]
+                                         [--reference --batch 1] [--settle] [--sold-out]
+                                         [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -16,8 +17,10 @@ calls to a pipeline, every reservation a buyer's of its own, with an idempotency
 `--idempotency`; or, with `--reference`, the cost bench's reference script (a reservation's
 minimum work, each call alone: scripts/bench/reference.lua), the same number of times; or, with
 `--settle`, the rate limiter's settles (lua/rate_limit_settle.lua, `--batch` buckets a call,
-one request admitted each: per reservation read per bucket settled, as one a request). Prints
-one JSON line: what redis-server executed while counting (reading the
+one request admitted each: per reservation read per bucket settled, as one a request). With
+`--sold-out` the product (or the reference's counter) has no units: every call is refused for
+stock, as most are in a sale once it has sold out, and each refusal is counted. Prints one JSON
+line: what redis-server executed while counting (reading the
 calls, the functions, their commands, the append-only file), per reservation.
 
 `--keep FILE` keeps callgrind's output for `callgrind_annotate` (a redis-server built from source,
@@ -76,15 +79,18 @@ class Reservations:
         key: bool,
         ref: bool = False,
         settles: bool = False,
+        sold_out: bool = False,
     ) -> None:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
         self.made = 0
+        self.sold_out = sold_out  # every call refused for stock (`--sold-out`)
         self.settles = settles  # the rate limiter's settles instead (`settle`)
         # the reference script instead (each call alone): its SHA, and its stock's units
         self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
         if ref:
             client.hset(
-                reference.keys("")[0], mapping=dict.fromkeys(reference.fields(PRODUCT), 10**9)
+                reference.keys("")[0],
+                mapping=dict.fromkeys(reference.fields(PRODUCT), 0 if sold_out else 10**9),
             )
 
     def calls(self, n: int) -> list[Call]:
@@ -111,7 +117,10 @@ class Reservations:
                 pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
             for reply in pipe.execute():
                 for one in reply if self.batch > 1 else [reply]:
-                    if "ok" not in parse(one):
+                    answer = parse(one)
+                    if self.sold_out and answer.get("err") != "insufficient_stock":
+                        raise RuntimeError(f"a call was not refused for stock: {one!r}")
+                    if not self.sold_out and "ok" not in answer:
                         raise RuntimeError(f"a reservation was refused: {one!r}")
 
     def settle(self, n: int) -> None:
@@ -151,8 +160,8 @@ class Reservations:
                 args: list[str | int] = [*reference.fields(PRODUCT), 1, rid, 600_000, record]
                 pipe.evalsha(self.ref, 4, *reference.keys(rid), *args)
             for reply in pipe.execute():
-                if int(reply) <= 0:
-                    raise RuntimeError(f"the reference was refused: {reply!r}")
+                if (int(reply) <= 0) != self.sold_out:
+                    raise RuntimeError(f"the reference answered {reply!r}")
 
 
 def measure(
@@ -165,6 +174,7 @@ def measure(
     ref: bool = False,
     keep: Path | None = None,
     settles: bool = False,
+    sold_out: bool = False,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
@@ -180,11 +190,13 @@ def measure(
 
             async def product() -> None:
                 async with Engine.from_settings(settings) as engine:  # the library, loaded
-                    await engine.setup_product(PRODUCT, SYSTEM, price=1999, stock={"main": 10**9})
+                    await engine.setup_product(
+                        PRODUCT, SYSTEM, price=1999, stock={"main": 0 if sold_out else 10**9}
+                    )
 
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
-            buyers = Reservations(client, settings, batch, idempotency, ref, settles)
+            buyers = Reservations(client, settings, batch, idempotency, ref, settles, sold_out)
             buyers.reserve(warm - warm % batch)
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
             buyers.reserve(reservations)
@@ -197,6 +209,7 @@ def measure(
     return {
         "reference": ref,
         "settle": settles,
+        "sold_out": sold_out,
         "batch": batch,
         "reservations": reservations,
         "warm": warm,
@@ -229,6 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         "(per reservation: per bucket settled)",
     )
     parser.add_argument(
+        "--sold-out",
+        action="store_true",
+        help="the product has no units: every call is refused for stock (per refusal)",
+    )
+    parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output in this file (callgrind_annotate)"
     )
     parser.add_argument(
@@ -242,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--reservations must be a positive multiple of --batch")
     if args.reference and args.settle:
         parser.error("--reference and --settle: one or the other")
+    if args.settle and args.sold_out:
+        parser.error("--settle and --sold-out: one or the other")
     if args.reference and args.batch != 1:
         parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
@@ -255,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         ref=args.reference,
         keep=args.keep,
         settles=args.settle,
+        sold_out=args.sold_out,
     )
     print(json.dumps(result))
 
