@@ -33,8 +33,9 @@
 --   idem      string <request fingerprint><first reply> (the fingerprint is hex, the reply a
 --                   JSON object: it starts at the first '{'), with a TTL; the call's last event
 --                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the
---                   drain makes it durable and a restore can put it back. (Before, a hash
---                   {fp, reply}: idem_lookup still reads one.)
+--                   drain makes it durable and a restore can put it back (a reservation's
+--                   leaves the reply out: its event holds it whole, idempotency_json).
+--                   (Before, a hash {fp, reply}: idem_lookup still reads one.)
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
 -- An ok reply also carries "event": the stream id of the last outbox event the call wrote
