@@ -324,6 +324,10 @@ def test_instructions_counts_what_redis_executes_per_reservation() -> None:
     sold = counted("--sold-out", "--batch", "16", "--reservations", "64", "--warm", "16")
     assert (sold["sold_out"], batched["sold_out"]) == (True, False)
     assert 5_000 < sold["instructions_per_reservation"] < batched["instructions_per_reservation"]
+    # the commits of reservations made before counting, each alone: per commit
+    committed = counted("--commit", "--batch", "1", "--reservations", "64", "--warm", "16")
+    assert (committed["commit"], batched["commit"]) == (True, False)
+    assert 50_000 < committed["instructions_per_reservation"] < 5_000_000
     refused = subprocess.run(
         [sys.executable, "-m", "scripts.bench.instructions", "--batch", "16",
          "--reservations", "40"],

@@ -62,6 +62,33 @@ def reserve_call(settings: Settings, product: str, owner: str, *, key: str = "")
     )
 
 
+def commit_call(settings: Settings, reservation_id: str, owner: str, *, key: str = "") -> Call:
+    """The very call the engine makes to commit `owner`'s reservation (in partition 0) into a
+    pending order, with the idempotency key `key` if one is given (its fingerprint made up)."""
+    keys = partition_keys(0)
+    oid = new_id(0, 1)
+    return prepare(
+        specs.COMMIT,
+        **specs.COMMIT.partition_keys(keys),
+        idem=keys.idempotency(owner, "commit", key) if key else keys.unused_idempotency,
+        record=keys.reservation(reservation_id),
+        order=keys.order(oid),
+        reservation_id=reservation_id,
+        order_id=oid,
+        scope=owner,
+        actor=owner,
+        request_id="",
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
+        idempotency_ttl=settings.idempotency_ttl_ms,
+        retention=settings.reservation_retention_ms,
+        foreign_lines="",
+        deadline="",
+        hold=settings.cart_hold_ms,
+        pending_ttl=0,
+        foreign_held="",
+    )
+
+
 def batch_sizes(sizes: Counter[int]) -> dict[str, Any]:
     """The calls sent per function call (1: alone): their mean and the count of each size."""
     calls = sum(size * n for size, n in sizes.items())

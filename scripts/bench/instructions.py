@@ -6,7 +6,7 @@ shared machine).
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
                                          [--reference --batch 1] [--settle] [--sold-out]
-                                         [--keep FILE]
+                                         [--commit --batch 1] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -19,7 +19,9 @@ minimum work, each call alone: scripts/bench/reference.lua), the same number of 
 `--settle`, the rate limiter's settles (lua/rate_limit_settle.lua, `--batch` buckets a call,
 one request admitted each: per reservation read per bucket settled, as one a request). With
 `--sold-out` the product (or the reference's counter) has no units: every call is refused for
-stock, as most are in a sale once it has sold out, and each refusal is counted. Prints one JSON
+stock, as most are in a sale once it has sold out, and each refusal is counted. With `--commit`
+the `--reservations` are made before counting (in batches of 16) and their commits into
+pending orders are counted, each alone as the engine sends them (per commit). Prints one JSON
 line: what redis-server executed while counting (reading the
 calls, the functions, their commands, the append-only file), per reservation.
 
@@ -52,7 +54,7 @@ from engine.models import SYSTEM
 from engine.scripts import Call, parse, prepare
 from engine.settings import Settings
 from scripts.bench import reference
-from scripts.bench.inprocess import reserve_call
+from scripts.bench.inprocess import commit_call, reserve_call
 from scripts.redis_server import RedisServer
 
 PRODUCT = "1"
@@ -84,6 +86,7 @@ class Reservations:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
         self.made = 0
         self.sold_out = sold_out  # every call refused for stock (`--sold-out`)
+        self.held: list[tuple[str, str]] = []  # (reservation id, owner) made, for `commit`
         self.settles = settles  # the rate limiter's settles instead (`settle`)
         # the reference script instead (each call alone): its SHA, and its stock's units
         self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
@@ -122,6 +125,22 @@ class Reservations:
                         raise RuntimeError(f"a call was not refused for stock: {one!r}")
                     if not self.sold_out and "ok" not in answer:
                         raise RuntimeError(f"a reservation was refused: {one!r}")
+                    if "ok" in answer:
+                        made = answer["reservation"]
+                        self.held.append((str(made["id"]), str(made["owner"])))
+
+    def commit(self, n: int) -> None:
+        """Commit the last `n` reservations made into pending orders, each call alone (the
+        engine never coalesces a commit), with an idempotency key each with `key`."""
+        held, self.held = self.held[-n:], self.held[:-n]
+        for start in range(0, n, PIPELINE):
+            pipe = self.client.pipeline(transaction=False)
+            for rid, owner in held[start : start + PIPELINE]:
+                call = commit_call(self.settings, rid, owner, key=rid if self.key else "")
+                pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
+            for reply in pipe.execute():
+                if "ok" not in parse(reply):
+                    raise RuntimeError(f"a commit was refused: {reply!r}")
 
     def settle(self, n: int) -> None:
         """`n` buckets settled (lua/rate_limit_settle.lua), as the API's processes settle them
@@ -175,6 +194,7 @@ def measure(
     keep: Path | None = None,
     settles: bool = False,
     sold_out: bool = False,
+    commits: bool = False,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
@@ -198,8 +218,13 @@ def measure(
             client = redis.Redis.from_url(server.url)
             buyers = Reservations(client, settings, batch, idempotency, ref, settles, sold_out)
             buyers.reserve(warm - warm % batch)
+            if commits:
+                buyers.reserve(reservations)  # made before counting: their commits count
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-            buyers.reserve(reservations)
+            if commits:
+                buyers.commit(reservations)
+            else:
+                buyers.reserve(reservations)
             subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
             client.close()
         finally:
@@ -210,6 +235,7 @@ def measure(
         "reference": ref,
         "settle": settles,
         "sold_out": sold_out,
+        "commit": commits,
         "batch": batch,
         "reservations": reservations,
         "warm": warm,
@@ -247,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         help="the product has no units: every call is refused for stock (per refusal)",
     )
     parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="the commits of reservations made before counting, each alone (per commit)",
+    )
+    parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output in this file (callgrind_annotate)"
     )
     parser.add_argument(
@@ -262,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--reference and --settle: one or the other")
     if args.settle and args.sold_out:
         parser.error("--settle and --sold-out: one or the other")
+    if args.commit and (args.reference or args.settle or args.sold_out or args.batch != 1):
+        parser.error("--commit counts each commit alone, of reservations: give --batch 1 alone")
     if args.reference and args.batch != 1:
         parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
@@ -276,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         keep=args.keep,
         settles=args.settle,
         sold_out=args.sold_out,
+        commits=args.commit,
     )
     print(json.dumps(result))
 
