@@ -63,7 +63,7 @@ if replay then return replay end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[12], KEYS[13],
   KEYS[14], KEYS[15])
 
-local now = now_ms()
+local now, now_s = now_ms()
 local rec, live, err = live_reservation(stock, live_hash, expiry, outbox, record, id, scope, now,
   KEYS[12], tonumber(ARGV[8]))
 if err then return err end
@@ -92,15 +92,19 @@ if rec.parts then
   if total > 99999999999999 then return refuse('order_total_too_large', {}) end
 end
 
-local movements = {}
-for _, l in ipairs(live.lines) do
-  movements[#movements + 1] = move(stock, l[1], l[2], 0, -l[3])
+-- The movements, the order, its event and the reply are written as text, each by one
+-- concatenation (as reserve.lua's: cjson would format every number again); the event holds
+-- the reply whole, so its idempotency copy leaves it out (the drain rebuilds it).
+local moved = {}
+for i, l in ipairs(live.lines) do
+  moved[i] = movement_json(stock, read_counter(stock, l[1], l[2]), 0, -l[3])
 end
 rcall('HDEL', live_hash, id)
 rcall('ZREM', expiry, id)
-rcall('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now)
-rcall('PEXPIRE', record, tonumber(ARGV[8]))
-local reply = {order = write_order(order, order_id, rec.owner, id, priced, total, currency, now)}
+rcall('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now_s)
+rcall('PEXPIRE', record, ARGV[8])
+local order_json, lines_json, owner_json, total_s =
+  write_order_text(order, order_id, rec.owner, id, priced, total, currency, now_s)
 if rec.parts then
   rcall('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
 end
@@ -111,7 +115,11 @@ if ARGV[13] ~= '' then
   for _, p in ipairs(cjson.decode(ARGV[13])) do counted[#counted + 1] = p end
 end
 if #counted > 0 then rcall('HSET', order, 'held', cjson.encode(counted)) end
-emit(outbox, 'order_created', now, actor, request_id,
-     {order = order_id, reservation = id, user = rec.owner, status = 'pending',
-      lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, ARGV[7], ok(reply))
+emit_text(outbox, 'order_created', '{"type":"order_created","ts":' .. now_s
+  .. ',"actor":' .. (actor == rec.owner and owner_json or cjson.encode(actor))
+  .. ',"request_id":' .. cjson.encode(request_id) .. ',"order":"' .. order_id
+  .. '","reservation":"' .. id .. '","user":' .. owner_json .. ',"status":"pending","lines":'
+  .. lines_json .. ',"total":' .. total_s .. ',"currency":' .. cjson.encode(currency)
+  .. ',"movements":[' .. table.concat(moved, ',') .. ']' .. idempotency_json(now_s) .. '}')
+return idem_store(idem, fp, ARGV[7], '{"ok":true,"event":"' .. last_event .. '","order":'
+  .. order_json .. '}')

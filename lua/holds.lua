@@ -295,6 +295,27 @@ local function write_order(record, id, owner, reservation, priced, total, curren
           created_at = now, updated_at = now}
 end
 
+-- write_order for a caller that writes its event and reply as text (commit.lua): the same
+-- record, its numbers written by int (whole numbers: cjson's and Redis's '%.14g'/'%.17g' give
+-- the same digits, at several times the cost). Returns the order's JSON (the reply's "order"),
+-- its lines' JSON, the owner's JSON and the total's text. now_s: now_ms's text. Product and
+-- warehouse names need no escaping (engine/validation.py NAME); ids are the engine's (hex).
+local function write_order_text(record, id, owner, reservation, priced, total, currency, now_s)
+  local lines = {}
+  for i, l in ipairs(priced) do
+    lines[i] = '["' .. l[1] .. '","' .. l[2] .. '",' .. int(l[3]) .. ',' .. int(l[4]) .. ']'
+  end
+  local lines_json, owner_json, total_s = '[' .. table.concat(lines, ',') .. ']',
+    cjson.encode(owner), int(total)
+  rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
+             'reservation_id', reservation, 'lines', lines_json, 'total', total_s,
+             'currency', currency, 'created_at', now_s, 'updated_at', now_s)
+  return '{"id":"' .. id .. '","owner":' .. owner_json .. ',"status":"pending","reservation":"'
+    .. reservation .. '","lines":' .. lines_json .. ',"total":' .. total_s .. ',"currency":'
+    .. cjson.encode(currency) .. ',"created_at":' .. now_s .. ',"updated_at":' .. now_s .. '}',
+    lines_json, owner_json, total_s
+end
+
 -- A direct order waits in `pending` (an index: order id -> the time it times out, ms) until it
 -- leaves 'pending'; the sweep cancels it past that time (engine/orders.py, ORDER_PENDING_TTL).
 -- ttl_ms: as the call's ARGV gives it; 0: never.

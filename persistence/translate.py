@@ -127,21 +127,38 @@ def translate(event: OutboxEvent) -> Rows:
 
 
 def created_reply(e: OutboxEvent) -> dict[str, Any]:
-    """The reply of the reserve call that wrote reservation_created event `e` (lua/reserve.lua),
-    without "ok" and "event": the event's reservation, as the call answered it."""
-    if e.type != "reservation_created":
-        raise ValueError(f"an idempotency copy without its reply on a {e.type} event")
-    d = cast(events.ReservationCreated, e.data)
-    return {
-        "reservation": {
-            "id": d["reservation"],
-            "owner": d["user"],
-            "status": "active",
-            "created_at": int(d["ts"]),
-            "expires_at": int(d["expires_at"]),
-            "lines": d["lines"],
+    """The reply of the call that wrote event `e` and answered with what it made, without "ok"
+    and "event": a reservation_created event's reservation (lua/reserve.lua), an
+    order_created event's order (lua/commit.lua) — as the call answered it."""
+    ts = int(e.data["ts"])
+    if e.type == "reservation_created":
+        r = cast(events.ReservationCreated, e.data)
+        return {
+            "reservation": {
+                "id": r["reservation"],
+                "owner": r["user"],
+                "status": "active",
+                "created_at": ts,
+                "expires_at": int(r["expires_at"]),
+                "lines": r["lines"],
+            }
         }
-    }
+    if e.type == "order_created":
+        o = cast(events.OrderCreated, e.data)
+        return {
+            "order": {
+                "id": o["order"],
+                "owner": o["user"],
+                "status": o["status"],
+                "reservation": o["reservation"],
+                "lines": o["lines"],
+                "total": int(o["total"]),
+                "currency": o["currency"],
+                "created_at": ts,
+                "updated_at": ts,
+            }
+        }
+    raise ValueError(f"an idempotency copy without its reply on a {e.type} event")
 
 
 def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
-from engine import errors
+from engine import errors, outbox
 from engine.engine import Engine
 from engine.invariants import check_partition
 from engine.models import CallContext, LineRequest, Order, OrderLine, ReservationStatus
 from engine.states import TRANSITIONS, OrderStatus
+from persistence.translate import created_reply, translate
 from tests.helpers import event_types, events, snapshot
 from tests.support import (
     ALICE,
@@ -318,3 +320,74 @@ async def test_a_move_that_expects_a_status_fails_once_the_order_moved(engine: E
     assert await snapshot(engine.redis) == before
     held = await engine.transition(order.id, "processing", STAFF, expected=OrderStatus.CONFIRMED)
     assert held.status == OrderStatus.PROCESSING
+
+
+async def test_a_commits_event_reply_and_order_are_exactly_their_fields(engine: Engine) -> None:
+    """commit.lua writes its order_created event, its reply and the order's record as text
+    (holds.lua write_order_text): they decode to the fields and whole numbers cjson wrote,
+    text that needs escaping included, and the keyed call's idempotency copy leaves the reply
+    out — the drain's rebuild of it (translate.created_reply) is the reply Redis keeps."""
+    await add_product(engine, "sku-1", {"east": 2, "west": 5}, price=1999)
+    r = await engine.reserve([LineRequest("sku-1", 4)], ALICE)
+    ctx = dataclasses.replace(STAFF, actor='st"aff\\/é', request_id="req\n1", idempotency_key="k")
+    order = await engine.commit(r.id, ctx)
+
+    (last,) = (await outbox.read(engine.redis, 0))[-1:]
+    created = dict(last.data)
+    copy = created.pop("idempotency")
+    lines = [["sku-1", "east", 2, 1999], ["sku-1", "west", 2, 1999]]
+    assert created == {
+        "type": "order_created",
+        "ts": order.created_at_ms,
+        "actor": 'st"aff\\/é',
+        "request_id": "req\n1",
+        "order": order.id,
+        "reservation": r.id,
+        "user": "alice",
+        "status": "pending",
+        "lines": lines,
+        "total": 4 * 1999,
+        "currency": "USD",
+        "movements": [
+            movement("sku-1", "east", (0, 0), (2, 0)),
+            movement("sku-1", "west", (3, 3), (2, 0)),
+        ],
+    }
+    assert all(type(created[n]) is int for n in ("ts", "total"))
+    k = engine.keys(0)
+    assert set(copy) == {"key", "fp", "expires_at"}  # (no reply: the event holds it)
+    stored = str(await engine.redis.get(copy["key"]))
+    reply = json.loads(stored[32:])
+    assert reply == {
+        "ok": True,
+        "event": last.id,
+        "order": {
+            "id": order.id,
+            "owner": "alice",
+            "status": "pending",
+            "reservation": r.id,
+            "lines": lines,
+            "total": 4 * 1999,
+            "currency": "USD",
+            "created_at": order.created_at_ms,
+            "updated_at": order.created_at_ms,
+        },
+    }
+    assert {"ok": True, "event": last.id, **created_reply(last)} == reply
+    (row,) = translate(last).idempotency
+    assert json.loads(row["reply"]) == reply
+    assert await engine.redis.hgetall(k.order(order.id)) == {
+        "id": order.id,
+        "owner": "alice",
+        "status": "pending",
+        "reservation_id": r.id,
+        "lines": '[["sku-1","east",2,1999],["sku-1","west",2,1999]]',
+        "total": str(4 * 1999),
+        "currency": "USD",
+        "created_at": str(order.created_at_ms),
+        "updated_at": str(order.created_at_ms),
+    }
+    record = await engine.redis.hgetall(k.reservation(r.id))
+    assert (record["status"], record["order_id"]) == ("committed", order.id)
+    assert record["ended_at"] == str(order.created_at_ms)
+    assert (await check_partition(engine.redis, 0)).ok
