@@ -203,16 +203,23 @@ end
 -- A reservation's record as HGETALL gives it (`flat`), as a table of its fields: what never
 -- changes after its start is packed in one field, 'data' (JSON {created_at, lines,
 -- request_id, counted}: reserve.lua, one field rather than five on the hot path), unpacked
--- here; a record written before kept them as fields of their own ('lines' as JSON text).
--- Either way rec.lines is a table, rec.created_at a number, rec.id the id.
+-- on first use (a commit reads none of it: its lines are the live entry's); a record written
+-- before kept them as fields of their own ('lines' as JSON text). Either way rec.lines is a
+-- table, rec.created_at a number, rec.id the id.
+local packed = {created_at = true, lines = true, request_id = true}
+local unpack_data = {__index = function(rec, name)
+  if not packed[name] then return nil end
+  local d = cjson.decode(rec.data)
+  rec.created_at, rec.lines, rec.request_id = d.created_at, d.lines, d.request_id
+  return d[name]
+end}
+
 local function record_of(flat, id)
   local rec = {}
   for i = 1, #flat, 2 do rec[flat[i]] = flat[i + 1] end
   rec.id = id
-  local data = rec.data
-  if data then
-    local d = cjson.decode(data)
-    rec.created_at, rec.lines, rec.request_id = d.created_at, d.lines, d.request_id
+  if rec.data then
+    setmetatable(rec, unpack_data)
   elseif rec.lines then
     rec.created_at, rec.lines = tonumber(rec.created_at), cjson.decode(rec.lines)
   end

@@ -50,15 +50,15 @@
 -- code that registers the functions runs at load).
 local function globals()
   return tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
-    string, table, math, redis.call, redis.pcall
+    string, table, math, redis.call, redis.pcall, setmetatable
 end
 local tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
-  string, table, math, rcall, rpcall
+  string, table, math, rcall, rpcall, setmetatable
 local bound = false
 
 local function bind()
   tonumber, tostring, ipairs, pairs, type, next, unpack, select, pcall, error, cjson,
-    string, table, math, rcall, rpcall = globals()
+    string, table, math, rcall, rpcall, setmetatable = globals()
   bound = true
 end
 
