@@ -328,6 +328,10 @@ def test_instructions_counts_what_redis_executes_per_reservation() -> None:
     committed = counted("--commit", "--batch", "1", "--reservations", "64", "--warm", "16")
     assert (committed["commit"], batched["commit"]) == (True, False)
     assert 50_000 < committed["instructions_per_reservation"] < 5_000_000
+    # direct orders instead of reservations, coalesced: per order
+    ordered = counted("--orders", "--batch", "16", "--reservations", "64", "--warm", "16")
+    assert (ordered["orders"], batched["orders"]) == (True, False)
+    assert 50_000 < ordered["instructions_per_reservation"] < 5_000_000
     refused = subprocess.run(
         [sys.executable, "-m", "scripts.bench.instructions", "--batch", "16",
          "--reservations", "40"],

@@ -62,6 +62,30 @@ def reserve_call(settings: Settings, product: str, owner: str, *, key: str = "")
     )
 
 
+def order_call(settings: Settings, product: str, owner: str, *, key: str = "") -> Call:
+    """The very call the engine makes for a direct order of one unit of `product` (in
+    partition 0) by `owner`, with the idempotency key `key` if one is given."""
+    keys = partition_keys(0)
+    oid = new_id(0, 1)
+    return prepare(
+        specs.PLACE_ORDER,
+        **specs.PLACE_ORDER.partition_keys(keys),
+        idem=keys.idempotency(owner, "place_order", key) if key else keys.unused_idempotency,
+        order=keys.order(oid),
+        order_id=oid,
+        lines=json.dumps([[product, "", 1]], separators=(",", ":")),  # as the engine sends them
+        allow_split="1",
+        owner=owner,
+        actor=owner,
+        request_id="",
+        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
+        idempotency_ttl=settings.idempotency_ttl_ms,
+        expiry_batch=settings.expire_batch,
+        pending_ttl=settings.order_pending_ttl_ms,
+        retention=settings.reservation_retention_ms,
+    )
+
+
 def commit_call(settings: Settings, reservation_id: str, owner: str, *, key: str = "") -> Call:
     """The very call the engine makes to commit `owner`'s reservation (in partition 0) into a
     pending order, with the idempotency key `key` if one is given (its fingerprint made up)."""

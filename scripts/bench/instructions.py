@@ -6,7 +6,7 @@ shared machine).
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
                                          [--reference --batch 1] [--settle] [--sold-out]
-                                         [--commit --batch 1] [--keep FILE]
+                                         [--commit --batch 1] [--orders] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -21,7 +21,9 @@ one request admitted each: per reservation read per bucket settled, as one a req
 `--sold-out` the product (or the reference's counter) has no units: every call is refused for
 stock, as most are in a sale once it has sold out, and each refusal is counted. With `--commit`
 the `--reservations` are made before counting (in batches of 16) and their commits into
-pending orders are counted, each alone as the engine sends them (per commit). Prints one JSON
+pending orders are counted, each alone as the engine sends them (per commit); with `--orders`
+direct orders (place_order) are made and counted instead of reservations, alone or coalesced
+as reservations are (per order). Prints one JSON
 line: what redis-server executed while counting (reading the
 calls, the functions, their commands, the append-only file), per reservation.
 
@@ -54,7 +56,7 @@ from engine.models import SYSTEM
 from engine.scripts import Call, parse, prepare
 from engine.settings import Settings
 from scripts.bench import reference
-from scripts.bench.inprocess import commit_call, reserve_call
+from scripts.bench.inprocess import commit_call, order_call, reserve_call
 from scripts.redis_server import RedisServer
 
 PRODUCT = "1"
@@ -87,6 +89,7 @@ class Reservations:
         self.made = 0
         self.sold_out = sold_out  # every call refused for stock (`--sold-out`)
         self.held: list[tuple[str, str]] = []  # (reservation id, owner) made, for `commit`
+        self.orders = False  # direct orders instead of reservations (`--orders`)
         self.settles = settles  # the rate limiter's settles instead (`settle`)
         # the reference script instead (each call alone): its SHA, and its stock's units
         self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
@@ -101,10 +104,12 @@ class Reservations:
         for _ in range(n):
             self.made += 1
             owner = f"buyer-{self.made}"
-            one.append(reserve_call(self.settings, PRODUCT, owner, key=owner if self.key else ""))
+            call = order_call if self.orders else reserve_call
+            one.append(call(self.settings, PRODUCT, owner, key=owner if self.key else ""))
         if self.batch == 1:
             return one
-        return [many(specs.RESERVE, one[i : i + self.batch]) for i in range(0, n, self.batch)]
+        spec = specs.PLACE_ORDER if self.orders else specs.RESERVE
+        return [many(spec, one[i : i + self.batch]) for i in range(0, n, self.batch)]
 
     def reserve(self, n: int) -> None:
         if self.ref:
@@ -125,7 +130,7 @@ class Reservations:
                         raise RuntimeError(f"a call was not refused for stock: {one!r}")
                     if not self.sold_out and "ok" not in answer:
                         raise RuntimeError(f"a reservation was refused: {one!r}")
-                    if "ok" in answer:
+                    if "ok" in answer and not self.orders:
                         made = answer["reservation"]
                         self.held.append((str(made["id"]), str(made["owner"])))
 
@@ -195,6 +200,7 @@ def measure(
     settles: bool = False,
     sold_out: bool = False,
     commits: bool = False,
+    orders: bool = False,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
@@ -217,6 +223,7 @@ def measure(
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
             buyers = Reservations(client, settings, batch, idempotency, ref, settles, sold_out)
+            buyers.orders = orders
             buyers.reserve(warm - warm % batch)
             if commits:
                 buyers.reserve(reservations)  # made before counting: their commits count
@@ -236,6 +243,7 @@ def measure(
         "settle": settles,
         "sold_out": sold_out,
         "commit": commits,
+        "orders": orders,
         "batch": batch,
         "reservations": reservations,
         "warm": warm,
@@ -278,6 +286,11 @@ def main(argv: list[str] | None = None) -> None:
         help="the commits of reservations made before counting, each alone (per commit)",
     )
     parser.add_argument(
+        "--orders",
+        action="store_true",
+        help="direct orders (place_order) instead of reservations (per order)",
+    )
+    parser.add_argument(
         "--keep", type=Path, help="keep callgrind's output in this file (callgrind_annotate)"
     )
     parser.add_argument(
@@ -293,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--reference and --settle: one or the other")
     if args.settle and args.sold_out:
         parser.error("--settle and --sold-out: one or the other")
+    if args.orders and (args.reference or args.settle or args.commit):
+        parser.error("--orders: not with --reference, --settle or --commit")
     if args.commit and (args.reference or args.settle or args.sold_out or args.batch != 1):
         parser.error("--commit counts each commit alone, of reservations: give --batch 1 alone")
     if args.reference and args.batch != 1:
@@ -310,6 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         settles=args.settle,
         sold_out=args.sold_out,
         commits=args.commit,
+        orders=args.orders,
     )
     print(json.dumps(result))
 
