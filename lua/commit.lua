@@ -104,7 +104,7 @@ rcall('ZREM', expiry, id)
 rcall('HSET', record, 'status', 'committed', 'order_id', order_id, 'ended_at', now_s)
 rcall('PEXPIRE', record, ARGV[8])
 local order_json, lines_json, owner_json, total_s =
-  write_order_text(order, order_id, rec.owner, id, priced, total, currency, now_s)
+  write_order(order, order_id, rec.owner, id, priced, total, currency, now_s)
 if rec.parts then
   rcall('HSET', order, 'own_lines', cjson.encode(own), 'parts', rec.parts)
 end
@@ -115,11 +115,7 @@ if ARGV[13] ~= '' then
   for _, p in ipairs(cjson.decode(ARGV[13])) do counted[#counted + 1] = p end
 end
 if #counted > 0 then rcall('HSET', order, 'held', cjson.encode(counted)) end
-emit_text(outbox, 'order_created', '{"type":"order_created","ts":' .. now_s
-  .. ',"actor":' .. (actor == rec.owner and owner_json or cjson.encode(actor))
-  .. ',"request_id":' .. cjson.encode(request_id) .. ',"order":"' .. order_id
-  .. '","reservation":"' .. id .. '","user":' .. owner_json .. ',"status":"pending","lines":'
-  .. lines_json .. ',"total":' .. total_s .. ',"currency":' .. cjson.encode(currency)
-  .. ',"movements":[' .. table.concat(moved, ',') .. ']' .. idempotency_json(now_s) .. '}')
+emit_order_created(outbox, now_s, actor, request_id, order_id, id, rec.owner, owner_json,
+  lines_json, total_s, currency, moved)
 return idem_store(idem, fp, ARGV[7], '{"ok":true,"event":"' .. last_event .. '","order":'
   .. order_json .. '}')

@@ -293,21 +293,13 @@ local function price_lines(products, alloc, metas)
   return priced, total, currency
 end
 
-local function write_order(record, id, owner, reservation, priced, total, currency, now)
-  rcall('HSET', record, 'id', id, 'owner', owner, 'status', 'pending',
-             'reservation_id', reservation, 'lines', cjson.encode(priced), 'total', total,
-             'currency', currency, 'created_at', now, 'updated_at', now)
-  return {id = id, owner = owner, status = 'pending', reservation = reservation,
-          lines = priced, total = total, currency = currency,
-          created_at = now, updated_at = now}
-end
-
--- write_order for a caller that writes its event and reply as text (commit.lua): the same
--- record, its numbers written by int (whole numbers: cjson's and Redis's '%.14g'/'%.17g' give
--- the same digits, at several times the cost). Returns the order's JSON (the reply's "order"),
--- its lines' JSON, the owner's JSON and the total's text. now_s: now_ms's text. Product and
--- warehouse names need no escaping (engine/validation.py NAME); ids are the engine's (hex).
-local function write_order_text(record, id, owner, reservation, priced, total, currency, now_s)
+-- Writes a new order's record (pending; reservation '' for a direct order), as text: its
+-- numbers written by int (whole numbers: cjson's and Redis's '%.14g'/'%.17g' give the same
+-- digits, at several times the cost). Returns the order's JSON (the reply's "order"), its
+-- lines' JSON, the owner's JSON and the total's text, for the event and the reply (commit.lua,
+-- place_order.lua). now_s: now_ms's text. Product and warehouse names need no escaping
+-- (engine/validation.py NAME); ids are the engine's (hex).
+local function write_order(record, id, owner, reservation, priced, total, currency, now_s)
   local lines = {}
   for i, l in ipairs(priced) do
     lines[i] = '["' .. l[1] .. '","' .. l[2] .. '",' .. int(l[3]) .. ',' .. int(l[4]) .. ']'
@@ -321,6 +313,21 @@ local function write_order_text(record, id, owner, reservation, priced, total, c
     .. reservation .. '","lines":' .. lines_json .. ',"total":' .. total_s .. ',"currency":'
     .. cjson.encode(currency) .. ',"created_at":' .. now_s .. ',"updated_at":' .. now_s .. '}',
     lines_json, owner_json, total_s
+end
+
+-- An order's order_created event, written as text (lib.lua emit_text): commit.lua's and
+-- place_order.lua's (reservation '' for a direct order). The texts are write_order's;
+-- moved: the movements' JSON (stock.lua movement_json). Its idempotency copy leaves the reply
+-- out: the event holds it whole (persistence/translate.py created_reply).
+local function emit_order_created(outbox, now_s, actor, request_id, order_id, reservation,
+                                  owner, owner_json, lines_json, total_s, currency, moved)
+  return emit_text(outbox, 'order_created', '{"type":"order_created","ts":' .. now_s
+    .. ',"actor":' .. (actor == owner and owner_json or cjson.encode(actor))
+    .. ',"request_id":' .. cjson.encode(request_id) .. ',"order":"' .. order_id
+    .. '","reservation":"' .. reservation .. '","user":' .. owner_json
+    .. ',"status":"pending","lines":' .. lines_json .. ',"total":' .. total_s
+    .. ',"currency":' .. cjson.encode(currency) .. ',"movements":[' .. table.concat(moved, ',')
+    .. ']' .. idempotency_json(now_s) .. '}')
 end
 
 -- A direct order waits in `pending` (an index: order id -> the time it times out, ms) until it

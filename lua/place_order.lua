@@ -57,15 +57,18 @@ local priced, total, currency = price_lines(products, alloc, metas)
 if not priced then return total end
 if taken then return refuse('order_exists', {order = order_id}) end
 
-local movements = {}
+-- The movements, the order, its event and the reply as text (holds.lua write_order,
+-- emit_order_created), each by one concatenation.
+local moved = {}
 for i, l in ipairs(alloc) do
-  movements[i] = move_counter(stock, counters[i], -l[3], 0)
+  moved[i] = movement_json(stock, counters[i], -l[3], 0)
 end
-local reply = {order = write_order(order, order_id, owner, '', priced, total, currency, now)}
+local order_json, lines_json, owner_json, total_s =
+  write_order(order, order_id, owner, '', priced, total, currency, now_s)
 count_held(held, owner, counted, want)
 if counted then rcall('HSET', order, 'held', cjson.encode(counted)) end
 pending_until(KEYS[9], order_id, now, ARGV[10])
-emit(outbox, 'order_created', now, actor, request_id,
-     {order = order_id, reservation = '', user = owner, status = 'pending',
-      lines = priced, total = total, currency = currency, movements = movements}, reply)
-return idem_store(idem, fp, ARGV[8], ok(reply))
+emit_order_created(outbox, now_s, actor, request_id, order_id, '', owner, owner_json,
+  lines_json, total_s, currency, moved)
+return idem_store(idem, fp, ARGV[8], '{"ok":true,"event":"' .. last_event .. '","order":'
+  .. order_json .. '}')

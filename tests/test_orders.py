@@ -324,9 +324,10 @@ async def test_a_move_that_expects_a_status_fails_once_the_order_moved(engine: E
 
 async def test_a_commits_event_reply_and_order_are_exactly_their_fields(engine: Engine) -> None:
     """commit.lua writes its order_created event, its reply and the order's record as text
-    (holds.lua write_order_text): they decode to the fields and whole numbers cjson wrote,
-    text that needs escaping included, and the keyed call's idempotency copy leaves the reply
-    out — the drain's rebuild of it (translate.created_reply) is the reply Redis keeps."""
+    (holds.lua write_order, emit_order_created): they decode to the fields and whole numbers
+    cjson wrote, text that needs escaping included, and the keyed call's idempotency copy
+    leaves the reply out — the drain's rebuild of it (translate.created_reply) is the reply
+    Redis keeps. A direct order (place_order.lua) alike."""
     await add_product(engine, "sku-1", {"east": 2, "west": 5}, price=1999)
     r = await engine.reserve([LineRequest("sku-1", 4)], ALICE)
     ctx = dataclasses.replace(STAFF, actor='st"aff\\/é', request_id="req\n1", idempotency_key="k")
@@ -390,4 +391,15 @@ async def test_a_commits_event_reply_and_order_are_exactly_their_fields(engine: 
     record = await engine.redis.hgetall(k.reservation(r.id))
     assert (record["status"], record["order_id"]) == ("committed", order.id)
     assert record["ended_at"] == str(order.created_at_ms)
+
+    # a direct order's (place_order.lua) alike, with no reservation
+    bob = dataclasses.replace(BOB, idempotency_key="d")
+    direct = await engine.place_order([LineRequest("sku-1", 1)], bob)
+    (last,) = (await outbox.read(engine.redis, 0))[-1:]
+    assert (last.type, last.data["reservation"], last.data["user"]) == ("order_created", "", "bob")
+    assert last.data["lines"] == [["sku-1", "west", 1, 1999]]
+    assert "reply" not in last.data["idempotency"]
+    stored = str(await engine.redis.get(last.data["idempotency"]["key"]))
+    assert {"ok": True, "event": last.id, **created_reply(last)} == json.loads(stored[32:])
+    assert json.loads(stored[32:])["order"]["id"] == direct.id
     assert (await check_partition(engine.redis, 0)).ok
