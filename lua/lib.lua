@@ -34,7 +34,8 @@
 --                   JSON object: it starts at the first '{'), with a TTL; the call's last event
 --                   carries a copy ("idempotency": {key, fp, expires_at, reply}) so that the
 --                   drain makes it durable and a restore can put it back (a reservation's
---                   leaves the reply out: its event holds it whole, idempotency_json).
+--                   and an order's leave the reply out: their events hold it whole,
+--                   idempotency_json).
 --                   (Before, a hash {fp, reply}: idem_lookup still reads one.)
 --
 -- Every script replies with one JSON string: {"ok": true, ...} or {"err": "<code>", ...}.
@@ -288,7 +289,8 @@ end
 
 -- The idempotency copy of emit_text's event, as JSON text to append to its members ('' when
 -- the call has no key), for a call whose last event holds its success whole (a reservation
--- made: its reply is the event's reservation, persistence/translate.py created_reply): key,
+-- or an order made: its reply is the event's reservation or order, persistence/translate.py
+-- created_reply): key,
 -- fingerprint and expiry go along without the reply, which the drain rebuilds from the event
 -- — the same reply, not written twice. ts: the time's text (now_ms). The key and fingerprint
 -- are the engine's (hex, braces, colons) and are written as they are.
