@@ -48,7 +48,7 @@ class ProductMeta(_Limited):
 class _Replied(TypedDict, total=False):
     # the first reply, as the script stored it (without "ok" and "event"); left out where the
     # event holds it whole — the reply of reserve is its reservation_created event's
-    # reservation, commit's its order_created event's order (persistence/translate.py
+    # reservation, commit's its order_created event's order (persistence/event_replies.py
     # created_reply)
     reply: dict[str, Any]
 

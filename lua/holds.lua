@@ -318,7 +318,7 @@ end
 -- An order's order_created event, written as text (lib.lua emit_text): commit.lua's and
 -- place_order.lua's (reservation '' for a direct order). The texts are write_order's;
 -- moved: the movements' JSON (stock.lua movement_json). Its idempotency copy leaves the reply
--- out: the event holds it whole (persistence/translate.py created_reply).
+-- out: the event holds it whole (persistence/event_replies.py created_reply).
 local function emit_order_created(outbox, now_s, actor, request_id, order_id, reservation,
                                   owner, owner_json, lines_json, total_s, currency, moved)
   return emit_text(outbox, 'order_created', '{"type":"order_created","ts":' .. now_s

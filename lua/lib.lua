@@ -289,7 +289,7 @@ end
 
 -- The idempotency copy of emit_text's event, as JSON text to append to its members ('' when
 -- the call has no key), for a call whose last event holds its success whole (a reservation
--- or an order made: its reply is the event's reservation or order, persistence/translate.py
+-- or an order made: its reply is the event's reservation or order, persistence/event_replies.py
 -- created_reply): key,
 -- fingerprint and expiry go along without the reply, which the drain rebuilds from the event
 -- — the same reply, not written twice. ts: the time's text (now_ms). The key and fingerprint

@@ -17,6 +17,7 @@ from engine import events
 from engine.keys import idempotency_hash
 from engine.models import ms_to_datetime as ts
 from engine.outbox import OutboxEvent
+from persistence.event_replies import created_reply
 
 # Ledger reason per event type; stock_adjusted carries its own.
 REASONS = {
@@ -126,45 +127,10 @@ def translate(event: OutboxEvent) -> Rows:
     return rows
 
 
-def created_reply(e: OutboxEvent) -> dict[str, Any]:
-    """The reply of the call that wrote event `e` and answered with what it made, without "ok"
-    and "event": a reservation_created event's reservation (lua/reserve.lua), an
-    order_created event's order (lua/commit.lua) — as the call answered it."""
-    ts = int(e.data["ts"])
-    if e.type == "reservation_created":
-        r = cast(events.ReservationCreated, e.data)
-        return {
-            "reservation": {
-                "id": r["reservation"],
-                "owner": r["user"],
-                "status": "active",
-                "created_at": ts,
-                "expires_at": int(r["expires_at"]),
-                "lines": r["lines"],
-            }
-        }
-    if e.type == "order_created":
-        o = cast(events.OrderCreated, e.data)
-        return {
-            "order": {
-                "id": o["order"],
-                "owner": o["user"],
-                "status": o["status"],
-                "reservation": o["reservation"],
-                "lines": o["lines"],
-                "total": int(o["total"]),
-                "currency": o["currency"],
-                "created_at": ts,
-                "updated_at": ts,
-            }
-        }
-    raise ValueError(f"an idempotency copy without its reply on a {e.type} event")
-
-
 def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:
     """The first answer of a write made with an Idempotency-Key, carried by the call's last
     event: the reply as the script stored it in Redis, whose 'event' is this event (a
-    reservation made: its event holds it whole, created_reply)."""
+    reservation or an order made: its event holds it whole, event_replies.created_reply)."""
     reply = {**(d["reply"] if "reply" in d else created_reply(e)), "ok": True, "event": e.id}
     rows.idempotency.append(
         {

@@ -12,7 +12,8 @@ from engine.engine import Engine
 from engine.invariants import check_partition
 from engine.models import CallContext, LineRequest, Order, OrderLine, ReservationStatus
 from engine.states import TRANSITIONS, OrderStatus
-from persistence.translate import created_reply, translate
+from persistence.event_replies import created_reply
+from persistence.translate import translate
 from tests.helpers import event_types, events, snapshot
 from tests.support import (
     ALICE,
@@ -326,7 +327,7 @@ async def test_a_commits_event_reply_and_order_are_exactly_their_fields(engine: 
     """commit.lua writes its order_created event, its reply and the order's record as text
     (holds.lua write_order, emit_order_created): they decode to the fields and whole numbers
     cjson wrote, text that needs escaping included, and the keyed call's idempotency copy
-    leaves the reply out — the drain's rebuild of it (translate.created_reply) is the reply
+    leaves the reply out — the drain's rebuild of it (event_replies.created_reply) is the reply
     Redis keeps. A direct order (place_order.lua) alike."""
     await add_product(engine, "sku-1", {"east": 2, "west": 5}, price=1999)
     r = await engine.reserve([LineRequest("sku-1", 4)], ALICE)

@@ -13,7 +13,8 @@ from engine.engine import Engine
 from engine.invariants import check_partition
 from engine.models import LineRequest, ReservationStatus, ReservedLine
 from engine.validation import MAX_LINES, MAX_QUANTITY
-from persistence.translate import created_reply, translate
+from persistence.event_replies import created_reply
+from persistence.translate import translate
 from tests.helpers import event_types, events, snapshot
 from tests.support import ALICE, BOB, add_product, assert_stamped, levels, movement, redis_now_ms
 
@@ -348,7 +349,7 @@ async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: E
     """reserve.lua writes its event as text (lib.lua emit_text): it decodes to the fields
     and the values (whole numbers) a cjson-encoded event has, text that needs escaping
     included, and a keyed call's idempotency copy — without the reply, which the event holds
-    whole: the drain's rebuild of it (translate.created_reply) is the reply Redis keeps."""
+    whole: the drain's rebuild of it (event_replies.created_reply) is the reply Redis keeps."""
     await add_product(engine, "sku-1", {"east": 2, "west": 5})
     ctx = dataclasses.replace(ALICE, actor='al"ice\\/é', request_id="req\n1", idempotency_key="k")
     r = await engine.reserve([LineRequest("sku-1", 4)], ctx, ttl_ms=60_000)

@@ -34,25 +34,35 @@ from scripts.bench.stack import Stack
 COALESCED = "engine, coalesced"
 
 
+def _caller(settings: Settings, owner: str, operation: str, key: str) -> dict[str, str | int]:
+    """What every idempotent call the engine makes carries (engine/base.py `_caller`) for a
+    buyer calling in partition 0 under `owner`, with the idempotency key `key` if one is given
+    (its fingerprint made up)."""
+    keys = partition_keys(0)
+    return {
+        "idem": keys.idempotency(owner, operation, key) if key else keys.unused_idempotency,
+        "actor": owner,
+        "request_id": "",
+        "fingerprint": hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
+        "idempotency_ttl": settings.idempotency_ttl_ms,
+    }
+
+
 def reserve_call(settings: Settings, product: str, owner: str, *, key: str = "") -> Call:
     """The very call the engine makes to reserve one unit of `product` (in partition 0) for
-    `owner`, with the idempotency key `key` if one is given (its fingerprint made up)."""
+    `owner`, with the idempotency key `key` if one is given."""
     keys = partition_keys(0)
     rid = new_id(0, 1)
     return prepare(
         specs.RESERVE,
         **specs.RESERVE.partition_keys(keys),
-        idem=keys.idempotency(owner, "reserve", key) if key else keys.unused_idempotency,
+        **_caller(settings, owner, "reserve", key),
         record=keys.reservation(rid),
         reservation_id=rid,
         lines=json.dumps([[product, "", 1]], separators=(",", ":")),  # as the engine sends them
         ttl=settings.reservation_ttl_ms,
         allow_split="1",
         owner=owner,
-        actor=owner,
-        request_id="",
-        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
-        idempotency_ttl=settings.idempotency_ttl_ms,
         expiry_batch=settings.expire_batch,
         retention=settings.reservation_retention_ms,
         cart="",
@@ -70,16 +80,12 @@ def order_call(settings: Settings, product: str, owner: str, *, key: str = "") -
     return prepare(
         specs.PLACE_ORDER,
         **specs.PLACE_ORDER.partition_keys(keys),
-        idem=keys.idempotency(owner, "place_order", key) if key else keys.unused_idempotency,
+        **_caller(settings, owner, "place_order", key),
         order=keys.order(oid),
         order_id=oid,
         lines=json.dumps([[product, "", 1]], separators=(",", ":")),  # as the engine sends them
         allow_split="1",
         owner=owner,
-        actor=owner,
-        request_id="",
-        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
-        idempotency_ttl=settings.idempotency_ttl_ms,
         expiry_batch=settings.expire_batch,
         pending_ttl=settings.order_pending_ttl_ms,
         retention=settings.reservation_retention_ms,
@@ -88,22 +94,18 @@ def order_call(settings: Settings, product: str, owner: str, *, key: str = "") -
 
 def commit_call(settings: Settings, reservation_id: str, owner: str, *, key: str = "") -> Call:
     """The very call the engine makes to commit `owner`'s reservation (in partition 0) into a
-    pending order, with the idempotency key `key` if one is given (its fingerprint made up)."""
+    pending order, with the idempotency key `key` if one is given."""
     keys = partition_keys(0)
     oid = new_id(0, 1)
     return prepare(
         specs.COMMIT,
         **specs.COMMIT.partition_keys(keys),
-        idem=keys.idempotency(owner, "commit", key) if key else keys.unused_idempotency,
+        **_caller(settings, owner, "commit", key),
         record=keys.reservation(reservation_id),
         order=keys.order(oid),
         reservation_id=reservation_id,
         order_id=oid,
         scope=owner,
-        actor=owner,
-        request_id="",
-        fingerprint=hashlib.sha256(key.encode()).hexdigest()[:32] if key else "",
-        idempotency_ttl=settings.idempotency_ttl_ms,
         retention=settings.reservation_retention_ms,
         foreign_lines="",
         deadline="",

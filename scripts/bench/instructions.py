@@ -84,12 +84,13 @@ class Reservations:
         ref: bool = False,
         settles: bool = False,
         sold_out: bool = False,
+        orders: bool = False,
     ) -> None:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
         self.made = 0
         self.sold_out = sold_out  # every call refused for stock (`--sold-out`)
         self.held: list[tuple[str, str]] = []  # (reservation id, owner) made, for `commit`
-        self.orders = False  # direct orders instead of reservations (`--orders`)
+        self.orders = orders  # direct orders instead of reservations (`--orders`)
         self.settles = settles  # the rate limiter's settles instead (`settle`)
         # the reference script instead (each call alone): its SHA, and its stock's units
         self.ref = str(client.script_load(reference.SCRIPT.read_text())) if ref else ""
@@ -222,8 +223,9 @@ def measure(
 
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
-            buyers = Reservations(client, settings, batch, idempotency, ref, settles, sold_out)
-            buyers.orders = orders
+            buyers = Reservations(
+                client, settings, batch, idempotency, ref, settles, sold_out, orders=orders
+            )
             buyers.reserve(warm - warm % batch)
             if commits:
                 buyers.reserve(reservations)  # made before counting: their commits count
