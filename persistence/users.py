@@ -8,13 +8,15 @@ version and revokes the account's refresh tokens in the same transaction as the 
 audit row; the API refuses a token of another version (web/accounts.py).
 
 Hashing belongs to the web layer (web/passwords.py); these functions take and return hashes.
-Synchronous SQLAlchemy Core: async callers run them in a thread.
+Synchronous SQLAlchemy Core: async callers run them in a thread (the API's account reads,
+`read_token_states`, on one connection of their own on PostgreSQL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +25,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from persistence import records
+from persistence.db_async import SerialReader
 from persistence.schema import refresh_tokens, users
 
 # A stored hash no password matches (argon2 refuses it as a hash): the synthetic accounts of
@@ -136,21 +139,41 @@ def list_users(db: Engine) -> list[User]:
         return [from_row(row) for row in conn.execute(select(users).order_by(users.c.username))]
 
 
+_STATE_COLUMNS = (users.c.id, users.c.is_active, users.c.is_staff, users.c.token_version)
+# PostgreSQL's: the ids as one array parameter, so that every batch is the same (prepared)
+# statement (`IN` renders one parameter per id: a statement per batch size)
+_STATES_ANY = f"SELECT id, is_active, is_staff, token_version FROM {users.name} WHERE id = ANY(%s)"
+
+
 def token_states(db: Engine, user_ids: Collection[int]) -> dict[int, TokenState]:
     """The token state of each of these users that exists, in one query."""
     wanted = [i for i in user_ids if valid_id(i)]
     if not wanted:
         return {}
-    query = select(users.c.id, users.c.is_active, users.c.is_staff, users.c.token_version).where(
-        users.c.id.in_(wanted)
-    )
+    query = select(*_STATE_COLUMNS).where(users.c.id.in_(wanted))
     with db.connect() as conn:
-        return {
-            int(row.id): TokenState(
-                int(row.id), bool(row.is_active), bool(row.is_staff), int(row.token_version)
-            )
-            for row in conn.execute(query)
-        }
+        return _states(conn.execute(query))
+
+
+async def read_token_states(
+    db: Engine, reader: SerialReader | None, user_ids: Collection[int]
+) -> dict[int, TokenState]:
+    """token_states for the API: on PostgreSQL on the `reader`'s connection (one statement,
+    on the event loop), else (SQLite) in a thread."""
+    if reader is None:
+        return await asyncio.to_thread(token_states, db, user_ids)
+    wanted = [i for i in user_ids if valid_id(i)]
+    if not wanted:
+        return {}
+    return _states(await reader.fetch_all(_STATES_ANY, [wanted]))
+
+
+def _states(rows: Iterable[Sequence[Any]]) -> dict[int, TokenState]:
+    """(id, is_active, is_staff, token_version) rows."""
+    return {
+        int(i): TokenState(int(i), bool(active), bool(staff), int(version))
+        for i, active, staff, version in rows
+    }
 
 
 def set_password_hash(db: Engine, user_id: int, password_hash: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from engine.settings import Settings
 from persistence import schema, users
+from persistence.db_async import SerialReader
 from scripts.pg_server import PostgresServer
 from tests.api import bearer, data, err, running
 from tests.support import run_cli
@@ -61,7 +62,9 @@ def services(app: Starlette) -> Services:
 def clocked(app: Starlette, settings: Settings) -> Clock:
     """Gives the running app an account cache on a clock the test moves."""
     clock = Clock()
-    app.state.accounts = AccountCache(services(app).db, settings, clock=clock)
+    svc = services(app)
+    reader = app.state.accounts.reader  # (closed with the app's own cache)
+    app.state.accounts = AccountCache(svc.db, settings, reader=reader, clock=clock)
     return clock
 
 
@@ -144,14 +147,14 @@ async def test_an_account_is_read_once_per_window_however_many_ask(
     app = whoami_app(settings)
     async with running(app) as api:
         me = bearer(app, "5")
-        with counting_account_reads(services(app).db) as reads:
+        with counting_account_reads(app) as reads:
             at_once = await asyncio.gather(*(api.get("/me", headers=me) for _ in range(30)))
-            read_at_once = len(reads)
+            read_at_once = reads()
             one_by_one = [await api.get("/me", headers=me) for _ in range(30)]
 
     assert [r.status_code for r in at_once + one_by_one] == [200] * 60
     assert read_at_once == 1  # the 30 waited for one query
-    assert len(reads) == 1  # and the next 30 needed none
+    assert reads() == 1  # and the next 30 needed none
 
 
 async def test_granting_staff_counts_from_the_next_refresh(
@@ -243,20 +246,48 @@ async def test_with_the_database_down_tokens_go_on_counting(
     assert still_gone.status_code == 401
 
 
+async def test_the_async_read_of_token_states_is_the_threads(
+    db: DatabaseEngine, db_url: str, settings: Settings
+) -> None:
+    """The API reads accounts on a connection of its own on PostgreSQL (SQLite in a thread):
+    the same states, the missing and the invalid ids left out, any batch size."""
+    made = [make_user(db, f"u{i}", staff=i == 1) for i in range(3)]
+    users.disable(db, "u2", actor="test")
+    reader = SerialReader.of(dataclasses.replace(settings, database_url=db_url))
+    assert (reader is None) == db_url.startswith("sqlite")
+    try:
+        for ids in ([made[0].id], [u.id for u in made] + [10**12, -1, 0], []):
+            assert await users.read_token_states(db, reader, ids) == users.token_states(db, ids)
+        got = await users.read_token_states(db, reader, [u.id for u in made])
+    finally:
+        if reader is not None:
+            await reader.aclose()
+    flags = [(got[u.id].active, got[u.id].staff) for u in made]
+    assert flags == [(True, False), (True, True), (False, False)]
+    assert got[made[2].id].token_version == 1
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 
 @contextmanager
-def counting_account_reads(db: DatabaseEngine) -> Iterator[list[str]]:
-    """The account cache's queries (the ones that read `token_version`) made on `db` inside."""
+def counting_account_reads(app: Starlette) -> Iterator[Callable[[], int]]:
+    """How many queries the account cache has made since the block began: on PostgreSQL the
+    statements its reader ran, on SQLite those that read `token_version` on the sync engine."""
+    reader: SerialReader | None = app.state.accounts.reader
+    if reader is not None:
+        start = reader.statements
+        yield lambda: reader.statements - start
+        return
     reads: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         if statement.lstrip().upper().startswith("SELECT") and "token_version" in statement:
             reads.append(statement)
 
+    db = services(app).db
     event.listen(db, "before_cursor_execute", seen)
     try:
-        yield reads
+        yield lambda: len(reads)
     finally:
         event.remove(db, "before_cursor_execute", seen)

@@ -41,6 +41,7 @@ from starlette.types import Scope
 
 from engine.settings import Settings
 from persistence import users
+from persistence.db_async import SerialReader
 from persistence.users import TokenState
 from web.auth import AccountLookup, Keys, bearer_token
 from web.errors import ApiError
@@ -69,9 +70,10 @@ class AccountCache:
         db: DatabaseEngine,
         settings: Settings,
         *,
+        reader: SerialReader | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._db = db
+        self._db, self._source = db, reader
         self._ttl_s = settings.account_cache_ttl_ms / 1000
         self._clock = clock
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
@@ -86,6 +88,15 @@ class AccountCache:
         self._in_use: set[int] = set()  # served from the cache since they were read
         self._served = False  # an account was served from the cache this refresh period
         self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def reader(self) -> SerialReader | None:
+        """Where the states are read on PostgreSQL (None: in a thread, SQLite)."""
+        return self._source
+
+    async def aclose(self) -> None:
+        if self._source is not None:
+            await self._source.aclose()
 
     def remember(self, state: TokenState) -> None:
         """A state just read elsewhere (a login, a refresh): trusted like one read here."""
@@ -162,7 +173,7 @@ class AccountCache:
                 batch, self._queued = self._queued[:BATCH], self._queued[BATCH:]
                 self._last_try = self._clock()
                 try:
-                    found = await asyncio.to_thread(users.token_states, self._db, batch)
+                    found = await users.read_token_states(self._db, self._source, batch)
                 except Exception as exc:
                     self._last_error = exc
                     if self._failing_since is None:

@@ -28,7 +28,7 @@ from engine.engine import Engine
 from engine.settings import Settings
 from persistence import jobs
 from persistence.db import database_engine
-from persistence.db_async import async_database_engine
+from persistence.db_async import SerialReader, async_database_engine
 from persistence.trigger import DrainTrigger
 from web import routes as all_routes
 from web.accounts import AccountCache, look_up_token
@@ -159,13 +159,15 @@ def create_app(
         trigger = DrainTrigger(engine, queue)
         feed = StockFeed(engine, max_listeners=resolved.stream_max_listeners)
         app.state.services = Services(resolved, engine, db, trigger, adb, feed=feed)
-        app.state.accounts = AccountCache(db, resolved)
+        accounts = AccountCache(db, resolved, reader=SerialReader.of(resolved))
+        app.state.accounts = accounts
         if getattr(app.state, "tune_gc", False):
             tune_gc(resolved.gc_threshold)
         try:
             yield
         finally:
             await feed.aclose()
+            await accounts.aclose()
             trigger.close()
             db.dispose()
             if adb is not None:
