@@ -20,13 +20,15 @@ from engine.models import (
     StockLevel,
     StockReason,
 )
+from engine.shared_reads import SharedReads
 
 
 class StockOps(EngineBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # product -> its meta as last read (see `_stocks`)
+        # product -> its meta as last read (see `_read_stocks`)
         self._metas: dict[str, _Meta] = {}
+        self.shared_reads = SharedReads()  # (its counts: for the bench and the tests)
 
     async def setup_product(
         self,
@@ -160,12 +162,22 @@ class StockOps(EngineBase):
     async def _stocks(
         self, products: Iterable[str], *, catalog_version: bool
     ) -> tuple[str | None, dict[str, ProductStock]]:
+        # Concurrent reads of the same products share one (engine/shared_reads.py): a sale's
+        # buyers all read the same product page.
+        wanted = tuple(p for p in dict.fromkeys(products) if v.NAME.fullmatch(p))
+        version, found = await self.shared_reads.read(
+            (catalog_version, wanted), lambda: self._read_stocks(wanted, catalog_version)
+        )
+        return version, dict(found)  # each caller's own dict
+
+    async def _read_stocks(
+        self, wanted: tuple[str, ...], catalog_version: bool
+    ) -> tuple[str | None, dict[str, ProductStock]]:
         # One round trip when every product's meta (its warehouses, price, currency) is the one
         # this engine read last time: the counters of those warehouses are read with the meta,
         # and used if the meta read back is unchanged. Else a second round trip reads the
         # counters the meta names. One HMGET per partition and hash, however many products.
         plan: list[tuple[PartitionKeys, list[str], list[tuple[str, _Meta]]]] = []
-        wanted = [p for p in dict.fromkeys(products) if v.NAME.fullmatch(p)]
         groups: dict[PartitionKeys, list[str]] = {}
         for p in wanted:
             groups.setdefault(self._keys_for_product(p), []).append(p)
