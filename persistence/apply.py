@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 import psycopg
 from sqlalchemy import JSON, Connection, Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,17 +40,43 @@ class BatchResult:
 
 
 def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """Insert or overwrite rows by primary key; the last row for a key wins."""
+    """Insert or overwrite rows by primary key; the last row for a key wins. On PostgreSQL, a
+    table without JSON columns takes them in one statement (`_recordset_upsert`): the drain
+    upserts an idempotency record per keyed event, and a statement each (executemany) cost
+    both processes a bind and an execute per row."""
     if not rows:
         return
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         latest[tuple(row[k] for k in keys)] = row
+    if conn.dialect.name == "postgresql" and not any(
+        isinstance(c.type, JSON) for c in table.columns
+    ):
+        _recordset_upsert(conn, table, list(latest.values()), keys)
+        return
     stmt = insert(conn, table)
     changing = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
     conn.execute(
         stmt.on_conflict_do_update(index_elements=list(keys), set_=changing), list(latest.values())
     )
+
+
+def _recordset_upsert(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]
+) -> None:
+    """INSERT … SELECT FROM json_populate_recordset(the rows as one JSON array) ON CONFLICT DO
+    UPDATE, for rows with distinct keys (a statement may not change one row twice). The
+    table's own row type gives each value its type; orjson writes the rows' datetimes as
+    RFC 3339, to the microsecond."""
+    names = ", ".join(f'"{c}"' for c in rows[0])
+    changing = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in rows[0] if c not in keys)
+    conflict = ", ".join(f'"{k}"' for k in keys)
+    sql = (
+        f'INSERT INTO "{table.name}" ({names}) SELECT {names} '
+        f'FROM json_populate_recordset(NULL::"{table.name}", %s::json) '
+        f"ON CONFLICT ({conflict}) " + (f"DO UPDATE SET {changing}" if changing else "DO NOTHING")
+    )
+    conn.exec_driver_sql(sql, (orjson.dumps(rows).decode(),))  # (its errors: SQLAlchemy's)
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
