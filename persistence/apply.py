@@ -12,7 +12,6 @@ rolls back whole and the batch is tried again later.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,7 +25,7 @@ from engine.outbox import OutboxEvent
 from persistence import schema
 from persistence.db import insert
 from persistence.failures import is_transient
-from persistence.translate import BadEvent, Rows, translate
+from persistence.translate import BadEvent, Rows, compact_json, translate
 
 # COPY goes through psycopg directly, so its errors arrive unwrapped.
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error)
@@ -95,7 +94,7 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
         for row in rows:
             copy.write_row(
                 [
-                    json.dumps(row[c]) if c in json_columns and row[c] is not None else row[c]
+                    compact_json(row[c]) if c in json_columns and row[c] is not None else row[c]
                     for c in columns
                 ]
             )

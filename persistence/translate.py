@@ -11,13 +11,31 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, TypeVar, cast
+
+import orjson
 
 from engine import events
 from engine.keys import idempotency_hash
-from engine.models import ms_to_datetime as ts
+from engine.models import ms_to_datetime
 from engine.outbox import OutboxEvent
 from persistence.event_replies import created_reply
+
+
+def compact_json(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, by orjson: the same text
+    for what events hold (strs, ints, bools, None, lists, str-keyed objects: no floats); an int
+    past 64 bits, or a str orjson refuses, by json.dumps."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# A batch's events share their times (made in the same ms, kept for the same TTL): a datetime
+# made once serves them all (they are immutable).
+ts = lru_cache(maxsize=4096)(ms_to_datetime)
 
 # Ledger reason per event type; stock_adjusted carries its own.
 REASONS = {
@@ -137,7 +155,7 @@ def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:
             "partition": e.partition,
             "key_hash": idempotency_hash(str(d["key"])),
             "fingerprint": str(d["fp"]),
-            "reply": json.dumps(reply, separators=(",", ":"), ensure_ascii=False),
+            "reply": compact_json(reply),
             "expires_at": ts(int(d["expires_at"])),
             "event_id": e.event_id,
         }

@@ -26,6 +26,7 @@ from engine.validation import (
     lines_json,
     merge_lines,
 )
+from persistence.translate import compact_json
 
 # -- states -----------------------------------------------------------------------------
 
@@ -297,6 +298,24 @@ def test_the_fingerprint_text_is_json_dumps_text_whatever_it_holds(
     # an idempotency record made before orjson wrote the text must still match its retry
     value = [operation, payload]
     assert fingerprint_text(value) == json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+_EVENT_JSON = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.text(), st.integers(min_value=-(2**80), max_value=2**80)
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+@given(_EVENT_JSON)
+def test_the_drains_json_text_is_json_dumps_compact_text(value: Any) -> None:
+    """The drain writes a reply and an audit value's JSON by orjson: the very text json.dumps
+    writes compact (what it wrote before, for replies), whatever the values events hold."""
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def test_the_fingerprint_text_of_a_reservation_is_orjson_s_where_it_agrees() -> None:
