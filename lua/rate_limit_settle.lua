@@ -16,7 +16,10 @@
 --         if that is later), so the refill since is not lost
 --
 -- Returns JSON: {"ok": true, "tokens": [tokens left now in bucket i (fractional, may be < 0)]}
--- A settle of 0 writes nothing. No outbox event: a bucket is not stock.
+-- A settle of 0 writes nothing, nor does one that leaves its bucket full (the refill since the
+-- requests were admitted made up for them: a client well within its rate): a missing bucket
+-- is a full one, so a full bucket is deleted rather than written. No outbox event: a bucket is
+-- not stock.
 
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local settles = cjson.decode(ARGV[3])
@@ -27,7 +30,8 @@ for i, bucket in ipairs(KEYS) do
   local spent, age = settles[i][1], math.max(0, settles[i][2])
   local since = now - age
   local tokens, at = read_bucket(bucket)
-  if not tokens then
+  local stored = tokens ~= nil
+  if not stored then
     tokens, at = burst, since
   end
   -- Redis TIME can step back after a failover: count no refill then, never a negative one.
@@ -37,7 +41,13 @@ for i, bucket in ipairs(KEYS) do
   -- (a number goes out through string.format: Lua would write a large one in exponent
   -- notation; '%.17g' gives it back exactly, and is JSON as it is: it is never inf or nan)
   local text = string.format('%.17g', tokens)
-  if spent > 0 then write_bucket(bucket, text, now_s, tokens, burst, rate) end
+  if spent > 0 then
+    if tokens < burst then
+      write_bucket(bucket, text, now_s, tokens, burst, rate)
+    elseif stored then
+      rcall('DEL', bucket)  -- full again: a missing bucket is a full one
+    end  -- (and a full one missing stays so: most settles, one request refilled since)
+  end
   left[i] = text
 end
 -- (written by hand: cjson would format each number again)

@@ -376,6 +376,27 @@ async def test_one_settle_counts_many_buckets_and_may_overdraw(engine: Engine) -
     assert 0 < await engine.redis.pttl(a) <= 7_000_001  # gone once it would be full again
 
 
+async def test_a_settle_that_leaves_a_bucket_full_writes_nothing(engine: Engine) -> None:
+    """A client well within its rate: the refill since its requests were admitted made up for
+    them, and its bucket is full again — which a missing bucket is: nothing is written, and a
+    stored bucket that is full again goes."""
+    await engine.scripts.load()
+    calm, busy = rate_limit_bucket("user", "calm"), rate_limit_bucket("user", "busy")
+    await engine.redis.delete(calm, busy)
+    # 100/s: one request admitted 50 ms ago was refilled 40 ms ago
+    assert await settle(engine.scripts, 100, 5, [(calm, 1, 50)]) == [5.0]
+    assert await engine.redis.exists(calm) == 0
+    # 3 admitted just now leave 2: stored, until it would be full again (30 ms)
+    (left,) = await settle(engine.scripts, 100, 5, [(busy, 3, 0)])
+    assert left == pytest.approx(2, abs=0.2)
+    assert 0 < await engine.redis.pttl(busy) <= 31
+    # a stored bucket a settle finds full again (counted 10 s ago, kept longer) is deleted
+    seconds, _ = await engine.redis.time()
+    await engine.redis.set(busy, f"2 {(int(seconds) - 10) * 1000}", px=60_000)
+    assert await settle(engine.scripts, 100, 5, [(busy, 1, 50)]) == [5.0]
+    assert await engine.redis.exists(busy) == 0
+
+
 async def test_a_bucket_kept_as_a_hash_before_is_read_as_it_was(engine: Engine) -> None:
     # a bucket is one string '<tokens> <at>' with a TTL (lua/lib.lua read_bucket); one the
     # previous version kept as a hash {tokens, at} still counts: read as it was, then replaced

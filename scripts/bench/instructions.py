@@ -5,7 +5,8 @@ shared machine).
 
     python -m scripts.bench.instructions [--batch 16] [--reservations 1600] [--warm 640]
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
-                                         [--reference --batch 1] [--settle] [--sold-out]
+                                         [--reference --batch 1] [--settle [--settle-age MS]]
+                                         [--sold-out]
                                          [--commit --batch 1] [--orders] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
@@ -17,7 +18,8 @@ calls to a pipeline, every reservation a buyer's of its own, with an idempotency
 `--idempotency`; or, with `--reference`, the cost bench's reference script (a reservation's
 minimum work, each call alone: scripts/bench/reference.lua), the same number of times; or, with
 `--settle`, the rate limiter's settles (lua/rate_limit_settle.lua, `--batch` buckets a call,
-one request admitted each: per reservation read per bucket settled, as one a request). With
+one request admitted each, `--settle-age` ms before: per reservation read per bucket settled,
+as one a request). With
 `--sold-out` the product (or the reference's counter) has no units: every call is refused for
 stock, as most are in a sale once it has sold out, and each refusal is counted. With `--commit`
 the `--reservations` are made before counting (in batches of 16) and their commits into
@@ -85,8 +87,10 @@ class Reservations:
         settles: bool = False,
         sold_out: bool = False,
         orders: bool = False,
+        settle_age: int = 0,
     ) -> None:
         self.client, self.settings, self.batch, self.key = client, settings, batch, key
+        self.settle_age = settle_age  # ms since each settled request was admitted
         self.made = 0
         self.sold_out = sold_out  # every call refused for stock (`--sold-out`)
         self.held: list[tuple[str, str]] = []  # (reservation id, owner) made, for `commit`
@@ -166,7 +170,7 @@ class Reservations:
                     *buckets,
                     rate=repr(float(self.settings.rate_limit_per_second)),
                     burst=self.settings.rate_limit_burst,
-                    settles=json.dumps([[1, 0]] * len(buckets)),
+                    settles=json.dumps([[1, self.settle_age]] * len(buckets)),
                 )
                 pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
             for reply in pipe.execute():
@@ -202,6 +206,7 @@ def measure(
     sold_out: bool = False,
     commits: bool = False,
     orders: bool = False,
+    settle_age: int = 0,
 ) -> dict[str, Any]:
     """One count (the options above; `reservations` a multiple of `batch`, as main checks)."""
     with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
@@ -224,7 +229,15 @@ def measure(
             asyncio.run(product())
             client = redis.Redis.from_url(server.url)
             buyers = Reservations(
-                client, settings, batch, idempotency, ref, settles, sold_out, orders=orders
+                client,
+                settings,
+                batch,
+                idempotency,
+                ref,
+                settles,
+                sold_out,
+                orders=orders,
+                settle_age=settle_age,
             )
             buyers.reserve(warm - warm % batch)
             if commits:
@@ -243,6 +256,7 @@ def measure(
     return {
         "reference": ref,
         "settle": settles,
+        "settle_age_ms": settle_age if settles else None,
         "sold_out": sold_out,
         "commit": commits,
         "orders": orders,
@@ -276,6 +290,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the rate limiter's settles instead: --batch buckets a call, one request each "
         "(per reservation: per bucket settled)",
+    )
+    parser.add_argument(
+        "--settle-age",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="with --settle: ms since each request was admitted (0: at the settle, the bucket "
+        "short of it and written; 25, the settle period's half, as on average: at the default "
+        "rate refilled since, nothing written)",
     )
     parser.add_argument(
         "--sold-out",
@@ -316,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
         parser.error("--warm must be 0 or more")
+    if args.settle_age < 0 or (args.settle_age and not args.settle):
+        parser.error("--settle-age: 0 or more ms, with --settle")
     result = measure(
         batch=args.batch,
         reservations=args.reservations,
@@ -328,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         sold_out=args.sold_out,
         commits=args.commit,
         orders=args.orders,
+        settle_age=args.settle_age,
     )
     print(json.dumps(result))
 
