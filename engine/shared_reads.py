@@ -14,7 +14,9 @@ rest of what a shared one costs). The rule, per read (its key: what it reads):
 - Its failure is each waiting caller's error, as it would have been for each alone. A caller
   that gives up leaves the read to the others.
 
-`SharedReads.calls` and `.served` count the reads sent and the answers given, for the bench.
+`SharedReads.calls` and `.served` count the reads sent and the answers given, for the bench;
+`on_read` is told of each caller (whether it waited for a shared read), for the API's metrics
+(`inventory_stock_reads`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class SharedReads:
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0
         self.served = 0
+        # told of every caller: whether it waited for a read shared with others
+        self.on_read: Callable[[bool], None] | None = None
 
     async def read(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
         """`read()`'s answer, or that of a read of the same `key` sent after this call."""
@@ -52,10 +56,14 @@ class SharedReads:
         if not slot.running:
             slot.running = True
             self.calls += 1
+            if self.on_read is not None:
+                self.on_read(False)
             try:
                 return await read()
             finally:
                 self._answered(key, slot, read)
+        if self.on_read is not None:
+            self.on_read(True)
         if slot.next is None:
             slot.next = asyncio.get_running_loop().create_future()
             # a waiter may be gone (its client hung up): nobody else reads the outcome

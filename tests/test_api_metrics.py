@@ -254,3 +254,32 @@ async def test_coalesced_calls_are_counted_by_the_calls_each_carried(
     sent = value(samples, "inventory_coalesced_calls_count", **reserve)
     assert 1 <= sent < 31  # some went together
     assert value(samples, "inventory_coalesced_calls_bucket", le="1.0", **reserve) >= 1
+
+
+async def test_stock_reads_are_counted_by_the_call_that_answered_them(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """inventory_stock_reads: each product read once, on a Redis call of its own or on one
+    shared with the reads of the same product that asked while one was on the wire."""
+    staff = bearer(app, "1", staff=True)
+    made = await client.post(
+        "/api/products/",
+        json={"name": "Drop sneaker", "sku": "SNK-1", "price": "129.99", "total_stock": 5},
+        headers=staff,
+    )
+    assert made.status_code == 201, made.text
+    page = f"/api/products/{data(made)['id']}/"
+    before = await scrape(client)
+    reads = await asyncio.gather(*(client.get(page) for _ in range(30)))
+    assert all(r.status_code == 200 for r in reads)
+
+    after = await scrape(client)
+
+    def counted(samples: Samples, call: str) -> float:
+        return value(samples, "inventory_stock_reads_total", call=call)
+
+    own = counted(after, "own") - counted(before, "own")
+    shared = counted(after, "shared") - counted(before, "shared")
+    assert own + shared == 30
+    assert 1 <= own < 30  # the reads at once shared calls
+    assert shared >= 1

@@ -152,6 +152,7 @@ def create_app(
         engine = Engine.from_settings(resolved)
         if engine.coalescer is not None:
             engine.coalescer.on_send = metrics.observe_batch
+        engine.shared_reads.on_read = metrics.observe_stock_read
         await engine.scripts.load()
         await engine.check_layout()  # PARTITIONS as the data's, or refuse to start
         db = database_engine(resolved)

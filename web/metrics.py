@@ -99,6 +99,15 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.stock_reads = Counter(
+            "inventory_stock_reads",
+            "Reads of products' live stock by how Redis answered them: `own`, a Redis call of "
+            "its own; `shared`, the next call for the same products, shared with the reads "
+            "that asked while one was on the wire (engine/shared_reads.py).",
+            ["call"],
+            registry=self.registry,
+        )
+        self._stock_reads = (self.stock_reads.labels("own"), self.stock_reads.labels("shared"))
         if multiprocess_dir() is None:
             ProcessCollector(registry=self.registry)
         # The labelled children met so far, by their labels (few: the labels are bounded).
@@ -108,6 +117,10 @@ class Metrics:
     def observe_batch(self, operation: str, calls: int) -> None:
         """One Redis call of a coalesced operation, carrying `calls` calls."""
         self.coalesced.labels(operation).observe(calls)
+
+    def observe_stock_read(self, shared: bool) -> None:
+        """One read of products' stock: on a Redis call of its own, or a shared one."""
+        self._stock_reads[shared].inc()
 
     def observe(self, scope: Scope, status: int, seconds: float, *, replayed: bool) -> None:
         method = str(scope["method"])
