@@ -1,5 +1,5 @@
-"""Coalesced calls: many concurrent reservations in one Redis function call, each answered as
-if alone.
+"""Coalesced calls: many concurrent reservations (direct orders, commits) in one Redis function
+call, each answered as if alone.
 
 A flash sale is many buyers asking for the same few products in the same milliseconds. Called
 one by one, each pays a round trip and a function call of its own: the request's read and

@@ -48,7 +48,7 @@ class OrderOps(CartOps):
             pending_ttl=pending_ttl,
             foreign_held="",
         )
-        reply = await self.scripts.run(specs.COMMIT, **call)
+        reply = await self._run_coalesced(specs.COMMIT, call)
         if reply.get("err") == "cart_parts":  # a cart's home (engine/carts.py)
             return await self._commit_cart(reservation_id, order_id, reply, ctx, call)
         replies.raise_for(reply)

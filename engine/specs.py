@@ -156,6 +156,8 @@ COMMIT = ScriptSpec(
         "pending_ttl",
         "foreign_held",
     ),
+    own_keys=("record", "order", "idem"),
+    batch_args=("idempotency_ttl", "retention", "hold", "pending_ttl"),
 )
 PLACE_ORDER = ScriptSpec(
     "place_order",

@@ -1,6 +1,6 @@
 -- many.lua: coalesced calls (engine/coalesce.py). Assembled after lib.lua, before the
 -- operations; register_many is called for each operation whose spec names its own keys
--- (engine/specs.py ScriptSpec.own_keys): reserve and place_order.
+-- (engine/specs.py ScriptSpec.own_keys): reserve, place_order and commit.
 --
 -- `<name>_many_<VERSION>` runs N calls of one operation, in the order given, each exactly as
 -- the operation's own function would run it alone: its own KEYS and ARGV, its own per-call

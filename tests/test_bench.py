@@ -334,6 +334,11 @@ def test_instructions_counts_what_redis_executes_per_reservation() -> None:
     committed = counted("--commit", "--batch", "1", "--reservations", "64", "--warm", "16")
     assert (committed["commit"], batched["commit"]) == (True, False)
     assert 50_000 < committed["instructions_per_reservation"] < 5_000_000
+    # ...coalesced, as the engine sends concurrent commits: each costs less
+    together = counted("--commit", "--batch", "16", "--reservations", "64", "--warm", "16")
+    assert together["batch"] == 16
+    assert together["instructions_per_reservation"] > 50_000
+    assert together["instructions_per_reservation"] < committed["instructions_per_reservation"]
     # direct orders instead of reservations, coalesced: per order
     ordered = counted("--orders", "--batch", "16", "--reservations", "64", "--warm", "16")
     assert (ordered["orders"], batched["orders"]) == (True, False)

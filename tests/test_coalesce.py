@@ -1,5 +1,6 @@
-"""Coalesced calls (engine/coalesce.py, lua/many.lua): concurrent reservations and direct
-orders of one process go to Redis as one function call, each answered exactly as if alone."""
+"""Coalesced calls (engine/coalesce.py, lua/many.lua): concurrent reservations, direct orders
+and commits of one process go to Redis as one function call, each answered exactly as if
+alone."""
 
 from __future__ import annotations
 
@@ -429,6 +430,121 @@ async def test_direct_orders_are_coalesced_too(engine: Engine) -> None:
     assert all(isinstance(o, errors.InsufficientStock) for o in got if o not in orders)
     assert len({o.id for o in orders}) == 7
     assert max(engine.coalescer.sizes) > 1
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+async def test_commits_are_coalesced_too(engine: Engine) -> None:
+    """A sale's checkouts: concurrent commits share calls, each its own order."""
+    await add_product(engine, "p", {"main": 30})
+    assert engine.coalescer is not None
+    held = [await engine.reserve([LineRequest("p", 1)], buyer(n)) for n in range(20)]
+    engine.coalescer.sizes.clear()
+    orders = await asyncio.gather(*(engine.commit(r.id, buyer(n)) for n, r in enumerate(held)))
+    assert [o.reservation_id for o in orders] == [r.id for r in held]
+    assert [o.owner for o in orders] == [f"buyer-{n}" for n in range(20)]
+    assert len({o.id for o in orders}) == 20
+    assert max(engine.coalescer.sizes) > 1
+    assert sum(size * n for size, n in engine.coalescer.sizes.items()) == 20
+    assert await levels(engine, "p") == {"main": (10, 0)}
+    assert (await check_partition(engine.redis, 0)).ok
+
+
+def commit_call(engine: Engine, owner: str, rid: str, *, key: str = "", fp: str = "") -> Call:
+    """The very call the engine makes to commit `owner`'s reservation `rid` (partition 0)."""
+    k = partition_keys(0)
+    oid = new_id(0, 1)
+    return prepare(
+        specs.COMMIT,
+        **specs.COMMIT.partition_keys(k),
+        record=k.reservation(rid),
+        order=k.order(oid),
+        idem=k.idempotency(owner, "commit", key) if key else k.unused_idempotency,
+        reservation_id=rid,
+        order_id=oid,
+        scope=owner,
+        actor=owner,
+        request_id=f"req-{owner}",
+        fingerprint=fp,
+        idempotency_ttl=engine.settings.idempotency_ttl_ms,
+        retention=engine.settings.reservation_retention_ms,
+        foreign_lines="",
+        deadline="",
+        hold=engine.settings.cart_hold_ms,
+        pending_ttl=0,
+        foreign_held="",
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_batch_of_commits_answers_and_leaves_exactly_what_they_do_one_by_one(
+    engine: Engine, seed: int
+) -> None:
+    """The same random commits (of reservations made alike on twin products: some of another
+    customer's, some made twice, one expired, of no reservation, keyed, replayed and
+    mismatched) one by one
+    and as one batch: the same replies, the same counters, the same orders' count."""
+    rng = random.Random(seed)
+    owners = [f"u{rng.randint(1, 3)}" for _ in range(8)]
+    made: dict[str, list[str]] = {"one": [], "many": []}
+
+    async def reserve(side: str, owner: str, ttl: int) -> None:
+        call = reserve_call(engine, owner, [[f"{side}-p", "", 2]], ttl=ttl)
+        made[side].append(parse(await engine.scripts.raw(call))["reservation"]["id"])
+
+    for side in ("one", "many"):
+        await add_product(engine, f"{side}-p", {"main": 20})
+        for owner in owners[:7]:
+            await reserve(side, owner, 60_000)
+    # the last one due before the commits (and after every reserve, whose sweep would end it)
+    for side in ("one", "many"):
+        await reserve(side, owners[7], 100)
+    await asyncio.sleep(0.12)
+    plan: list[tuple[int, str, str, str]] = []  # (reservation index, -1: none; owner, key, fp)
+    for _ in range(16):
+        i = rng.choice([*range(8), -1])
+        owner = owners[i] if i >= 0 and rng.random() > 0.15 else f"u{rng.randint(1, 3)}"
+        key = rng.choice(["", "", "k1", "k2"])
+        plan.append((i, owner, key, (str(i % 3) * 32) if key else ""))
+    plan.append(next(call for call in plan if call[2]))  # a repeat: replayed if it was made
+    plan.insert(rng.randrange(len(plan)), (7, owners[7], "", ""))  # the expired one's
+
+    def calls(side: str) -> list[Call]:
+        return [
+            commit_call(
+                engine,
+                owner,
+                made[side][i] if i >= 0 else "f" * 32,
+                key=f"{side}-{key}" if key else "",  # (a key is its customer's: one per side)
+                fp=fp,
+            )
+            for i, owner, key, fp in plan
+        ]
+
+    alone = [parse(await engine.scripts.raw(c)) for c in calls("one")]
+    together = [parse(r) for r in await engine.scripts.raw(many(specs.COMMIT, calls("many")))]
+
+    def unsided(side: str, replies: list[dict[str, Any]]) -> list[str]:
+        """The replies with each side's ids as their order of making, times and events left
+        out."""
+        ids = made[side] + [r["order"]["id"] for r in replies if "ok" in r]
+        out = []
+        for reply in replies:
+            reply = {k: v for k, v in reply.items() if k not in ("event", "expires_at")}
+            order = reply.get("order")
+            if isinstance(order, dict):
+                reply["order"] = {
+                    k: v for k, v in order.items() if k not in ("created_at", "updated_at")
+                }
+            text = json.dumps(reply, sort_keys=True)
+            for n, known in enumerate(ids):
+                text = text.replace(known, f"ID{n}")
+            out.append(text.replace(f"{side}-", ""))
+        return out
+
+    assert unsided("one", alone) == unsided("many", together)
+    assert any("ok" in r for r in alone)
+    assert any("err" in r for r in alone)
+    assert await levels(engine, "one-p") == await levels(engine, "many-p")
     assert (await check_partition(engine.redis, 0)).ok
 
 

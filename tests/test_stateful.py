@@ -879,6 +879,86 @@ class EngineMachine(RuleBasedStateMachine):
             self.model.end(r, "committed")
             r.order_id = order
 
+    @rule(res_picks=st.lists(picks, min_size=2, max_size=4), whos_=st.lists(whos, min_size=4))
+    def commit_concurrently(self, res_picks: list[int], whos_: list[str]) -> None:
+        """Two to four commits of distinct reservations at once (asyncio.gather): the engine
+        coalesces them (commit_many). Each must be answered as if the calls had run one by
+        one in some order, found by running the model in each: every answer and the outbox's
+        events exactly."""
+        picked = [self.pick(self.reservation_ids, i, "commit") for i in res_picks]
+        ids = list(dict.fromkeys(p for p in picked if p is not None))
+        if len(ids) < 2:
+            event("commit_concurrently: fewer than two to pick")
+            return
+        ctxs = [
+            self.ctx_for(who, self.model.reservations[rid].owner)
+            for rid, who in zip(ids, whos_, strict=False)
+        ]
+
+        async def together() -> list[Order | errors.EngineError]:
+            async def one(rid: str, ctx: CallContext) -> Any:
+                try:
+                    return await self.e.commit(rid, ctx)
+                except errors.EngineError as exc:
+                    return exc
+
+            return list(await asyncio.gather(*(one(r, c) for r, c in zip(ids, ctxs, strict=True))))
+
+        got = self.run(together())
+        wrote = self.run(outbox.read(self.e.redis, 0, after=self.last_event))
+        actual = [(ev.type, subject(ev.data)) for ev in wrote]
+        event_of = {(ev.type, subject(ev.data)): ev.id for ev in wrote}
+        for order in itertools.permutations(range(len(ids))):
+            trial = copy.deepcopy(self.model)
+            if self._commits_in(trial, order, ids, ctxs, got) and trial.events == actual:
+                break
+        else:
+            raise AssertionError(f"no order of the commits gives these answers: {got!r}")
+        self.model = trial
+        for out in got:
+            if isinstance(out, Order):
+                assert out.event_id == f"p0-{event_of[('order_created', out.id)]}"
+                self.order_ids.append(out.id)
+        event(f"commit_concurrently: {sum(isinstance(o, Order) for o in got)} committed")
+
+    def _commits_in(
+        self,
+        model: Model,
+        order: tuple[int, ...],
+        ids: list[str],
+        ctxs: list[CallContext],
+        got: list[Order | errors.EngineError],
+    ) -> bool:
+        """Whether the commits, run on `model` in `order`, give the answers `got` (the model is
+        changed as they would change it): the `commit` rule's reckoning, as a yes or no."""
+        for i in order:
+            r, out = model.reservations[ids[i]], got[i]
+            want = model.access(r, ctxs[i])
+            if want is None:
+                priced = model.price(r.lines)
+                want = priced if isinstance(priced, errors.EngineError) else None
+            if want is not None:
+                if not (
+                    isinstance(out, errors.EngineError)
+                    and type(out) is type(want)
+                    and out.details() == want.details()
+                ):
+                    return False
+                continue
+            if not isinstance(out, Order) or isinstance(priced, errors.EngineError):
+                return False
+            lines, total, currency = priced
+            made = ModelOrder(out.id, r.owner, OrderStatus.PENDING, r.id, lines, total, currency)
+            try:
+                self.check_order(out, made)
+            except AssertionError:
+                return False
+            model.orders[out.id] = made
+            model.events.append(("order_created", out.id))
+            model.end(r, "committed")
+            r.order_id = out.id
+        return True
+
     @rule(cart=carts, owner=users, split=st.booleans())
     def place_order(self, cart: list[LineRequest], owner: str, split: bool) -> None:
         due = len(self.model.due())

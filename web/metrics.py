@@ -94,7 +94,7 @@ class Metrics:
         self.coalesced = Histogram(
             "inventory_coalesced_calls",
             "Calls carried by each Redis function call of a coalesced operation (reserve, "
-            "place_order): 1 when a call went alone (COALESCE).",
+            "place_order, commit): 1 when a call went alone (COALESCE).",
             ["operation"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,

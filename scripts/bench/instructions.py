@@ -7,7 +7,7 @@ shared machine).
                                          [--idempotency] [--redis-arg=--name --redis-arg=value]
                                          [--reference --batch 1] [--settle [--settle-age MS]]
                                          [--sold-out]
-                                         [--commit --batch 1] [--orders] [--keep FILE]
+                                         [--commit] [--orders] [--keep FILE]
 
 A redis-server (scripts/redis.conf, the append-only file on, `everysec`) runs under callgrind
 with counting off. One product gets a billion units; `--warm` reservations are made first (by
@@ -22,8 +22,9 @@ one request admitted each, `--settle-age` ms before: per reservation read per bu
 as one a request). With
 `--sold-out` the product (or the reference's counter) has no units: every call is refused for
 stock, as most are in a sale once it has sold out, and each refusal is counted. With `--commit`
-the `--reservations` are made before counting (in batches of 16) and their commits into
-pending orders are counted, each alone as the engine sends them (per commit); with `--orders`
+the `--reservations` are made before counting and their commits into pending orders are
+counted, each alone (`--batch 1`) or coalesced as the engine sends concurrent ones (per
+commit); with `--orders`
 direct orders (place_order) are made and counted instead of reservations, alone or coalesced
 as reservations are (per order). Prints one JSON
 line: what redis-server executed while counting (reading the
@@ -140,17 +141,27 @@ class Reservations:
                         self.held.append((str(made["id"]), str(made["owner"])))
 
     def commit(self, n: int) -> None:
-        """Commit the last `n` reservations made into pending orders, each call alone (the
-        engine never coalesces a commit), with an idempotency key each with `key`."""
+        """Commit the last `n` reservations made into pending orders, each call alone or
+        `batch` at a time (FCALL commit_many, as the engine coalesces concurrent commits), with
+        an idempotency key each with `key`."""
         held, self.held = self.held[-n:], self.held[:-n]
-        for start in range(0, n, PIPELINE):
+        one = [
+            commit_call(self.settings, rid, owner, key=rid if self.key else "")
+            for rid, owner in held
+        ]
+        calls = (
+            one
+            if self.batch == 1
+            else [many(specs.COMMIT, one[i : i + self.batch]) for i in range(0, n, self.batch)]
+        )
+        for start in range(0, len(calls), PIPELINE):
             pipe = self.client.pipeline(transaction=False)
-            for rid, owner in held[start : start + PIPELINE]:
-                call = commit_call(self.settings, rid, owner, key=rid if self.key else "")
+            for call in calls[start : start + PIPELINE]:
                 pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
             for reply in pipe.execute():
-                if "ok" not in parse(reply):
-                    raise RuntimeError(f"a commit was refused: {reply!r}")
+                for answer in reply if self.batch > 1 else [reply]:
+                    if "ok" not in parse(answer):
+                        raise RuntimeError(f"a commit was refused: {answer!r}")
 
     def settle(self, n: int) -> None:
         """`n` buckets settled (lua/rate_limit_settle.lua), as the API's processes settle them
@@ -308,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--commit",
         action="store_true",
-        help="the commits of reservations made before counting, each alone (per commit)",
+        help="the commits of reservations made before counting, alone or --batch at a time "
+        "(per commit)",
     )
     parser.add_argument(
         "--orders",
@@ -333,8 +345,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--settle and --sold-out: one or the other")
     if args.orders and (args.reference or args.settle or args.commit):
         parser.error("--orders: not with --reference, --settle or --commit")
-    if args.commit and (args.reference or args.settle or args.sold_out or args.batch != 1):
-        parser.error("--commit counts each commit alone, of reservations: give --batch 1 alone")
+    if args.commit and (args.reference or args.settle or args.sold_out):
+        parser.error(
+            "--commit counts the commits of reservations: not with --reference, "
+            "--settle or --sold-out"
+        )
     if args.reference and args.batch != 1:
         parser.error("--reference makes each call alone: give --batch 1")
     if args.warm < 0:
