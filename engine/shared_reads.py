@@ -2,9 +2,9 @@
 still read after it was asked.
 
 A sale's product page is read by every buyer, many times a second each: the same product's
-stock, asked for by dozens of requests at once. Each read alone pays a round trip and the
-client's encoding and decoding (~60 µs of the API's CPU under load, against ~10 µs for the
-rest of what a shared one costs). The rule, per read (its key: what it reads):
+stock, asked for by dozens of requests at once. Each read alone pays a round trip, the
+client's encoding and decoding (~60 µs of the API's CPU under load) and Redis's commands; a
+shared one pays them once for all its callers. The rule, per read (its key: what it reads):
 - **Not on the wire**: the read goes straight through (no added latency at low load).
 - **On the wire**: the caller waits for the *next* read of the same key, sent as soon as the
   one on the wire is answered, and shared by every caller that asked meanwhile. A read already
