@@ -879,9 +879,9 @@ class EngineMachine(RuleBasedStateMachine):
             self.model.end(r, "committed")
             r.order_id = order
 
-    @rule(res_picks=st.lists(picks, min_size=2, max_size=4), whos_=st.lists(whos, min_size=4))
+    @rule(res_picks=st.lists(picks, min_size=2, max_size=3), whos_=st.lists(whos, min_size=3))
     def commit_concurrently(self, res_picks: list[int], whos_: list[str]) -> None:
-        """Two to four commits of distinct reservations at once (asyncio.gather): the engine
+        """Two or three commits of distinct reservations at once (asyncio.gather): the engine
         coalesces them (commit_many). Each must be answered as if the calls had run one by
         one in some order, found by running the model in each: every answer and the outbox's
         events exactly."""
