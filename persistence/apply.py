@@ -25,7 +25,7 @@ from engine.outbox import OutboxEvent
 from persistence import schema
 from persistence.db import insert
 from persistence.failures import is_transient
-from persistence.translate import BadEvent, Rows, compact_json, translate
+from persistence.translate import BadEvent, Rows, compact_json, translate, translate_into
 
 # COPY goes through psycopg directly, so its errors arrive unwrapped.
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error)
@@ -195,15 +195,14 @@ def apply_batch(conn: Connection, events: Sequence[OutboxEvent]) -> BatchResult:
     what is already there and applies the rest one event at a time.
     """
     result = BatchResult()
-    good: list[tuple[OutboxEvent, Rows]] = []
+    good: list[OutboxEvent] = []
+    batch = Rows()
     for event in events:
         try:
-            good.append((event, translate(event)))
+            translate_into(event, batch)
+            good.append(event)
         except BadEvent as exc:
             result.dead.append((event, str(exc)))
-    batch = Rows()
-    for _, rows in good:
-        batch.extend(rows)
     try:
         with conn.begin_nested():
             write_rows(conn, batch)
@@ -214,13 +213,13 @@ def apply_batch(conn: Connection, events: Sequence[OutboxEvent]) -> BatchResult:
             raise  # the slow path would meet it too, and dead-letter what it touched
     done = already_applied(conn, events)
     result.dead = [(e, error) for e, error in result.dead if e.event_id not in done]
-    for event, rows in good:
+    for event in good:  # (translated again, alone: a pure function of the event)
         if event.event_id in done:
             result.skipped += 1
             continue
         try:
             with conn.begin_nested():
-                write_rows(conn, rows)
+                write_rows(conn, translate(event))
             result.applied += 1
         except DATABASE_ERRORS as exc:
             if is_transient(exc):

@@ -68,10 +68,6 @@ class Rows:
     history: list[dict[str, Any]] = field(default_factory=list)
     idempotency: list[dict[str, Any]] = field(default_factory=list)
 
-    def extend(self, other: Rows) -> None:
-        for name in self.__dataclass_fields__:
-            getattr(self, name).extend(getattr(other, name))
-
 
 def _movements(event: OutboxEvent, rows: Rows, reason: str, ref_type: str, ref_id: str) -> None:
     at = ts(event.ts_ms)
@@ -130,19 +126,29 @@ def _lines(value: Any) -> list[Any]:
 
 
 def translate(event: OutboxEvent) -> Rows:
+    rows = Rows()
+    translate_into(event, rows)
+    return rows
+
+
+def translate_into(event: OutboxEvent, rows: Rows) -> None:
+    """`translate`, appending to `rows` (a batch's: no rows of its own to make and merge per
+    event); an event that is bad (BadEvent) leaves `rows` as they were."""
     try:
         handler = HANDLERS[event.type]
     except KeyError:
         raise BadEvent(f"unknown event type {event.type!r}") from None
+    lists = [getattr(rows, name) for name in rows.__dataclass_fields__]
+    marks = [len(found) for found in lists]
     try:
-        rows = Rows()
         handler(event, rows)
         body = cast(events.EventBody, event.data)
         if "idempotency" in body:
             _idempotency(event, body["idempotency"], rows)
     except (KeyError, TypeError, ValueError) as exc:
+        for found, mark in zip(lists, marks, strict=True):
+            del found[mark:]
         raise BadEvent(f"{event.type} {event.event_id}: {exc!r}") from exc
-    return rows
 
 
 def _idempotency(e: OutboxEvent, d: events.IdempotencyCopy, rows: Rows) -> None:

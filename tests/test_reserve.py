@@ -14,7 +14,7 @@ from engine.invariants import check_partition
 from engine.models import LineRequest, ReservationStatus, ReservedLine
 from engine.validation import MAX_LINES, MAX_QUANTITY
 from persistence.event_replies import created_reply
-from persistence.translate import translate
+from persistence.translate import BadEvent, Rows, translate, translate_into
 from tests.helpers import event_types, events, snapshot
 from tests.support import ALICE, BOB, add_product, assert_stamped, levels, movement, redis_now_ms
 
@@ -397,3 +397,27 @@ async def test_the_created_event_is_exactly_its_fields_split_and_keyed(engine: E
     assert created_reply(last) == reply
     (row,) = translate(last).idempotency
     assert json.loads(row["reply"]) == json.loads(stored[32:])
+
+
+async def test_a_bad_event_in_a_batchs_translation_leaves_none_of_its_rows(
+    engine: Engine,
+) -> None:
+    """The drain translates a batch's events into one set of rows (persistence/translate.py
+    translate_into): an event found bad halfway — its reservation's row made, a line's
+    quantity not a number — takes back what it had added, and is the dead letter alone."""
+    await add_product(engine, "sku-1", {"main": 10})
+    await engine.reserve([LineRequest("sku-1", 1)], ALICE)
+    await engine.reserve([LineRequest("sku-1", 2)], BOB)
+    first, second = [
+        e for e in await outbox.read(engine.redis, 0) if e.type == "reservation_created"
+    ]
+    bad = dataclasses.replace(
+        second, data={**second.data, "lines": [["sku-1", "main", 2], ["sku-1", "main", "x"]]}
+    )
+    rows = Rows()
+    translate_into(first, rows)
+    with pytest.raises(BadEvent):
+        translate_into(bad, rows)
+    assert rows == translate(first)
+    translate_into(second, rows)
+    assert len(rows.reservations_new) == len(rows.audit) == 2
