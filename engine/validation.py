@@ -73,6 +73,16 @@ def fingerprint_text(value: Sequence[Any]) -> str:
     return dumps(value)
 
 
+def compact_json(value: Any) -> str:
+    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, by orjson: the same text
+    for what events hold (strs, ints, bools, None, lists, str-keyed objects: no floats); an int
+    past 64 bits, or a str orjson refuses, by json.dumps."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def lines_json(merged: Sequence[tuple[str, str, int]]) -> str:
     """`dumps(merged)` for lines `merge_lines` returned, written directly: their names match
     NAME (nothing to escape) and their quantities are ints, so the text is the same, and on

@@ -22,10 +22,11 @@ from sqlalchemy import JSON, Connection, Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.outbox import OutboxEvent
+from engine.validation import compact_json
 from persistence import schema
 from persistence.db import insert
 from persistence.failures import is_transient
-from persistence.translate import BadEvent, Rows, compact_json, translate, translate_into
+from persistence.translate import BadEvent, Rows, translate, translate_into
 
 # COPY goes through psycopg directly, so its errors arrive unwrapped.
 DATABASE_ERRORS = (SQLAlchemyError, psycopg.Error)

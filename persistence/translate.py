@@ -8,30 +8,17 @@ reads its event's data as the body engine/events.py declares for that type.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-import orjson
-
 from engine import events
 from engine.keys import idempotency_hash
 from engine.models import ms_to_datetime
 from engine.outbox import OutboxEvent
+from engine.validation import compact_json
 from persistence.event_replies import created_reply
-
-
-def compact_json(value: Any) -> str:
-    """`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`, by orjson: the same text
-    for what events hold (strs, ints, bools, None, lists, str-keyed objects: no floats); an int
-    past 64 bits, or a str orjson refuses, by json.dumps."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
 
 # A batch's events share their times (made in the same ms, kept for the same TTL): a datetime
 # made once serves them all (they are immutable).

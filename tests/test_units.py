@@ -21,12 +21,12 @@ from engine.validation import (
     MAX_QUANTITY,
     NAME,
     RECORD_ID,
+    compact_json,
     dumps,
     fingerprint_text,
     lines_json,
     merge_lines,
 )
-from persistence.translate import compact_json
 
 # -- states -----------------------------------------------------------------------------
 
