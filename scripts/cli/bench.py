@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,9 @@ def _cpus(text: str | None) -> set[int] | None:
     return {int(c) for c in text.split(",")} if text else None
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from scripts.bench.harness import run
-    from scripts.bench.measure import console
-    from scripts.bench.report import markdown, plot, print_tables
-
+def _options(args: argparse.Namespace) -> Options | str:
+    """The run's options from its command line, or why they can't be run (nothing imported
+    beyond the options: a refusal comes at once)."""
     asked = args.scenario
     if asked is None:  # --cluster alone runs only the cluster scenario
         asked = "" if args.cluster else DEFAULT_SCENARIOS
@@ -71,31 +70,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.cluster and "cluster" not in names:  # --cluster: the same as --scenario cluster
         names.append("cluster")
     if not names:
-        console.print(f"name a scenario: {', '.join(SCENARIOS)}, or all")
-        return 2
+        return f"name a scenario: {', '.join(SCENARIOS)}, or all"
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        console.print(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
-        return 2
+        return f"unknown scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}"
     fsync = tuple(args.fsync.split(","))
     if any(f not in ("everysec", "always", "no") for f in fsync):
-        console.print("--fsync takes everysec, always or no (comma-separated)")
-        return 2
+        return "--fsync takes everysec, always or no (comma-separated)"
     commits = {"sync": SYNC, "async": ASYNC}
     wanted = args.baseline_commit.split(",")
     if not wanted or any(c not in commits for c in wanted):
-        console.print("--baseline-commit takes sync, async or both (comma-separated)")
-        return 2
+        return "--baseline-commit takes sync, async or both (comma-separated)"
     baselines = tuple(args.baselines.split(",")) if args.baselines else ()
     if any(b not in BASELINES for b in baselines):
-        console.print(f"--baselines takes {', '.join(BASELINES)} (comma-separated), or ''")
-        return 2
+        return f"--baselines takes {', '.join(BASELINES)} (comma-separated), or ''"
     problem = _bad_option(args)
     target, trouble = _target(args, names)
     if problem or trouble:
-        console.print(problem or trouble)
-        return 2
-    opts = Options(
+        return problem or trouble or ""
+    return Options(
         scenarios=names,
         buyers=args.buyers,
         stock=args.stock,
@@ -118,6 +111,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cost_connections=args.cost_connections,
         cost_rounds=args.cost_rounds,
     )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    opts = _options(args)
+    if isinstance(opts, str):
+        print(opts, file=sys.stderr)
+        return 2
+    from scripts.bench.harness import run
+    from scripts.bench.measure import console
+    from scripts.bench.report import markdown, plot, print_tables
+
     report = run(opts)
     if not args.json:
         print_tables(report["scenarios"], report["targets"])
