@@ -8,7 +8,7 @@ below, as the scripts' headers describe them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from engine import errors, keys
 from engine.events import MovementJSON, OrderLineJSON, ReservedLineJSON
@@ -36,6 +36,7 @@ class ReservationView(TypedDict):
     expires_at: int  # ms
     lines: list[ReservedLineJSON]
     order: str  # '' until committed
+    source: NotRequired[str]  # 'waitlist' for a waitlist's hand-off; absent: a request's
 
 
 class OrderView(TypedDict):
@@ -107,6 +108,7 @@ def reservation(
         expires_at_ms=int(view["expires_at"]),
         lines=tuple([ReservedLine(p, w, int(q)) for p, w, q in as_list(view["lines"])]),
         order_id=view.get("order") or None,
+        source=view.get("source") or "request",
         replayed=replayed,
         event_id=event,
     )

@@ -138,7 +138,7 @@ class Settings:
     # Rate limit per client: a token bucket refilled at this many requests per second, holding
     # at most `burst`. The client is the user when a valid token comes along, else the
     # address: a shop's checkout behind one IP sends its customers' tokens, so each customer
-    # has a bucket. 0 = off.
+    # has a bucket. Either at 0 (RATE_LIMIT_PER_SECOND or RATE_LIMIT_BURST) = off.
     rate_limit_per_second: float = 100.0
     rate_limit_burst: int = 200
     # `inventory serve`'s workers, once started: Python's garbage collector runs its youngest
@@ -158,6 +158,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
         d = cls()
+        rate = _rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second)
+        burst = _int(e, "RATE_LIMIT_BURST", d.rate_limit_burst, minimum=0)
         return cls(
             redis_url=e.get("REDIS_URL") or d.redis_url,
             redis_max_connections=_int(e, "REDIS_MAX_CONNECTIONS", d.redis_max_connections),
@@ -208,8 +210,9 @@ class Settings:
             account_cache_ttl_ms=_seconds_ms(e, "ACCOUNT_CACHE_TTL", d.account_cache_ttl_ms / 1000),
             login_delay_base_ms=_seconds_ms(e, "LOGIN_DELAY_BASE", d.login_delay_base_ms / 1000),
             login_delay_max_ms=_seconds_ms(e, "LOGIN_DELAY_MAX", d.login_delay_max_ms / 1000),
-            rate_limit_per_second=_rate(e, "RATE_LIMIT_PER_SECOND", d.rate_limit_per_second),
-            rate_limit_burst=_int(e, "RATE_LIMIT_BURST", d.rate_limit_burst),
+            # either at 0 turns the limit off (a bucket of none would admit nobody)
+            rate_limit_per_second=0 if burst == 0 else rate,
+            rate_limit_burst=burst,
             gc_threshold=_int(e, "GC_THRESHOLD", d.gc_threshold, 0),
             metrics_public=_flag(e, "METRICS_PUBLIC", d.metrics_public),
             metrics_token=e.get("METRICS_TOKEN") or d.metrics_token,

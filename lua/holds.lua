@@ -270,7 +270,8 @@ end
 local function reservation_view(rec, status)
   return {id = rec.id, owner = rec.owner, status = status,
           created_at = rec.created_at, expires_at = tonumber(rec.expires_at),
-          lines = rec.lines, order = rec.order_id or ''}
+          lines = rec.lines, order = rec.order_id or '',
+          source = rec.source}  -- 'waitlist' for a waitlist's hand-off (wait.lua), else none
 end
 
 -- Prices order lines [[product, warehouse, qty]] from the products hash.

@@ -71,11 +71,11 @@ def rotate(db: Engine, jti: str, claimed_version: int, following: Issue) -> Rota
         user = None if found is None else from_row(found)
         if user is None or not user.active:
             return Rotation(None, "account")
-        if row.revoked_at is not None:
-            return Rotation(None, "revoked")
-        if row.used_at is not None:
+        if row.used_at is not None:  # spent: reused, every time it comes (its family revoked)
             _revoke_family(conn, str(row.family), now)
             return Rotation(None, "reused")
+        if row.revoked_at is not None:
+            return Rotation(None, "revoked")
         if user.token_version != claimed_version:
             return Rotation(None, "version")
         spent = conn.execute(

@@ -201,6 +201,8 @@ async def test_reusing_a_spent_refresh_token_revokes_its_family(
     elsewhere = await api.post("/api/token/refresh/", json={"refresh": other_session})
 
     assert err(reused)["code"] == "token_reused"
+    again = await api.post("/api/token/refresh/", json={"refresh": first})  # and again
+    assert (again.status_code, err(again)["code"]) == (401, "token_reused")
     assert thief_or_owner.status_code == 401
     assert err(thief_or_owner) == {
         "code": "token_revoked",

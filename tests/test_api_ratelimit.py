@@ -289,7 +289,7 @@ async def test_the_wrapper_raises_the_429_with_the_wait(engine: Engine) -> None:
         ({"RATE_LIMIT_PER_SECOND": "-1"}, "RATE_LIMIT_PER_SECOND must be a finite number"),
         ({"RATE_LIMIT_PER_SECOND": "inf"}, "RATE_LIMIT_PER_SECOND must be a finite number"),
         ({"RATE_LIMIT_PER_SECOND": "0.0001"}, "RATE_LIMIT_PER_SECOND must be 0 .no limit. or"),
-        ({"RATE_LIMIT_BURST": "0"}, "RATE_LIMIT_BURST must be at least 1"),
+        ({"RATE_LIMIT_BURST": "-1"}, "RATE_LIMIT_BURST must be at least 0"),
         ({"RATE_LIMIT_BURST": "2000000"}, "RATE_LIMIT_BURST must be between 1 and 1000000"),
     ],
 )
@@ -302,6 +302,9 @@ def test_rate_limit_settings_from_the_environment() -> None:
     found = Settings.from_env({"RATE_LIMIT_PER_SECOND": "2.5", "RATE_LIMIT_BURST": "7"})
     assert (found.rate_limit_per_second, found.rate_limit_burst) == (2.5, 7)
     assert Settings.from_env({"RATE_LIMIT_PER_SECOND": "0"}).rate_limit_per_second == 0
+    # either at 0 turns the limit off (README), whatever the other says
+    for off in ({"RATE_LIMIT_BURST": "0"}, {"RATE_LIMIT_BURST": "0", "RATE_LIMIT_PER_SECOND": "0"}):
+        assert Settings.from_env(off).rate_limit_per_second == 0
 
 
 async def settled(app: Starlette, bucket: str, below: float) -> float:

@@ -55,7 +55,8 @@ def test_user_list_shows_every_account(db: DatabaseEngine, db_url: str) -> None:
     alice = make_user(db, "alice")
     users.disable(db, "alice", actor="test")
 
-    listed = inventory(db_url, "list", "--json")
+    # --redis-url is taken as by every subcommand (README), though users need only the database
+    listed = inventory(db_url, "list", "--json", "--redis-url", "redis://127.0.0.1:1/0")
     table = inventory(db_url, "list")
 
     assert listed.returncode == table.returncode == 0, listed.stderr

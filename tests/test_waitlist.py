@@ -218,6 +218,7 @@ async def test_the_waitlist_over_http(
     assert (again.status_code, err(again)["code"]) == (409, "already_waiting")
     mine = await client.get("/api/waitlist/", headers=second)
     assert [e["position"] for e in data(mine)] == [1]
+    assert (mine.json()["next"], mine.json()["previous"]) == (None, None)  # a list's cursors
 
     released = await client.delete(f"/api/reservations/{data(held)['id']}/", headers=first)
     assert released.status_code == 200
@@ -225,6 +226,9 @@ async def test_the_waitlist_over_http(
     handed = await client.get(f"/api/reservations/{entry_id}/", headers=second)
     assert handed.status_code == 200, handed.text
     assert (data(handed)["status"], data(handed)["source"]) == ("active", "waitlist")
+    extended = await client.post(f"/api/reservations/{entry_id}/extend/", headers=second)
+    assert extended.status_code == 200, extended.text  # a write's answer says so too
+    assert data(extended)["source"] == "waitlist"
     assert data(await client.get("/api/waitlist/", headers=second)) == []
 
     left = await client.delete(url, headers=second)

@@ -165,6 +165,9 @@ USER_ACTIONS = {
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--database-url", help="default: $DATABASE_URL, else SQLite in data/")
+    database.add_argument(  # as every subcommand takes it (README); users live in the database
+        "--redis-url", help="accepted as by every subcommand; users need only the database"
+    )
 
     p = sub.add_parser(
         "createuser", parents=[database], help="create a user who can log in (POST /api/token/)"

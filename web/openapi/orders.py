@@ -312,8 +312,7 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET", "/api/waitlist/", "list_waitlist", "Your waitlist entries, oldest first",
-        "waitlist", "user",
-        {"type": "array", "items": closed({**WAITLIST_ENTRY, "position": POSITION})},
-        description="Read fresh from Redis. " + WAITLIST_TEXT,
+        "waitlist", "user", closed({**WAITLIST_ENTRY, "position": POSITION}), listing=True,
+        description="Read fresh from Redis, one page (the cursors are null). " + WAITLIST_TEXT,
     ),
 ]  # fmt: skip

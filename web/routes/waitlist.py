@@ -66,7 +66,8 @@ async def leave_waitlist(request: Request) -> Response:
 async def list_waitlist(request: Request) -> Response:
     principal = require_user(request)
     entries = await services(request).engine.waitlist_entries(principal.context(request))
-    return ok(request, [{**entry_json(e), "position": e.position} for e in entries])
+    items = [{**entry_json(e), "position": e.position} for e in entries]
+    return ok(request, items, next=None, previous=None)  # a list: one page, the cursors null
 
 
 routes: list[BaseRoute] = [
