@@ -19,6 +19,7 @@ from persistence.db import database_engine
 from scripts.redis_server import free_port
 from web.app import create_app
 from web.auth import Principal
+from web.http_protocol import CorkedHttpToolsProtocol
 
 
 @asynccontextmanager
@@ -85,7 +86,12 @@ class Server:
         self.app = create_app(settings)
         self.port = free_port()
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            http=CorkedHttpToolsProtocol,  # as `inventory serve` runs it
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from engine.settings import Settings
     from scripts.cli import unreachable
+    from web.http_protocol import CorkedHttpToolsProtocol
 
     if args.redis_url:
         os.environ["REDIS_URL"] = args.redis_url
@@ -106,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         log_config=LOG_CONFIG,
         loop="uvloop",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,  # httptools, a response's writes in one send
         timeout_graceful_shutdown=10,
     )
     logging.getLogger("inventory").info("stopped")
