@@ -176,6 +176,25 @@ async def test_several_products_in_one_stream_and_the_refusals(
         assert gone.status_code == 404
 
 
+async def test_a_heartbeat_of_0_sends_none_and_the_events_still_flow(
+    server_settings: Settings,
+) -> None:
+    """STREAM_HEARTBEAT=0 (README): no heartbeat comments at all (sse-starlette's ping 0)."""
+    settings = dataclasses.replace(server_settings, stream_heartbeat_ms=0)
+    server = Server(settings)
+    with server as url:
+        product = new_product(url, server, "LIVE-H", 9)
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+            opened(client, f"/api/products/{product}/stream/") as stream,
+        ):
+            await stream.next()
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(reserve, url, server, "9", product)
+            assert (await stream.next()).data["available_stock"] == 8
+            assert stream.comments == 0
+
+
 async def test_last_event_id_resumes_without_a_repeat_and_heartbeats_flow(
     server_settings: Settings,
 ) -> None:
