@@ -1,6 +1,7 @@
 """web/http_protocol.py: a round's writes leave in one send at its end, and HTTP is what it was —
-keep-alive, pipelining, HEAD, a streamed response chunk by chunk, a malformed request's 400,
-`Connection: close` — over a real socket to uvicorn serving with the corked protocol."""
+keep-alive, pipelining, HEAD, a WebSocket upgrade, a streamed response chunk by chunk, a
+malformed request's 400, `Connection: close` — over a real socket to uvicorn serving with the
+corked protocol."""
 
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def test_keep_alive_and_pipelined_requests_each_get_their_whole_answer(served: i
         ]
 
 
-def test_head_close_and_a_malformed_request(served: int) -> None:
+def test_head_close_an_upgrade_and_a_malformed_request(served: int) -> None:
     with socket.create_connection(("127.0.0.1", served), timeout=10) as sock:
         sock.sendall(b"HEAD /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = b""
@@ -181,6 +182,14 @@ def test_head_close_and_a_malformed_request(served: int) -> None:
             data += chunk
         assert data.startswith(b"HTTP/1.1 200 OK\r\n")
         assert data.endswith(b"\r\n\r\n")  # the head alone
+    with socket.create_connection(("127.0.0.1", served), timeout=10) as sock:
+        # a WebSocket upgrade: uvicorn's WebSocket protocol takes the corked transport over
+        # and refuses it (no WebSocket route), and the answer arrives
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 403 Forbidden\r\n")
     with socket.create_connection(("127.0.0.1", served), timeout=10) as sock:
         sock.sendall(b"GARBAGE\r\n\r\n")
         data = b""
