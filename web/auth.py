@@ -13,7 +13,12 @@ warning; with Postgres configured the app refuses to start without real keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 from starlette.requests import Request
 
 from engine.keys import uuid4_hex
@@ -37,6 +43,16 @@ ISSUER = "inventory"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "typ", "jti", "iss", "staff", "ver"]
 DEV_KEY = ("dev", "inventory-development-key-not-for-production-use")
 VERIFIED_CACHE_SIZE = 10_000
+# a token as this API issues it: three base64url segments, unpadded
+_SEGMENTS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+_CLAIM_TYPES: dict[str, type] = {
+    "exp": int, "iat": int, "sub": str, "typ": str, "jti": str, "iss": str, "staff": bool,
+    "ver": int,
+}  # fmt: skip
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +112,7 @@ class Keys:
             pairs = [DEV_KEY]
         self.signing = pairs[0]
         self.by_kid = dict(pairs)
+        self._hmac_keys = {kid: secret.encode() for kid, secret in pairs}
         self.settings = settings
 
     def issue(
@@ -139,13 +156,48 @@ class Keys:
                 raise ApiError(401, "token_expired", "the token has expired")
             self._verified.move_to_end((token, kind))
             return known
-        claims = self._verify(token, kind)
+        claims = self._issued(token) or self._verify(token)
+        self._check(claims, kind)
         self._verified[(token, kind)] = claims
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return claims
 
-    def _verify(self, token: str, kind: str) -> dict[str, Any]:
+    def _issued(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token exactly as `issue` makes them, if its signature and claims
+        are good: what PyJWT's decode would accept (HS256, a known key id, the required claims
+        of the types issued, `iss`, `exp` not passed, `iat` not ahead, no `nbf` or `aud`),
+        decided in a few µs where PyJWT takes ~80 (the first request of each of a sale's new
+        buyers pays it). Anything else — a bad signature, another header, an expired token — is
+        None here, and `_verify` (PyJWT) decides it, with its own words."""
+        parts = _SEGMENTS.fullmatch(token)
+        if parts is None:
+            return None
+        head, body, signature = parts.groups()
+        try:
+            header = orjson.loads(_b64(head))
+            if type(header) is not dict or header.keys() != {"alg", "typ", "kid"}:
+                return None
+            key = self._hmac_keys.get(header["kid"]) if header["kid"].__class__ is str else None
+            if key is None or header["alg"] != ALGORITHM or header["typ"] != "JWT":
+                return None
+            signed = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(signed, _b64(signature)):
+                return None
+            claims = orjson.loads(_b64(body))
+        except (binascii.Error, orjson.JSONDecodeError, ValueError):
+            return None
+        if type(claims) is not dict or "nbf" in claims or "aud" in claims:
+            return None
+        for name, kind in _CLAIM_TYPES.items():
+            if type(claims.get(name)) is not kind:
+                return None
+        now = time.time()  # (PyJWT's clock: the same answer)
+        if claims["exp"] <= now or claims["iat"] > now or claims["iss"] != ISSUER:
+            return None
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
@@ -163,13 +215,17 @@ class Keys:
             raise ApiError(401, "token_expired", "the token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise ApiError(401, "invalid_token", f"the token is not valid: {exc}") from None
+        return claims
+
+    @staticmethod
+    def _check(claims: dict[str, Any], kind: str) -> None:
+        """The claims this API adds to a JWT's: the token's kind, and well-formed values."""
         if claims.get("typ") != kind:
             article = "an" if kind == "access" else "a"
             raise ApiError(401, "invalid_token", f"this is not {article} {kind} token")
         valid_version = type(claims["ver"]) is int and claims["ver"] >= 0
         if not claims["sub"] or not isinstance(claims["staff"], bool) or not valid_version:
             raise ApiError(401, "invalid_token", "the token's claims are not valid")
-        return claims
 
 
 def request_keys(request: Request) -> Keys:
