@@ -373,7 +373,11 @@ async def test_while_two_batches_are_on_the_wire_the_next_gathers_until_one_is_a
         return [asyncio.create_task(coalescer.run(specs.RESERVE, c)) for c in batch]
 
     k = partition_keys(0)
-    busy: asyncio.Future[Any] = asyncio.ensure_future(engine.redis.eval(BUSY, 1, k.stock, 600_000))
+    # 2 s of Redis in a script: the test's steps below take ~0.1 s, and a busy machine's
+    # pauses (two test workers on two cores) must not outlast it (0.6 s once did)
+    busy: asyncio.Future[Any] = asyncio.ensure_future(
+        engine.redis.eval(BUSY, 1, k.stock, 2_000_000)
+    )
 
     async def in_the_script() -> bool:  # a command then waits: no answer within 50 ms
         try:
