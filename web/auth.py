@@ -178,7 +178,8 @@ class Keys:
             header = orjson.loads(_b64(head))
             if type(header) is not dict or header.keys() != {"alg", "typ", "kid"}:
                 return None
-            key = self._hmac_keys.get(header["kid"]) if header["kid"].__class__ is str else None
+            kid = header["kid"]
+            key = self._hmac_keys.get(kid) if type(kid) is str else None
             if key is None or header["alg"] != ALGORITHM or header["typ"] != "JWT":
                 return None
             signed = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
