@@ -82,8 +82,11 @@ class Server:
     """uvicorn serving the app in a thread of this process, lifespan and all (a real socket:
     for what the in-process transport can't do, a stream that never ends)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: Settings | None = None, *, app: Starlette | None = None) -> None:
+        if app is None:  # the API on these settings, else the app given
+            assert settings is not None, "Server needs settings or an app"
+            app = create_app(settings)
+        self.app = app
         self.port = free_port()
         config = uvicorn.Config(
             self.app,

@@ -8,19 +8,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from scripts.redis_server import free_port
-from web.http_protocol import CorkedHttpToolsProtocol, CorkedTransport
+from tests.api import Server
+from web.http_protocol import CorkedTransport
 
 
 class Wire(asyncio.Transport):
@@ -117,21 +115,9 @@ def _app() -> Starlette:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[int]:
-    port = free_port()
-    config = uvicorn.Config(
-        _app(), host="127.0.0.1", port=port, log_level="warning", http=CorkedHttpToolsProtocol
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=20)
+    server = Server(app=_app())
+    with server:
+        yield server.port
 
 
 def _read_responses(sock: socket.socket, count: int) -> list[tuple[str, bytes]]:

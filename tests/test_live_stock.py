@@ -176,6 +176,17 @@ async def test_several_products_in_one_stream_and_the_refusals(
         assert gone.status_code == 404
 
 
+async def a_change_after(
+    stream: Stream, pause_s: float, url: str, server: Server, product: int
+) -> Event:
+    """The stream's first event, then after `pause_s` (heartbeats, if any, read on the way)
+    a reservation of one unit, and the event of that change."""
+    await stream.next()
+    await asyncio.sleep(pause_s)
+    await asyncio.to_thread(reserve, url, server, "9", product)
+    return await stream.next()
+
+
 async def test_a_heartbeat_of_0_sends_none_and_the_events_still_flow(
     server_settings: Settings,
 ) -> None:
@@ -188,10 +199,8 @@ async def test_a_heartbeat_of_0_sends_none_and_the_events_still_flow(
             httpx.AsyncClient(base_url=url, timeout=10) as client,
             opened(client, f"/api/products/{product}/stream/") as stream,
         ):
-            await stream.next()
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(reserve, url, server, "9", product)
-            assert (await stream.next()).data["available_stock"] == 8
+            changed = await a_change_after(stream, 0.3, url, server, product)
+            assert changed.data["available_stock"] == 8
             assert stream.comments == 0
 
 
@@ -205,10 +214,7 @@ async def test_last_event_id_resumes_without_a_repeat_and_heartbeats_flow(
         path = f"/api/products/{product}/stream/"
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             async with opened(client, path) as stream:
-                last = await stream.next()
-                await asyncio.sleep(0.5)  # heartbeats, read on the way to the next event
-                await asyncio.to_thread(reserve, url, server, "9", product)
-                last = await stream.next()
+                last = await a_change_after(stream, 0.5, url, server, product)
                 assert last.data["available_stock"] == 8
                 assert stream.comments >= 1
 
