@@ -10,10 +10,11 @@
 --
 -- ARGV[1] rate (requests per second, > 0, may be fractional)
 -- ARGV[2] burst (requests, >= 1): the bucket's size
--- ARGV[3] settles (JSON [[spent, age], ...], one per bucket): spent = requests admitted by the
---         process since its last settle (0 only reads the bucket); age = ms since the first
---         of them was admitted: they count as taken then (or when the bucket was last counted,
---         if that is later), so the refill since is not lost
+-- ARGV[3] settles (JSON [spent, age, spent, age, ...], a pair per bucket, flat: one table to
+--         decode, not one per bucket): spent = requests admitted by the process since its last
+--         settle (0 only reads the bucket); age = ms since the first of them was admitted:
+--         they count as taken then (or when the bucket was last counted, if that is later), so
+--         the refill since is not lost
 --
 -- Returns JSON: {"ok": true, "tokens": [tokens left now in bucket i (fractional, may be < 0)]}
 -- A settle of 0 writes nothing, nor does one that leaves its bucket full (the refill since the
@@ -25,12 +26,30 @@ local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local settles = cjson.decode(ARGV[3])
 
 local now, now_s = now_ms()
+-- Every bucket read by one MGET. A bucket the previous version kept as a hash reads as none
+-- there: only when one of those it found none of exists is each read on its own (read_bucket).
+local found, missing = rcall('MGET', unpack(KEYS)), {}
+for i, value in ipairs(found) do
+  if not value then missing[#missing + 1] = KEYS[i] end
+end
+local legacy = #missing > 0 and rcall('EXISTS', unpack(missing)) > 0
+-- (a number goes out through string.format: Lua would write a large one in exponent notation;
+-- '%.17g' gives it back exactly, and is JSON as it is: it is never inf or nan. A full bucket,
+-- most settles' answer, is formatted once.)
+local full_text = string.format('%.17g', burst)
 local left = {}
 for i, bucket in ipairs(KEYS) do
-  local spent, age = settles[i][1], math.max(0, settles[i][2])
+  local spent, age = settles[2 * i - 1], math.max(0, settles[2 * i])
   local since = now - age
-  local tokens, at = read_bucket(bucket)
-  local stored = tokens ~= nil
+  local tokens, at
+  local value = found[i]
+  if value then
+    tokens, at = string.match(value, '^(%S+) (%d+)$')
+    tokens, at = tonumber(tokens), tonumber(at)
+  elseif legacy then
+    tokens, at = read_bucket(bucket)
+  end
+  local stored = tokens ~= nil and at ~= nil
   if not stored then
     tokens, at = burst, since
   end
@@ -38,9 +57,7 @@ for i, bucket in ipairs(KEYS) do
   local taken_at = math.max(at, since)
   tokens = math.min(burst, tokens + math.max(0, taken_at - at) * rate / 1000) - spent
   tokens = math.min(burst, tokens + math.max(0, now - taken_at) * rate / 1000)
-  -- (a number goes out through string.format: Lua would write a large one in exponent
-  -- notation; '%.17g' gives it back exactly, and is JSON as it is: it is never inf or nan)
-  local text = string.format('%.17g', tokens)
+  local text = tokens == burst and full_text or string.format('%.17g', tokens)
   if spent > 0 then
     if tokens < burst then
       write_bucket(bucket, text, now_s, tokens, burst, rate)

@@ -420,3 +420,31 @@ async def test_a_bucket_kept_as_a_hash_before_is_read_as_it_was(engine: Engine) 
     assert int(at) >= now
     with pytest.raises(ApiError):  # under one token now
         await take(engine.scripts, bucket, 0.001, 5)
+
+
+async def test_one_settle_reads_stored_missing_and_hash_buckets_each_as_it_is(
+    engine: Engine,
+) -> None:
+    # the settle reads its buckets with one MGET, where a bucket kept as a hash reads as none:
+    # then (and only then) each bucket it found none of is read on its own
+    await engine.scripts.load()
+    stored, missing, old = (rate_limit_bucket("user", f"mixed-{n}") for n in ("s", "m", "h"))
+    await engine.redis.delete(stored, missing, old)
+    seconds, micros = await engine.redis.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    await engine.redis.set(stored, f"2.5 {now}", px=60_000)
+    await engine.redis.hset(old, mapping={"tokens": "1.5", "at": str(now)})
+    await engine.redis.pexpire(old, 60_000)
+
+    left = await settle(engine.scripts, 0.001, 5, [(stored, 1, 0), (missing, 2, 0), (old, 1, 0)])
+
+    assert left == [
+        pytest.approx(1.5, abs=0.01),
+        pytest.approx(3, abs=0.01),
+        pytest.approx(0.5, abs=0.01),
+    ]
+    assert await engine.redis.type(old) == "string"  # replaced by the write
+    for bucket, tokens in ((stored, 1.5), (missing, 3), (old, 0.5)):
+        assert float(str(await engine.redis.get(bucket)).split(" ")[0]) == pytest.approx(
+            tokens, abs=0.01
+        )

@@ -122,7 +122,7 @@ async def _settle_call(
         *(bucket for bucket, _, _ in settles),
         rate=repr(float(per_second)),
         burst=burst,
-        settles=json.dumps([[spent, age] for _, spent, age in settles]),
+        settles=json.dumps([n for _, spent, age in settles for n in (spent, age)]),
     )
     if not reply.get("ok"):
         raise RuntimeError(f"rate_limit_settle.lua replied {reply!r}")

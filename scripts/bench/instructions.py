@@ -195,7 +195,7 @@ class Reservations:
                     *buckets,
                     rate=repr(float(self.settings.rate_limit_per_second)),
                     burst=self.settings.rate_limit_burst,
-                    settles=json.dumps([[1, self.settle_age]] * len(buckets)),
+                    settles=json.dumps([1, self.settle_age] * len(buckets)),
                 )
                 pipe.fcall(call.function, len(call.keys), *call.keys, *call.args)
             for reply in pipe.execute():
