@@ -55,11 +55,8 @@ local stock, products, live_hash, expiry, outbox, record, order, idem =
 local id, order_id, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local blocked, taken = fenced_or_exists(KEYS[9], order)
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[7])
-if replay then return replay end
+local opened, taken = open_call(KEYS[9], order, idem, fp, ARGV[7])
+if opened then return opened end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[12], KEYS[13],
   KEYS[14], KEYS[15])
 

@@ -201,20 +201,15 @@ local function fenced(flag)
   return nil
 end
 
--- fenced(), and whether `key` (the record the call is to create) exists already, in one
--- command. Returns the refusal or nil, then whether the key exists.
-local function fenced_or_exists(flag, key)
-  if rcall('EXISTS', flag, key) == 0 then return nil, false end
-  return fenced(flag), true
-end
-
 -- Idempotency: a repeat with the same fingerprint gets the first reply (marked replayed);
 -- another fingerprint under the same key is refused. fp == '' means no key was given.
 -- ttl_ms is how long the first reply is kept (idem_store), as the call's ARGV gives it. Without
--- a key the call's record stays as new_call left it (none).
-local function idem_lookup(key, fp, ttl_ms)
+-- a key the call's record stays as new_call left it (none). `absent`: the caller knows the
+-- record is not there (open_call): nothing to read.
+local function idem_lookup(key, fp, ttl_ms, absent)
   if fp == '' then return nil end
   idem_call.key, idem_call.fp, idem_call.ttl = key, fp, tonumber(ttl_ms)
+  if absent then return nil end
   local stored = rpcall('GET', key)
   if not stored then return nil end
   local stored_fp, reply
@@ -227,6 +222,26 @@ local function idem_lookup(key, fp, ttl_ms)
   end
   if stored_fp ~= fp then return refuse('idempotency_mismatch', {}) end
   return '{"replayed":true,' .. string.sub(reply, 2)
+end
+
+-- A call's opening checks: fenced(flag); whether `key`, the record the call is to create,
+-- exists already (nil: the call creates none); and idem_lookup(idem, fp, ttl_ms). One EXISTS of
+-- them all answers for the call that finds none of them, as all do but a replay, a fence or
+-- a taken id; those are then asked one by one. Returns the refusal or the replay (nil: the
+-- call goes on), then whether `key` exists.
+local function open_call(flag, key, idem, fp, ttl_ms)
+  local found
+  if fp == '' then
+    found = key and rcall('EXISTS', flag, key) or rcall('EXISTS', flag)
+  else
+    found = key and rcall('EXISTS', flag, key, idem) or rcall('EXISTS', flag, idem)
+  end
+  if found == 0 then return idem_lookup(idem, fp, ttl_ms, true), false end
+  local blocked = fenced(flag)
+  if blocked then return blocked, false end
+  local replay = idem_lookup(idem, fp, ttl_ms)
+  if replay then return replay, false end
+  return nil, key ~= nil and rcall('EXISTS', key) == 1
 end
 
 -- ttl_ms: as the call's ARGV gives it (text: Redis reads it as written).

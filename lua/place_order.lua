@@ -34,11 +34,8 @@ local stock, products, live_hash, expiry, outbox, order, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local order_id, owner, actor, request_id, fp = ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 
-local blocked, taken = fenced_or_exists(KEYS[8], order)
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[8])
-if replay then return replay end
+local opened, taken = open_call(KEYS[8], order, idem, fp, ARGV[8])
+if opened then return opened end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
   KEYS[12], KEYS[13])
 

@@ -34,11 +34,8 @@ local stock, live_hash, expiry, outbox, record, idem =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, scope, actor, request_id, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
-local blocked = fenced(KEYS[7])
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[6])
-if replay then return replay end
+local opened = open_call(KEYS[7], nil, idem, fp, ARGV[6])
+if opened then return opened end
 use_waitlists(KEYS[1], KEYS[10], KEYS[2], KEYS[3], KEYS[4], KEYS[9], KEYS[11],
   KEYS[12], KEYS[13])
 

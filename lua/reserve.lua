@@ -56,11 +56,8 @@ local stock, products, live_hash, expiry, outbox, idem, record =
 local id, owner, actor, request_id, fp = ARGV[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl = tonumber(ARGV[3])
 
-local blocked, taken = fenced_or_exists(KEYS[8], record)
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[9])
-if replay then return replay end
+local opened, taken = open_call(KEYS[8], record, idem, fp, ARGV[9])
+if opened then return opened end
 use_waitlists(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[10], KEYS[11],
   KEYS[12], KEYS[13])
 

@@ -34,11 +34,8 @@
 local stock, products, outbox, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local product, actor, request_id, fp = ARGV[1], ARGV[6], ARGV[7], ARGV[8]
 
-local blocked = fenced(KEYS[5])
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[9])
-if replay then return replay end
+local opened = open_call(KEYS[5], nil, idem, fp, ARGV[9])
+if opened then return opened end
 
 local old = product_meta(products, product)
 if old and ARGV[11] == '1' then return refuse('product_exists', {product = product}) end

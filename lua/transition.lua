@@ -46,11 +46,8 @@ local stock, outbox, order, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local order_id, to, scope, actor, request_id, fp =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
-local blocked = fenced(KEYS[5])
-if blocked then return blocked end
-
-local replay = idem_lookup(idem, fp, ARGV[7])
-if replay then return replay end
+local opened = open_call(KEYS[5], nil, idem, fp, ARGV[7])
+if opened then return opened end
 use_waitlists(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[2], KEYS[8], KEYS[12],
   KEYS[13], KEYS[14])
 
