@@ -216,12 +216,9 @@ def _later(event_id: str | None, event: OutboxEvent) -> bool:
 
 
 def _without_superseded(conn: Connection, event: OutboxEvent, rows: Rows) -> Rows:
-    """The event's rows, less the projection writes a later event has already made."""
-    sl, ps, log = schema.stock_levels, schema.product_settings, schema.audit_log
-
-    def stock_is_newer(r: dict[str, Any]) -> bool:
-        where = (sl.c.product == r["product"]) & (sl.c.warehouse == r["warehouse"])
-        return _later(conn.scalar(select(sl.c.last_event_id).where(where)), event)
+    """The event's rows, less the projection writes a later event has already made. (Its stock
+    rows all stay: they are changes, added to the ledger's sums whatever came later.)"""
+    ps, log = schema.product_settings, schema.audit_log
 
     def settings_are_newer(r: dict[str, Any]) -> bool:
         where = ps.c.product == r["product"]
@@ -232,7 +229,6 @@ def _without_superseded(conn: Connection, event: OutboxEvent, rows: Rows) -> Row
         ids = cast(list[str], conn.scalars(select(log.c.event_id).where(where)).all())
         return any(_later(i, event) for i in ids)
 
-    rows.stock = [r for r in rows.stock if not stock_is_newer(r)]
     rows.product_settings = [r for r in rows.product_settings if not settings_are_newer(r)]
     rows.reservation_updates = [
         u for u in rows.reservation_updates if not record_is_newer("reservation", u)

@@ -48,7 +48,7 @@ class StockRow:
     redis: Pair  # the counters
     live_reserved: int  # the sum of the live reservations' lines
     database: Pair | None  # the projection (None: no row)
-    expected: Pair  # what the projection should hold at the database checkpoint
+    expected: Pair  # the counters in Redis at the database checkpoint
     ledger: Pair  # the ledger's sums
     pending: int  # movements the database has yet to apply
     # How far the counters stand from the durable record (ledger + pending movements): what
@@ -165,10 +165,16 @@ def _classify(
         # the counters agree with the record; the live reservations don't (see _records)
         right, repair = ("database", "redis") if trusted else ("unknown", "none")
         yield "counter", counter, None, right, repair
-    if dv != r.expected:
-        yield "projection", _pair(r.expected), r.database and _pair(r.database), "redis", "database"
-    if r.ledger != r.expected:
-        yield "ledger", _pair(r.expected), _pair(r.ledger), "redis", "none"
+    if dv != r.ledger:
+        # The drain adds each movement to both (persistence.apply add_stock): one of the two
+        # was changed since, by hand. Redis, at the database's checkpoint, is the witness: a
+        # projection that disagrees with the ledger and Redis is rewritten; a ledger that
+        # disagrees with both is reported, never rewritten.
+        if r.expected == r.ledger:
+            right, repair = ("redis", "database") if trusted else ("unknown", "none")
+            yield "projection", _pair(r.ledger), r.database and _pair(r.database), right, repair
+        else:
+            yield "ledger", _pair(r.expected), _pair(r.ledger), "redis", "none"
 
 
 def _stock(

@@ -44,6 +44,8 @@ class BadEvent(ValueError):
 class Rows:
     audit: list[dict[str, Any]] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
+    # stock_levels changes: each movement's change of the counters (added to the row, which so
+    # stays the ledger's sums: persistence.apply add_stock), not the counters it left in Redis
     stock: list[dict[str, Any]] = field(default_factory=list)
     product_settings: list[dict[str, Any]] = field(default_factory=list)
     reservations_new: list[dict[str, Any]] = field(default_factory=list)
@@ -82,8 +84,8 @@ def _movements(event: OutboxEvent, rows: Rows, reason: str, ref_type: str, ref_i
             {
                 "product": m.product,
                 "warehouse": m.warehouse,
-                "available": m.available_after,
-                "reserved": m.reserved_after,
+                "available": m.available_after - m.available_before,
+                "reserved": m.reserved_delta,
                 "last_event_id": event.event_id,
                 "updated_at": at,
             }

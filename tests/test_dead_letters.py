@@ -131,6 +131,7 @@ async def test_replay_applies_a_dead_letter_once_the_database_takes_it(
     assert shown["resolved_at"] is None
     assert "refused" in shown["error"]
     assert ledger_sums(db) != await redis_counters(engine)  # the receipt is missing
+    assert projection(db) == ledger_sums(db)  # from both: the projection is the ledger's sums
 
     # the database still refuses it: it stays open, with the error shown
     again = dead_letters(settings, db_url, "replay", str(ident), "--actor", "ops-1", "--json")
@@ -163,7 +164,7 @@ async def test_replay_applies_a_dead_letter_once_the_database_takes_it(
     assert applied(db, event_id) == 1
     assert audits(db)[-1][:3] == ("dead_letter_replayed", "carol", str(ident))
     assert await engine.redis.xlen(stream) == 0
-    # the ledger's history is whole again; the projection kept the newer reservation's state
+    # the ledger's history is whole again, and the projection, which the receipt is added to
     assert ledger_sums(db) == await redis_counters(engine)
     assert projection(db) == await redis_counters(engine)
 
