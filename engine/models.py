@@ -248,7 +248,10 @@ class ExpiryResult:
     carts: int = 0  # steps of carts across partitions the sweep made their parts follow
     timed_out: int = 0  # direct orders still pending past ORDER_PENDING_TTL, cancelled
     waitlist_left: int = 0  # waitlist entries past WAITLIST_TTL, gone unserved
+    # partitions whose Redis is behind the database (the drain raised the flag): their sweep
+    # refused, nothing done there (their `still_due` counted all the same)
+    redis_behind: list[int] = dataclasses.field(default_factory=list)
 
-    def as_json(self) -> dict[str, int]:
+    def as_json(self) -> dict[str, Any]:
         """What `inventory sweep --json` and the periodic job report."""
         return dataclasses.asdict(self)

@@ -17,10 +17,12 @@ class SweepOps(ReservationOps, OrderOps):
     async def expire(self, limit: int | None = None) -> ExpiryResult:
         """The sweep: release due reservations in every partition, up to `limit` each; finish
         the steps of carts across partitions past their deadline; cancel the direct orders
-        pending past ORDER_PENDING_TTL."""
+        pending past ORDER_PENDING_TTL. A partition whose Redis is behind the database refuses
+        (nothing done there): listed in `redis_behind`."""
         batch = self.settings.sweep_batch if limit is None else limit
         v.check_int("limit", batch, 1, 100_000)
         expired = due = carts = timed_out = left = 0
+        behind: list[int] = []
         # in ascending partition order: a cart's home is its lowest partition, so its other
         # parts follow (below) before the sweep reaches their own partitions' holds
         for partition in range(self.settings.partitions):
@@ -32,6 +34,8 @@ class SweepOps(ReservationOps, OrderOps):
                 hold=self.settings.cart_hold_ms,
                 retention=self.settings.reservation_retention_ms,
             )
+            if reply.get("fenced"):
+                behind.append(partition)
             expired += int(reply["expired"])
             left += int(reply.get("left_waitlist", 0))
             due += int(reply["due"])
@@ -39,5 +43,10 @@ class SweepOps(ReservationOps, OrderOps):
             orders = replies.as_list(reply.get("orders_due", []))
             timed_out += await self.time_out_orders(k, orders) if orders else 0
         return ExpiryResult(
-            expired=expired, still_due=due, carts=carts, timed_out=timed_out, waitlist_left=left
+            expired=expired,
+            still_due=due,
+            carts=carts,
+            timed_out=timed_out,
+            waitlist_left=left,
+            redis_behind=behind,
         )

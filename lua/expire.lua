@@ -21,14 +21,16 @@
 -- Returns JSON {"ok": true, "expired": n, "due": reservations still due after this call,
 --   "claimed": [{"id", "deadline"}, ...], "orders_due": [order id, ...], "left_waitlist": n}
 --   (waitlist entries past their time, recorded as waitlist_left, reason 'expired')
---   (+ "fenced": true, nothing done, while KEYS[5] is set)
+--   (+ "fenced": true, nothing done but "due" counted, while KEYS[5] is set)
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
 -- Events: reservation_expired, one per released reservation; waitlist_left; the hand-offs of
 --   the units that came back (wait.lua).
 
 local stock, live_hash, expiry, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if rcall('EXISTS', KEYS[5]) == 1 then
-  return ok({expired = 0, due = 0, fenced = true})
+if rcall('EXISTS', KEYS[5]) == 1 then  -- (what is due is counted: the sweep reports it)
+  local now = now_ms()
+  local due = rcall('ZCOUNT', expiry, '-inf', now)
+  return ok({expired = 0, due = due, fenced = true})
 end
 use_waitlists(KEYS[1], KEYS[9], KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[10],
   KEYS[11], KEYS[12])

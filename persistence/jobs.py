@@ -139,11 +139,11 @@ def purge_idempotency() -> dict[str, int]:
     return {"purged": purge(database())}
 
 
-def expire() -> dict[str, int]:
+def expire() -> dict[str, Any]:
     """Release due reservations in every partition, and finish the steps of carts across
     partitions a crashed process left (the sweep)."""
 
-    async def run() -> dict[str, int]:
+    async def run() -> dict[str, Any]:
         async with Engine.from_settings(settings()) as engine:
             result = await engine.expire()
         return result.as_json()

@@ -43,6 +43,7 @@ async def test_sweep_releases_due_reservations(engine: Engine, redis_server: Red
         "carts": 0,
         "timed_out": 0,
         "waitlist_left": 0,
+        "redis_behind": [],
     }
     stock = await engine.get_stock("p1")
     assert (stock.available, stock.reserved) == (3, 0)

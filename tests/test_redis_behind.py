@@ -6,6 +6,7 @@ reconcile is clean."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -197,6 +198,44 @@ async def test_a_redis_behind_with_nothing_lost_but_its_stream_id(
     drained = drain_partition(stack.client, stack.db, stack.settings, 0)
     assert (drained.behind, drained.applied) == (False, 1)
     assert check(stack.client, stack.db, stack.settings).ok
+
+
+async def test_the_sweep_refuses_out_loud_while_redis_is_behind(stack: Stack) -> None:
+    """While the flag is up the sweep releases nothing: `inventory sweep` says so (exit 1, the
+    partition under `redis_behind`, a line on stderr) and counts what is due all the same."""
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        for _ in range(3):
+            await engine.reserve([LineRequest("drop", 1)], BUYER, ttl_ms=50)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    checkpoint = drain_partition(stack.client, stack.db, stack.settings, 0).checkpoint
+    ahead = f"{int(checkpoint.split('-')[0]) + 3_600_000}-0"  # the database saw a later event
+    with stack.db.begin() as conn:
+        conn.execute(schema.outbox_checkpoints.update().values(last_event_id=ahead))
+    assert drain_partition(stack.client, stack.db, stack.settings, 0).behind
+    await asyncio.sleep(0.1)  # the three are due
+
+    proc = run_cli("sweep", "--json", env=stack.env)
+
+    assert proc.returncode == 1, proc.stderr
+    assert last_json(proc) == {
+        "expired": 0,
+        "still_due": 3,
+        "carts": 0,
+        "timed_out": 0,
+        "waitlist_left": 0,
+        "redis_behind": [0],
+    }
+    assert "Redis is behind the database" in proc.stderr
+    assert "reconcile --fix" in proc.stderr
+    async with Engine.from_settings(stack.settings) as engine:
+        assert await available(engine) == (7, 3)  # nothing released
+
+    code, fixed = stack.inventory("reconcile", "--fix")
+    assert code == 0, fixed
+    proc = run_cli("sweep", "--json", env=stack.env)
+    assert proc.returncode == 0, proc.stderr
+    assert (last_json(proc)["expired"], last_json(proc)["redis_behind"]) == (3, [])
 
 
 async def test_a_drain_that_committed_but_never_trimmed_is_not_behind(stack: Stack) -> None:

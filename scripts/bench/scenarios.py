@@ -225,7 +225,7 @@ def lifecycle(stack: Stack, progress: Progress) -> dict[str, Any]:
             while True:
                 result = await engine.expire(1000)
                 expired += result.expired
-                if not result.still_due:
+                if not result.still_due or result.redis_behind:
                     return expired
 
     expired = asyncio.run(sweep())
