@@ -15,9 +15,18 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _number(raw: str, name: str, kind: type[int] | type[float], what: str) -> float:
+    """`raw` as a number, or the ValueError that names the variable (not Python's own)."""
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
-    value = default if raw is None or raw == "" else float(raw)
+    what = "a finite number of seconds >= 0"
+    value = default if raw is None or raw == "" else _number(raw, name, float, what)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {raw!r}")
     return value
@@ -29,9 +38,10 @@ def _seconds_ms(env: Mapping[str, str], name: str, default: float) -> int:
 
 def _rate(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
-    value = default if raw is None or raw == "" else float(raw)
+    what = "a finite number per second >= 0"
+    value = default if raw is None or raw == "" else _number(raw, name, float, what)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number per second >= 0, got {raw!r}")
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
     return value
 
 
@@ -48,7 +58,8 @@ def _flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | Non
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
-    value = default if raw is None or raw == "" else int(raw)
+    what = f"a whole number >= {minimum}"
+    value = default if raw is None or raw == "" else int(_number(raw, name, int, what))
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
     return value

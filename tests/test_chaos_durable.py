@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -10,7 +11,9 @@ import redis
 from sqlalchemy import create_engine, func, select
 
 from engine import keys
+from engine.settings import Settings
 from persistence import jobs, schema
+from persistence.drain import drain_partition
 from scripts.redis_server import RedisServer
 from tests.support import last_json, run_cli
 
@@ -85,3 +88,58 @@ def test_the_periodic_reconcile_keeps_its_last_result(
     assert result == {"ok": True, "drift": 0}
     assert stored is not None
     assert json.loads(stored)["ok"] is True
+
+
+def test_chaos_beside_a_running_drainer_reads_back_all_its_events(
+    redis_server: RedisServer, clean_redis: None, pg_url: str
+) -> None:
+    # A served stack drains all along: chaos holds the drain locks while it runs, so the
+    # drainer leaves the run's events in the outbox until chaos has read them back (it trimmed
+    # them before, and the run failed with events_ok false), then drains them all.
+    settings = Settings(redis_url=redis_server.url, database_url=pg_url)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    db = create_engine(pg_url)
+    stop = threading.Event()
+    locked_out = 0
+
+    def drainer() -> None:
+        nonlocal locked_out
+        while not stop.wait(0.01):
+            locked_out += drain_partition(client, db, settings, 0).locked_out
+
+    thread = threading.Thread(target=drainer)
+    thread.start()
+    try:
+        code, chaos = inventory(
+            redis_server, pg_url, "chaos", "--json", "--processes", "20", "--stock", "5", "--settle"
+        )
+    finally:
+        stop.set()
+        thread.join()
+    drain_partition(client, db, settings, 0)
+    client.close()
+    db.dispose()
+
+    assert code == 0, chaos
+    assert (chaos["succeeded"], chaos["events_ok"], chaos["oversold"]) == (5, True, False)
+    assert locked_out > 0  # the drainer came by while chaos ran, and waited
+    code, report = inventory(redis_server, pg_url, "reconcile", "--json")
+    assert code == 0, report
+
+
+def test_chaos_refuses_a_partition_count_other_than_the_data_s(
+    redis_server: RedisServer, clean_redis: None, pg_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.set(keys.LAYOUT, json.dumps({"partitions": 1}))
+    before = sorted(client.keys("*"))
+    proc = run_cli(
+        "chaos", "--processes", "2", "--stock", "1",
+        env={"REDIS_URL": redis_server.url, "PARTITIONS": "4"},
+        timeout=120,
+    )  # fmt: skip
+
+    assert proc.returncode == 2, proc.stderr
+    assert "laid out in 1 partitions, but PARTITIONS is 4" in proc.stderr
+    assert sorted(client.keys("*")) == before  # nothing written
+    client.close()

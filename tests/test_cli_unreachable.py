@@ -19,6 +19,8 @@ ENV = {
     "REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
     "DATABASE_URL": f"postgresql://inventory:secret@127.0.0.1:{DATABASE_PORT}/x",
     "JWT_KEYS": "main:" + "k" * 40,
+    "RQ_DASHBOARD_USERNAME": "ops",
+    "RQ_DASHBOARD_PASSWORD": "p" * 40,
 }
 REDIS = (
     f"inventory: cannot reach Redis at 127.0.0.1:{REDIS_PORT} (connection refused): "
@@ -58,6 +60,7 @@ def _one_line(args: list[str], expected: str) -> None:
         ["scheduler", "--burst"],
         ["serve", "--port", str(free_port())],
         ["serve", "--bench", "--port", str(free_port())],
+        ["rq-dashboard", "--port", str(free_port())],
     ],
     ids=lambda args: " ".join(a for a in args if not a.isdigit()),
 )

@@ -244,3 +244,35 @@ def test_an_app_not_served_leaves_the_garbage_collector_alone(
 
     assert asyncio.run(started(create_app(app_settings))) == (before, 0)
     assert asyncio.run(started(off)) == (before, 0)
+
+
+def test_serve_refuses_what_its_start_up_would_before_it_says_it_serves(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A short JWT_KEYS secret and a PARTITIONS other than the data's: exit 2 and one line, as
+    every other command refuses them, not a traceback from inside uvicorn's start-up (exit 3,
+    the code for an unreachable service) after a line saying it serves."""
+    port = free_port()
+    short = run_cli(
+        "serve", "--port", str(port), env=_env(redis_server, tmp_path, "main:short"), timeout=60
+    )
+    own = RedisServer(tmp_path / "laid-out")
+    own.start()
+    try:
+        redis.Redis.from_url(own.url).set("inv:layout", '{"partitions": 1}')
+        other = run_cli(
+            "serve", "--port", str(port),
+            env={**_env(own, tmp_path, "main:" + "m" * 40), "PARTITIONS": "4"},
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        own.stop()
+
+    for done in (short, other):
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert "serving the API" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "JWT_KEYS" in short.stderr
+    assert "laid out in 1 partitions, but PARTITIONS is 4" in other.stderr
+    assert not _listening(port)

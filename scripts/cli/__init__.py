@@ -56,7 +56,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 # -- sweep --------------------------------------------------------------------------------
 
 
-async def _sweep(settings: Settings, limit: int | None) -> dict[str, int]:
+async def _sweep(settings: Settings, limit: int | None) -> dict[str, Any]:
     from engine.engine import Engine
 
     async with Engine.from_settings(settings) as engine:
@@ -70,6 +70,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     result = asyncio.run(_sweep(_settings(args), args.limit))
     _emit(args, result, f"expired {result['expired']}, still due {result['still_due']}")
+    if result["redis_behind"]:
+        listed = ", ".join(f"p{p}" for p in result["redis_behind"])
+        print(
+            f"inventory: the sweep refused in {listed}: Redis is behind the database there"
+            " (nothing released); run `inventory reconcile --fix`",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -202,7 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ValueError as exc:
-        console().print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        # one line, however long, and the message as it is (a '[' in it is not markup)
+        console().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     except Exception as exc:
         from scripts.cli import unreachable

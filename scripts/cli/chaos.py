@@ -1,7 +1,9 @@
 """`inventory chaos`: many OS processes reserve the same scarce stock at the same moment.
 
 Each run creates its own products (`chaos-<run>-<n>`) and touches nothing else: it never
-flushes, and it reads the outbox only from the entry that was last when it started. The
+flushes, and it reads the outbox only from the entry that was last when it started. It holds
+the partitions' drain locks while it runs, so that a drainer running beside it (a served
+stack's worker) leaves the run's events in the outbox until they are read back. The
 processes connect first, wait on a barrier, then each sends one reservation — or, with
 --buyers-per-process N, N reservations at once from N buyers sharing the process's engine, so
 that its calls are coalesced (engine/coalesce.py) as an API process's are. Afterwards the
@@ -24,9 +26,12 @@ import asyncio
 import dataclasses
 import multiprocessing
 import random
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any, cast
@@ -85,6 +90,7 @@ def _split(total: int, parts: int) -> list[int]:
 async def _prepare(settings: Settings, plan: ChaosPlan) -> list[str]:
     """Create the run's products; return each partition's outbox id to read after."""
     async with Engine.from_settings(settings) as engine:
+        await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
         start = [await engine.outbox_newest_id(p) for p in range(settings.partitions)]
         for product in plan.products:
             await engine.setup_product(
@@ -175,7 +181,7 @@ async def _settle_and_verify(
                     await engine.commit(reservation_id, SYSTEM)
                     committed += 1
             await asyncio.sleep(SHORT_TTL_MS / 1000 + 0.05)
-            while (await engine.expire()).still_due:
+            while (swept := await engine.expire()).still_due and not swept.redis_behind:
                 pass
         stocks = await engine.get_stocks(plan.products)
         reports = await engine.check_invariants()
@@ -288,14 +294,55 @@ def run(
         seed=random.randrange(1 << 30) if seed is None else seed,
         per_process=per_process,
     )
+    with _drains_held(settings):
+        return _run(settings, plan)
+
+
+@contextmanager
+def _drains_held(settings: Settings) -> Iterator[None]:
+    """Hold every partition's drain lock while the run goes (renewed every third of its
+    lease): a drainer running meanwhile (the worker's, the scheduler's) waits, so the run's
+    events stay in the outbox until it has read them back."""
+    from engine.connection import connect_sync, resolve
+
+    client = connect_sync(resolve(settings, warn=False))
+    lease = settings.drain_lease_ms / 1000
+    locks: list[Any] = []
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease / 3):
+            for lock in locks:
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name="chaos-drain-locks", daemon=True)
+    try:
+        for p in range(settings.partitions):
+            lock = outbox.drain_lock(client, p, timeout=lease, blocking_timeout=lease)
+            if not lock.acquire():
+                raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
+            locks.append(lock)
+        renewer.start()
+        yield
+    finally:
+        done.set()
+        if renewer.is_alive():
+            renewer.join()
+        for lock in locks:
+            if lock.owned():
+                lock.release()
+        client.close()
+
+
+def _run(settings: Settings, plan: ChaosPlan) -> dict[str, Any]:
     start = asyncio.run(_prepare(settings, plan))
     # fork: the buyers start in milliseconds; no event loop is running at this point.
     mp = multiprocessing.get_context("fork")
-    barrier = mp.Barrier(processes)
+    barrier = mp.Barrier(plan.processes)
     results = mp.Queue()
     workers = [
         mp.Process(target=_buyers, args=(settings, plan, i, barrier, results))
-        for i in range(processes)
+        for i in range(plan.processes)
     ]
     started = time.monotonic()
     for w in workers:

@@ -95,6 +95,11 @@ def cmd_rq_dashboard(args: argparse.Namespace) -> int:
     username, password = credentials(os.environ)
     settings = Settings.from_env()
     redis_url = args.redis_url or settings.queue_url  # RQ's queue: QUEUE_REDIS_URL if set
+    # a dashboard of a Redis that is not there would serve "Connection Error" pages: exit 3
+    # and one line instead, as every command does
+    from scripts.cli import unreachable
+
+    unreachable.check_redis(redis_url)
     app = make_app(redis_url, username, password, allow_delete=args.allow_delete)
     server = make_server(HOST, args.port, app, threaded=True)
     deleting = "on (--allow-delete)" if args.allow_delete else "off"

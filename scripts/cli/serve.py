@@ -71,6 +71,22 @@ def dev_key_refusal(settings: Settings, host: str) -> str | None:
     )
 
 
+def _refusals(settings: Settings) -> None:
+    """Raise the ValueError the app's start-up would: JWT_KEYS (web/auth.py Keys), PARTITIONS
+    against the count the data is laid out in (engine/layout.py)."""
+    from engine import layout
+    from engine.connection import connect_sync, resolve
+    from web.auth import Keys
+
+    Keys(settings)
+    settings = resolve(settings, warn=False)
+    client = connect_sync(settings)
+    try:
+        layout.check_sync(client, settings.partitions)
+    finally:
+        client.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -90,6 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The API cannot start without Redis (it loads the scripts): say so here, in one line,
     # rather than in the traceback of a failed start-up inside uvicorn.
     unreachable.check_redis(settings.redis_url)
+    # What the app's start-up would refuse, refused here the same way as by every other
+    # command (exit 2, one line), before saying it serves: a bad JWT_KEYS, a PARTITIONS other
+    # than the data's.
+    _refusals(settings)
     if not args.access_log:
         LOG_CONFIG["loggers"]["inventory.access"]["level"] = "WARNING"
     print(
