@@ -153,7 +153,14 @@ async def test_outbox_and_expiry_gauges_come_from_redis(
     drained = await asyncio.to_thread(jobs.drain, 0)
     after = await scrape(client)
 
-    assert swept == {"expired": 1, "still_due": 0, "carts": 0, "timed_out": 0, "waitlist_left": 0}
+    assert swept == {
+        "expired": 1,
+        "still_due": 0,
+        "carts": 0,
+        "timed_out": 0,
+        "waitlist_left": 0,
+        "redis_behind": [],
+    }
     assert drained["applied"] == 5  # and the expiry
     assert value(after, "inventory_reservations_expired_by_sweep_total") == 1
     assert value(after, "inventory_reservations_due", partition="0") == 0

@@ -405,6 +405,7 @@ def test_the_operators_commands_on_the_cluster(
         "carts": 0,
         "timed_out": 0,
         "waitlist_left": 0,
+        "redis_behind": [],
     }
     drained = run_cli("drain", env=env, timeout=120)
     assert drained.returncode == 0, drained.stderr

@@ -134,6 +134,7 @@ async def test_the_numbers_follow_known_operations(
         "carts": 0,
         "timed_out": 0,
         "waitlist_left": 0,
+        "redis_behind": [],
     }
 
     before = await board(client, app)
