@@ -20,7 +20,7 @@
 --
 -- join: {"ok", "entry": {id, product, owner, quantity, partial, joined_at, expires_at},
 --   "position": n (1: first in line)}; refused {"err": "in_stock", "product", "available"}
---   (nobody waits and the units are there: reserve them), {"err": "already_waiting", "entry"},
+--   (nobody waits and units are there: reserve them), {"err": "already_waiting", "entry"},
 --   {"err": "product_not_found", "product"}, the limits' (limits.lua), {"err": "redis_behind"}.
 --   While anyone waits, the product's available units are held back for the waitlist.
 -- leave: {"ok", "entry"}; {"err": "not_waiting", "product"}.
@@ -84,9 +84,12 @@ local refusal = check_limits(products, held, owner, {{product, '', q}})
 if refusal then return refusal end
 local waiting = tonumber(rcall('HGET', held, 'w|' .. product)) or 0
 if waiting == 0 then  -- nobody waits: what is there is anyone's to reserve
+  -- A waitlist is for a sold-out product: an entry that asked for more than is there would
+  -- hold back, for as long as it waited, the units that are (one customer asking for a
+  -- million would stop every sale of the product), so any unit there refuses the join.
   local free = 0
   for _, wh in ipairs(meta.warehouses) do free = free + counts(stock, product, wh[1]) end
-  if free >= q or (ARGV[5] == '1' and free > 0) then
+  if free > 0 then
     return refuse('in_stock', {product = product, available = free})
   end
 end

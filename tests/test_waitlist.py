@@ -271,3 +271,23 @@ async def test_a_cart_part_given_back_serves_its_partitions_waitlist(
         assert (handed.source, handed.lines[0].product) == ("waitlist", "sku-1")
         assert await levels(engine, "sku-2") == {"main": (1, 0)}
         assert all(r.ok for r in await check(engine.redis, 4))
+
+
+async def test_a_join_while_units_are_there_is_refused_so_none_are_held_back(
+    settings: Settings, clean_redis: None
+) -> None:
+    # A waitlist is for a sold-out product. Joining one whose units are there, for more than
+    # there are, used to succeed — and hold those units back from everyone for as long as the
+    # entry waited (a million asked for: the product stopped selling for WAITLIST_TTL).
+    async with Engine.from_settings(settings) as engine:
+        await add_product(engine, "drop", {"main": 3})
+        await engine.reserve([LineRequest("drop", 1)], A)
+        for quantity, partial in ((1_000_000, False), (5, False), (5, True), (2, False)):
+            with pytest.raises(errors.EngineError) as refused:
+                await engine.join_waitlist("drop", quantity, B, partial=partial)
+            assert (refused.value.code, refused.value.details()["available"]) == ("in_stock", 2)
+        assert await engine.waitlist_entries(B) == []
+        made = await engine.reserve([LineRequest("drop", 2)], C)  # the units sell as ever
+        assert made.source == "request"
+        entry = await engine.join_waitlist("drop", 1_000_000, B)  # sold out: it may wait
+        assert entry.position == 1
