@@ -21,10 +21,11 @@ from sqlalchemy import select
 from engine.engine import Engine
 from engine.keys import partition_keys, partition_of
 from engine.models import SYSTEM, CallContext, LineRequest
-from engine.settings import Settings
+from engine.settings import PROJECT_ROOT, Settings
 from persistence import jobs, migrate, periodic, schema
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
+from scripts.redis_server import RedisServer
 from tests.durable import BUYER
 from tests.support import last_json, run_cli
 
@@ -242,3 +243,48 @@ async def test_drain_empties_every_partition_in_parallel(
     assert all(r["applied"] >= 2 for r in report)  # the product's creation and its hold
     for p in range(3):
         assert await engine.redis.xlen(partition_keys(p).outbox) == 0
+
+
+def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> None:
+    # It exited on the first error (exit 3), and with it every expiry and hand-off stopped
+    # until someone started it again; now it waits Redis out and schedules on.
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    log = (tmp_path / "scheduler.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "scheduler", "--interval", "0.2"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+    )
+    queue = f"rq:queue:{jobs.QUEUE}"
+
+    def enqueued() -> bool:
+        return bool(client.llen(queue))
+
+    try:
+        until(enqueued, 30)  # the periodic jobs come due and are enqueued
+        server.stop()  # Redis goes away (its data kept: append-only file)
+        time.sleep(1.5)
+        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
+        server.start()
+        client.delete(queue)
+        until(enqueued, 30)  # and it schedules on
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+        client.close()
+        server.stop()
+    assert "the scheduler lost Redis" in (tmp_path / "scheduler.log").read_text()
+
+
+def until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)

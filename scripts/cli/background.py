@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 # nothing is dead-lettered, and the next drain starts from the same checkpoint.
 DRAIN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 MAX_PARALLEL_DRAINS = 8  # `inventory drain`: partitions drained at once
+SCHEDULER_RETRY_FIRST_S = 0.5  # the scheduler, Redis lost: first wait, doubled up to the next
+SCHEDULER_RETRY_MAX_S = 10.0
 
 
 class DrainFailed(Exception):
@@ -216,9 +218,39 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     connection = jobs.queue_connection()
     scheduler = Scheduler(queue_name=jobs.QUEUE, connection=connection, interval=args.interval)
     registered = periodic.register(scheduler)
-    logging.getLogger("inventory").info("periodic jobs: %s", ", ".join(registered))
-    scheduler.run(burst=args.burst)
+    log = logging.getLogger("inventory")
+    log.info("periodic jobs: %s", ", ".join(registered))
+    if args.burst:
+        scheduler.run(burst=True)
+        return 0
+    _run_scheduler(scheduler, log)
     return 0
+
+
+def _run_scheduler(scheduler: Any, log: Any) -> None:
+    """Run the scheduler for good. Redis not answering once it has started (a stall, a
+    restart, a failover) is waited out, trying again every SCHEDULER_RETRY_MAX_S at most,
+    and never ends it:
+    the scheduler is what releases reservations whose buyers walked away, and a process that
+    exited on the first timeout stopped every expiry and hand-off until someone started it
+    again."""
+    import redis.exceptions
+
+    delay = SCHEDULER_RETRY_FIRST_S
+    while True:
+        started = time.monotonic()
+        try:
+            scheduler.run(burst=False)
+            return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            if time.monotonic() - started > SCHEDULER_RETRY_MAX_S:
+                delay = SCHEDULER_RETRY_FIRST_S  # it ran a while since the last one
+            log.warning("the scheduler lost Redis (%s): trying again in %g s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, SCHEDULER_RETRY_MAX_S)
+            # its registration, never marked dead, would read as another scheduler's
+            with contextlib.suppress(redis.exceptions.RedisError):
+                scheduler.connection.delete(scheduler.key)
 
 
 def _drain_and_report() -> int:
