@@ -184,7 +184,7 @@ def read_database(conn: Connection, snaps: dict[int, Snapshot], partitions: int)
     dead = select(dl.c.partition, func.count()).where(dl.c.resolved_at.is_(None))
     statuses = _statuses(conn, rs, asked - set(active))
     settings = {
-        row.product: product_meta(row.price, row.currency, row.warehouses)
+        row.product: product_meta(row.price, row.currency, row.warehouses, row.limits)
         for row in conn.execute(select(t.product_settings))
     }
     return Database(

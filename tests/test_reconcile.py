@@ -13,14 +13,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import event, func, select, text
 
+from engine import errors
 from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.keys import partition_keys
-from engine.models import SYSTEM, LineRequest
+from engine.models import SYSTEM, LineRequest, ProductLimits
 from engine.settings import Settings
 from persistence import schema
 from persistence.drain import drain_partition
@@ -309,6 +311,34 @@ async def test_a_hand_edit_sold_before_the_check_is_a_conflict_drained_or_not(
         assert not fixed.ok
         assert [(c["product"], c["offset_available"]) for c in fixed.conflicts] == [("drop", 5)]
         assert (await redis_counters(engine))[("drop", "main")] == (1, 6)  # left as it was
+
+
+async def test_a_product_s_purchase_limits_are_part_of_its_record(
+    engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
+) -> None:
+    # The database's settings were read without their limits: every product with a limit was
+    # reported as product_settings drift (the periodic check logged it every minute), and
+    # --fix wrote the settings back to Redis without the limit: a fair drop was unlimited.
+    await engine.setup_product(
+        "fair", SYSTEM, price=100, stock={"main": 5}, limits=ProductLimits(max_per_customer=1)
+    )
+    drain_partition(sync_redis, db, settings, 0)
+    assert check(sync_redis, db, settings).ok
+
+    meta = json.loads(str(sync_redis.hget(K.products, "fair")))
+    sync_redis.hset(K.products, "fair", json.dumps({**meta, "limits": {"max_per_customer": 9}}))
+    found = check(sync_redis, db, settings)
+    assert kinds(found) == ["product_settings"]
+    assert found.drift[0].database["limits"] == {"max_per_customer": 1}
+
+    fixed = reconcile(sync_redis, db, settings, fix=True)
+
+    assert fixed.ok, fixed.drift
+    assert json.loads(str(sync_redis.hget(K.products, "fair")))["limits"] == {"max_per_customer": 1}
+    await engine.reserve([LineRequest("fair", 1)], BUYER)
+    with pytest.raises(errors.EngineError) as refused:
+        await engine.reserve([LineRequest("fair", 1)], BUYER)
+    assert refused.value.code == "limit_exceeded"
 
 
 async def test_a_deleted_live_entry_is_put_back_from_the_record(

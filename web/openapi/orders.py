@@ -222,7 +222,8 @@ OPERATIONS: list[Operation] = [
         token=True,
         errors={404: NO_RESERVATION, 409: (*NOT_LIVE, "extension_limit_reached")},
         description="`expires_at` becomes now + `ttl_seconds` (the default without a body), "
-        "capped by the reservation's maximum lifetime.",
+        "capped by the reservation's maximum lifetime; never earlier than it was (a shorter "
+        "value changes nothing, and writes no event).",
     ),
     Operation(
         "POST", "/api/reservations/{reservation_id}/commit/", "commit_reservation",
