@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from engine.keys import stock_counters
+from engine.keys import malformed_stock_fields, stock_counters
 from engine.partition import PartitionState, parse_state, queue_state
 
 
@@ -48,6 +48,7 @@ def evaluate(
         counters=stock_counters(stock),
         live={rid: json.loads(entry) for rid, entry in live.items()},
         expiry=dict.fromkeys(expiry, 0),
+        malformed=malformed_stock_fields(stock),
     )
     return judge(partition, state)
 
@@ -73,6 +74,8 @@ def judge(partition: int, state: PartitionState) -> InvariantReport:
             )
     for pw in sorted(set(held) - set(counters)):
         problems.append(f"{pw[0]}@{pw[1]}: live reservations hold {held[pw]} of unknown stock")
+    for name in state.malformed:
+        problems.append(f"the stock hash's field {name!r} is no counter (a|product|warehouse)")
     live, expiry = set(state.live), set(state.expiry)
     if expiry != live:
         problems.append(f"expiry index and live reservations differ: {len(expiry ^ live)} ids")

@@ -230,12 +230,31 @@ def stock_fields(product: str, warehouse: str) -> tuple[str, str]:
 
 
 def stock_counters(fields: Mapping[str, str | int]) -> dict[tuple[str, str], tuple[int, int]]:
-    """A stock hash read whole: (product, warehouse) -> (available, reserved)."""
+    """A stock hash read whole: (product, warehouse) -> (available, reserved). A field that
+    is no counter (`malformed_stock_fields`: only a hand could write it) is left out."""
     out: dict[tuple[str, str], list[int]] = {}
     for name, value in fields.items():
-        kind, product, warehouse = name.split("|", 2)
-        out.setdefault((product, warehouse), [0, 0])[kind == "r"] = int(value)
+        counter = _counter(name, value)
+        if counter is not None:
+            kind, product, warehouse, n = counter
+            out.setdefault((product, warehouse), [0, 0])[kind == "r"] = n
     return {pw: (a, r) for pw, (a, r) in out.items()}
+
+
+def malformed_stock_fields(fields: Mapping[str, str | int]) -> list[str]:
+    """The fields of a stock hash that are no counter ('a|' or 'r|' product '|' warehouse, a
+    whole number): what `inventory check` reports as broken."""
+    return sorted(name for name, value in fields.items() if _counter(name, value) is None)
+
+
+def _counter(name: str, value: str | int) -> tuple[str, str, str, int] | None:
+    kind, product, warehouse = [*name.split("|", 2), "", ""][:3]
+    if kind not in ("a", "r") or not product or not warehouse:
+        return None
+    try:
+        return kind, product, warehouse, int(value)
+    except ValueError:
+        return None
 
 
 def record_id(key: str) -> str:

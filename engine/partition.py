@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.keys import partition_keys, stock_counters
+from engine.keys import malformed_stock_fields, partition_keys, stock_counters
 
 PW = tuple[str, str]  # (product, warehouse)
 Pair = tuple[int, int]  # (available, reserved)
@@ -22,6 +22,7 @@ class PartitionState:
     counters: dict[PW, Pair]
     live: dict[str, dict[str, Any]]  # reservation id -> {"owner", "lines": [[p, w, q], ...]}
     expiry: dict[str, int]  # reservation id -> expires_at (ms), the expiry index
+    malformed: list[str] = field(default_factory=list)  # stock hash fields that are no counter
 
 
 STATE_REPLIES = 3  # how many replies `queue_state` adds to a pipeline
@@ -40,6 +41,7 @@ def parse_state(replies: Sequence[Any]) -> PartitionState:
         counters=stock_counters(stock),
         live={rid: json.loads(raw) for rid, raw in live.items()},
         expiry={rid: int(score) for rid, score in expiry},
+        malformed=malformed_stock_fields(stock),
     )
 
 

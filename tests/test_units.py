@@ -158,6 +158,11 @@ def test_invariants_pass_on_a_consistent_snapshot() -> None:
         ({"live": {"r3": live_entry("eve", ("p9", "w1", 1))}}, "p9@w1: live reservations hold 1"),
         ({"expiry": ["r1"]}, "expiry index and live reservations differ: 1 ids"),
         ({"expiry": ["r1", "r2", "gone"]}, "expiry index and live reservations differ"),
+        # a field only a hand could write: reported, not a crash of `inventory check`
+        ({"stock": {"": "5"}}, "the stock hash's field '' is no counter"),
+        ({"stock": {"x|p1|w1": "5"}}, "'x|p1|w1' is no counter"),
+        ({"stock": {"a|p1": "5"}}, "'a|p1' is no counter"),
+        ({"stock": {"a|p2|w1": "lots"}}, "'a|p2|w1' is no counter"),
     ],
 )
 def test_invariants_catch_each_kind_of_drift(change: dict[str, Any], problem: str) -> None:
