@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,15 @@ def _options(args: argparse.Namespace) -> Options | str:
     )
 
 
+_MAIN_PID = os.getpid()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a process the run forked (it inherits the handler): ends
+        os._exit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     opts = _options(args)
     if isinstance(opts, str):
@@ -122,7 +132,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from scripts.bench.measure import console
     from scripts.bench.report import markdown, plot, print_tables
 
-    report = run(opts)
+    # TERM as Ctrl-C: the services the run started (PostgreSQL, Redis, the API, the load
+    # processes) are stopped on the way out; by default TERM ended the process at once and
+    # left them running
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        report = run(opts)
+    except KeyboardInterrupt as exc:
+        print(f"inventory bench: stopped ({exc or 'Ctrl-C'}); what it started is stopped",
+              file=sys.stderr)  # fmt: skip
+        return 130
     if not args.json:
         print_tables(report["scenarios"], report["targets"])
         console.print(f"exact_counts = {str(report['exact_counts']).lower()}")
