@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from engine import errors
 from engine import validation as v
 from engine.coalesce import Coalescer
-from engine.keys import PartitionKeys, new_id, partition_keys, partition_of
+from engine.keys import PartitionKeys, idempotency_claim, new_id, partition_keys, partition_of
 from engine.models import CallContext
 from engine.script_spec import ScriptSpec
 from engine.scripts import Scripts, parse, prepare_from
@@ -83,6 +83,32 @@ class EngineBase:
             "fingerprint": fp,
             "idempotency_ttl": self.settings.idempotency_ttl_ms,
         }
+
+    async def _claimed(
+        self, k: PartitionKeys, ctx: CallContext, operation: str, payload: Sequence[str | int]
+    ) -> dict[str, str | int]:
+        """`_caller`, for a call that may go to any partition: with PARTITIONS > 1 and an
+        idempotency key, the key is first claimed for this request (`_claim`)."""
+        caller = self._caller(k, ctx, operation, payload)
+        if ctx.idempotency_key is not None and self.settings.partitions > 1:
+            await self._claim(ctx, operation, str(caller["fingerprint"]))
+        return caller
+
+    async def _claim(self, ctx: CallContext, operation: str, fp: str) -> None:
+        """Raise IdempotencyMismatch if the key was sent before with another request. The
+        partition's record answers a repeat, and a request that differs in its partition's
+        record; but a request that differs in where it goes (another product, another
+        reservation or order in the path) finds no record in its partition. So with more
+        than one partition each key's first fingerprint is kept apart (keys.idempotency_claim,
+        for IDEMPOTENCY_TTL), set before the call: a call that then fails leaves the key
+        claimed for that request, which a retry of it may still make."""
+        assert ctx.idempotency_key is not None
+        claim = idempotency_claim(ctx.actor, operation, ctx.idempotency_key)
+        first = await self.redis.set(
+            claim, fp, nx=True, get=True, px=self.settings.idempotency_ttl_ms
+        )
+        if first is not None and first != fp:
+            raise errors.IdempotencyMismatch()
 
     def _idempotency(
         self, k: PartitionKeys, ctx: CallContext, operation: str, payload: Sequence[str | int]

@@ -152,7 +152,7 @@ class CartOps(EngineBase):
         home, *others = partitions
         hk = partition_keys(home)
         payload: list[str | int] = [v.lines_json(merged), ttl, "1" if allow_split else "0"]
-        caller = self._caller(hk, ctx, "reserve", payload)
+        caller = await self._claimed(hk, ctx, "reserve", payload)
         first = await self._first_answer(hk, caller)
         if first is not None:  # this key's cart, made before
             return await self._whole(home, partitions, first)
@@ -174,7 +174,7 @@ class CartOps(EngineBase):
                         else {
                             "ttl": self.settings.cart_hold_ms * 2,
                             "parts": "",
-                            **self._caller(k, plain, "reserve", []),
+                            **await self._claimed(k, plain, "reserve", []),
                             "max_live": 0,  # a cart counts once, in its home
                         }
                     ),

@@ -145,10 +145,7 @@ class PartitionKeys:
         return f"{self._tag}:order-returned:{order_id}"
 
     def idempotency(self, actor: str, operation: str, key: str) -> str:
-        # The client's key is hashed: any text is safe, and one user's key can't collide
-        # with another's or with another operation's.
-        digest = hashlib.sha256(f"{actor}\x00{operation}\x00{key}".encode()).hexdigest()[:40]
-        return self.idempotency_by_hash(digest)
+        return self.idempotency_by_hash(idempotency_digest(actor, operation, key))
 
     def idempotency_by_hash(self, digest: str) -> str:
         """The idempotency record named by its digest (as the database keeps it)."""
@@ -351,6 +348,20 @@ def login_attempts(kind: str, *values: str) -> str:
     """
     digest = hashlib.sha256("\x00".join(values).encode()).hexdigest()[:32]
     return f"{PREFIX}:{{auth}}:login-attempts:{kind}:{digest}"
+
+
+def idempotency_digest(actor: str, operation: str, key: str) -> str:
+    """The digest an idempotency key is kept by. The client's key is hashed: any text is
+    safe, and one user's key can't collide with another's or with another operation's."""
+    return hashlib.sha256(f"{actor}\x00{operation}\x00{key}".encode()).hexdigest()[:40]
+
+
+def idempotency_claim(actor: str, operation: str, key: str) -> str:
+    """Outside the partitions: the fingerprint of the first request an idempotency key was
+    sent with, with PARTITIONS > 1 (engine/base.py `_claim`). A key's record is kept in the
+    partition its request goes to; another request under the key may go to another one,
+    where no record says the key was used. On a cluster this key sits in a slot of its own."""
+    return f"{PREFIX}:idem-claim:{{{idempotency_digest(actor, operation, key)}}}"
 
 
 def rate_limit_bucket(kind: str, value: str) -> str:

@@ -20,7 +20,7 @@ class OrderOps(CartOps):
         """Turn a live reservation into a pending order."""
         k = self._keys_for_record(reservation_id, errors.ReservationNotFound)
         return await self._commit(
-            k, reservation_id, ctx, self._caller(k, ctx, "commit", [reservation_id])
+            k, reservation_id, ctx, await self._claimed(k, ctx, "commit", [reservation_id])
         )
 
     async def _commit(
@@ -74,7 +74,7 @@ class OrderOps(CartOps):
             "order_id": order_id,
             **payload,
             "owner": ctx.actor,
-            **self._caller(k, ctx, "place_order", [*payload.values()]),
+            **await self._claimed(k, ctx, "place_order", [*payload.values()]),
             "expiry_batch": self.settings.expire_batch,
             "pending_ttl": self.settings.order_pending_ttl_ms,
             "retention": self.settings.reservation_retention_ms,
@@ -111,7 +111,7 @@ class OrderOps(CartOps):
         time, then committed; the order names it as its reservation."""
         k = partition_keys(parts[0])
         payload: list[str | int] = [v.lines_json(merged), "1" if allow_split else "0"]
-        caller = self._caller(k, ctx, "place_order", payload)
+        caller = await self._claimed(k, ctx, "place_order", payload)
         first = await self._first_answer(k, caller)
         if first is not None:  # this key's order, made before
             return replies.order_reply(k.partition, first)
@@ -151,7 +151,7 @@ class OrderOps(CartOps):
             order_id=order_id,
             status=target.value,
             scope=ctx.scope,
-            **self._caller(k, ctx, "transition", [order_id, target.value]),
+            **await self._claimed(k, ctx, "transition", [order_id, target.value]),
             retention=self.settings.order_retention_ms,
             expected=expected.value if expected else "",
             hold=self.settings.cart_hold_ms,

@@ -56,7 +56,7 @@ class ReservationOps(CartOps):
             "reservation_id": reservation_id,
             **payload,
             "owner": ctx.actor,
-            **self._caller(k, ctx, "reserve", [*payload.values()]),
+            **await self._claimed(k, ctx, "reserve", [*payload.values()]),
             "expiry_batch": self.settings.expire_batch,
             "retention": self.settings.reservation_retention_ms,
             "cart": "",
@@ -77,7 +77,7 @@ class ReservationOps(CartOps):
             record=k.reservation(reservation_id),
             reservation_id=reservation_id,
             scope=ctx.scope,
-            **self._caller(k, ctx, "release", [reservation_id]),
+            **await self._claimed(k, ctx, "release", [reservation_id]),
             retention=self.settings.reservation_retention_ms,
             hold=self.settings.cart_hold_ms,
         )
@@ -100,7 +100,7 @@ class ReservationOps(CartOps):
             scope=ctx.scope,
             ttl=ttl,
             max_lifetime=self.settings.reservation_max_lifetime_ms,
-            **self._caller(k, ctx, "extend", [reservation_id, ttl]),
+            **await self._claimed(k, ctx, "extend", [reservation_id, ttl]),
             retention=self.settings.reservation_retention_ms,
             hold=self.settings.cart_hold_ms,
         )

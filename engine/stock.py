@@ -84,7 +84,7 @@ class StockOps(EngineBase):
             outbox=k.outbox,
             behind=k.behind,
             **payload,
-            **self._caller(k, ctx, "setup_product", fingerprinted),
+            **await self._claimed(k, ctx, "setup_product", fingerprinted),
             default_warehouse=self.settings.default_warehouse,
             create_only="1" if create_only else "",
         )
@@ -122,7 +122,7 @@ class StockOps(EngineBase):
             specs.ADJUST_STOCK,
             **specs.ADJUST_STOCK.partition_keys(k),
             **payload,
-            **self._caller(k, ctx, "adjust_stock", [*payload.values()]),
+            **await self._claimed(k, ctx, "adjust_stock", [*payload.values()]),
         )
         replies.raise_for(reply)
         return replies.movements(reply)

@@ -503,3 +503,35 @@ async def test_a_cart_across_partitions_over_http(
             {"main": (2, 0)},
             {"main": (3, 0)},
         ]
+
+
+async def test_a_key_reused_for_a_request_in_another_partition_is_a_mismatch(
+    sharded: Engine,
+) -> None:
+    # Each key's record is kept in the partition its request goes to: the same key with a
+    # request for another partition found no record there, and made a second reservation.
+    # With PARTITIONS > 1 a key's first request is claimed apart (keys.idempotency_claim).
+    keyed = dataclasses.replace(ALICE, idempotency_key="cart-1")
+    first = await sharded.reserve([LineRequest("sku-1", 1)], keyed)  # partition 2
+    before = await all_levels(sharded)
+
+    with pytest.raises(errors.IdempotencyMismatch):
+        await sharded.reserve([LineRequest("sku-2", 1)], keyed)  # partition 0
+    with pytest.raises(errors.IdempotencyMismatch):  # a cart with its home in partition 0
+        await sharded.reserve([LineRequest("sku-1", 1), LineRequest("sku-2", 1)], keyed)
+    again = await sharded.reserve([LineRequest("sku-1", 1)], keyed)  # the same: replayed
+    assert (again.id, again.replayed) == (first.id, True)
+    assert await all_levels(sharded) == before  # nothing changed
+
+    # the same for a key naming records in the path: a release of one reservation, then of
+    # another in another partition under the same key
+    other = await sharded.reserve([LineRequest("sku-2", 1)], ALICE)
+    released = dataclasses.replace(ALICE, idempotency_key="release-1")
+    await sharded.release(first.id, released)
+    with pytest.raises(errors.IdempotencyMismatch):
+        await sharded.release(other.id, released)
+    assert (await sharded.get_reservation(other.id, ALICE)).status == "active"
+    # another operation is another key's use: a key per operation, as in one partition
+    order = await sharded.place_order([LineRequest("sku-2", 1)], keyed)
+    assert order.status == "pending"
+    await assert_invariants(sharded)
