@@ -75,11 +75,16 @@ local function hand_off(w, entry, now, now_s)
     free = free + counts(w.stock, entry.product, wh[1])
   end
   local q = entry.quantity
+  local lim = meta.limits
   if free < q then
     if not entry.partial or free <= 0 then return false end
     q = free
+    -- a part is a reservation like any: a whole number of the product's increments, and
+    -- at least its minimum (limits.lua), or the entry waits on
+    if lim and lim.quantity_increment then q = q - q % lim.quantity_increment end
+    if lim and lim.min_quantity and q < lim.min_quantity then q = 0 end
+    if q <= 0 then return false end
   end
-  local lim = meta.limits
   local counted = nil
   if lim and lim.max_per_customer then
     local h = tonumber(rcall('HGET', w.held, held_field(entry.product, entry.owner))) or 0

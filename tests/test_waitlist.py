@@ -291,3 +291,26 @@ async def test_a_join_while_units_are_there_is_refused_so_none_are_held_back(
         assert made.source == "request"
         entry = await engine.join_waitlist("drop", 1_000_000, B)  # sold out: it may wait
         assert entry.position == 1
+
+
+async def test_a_part_handed_off_keeps_the_product_s_increment_and_minimum(
+    settings: Settings, clean_redis: None
+) -> None:
+    # sold in pairs (at least 2, by 2): a partial entry for 4 is handed 2 of 3 units that
+    # came back, not 3, and nothing of 1 — it was handed 1 unit, an order no one could place
+    async with Engine.from_settings(settings) as engine:
+        await add_product(engine, "pairs", {"main": 4})
+        limits = ProductLimits(min_quantity=2, quantity_increment=2)
+        await engine.setup_product("pairs", STAFF, price=250, limits=limits)
+        first = await engine.reserve([LineRequest("pairs", 2)], A)
+        second = await engine.reserve([LineRequest("pairs", 2)], C)
+        entry = await engine.join_waitlist("pairs", 4, B, partial=True)
+
+        await engine.adjust_stock("pairs", {"main": 1}, StockReason.RECEIVED, STAFF)
+        assert [e.id for e in await engine.waitlist_entries(B)] == [entry.id]  # 1: waits on
+        await engine.release(first.id, A)  # 3 there now: a part of 2
+        handed = await engine.get_reservation(entry.id, B)
+        assert (handed.source, handed.quantity) == ("waitlist", 2)
+        assert await levels(engine, "pairs") == {"main": (1, 4)}
+        await engine.release(second.id, C)
+        assert await levels(engine, "pairs") == {"main": (3, 2)}  # nobody waits: anyone's
