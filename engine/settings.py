@@ -117,6 +117,7 @@ class Settings:
     # A waitlist entry not served this long after it joined leaves the waitlist.
     waitlist_ttl_ms: int = 3_600_000
     stream_max_listeners: int = 1000
+    stream_max_per_client: int = 20  # of them, one client's (a user, else an address); 0: any
     stream_heartbeat_ms: int = 15_000
     # Due reservations released by each reserve call before it checks stock.
     expire_batch: int = 100
@@ -207,6 +208,9 @@ class Settings:
             ),
             waitlist_ttl_ms=_seconds_ms(e, "WAITLIST_TTL", d.waitlist_ttl_ms / 1000),
             stream_max_listeners=_int(e, "STREAM_MAX_LISTENERS", d.stream_max_listeners),
+            stream_max_per_client=_int(
+                e, "STREAM_MAX_PER_CLIENT", d.stream_max_per_client, minimum=0
+            ),
             stream_heartbeat_ms=_seconds_ms(e, "STREAM_HEARTBEAT", d.stream_heartbeat_ms / 1000),
             expire_batch=_int(e, "EXPIRE_BATCH", d.expire_batch),
             sweep_batch=_int(e, "SWEEP_BATCH", d.sweep_batch),

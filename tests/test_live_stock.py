@@ -65,8 +65,13 @@ class Stream:
 
 @pytest.fixture
 def server_settings(settings: Settings, pg_url: str, clean_redis: None) -> Settings:
+    # (the tests' many listeners come from one address: no rate limit, no cap per client)
     return dataclasses.replace(
-        settings, database_url=pg_url, jwt_keys="live:" + "k" * 40, rate_limit_per_second=0
+        settings,
+        database_url=pg_url,
+        jwt_keys="live:" + "k" * 40,
+        rate_limit_per_second=0,
+        stream_max_per_client=0,
     )
 
 
@@ -247,6 +252,46 @@ async def test_past_the_cap_is_503(server_settings: Settings) -> None:
             assert third.json()["error"]["code"] == "too_many_listeners"
             assert third.json()["error"]["details"] == {"limit": 2}
             assert third.headers["retry-after"] == "5"
+
+
+async def test_one_client_has_at_most_its_share_of_the_streams(server_settings: Settings) -> None:
+    # One anonymous client took every stream of a process (1000 in 19 s, within its rate
+    # limit); then everyone was 503. Each client (a user, else an address) has at most
+    # STREAM_MAX_PER_CLIENT.
+    settings = dataclasses.replace(
+        server_settings, stream_max_listeners=10, stream_max_per_client=2
+    )
+    server = Server(settings)
+    with server as url:
+        product = new_product(url, server, "LIVE-D", 3)
+        path = f"/api/products/{product}/stream/"
+        user = bearer(server.app, "31")
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+            opened(client, path) as one,
+            opened(client, path) as two,
+        ):
+            await one.next()
+            await two.next()
+            third = await client.get(path)
+            assert third.status_code == 429
+            assert third.json()["error"]["code"] == "too_many_streams"
+            assert third.json()["error"]["details"] == {"limit": 2}
+            assert third.headers["retry-after"] == "5"
+            # a user is a client of their own, whatever address they come from
+            async with opened(client, path, user) as mine:
+                await mine.next()
+        # the address's streams closed: it may open again
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for _ in range(50):  # (the server notices the closed streams within moments)
+                async with client.stream("GET", path) as again:
+                    if again.status_code == 200:
+                        await Stream(again).next()
+                        break
+                    assert again.status_code == 429
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the closed streams were never let go")
 
 
 async def test_a_change_trimmed_before_the_feed_read_it_is_still_sent(

@@ -158,7 +158,11 @@ def create_app(
         db = database_engine(resolved)
         adb = async_database_engine(resolved)
         trigger = DrainTrigger(engine, queue)
-        feed = StockFeed(engine, max_listeners=resolved.stream_max_listeners)
+        feed = StockFeed(
+            engine,
+            max_listeners=resolved.stream_max_listeners,
+            max_per_client=resolved.stream_max_per_client,
+        )
         app.state.services = Services(resolved, engine, db, trigger, adb, feed=feed)
         accounts = AccountCache(db, resolved, reader=SerialReader.of(resolved))
         app.state.accounts = accounts

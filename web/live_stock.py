@@ -45,6 +45,10 @@ class TooManyListeners(Exception):
     """The process follows STREAM_MAX_LISTENERS streams already."""
 
 
+class TooManyStreams(Exception):
+    """The client has STREAM_MAX_PER_CLIENT streams open on this process already."""
+
+
 def stock_json(product: str, stock: ProductStock) -> dict[str, Any]:
     """What one event says: the product's stock, in the product's own fields."""
     return {"product": int(product) if product.isdigit() else product, **product_stock(stock)}
@@ -55,6 +59,7 @@ class Listener:
     """One stream: the products it follows, and the newest state of each not yet sent."""
 
     products: frozenset[str]
+    client: str = ""  # whose stream (web/routes/products.py): counted per client
     pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -73,9 +78,18 @@ class Listener:
 class StockFeed:
     """The process's one reader of the outboxes, and its listeners."""
 
-    def __init__(self, engine: Engine, *, max_listeners: int, poll_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_listeners: int,
+        max_per_client: int = 0,
+        poll_s: float = 0.05,
+    ) -> None:
         self.engine = engine
         self.max_listeners = max_listeners
+        self.max_per_client = max_per_client  # 0: no cap per client
+        self._per_client: dict[str, int] = {}
         self.poll_s = poll_s
         self.listeners: set[Listener] = set()
         self._following: dict[str, set[Listener]] = {}
@@ -89,13 +103,17 @@ class StockFeed:
     def partitions(self) -> int:
         return self.engine.settings.partitions
 
-    async def subscribe(self, products: Iterable[str]) -> Listener:
-        """A listener of these products (engine ids); TooManyListeners past the cap. The feed
-        reads from the outboxes' current ends from the first listener on."""
+    async def subscribe(self, products: Iterable[str], client: str = "") -> Listener:
+        """A listener of these products (engine ids) for `client`; TooManyStreams past the
+        cap per client, TooManyListeners past the process's. The feed reads from the
+        outboxes' current ends from the first listener on."""
+        if self.max_per_client and self._per_client.get(client, 0) >= self.max_per_client:
+            raise TooManyStreams
         if len(self.listeners) >= self.max_listeners:
             raise TooManyListeners
-        listener = Listener(frozenset(products))
+        listener = Listener(frozenset(products), client)
         self.listeners.add(listener)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         for p in listener.products:
             self._following.setdefault(p, set()).add(listener)
         if self._task is None or self._task.done():
@@ -105,6 +123,12 @@ class StockFeed:
         return listener
 
     def unsubscribe(self, listener: Listener) -> None:
+        if listener in self.listeners:
+            left = self._per_client.get(listener.client, 1) - 1
+            if left > 0:
+                self._per_client[listener.client] = left
+            else:
+                self._per_client.pop(listener.client, None)
         self.listeners.discard(listener)
         for p in listener.products:
             followers = self._following.get(p)

@@ -200,7 +200,9 @@ STREAM_TEXT = (
     "changes (within about 50 ms of the change), and a comment line as a heartbeat every "
     "STREAM_HEARTBEAT seconds. Reconnecting with `Last-Event-ID` gets the current state at "
     "once unless the server knows it has not changed since. One server process serves at "
-    "most STREAM_MAX_LISTENERS streams: one more is 503 `too_many_listeners` (`Retry-After`)."
+    "most STREAM_MAX_LISTENERS streams: one more is 503 `too_many_listeners` (`Retry-After`); "
+    "and at most STREAM_MAX_PER_CLIENT of one client's (the user of a valid token, else the "
+    "address): one more is 429 `too_many_streams` (`Retry-After`)."
 )
 NO_PRODUCT = {404: ("product_not_found",)}
 # A price that fits some currency but not the product's own.
@@ -295,13 +297,14 @@ OPERATIONS: list[Operation] = [
         "GET", "/api/products/{id}/stream/", "stream_product",
         "One product's live stock, as Server-Sent Events", "products", "open", STREAM,
         raw="text/event-stream", path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, 503: ("too_many_listeners",)}, description=STREAM_TEXT,
+        errors={**NO_PRODUCT, 429: ("too_many_streams",), 503: ("too_many_listeners",)},
+        description=STREAM_TEXT,
     ),
     Operation(
         "GET", "/api/stock/stream/", "stream_products",
         "Several products' live stock, as Server-Sent Events", "products", "open", STREAM,
         raw="text/event-stream", query=StreamQuery,
-        errors={**NO_PRODUCT, 503: ("too_many_listeners",)},
+        errors={**NO_PRODUCT, 429: ("too_many_streams",), 503: ("too_many_listeners",)},
         description="`ids`: up to 100 product ids, comma-separated; each must exist (else "
         "404). " + STREAM_TEXT,
     ),

@@ -11,11 +11,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from web import live_stock
-from web.auth import require_staff
+from web.auth import authenticate, require_staff
 from web.bodies import parse_body, parse_query
 from web.consistency import REPLAY_HEADER
 from web.errors import ApiError
-from web.live_stock import TooManyListeners
+from web.live_stock import TooManyListeners, TooManyStreams
 from web.products_view import etag, product_id, product_json, read_answer
 from web.responses import iso, ok
 from web.routes import stock
@@ -53,6 +53,20 @@ async def stream_products(request: Request) -> Response:
     return await _stream(request, query.product_ids())
 
 
+def _stream_client(request: Request) -> str:
+    """Whose stream: the user of a valid access token, else the connection's address (the
+    rate limiter's client, web/ratelimit.py; behind a proxy, uvicorn's --proxy-headers). A
+    token that does not verify counts for the address, as for the rate limit."""
+    try:
+        principal = authenticate(request)
+    except ApiError:
+        principal = None
+    if principal is not None:
+        return f"user:{principal.user_id}"
+    client = request.client
+    return f"ip:{client.host if client else 'unknown'}"
+
+
 async def _stream(request: Request, pids: list[int]) -> Response:
     svc = services(request)
     for pid in pids:  # each in the catalog, not deleted (404 before the stream starts)
@@ -61,7 +75,16 @@ async def _stream(request: Request, pids: list[int]) -> Response:
     if feed is None:  # (an app without its lifespan)
         raise ApiError(503, "service_unavailable", "live stock is not running")
     try:
-        listener = await feed.subscribe(str(pid) for pid in pids)
+        listener = await feed.subscribe((str(pid) for pid in pids), _stream_client(request))
+    except TooManyStreams:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            "this client has as many live streams open as it may; close one, or follow "
+            "several products in one stream (ids=1,2,3)",
+            {"limit": feed.max_per_client},
+            {"Retry-After": "5"},
+        ) from None
     except TooManyListeners:
         raise ApiError(
             503,
