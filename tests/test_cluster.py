@@ -275,6 +275,20 @@ async def test_without_a_queue_server_the_app_refuses_to_start(spread: Settings)
             pass
 
 
+def test_inventory_serve_refuses_a_cluster_without_a_queue_server(spread: Settings) -> None:
+    # exit 2 and one line, as the worker refuses it; it was exit 3 (the code of a Redis that
+    # can't be reached) and uvicorn's traceback, after a line saying it served
+    done = run_cli(
+        "serve", "--port", str(free_port()),
+        env={"REDIS_URL": spread.redis_url, "QUEUE_REDIS_URL": "", "JWT_KEYS": "k:" + "k" * 40},
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "QUEUE_REDIS_URL" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "serving the API" not in done.stderr
+
+
 async def test_the_api_drain_and_reconcile_over_the_shards(
     spread: Settings, db_url: str, db: DatabaseEngine
 ) -> None:

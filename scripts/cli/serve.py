@@ -72,14 +72,17 @@ def dev_key_refusal(settings: Settings, host: str) -> str | None:
 
 
 def _refusals(settings: Settings) -> None:
-    """Raise the ValueError the app's start-up would: JWT_KEYS (web/auth.py Keys), PARTITIONS
-    against the count the data is laid out in (engine/layout.py)."""
+    """Raise the ValueError the app's start-up would: JWT_KEYS (web/auth.py Keys), no
+    QUEUE_REDIS_URL on a cluster (persistence/jobs.py), PARTITIONS against the count the data
+    is laid out in (engine/layout.py)."""
     from engine import layout
     from engine.connection import connect_sync, resolve
+    from persistence import jobs
     from web.auth import Keys
 
     Keys(settings)
     settings = resolve(settings, warn=False)
+    jobs.queue_connection(settings).close()
     client = connect_sync(settings)
     try:
         layout.check_sync(client, settings.partitions)
