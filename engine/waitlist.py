@@ -75,6 +75,11 @@ class WaitlistOps(EngineBase):
         replies.raise_for(reply)
         return _entry(reply["entry"], 0)
 
+    async def waiting(self, product: str) -> int:
+        """How many customers wait for `product` (its waitlist's length)."""
+        k = self._keys_for_product(product)
+        return int(await self.redis.hget(k.held, f"w|{product}") or 0)
+
     async def waitlist_entries(self, ctx: CallContext) -> list[WaitlistEntry]:
         """The customer's entries in every partition, oldest first, each with its position."""
         found = await asyncio.gather(

@@ -133,6 +133,13 @@ async def test_delete_is_refused_while_in_use(
     await engine.transition(order.id, "cancelled", BUYER)
     await refused({"open_orders": 1})  # the database still says pending...
     await drain(app_settings, sync_redis, db)
+    # a customer waiting for it: the entry outlived a deleted product, for WAITLIST_TTL
+    held = await engine.reserve([LineRequest(str(pid), 5)], BUYER)
+    waiter = CallContext("waiter-1", "req-w")
+    await engine.join_waitlist(str(pid), 6, waiter)  # more than there is: waits on
+    await engine.release(held.id, BUYER)
+    await refused({"open_orders": 0, "waiting": 1})
+    await engine.leave_waitlist(str(pid), waiter)
 
     deleted = await client.delete(url, headers=staff)  # ...until the cancel is drained
 

@@ -330,7 +330,8 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "DELETE", "/api/products/{id}/", "delete_product",
-        "Delete a product (refused while units are reserved or an order is open)",
+        "Delete a product (refused while units are reserved, an order is open or customers "
+        "wait for it)",
         "products", "staff", ref("DeletedProduct"),
         path_params=PRODUCT_PATH,
         errors={**NO_PRODUCT, 409: ("product_in_use",), 503: ("redis_behind", "not_replicated")},

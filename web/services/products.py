@@ -232,8 +232,8 @@ async def _orders_not_yet_recorded(svc: Services, product: str) -> int:
 
 
 async def delete_product(svc: Services, pid: int, ctx: CallContext) -> tuple[int, datetime]:
-    """Soft-delete, refused while units are reserved or an order is open. The id and the
-    time of the deletion."""
+    """Soft-delete, refused while units are reserved, an order is open or customers wait for
+    it. The id and the time of the deletion."""
     row, live = await live_product(svc, pid)
     in_use: dict[str, int] = {}
     if live.reserved > 0:
@@ -241,11 +241,15 @@ async def delete_product(svc: Services, pid: int, ctx: CallContext) -> tuple[int
     in_use["open_orders"] = await asyncio.to_thread(catalog.open_orders, svc.db, row.engine_id)
     if not in_use["open_orders"]:
         in_use["open_orders"] = await _orders_not_yet_recorded(svc, row.engine_id)
-    if in_use.get("reserved") or in_use["open_orders"]:
+    waiting = await svc.engine.waiting(row.engine_id)
+    if waiting:
+        in_use["waiting"] = waiting
+    if in_use.get("reserved") or in_use["open_orders"] or waiting:
         raise ApiError(
             409,
             "product_in_use",
-            f"product {row.id} has live reservations or open orders; it can't be deleted",
+            f"product {row.id} has live reservations, open orders or customers waiting for it; "
+            "it can't be deleted",
             {"product": row.id, **in_use},
         )
     # Its units leave sale first, so Redis (which knows no catalog) refuses to reserve it.
