@@ -176,7 +176,12 @@ for _, c in ipairs(plan.counters or {}) do
   if a2 < 0 or r2 < 0 then
     conflicts[#conflicts + 1] = {product = p, warehouse = w, available = a, reserved = r,
                                  offset_available = off_a, offset_reserved = off_r}
-  elseif off_a ~= 0 or off_r ~= 0 then
+    -- Units promised twice: rolled back as far as they go. What is available closes (0),
+    -- so none of the units the record says are sold is sold again; the rest waits for an
+    -- operator (a reserved count stays, as the live reservations hold it).
+    a2, r2 = math.max(a2, 0), r2 < 0 and r or r2
+  end
+  if a2 ~= a or r2 ~= r then
     set_counts(stock, p, w, a2, r2)
     local m = {product = p, warehouse = w, available_before = a2, available_after = a2,
                reserved_before = r2, reserved_after = r2}

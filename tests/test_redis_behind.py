@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
 
+from engine import errors
 from engine.engine import Engine
 from engine.errors import RedisBehind
 from engine.keys import partition_keys
@@ -171,6 +172,33 @@ async def test_an_older_aof_is_detected_and_restored_from_the_database(
         a = schema.audit_log
         actions = list(conn.scalars(select(a.c.action).where(a.c.actor == "reconcile")))
     assert "reconcile_fix" in actions  # what was found, on the record
+
+
+async def test_units_resold_before_the_first_drain_are_closed_by_the_fix(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A restored copy decides until the first drain finds it behind: what it sold meanwhile
+    may be units the record says are sold. The fix lists them as conflicts (units promised
+    twice) and closes what is left available, so none is sold again; it left them on sale."""
+    await stock_then_copy(stack, tmp_path / "older")
+    async with Engine.from_settings(stack.settings) as engine:
+        sold = await engine.reserve([LineRequest("drop", 10)], BUYER)
+        await engine.commit(sold.id, BUYER)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.restore_aof(tmp_path / "older")  # 10 units look free again
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.reserve([LineRequest("drop", 3)], BUYER)  # before any drain: resold
+    assert drain_partition(stack.client, stack.db, stack.settings, 0).behind
+
+    code, fixed = stack.inventory("reconcile", "--fix")
+
+    assert code == 1, fixed
+    assert [(c["product"], c["offset_available"]) for c in fixed["conflicts"]] == [("drop", 10)]
+    assert stack.client.get(K.behind) is None  # the partition decides again...
+    async with Engine.from_settings(stack.settings) as engine:
+        assert await available(engine) == (0, 3)  # ...but sells nothing the record sold
+        with pytest.raises(errors.InsufficientStock):
+            await engine.reserve([LineRequest("drop", 1)], BUYER)
 
 
 async def test_a_redis_behind_with_nothing_lost_but_its_stream_id(
