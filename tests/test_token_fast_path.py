@@ -47,6 +47,32 @@ def test_a_token_as_issued_passes_the_quick_check_with_pyjwts_claims() -> None:
             assert KEYS.verify(token, kind)["sub"] == "42"
 
 
+def _non_canonical(segment: str) -> str:
+    """The same bytes in another base64url: the last character with its unused bits set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    unused = {2: 4, 3: 2}[len(segment) % 4]  # bits of the last character past the data
+    last = alphabet.index(segment[-1])
+    return segment[:-1] + alphabet[last | ((1 << unused) - 1)]
+
+
+def test_a_segment_in_another_base64url_is_left_to_pyjwt_which_refuses_it() -> None:
+    # hypothesis found it: a signature whose last character differs only in its unused bits
+    # decodes to the same bytes; the quick check took it, PyJWT (as installed) refuses it
+    token = KEYS.issue(Principal("42", "alice", False), "access", version=3)
+    head, body, sig = token.split(".")
+    for i, segment in enumerate((head, body, sig)):
+        if len(segment) % 4 == 0:
+            continue  # (no unused bits to set)
+        parts = [head, body, sig]
+        parts[i] = _non_canonical(segment)
+        odd = ".".join(parts)
+        assert odd != token
+        same = base64.urlsafe_b64decode(parts[i] + "==")
+        assert same == base64.urlsafe_b64decode(segment + "==")
+        assert KEYS._issued(odd) is None
+        assert pyjwt_claims(odd) is None
+
+
 now = int(time.time())
 GOOD = {
     "sub": "7", "name": "bob", "staff": False, "typ": "access", "iat": now - 5,

@@ -52,7 +52,16 @@ _CLAIM_TYPES: dict[str, type] = {
 
 
 def _b64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """A segment's bytes, only if the segment is their one canonical base64url (PyJWT refuses
+    another: a last character whose unused bits are set decodes to the same bytes)."""
+    decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if _b64e(decoded) != segment:
+        raise ValueError("not canonical base64url")
+    return decoded
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +192,7 @@ class Keys:
             if key is None or header["alg"] != ALGORITHM or header["typ"] != "JWT":
                 return None
             signed = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
-            if not hmac.compare_digest(signed, _b64(signature)):
+            if not hmac.compare_digest(_b64e(signed), signature):  # (canonical: as PyJWT)
                 return None
             claims = orjson.loads(_b64(body))
         except (binascii.Error, orjson.JSONDecodeError, ValueError):
