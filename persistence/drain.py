@@ -152,16 +152,21 @@ def drain_batch(
 
 
 @contextmanager
-def drain_locks(client: redis.Redis, settings: Settings, parts: Sequence[int]) -> Iterator[None]:
-    """Hold the drain lock of these partitions: no drain moves their checkpoints meanwhile."""
+def drain_locks(
+    client: redis.Redis, settings: Settings, parts: Sequence[int]
+) -> Iterator[list[Lock]]:
+    """Hold the drain lock of these partitions: no drain moves their checkpoints meanwhile.
+    Yields the locks (each for DRAIN_LEASE: a holder that outlasts it renews them)."""
     lease = settings.drain_lease_ms / 1000
+    locks: list[Lock] = []
     with ExitStack() as stack:
         for p in parts:
             lock = outbox.drain_lock(client, p, timeout=lease, blocking_timeout=lease)
             if not lock.acquire():
                 raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
             stack.callback(_release, lock)
-        yield
+            locks.append(lock)
+        yield locks
 
 
 def _release(lock: Lock) -> None:

@@ -44,8 +44,7 @@ class BadEvent(ValueError):
 class Rows:
     audit: list[dict[str, Any]] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
-    # stock_levels changes: each movement's change of the counters (added to the row, which so
-    # stays the ledger's sums: persistence.apply add_stock), not the counters it left in Redis
+    # stock_levels: each movement's change, added to its row (persistence.apply add_stock)
     stock: list[dict[str, Any]] = field(default_factory=list)
     product_settings: list[dict[str, Any]] = field(default_factory=list)
     reservations_new: list[dict[str, Any]] = field(default_factory=list)

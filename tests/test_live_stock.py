@@ -235,6 +235,15 @@ async def test_last_event_id_resumes_without_a_repeat_and_heartbeats_flow(
                 assert (await behind.next(within=2)).data["available_stock"] == 6
 
 
+async def refused_a_third(client: httpx.AsyncClient, path: str, status: int, code: str) -> None:
+    """A third stream past a cap of 2: refused, to come back in 5 s."""
+    third = await client.get(path)
+    assert third.status_code == status
+    assert third.json()["error"]["code"] == code
+    assert third.json()["error"]["details"] == {"limit": 2}
+    assert third.headers["retry-after"] == "5"
+
+
 async def test_past_the_cap_is_503(server_settings: Settings) -> None:
     server = Server(dataclasses.replace(server_settings, stream_max_listeners=2))
     with server as url:
@@ -247,11 +256,7 @@ async def test_past_the_cap_is_503(server_settings: Settings) -> None:
         ):
             await one.next()
             await two.next()
-            third = await client.get(path)
-            assert third.status_code == 503
-            assert third.json()["error"]["code"] == "too_many_listeners"
-            assert third.json()["error"]["details"] == {"limit": 2}
-            assert third.headers["retry-after"] == "5"
+            await refused_a_third(client, path, 503, "too_many_listeners")
 
 
 async def test_one_client_has_at_most_its_share_of_the_streams(server_settings: Settings) -> None:
@@ -273,11 +278,7 @@ async def test_one_client_has_at_most_its_share_of_the_streams(server_settings: 
         ):
             await one.next()
             await two.next()
-            third = await client.get(path)
-            assert third.status_code == 429
-            assert third.json()["error"]["code"] == "too_many_streams"
-            assert third.json()["error"]["details"] == {"limit": 2}
-            assert third.headers["retry-after"] == "5"
+            await refused_a_third(client, path, 429, "too_many_streams")
             # a user is a client of their own, whatever address they come from
             async with opened(client, path, user) as mine:
                 await mine.next()

@@ -300,37 +300,30 @@ def run(
 
 @contextmanager
 def _drains_held(settings: Settings) -> Iterator[None]:
-    """Hold every partition's drain lock while the run goes (renewed every third of its
-    lease): a drainer running meanwhile (the worker's, the scheduler's) waits, so the run's
-    events stay in the outbox until it has read them back."""
+    """Hold every partition's drain lock while the run goes (persistence.drain drain_locks,
+    renewed every third of the lease): a drainer running meanwhile (the worker's, the
+    scheduler's) waits, so the run's events stay in the outbox until it has read them back."""
     from engine.connection import connect_sync, resolve
+    from persistence.drain import drain_locks
 
     client = connect_sync(resolve(settings, warn=False))
-    lease = settings.drain_lease_ms / 1000
-    locks: list[Any] = []
     done = threading.Event()
-
-    def renew() -> None:
-        while not done.wait(lease / 3):
-            for lock in locks:
-                lock.reacquire()
-
-    renewer = threading.Thread(target=renew, name="chaos-drain-locks", daemon=True)
     try:
-        for p in range(settings.partitions):
-            lock = outbox.drain_lock(client, p, timeout=lease, blocking_timeout=lease)
-            if not lock.acquire():
-                raise RuntimeError(f"partition {p}: a drainer held its lock for {lease:g} s")
-            locks.append(lock)
-        renewer.start()
-        yield
+        with drain_locks(client, settings, range(settings.partitions)) as locks:
+
+            def renew() -> None:
+                while not done.wait(settings.drain_lease_ms / 3000):
+                    for lock in locks:
+                        lock.reacquire()
+
+            renewer = threading.Thread(target=renew, name="chaos-drain-locks", daemon=True)
+            renewer.start()
+            try:
+                yield
+            finally:
+                done.set()
+                renewer.join()
     finally:
-        done.set()
-        if renewer.is_alive():
-            renewer.join()
-        for lock in locks:
-            if lock.owned():
-                lock.release()
         client.close()
 
 
