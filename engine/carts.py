@@ -174,7 +174,7 @@ class CartOps(EngineBase):
                         else {
                             "ttl": self.settings.cart_hold_ms * 2,
                             "parts": "",
-                            **await self._claimed(k, plain, "reserve", []),
+                            **self._caller(k, plain, "reserve", []),  # (no key: a part)
                             "max_live": 0,  # a cart counts once, in its home
                         }
                     ),
