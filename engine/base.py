@@ -19,20 +19,29 @@ from engine.coalesce import Coalescer
 from engine.keys import PartitionKeys, idempotency_claim, new_id, partition_keys, partition_of
 from engine.models import CallContext
 from engine.script_spec import ScriptSpec
-from engine.scripts import Scripts, parse, prepare_from
+from engine.scripts import Checkpoints, Scripts, parse, prepare_from
 from engine.settings import Settings
 
 
 class EngineBase:
     def __init__(
-        self, redis: Redis, settings: Settings, *, ids: Callable[[int, int], str] = new_id
+        self,
+        redis: Redis,
+        settings: Settings,
+        *,
+        ids: Callable[[int, int], str] = new_id,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
+        # `checkpoints`: the database's, against which a Redis that has started is checked
+        # before its first write to each partition (engine/scripts.py); None: no record, Redis
+        # is taken as it is (a test, a bench)
         self.scripts = Scripts(
             redis,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout_ms,
+            checkpoints=checkpoints,
         )
         # reserve and place-order calls, alone or coalesced (engine/coalesce.py; COALESCE)
         self.coalescer = (

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from engine.connection import connect_async, resolve
 from engine.keys import new_id
 from engine.reads import EngineReads
+from engine.scripts import Checkpoints
 from engine.settings import Settings
 from engine.stock import StockOps
 from engine.sweep import SweepOps
@@ -37,10 +38,17 @@ class Engine(EngineReads, StockOps, SweepOps, WaitlistOps):
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, ids: Callable[[int, int], str] = new_id
+        cls,
+        settings: Settings,
+        *,
+        ids: Callable[[int, int], str] = new_id,
+        checkpoints: Checkpoints | None = None,
     ) -> Engine:
+        """`checkpoints`: the database's (persistence.behind.checkpoints), against which a
+        Redis that has started is checked before its first write; None: Redis is taken as it
+        is (no record: a test, a bench)."""
         settings = resolve(settings)  # one server or a cluster: asks Redis once if not told
-        return cls(connect_async(settings), settings, ids=ids)
+        return cls(connect_async(settings), settings, ids=ids, checkpoints=checkpoints)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -39,6 +39,20 @@ class RedisBehind(EngineError):
         super().__init__("the stock store is being restored after an outage; try again shortly")
 
 
+class RedisUnverified(EngineError):
+    """The partition's Redis has started (restarted, restored, a replica promoted) and could
+    not be checked against the database's record before its first write: the record could not
+    be read. Nothing was changed; it decides once the check can be made."""
+
+    code = "redis_unverified"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the stock store has restarted and cannot be checked against the record yet; "
+            "try again shortly"
+        )
+
+
 class NotReplicated(EngineError):
     """REDIS_WAIT_REPLICAS: the change was made on the primary, but not that many replicas
     confirmed it within REDIS_WAIT_TIMEOUT. Not acknowledged: a failover now could lose it.

@@ -8,6 +8,13 @@ registered as `<name>_<version>`. The version is a
 short hash of that text, and names the library too (`inventory_<version>`): function names
 are global in Redis, so two versions of the app can run side by side during a deploy.
 
+A Redis that has just started (restarted, restored from an older copy, a replica promoted)
+refuses every partition's writes with the error UNVERIFIED until that partition is checked
+against the database's record (lua/lib.lua `verified`): the shell reads the partition's
+checkpoint (`checkpoints`, the caller's reader of the database; none: Redis is the only record
+there is, as in a test), runs lua/verify.lua, which raises the behind flag if this Redis lacks
+what the database holds, and retries once. Concurrent callers share one check per partition.
+
 A call is built without I/O (`prepare`: FCALL or FCALL_RO, the function, its keys and args
 from the spec in `engine.specs`) and its JSON reply parsed without I/O (`parse`); the async
 engine (`Scripts`) and the sync worker (`run_sync`) are thin shells around them. Neither
@@ -21,8 +28,11 @@ found").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -37,8 +47,9 @@ from redis.exceptions import ResponseError
 
 from engine import errors
 from engine.connection import call_then_wait
+from engine.keys import partition_keys
 from engine.script_spec import ScriptSpec
-from engine.specs import SPECS
+from engine.specs import SPECS, VERIFY, fence
 from engine.states import lua_prelude
 
 NAMES: tuple[str, ...] = tuple(SPECS)
@@ -47,6 +58,13 @@ NAMES: tuple[str, ...] = tuple(SPECS)
 # wait.lua (the waitlists) and many.lua (coalesced calls).
 HELPERS: tuple[str, ...] = ("lib", "stock", "limits", "holds", "wait", "many")
 LIBRARY_PREFIX = "inventory"
+
+log = logging.getLogger("inventory.redis")
+
+# A partition's checkpoint in the database: the id of its last event applied (None: none yet).
+Checkpoints = Callable[[int], Awaitable[str | None]]
+SyncCheckpoints = Callable[[int], str | None]
+_PARTITION_TAG = re.compile(r"\{p(\d+)\}")
 
 
 def _read(name: str) -> str:
@@ -89,12 +107,17 @@ def assemble(read: Callable[[str], str]) -> Library:
     for name in NAMES:
         spec = SPECS[name]
         read_only = "true" if spec.read_only else "false"
-        parts.append(f"register('{name}', op_{name}, {read_only})")
+        at = fence(spec)
+        flag = "nil" if at is None else str(at)
+        parts.append(f"register('{name}', op_{name}, {read_only}, {flag})")
         if spec.own_keys:
             own = ", ".join(str(i + 1) for i in spec.own_positions)
             batch = ", ".join(str(i + 1) for i in spec.batch_positions)
+            if at is not None and at - 1 in spec.own_positions:
+                raise ValueError(f"{name}: the behind flag must be a key its batch shares")
             many = (
-                f"'{name}', op_{name}, {{{own}}}, {len(spec.keys)}, {len(spec.args)}, {{{batch}}}"
+                f"'{name}', op_{name}, {{{own}}}, {len(spec.keys)}, {len(spec.args)},"
+                f" {{{batch}}}, {flag}"
             )
             parts.append(f"register_many({many})")
     code = "\n".join(parts) + "\n"
@@ -143,11 +166,66 @@ def _loaded(error: ResponseError) -> bool:
     return "already exists" in str(error)
 
 
+def _unverified(error: ResponseError) -> str | None:
+    """The partition's behind flag (its key) when Redis refused a write because it has not
+    checked that partition against the record since it started (lua/lib.lua `unverified`)."""
+    text = str(error)
+    return text.split(" ", 1)[1] if text.startswith("UNVERIFIED ") else None
+
+
+def verify_call(flag: str, checkpoint: str | None, refused: Call) -> tuple[Call, int]:
+    """The call of lua/verify.lua for the partition whose behind flag is `flag`, against the
+    database's `checkpoint` (None: none yet), and that partition. Of the library version that
+    `refused` was a call of: each version keeps its own record of what it has checked."""
+    found = _PARTITION_TAG.search(flag)
+    if found is None:
+        raise ValueError(f"not a partition's key: {flag!r}")
+    partition = int(found.group(1))
+    k = partition_keys(partition)
+    call = prepare(
+        VERIFY,
+        outbox=k.outbox,
+        applied=k.applied,
+        behind=k.behind,
+        checkpoint=checkpoint or "0-0",
+        partition=partition,
+    )
+    version = refused.function.rsplit("_", 1)[1]
+    return dataclasses.replace(call, function=f"{VERIFY.name}_{version}"), partition
+
+
+def _verified(reply: dict[str, Any], partition: int) -> None:
+    """Say so when the check found this Redis behind the database (the flag is raised)."""
+    if reply.get("behind") and reply.get("flagged"):
+        found = reply.get("found") or {}
+        log.error(
+            "partition %d: Redis started behind the database (checkpoint %s, outbox last id "
+            "%s, applied marker %s): it decides nothing there; run `inventory reconcile` to "
+            "see what Redis lost and `inventory reconcile --fix` to restore it from the "
+            "database",
+            partition,
+            found.get("checkpoint"),
+            found.get("last_id"),
+            found.get("applied"),
+        )
+
+
 class Scripts:
     """The library on one async client: `run` calls one operation and decodes its reply."""
 
-    def __init__(self, client: Redis, *, wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
+        checkpoints: Checkpoints | None = None,
+    ) -> None:
         self._client = client
+        # the database's checkpoints, against which a Redis that has started is checked before
+        # its first write (None: no record; Redis is taken as it is)
+        self.checkpoints = checkpoints
+        self._checking: dict[str, asyncio.Future[None]] = {}
         # REDIS_WAIT_REPLICAS: each write waits for this many replicas (WAIT) before it counts
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -163,14 +241,55 @@ class Scripts:
 
     async def raw(self, call: Call) -> Any:
         """The undecoded reply of one call; loads the library and retries once if Redis
-        lacks it."""
-        try:
-            return await self._send(call)
-        except ResponseError as e:
-            if not _missing(e):
-                raise
-        await self._load_once()
-        return await self._send(call)
+        lacks it, and checks the partition and retries once if Redis has not checked it."""
+        loaded = checked = False
+        while True:
+            try:
+                return await self._send(call)
+            except ResponseError as e:
+                flag = _unverified(e)
+                if _missing(e) and not loaded:
+                    await self._load_once()
+                    loaded = True
+                elif flag is not None and not checked:
+                    await self._check_once(flag, call)
+                    checked = True
+                elif flag is not None:  # started again meanwhile
+                    raise errors.RedisUnverified() from e
+                else:
+                    raise
+
+    async def _check_once(self, flag: str, refused: Call) -> None:
+        """`_check`, once for all who found the partition unchecked at once (in one version
+        of the library)."""
+        which = f"{flag} {refused.function.rsplit('_', 1)[1]}"
+        running = self._checking.get(which)
+        if running is None:
+            running = asyncio.ensure_future(self._check(flag, refused))
+            self._checking[which] = running
+            running.add_done_callback(lambda _: self._checking.pop(which, None))
+        await asyncio.shield(running)
+
+    async def _check(self, flag: str, refused: Call) -> None:
+        """Check the partition of `flag` against the database's checkpoint (lua/verify.lua)."""
+        _, partition = verify_call(flag, None, refused)
+        checkpoint = None
+        if self.checkpoints is not None:
+            try:
+                checkpoint = await self.checkpoints(partition)
+            except Exception as exc:
+                log.warning(
+                    "partition %d: Redis has started and its writes wait for a check against "
+                    "the database, which could not be read: %s",
+                    partition,
+                    exc,
+                )
+                raise errors.RedisUnverified() from exc
+        call, _ = verify_call(flag, checkpoint, refused)
+        # (not through REDIS_WAIT_REPLICAS: a check writes nothing but, if Redis is behind,
+        # the flag, which the drain would raise again on any Redis that lost it)
+        reply = await self._client.fcall(call.function, len(call.keys), *call.keys, *call.args)
+        _verified(parse(reply), partition)
 
     async def _send(self, call: Call) -> Any:
         if self._wait_replicas and not call.read_only:
@@ -212,19 +331,38 @@ class Scripts:
 def run_sync(
     client: redis.Redis, spec: ScriptSpec, /, *more_keys: str, **values: str | int
 ) -> dict[str, Any]:
-    """`Scripts.run` for a synchronous client (the worker)."""
+    """`Scripts.run` for a synchronous client (the worker), taking Redis as it is (no record
+    to check a Redis that has started against: call_sync's `checkpoints`)."""
     return parse(call_sync(client, prepare(spec, *more_keys, **values)))
 
 
-def call_sync(client: redis.Redis, call: Call) -> Any:
+def call_sync(client: redis.Redis, call: Call, checkpoints: SyncCheckpoints | None = None) -> Any:
+    """`Scripts.raw` for a synchronous client, `checkpoints` as `Scripts.checkpoints`."""
     send = client.fcall_ro if call.read_only else client.fcall
-    try:
-        return send(call.function, len(call.keys), *call.keys, *call.args)
-    except ResponseError as e:
-        if not _missing(e):
-            raise
-    load_sync(client)
-    return send(call.function, len(call.keys), *call.keys, *call.args)
+    loaded = checked = False
+    while True:
+        try:
+            return send(call.function, len(call.keys), *call.keys, *call.args)
+        except ResponseError as e:
+            flag = _unverified(e)
+            if _missing(e) and not loaded:
+                load_sync(client)
+                loaded = True
+            elif flag is not None and not checked:
+                _, partition = verify_call(flag, None, call)
+                try:
+                    checkpoint = checkpoints(partition) if checkpoints is not None else None
+                except Exception as exc:
+                    raise errors.RedisUnverified() from exc
+                check, _ = verify_call(flag, checkpoint, call)
+                _verified(
+                    parse(client.fcall(check.function, 3, *check.keys, *check.args)), partition
+                )
+                checked = True
+            elif flag is not None:
+                raise errors.RedisUnverified() from e
+            else:
+                raise
 
 
 def load_sync(client: redis.Redis) -> str:

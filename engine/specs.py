@@ -279,6 +279,11 @@ REPAIR = ScriptSpec(
     args=("plan", "actor", "request_id"),
     more_keys="record",  # the record and idempotency keys the plan names by index
 )
+VERIFY = ScriptSpec(
+    "verify",
+    keys=("outbox", "applied", "behind"),
+    args=("checkpoint", "partition"),
+)
 TRIM_OUTBOX = ScriptSpec(
     "trim_outbox",
     keys=("outbox", "applied"),
@@ -313,8 +318,22 @@ SPECS: dict[str, ScriptSpec] = {
         PART,
         WAITLIST,
         REPAIR,
+        VERIFY,
         TRIM_OUTBOX,
         RATE_LIMIT,
         RATE_LIMIT_SETTLE,
     )
 }
+
+# Called whatever this Redis is: the repair that restores a partition from the record, and
+# the check of it against the record (lua/verify.lua).
+UNFENCED = frozenset({REPAIR.name, VERIFY.name})
+
+
+def fence(spec: ScriptSpec) -> int | None:
+    """The position (1-based) of the partition's behind flag among `spec`'s KEYS when its
+    function must wait until this Redis is checked against the record (lib.lua `verified`):
+    every write that names the flag but those of UNFENCED. None: called whatever Redis is."""
+    if spec.read_only or spec.name in UNFENCED or "behind" not in spec.keys:
+        return None
+    return spec.keys.index("behind") + 1

@@ -193,9 +193,24 @@ local function refuse(code, body)
   return cjson.encode(body)
 end
 
+-- The partitions this Redis has checked against the database's record since it loaded this
+-- library (lua/verify.lua), by their behind flag's key. It is held in the library, in no key,
+-- so that no copy of Redis's files carries it: a Redis that starts — from its own files, from
+-- an older copy, or a replica promoted — knows none, and refuses each partition's writes with
+-- the error UNVERIFIED <flag> (register, register_many) until a caller has checked it
+-- (engine/scripts.py): a copy that lost what the database holds is fenced before its first
+-- write, not when the drain next runs.
+local verified = {}
+
+-- The error that refuses a write to a partition not checked yet (nil: checked).
+local function unverified(flag)
+  if verified[flag] then return nil end
+  return redis.error_reply('UNVERIFIED ' .. flag)
+end
+
 -- A Redis that came back behind the database (persistence/behind.py) decides nothing until
--- `inventory reconcile --fix` has restored it: the drain raises this flag when it finds it.
--- Returns the refusal, or nil when the partition may change.
+-- `inventory reconcile --fix` has restored it: the drain (or verify.lua) raises this flag when
+-- it finds it. Returns the refusal, or nil when the partition may change.
 local function fenced(flag)
   if rcall('EXISTS', flag) == 1 then return refuse('redis_behind', {}) end
   return nil
@@ -318,12 +333,18 @@ end
 -- Registers one operation, `body(KEYS, ARGV)`, as the library's function `name`_<VERSION>
 -- (VERSION: the library's content hash, set above this file by engine/scripts.py, so two
 -- versions of the app can be loaded side by side). A read-only one is flagged 'no-writes'
--- and called with FCALL_RO. Each call starts with fresh per-call state.
-local function register(name, body, read_only)
+-- and called with FCALL_RO. Each call starts with fresh per-call state. `fence`: the position
+-- of the partition's behind flag among its KEYS when the operation writes what the record
+-- must agree with (nil: it is called whatever this Redis is), refused until it is verified.
+local function register(name, body, read_only, fence)
   redis.register_function{
     function_name = name .. '_' .. VERSION,
     flags = read_only and {'no-writes'} or {},
     callback = function(keys, args)
+      if fence then
+        local refused = unverified(keys[fence])
+        if refused then return refused end
+      end
       if not bound then bind() end
       new_batch(false)
       new_call()

@@ -17,7 +17,8 @@
 -- ARGV[1]: N; then the values of the batch args (the spec's batch_args: the settings every
 --          call of the batch has alike, `batch` positions of the operation's ARGV, in order);
 --          then each call's other args (`nargs` minus the batch args' values each, in order).
--- Returns: a list of N replies.
+-- Returns: a list of N replies (or, before any runs, the error UNVERIFIED, as register's).
+-- `fence`: as register's.
 
 -- The positions 1..n but those in `taken`, in order (run at load: no ipairs, lib.lua).
 local function positions_but(n, taken)
@@ -29,7 +30,7 @@ local function positions_but(n, taken)
   return rest
 end
 
-local function register_many(name, body, own, nkeys, nargs, batch)
+local function register_many(name, body, own, nkeys, nargs, batch, fence)
   -- where each of a call's keys and args comes from: the shared ones are set once per batch,
   -- a call's own ones per call, in one KEYS table and one ARGV table the calls share (no
   -- operation keeps or writes its KEYS or its ARGV)
@@ -42,8 +43,12 @@ local function register_many(name, body, own, nkeys, nargs, batch)
       if not bound then bind() end
       local n = tonumber(args[1])
       local out, k, a = {}, {}, {}
-      new_batch(true)
       for j = 1, nshared do k[shared_at[j]] = keys[j] end
+      if fence then  -- one of the shared keys: the batch is one partition's (register)
+        local refused = unverified(k[fence])
+        if refused then return refused end
+      end
+      new_batch(true)
       for j = 1, nbatch do a[batch[j]] = args[1 + j] end
       for r = 1, n do
         local oi, base = nshared + (r - 1) * nown, 1 + nbatch + (r - 1) * ncall

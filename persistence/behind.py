@@ -11,15 +11,20 @@ the drain pauses the partition and `inventory reconcile --fix` restores what Red
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import SQLAlchemyError
 
 from engine import outbox
 from engine.outbox import sid
+from engine.scripts import Checkpoints, SyncCheckpoints
+from persistence import queries_orders, schema
 
 log = logging.getLogger("inventory.drain")
 
@@ -63,3 +68,37 @@ def flag(client: redis.Redis, found: Behind) -> None:
             found.last_id,
             found.applied,
         )
+
+
+# How long the API waits for the database to say a partition's checkpoint when a Redis that
+# has started is checked (engine/scripts.py): its writes there wait as long.
+CHECKPOINT_READ_TIMEOUT_S = 5.0
+
+
+def checkpoints_sync(db: Engine) -> SyncCheckpoints:
+    """The reader of each partition's checkpoint in `db` (the id of the last event the
+    database applied; None: none yet) with which the engine checks a Redis that has started
+    before its first write there (engine/scripts.py, lua/verify.lua). A database not set up
+    yet (no checkpoints table) has applied nothing; one that can't be read raises."""
+
+    def read(partition: int) -> str | None:
+        try:
+            return queries_orders.checkpoint(db, partition)
+        except SQLAlchemyError:
+            with db.connect() as conn:  # (raises again when the database is away)
+                if inspect(conn).has_table(schema.outbox_checkpoints.name):
+                    raise
+            return None
+
+    return read
+
+
+def checkpoints(db: Engine) -> Checkpoints:
+    """`checkpoints_sync` for the async engine: read in a thread, within
+    CHECKPOINT_READ_TIMEOUT_S (a database that does not answer: RedisUnverified)."""
+    read = checkpoints_sync(db)
+
+    async def read_async(partition: int) -> str | None:
+        return await asyncio.wait_for(asyncio.to_thread(read, partition), CHECKPOINT_READ_TIMEOUT_S)
+
+    return read_async

@@ -20,6 +20,7 @@ from engine import bookkeeping, outbox
 from engine.connection import connect_sync, resolve
 from engine.engine import Engine
 from engine.settings import Settings
+from persistence import behind
 from persistence.db import database_engine
 from persistence.drain import DrainResult, drain_partition
 
@@ -144,7 +145,9 @@ def expire() -> dict[str, Any]:
     partitions a crashed process left (the sweep)."""
 
     async def run() -> dict[str, Any]:
-        async with Engine.from_settings(settings()) as engine:
+        # a Redis that has started is checked against the database before its first release
+        checked = behind.checkpoints(database())
+        async with Engine.from_settings(settings(), checkpoints=checked) as engine:
             result = await engine.expire()
         return result.as_json()
 

@@ -36,7 +36,7 @@ from engine.records import (
     record_lines,
     reservation_fields,
 )
-from engine.scripts import run_sync
+from engine.scripts import call_sync, parse, prepare, run_sync
 from engine.settings import Settings
 from engine.states import TERMINAL
 from persistence import schema
@@ -253,12 +253,13 @@ def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
     )
 
 
-def _expire_due(client: redis.Redis, p: int, batch: int, retention: int) -> int:
-    """Release the due reservations now, the normal way (with reservation_expired events)."""
+def _expire_due(client: redis.Redis, p: int, batch: int, retention: int, checkpoint: str) -> int:
+    """Release the due reservations now, the normal way (with reservation_expired events).
+    A Redis that has started is checked against the database's `checkpoint` first (what
+    the repair has just made it agree with: engine/scripts.py)."""
     k, expired = partition_keys(p), 0
     while True:
-        reply = run_sync(
-            client,
+        call = prepare(
             specs.EXPIRE,
             **specs.EXPIRE.partition_keys(k),
             limit=batch,
@@ -266,6 +267,7 @@ def _expire_due(client: redis.Redis, p: int, batch: int, retention: int) -> int:
             hold=0,
             retention=retention,
         )
+        reply = parse(call_sync(client, call, lambda _: checkpoint))
         expired += int(reply["expired"])
         if not int(reply["expired"]) or not int(reply["due"]):
             return expired
@@ -318,7 +320,9 @@ def repair_redis(
                 out.done.append({**side, "kind": f"{kind}_restored", "count": reply[kind]})
         out.conflicts += [{"partition": p, **c} for c in reply["conflicts"]]
     if any(fix["kind"] == "reservation_restored" for fix in out.done):
-        expired = _expire_due(client, p, settings.sweep_batch, settings.reservation_retention_ms)
+        expired = _expire_due(
+            client, p, settings.sweep_batch, settings.reservation_retention_ms, checkpoint
+        )
         if expired:
             out.done.append(
                 {"side": "redis", "partition": p, "kind": "due_expired", "count": expired}

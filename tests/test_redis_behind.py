@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,16 @@ import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
 
-from engine import errors
+from engine import errors, specs
 from engine.engine import Engine
 from engine.errors import RedisBehind
 from engine.keys import partition_keys
 from engine.models import SYSTEM, CallContext, LineRequest
+from engine.scripts import Call, call_sync, library, load_sync, parse, verify_call
 from engine.settings import Settings
-from persistence import schema
+from persistence import behind, schema
 from persistence.behind import is_behind
+from persistence.db import database_engine
 from persistence.drain import drain_partition
 from persistence.reconcile import check
 from scripts.redis_server import RedisServer
@@ -370,3 +373,188 @@ async def test_a_random_sale_restored_after_an_older_copy_is_exactly_the_record(
     drain_partition(stack.client, stack.db, stack.settings, 0)
     after = check(stack.client, stack.db, stack.settings)
     assert after.ok, after.drift
+
+
+# -- a Redis that has started is checked before its first write --------------------------------
+#
+# Restarted from its own files, restored from an older copy, a replica promoted: it is checked
+# against the database's record before its first write to each partition (lua/lib.lua
+# `verified`, lua/verify.lua, engine/scripts.py). A copy that lost what the database holds
+# refuses at once, before any drain has run, so nothing the record sold is sold again; one
+# that lost nothing sells on as if it had never stopped; and while the record can't be read,
+# nothing is decided there.
+
+
+def checked(stack: Stack) -> Engine:
+    """An engine as the API's: it checks a Redis that has started against the database."""
+    return Engine.from_settings(stack.settings, checkpoints=behind.checkpoints(stack.db))
+
+
+def buyer(i: int) -> CallContext:
+    return CallContext(actor=f"buyer-{i}", request_id=f"req-{i}")
+
+
+def without_flag(keys: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in keys.items() if key != K.behind}
+
+
+async def sold_out_then_restored(stack: Stack, tmp_path: Path) -> str:
+    """All 10 units of "drop" sold and drained, then Redis restored from a copy taken before
+    the sale (the 10 units look free again). Returns the database's checkpoint."""
+    await stock_then_copy(stack, tmp_path / "older")
+    async with checked(stack) as engine:
+        sold = await engine.reserve([LineRequest("drop", 10)], BUYER)
+        await engine.commit(sold.id, BUYER)
+    checkpoint = drain_partition(stack.client, stack.db, stack.settings, 0).checkpoint
+    stack.restore_aof(tmp_path / "older")
+    return checkpoint
+
+
+async def test_a_restored_copy_refuses_its_first_write_before_any_drain(
+    stack: Stack, tmp_path: Path
+) -> None:
+    checkpoint = await sold_out_then_restored(stack, tmp_path)
+
+    async with checked(stack) as engine:  # no drain has run since the restore
+        before = await snapshot(engine.redis)
+        with pytest.raises(errors.RedisBehind):
+            await engine.reserve([LineRequest("drop", 3)], BUYER)
+        # concurrent buyers (coalesced into batches) are refused alike
+        tried = await asyncio.gather(
+            *(engine.reserve([LineRequest("drop", 1)], buyer(i)) for i in range(30)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, errors.RedisBehind) for r in tried), tried
+        with pytest.raises(errors.RedisBehind):
+            await engine.adjust_stock("drop", {"main": 1}, "received", SYSTEM)
+        swept = await engine.expire()
+        assert (swept.expired, swept.redis_behind) == (0, [0])
+        assert await available(engine) == (10, 0)  # what the copy says, and nothing sold
+        after = await snapshot(engine.redis)
+
+    assert without_flag(after) == before  # nothing changed but the flag raised
+    flag = json.loads(str(stack.client.get(K.behind)))
+    assert (flag["partition"], flag["checkpoint"]) == (0, checkpoint)
+
+    # the drain agrees, and the fix restores the record: the 10 units stay sold
+    assert drain_partition(stack.client, stack.db, stack.settings, 0).behind
+    code, fixed = stack.inventory("reconcile", "--fix")
+    assert code == 0, fixed
+    async with checked(stack) as engine:
+        assert await available(engine) == (0, 0)
+        with pytest.raises(errors.InsufficientStock):
+            await engine.reserve([LineRequest("drop", 1)], BUYER)
+
+
+async def test_the_api_refuses_a_restored_copy_at_once(stack: Stack, tmp_path: Path) -> None:
+    await sold_out_then_restored(stack, tmp_path)
+    app = create_app(dataclasses.replace(stack.settings, jwt_keys="test:" + "k" * 40))
+    async with running(app) as client:
+        staff = bearer(app, "1", staff=True)
+        refused = await client.post(
+            "/api/reservations/", json={"product": 7, "quantity": 1}, headers=staff
+        )
+        assert refused.status_code == 503, refused.text
+        assert err(refused)["code"] == "redis_behind"
+        assert refused.headers["retry-after"] == "5"
+    assert stack.client.exists(K.behind)
+
+
+async def test_a_redis_restarted_from_its_own_files_sells_on(stack: Stack) -> None:
+    async with checked(stack) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        await engine.reserve([LineRequest("drop", 4)], BUYER)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.server.stop()
+    stack.server.start()  # the same files: nothing lost
+
+    reads: list[int] = []
+    read = behind.checkpoints(stack.db)
+
+    async def counted(partition: int) -> str | None:
+        reads.append(partition)
+        return await read(partition)
+
+    async with Engine.from_settings(stack.settings, checkpoints=counted) as engine:
+        made = await asyncio.gather(
+            *(engine.reserve([LineRequest("drop", 1)], buyer(i)) for i in range(6))
+        )
+        assert len({r.id for r in made}) == 6
+        assert await available(engine) == (0, 10)
+    assert reads == [0]  # one check, shared by the concurrent first writers
+    assert not stack.client.exists(K.behind)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_while_the_record_cannot_be_read_a_started_redis_decides_nothing(
+    stack: Stack,
+) -> None:
+    async with checked(stack) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.server.stop()
+    stack.server.start()
+
+    away = dataclasses.replace(
+        stack.settings,
+        database_url=f"postgresql+psycopg://nobody@127.0.0.1:{_closed_port()}/none",
+    )
+    db = database_engine(away, connect_args={"connect_timeout": 2})
+    try:
+        cut_off = Engine.from_settings(stack.settings, checkpoints=behind.checkpoints(db))
+        async with cut_off as engine:
+            before = await snapshot(engine.redis)
+            with pytest.raises(errors.RedisUnverified):
+                await engine.reserve([LineRequest("drop", 1)], BUYER)
+            assert await snapshot(engine.redis) == before
+    finally:
+        db.dispose()
+
+    async with checked(stack) as engine:  # the record back: checked, and it sells
+        await engine.reserve([LineRequest("drop", 1)], BUYER)
+        assert await available(engine) == (9, 1)
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "last_id", "applied", "present", "is_behind"),
+    [
+        ("0-0", None, None, False, False),  # the database has applied nothing yet
+        ("5-0", "9-0", "5-0", False, False),  # trimmed up to the checkpoint
+        ("5-0", "9-0", "3-0", True, False),  # committed, not trimmed yet
+        ("5-0", "9-0", "3-0", False, True),  # never had it: an older copy, written since
+        ("5-0", "4-0", None, False, True),  # the stream stops before the checkpoint
+        ("5-0", None, None, False, True),  # no stream at all
+        ("5-0", "9-0", None, False, False),  # no marker (a Redis from before markers)
+    ],
+)
+def test_the_check_is_the_drains(
+    sync_redis: redis.Redis,
+    checkpoint: str,
+    last_id: str | None,
+    applied: str | None,
+    present: bool,
+    is_behind: bool,
+) -> None:
+    """lua/verify.lua decides as persistence/behind.py's is_behind (the drain's test)."""
+    assert behind.is_behind(checkpoint, last_id, applied, present) is is_behind
+    k = partition_keys(3)
+    sync_redis.delete(k.outbox, k.applied, k.behind)
+    if present:
+        sync_redis.xadd(k.outbox, {"type": "x"}, id=checkpoint)
+    if last_id is not None:
+        sync_redis.xadd(k.outbox, {"type": "x"}, id=last_id)
+        if not present:
+            sync_redis.xtrim(k.outbox, maxlen=0)  # the stream's entries gone, its last id kept
+    if applied is not None:
+        sync_redis.set(k.applied, applied)
+    load_sync(sync_redis)
+    refused = Call(library().function(specs.RESERVE.name), [], [])  # (this version's)
+    call, partition = verify_call(k.behind, checkpoint, refused)
+    reply = parse(call_sync(sync_redis, call))
+    assert (partition, reply["behind"]) == (3, is_behind)
+    assert bool(sync_redis.exists(k.behind)) is is_behind

@@ -39,10 +39,17 @@ def test_the_library_is_named_and_versioned_by_its_content() -> None:
     assert first == f"#!lua name={lib.name}"
     assert second == f"local VERSION = '{lib.version}'"
     assert lib.function("reserve") == f"reserve_{lib.version}"
-    # one function per file of lua/ but lib.lua, each registered once, none read-only today
+    # one function per file of lua/ but lib.lua, each registered once, none read-only today;
+    # each write that names its partition's behind flag waits until this Redis is checked
+    # (lib.lua `verified`), but the repair and the check itself
     for name in NAMES:
         assert lib.source.count(f"local function op_{name}(KEYS, ARGV)\n") == 1
-        assert lib.source.count(f"register('{name}', op_{name}, false)") == 1
+        at = specs.fence(specs.SPECS[name])
+        assert lib.source.count(f"register('{name}', op_{name}, false, {at or 'nil'})") == 1
+    fenced = {name for name in NAMES if specs.fence(specs.SPECS[name])}
+    assert fenced == set(NAMES) - {"cart", "repair", "verify", "trim_outbox", "rate_limit"} - {
+        "rate_limit_settle"
+    }
 
 
 def test_a_call_is_built_without_io() -> None:

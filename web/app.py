@@ -26,7 +26,7 @@ from engine import errors as engine_errors
 from engine.connection import resolve
 from engine.engine import Engine
 from engine.settings import Settings
-from persistence import jobs
+from persistence import behind, jobs
 from persistence.db import database_engine
 from persistence.db_async import SerialReader, async_database_engine
 from persistence.trigger import DrainTrigger
@@ -149,13 +149,14 @@ def create_app(
         # one server or a cluster (engine/connection.py): asks Redis once unless told
         resolved = await asyncio.to_thread(resolve, settings)
         queue = jobs.queue_connection(resolved)  # no queue on a cluster: refused here
-        engine = Engine.from_settings(resolved)
+        db = database_engine(resolved)
+        # a Redis that has started is checked against the database before its first write
+        engine = Engine.from_settings(resolved, checkpoints=behind.checkpoints(db))
         if engine.coalescer is not None:
             engine.coalescer.on_send = metrics.observe_batch
         engine.shared_reads.on_read = metrics.observe_stock_read
         await engine.scripts.load()
         await engine.check_layout()  # PARTITIONS as the data's, or refuse to start
-        db = database_engine(resolved)
         adb = async_database_engine(resolved)
         trigger = DrainTrigger(engine, queue)
         feed = StockFeed(

@@ -54,6 +54,7 @@ ENGINE_STATUS: dict[type[engine_errors.EngineError], int] = {
     engine_errors.OrderTotalTooLarge: 409,
     engine_errors.IdCollision: 503,
     engine_errors.RedisBehind: 503,
+    engine_errors.RedisUnverified: 503,
     engine_errors.NotReplicated: 503,
 }
 
@@ -79,7 +80,7 @@ def from_engine(exc: engine_errors.EngineError) -> ApiError:
         return ApiError(400, "invalid_input", exc.message, details)
     headers = (
         {"Retry-After": "5"}
-        if isinstance(exc, engine_errors.RedisBehind)
+        if isinstance(exc, engine_errors.RedisBehind | engine_errors.RedisUnverified)
         else {"Retry-After": "1"}
         if isinstance(exc, engine_errors.NotReplicated | engine_errors.CartTimeout)
         else None

@@ -58,10 +58,16 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 async def _sweep(settings: Settings, limit: int | None) -> dict[str, Any]:
     from engine.engine import Engine
+    from persistence import behind
+    from persistence.db import database_engine
 
-    async with Engine.from_settings(settings) as engine:
-        await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
-        result = await engine.expire(limit)
+    db = database_engine(settings)
+    try:  # a Redis that has started is checked against the database before its first release
+        async with Engine.from_settings(settings, checkpoints=behind.checkpoints(db)) as engine:
+            await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
+            result = await engine.expire(limit)
+    finally:
+        db.dispose()
     return result.as_json()
 
 

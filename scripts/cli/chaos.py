@@ -36,11 +36,15 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from typing import Any, cast
 
+from sqlalchemy import Engine as DatabaseEngine
+
 from engine import errors, outbox
 from engine.engine import Engine
 from engine.keys import partition_of
 from engine.models import SYSTEM, CallContext, LineRequest
 from engine.settings import Settings
+from persistence import behind
+from persistence.db import database_engine
 
 SHORT_TTL_MS = 1_000
 
@@ -83,13 +87,24 @@ def _chaos_settings(settings: Settings) -> Settings:
     )
 
 
+def _engine(settings: Settings) -> Engine:
+    """The engine of a chaos run, which checks a Redis that has started against the database
+    before its first write, as the API's does."""
+    url = settings.database_url_or_default
+    db = _databases.get(url) or _databases.setdefault(url, database_engine(settings))
+    return Engine.from_settings(settings, checkpoints=behind.checkpoints(db))
+
+
+_databases: dict[str, DatabaseEngine] = {}  # one database engine per process and database
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 async def _prepare(settings: Settings, plan: ChaosPlan) -> list[str]:
     """Create the run's products; return each partition's outbox id to read after."""
-    async with Engine.from_settings(settings) as engine:
+    async with _engine(settings) as engine:
         await engine.check_layout()  # PARTITIONS as the data's (refused: exit 2)
         start = [await engine.outbox_newest_id(p) for p in range(settings.partitions)]
         for product in plan.products:
@@ -127,7 +142,7 @@ def _buyers(
         return index, "ok", r.id, r.quantity
 
     async def run() -> tuple[list[Outcome], dict[int, int]]:
-        async with Engine.from_settings(settings) as engine:
+        async with _engine(settings) as engine:
             await engine.ping()
             await asyncio.to_thread(barrier.wait)
             got = await asyncio.gather(*(one(engine, i) for i in buyers))
@@ -173,7 +188,7 @@ async def _settle_and_verify(
     start: list[str],
     outcomes: list[Outcome],
 ) -> dict[str, Any]:
-    async with Engine.from_settings(settings) as engine:
+    async with _engine(settings) as engine:
         committed = 0
         if plan.settle:
             for index, status, reservation_id, _ in outcomes:

@@ -12,7 +12,7 @@ from typing import Any, get_args
 
 from engine.settings import Settings
 from web.money import EXPONENTS, exponent, price_pattern
-from web.openapi.conventions import REF, Schema, closed, ref
+from web.openapi.conventions import REDIS_WRITE_UNAVAILABLE, REF, Schema, closed, ref
 from web.openapi.document import Operation
 from web.pagination import cursor_pattern
 from web.schemas.auth import LoginBody, RefreshBody
@@ -317,7 +317,7 @@ OPERATIONS: list[Operation] = [
         "PUT", "/api/products/{id}/", "put_product", "Replace the catalog fields",
         "products", "staff", ref("Product"),
         body=ProductPut, path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: REDIS_WRITE_UNAVAILABLE},
         description=f"{PRICE_CONFLICT_TEXT} A purchase limit left out is kept; null removes it.",
     ),
     Operation(
@@ -325,7 +325,7 @@ OPERATIONS: list[Operation] = [
         "products", "staff", ref("Product"),
         body=ProductPatch, path_params=PRODUCT_PATH,
         body_examples={"price": {"price": "39.00"}, "limit": {"max_per_customer": 2}},
-        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: ("redis_behind", "not_replicated")},
+        errors={**NO_PRODUCT, **PRICE_CONFLICT, 503: REDIS_WRITE_UNAVAILABLE},
         description=f"{PRICE_CONFLICT_TEXT} A purchase limit set to null is removed.",
     ),
     Operation(
@@ -334,7 +334,7 @@ OPERATIONS: list[Operation] = [
         "wait for it)",
         "products", "staff", ref("DeletedProduct"),
         path_params=PRODUCT_PATH,
-        errors={**NO_PRODUCT, 409: ("product_in_use",), 503: ("redis_behind", "not_replicated")},
+        errors={**NO_PRODUCT, 409: ("product_in_use",), 503: REDIS_WRITE_UNAVAILABLE},
     ),
     Operation(
         "POST", "/api/products/{id}/stock/", "adjust_stock",

@@ -46,11 +46,14 @@ ACCESS_ERRORS: dict[Access, dict[int, tuple[str, ...]]] = {
 }
 BACKEND_ERRORS: dict[int, tuple[str, ...]] = {503: ("service_unavailable",)}
 RATE_LIMIT_ERRORS: dict[int, tuple[str, ...]] = {429: ("rate_limited",)}
+# a Redis write's own 503s: its partition's Redis behind the database, or started and not yet
+# checked against it, or no replica confirmed it in time
+REDIS_WRITE_UNAVAILABLE = ("redis_behind", "redis_unverified", "not_replicated")
 # (writes: every one is a Redis write, refused while its partition's Redis is behind)
 IDEMPOTENCY_ERRORS: dict[int, tuple[str, ...]] = {
     400: ("invalid_input",),
     422: ("idempotency_mismatch",),
-    503: ("redis_behind", "not_replicated"),
+    503: REDIS_WRITE_UNAVAILABLE,
 }
 
 REASONS = {

@@ -10,7 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from engine.settings import Settings
-from web.openapi.conventions import REF, Schema, closed, ref
+from web.openapi.conventions import REDIS_WRITE_UNAVAILABLE, REF, Schema, closed, ref
 from web.openapi.document import Operation, without_null
 from web.pagination import cursor_pattern
 from web.schemas.orders import (
@@ -299,7 +299,7 @@ OPERATIONS: list[Operation] = [
             404: ("product_not_found",),
             409: ("in_stock", "already_waiting", "limit_exceeded"),
             422: ("invalid_quantity",),
-            503: ("redis_behind", "not_replicated"),
+            503: REDIS_WRITE_UNAVAILABLE,
         },
         description="202 with the entry and its `position`. 409 `in_stock` when the units "
         "are there and nobody waits: reserve them. " + WAITLIST_TEXT,
@@ -309,7 +309,7 @@ OPERATIONS: list[Operation] = [
         "Leave a product's waitlist", "waitlist", "user",
         closed({"entry": closed(WAITLIST_ENTRY)}),
         path_params={"id": PRODUCT_ID},
-        errors={404: ("not_waiting", "product_not_found"), 503: ("redis_behind", "not_replicated")},
+        errors={404: ("not_waiting", "product_not_found"), 503: REDIS_WRITE_UNAVAILABLE},
     ),
     Operation(
         "GET", "/api/waitlist/", "list_waitlist", "Your waitlist entries, oldest first",
