@@ -4,7 +4,8 @@
 #     127.0.0.1:${REDIS_PORT:-6379} (one already running from data/redis is reused and kept);
 #   - the database: $DATABASE_URL, else SQLite in data/inventory.db, migrated to the newest schema;
 #   - `inventory worker` (drains the outbox into the database) and `inventory scheduler`
-#     (expiry every second, a drain every two) in the background;
+#     (expiry every second, a drain every two) in the background, each started again if it
+#     stops (a crash, kill -9), after a pause of 1 s growing to 30 s while it keeps stopping;
 #   - `inventory serve "$@"`, the HTTP API (127.0.0.1:8000 unless --host/--port), in the foreground.
 # Whatever this script started is stopped when it exits: on Ctrl-C, on TERM, or when the API
 # stops.
@@ -22,8 +23,10 @@ export REDIS_URL="redis://127.0.0.1:$PORT/0"
 
 started_redis=0
 children=()
+kept=()  # the process groups of the kept children (keep): the loop and what it runs
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
+    for pid in "${kept[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
     if ((started_redis)); then "$REDIS_SH" stop "$DATA" "$PORT" || true; fi
@@ -50,8 +53,25 @@ start() {
     children+=("$!")
     set +m
 }
-start "$INVENTORY" worker --log-level WARNING
-start "$INVENTORY" scheduler --log-level WARNING
+# Runs "$@" (named $1) again whenever it stops, after a pause: 1 s, doubling up to 30 s while
+# it keeps stopping within a minute of its start, back to 1 s after it has run a minute.
+keep() {
+    local name="$1" pause=1 began rc
+    shift
+    while true; do
+        began=$SECONDS
+        rc=0
+        "$@" || rc=$?
+        if ((SECONDS - began >= 60)); then pause=1; fi
+        echo "serve: the $name stopped (exit $rc); starting it again in ${pause}s" >&2
+        sleep "$pause"
+        pause=$((pause * 2 > 30 ? 30 : pause * 2))
+    done
+}
+start keep worker "$INVENTORY" worker --log-level WARNING
+kept+=("${children[-1]}")
+start keep scheduler "$INVENTORY" scheduler --log-level WARNING
+kept+=("${children[-1]}")
 # The API is a child like the others, and this script waits for it with `wait`, which a
 # trapped signal interrupts at once (a foreground command would have to end first).
 start "$INVENTORY" serve "$@"

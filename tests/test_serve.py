@@ -140,10 +140,31 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has stopped; only its exit status waits to be read
 
 
+def _running(pids: set[int], command: str) -> list[int]:
+    """Those of `pids` alive whose command line runs `inventory <command>`."""
+    found = []
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"scripts.cli" in args and command.encode() in args and _alive(pid):
+            found.append(pid)
+    return [pid for pid in found if _parent(pid) not in found]  # (not RQ's work horses)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
     """scripts/serve.sh, TERMed while the API runs, stops the API, the worker, the scheduler
-    and its Redis within seconds, as Ctrl-C does. It runs from a copy of the tree whose
-    setup.sh does nothing (the real one installs) and whose `inventory` is this checkout's."""
+    and its Redis within seconds, as Ctrl-C does; a worker or scheduler killed meanwhile is
+    started again. It runs from a copy of the tree whose setup.sh does nothing (the real one
+    installs) and whose `inventory` is this checkout's."""
     root = tmp_path / "root"
     (root / "scripts").mkdir(parents=True)
     for name in ("serve.sh", "redis.sh"):
@@ -179,6 +200,21 @@ def test_serve_sh_stops_everything_it_started_on_term(tmp_path: Path) -> None:
         wait_until_serving(f"http://127.0.0.1:{api_port}/healthz", proc, "serve.sh", timeout=60)
         started = _descendants(proc.pid)
         assert len(started) >= 3  # the worker, the scheduler and the API at least
+
+        # a worker and a scheduler killed are started again (after a second)
+        for command in ("worker", "scheduler"):
+            (first,) = _running(started, command)
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                again = _running(_descendants(proc.pid), command)
+                if again and again != [first]:
+                    break
+                time.sleep(0.1)
+            assert again, (tmp_path / "serve.log").read_text()
+            assert first not in again
+        assert b"the worker stopped (exit 137)" in (tmp_path / "serve.log").read_bytes()
+        started = _descendants(proc.pid)
         assert _listening(redis_port)
         with redis.Redis(port=redis_port, decode_responses=True) as client:  # scripts/redis.conf
             assert client.config_get("hash-max-listpack-entries") == {
