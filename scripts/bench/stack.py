@@ -29,7 +29,7 @@ from engine.connection import connect_sync
 from engine.engine import Engine
 from engine.models import SYSTEM
 from engine.settings import Settings
-from persistence import migrate, schema, users
+from persistence import behind, migrate, schema, users
 from persistence.db import database_engine, libpq_url
 from persistence.drain import drain_partition
 from scripts.bench import rowlock, statement
@@ -258,7 +258,11 @@ class Stack:
         self.ours.update(str(p) for p in products)
 
         async def setup() -> None:
-            async with Engine.from_settings(self.settings) as engine:
+            # (a Redis that has started is checked against the database first, as the API's
+            # engine checks it: against a service's Redis, the bench's write may be the first)
+            db = database_engine(self.settings)
+            checked = behind.checkpoints(db)
+            async with Engine.from_settings(self.settings, checkpoints=checked) as engine:
                 items = list(products.items())
                 for i in range(0, len(items), 500):
                     await asyncio.gather(
@@ -267,6 +271,7 @@ class Stack:
                             for p, n in items[i : i + 500]
                         )
                     )
+            db.dispose()
 
         asyncio.run(setup())
 
