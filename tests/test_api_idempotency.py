@@ -276,6 +276,37 @@ async def test_the_key_with_another_request_is_422_and_changes_nothing(
     assert await state(app) == before
 
 
+@pytest.mark.parametrize(
+    "twice",
+    [
+        [("Idempotency-Key", "retry-1"), ("Idempotency-Key", "retry-2")],
+        [("Idempotency-Key", "retry-1"), ("Idempotency-Key", "retry-1")],
+        [("Authorization", "Bearer x.y.z")],  # after the buyer's own
+    ],
+    ids=["two-keys", "one-key-twice", "two-authorizations"],
+)
+async def test_a_header_given_twice_is_400_and_changes_nothing(
+    app: Starlette, client: httpx.AsyncClient, twice: list[tuple[str, str]]
+) -> None:
+    """Which of two keys (or tokens) would count is a guess: neither does."""
+    await product(app, 1)
+    headers = [*user(app).items(), *twice]
+    before = await state(app)
+
+    refused = await client.post(
+        "/api/reservations/", json={"product": 1, "quantity": 1}, headers=headers
+    )
+
+    assert refused.status_code == 400, refused.text
+    field = twice[-1][0]
+    assert err(refused) == {
+        "code": "invalid_input",
+        "message": f"the {field} header may be given once",
+        "details": {"field": field},
+    }
+    assert await state(app) == before
+
+
 async def test_catalog_edits_ignore_the_key_and_never_stop_halfway(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:

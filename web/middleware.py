@@ -88,14 +88,22 @@ class ApiMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = declared = authorization = None
+        given = declared = authorization = twice = None
+        keyed = False
         for key, value in scope["headers"]:  # the first of each, as Starlette reads them
             if key == b"x-request-id" and given is None:
                 given = value.decode("latin-1")
             elif key == b"content-length" and declared is None:
                 declared = value
-            elif key == b"authorization" and authorization is None:
-                authorization = value.decode("latin-1")
+            elif key == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+                else:
+                    twice = "Authorization"
+            elif key == b"idempotency-key":
+                if keyed:
+                    twice = "Idempotency-Key"
+                keyed = True
         rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -125,6 +133,13 @@ class ApiMiddleware:
                     await self.limit(scope, token)
                 if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
                     raise ApiError(413, "payload_too_large", self._too_large())
+                if twice is not None:  # which one counts would be a guess: none does
+                    raise ApiError(
+                        400,
+                        "invalid_input",
+                        f"the {twice} header may be given once",
+                        {"field": twice},
+                    )
             except ApiError as exc:
                 refusal = exc
             if refusal is not None:
