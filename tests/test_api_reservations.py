@@ -136,6 +136,24 @@ async def test_reserve_the_original_shape(shop: Starlette, client: httpx.AsyncCl
 
 
 @pytest.mark.cluster
+async def test_an_api_path_without_its_trailing_slash_is_the_same_path(
+    shop: Starlette, client: httpx.AsyncClient
+) -> None:
+    """No redirect (Starlette's is a bare 307 to a URL built from the client's Host)."""
+    made = await client.post(
+        "/api/reservations", json={"product": 1, "quantity": 3}, headers=user(shop)
+    )
+    assert made.status_code == 201, made.text
+    rid = data(made)["id"]
+
+    read = await client.get(f"/api/reservations/{rid}", headers=user(shop))
+    assert (read.status_code, data(read)["id"]) == (200, rid)
+    committed = await client.post(f"/api/reservations/{rid}/commit", headers=user(shop))
+    assert committed.status_code == 201, committed.text
+    missing = await client.get("/api/nowhere", headers=user(shop))
+    assert (missing.status_code, err(missing)["code"]) == (404, "not_found")
+
+
 async def test_reserve_the_cart_shape_splits_over_warehouses(
     shop: Starlette, client: httpx.AsyncClient
 ) -> None:

@@ -104,6 +104,14 @@ class ApiMiddleware:
                 if keyed:
                     twice = "Idempotency-Key"
                 keyed = True
+        path = scope["path"]
+        if path.startswith("/api/") and not path.endswith("/") and not path.startswith(DOCS):
+            # Every API path ends with '/': one without it is the same path. (Starlette's
+            # router would answer a bare 307 to a URL built from the client's Host header.)
+            # The API page's files (DOCS) are files.
+            scope["path"] = path + "/"
+            if scope.get("raw_path"):
+                scope["raw_path"] = scope["raw_path"] + b"/"
         rid = given if given and _REQUEST_ID.fullmatch(given) else uuid4_str()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -284,6 +292,9 @@ def header(request: Request, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+DOCS = "/api/docs/"  # the API page and its files (web/routes/docs.py)
 
 
 def scope_state(scope: Scope) -> dict[str, Any]:
