@@ -94,8 +94,9 @@ def read_queues(redis_url: str, now: datetime) -> QueuesOut:
 
 
 def _failed(job: Job) -> FailedJobOut:
-    result = job.latest_result()
-    text = (result.exc_string or "") if result is not None else ""
+    # The newest run that failed: a periodic job keeps its id from run to run, so its latest
+    # result may be a later run's success (RQ keeps each run's result, newest first).
+    text = next((r.exc_string for r in job.results() if r.exc_string), "")
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return FailedJobOut(
         id=job.id,
