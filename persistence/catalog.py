@@ -171,20 +171,25 @@ async def read_product(
     return product_row(rows[0]) if rows else None
 
 
-def update_product(db: Engine, product_id: int, values: Mapping[str, Any]) -> CatalogProduct | None:
-    """Change catalog fields of a product that is not deleted; None if there is none.
+def update_product(
+    db: Engine,
+    product_id: int,
+    values: Mapping[str, Any],
+    *,
+    unchanged_since: datetime | None = None,
+) -> CatalogProduct | None:
+    """Change catalog fields of a product that is not deleted (and, with `unchanged_since`,
+    whose row has not changed since: its updated_at is that); None if there is none.
     Raises SkuTaken (and changes nothing) when the new sku belongs to another product."""
     with db.begin() as conn:
         if "sku" in values:
             holder = conn.scalar(select(P.c.id).where(P.c.sku == values["sku"]))
             if holder is not None and holder != product_id:
                 raise SkuTaken(values["sku"], int(holder))
-        stmt = (
-            P.update()
-            .where(P.c.id == product_id, P.c.deleted_at.is_(None))
-            .values(**values, updated_at=_now())
-            .returning(*P.c)
-        )
+        where = [P.c.id == product_id, P.c.deleted_at.is_(None)]
+        if unchanged_since is not None:
+            where.append(P.c.updated_at == unchanged_since)
+        stmt = P.update().where(*where).values(**values, updated_at=_now()).returning(*P.c)
         try:
             row = conn.execute(stmt).first()
         except IntegrityError:  # the sku was taken between the check and the update

@@ -13,6 +13,7 @@ from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from engine.keys import partition_keys
 from engine.models import CallContext, LineRequest
 from engine.settings import Settings
 from persistence.drain import drain_partition
@@ -87,6 +88,43 @@ async def test_bad_updates_change_nothing(
     assert response.status_code == status
     assert err(response)["code"] == code
     assert snapshot(db, sync_redis) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("PATCH", {"price": "6.00", "name": "Renamed"}),
+        ("PUT", {"name": "Full", "sku": "NEW-SKU", "price": "7.00", "description": "new"}),
+        ("PATCH", {"max_per_customer": 2}),
+    ],
+)
+async def test_an_update_the_engine_refuses_changes_the_catalog_neither(
+    client: httpx.AsyncClient,
+    staff: dict[str, str],
+    db: DatabaseEngine,
+    sync_redis: redis.Redis,
+    method: str,
+    body: dict[str, Any],
+) -> None:
+    """Redis behind the database refuses the new price or limits (503): the catalog row the
+    update had written first is put back as it was, so a refusal changes nothing."""
+    pid = (await create(client, staff, "MINE-1", price="5.00", total_stock=2))["id"]
+    sync_redis.set(partition_keys(0).behind, json.dumps({"partition": 0}))
+    before = snapshot(db, sync_redis)
+
+    response = await client.request(method, f"/api/products/{pid}/", json=body, headers=staff)
+
+    assert response.status_code == 503, response.text
+    assert err(response)["code"] == "redis_behind"
+    assert snapshot(db, sync_redis)[1:] == before[1:]
+
+    def fields(rows: Any) -> list[dict[str, Any]]:  # (but when the row was last edited)
+        return [{k: v for k, v in r._asdict().items() if k != "updated_at"} for r in rows]
+
+    assert fields(snapshot(db, sync_redis)[0]) == fields(before[0])
+    sync_redis.delete(partition_keys(0).behind)
+    shown = data(await client.get(f"/api/products/{pid}/"))
+    assert (shown["sku"], shown["price"], shown["name"]) == ("MINE-1", "5.00", "Product MINE-1")
 
 
 async def test_a_new_price_reaches_commit(

@@ -184,13 +184,23 @@ async def update_product(
     # brings the engine's price up to the catalog's. (No idempotency key: the catalog has
     # changed already, and a key used before must not refuse the engine's half of it.)
     if updated.price != live.price or limits != live.limits:
-        made = await svc.engine.setup_product(
-            updated.engine_id,
-            dataclasses.replace(ctx, idempotency_key=None),
-            price=updated.price,
-            currency=updated.currency,
-            limits=limits,
-        )
+        try:
+            made = await svc.engine.setup_product(
+                updated.engine_id,
+                dataclasses.replace(ctx, idempotency_key=None),
+                price=updated.price,
+                currency=updated.currency,
+                limits=limits,
+            )
+        except errors.EngineError:
+            # Refused (Redis behind the database, bad limits, ...): Redis changed nothing, so
+            # neither does the catalog — unless another edit has changed the row since.
+            undo = {field: getattr(row, field) for field in values}
+            await asyncio.to_thread(
+                catalog.update_product, svc.db, pid, undo, unchanged_since=updated.updated_at
+            )
+            await catalog_changed(svc)
+            raise
         await svc.trigger.request(svc.engine.partition_of_product(updated.engine_id))
         live = dataclasses.replace(live, price=made.price, limits=made.limits)
     return Product(updated, live)
