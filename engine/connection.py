@@ -34,6 +34,7 @@ from redis._parsers import _AsyncHiredisParser, helpers
 from redis.asyncio.cluster import PipelineCommand
 from redis.client import CaseInsensitiveDict
 from redis.exceptions import RedisClusterException
+from redis.maint_notifications import MaintNotificationsConfig
 
 from engine.pool import FairConnectionPool, with_hiredis_packing
 from engine.settings import Settings
@@ -244,6 +245,10 @@ def connect_async(settings: Settings) -> AsyncClient:
         decode_responses=True,
         parser_class=_AsyncHiredisParser,
         health_check_interval=30,
+        # Off, as they are for RESP2: while on (redis-py's default is the truthy "auto"), the
+        # pool hands out a connection the server has closed (a Redis restart) without the
+        # check that replaces it, and its next command fails.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return redis.asyncio.Redis.from_pool(pool)
 

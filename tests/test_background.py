@@ -25,7 +25,7 @@ from engine.settings import PROJECT_ROOT, Settings
 from persistence import jobs, migrate, periodic, schema
 from persistence.db import database_engine
 from persistence.trigger import DrainTrigger
-from scripts.redis_server import RedisServer
+from scripts.redis_server import RedisServer, free_port
 from tests.durable import BUYER
 from tests.support import last_json, run_cli
 
@@ -274,6 +274,14 @@ def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> 
         client.delete(queue)
         until(enqueued, 30)  # and it schedules on
         assert proc.poll() is None
+        # a replica for a while (a failover under way): its writes are refused (READONLY)
+        client.replicaof("127.0.0.1", str(free_port()))
+        time.sleep(1.5)
+        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
+        client.replicaof("NO", "ONE")
+        client.delete(queue)
+        until(enqueued, 30)
+        assert proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -281,6 +289,47 @@ def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> 
         client.close()
         server.stop()
     assert "the scheduler lost Redis" in (tmp_path / "scheduler.log").read_text()
+
+
+def test_the_worker_waits_out_a_redis_restart_and_a_replica_and_goes_on(tmp_path: Path) -> None:
+    # It quit ("found an unhandled exception") on a Redis that was a replica for a moment
+    # (READONLY) or went away mid-command, and the outbox drained no more.
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "worker"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+    )
+    queue = jobs.queue(client)
+
+    def runs_a_job() -> None:
+        job = queue.enqueue("json.loads", "[1]", result_ttl=60)
+        until(lambda: job.get_status(refresh=True) == "finished", 30)
+
+    try:
+        runs_a_job()
+        client.replicaof("127.0.0.1", str(free_port()))  # a failover under way: READONLY
+        time.sleep(2)
+        client.replicaof("NO", "ONE")
+        server.stop()  # and a restart (its data kept: append-only file)
+        time.sleep(1)
+        server.start()
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        runs_a_job()  # and it works on
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+        client.close()
+        server.stop()
+    assert "the worker lost Redis" in (tmp_path / "worker.log").read_text()
 
 
 def until(condition: Callable[[], bool], seconds: float) -> None:

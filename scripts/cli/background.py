@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -140,8 +142,16 @@ def run_worker(burst: bool, log_level: str) -> None:
 
     layout.check_sync(jobs.redis_client(), jobs.settings().partitions)
     connection = jobs.queue_connection()
-    worker = Worker([jobs.queue(connection)], connection=connection)
-    worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+
+    def work() -> None:  # a new worker each time: the one that lost Redis is gone
+        worker = Worker([jobs.queue(connection)], connection=connection)
+        worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+
+    if burst:
+        work()
+        return
+    # a Redis lost once it has started is waited out, as the scheduler waits it out
+    _waiting_out_redis("worker", work, logging.getLogger("inventory.worker"))
 
 
 def _pool_worker(burst: bool, log_level: str) -> None:
@@ -228,29 +238,45 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def _run_scheduler(scheduler: Any, log: Any) -> None:
-    """Run the scheduler for good. Redis not answering once it has started (a stall, a
-    restart, a failover) is waited out, trying again every SCHEDULER_RETRY_MAX_S at most,
-    and never ends it:
-    the scheduler is what releases reservations whose buyers walked away, and a process that
-    exited on the first timeout stopped every expiry and hand-off until someone started it
-    again."""
+    """Run the scheduler for good (`_waiting_out_redis`): the scheduler is what releases
+    reservations whose buyers walked away, and a process that exited on the first timeout
+    stopped every expiry and hand-off until someone started it again."""
+    import redis.exceptions
+
+    def forget() -> None:
+        # its registration, never marked dead, would read as another scheduler's
+        with contextlib.suppress(redis.exceptions.RedisError):
+            scheduler.connection.delete(scheduler.key)
+
+    _waiting_out_redis("scheduler", lambda: scheduler.run(burst=False), log, forget)
+
+
+def _waiting_out_redis(
+    what: str, run: Callable[[], Any], log: Any, after: Callable[[], None] = lambda: None
+) -> None:
+    """`run()` until it returns. Redis not answering once it has started (a stall, a restart,
+    a failover, a replica for a while: READONLY) is waited out — a warning, `after()`, and
+    `run()` again after SCHEDULER_RETRY_FIRST_S, doubling up to SCHEDULER_RETRY_MAX_S — and
+    never ends it."""
     import redis.exceptions
 
     delay = SCHEDULER_RETRY_FIRST_S
     while True:
         started = time.monotonic()
         try:
-            scheduler.run(burst=False)
+            run()
             return
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,  # a replica for now (a failover under way)
+        ) as exc:
             if time.monotonic() - started > SCHEDULER_RETRY_MAX_S:
                 delay = SCHEDULER_RETRY_FIRST_S  # it ran a while since the last one
-            log.warning("the scheduler lost Redis (%s): trying again in %g s", exc, delay)
+            log.warning("the %s lost Redis (%s): trying again in %g s", what, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, SCHEDULER_RETRY_MAX_S)
-            # its registration, never marked dead, would read as another scheduler's
-            with contextlib.suppress(redis.exceptions.RedisError):
-                scheduler.connection.delete(scheduler.key)
+            after()
 
 
 def _drain_and_report() -> int:
