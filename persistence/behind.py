@@ -12,6 +12,7 @@ the drain pauses the partition and `inventory reconcile --fix` restores what Red
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,6 @@ from typing import Any
 
 import redis
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import SQLAlchemyError
 
 from engine import outbox
 from engine.outbox import sid
@@ -78,19 +78,18 @@ CHECKPOINT_READ_TIMEOUT_S = 5.0
 def checkpoints_sync(db: Engine) -> SyncCheckpoints:
     """The reader of each partition's checkpoint in `db` (the id of the last event the
     database applied; None: none yet) with which the engine checks a Redis that has started
-    before its first write there (engine/scripts.py, lua/verify.lua). A database not set up
-    yet (no checkpoints table) has applied nothing; one that can't be read raises."""
+    before its first write there (engine/scripts.py, lua/verify.lua). A database that can't
+    be read raises — one not set up yet too (no checkpoints table): a process pointed at the
+    wrong database must not pass a restored copy for every process."""
+    return functools.partial(queries_orders.checkpoint, db)
 
-    def read(partition: int) -> str | None:
-        try:
-            return queries_orders.checkpoint(db, partition)
-        except SQLAlchemyError:
-            with db.connect() as conn:  # (raises again when the database is away)
-                if inspect(conn).has_table(schema.outbox_checkpoints.name):
-                    raise
-            return None
 
-    return read
+def holds_a_record(db: Engine) -> bool:
+    """Whether `db` is set up (its checkpoints table exists): a database that is not has
+    recorded nothing, and a tool that may run without one (`inventory chaos`) takes Redis as
+    it is there."""
+    with db.connect() as conn:
+        return inspect(conn).has_table(schema.outbox_checkpoints.name)
 
 
 def checkpoints(db: Engine) -> Checkpoints:

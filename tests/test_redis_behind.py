@@ -520,6 +520,27 @@ async def test_while_the_record_cannot_be_read_a_started_redis_decides_nothing(
         assert await available(engine) == (9, 1)
 
 
+async def test_a_process_on_a_database_not_set_up_passes_no_copy(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A process pointed at a database without the schema (a wrong DATABASE_URL) has no
+    record to check a started Redis against: its writes there are refused, and it does not
+    pass a restored copy for the processes that have the record."""
+    await sold_out_then_restored(stack, tmp_path)
+    empty = dataclasses.replace(stack.settings, database_url=f"sqlite:///{tmp_path / 'x.db'}")
+    db = database_engine(empty)
+    try:
+        astray = Engine.from_settings(stack.settings, checkpoints=behind.checkpoints(db))
+        async with astray as engine:
+            with pytest.raises(errors.RedisUnverified):
+                await engine.reserve([LineRequest("drop", 3)], BUYER)
+    finally:
+        db.dispose()
+    async with checked(stack) as engine:
+        with pytest.raises(errors.RedisBehind):
+            await engine.reserve([LineRequest("drop", 3)], BUYER)
+
+
 @pytest.mark.parametrize(
     ("checkpoint", "last_id", "applied", "present", "is_behind"),
     [

@@ -89,10 +89,12 @@ def _chaos_settings(settings: Settings) -> Settings:
 
 def _engine(settings: Settings) -> Engine:
     """The engine of a chaos run, which checks a Redis that has started against the database
-    before its first write, as the API's does."""
+    before its first write, as the API's does — when there is a database set up: a run on a
+    bare Redis (no schema in DATABASE_URL's database) has no record to check it against."""
     url = settings.database_url_or_default
     db = _databases.get(url) or _databases.setdefault(url, database_engine(settings))
-    return Engine.from_settings(settings, checkpoints=behind.checkpoints(db))
+    checked = behind.checkpoints(db) if behind.holds_a_record(db) else None
+    return Engine.from_settings(settings, checkpoints=checked)
 
 
 _databases: dict[str, DatabaseEngine] = {}  # one database engine per process and database
