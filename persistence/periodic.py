@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +11,8 @@ from typing import Any
 from rq_scheduler import Scheduler
 
 from persistence import jobs
+
+log = logging.getLogger("inventory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +54,17 @@ def register(scheduler: Scheduler) -> list[str]:
             ttl=max(10, p.every_s * 5),
         )
     return sorted(ours)
+
+
+class KeptScheduler(Scheduler):  # type: ignore[misc]
+    """rq-scheduler whose periodic jobs come back when Redis has lost them (restarted empty,
+    flushed, a copy from before they were registered): each round first asks whether they
+    are all scheduled (one ZMSCORE) and registers them again if not. Else a scheduler that
+    outlived such a Redis ran on with nothing to schedule: no expiry, no drain, for good."""
+
+    def enqueue_jobs(self) -> Any:
+        ids = [p.id for p in PERIODIC]
+        if None in self.connection.zmscore(self.scheduled_jobs_key, ids):
+            log.warning("the periodic jobs were gone from Redis: registering them again")
+            register(self)
+        return super().enqueue_jobs()

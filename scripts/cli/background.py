@@ -219,14 +219,14 @@ def _worker_pool(count: int, burst: bool, log_level: str) -> None:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import logging
 
-    from rq_scheduler import Scheduler
-
     from persistence import jobs, periodic
 
     _environment(args)
     logging.basicConfig(level=args.log_level)
     connection = jobs.queue_connection()
-    scheduler = Scheduler(queue_name=jobs.QUEUE, connection=connection, interval=args.interval)
+    scheduler = periodic.KeptScheduler(
+        queue_name=jobs.QUEUE, connection=connection, interval=args.interval
+    )
     registered = periodic.register(scheduler)
     log = logging.getLogger("inventory")
     log.info("periodic jobs: %s", ", ".join(registered))
