@@ -52,8 +52,22 @@ class OutboxEvent:
         return [Movement(**m) for m in raw] if isinstance(raw, list) else []
 
 
+# The type of an entry that is no event: its data no JSON object, or a field missing (a hand
+# XADD, a bug). It reads as an event of this type whose data holds the entry's two fields as
+# they are, which no reader acts on and the drain dead-letters (persistence/translate.py):
+# refused by every decode, it would stop the partition's drain for good.
+UNDECODABLE = "undecodable"
+
+
 def decode(partition: int, entry_id: str, fields: dict[str, str]) -> OutboxEvent:
-    return OutboxEvent(partition, entry_id, fields["type"], orjson.loads(fields["data"]))
+    kind, text = fields.get("type"), fields.get("data")
+    try:
+        data = orjson.loads(text) if text is not None else None
+    except orjson.JSONDecodeError:
+        data = None
+    if not kind or not isinstance(data, dict):
+        return OutboxEvent(partition, entry_id, UNDECODABLE, {"type": kind, "data": text})
+    return OutboxEvent(partition, entry_id, kind, data)
 
 
 def decode_all(partition: int, entries: Any) -> list[OutboxEvent]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 from engine import events
 from engine.keys import idempotency_hash
 from engine.models import ms_to_datetime
-from engine.outbox import OutboxEvent
+from engine.outbox import UNDECODABLE, OutboxEvent
 from engine.validation import compact_json
 from persistence.event_replies import created_reply
 
@@ -125,6 +125,8 @@ def translate_into(event: OutboxEvent, rows: Rows) -> None:
     try:
         handler = HANDLERS[event.type]
     except KeyError:
+        if event.type == UNDECODABLE:
+            raise BadEvent(f"no event: type and data as written {event.data!r:.300}") from None
         raise BadEvent(f"unknown event type {event.type!r}") from None
     lists = [getattr(rows, name) for name in rows.__dataclass_fields__]
     marks = [len(found) for found in lists]

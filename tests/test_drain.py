@@ -145,6 +145,40 @@ async def test_a_poison_event_is_dead_lettered_and_the_rest_applied(
     assert await engine.redis.xlen(k.outbox) == 0
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "reservation_created", "data": '{"type":"reservation_created","ts":1'},
+        {"type": "reservation_created", "data": "[1, 2]"},
+        {"type": "reservation_created"},
+        {"data": "{}"},
+    ],
+    ids=["cut-short", "no-object", "no-data", "no-type"],
+)
+async def test_an_entry_that_is_no_event_is_dead_lettered_and_the_rest_applied(
+    engine: Engine,
+    db: DatabaseEngine,
+    sync_redis: redis.Redis,
+    settings: Settings,
+    entry: dict[str, str],
+) -> None:
+    """Its decoding failed in every drain, and the partition drained no more, for good."""
+    k = partition_keys(0)
+    await workload(engine, rounds=2)
+    bad = str(await engine.redis.xadd(k.outbox, cast(Any, entry)))
+    await engine.reserve([LineRequest("sku-1", 1)], BUYER)
+    produced = events_added(sync_redis)
+
+    result = drain_partition(sync_redis, db, settings, 0)
+
+    assert (result.dead, result.applied) == (1, produced - 1)
+    dead = cast(list[tuple[str, dict[str, str]]], await engine.redis.xrange(k.dead_letters))
+    assert [d["event_id"] for _, d in dead] == [f"p0-{bad}"]
+    assert dead[0][1]["error"].startswith("no event: type and data as written")
+    assert projection(db) == await redis_counters(engine)  # the events after it applied
+    assert await engine.redis.xlen(k.outbox) == 0
+
+
 async def test_an_event_the_database_refuses_is_dead_lettered_alone(
     engine: Engine, db: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
