@@ -76,6 +76,27 @@ local function hand_off(w, entry, now, now_s)
   end
   local q = entry.quantity
   local lim = meta.limits
+  local counted = nil
+  if lim then
+    -- What the product's limits let the customer be handed now (they may have changed since
+    -- the entry joined): at most max_per_order, and what max_per_customer leaves them, in
+    -- whole increments and at least the minimum (limits.lua). An entry they leave nothing,
+    -- or that may not be split and does not fit them whole, leaves the waitlist.
+    local most = q
+    if lim.max_per_order and lim.max_per_order < most then most = lim.max_per_order end
+    if lim.max_per_customer then
+      local h = tonumber(rcall('HGET', w.held, held_field(entry.product, entry.owner))) or 0
+      if lim.max_per_customer - h < most then most = lim.max_per_customer - h end
+      counted = {entry.product}
+    end
+    if lim.quantity_increment then most = most - most % lim.quantity_increment end
+    if lim.min_quantity and most < lim.min_quantity then most = 0 end
+    if most <= 0 or (most < q and not entry.partial) then
+      leave_waitlist(w, entry, 'limit_exceeded', now, 'system', '')
+      return true
+    end
+    q = most
+  end
   if free < q then
     if not entry.partial or free <= 0 then return false end
     q = free
@@ -84,15 +105,6 @@ local function hand_off(w, entry, now, now_s)
     if lim and lim.quantity_increment then q = q - q % lim.quantity_increment end
     if lim and lim.min_quantity and q < lim.min_quantity then q = 0 end
     if q <= 0 then return false end
-  end
-  local counted = nil
-  if lim and lim.max_per_customer then
-    local h = tonumber(rcall('HGET', w.held, held_field(entry.product, entry.owner))) or 0
-    if h + q > lim.max_per_customer then
-      leave_waitlist(w, entry, 'limit_exceeded', now, 'system', '')
-      return true
-    end
-    counted = {entry.product}
   end
   serving = true
   local alloc, err, counters = allocate(w.stock, w.products, {{entry.product, '', q}}, true)

@@ -314,3 +314,47 @@ async def test_a_part_handed_off_keeps_the_product_s_increment_and_minimum(
         assert await levels(engine, "pairs") == {"main": (1, 4)}
         await engine.release(second.id, C)
         assert await levels(engine, "pairs") == {"main": (3, 2)}  # nobody waits: anyone's
+
+
+async def test_a_hand_off_keeps_the_product_s_limits_as_they_are_now(
+    settings: Settings, clean_redis: None
+) -> None:
+    # max_per_order lowered after they joined: bob's entry for 2 (not to be split) can't be
+    # handed whole and leaves, over the limit; carol's partial one is handed 1, not 2 (both
+    # were handed 2, an order the product no longer allows). A partial entry is handed what
+    # max_per_customer leaves its customer (dave holds 1, the limit now 2: handed 1 of the 2
+    # he asked for, where his entry left the waitlist)
+    async with Engine.from_settings(settings) as engine:
+        await add_product(engine, "drop", {"main": 6})
+        everything = await engine.reserve([LineRequest("drop", 6)], A)
+        await engine.join_waitlist("drop", 2, B)
+        carol = await engine.join_waitlist("drop", 2, C, partial=True)
+        limits = ProductLimits(max_per_order=1)
+        await engine.setup_product("drop", STAFF, price=250, limits=limits)
+
+        await engine.release(everything.id, A)
+
+        assert await engine.waitlist_entries(B) == []
+        left = [(e["user"], e["reason"]) for e in await of_type(engine, "waitlist_left")]
+        assert left == [("bob", "limit_exceeded")]
+        assert (await engine.get_reservation(carol.id, C)).quantity == 1
+        assert await levels(engine, "drop") == {"main": (5, 1)}
+
+    async with Engine.from_settings(settings) as engine:
+        await add_product(engine, "cap", {"main": 3})
+        await engine.setup_product(
+            "cap", STAFF, price=250, limits=ProductLimits(max_per_customer=3)
+        )
+        mine = await engine.reserve([LineRequest("cap", 1)], D)
+        theirs = await engine.reserve([LineRequest("cap", 2)], A)
+        dave = await engine.join_waitlist("cap", 2, D, partial=True)
+        await engine.setup_product(
+            "cap", STAFF, price=250, limits=ProductLimits(max_per_customer=2)
+        )
+
+        await engine.release(theirs.id, A)
+
+        handed = await engine.get_reservation(dave.id, D)
+        assert (handed.source, handed.quantity) == ("waitlist", 1)
+        assert mine.quantity == 1
+        assert await levels(engine, "cap") == {"main": (1, 2)}
