@@ -163,20 +163,20 @@ async def test_delete_is_refused_while_in_use(
         assert snapshot(db, sync_redis) == before
 
     reservation = await engine.reserve([LineRequest(str(pid), 2)], BUYER)
-    await refused({"reserved": 2, "open_orders": 0})
+    await refused({"reserved": 2, "open_orders": 0, "waiting": 0})
     order = await engine.commit(reservation.id, BUYER)
-    await refused({"open_orders": 1})  # still only in the outbox
+    await refused({"reserved": 0, "open_orders": 1, "waiting": 0})  # still only in the outbox
     await drain(app_settings, sync_redis, db)
-    await refused({"open_orders": 1})  # now in the database
+    await refused({"reserved": 0, "open_orders": 1, "waiting": 0})  # now in the database
     await engine.transition(order.id, "cancelled", BUYER)
-    await refused({"open_orders": 1})  # the database still says pending...
+    await refused({"reserved": 0, "open_orders": 1, "waiting": 0})  # the database: pending...
     await drain(app_settings, sync_redis, db)
     # a customer waiting for it: the entry outlived a deleted product, for WAITLIST_TTL
     held = await engine.reserve([LineRequest(str(pid), 5)], BUYER)
     waiter = CallContext("waiter-1", "req-w")
     await engine.join_waitlist(str(pid), 6, waiter)  # more than there is: waits on
     await engine.release(held.id, BUYER)
-    await refused({"open_orders": 0, "waiting": 1})
+    await refused({"reserved": 0, "open_orders": 0, "waiting": 1})
     await engine.leave_waitlist(str(pid), waiter)
 
     deleted = await client.delete(url, headers=staff)  # ...until the cancel is drained

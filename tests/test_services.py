@@ -94,7 +94,7 @@ async def test_a_delete_counts_the_orders_still_only_in_the_outbox(svc: Services
     deleted, _ = await products.delete_product(svc, pid, STAFF)
 
     assert in_use.value.code == "product_in_use"
-    assert in_use.value.details == {"product": pid, "open_orders": 1}
+    assert in_use.value.details == {"product": pid, "reserved": 0, "open_orders": 1, "waiting": 0}
     assert deleted == pid
 
 

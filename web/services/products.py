@@ -245,16 +245,12 @@ async def delete_product(svc: Services, pid: int, ctx: CallContext) -> tuple[int
     """Soft-delete, refused while units are reserved, an order is open or customers wait for
     it. The id and the time of the deletion."""
     row, live = await live_product(svc, pid)
-    in_use: dict[str, int] = {}
-    if live.reserved > 0:
-        in_use["reserved"] = live.reserved
+    in_use: dict[str, int] = {"reserved": max(live.reserved, 0)}
     in_use["open_orders"] = await asyncio.to_thread(catalog.open_orders, svc.db, row.engine_id)
     if not in_use["open_orders"]:
         in_use["open_orders"] = await _orders_not_yet_recorded(svc, row.engine_id)
-    waiting = await svc.engine.waiting(row.engine_id)
-    if waiting:
-        in_use["waiting"] = waiting
-    if in_use.get("reserved") or in_use["open_orders"] or waiting:
+    in_use["waiting"] = await svc.engine.waiting(row.engine_id)
+    if any(in_use.values()):
         raise ApiError(
             409,
             "product_in_use",
