@@ -23,7 +23,8 @@
 --   (nobody waits and units are there: reserve them), {"err": "already_waiting", "entry"},
 --   {"err": "product_not_found", "product"}, the limits' (limits.lua), {"err": "redis_behind"}.
 --   While anyone waits, the product's available units are held back for the waitlist.
--- leave: {"ok", "entry"}; {"err": "not_waiting", "product"}.
+-- leave: {"ok", "entry"}; {"err": "not_waiting", "product"}; {"err": "product_not_found",
+--   "product"} (no entry, and no such product).
 -- list: {"ok", "entries": [entry + "position", ...]}, the owner's, oldest first.
 -- Events: waitlist_joined; waitlist_left (leave, reason 'left'). A hand-off, when units come
 --   back in any call, is a reservation_created with "source": "waitlist" (wait.lua).
@@ -68,7 +69,12 @@ local now = now_ms()
 if action == 'leave' then
   local mine = rcall('HGET', data, 'o|' .. product .. '|' .. owner)
   local raw = mine and rcall('HGET', data, 'e|' .. mine)
-  if not raw then return refuse('not_waiting', {product = product}) end
+  if not raw then
+    if not product_meta(products, product) then
+      return refuse('product_not_found', {product = product})
+    end
+    return refuse('not_waiting', {product = product})
+  end
   local entry = cjson.decode(raw)
   leave_waitlist(wait, entry, 'left', now, actor, request_id)
   return ok({entry = view(entry)})

@@ -233,6 +233,9 @@ async def test_the_waitlist_over_http(
 
     left = await client.delete(url, headers=second)
     assert (left.status_code, err(left)["code"]) == (404, "not_waiting")
+    for nowhere in ("99999", "abc"):  # no such product: so says leaving, as joining does
+        gone = await client.delete(f"/api/products/{nowhere}/waitlist/", headers=second)
+        assert (gone.status_code, err(gone)["code"]) == (404, "product_not_found")
     free = await create(client, staff, "WAIT-2", total_stock=3)
     in_stock = await client.post(
         f"/api/products/{free['id']}/waitlist/", json={"quantity": 1}, headers=second
