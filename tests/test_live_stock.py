@@ -181,6 +181,35 @@ async def test_several_products_in_one_stream_and_the_refusals(
         assert gone.status_code == 404
 
 
+async def test_an_event_that_changed_nothing_shown_sends_nothing(
+    served: tuple[str, Server],
+) -> None:
+    """Joining and leaving a sold-out product's waitlist are events of the product, but its
+    stock is as it was: the next event a stream gets is the next real change."""
+    url, server = served
+    p = new_product(url, server, "LIVE-W", 1)
+    held = await asyncio.to_thread(reserve, url, server, "8", p)
+    waiter = bearer(server.app, "9")
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        opened(client, f"/api/products/{p}/stream/") as stream,
+    ):
+        assert (await stream.next()).data["available_stock"] == 0
+        joined = await client.post(
+            f"/api/products/{p}/waitlist/", json={"quantity": 1}, headers=waiter
+        )
+        assert joined.status_code == 202, joined.text
+        await asyncio.sleep(0.5)  # (the feed reads each event alone)
+        left = await client.delete(f"/api/products/{p}/waitlist/", headers=waiter)
+        assert left.status_code == 200, left.text
+        await asyncio.sleep(0.5)
+        released = await client.delete(
+            f"/api/reservations/{held}/", headers=bearer(server.app, "8")
+        )
+        assert released.status_code == 200, released.text
+        assert (await stream.next()).data["available_stock"] == 1
+
+
 async def a_change_after(
     stream: Stream, pause_s: float, url: str, server: Server, product: int
 ) -> Event:

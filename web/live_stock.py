@@ -62,17 +62,27 @@ class Listener:
     client: str = ""  # whose stream (web/routes/products.py): counted per client
     pending: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # the state of each product last sent: an event that changed nothing this stream shows
+    # (a customer joined or left a waitlist) sends nothing
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def put(self, product: str, position: str, state: dict[str, Any]) -> None:
+        if product not in self.pending and self.sent.get(product) == state:
+            return
         self.pending[product] = (position, state)
         self.wake.set()
 
     async def next(self) -> list[tuple[str, dict[str, Any]]]:
-        """The states waiting (position, state), once there is at least one."""
-        await self.wake.wait()
-        self.wake.clear()
-        taken, self.pending = self.pending, {}
-        return list(taken.values())
+        """The states waiting (position, state) that differ from those last sent, once there
+        is at least one."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            taken, self.pending = self.pending, {}
+            changed = {p: got for p, got in taken.items() if self.sent.get(p) != got[1]}
+            if changed:
+                self.sent.update((p, state) for p, (_, state) in changed.items())
+                return list(changed.values())
 
 
 class StockFeed:
@@ -251,8 +261,10 @@ async def stream(
     (unless unchanged since `last_event_id`), then each change. Leaves the feed at the end."""
     try:
         for product, stock in first.items():
+            state = stock_json(product, stock)
+            listener.sent.setdefault(product, state)
             if not feed.unchanged_since(product, last_event_id):
-                yield _event(feed.position(product), stock_json(product, stock))
+                yield _event(feed.position(product), state)
         while True:
             for position, state in await listener.next():
                 yield _event(position, state)
