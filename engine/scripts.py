@@ -202,7 +202,7 @@ def _verified(reply: dict[str, Any], partition: int) -> None:
             "partition %d: Redis started behind the database (checkpoint %s, outbox last id "
             "%s, applied marker %s): it decides nothing there; run `inventory reconcile` to "
             "see what Redis lost and `inventory reconcile --fix` to restore it from the "
-            "database",
+            "database (`inventory rebuild` if it lost all its data)",
             partition,
             found.get("checkpoint"),
             found.get("last_id"),

@@ -62,7 +62,8 @@ def flag(client: redis.Redis, found: Behind) -> None:
         log.error(
             "partition %d: Redis is behind the database (checkpoint %s, outbox last id %s, "
             "applied marker %s): its drain is paused; run `inventory reconcile` to see what "
-            "Redis lost and `inventory reconcile --fix` to restore it from the database",
+            "Redis lost and `inventory reconcile --fix` to restore it from the database "
+            "(`inventory rebuild` if it lost all its data)",
             found.partition,
             found.checkpoint,
             found.last_id,

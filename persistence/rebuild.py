@@ -174,39 +174,68 @@ def rebuild(
 
 
 def _rebuild(client: redis.Redis, db: Engine, settings: Settings, force: bool) -> RebuildResult:
-    plans, checkpoints, dead = _read(
-        db,
-        settings.partitions,
-        settings.order_pending_ttl_ms,
-        settings.max_live_reservations_per_customer,
-    )
+    plans, checkpoints, dead = _plans(db, settings)
     for p in range(settings.partitions):
         refused = _refusal(client, p, checkpoints.get(p, "0-0"), force)
         if refused:
             raise RebuildRefused(refused)
     result = RebuildResult(dead_letters=dead)
     run = f"rebuild-{uuid.uuid4().hex[:16]}"
-    now_ms = time_ms(client.time())
     for p, plan in enumerate(plans):
-        try:
-            _write(
-                client, p, plan, checkpoints.get(p, "0-0"), force, settings.reservation_retention_ms
-            )
-        except redis.WatchError:
-            raise RebuildRefused(f"partition {p}: Redis changed during the rebuild") from None
-        counts = {
-            "partition": p,
-            "products": len(plan.products),
-            "stock_levels": len(plan.counters),
-            "reservations": len(plan.reservations),
-            "reservations_due": sum(
-                1 for r in plan.reservations.values() if r.expires_at <= now_ms
-            ),
-            "orders": len(plan.orders),
-            **restore_lost(client, db, settings, p, run),
-        }
+        counts, problems = _restore(client, db, settings, p, plan, checkpoints, force, run)
         result.partitions.append(counts)
-        result.problems += invariants.judge(p, plan.state()).problems
-        with db.begin() as conn:
-            audit(conn, "rebuild", "redis_rebuilt", ("partition", str(p)), None, counts, run)
+        result.problems += problems
     return result
+
+
+def rebuild_partition(
+    client: redis.Redis, db: Engine, settings: Settings, p: int, run: str
+) -> dict[str, int]:
+    """`rebuild` of one partition that lost its data (`inventory reconcile --fix` of a
+    `redis_lost_data`), the caller holding its drain lock; what it got, as `rebuild` says it.
+    Refused (RebuildRefused) when the partition holds data."""
+    plans, checkpoints, _ = _plans(db, settings)
+    refused = _refusal(client, p, checkpoints.get(p, "0-0"), False)
+    if refused:
+        raise RebuildRefused(refused)
+    counts, _ = _restore(client, db, settings, p, plans[p], checkpoints, False, run)
+    return counts
+
+
+def _plans(db: Engine, settings: Settings) -> tuple[list[RestorePlan], dict[int, str], int]:
+    return _read(
+        db,
+        settings.partitions,
+        settings.order_pending_ttl_ms,
+        settings.max_live_reservations_per_customer,
+    )
+
+
+def _restore(
+    client: redis.Redis,
+    db: Engine,
+    settings: Settings,
+    p: int,
+    plan: RestorePlan,
+    checkpoints: dict[int, str],
+    force: bool,
+    run: str,
+) -> tuple[dict[str, int], list[str]]:
+    """Write one partition's plan, put back what it lost beside it, and audit it."""
+    now_ms = time_ms(client.time())
+    try:
+        _write(client, p, plan, checkpoints.get(p, "0-0"), force, settings.reservation_retention_ms)
+    except redis.WatchError:
+        raise RebuildRefused(f"partition {p}: Redis changed during the rebuild") from None
+    counts = {
+        "partition": p,
+        "products": len(plan.products),
+        "stock_levels": len(plan.counters),
+        "reservations": len(plan.reservations),
+        "reservations_due": sum(1 for r in plan.reservations.values() if r.expires_at <= now_ms),
+        "orders": len(plan.orders),
+        **restore_lost(client, db, settings, p, run),
+    }
+    with db.begin() as conn:
+        audit(conn, "rebuild", "redis_rebuilt", ("partition", str(p)), None, counts, run)
+    return counts, invariants.judge(p, plan.state()).problems

@@ -26,6 +26,7 @@ from engine.outbox import sid
 from engine.settings import Settings
 from persistence.drain import drain_locks
 from persistence.drift import Drift, PartitionState, StockRow, compare
+from persistence.rebuild import rebuild_partition
 from persistence.repair import ACTOR, RedisRepairs, repair_database, repair_redis
 from persistence.snapshot import (
     Pair,
@@ -126,6 +127,11 @@ def reconcile(client: redis.Redis, db: Engine, settings: Settings, *, fix: bool 
             found += report.drift
             checkpoint = report.partitions[0].checkpoint
             done = RedisRepairs()
+            if any(d.kind == "redis_lost_data" for d in report.drift):
+                # nothing left to repair: everything to restore, as `inventory rebuild` does
+                counts = rebuild_partition(client, db, settings, p, run)
+                done.done.append({"side": "redis", "kind": "redis_rebuilt", **counts})
+                report = check(client, db, settings, [p], locked=True)
             if any(d.repair == "redis" for d in report.drift):
                 done = repair_redis(
                     client, db, settings, p, report.rows, report.drift, checkpoint, run

@@ -106,22 +106,29 @@ async def test_wiped_redis_is_rebuilt_and_works_on(
     assert (orders[order.id], orders[pending["id"]]) == ("pending", "confirmed")
 
 
-async def test_reconcile_after_a_loss_points_at_rebuild_and_repairs_nothing(
+async def test_reconcile_fix_after_a_loss_rebuilds_the_partition(
     engine: Engine, pg: DatabaseEngine, sync_redis: redis.Redis, settings: Settings
 ) -> None:
+    """What /readyz, the sweep and the drain say to run after a loss (`reconcile --fix`)
+    restores it, as `inventory rebuild` does: it answered 'use rebuild' and repaired nothing."""
     await workload(engine, rounds=4)
     drain_partition(sync_redis, pg, settings, 0)
+    before = await snapshot(engine.redis, "inv:{p0}:stock")
+    assert reconcile(sync_redis, pg, settings).ok  # (nothing lost yet: a clean check)
     sync_redis.flushall()
 
+    found = reconcile(sync_redis, pg, settings)
     report = reconcile(sync_redis, pg, settings, fix=True)
 
-    assert [(d.kind, d.right, d.repair) for d in report.drift] == [
+    assert [(d.kind, d.right, d.repair) for d in found.drift] == [
         ("redis_lost_data", "database", "none")
     ]
-    assert report.drift[0].database == {"stock_levels": 2, "active_reservations": 1}
-    assert report.repairs == []
-    assert sync_redis.dbsize() == 0
-    rebuild(sync_redis, pg, settings)
+    assert found.drift[0].database == {"stock_levels": 2, "active_reservations": 1}
+    assert [d.kind for d in report.found or []] == ["redis_lost_data"]
+    rebuilt = [r for r in report.repairs if r["kind"] == "redis_rebuilt"]
+    assert [(r["partition"], r["stock_levels"], r["reservations"]) for r in rebuilt] == [(0, 2, 1)]
+    assert report.ok, report.drift
+    assert await snapshot(engine.redis, "inv:{p0}:stock") == before
     assert check(sync_redis, pg, settings).ok
 
 

@@ -520,6 +520,30 @@ async def test_while_the_record_cannot_be_read_a_started_redis_decides_nothing(
         assert await available(engine) == (9, 1)
 
 
+async def test_a_redis_that_lost_everything_refuses_and_the_fix_restores_it(
+    stack: Stack,
+) -> None:
+    async with checked(stack) as engine:
+        await engine.setup_product("drop", SYSTEM, price=500, stock={"main": 10})
+        first = await engine.reserve([LineRequest("drop", 4)], KEYED)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.server.stop()
+    shutil.rmtree(stack.server.data_dir / "appendonlydir")  # its data lost
+    stack.server.start()
+
+    async with checked(stack) as engine:
+        with pytest.raises(errors.RedisBehind):  # at once: no product to sell from nothing
+            await engine.reserve([LineRequest("drop", 1)], BUYER)
+
+    code, fixed = stack.inventory("reconcile", "--fix")  # what every message says to run
+    assert code == 0, fixed
+    assert [r["kind"] for r in fixed["repairs"]][:1] == ["redis_rebuilt"]
+    async with checked(stack) as engine:
+        assert await available(engine) == (6, 4)
+        again = await engine.reserve([LineRequest("drop", 4)], KEYED)
+        assert (again.id, again.replayed) == (first.id, True)
+
+
 async def test_a_process_on_a_database_not_set_up_passes_no_copy(
     stack: Stack, tmp_path: Path
 ) -> None:

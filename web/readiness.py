@@ -87,7 +87,8 @@ async def _drain(svc: Services) -> Finding:
     if stopped:
         problem = (
             f"partition(s) {', '.join(map(str, stopped))}: Redis is behind the database and "
-            "the drain is paused; run `inventory reconcile --fix`"
+            "the drain is paused; run `inventory reconcile --fix` (or `inventory rebuild` if "
+            "Redis lost all its data: `inventory reconcile` tells which)"
         )
         return Finding(problem, {"drains_paused": len(stopped)})
     return Finding(None, {})

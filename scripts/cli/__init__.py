@@ -80,7 +80,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         listed = ", ".join(f"p{p}" for p in result["redis_behind"])
         print(
             f"inventory: the sweep refused in {listed}: Redis is behind the database there"
-            " (nothing released); run `inventory reconcile --fix`",
+            " (nothing released); run `inventory reconcile --fix` (or `inventory rebuild` if"
+            " Redis lost all its data: `inventory reconcile` tells which)",
             file=sys.stderr,
         )
         return 1

@@ -112,7 +112,7 @@ def _outcome(results: list[dict[str, Any]]) -> int:
     print(
         f"partition(s) {', '.join(map(str, behind))}: Redis is behind the database, so their "
         "drain is paused; run `inventory reconcile` to see what Redis lost and `inventory "
-        "reconcile --fix` to restore it",
+        "reconcile --fix` to restore it (`inventory rebuild` if it lost all its data)",
         file=sys.stderr,
     )
     return 1
