@@ -275,7 +275,7 @@ WAITLIST = ScriptSpec(
 )
 REPAIR = ScriptSpec(
     "repair",
-    keys=("stock", "products", "live", "expiry", "outbox", "applied", "behind"),
+    keys=("stock", "products", "live", "expiry", "outbox", "applied", "behind", "held"),
     args=("plan", "actor", "request_id"),
     more_keys="record",  # the record and idempotency keys the plan names by index
 )

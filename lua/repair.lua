@@ -20,7 +20,8 @@
 --
 -- KEYS[1] stock   KEYS[2] products   KEYS[3] live   KEYS[4] expiry   KEYS[5] outbox
 -- KEYS[6] applied (string: last event the database applied)   KEYS[7] behind (flag)
--- KEYS[7 + i] the record or idempotency keys the plan names by their index i (1-based)
+-- KEYS[8] held (limits.lua: what each customer holds against their limits)
+-- KEYS[8 + i] the record or idempotency keys the plan names by their index i (1-based)
 --
 -- ARGV[1] the plan, JSON (every list may be empty or missing; times in ms, Redis clock):
 --   "checkpoint":  the database's checkpoint ('' = the partition is not behind)
@@ -51,10 +52,11 @@
 
 local stock, products, live_hash, expiry, outbox, applied, behind =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local held_hash = KEYS[8]
 local plan = cjson.decode(ARGV[1])
 local actor, request_id = ARGV[2], ARGV[3]
 local now = now_ms()
-local function key(i) return KEYS[7 + i] end
+local function key(i) return KEYS[8 + i] end
 local function stream_last_id(stream)
   local info = rcall('XINFO', 'STREAM', stream)
   for i = 1, #info, 2 do
@@ -133,6 +135,9 @@ for _, e in ipairs(plan['end'] or {}) do
   if raw then
     rcall('HDEL', live_hash, id)
     rcall('ZREM', expiry, id)
+    -- what it counted against its customer's limits goes, as its release or expiry would
+    -- give it back; committed, its units stay counted by its order (limits.lua)
+    uncount_live(held_hash, cjson.decode(raw), e[3] ~= 'committed')
     if e[3] == '' then
       rcall('DEL', record)
     elseif rcall('EXISTS', record) == 1 then

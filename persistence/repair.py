@@ -247,6 +247,7 @@ def _run(client: redis.Redis, p: int, plan: _Plan, run: str) -> dict[str, Any]:
         outbox=k.outbox,
         applied=k.applied,
         behind=k.behind,
+        held=k.held,
         plan=json.dumps(plan.body),
         actor=ACTOR,
         request_id=run,

@@ -27,7 +27,7 @@ from engine import errors, specs
 from engine.engine import Engine
 from engine.errors import RedisBehind
 from engine.keys import partition_keys
-from engine.models import SYSTEM, CallContext, LineRequest
+from engine.models import SYSTEM, CallContext, LineRequest, ProductLimits
 from engine.scripts import Call, call_sync, library, load_sync, parse, verify_call
 from engine.settings import Settings
 from persistence import behind, schema
@@ -202,6 +202,33 @@ async def test_units_resold_before_the_first_drain_are_closed_by_the_fix(
         assert await available(engine) == (0, 3)  # ...but sells nothing the record sold
         with pytest.raises(errors.InsufficientStock):
             await engine.reserve([LineRequest("drop", 1)], BUYER)
+
+
+async def test_a_reservation_the_fix_ends_gives_back_what_it_counted(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The older copy still holds a reservation the record says was released: ending it, the
+    fix gives back what it counted against its customer's limits, as its release did (its
+    units stayed counted, and the customer was refused for a limit they were within)."""
+    async with Engine.from_settings(stack.settings) as engine:
+        limits = ProductLimits(max_per_customer=3)
+        await engine.setup_product("lim", SYSTEM, price=500, stock={"main": 10}, limits=limits)
+        held = await engine.reserve([LineRequest("lim", 2)], BUYER)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.copy_aof(tmp_path / "older")  # the reservation live, its 2 units counted
+    async with Engine.from_settings(stack.settings) as engine:
+        await engine.release(held.id, BUYER)
+    drain_partition(stack.client, stack.db, stack.settings, 0)
+    stack.restore_aof(tmp_path / "older")
+
+    code, fixed = stack.inventory("reconcile", "--fix")
+
+    assert code == 0, fixed
+    assert "reservation_ended" in [r["kind"] for r in fixed["repairs"]]
+    async with Engine.from_settings(stack.settings) as engine:
+        assert await engine.redis.hget(K.held, "u|lim|buyer-7") is None
+        again = await engine.reserve([LineRequest("lim", 3)], BUYER)  # all 3 of the limit
+        assert again.quantity == 3
 
 
 async def test_a_redis_behind_with_nothing_lost_but_its_stream_id(

@@ -91,7 +91,7 @@ def test_every_script_has_a_spec_and_every_header_is_read() -> None:
     )
     assert len(header("reserve").args) == 16
     repair = header("repair").more_keys
-    assert repair == (7, "the record or idempotency keys the plan names by their index i (1-based)")
+    assert repair == (8, "the record or idempotency keys the plan names by their index i (1-based)")
 
 
 def test_the_name_check_tells_neighbours_apart() -> None:
@@ -115,11 +115,12 @@ def test_build_puts_named_values_in_header_order() -> None:
         outbox="o",
         applied="a",
         behind="b",
+        held="h",
         plan="{}",
         actor="system",
         request_id="run",
     )
-    assert keys == ["s", "p", "l", "e", "o", "a", "b", "r1", "r2"]
+    assert keys == ["s", "p", "l", "e", "o", "a", "b", "h", "r1", "r2"]
     assert args == ["{}", "system", "run"]
 
 
