@@ -41,7 +41,7 @@
 -- Returns JSON {"ok": true, "moved_to": checkpoint or null, "products": [product],
 --   "restored": [reservation], "ended": [reservation], "orders": [order],
 --   "movements": [{product, warehouse, available_before, available_after, reserved_before,
---   reserved_after}], "conflicts": [{product, warehouse, available, reserved, offset_available,
+--   reserved_after}] (each counter as it was found, and as the repair left it), "conflicts": [{product, warehouse, available, reserved, offset_available,
 --   offset_reserved}], "reindexed": [{reservation, expires_at_before, expires_at_after}],
 --   "records": n, "idempotency": n}
 --   An ok reply also carries "event": the stream id of the last event written (lib.lua).
@@ -190,7 +190,10 @@ for _, c in ipairs(plan.counters or {}) do
     set_counts(stock, p, w, a2, r2)
     local m = {product = p, warehouse = w, available_before = a2, available_after = a2,
                reserved_before = r2, reserved_after = r2}
-    movements[#movements + 1] = m
+    -- (the event's movement is the ledger's, which never counted the offset; the reply says
+    -- what the counter was and is)
+    movements[#movements + 1] = {product = p, warehouse = w, available_before = a,
+                                 available_after = a2, reserved_before = r, reserved_after = r2}
     emit(outbox, 'stock_reconciled', now, actor, request_id,
          {product = p, warehouse = w, found = {available = a, reserved = r},
           live_reserved = held[p .. '|' .. w] or 0, movements = {m}})

@@ -226,6 +226,10 @@ async def test_a_reserved_counter_moved_without_an_event_is_rolled_back(
     # back to the ledger: the 2 units nobody reserved are gone again, none made available
     assert (await redis_counters(engine))[("sku-1", "main")] == before
     assert [f["kind"] for f in fixed.repairs] == ["stock_reconciled"]
+    # what the counter was and is (its event's movement is the ledger's: none)
+    moved = fixed.repairs[0]
+    assert (moved["reserved_before"], moved["reserved_after"]) == (before[1] + 2, before[1])
+    assert (moved["available_before"], moved["available_after"]) == (before[0], before[0])
     assert fixed.partitions[0].backlog == 1  # its event, waiting for the drain
     assert_clean_after_drain(sync_redis, db, settings)
     assert ledger_sums(db) == await redis_counters(engine) == projection(db)
