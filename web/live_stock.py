@@ -261,9 +261,11 @@ async def stream(
     (unless unchanged since `last_event_id`), then each change. Leaves the feed at the end."""
     try:
         for product, stock in first.items():
-            state = stock_json(product, stock)
-            listener.sent.setdefault(product, state)
             if not feed.unchanged_since(product, last_event_id):
+                state = stock_json(product, stock)
+                # what the client now has (resumed unchanged, what it has is not known here:
+                # nothing is noted, and the next change is sent whatever it says)
+                listener.sent[product] = state
                 yield _event(feed.position(product), state)
         while True:
             for position, state in await listener.next():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import os
 import random
 import threading
 import time
@@ -90,14 +91,22 @@ def _chaos_settings(settings: Settings) -> Settings:
 def _engine(settings: Settings) -> Engine:
     """The engine of a chaos run, which checks a Redis that has started against the database
     before its first write, as the API's does — when there is a database set up: a run on a
-    bare Redis (no schema in DATABASE_URL's database) has no record to check it against."""
-    url = settings.database_url_or_default
-    db = _databases.get(url) or _databases.setdefault(url, database_engine(settings))
-    checked = behind.checkpoints(db) if behind.holds_a_record(db) else None
-    return Engine.from_settings(settings, checkpoints=checked)
+    bare Redis (no schema in DATABASE_URL's database) has no record to check it against. The
+    database is opened only then (the run's set-up checks; its many buyers don't connect)."""
+
+    async def checkpoint(partition: int) -> str | None:
+        # one database engine per process: a buyer is a forked process, and a pool's
+        # connections must not cross a fork
+        which = (settings.database_url_or_default, os.getpid())
+        db = _databases.get(which) or _databases.setdefault(which, database_engine(settings))
+        if not await asyncio.to_thread(behind.holds_a_record, db):
+            return None
+        return await behind.checkpoints(db)(partition)
+
+    return Engine.from_settings(settings, checkpoints=checkpoint)
 
 
-_databases: dict[str, DatabaseEngine] = {}  # one database engine per process and database
+_databases: dict[tuple[str, int], DatabaseEngine] = {}
 
 
 def _split(total: int, parts: int) -> list[int]:
