@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ def database_engine(settings: Settings, **kwargs: Any) -> Engine:
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if not settings.database_url:  # the embedded default, data/inventory.db
+            make_sqlite_folder(url.database)
         db = create_engine(url, **kwargs)
         event.listen(db, "connect", _sqlite_pragmas)
         return db
@@ -27,6 +28,17 @@ def database_engine(settings: Settings, **kwargs: Any) -> Engine:
         kwargs.setdefault("max_overflow", 5)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def make_sqlite_folder(path: str | None) -> None:
+    """Create the folder of a SQLite file, if it can be: only for the embedded default and for
+    `inventory migrate`, so that a DATABASE_URL naming a folder that is not there is an error
+    to read (SQLite's "unable to open database file") and not a new empty database elsewhere.
+    A folder that can't be made (a file in its way, no permission) is left for SQLite to report
+    the same way."""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        with contextlib.suppress(OSError):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:

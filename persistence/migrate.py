@@ -37,7 +37,7 @@ from sqlalchemy import Column, Identity
 from sqlalchemy.engine import make_url
 
 from engine.settings import Settings
-from persistence.db import database_engine
+from persistence.db import database_engine, make_sqlite_folder
 from persistence.schema import metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -93,6 +93,9 @@ def alembic_config(url: str | None = None) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply every migration up to `revision` (default: the newest). Does nothing when the
     database is already there. Creates the SQLite file (and its folder) if missing."""
+    sa_url = make_url(resolve_url(url))
+    if sa_url.get_backend_name() == "sqlite":
+        make_sqlite_folder(sa_url.database)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -83,6 +83,8 @@ def _drain_one(partition: int, deadline_s: float, backoff_s: tuple[float, ...]) 
         try:
             result = jobs.drain(partition)
         except DATABASE_ERRORS as exc:
+            if _lasting(exc):
+                raise  # main() reports it in one line, exit 3: waiting would not help
             if failures == len(backoff_s):
                 raise DrainFailed(partition, failures + 1, describe(exc), []) from exc
             pause = backoff_s[failures]
@@ -100,6 +102,15 @@ def _drain_one(partition: int, deadline_s: float, backoff_s: tuple[float, ...]) 
         if time.monotonic() - started > deadline_s:
             raise TimeoutError(f"partition {partition} stayed locked by another drainer")
         time.sleep(0.1)
+
+
+def _lasting(exc: BaseException) -> bool:
+    """A database error that retrying would meet again: a SQLite file that can't be opened or
+    is not a database, or a database not set up (a table missing)."""
+    from scripts.cli import unreachable
+
+    found = unreachable.diagnose(exc, argparse.Namespace())  # DATABASE_URL: the environment's
+    return found is not None and found.lasting
 
 
 def _outcome(results: list[dict[str, Any]]) -> int:

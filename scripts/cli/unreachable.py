@@ -3,7 +3,10 @@
 `main()` catches the connection errors of every subcommand here, once: one line on stderr that
 names what could not be reached, where, and what to do; exit `EXIT_UNREACHABLE` (3, beside 1 =
 drift or failure and 2 = refused or a usage error); with `--json`, an error object on stdout
-as the last line, so the output stays parseable.
+as the last line, so the output stays parseable. A SQLite file that can't be opened or is not
+a database counts as a database that can't be reached; a database without the schema (never
+migrated: a table missing) is `database_not_set_up`, also exit 3, and says to run
+`inventory migrate`.
 """
 
 from __future__ import annotations
@@ -37,20 +40,22 @@ def redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def database_errors() -> tuple[type[BaseException], ...]:
+    # DatabaseError, not only OperationalError: SQLite's "file is not a database" is one, and
+    # so is PostgreSQL's undefined table (a ProgrammingError)
     found: tuple[type[BaseException], ...] = ()
     if "sqlalchemy" in sys.modules:
         import sqlalchemy.exc
 
-        found += (sqlalchemy.exc.OperationalError,)
+        found += (sqlalchemy.exc.DatabaseError,)
     if "psycopg" in sys.modules:
         import psycopg
 
-        found += (psycopg.OperationalError,)
+        found += (psycopg.DatabaseError,)
     return found
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:
-    """Redis' ConnectionError and TimeoutError, SQLAlchemy's and psycopg's OperationalError:
+    """Redis' ConnectionError and TimeoutError, SQLAlchemy's and psycopg's DatabaseError:
     those of them this process has imported."""
     return redis_errors() + database_errors()
 
@@ -60,25 +65,59 @@ _NOT_CONNECTED = ("connection failed", "connection to server", "could not connec
 # where the client says it tried, which beats the settings (the benchmark has stores of its own)
 _REDIS_AT = re.compile(r"connecting to (\S+:\d+)")
 _DATABASE_AT = re.compile(r'server at "([^"]+)"(?: \([^)]*\))?, port (\d+)')
+# a database without the schema: SQLite's and PostgreSQL's words for a missing table
+_NO_TABLE = re.compile(r'no such table: (\w+)|relation "(\w+)" does not exist')
+_SQLITE_NOT_A_DATABASE = "file is not a database"
 
 
-@dataclass(frozen=True)
-class Unreachable:
-    code: str  # redis_unreachable | database_unreachable
-    what: str  # Redis | the database
-    where: str  # host:port, a socket or a file
-    reason: str  # e.g. connection refused
-    advice: str
+class Failure:
+    """What a command reports in one line (and an error object with --json), exit 3."""
+
+    code: str
+    # True when waiting would not help (a SQLite file, a schema missing): `inventory drain`
+    # then stops at once instead of retrying as for a server that is down for a moment
+    lasting: bool
 
     @property
     def message(self) -> str:
-        return f"cannot reach {self.what} at {self.where} ({self.reason}): {self.advice}"
+        raise NotImplementedError
 
     def report(self, as_json: bool) -> int:
         print(f"inventory: {self.message}", file=sys.stderr, flush=True)
         if as_json:
             print(json.dumps({"error": {"code": self.code, "message": self.message}}))
         return EXIT_UNREACHABLE
+
+
+@dataclass(frozen=True)
+class Unreachable(Failure):
+    code: str  # redis_unreachable | database_unreachable
+    what: str  # Redis | the database
+    where: str  # host:port, a socket or a file
+    reason: str  # e.g. connection refused
+    advice: str
+    lasting: bool = False
+
+    @property
+    def message(self) -> str:
+        return f"cannot reach {self.what} at {self.where} ({self.reason}): {self.advice}"
+
+
+@dataclass(frozen=True)
+class NotSetUp(Failure):
+    """The database answers but has not the schema (never migrated, or a wrong database)."""
+
+    where: str
+    table: str
+    code: str = "database_not_set_up"
+    lasting: bool = True
+
+    @property
+    def message(self) -> str:
+        return (
+            f"the database at {self.where} is not set up (no table {self.table}): "
+            "run `inventory migrate`, or set DATABASE_URL to the inventory's database"
+        )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -134,26 +173,38 @@ def _redis(exc: BaseException, args: argparse.Namespace) -> Unreachable:
     return Unreachable("redis_unreachable", "Redis", where, reason, advice)
 
 
-def _database(exc: BaseException, args: argparse.Namespace) -> Unreachable | None:
+def _database(exc: BaseException, args: argparse.Namespace) -> Failure | None:
     from sqlalchemy.engine import make_url
 
     text = str(getattr(exc, "orig", None) or exc)
-    sqlite = "unable to open database file" in text
-    if not sqlite and not any(words in text for words in _NOT_CONNECTED):
-        return None  # connected, then failed: not a question of reaching it
     url = make_url(getattr(args, "database_url", None) or _settings().database_url_or_default)
-    if url.get_backend_name() == "sqlite":
-        where = os.fspath(url.database or ":memory:")
-        advice = "check that its folder exists and is writable, or set DATABASE_URL"
-        return Unreachable("database_unreachable", "the database", where, "cannot open", advice)
+    sqlite = url.get_backend_name() == "sqlite"
+    file = os.fspath(url.database or ":memory:")
     said = _DATABASE_AT.search(text)
-    where = f"{said[1]}:{said[2]}" if said else f"{url.host or 'localhost'}:{url.port or 5432}"
+    server = f"{said[1]}:{said[2]}" if said else f"{url.host or 'localhost'}:{url.port or 5432}"
+    missing = _NO_TABLE.search(text)
+    if missing:
+        return NotSetUp(file if sqlite else server, missing[1] or missing[2])
+    if sqlite and _SQLITE_NOT_A_DATABASE in text:
+        advice = "set DATABASE_URL to the inventory's database"
+        return Unreachable(
+            "database_unreachable", "the database", file, "not a database", advice, lasting=True
+        )
+    if "unable to open database file" in text:
+        advice = "check that its folder exists and is writable, or set DATABASE_URL"
+        return Unreachable(
+            "database_unreachable", "the database", file, "cannot open", advice, lasting=True
+        )
+    if not any(words in text for words in _NOT_CONNECTED):
+        return None  # connected, then failed: not a question of reaching it
+    where = server
     advice = "start PostgreSQL or set DATABASE_URL"
     return Unreachable("database_unreachable", "the database", where, _reason(text), advice)
 
 
-def diagnose(exc: BaseException, args: argparse.Namespace) -> Unreachable | None:
-    """What `exc` (or an error it came from) could not reach, if it is a failure to connect."""
+def diagnose(exc: BaseException, args: argparse.Namespace) -> Failure | None:
+    """What `exc` (or an error it came from) could not reach, if it is a failure to connect,
+    or which table a database not set up lacks."""
     redis_found, database_found = redis_errors(), database_errors()
     for found in _chain(exc):
         if isinstance(found, redis_found):
