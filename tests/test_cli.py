@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from engine.engine import Engine
@@ -116,3 +117,14 @@ def test_bad_arguments_are_refused_clearly(redis_server: RedisServer, clean_redi
     assert proc.returncode == 2
     assert "processes" in proc.stderr
     assert redis.Redis.from_url(redis_server.url).dbsize() == 0  # nothing was created
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "100001", "many"])
+def test_a_bad_sweep_limit_is_a_usage_error(limit: str) -> None:
+    """Refused by the command line (exit 2, argparse's error line after its usage), before
+    anything is reached: no traceback."""
+    proc = run_cli("sweep", f"--limit={limit}", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    *_, last = proc.stderr.splitlines()
+    assert last.startswith("inventory sweep: error: argument --limit: "), proc.stderr

@@ -72,6 +72,20 @@ async def _sweep(settings: Settings, limit: int | None) -> dict[str, Any]:
     return result.as_json()
 
 
+SWEEP_LIMIT_MAX = 100_000  # as engine/sweep.py checks it
+
+
+def _sweep_limit(text: str) -> int:
+    """--limit: a usage error (exit 2, one line) unless 1 to SWEEP_LIMIT_MAX."""
+    try:
+        limit = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= limit <= SWEEP_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"must be 1 to {SWEEP_LIMIT_MAX}, not {limit}")
+    return limit
+
+
 def _not_a_warning(record: logging.LogRecord) -> bool:
     return record.levelno != logging.WARNING
 
@@ -185,7 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", parents=[common], help="release due reservations once")
-    p.add_argument("--limit", type=int, default=None, help="at most this many per partition")
+    p.add_argument(
+        "--limit",
+        type=_sweep_limit,
+        default=None,
+        help=f"at most this many per partition (1 to {SWEEP_LIMIT_MAX})",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("check", parents=[common], help="check the invariants in Redis")
