@@ -30,7 +30,7 @@ def _ms(values: list[float], p: float) -> float | None:
 
 async def _sale(stack: Stack, progress: Progress) -> dict[str, Any]:
     opts = stack.opts
-    buyers, stock = max(opts.buyers, 2 * opts.stock), opts.stock
+    buyers, stock = opts.buyers, opts.stock  # buyers >= 2 x stock (inventory bench refuses less)
     product = str(stack.product_id())
     stack.ours.add(product)
     run = f"fair{product}"

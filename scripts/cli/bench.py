@@ -86,6 +86,9 @@ def _options(args: argparse.Namespace) -> Options | str:
     if any(b not in BASELINES for b in baselines):
         return f"--baselines takes {', '.join(BASELINES)} (comma-separated), or ''"
     problem = _bad_option(args)
+    if not problem and "fair-sale" in names and args.buyers < 2 * args.stock:
+        # half the units are walked away from and handed to the waitlist: it needs the rest
+        problem = "--buyers must be at least twice --stock for the fair-sale scenario"
     target, trouble = _target(args, names)
     if problem or trouble:
         return problem or trouble or ""
