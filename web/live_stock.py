@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from engine import outbox
 from engine.engine import Engine
 from engine.keys import event_id, parse_event_id, partition_of
@@ -189,8 +191,14 @@ class StockFeed:
                 full = await self._poll()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis away for a moment: the listeners keep their streams
-                log.warning("live stock: reading the outbox failed; retrying", exc_info=True)
+            except Exception as exc:  # Redis away for a moment: the listeners keep their streams
+                # (a traceback only for what is not Redis being away)
+                away = isinstance(
+                    exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                )
+                log.warning(
+                    "live stock: reading the outbox failed (%s); retrying", exc, exc_info=not away
+                )
                 full = False
                 await asyncio.sleep(1)
             if not full:
