@@ -29,6 +29,16 @@ cleanup() {
     for pid in "${kept[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # A kept group's loop ends at once, what it runs when it has shut down (a worker ends its
+    # job first): Redis is stopped only after, at most 10 s later (then they are killed).
+    local group tries
+    for group in "${kept[@]}"; do
+        for ((tries = 0; tries < 100; tries++)); do
+            kill -0 -- "-$group" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL -- "-$group" 2>/dev/null || true
+    done
     if ((started_redis)); then "$REDIS_SH" stop "$DATA" "$PORT" || true; fi
 }
 trap cleanup EXIT

@@ -336,6 +336,35 @@ def test_the_worker_waits_out_a_redis_restart_and_a_replica_and_goes_on(tmp_path
     assert "the worker lost Redis" in (tmp_path / "worker.log").read_text()
 
 
+def test_a_worker_told_to_stop_stops_though_redis_is_gone(tmp_path: Path) -> None:
+    # serve.sh stops its worker, then its Redis: a worker that lost Redis while it shut down
+    # waited Redis out for good, an orphan (found from outside)
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.cli", "worker"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        until(lambda: bool(client.scard("rq:workers")), 30)
+        server.stop()
+        proc.terminate()
+        assert proc.wait(timeout=20) is not None, (tmp_path / "worker.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        client.close()
+        server.stop()
+
+
 def until(condition: Callable[[], bool], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

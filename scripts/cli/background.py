@@ -154,15 +154,22 @@ def run_worker(burst: bool, log_level: str) -> None:
     layout.check_sync(jobs.redis_client(), jobs.settings().partitions)
     connection = jobs.queue_connection()
 
+    current: list[Any] = []
+
     def work() -> None:  # a new worker each time: the one that lost Redis is gone
         worker = Worker([jobs.queue(connection)], connection=connection)
+        current[:] = [worker]
         worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+
+    def stopping() -> bool:
+        """TERM or Ctrl-C came (RQ notes when): the worker ends, whatever Redis does now."""
+        return bool(current) and getattr(current[0], "_shutdown_requested_date", None) is not None
 
     if burst:
         work()
         return
     # a Redis lost once it has started is waited out, as the scheduler waits it out
-    _waiting_out_redis("worker", work, logging.getLogger("inventory.worker"))
+    _waiting_out_redis("worker", work, logging.getLogger("inventory.worker"), stopping=stopping)
 
 
 def _pool_worker(burst: bool, log_level: str) -> None:
@@ -263,12 +270,17 @@ def _run_scheduler(scheduler: Any, log: Any) -> None:
 
 
 def _waiting_out_redis(
-    what: str, run: Callable[[], Any], log: Any, after: Callable[[], None] = lambda: None
+    what: str,
+    run: Callable[[], Any],
+    log: Any,
+    after: Callable[[], None] = lambda: None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> None:
     """`run()` until it returns. Redis not answering once it has started (a stall, a restart,
     a failover, a replica for a while: READONLY) is waited out — a warning, `after()`, and
     `run()` again after SCHEDULER_RETRY_FIRST_S, doubling up to SCHEDULER_RETRY_MAX_S — and
-    never ends it."""
+    never ends it, unless the process was asked to stop (`stopping()`): Redis lost while it
+    shuts down (its stack stopping Redis too) ends it."""
     import redis.exceptions
 
     delay = SCHEDULER_RETRY_FIRST_S
@@ -282,6 +294,9 @@ def _waiting_out_redis(
             redis.exceptions.TimeoutError,
             redis.exceptions.ReadOnlyError,  # a replica for now (a failover under way)
         ) as exc:
+            if stopping():
+                log.info("the %s lost Redis while it stopped (%s): stopped", what, exc)
+                return
             if time.monotonic() - started > SCHEDULER_RETRY_MAX_S:
                 delay = SCHEDULER_RETRY_FIRST_S  # it ran a while since the last one
             log.warning("the %s lost Redis (%s): trying again in %g s", what, exc, delay)
