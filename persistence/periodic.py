@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +62,23 @@ class KeptScheduler(Scheduler):  # type: ignore[misc]
     flushed, a copy from before they were registered): each round first asks whether they
     are all scheduled (one ZMSCORE) and registers them again if not. Else a scheduler that
     outlived such a Redis ran on with nothing to schedule: no expiry, no drain, for good."""
+
+    stopping = False  # TERM or Ctrl-C came
+
+    def _install_signal_handlers(self) -> None:
+        """rq-scheduler's, noting the signal first: its handler tells Redis it stops, and a
+        Redis already gone (its stack stopping it too) raises there, which must end the
+        scheduler, not be waited out (scripts/cli/background.py)."""
+        super()._install_signal_handlers()
+        theirs = signal.getsignal(signal.SIGTERM)
+
+        def stop(signum: int, frame: Any) -> None:
+            self.stopping = True
+            if callable(theirs):
+                theirs(signum, frame)
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
 
     def enqueue_jobs(self) -> Any:
         ids = [p.id for p in PERIODIC]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from rq.job import Job
 from rq_scheduler import Scheduler
@@ -336,23 +337,26 @@ def test_the_worker_waits_out_a_redis_restart_and_a_replica_and_goes_on(tmp_path
     assert "the worker lost Redis" in (tmp_path / "worker.log").read_text()
 
 
-def test_a_worker_told_to_stop_stops_though_redis_is_gone(tmp_path: Path) -> None:
-    # serve.sh stops its worker, then its Redis: a worker that lost Redis while it shut down
-    # waited Redis out for good, an orphan (found from outside)
+@pytest.mark.parametrize("command", ["worker", "scheduler"])
+def test_told_to_stop_it_stops_though_redis_is_gone(tmp_path: Path, command: str) -> None:
+    # serve.sh stops its worker and scheduler, then its Redis: one that lost Redis while it
+    # shut down waited Redis out for good, an orphan (found from outside)
     server = RedisServer(tmp_path / "redis")
     server.start()
     client = redis.Redis.from_url(server.url)
     env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "worker"],
+        [sys.executable, "-m", "scripts.cli", command],
         cwd=PROJECT_ROOT,
         env={**os.environ, **env},
         stdout=log,
         stderr=log,
     )
+    started = {"worker": "rq:workers", "scheduler": Scheduler.scheduled_jobs_key}[command]
     try:
-        until(lambda: bool(client.scard("rq:workers")), 30)
+        until(lambda: bool(client.exists(started)), 30)
+        time.sleep(0.5)  # (running: its signal handlers in place)
         server.stop()
         proc.terminate()
         assert proc.wait(timeout=20) is not None, (tmp_path / "worker.log").read_text()

@@ -266,7 +266,13 @@ def _run_scheduler(scheduler: Any, log: Any) -> None:
         with contextlib.suppress(redis.exceptions.RedisError):
             scheduler.connection.delete(scheduler.key)
 
-    _waiting_out_redis("scheduler", lambda: scheduler.run(burst=False), log, forget)
+    _waiting_out_redis(
+        "scheduler",
+        lambda: scheduler.run(burst=False),
+        log,
+        forget,
+        stopping=lambda: bool(getattr(scheduler, "stopping", False)),
+    )
 
 
 def _waiting_out_redis(
