@@ -173,14 +173,36 @@ def _unverified(error: ResponseError) -> str | None:
     return text.split(" ", 1)[1] if text.startswith("UNVERIFIED ") else None
 
 
+def _retry(error: ResponseError, loaded: bool, checked: bool) -> str | None:
+    """What a refused call needs before it is sent again: the library loaded (None), or the
+    partition of the behind flag it returns checked; each once, else the error stands."""
+    flag = _unverified(error)
+    if _missing(error) and not loaded:
+        return None
+    if flag is not None and not checked:
+        return flag
+    if flag is not None:  # started again meanwhile
+        raise errors.RedisUnverified() from error
+    raise error
+
+
+def _partition(flag: str) -> int:
+    found = _PARTITION_TAG.search(flag)
+    if found is None:
+        raise ValueError(f"not a partition's key: {flag!r}")
+    return int(found.group(1))
+
+
+def _version(call: Call) -> str:
+    """The library version a call is of (its function's suffix)."""
+    return call.function.rsplit("_", 1)[1]
+
+
 def verify_call(flag: str, checkpoint: str | None, refused: Call) -> tuple[Call, int]:
     """The call of lua/verify.lua for the partition whose behind flag is `flag`, against the
     database's `checkpoint` (None: none yet), and that partition. Of the library version that
     `refused` was a call of: each version keeps its own record of what it has checked."""
-    found = _PARTITION_TAG.search(flag)
-    if found is None:
-        raise ValueError(f"not a partition's key: {flag!r}")
-    partition = int(found.group(1))
+    partition = _partition(flag)
     k = partition_keys(partition)
     call = prepare(
         VERIFY,
@@ -190,8 +212,7 @@ def verify_call(flag: str, checkpoint: str | None, refused: Call) -> tuple[Call,
         checkpoint=checkpoint or "0-0",
         partition=partition,
     )
-    version = refused.function.rsplit("_", 1)[1]
-    return dataclasses.replace(call, function=f"{VERIFY.name}_{version}"), partition
+    return dataclasses.replace(call, function=f"{VERIFY.name}_{_version(refused)}"), partition
 
 
 def _verified(reply: dict[str, Any], partition: int) -> None:
@@ -247,22 +268,18 @@ class Scripts:
             try:
                 return await self._send(call)
             except ResponseError as e:
-                flag = _unverified(e)
-                if _missing(e) and not loaded:
+                flag = _retry(e, loaded, checked)
+                if flag is None:
                     await self._load_once()
                     loaded = True
-                elif flag is not None and not checked:
+                else:
                     await self._check_once(flag, call)
                     checked = True
-                elif flag is not None:  # started again meanwhile
-                    raise errors.RedisUnverified() from e
-                else:
-                    raise
 
     async def _check_once(self, flag: str, refused: Call) -> None:
         """`_check`, once for all who found the partition unchecked at once (in one version
         of the library)."""
-        which = f"{flag} {refused.function.rsplit('_', 1)[1]}"
+        which = f"{flag} {_version(refused)}"
         running = self._checking.get(which)
         if running is None:
             running = asyncio.ensure_future(self._check(flag, refused))
@@ -272,8 +289,7 @@ class Scripts:
 
     async def _check(self, flag: str, refused: Call) -> None:
         """Check the partition of `flag` against the database's checkpoint (lua/verify.lua)."""
-        _, partition = verify_call(flag, None, refused)
-        checkpoint = None
+        partition, checkpoint = _partition(flag), None
         if self.checkpoints is not None:
             try:
                 checkpoint = await self.checkpoints(partition)
@@ -344,25 +360,18 @@ def call_sync(client: redis.Redis, call: Call, checkpoints: SyncCheckpoints | No
         try:
             return send(call.function, len(call.keys), *call.keys, *call.args)
         except ResponseError as e:
-            flag = _unverified(e)
-            if _missing(e) and not loaded:
+            flag = _retry(e, loaded, checked)
+            if flag is None:
                 load_sync(client)
                 loaded = True
-            elif flag is not None and not checked:
-                _, partition = verify_call(flag, None, call)
-                try:
-                    checkpoint = checkpoints(partition) if checkpoints is not None else None
-                except Exception as exc:
-                    raise errors.RedisUnverified() from exc
-                check, _ = verify_call(flag, checkpoint, call)
-                _verified(
-                    parse(client.fcall(check.function, 3, *check.keys, *check.args)), partition
-                )
-                checked = True
-            elif flag is not None:
-                raise errors.RedisUnverified() from e
-            else:
-                raise
+                continue
+            try:
+                checkpoint = checkpoints(_partition(flag)) if checkpoints is not None else None
+            except Exception as exc:
+                raise errors.RedisUnverified() from exc
+            check, partition = verify_call(flag, checkpoint, call)
+            _verified(parse(client.fcall(check.function, 3, *check.keys, *check.args)), partition)
+            checked = True
 
 
 def load_sync(client: redis.Redis) -> str:

@@ -34,12 +34,7 @@ if type(info) == 'table' and not info.err then
   end
 end
 local marker = rcall('GET', applied)
-local behind
-if last == nil or id_less(last, checkpoint) then
-  behind = true
-else
-  behind = marker ~= false and marker ~= nil and id_less(marker, checkpoint)
-end
+local behind = last == nil or id_less(last, checkpoint) or (marker and id_less(marker, checkpoint))
 if not behind then return ok({behind = false}) end
 local now = rcall('TIME')
 local found = {

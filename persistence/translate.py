@@ -120,8 +120,7 @@ def translate(event: OutboxEvent) -> Rows:
 
 
 def translate_into(event: OutboxEvent, rows: Rows) -> None:
-    """`translate`, appending to `rows` (a batch's: no rows of its own to make and merge per
-    event); an event that is bad (BadEvent) leaves `rows` as they were."""
+    """`translate`, adding to a batch's `rows`; a bad event (BadEvent) leaves them unchanged."""
     try:
         handler = HANDLERS[event.type]
     except KeyError:
@@ -338,8 +337,7 @@ def _order_status_changed(e: OutboxEvent, d: events.OrderStatusChanged, rows: Ro
 
 
 def _stock_reconciled(e: OutboxEvent, d: events.StockReconciled, rows: Rows) -> None:
-    """A counter `inventory reconcile --fix` rolled back in Redis: its movement starts from
-    the counters as recorded."""
+    """A counter `inventory reconcile --fix` rolled back: its movement starts as recorded."""
     _movements(e, rows, "reconciled", "product", d["product"])
     m, w = e.movements[0], d["warehouse"]
     old = {"warehouse": w, **d["found"], "live_reserved": d["live_reserved"]}

@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,31 +247,53 @@ async def test_drain_empties_every_partition_in_parallel(
         assert await engine.redis.xlen(partition_keys(p).outbox) == 0
 
 
-def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> None:
-    # It exited on the first error (exit 3), and with it every expiry and hand-off stopped
-    # until someone started it again; now it waits Redis out and schedules on.
+@contextmanager
+def background(
+    tmp_path: Path, *args: str
+) -> Iterator[tuple[RedisServer, redis.Redis, subprocess.Popen[bytes], Path]]:
+    """A Redis of its own, and `inventory <args>` running on it (its output in its log);
+    TERMed after (and killed, should that not stop it)."""
     server = RedisServer(tmp_path / "redis")
     server.start()
     client = redis.Redis.from_url(server.url)
     env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
-    log = (tmp_path / "scheduler.log").open("wb")
+    path = tmp_path / f"{args[0]}.log"
+    log = path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "scheduler", "--interval", "0.2"],
+        [sys.executable, "-m", "scripts.cli", *args],
         cwd=PROJECT_ROOT,
         env={**os.environ, **env},
         stdout=log,
         stderr=log,
     )
-    queue = f"rq:queue:{jobs.QUEUE}"
-
-    def enqueued() -> bool:
-        return bool(client.llen(queue))
-
     try:
+        yield server, client, proc, path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+            client.close()
+            server.stop()
+
+
+def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> None:
+    # It exited on the first error (exit 3), and with it every expiry and hand-off stopped
+    # until someone started it again; now it waits Redis out and schedules on.
+    queue = f"rq:queue:{jobs.QUEUE}"
+    with background(tmp_path, "scheduler", "--interval", "0.2") as (server, client, proc, log):
+
+        def enqueued() -> bool:
+            return bool(client.llen(queue))
+
         until(enqueued, 30)  # the periodic jobs come due and are enqueued
         server.stop()  # Redis goes away (its data kept: append-only file)
         time.sleep(1.5)
-        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
+        assert proc.poll() is None, log.read_text()
         server.start()
         client.delete(queue)
         until(enqueued, 30)  # and it schedules on
@@ -278,7 +301,7 @@ def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> 
         # a replica for a while (a failover under way): its writes are refused (READONLY)
         client.replicaof("127.0.0.1", str(free_port()))
         time.sleep(1.5)
-        assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
+        assert proc.poll() is None, log.read_text()
         client.replicaof("NO", "ONE")
         client.delete(queue)
         until(enqueued, 30)
@@ -287,37 +310,19 @@ def test_the_scheduler_waits_out_a_redis_restart_and_goes_on(tmp_path: Path) -> 
         until(lambda: client.zcard(Scheduler.scheduled_jobs_key) == len(periodic.PERIODIC), 30)
         until(enqueued, 30)
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-        client.close()
-        server.stop()
-    assert "the scheduler lost Redis" in (tmp_path / "scheduler.log").read_text()
+    assert "the scheduler lost Redis" in log.read_text()
 
 
 def test_the_worker_waits_out_a_redis_restart_and_a_replica_and_goes_on(tmp_path: Path) -> None:
     # It quit ("found an unhandled exception") on a Redis that was a replica for a moment
     # (READONLY) or went away mid-command, and the outbox drained no more.
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    client = redis.Redis.from_url(server.url)
-    env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", "worker"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=log,
-    )
-    queue = jobs.queue(client)
+    with background(tmp_path, "worker") as (server, client, proc, log):
+        queue = jobs.queue(client)
 
-    def runs_a_job() -> None:
-        job = queue.enqueue("json.loads", "[1]", result_ttl=60)
-        until(lambda: job.get_status(refresh=True) == "finished", 30)
+        def runs_a_job() -> None:
+            job = queue.enqueue("json.loads", "[1]", result_ttl=60)
+            until(lambda: job.get_status(refresh=True) == "finished", 30)
 
-    try:
         runs_a_job()
         client.replicaof("127.0.0.1", str(free_port()))  # a failover under way: READONLY
         time.sleep(2)
@@ -325,48 +330,23 @@ def test_the_worker_waits_out_a_redis_restart_and_a_replica_and_goes_on(tmp_path
         server.stop()  # and a restart (its data kept: append-only file)
         time.sleep(1)
         server.start()
-        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        assert proc.poll() is None, log.read_text()
         runs_a_job()  # and it works on
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-        client.close()
-        server.stop()
-    assert "the worker lost Redis" in (tmp_path / "worker.log").read_text()
+    assert "the worker lost Redis" in log.read_text()
 
 
 @pytest.mark.parametrize("command", ["worker", "scheduler"])
 def test_told_to_stop_it_stops_though_redis_is_gone(tmp_path: Path, command: str) -> None:
     # serve.sh stops its worker and scheduler, then its Redis: one that lost Redis while it
     # shut down waited Redis out for good, an orphan (found from outside)
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    client = redis.Redis.from_url(server.url)
-    env = {"REDIS_URL": server.url, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.cli", command],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=log,
-    )
     started = {"worker": "rq:workers", "scheduler": Scheduler.scheduled_jobs_key}[command]
-    try:
+    with background(tmp_path, command) as (server, client, proc, log):
         until(lambda: bool(client.exists(started)), 30)
         time.sleep(0.5)  # (running: its signal handlers in place)
         server.stop()
         proc.terminate()
-        assert proc.wait(timeout=20) is not None, (tmp_path / "worker.log").read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-        client.close()
-        server.stop()
+        assert proc.wait(timeout=20) is not None, log.read_text()
 
 
 def until(condition: Callable[[], bool], seconds: float) -> None:

@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import Engine as DatabaseEngine
 from sqlalchemy import select
+from starlette.applications import Starlette
 
 from engine import errors, specs
 from engine.engine import Engine
@@ -331,6 +333,21 @@ def test_is_behind(
     assert is_behind(checkpoint, last_id, applied, present) is behind
 
 
+async def a_reservation_is_refused_behind(
+    app: Starlette, client: httpx.AsyncClient
+) -> dict[str, str]:
+    """A staff reservation over HTTP: 503 redis_behind, to come back in 5 s. The staff's
+    headers."""
+    staff = bearer(app, "1", staff=True)
+    refused = await client.post(
+        "/api/reservations/", json={"product": 7, "quantity": 1}, headers=staff
+    )
+    assert refused.status_code == 503, refused.text
+    assert err(refused)["code"] == "redis_behind"
+    assert refused.headers["retry-after"] == "5"
+    return staff
+
+
 async def test_readyz_and_the_dashboard_say_the_drain_is_paused(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -343,13 +360,7 @@ async def test_readyz_and_the_dashboard_say_the_drain_is_paused(
 
     app = create_app(dataclasses.replace(stack.settings, jwt_keys="test:" + "k" * 40))
     async with running(app) as client:
-        staff = bearer(app, "1", staff=True)
-        refused = await client.post(
-            "/api/reservations/", json={"product": 7, "quantity": 1}, headers=staff
-        )
-        assert refused.status_code == 503, refused.text
-        assert err(refused)["code"] == "redis_behind"
-        assert refused.headers["retry-after"] == "5"
+        staff = await a_reservation_is_refused_behind(app, client)
         anonymous = await until_not_ready(client)
         assert err(anonymous)["details"] == {"failing": ["drain"]}
         details = err(await client.get("/readyz", headers=staff))["details"]
@@ -477,13 +488,7 @@ async def test_the_api_refuses_a_restored_copy_at_once(stack: Stack, tmp_path: P
     await sold_out_then_restored(stack, tmp_path)
     app = create_app(dataclasses.replace(stack.settings, jwt_keys="test:" + "k" * 40))
     async with running(app) as client:
-        staff = bearer(app, "1", staff=True)
-        refused = await client.post(
-            "/api/reservations/", json={"product": 7, "quantity": 1}, headers=staff
-        )
-        assert refused.status_code == 503, refused.text
-        assert err(refused)["code"] == "redis_behind"
-        assert refused.headers["retry-after"] == "5"
+        await a_reservation_is_refused_behind(app, client)
     assert stack.client.exists(K.behind)
 
 

@@ -69,8 +69,6 @@ class Listener:
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def put(self, product: str, position: str, state: dict[str, Any]) -> None:
-        if product not in self.pending and self.sent.get(product) == state:
-            return
         self.pending[product] = (position, state)
         self.wake.set()
 
